@@ -1,0 +1,119 @@
+//! `HostIo`: everything the stack asks of the host, as plain calls.
+//!
+//! The stack never owns a socket. It names each host socket by the [`FlowId`] of the flow
+//! that needs it; the host keeps the real socket and reports readiness back through
+//! [`crate::Stack::handle_host_event`] with the same id. All calls are non-blocking:
+//! "not now" is [`HostError::WouldBlock`], after which the host must report the socket
+//! readable/writable again once it is (edge-triggered readiness, as mio gives it).
+
+use core::fmt;
+use core::net::{IpAddr, SocketAddr};
+
+/// Names one flow of the stack and, with it, the one host socket that flow owns.
+/// Ids are reused only with a new generation, so a late event for a closed flow is ignored.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowId {
+    pub index: u32,
+    pub generation: u32,
+}
+
+impl FlowId {
+    /// Packs the id into one integer, e.g. a mio `Token`.
+    pub fn to_u64(self) -> u64 {
+        (u64::from(self.generation) << 32) | u64::from(self.index)
+    }
+
+    pub fn from_u64(value: u64) -> FlowId {
+        FlowId {
+            index: value as u32,
+            generation: (value >> 32) as u32,
+        }
+    }
+}
+
+impl fmt::Debug for FlowId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "flow#{}.{}", self.index, self.generation)
+    }
+}
+
+/// What went wrong on the host, reduced to what the stack turns into network behaviour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    /// EAGAIN: try again after the next readiness event.
+    #[error("would block")]
+    WouldBlock,
+    #[error("connection refused")]
+    ConnectionRefused,
+    #[error("connection reset")]
+    ConnectionReset,
+    #[error("network unreachable")]
+    NetworkUnreachable,
+    #[error("host unreachable")]
+    HostUnreachable,
+    #[error("timed out")]
+    TimedOut,
+    /// The host forbids this (e.g. ping sockets outside `ping_group_range`).
+    #[error("permission denied")]
+    PermissionDenied,
+    /// Out of file descriptors, ports or memory; the flow is refused.
+    #[error("host resources exhausted")]
+    Exhausted,
+    /// Any other errno, kept for the log.
+    #[error("os error {0}")]
+    Other(i32),
+}
+
+pub type HostResult<T> = Result<T, HostError>;
+
+/// How a flow's host socket is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseMode {
+    /// Orderly close (FIN after any queued data).
+    Graceful,
+    /// Abortive close: the host peer sees a reset (SO_LINGER 0).
+    Abort,
+}
+
+/// Readiness of one flow's host socket, as the event loop saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostEvent {
+    pub flow: FlowId,
+    pub readable: bool,
+    pub writable: bool,
+    /// Error or hang-up reported by the poller; the stack asks `take_error` for details.
+    pub error: bool,
+}
+
+/// The host side of every flow. Implemented by `src/host.rs` with real sockets and by
+/// [`crate::testing::SimHost`] in memory.
+pub trait HostIo {
+    /// Start a non-blocking TCP connect to `remote`. Completion is reported as a writable
+    /// (or error) event, after which the stack calls [`HostIo::take_error`].
+    fn tcp_connect(&mut self, flow: FlowId, remote: SocketAddr) -> HostResult<()>;
+    /// Read stream bytes; `Ok(0)` means the peer closed its sending side (EOF).
+    fn tcp_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<usize>;
+    /// Write stream bytes; may accept fewer than offered.
+    fn tcp_send(&mut self, flow: FlowId, data: &[u8]) -> HostResult<usize>;
+    /// Half-close: send FIN to the host peer, keep receiving.
+    fn tcp_shutdown_write(&mut self, flow: FlowId);
+    /// The socket's pending error (SO_ERROR), if any. `None` after a connect means success.
+    fn take_error(&mut self, flow: FlowId) -> Option<HostError>;
+
+    /// Open a UDP socket connected to `remote` (one per guest 4-tuple).
+    fn udp_open(&mut self, flow: FlowId, remote: SocketAddr) -> HostResult<()>;
+    fn udp_send(&mut self, flow: FlowId, data: &[u8]) -> HostResult<()>;
+    /// Receive one datagram's payload.
+    fn udp_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<usize>;
+
+    /// Open an unprivileged ping socket (SOCK_DGRAM/IPPROTO_ICMP[V6]) towards `remote`.
+    fn ping_open(&mut self, flow: FlowId, remote: IpAddr) -> HostResult<()>;
+    /// Send one ICMP echo request message (header + payload); the host kernel
+    /// replaces the identifier with the socket's own.
+    fn ping_send(&mut self, flow: FlowId, message: &[u8]) -> HostResult<()>;
+    /// Receive one ICMP message (an echo reply, header + payload).
+    fn ping_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<usize>;
+
+    /// Close and forget the flow's host socket. Idempotent.
+    fn close(&mut self, flow: FlowId, mode: CloseMode);
+}

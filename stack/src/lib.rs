@@ -1,0 +1,22 @@
+//! rslirp-stack: the pure, clock-driven user-mode network stack of rslirp.
+//!
+//! Frames from the guest's tap go in through [`Stack::handle_frame`]; readiness of host
+//! sockets through [`Stack::handle_host_event`]; timers run in [`Stack::poll`], whose next
+//! deadline is [`Stack::poll_at`]; frames for the guest come out of [`Stack::poll_transmit`].
+//! Everything the stack needs from the operating system it asks through [`HostIo`]. Time and
+//! randomness are inputs. There is no I/O, no clock and no `unsafe` in this crate.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod io;
+pub mod link;
+pub mod nat;
+pub mod stack;
+pub mod stats;
+pub mod testing;
+
+pub use config::{Config, Limits, Timeouts, VirtualNetwork};
+pub use io::{CloseMode, FlowId, HostError, HostEvent, HostIo, HostResult};
+pub use smoltcp::time::{Duration, Instant};
+pub use stack::Stack;
+pub use stats::Stats;

@@ -1,0 +1,1 @@
+//! Link layer: Ethernet framing, ARP (and later NDP).

@@ -1,0 +1,1 @@
+//! NAT of guest flows onto host sockets.

@@ -1,0 +1,1 @@
+//! In-memory host for scenario tests.
