@@ -1,0 +1,1 @@
+//! slirp4netns-compatible command line.

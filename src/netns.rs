@@ -1,0 +1,1 @@
+//! Entering the container network namespace and opening the tap.
