@@ -1,20 +1,64 @@
 //! The stack: the one object the event loop drives.
+//!
+//! `handle_frame` takes a frame from the guest, `handle_host_event` the readiness of a host
+//! socket, `poll` runs timers and resumes work that waited for room in the transmit queue,
+//! `poll_at` says when `poll` is due next, and `poll_transmit` hands out frames for the tap.
 
 use crate::config::Config;
-use crate::io::{HostEvent, HostIo};
+use crate::io::{CloseMode, FlowId, HostError, HostEvent, HostIo};
+use crate::link::arp::{self, ArpOutcome};
+use crate::link::TxQueue;
+use crate::nat::icmp::{send_echo_reply, IcmpFlow};
+use crate::nat::tcp::{TcpFlow, TcpParams, Verdict};
+use crate::nat::udp::{ReadOutcome, UdpFlow};
+use crate::nat::{refuse, FlowKey, FlowTable, Proto, Quote, Refusal};
 use crate::stats::Stats;
-use smoltcp::time::Instant;
+use core::net::{IpAddr, Ipv4Addr, SocketAddr};
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::socket::tcp::State as TcpState;
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{
+    EthernetFrame, EthernetProtocol, Icmpv4Packet, Icmpv4Repr, IpProtocol, Ipv4Address, Ipv4Packet,
+    Ipv4Repr, TcpControl, TcpPacket, TcpRepr, UdpPacket, UdpRepr,
+};
+
+/// Largest datagram a host socket can hand us.
+const SCRATCH_LEN: usize = 65_536;
+
+/// One NATed flow.
+enum Flow {
+    Tcp(Box<TcpFlow>),
+    Udp(UdpFlow),
+    Icmp(IcmpFlow),
+}
 
 pub struct Stack {
     config: Config,
     stats: Stats,
+    tx: TxQueue,
+    flows: FlowTable<Flow>,
+    /// Flows that stopped because the transmit queue was full; resumed when it drains.
+    starved: Vec<FlowId>,
+    half_open: usize,
+    rng: u64,
+    now: Instant,
+    scratch: Vec<u8>,
 }
 
 impl Stack {
-    pub fn new(config: Config, _now: Instant, _random_seed: u64) -> Stack {
+    pub fn new(config: Config, now: Instant, random_seed: u64) -> Stack {
+        let tx = TxQueue::new(config.limits.max_tx_queue_frames, config.gateway_mac());
         Stack {
             config,
             stats: Stats::default(),
+            tx,
+            flows: FlowTable::default(),
+            starved: Vec::new(),
+            half_open: 0,
+            // xorshift needs a non-zero state.
+            rng: random_seed | 1,
+            now,
+            scratch: vec![0u8; SCRATCH_LEN],
         }
     }
 
@@ -22,21 +66,646 @@ impl Stack {
         &self.config
     }
 
-    pub fn stats(&self) -> &Stats {
-        &self.stats
+    /// Counters and gauges (a snapshot).
+    pub fn stats(&self) -> Stats {
+        let mut stats = self.stats.clone();
+        stats.tx_dropped += self.tx.dropped();
+        stats
     }
 
-    pub fn handle_frame(&mut self, _now: Instant, _frame: &[u8], _host: &mut impl HostIo) {}
+    /// A frame from the guest.
+    pub fn handle_frame(&mut self, now: Instant, frame: &[u8], host: &mut impl HostIo) {
+        self.now = now;
+        self.stats.rx_packets += 1;
+        self.stats.rx_bytes += frame.len() as u64;
+        let Ok(eth) = EthernetFrame::new_checked(frame) else {
+            self.stats.rx_errors += 1;
+            return;
+        };
+        self.tx.learn_guest_mac(eth.src_addr());
+        match eth.ethertype() {
+            EthernetProtocol::Arp => match arp::handle(&self.config, eth.payload(), &mut self.tx) {
+                ArpOutcome::Replied => {}
+                ArpOutcome::Ignored => self.stats.rx_dropped += 1,
+                ArpOutcome::Malformed => self.stats.rx_errors += 1,
+                ArpOutcome::QueueFull => self.stats.tx_dropped += 1,
+            },
+            EthernetProtocol::Ipv4 => self.handle_ipv4(now, eth.payload(), host),
+            _ => self.stats.rx_dropped += 1,
+        }
+    }
 
-    pub fn handle_host_event(&mut self, _now: Instant, _event: HostEvent, _host: &mut impl HostIo) {}
+    /// Readiness of a flow's host socket.
+    pub fn handle_host_event(&mut self, now: Instant, event: HostEvent, host: &mut impl HostIo) {
+        self.now = now;
+        let id = event.flow;
+        let Some(key) = self.flows.key(id) else {
+            return; // the flow is gone; a late event
+        };
+        let Some(flow) = self.flows.get_mut(id) else {
+            return;
+        };
+        match flow {
+            Flow::Tcp(tcp) => {
+                let was_connecting = tcp.is_connecting();
+                let verdict = tcp.handle_host_event(now, event, &mut self.tx, host);
+                if was_connecting && !tcp.is_connecting() {
+                    self.half_open -= 1;
+                }
+                self.apply_tcp_verdict(now, id, verdict, host);
+            }
+            Flow::Udp(_) | Flow::Icmp(_) => {
+                if event.readable || event.error {
+                    self.read_datagrams(now, id, &key, host);
+                }
+            }
+        }
+    }
 
-    pub fn poll(&mut self, _now: Instant, _host: &mut impl HostIo) {}
+    /// Run due timers and resume flows that waited for the transmit queue.
+    pub fn poll(&mut self, now: Instant, host: &mut impl HostIo) {
+        self.now = now;
+        while let Some(id) = self.flows.pop_due(now) {
+            self.handle_timer(now, id, host);
+        }
+        if self.tx.has_room() && !self.starved.is_empty() {
+            let starved = core::mem::take(&mut self.starved);
+            for id in starved {
+                self.resume(now, id, host);
+            }
+        }
+    }
 
+    /// When [`Stack::poll`] should run next.
     pub fn poll_at(&self) -> Option<Instant> {
-        None
+        let resume = (!self.starved.is_empty() && self.tx.has_room()).then_some(self.now);
+        match (self.flows.next_due(), resume) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    pub fn poll_transmit(&mut self, _write: impl FnMut(&[u8]) -> bool) -> usize {
-        0
+    /// Hand frames for the guest to `write` until it returns false (tap full) or none are
+    /// left. Returns how many were written.
+    pub fn poll_transmit(&mut self, mut write: impl FnMut(&[u8]) -> bool) -> usize {
+        let stats = &mut self.stats;
+        self.tx.drain(|frame| {
+            let written = write(frame);
+            if written {
+                stats.tx_packets += 1;
+                stats.tx_bytes += frame.len() as u64;
+            }
+            written
+        })
+    }
+
+    fn next_random(&mut self) -> u64 {
+        // xorshift64*: plenty for ISNs and smoltcp's port/ident choices.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn handle_ipv4(&mut self, now: Instant, bytes: &[u8], host: &mut impl HostIo) {
+        let Ok(packet) = Ipv4Packet::new_checked(bytes) else {
+            self.stats.rx_errors += 1;
+            return;
+        };
+        if !packet.verify_checksum() {
+            self.stats.rx_errors += 1;
+            return;
+        }
+        let Ok(ip) = Ipv4Repr::parse(&packet, &ChecksumCapabilities::ignored()) else {
+            self.stats.rx_errors += 1;
+            return;
+        };
+        if packet.more_frags() || packet.frag_offset() != 0 {
+            // Reassembly is not implemented; Linux guests use PMTU discovery for TCP.
+            log::debug!("dropping IPv4 fragment from {}", ip.src_addr);
+            self.stats.rx_dropped += 1;
+            return;
+        }
+        let network = self.config.network;
+        let src = ip.src_addr;
+        if !network.contains(src)
+            || src == network.gateway()
+            || src == network.dns()
+            || src == network.network_addr()
+            || src == network.broadcast()
+        {
+            self.stats.rx_dropped += 1;
+            return;
+        }
+        // The exact packet, without any Ethernet padding after it.
+        let packet_bytes = &bytes[..usize::from(packet.total_len())];
+        let payload = packet.payload();
+        match ip.next_header {
+            IpProtocol::Tcp => self.handle_tcp(now, &ip, packet_bytes, payload, host),
+            IpProtocol::Udp => self.handle_udp(now, &ip, payload, host),
+            IpProtocol::Icmp => self.handle_icmp(now, &ip, payload, host),
+            _ => self.stats.rx_dropped += 1,
+        }
+    }
+
+    /// Where a guest connection to `dst:port` goes on the host, or how it is refused.
+    fn host_target(&self, dst: Ipv4Address, port: u16) -> Result<SocketAddr, Refusal> {
+        let network = self.config.network;
+        let target = |addr: Ipv4Address| Ok(SocketAddr::new(IpAddr::V4(addr), port));
+        if dst == network.gateway() {
+            if self.config.disable_host_loopback {
+                return Err(Refusal::NetUnreachable);
+            }
+            return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+        }
+        if dst == network.dns() {
+            if self.config.disable_dns {
+                return target(dst);
+            }
+            // The DNS forwarder is not implemented yet: nothing listens there.
+            return Err(Refusal::Reset);
+        }
+        if network.contains(dst) {
+            return Err(Refusal::HostUnreachable);
+        }
+        if dst.is_unspecified() || dst.is_broadcast() || dst.is_multicast() || dst.is_loopback() {
+            return Err(Refusal::Silent);
+        }
+        target(dst)
+    }
+
+    fn handle_tcp(
+        &mut self,
+        now: Instant,
+        ip: &Ipv4Repr,
+        packet_bytes: &[u8],
+        payload: &[u8],
+        host: &mut impl HostIo,
+    ) {
+        let Ok(segment_packet) = TcpPacket::new_checked(payload) else {
+            self.stats.rx_errors += 1;
+            return;
+        };
+        let (src, dst) = (ip.src_addr.into(), ip.dst_addr.into());
+        let Ok(segment) = TcpRepr::parse(
+            &segment_packet,
+            &src,
+            &dst,
+            &ChecksumCapabilities::ignored(),
+        ) else {
+            self.stats.rx_errors += 1;
+            return;
+        };
+        let key = FlowKey {
+            proto: Proto::Tcp,
+            guest: SocketAddr::new(IpAddr::V4(ip.src_addr), segment.src_port),
+            remote: SocketAddr::new(IpAddr::V4(ip.dst_addr), segment.dst_port),
+        };
+        let is_syn = segment.control == TcpControl::Syn && segment.ack_number.is_none();
+        if let Some(id) = self.flows.lookup(&key) {
+            let lingering = matches!(
+                self.flows.get(id),
+                Some(Flow::Tcp(tcp)) if matches!(tcp.state(), TcpState::TimeWait | TcpState::Closed)
+            );
+            if !(is_syn && lingering) {
+                if let Some(Flow::Tcp(tcp)) = self.flows.get_mut(id) {
+                    let verdict = tcp.handle_segment(now, packet_bytes, id, &mut self.tx, host);
+                    self.apply_tcp_verdict(now, id, verdict, host);
+                }
+                return;
+            }
+            // A new connection reusing the 4-tuple of one in TIME-WAIT: start afresh.
+            self.remove_flow(id, CloseMode::Graceful, host);
+        }
+        let quote = Quote::new(ip, payload);
+        if !is_syn {
+            refuse(
+                &mut self.tx,
+                &mut self.stats,
+                self.config.network.gateway(),
+                Refusal::Reset,
+                &quote,
+                Some(&segment),
+            );
+            return;
+        }
+        self.open_tcp(now, key, ip, packet_bytes, quote, &segment, host);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn open_tcp(
+        &mut self,
+        now: Instant,
+        key: FlowKey,
+        ip: &Ipv4Repr,
+        packet_bytes: &[u8],
+        quote: Quote,
+        syn: &TcpRepr<'_>,
+        host: &mut impl HostIo,
+    ) {
+        let gateway = self.config.network.gateway();
+        let target = match self.host_target(ip.dst_addr, syn.dst_port) {
+            Ok(target) => target,
+            Err(refusal) => {
+                refuse(
+                    &mut self.tx,
+                    &mut self.stats,
+                    gateway,
+                    refusal,
+                    &quote,
+                    Some(syn),
+                );
+                return;
+            }
+        };
+        let limits = self.config.limits;
+        if self.stats.tcp_flows as usize >= limits.max_tcp_flows
+            || self.half_open >= limits.max_half_open
+        {
+            log::debug!("TCP flow limit reached; refusing {:?}", key);
+            self.stats.tcp_flow_limit_hits += 1;
+            refuse(
+                &mut self.tx,
+                &mut self.stats,
+                gateway,
+                Refusal::Reset,
+                &quote,
+                Some(syn),
+            );
+            return;
+        }
+        let params = TcpParams {
+            mtu: self.config.mtu,
+            rx_buffer: limits.tcp_rx_buffer,
+            tx_buffer: limits.tcp_tx_buffer,
+            random_seed: self.next_random(),
+            connect_deadline: now + self.config.timeouts.tcp_connect,
+        };
+        let Some(flow) = TcpFlow::open(
+            now,
+            ip.src_addr.into(),
+            (ip.dst_addr.into(), syn.dst_port),
+            packet_bytes,
+            quote,
+            params,
+            &mut self.tx,
+        ) else {
+            self.stats.rx_dropped += 1;
+            return;
+        };
+        let id = self.flows.insert(key, Flow::Tcp(Box::new(flow)));
+        self.half_open += 1;
+        self.stats.tcp_flows += 1;
+        self.stats.tcp_flows_opened += 1;
+        log::debug!(
+            "{id:?}: TCP {} -> {} (host {target})",
+            key.guest,
+            key.remote
+        );
+        match host.tcp_connect(id, target) {
+            Ok(()) => self.flows.schedule(id, Some(params.connect_deadline)),
+            Err(err) => self.fail_tcp(id, err, host),
+        }
+    }
+
+    /// The host connect of a TCP flow failed: answer the guest's SYN and drop the flow.
+    fn fail_tcp(&mut self, id: FlowId, err: HostError, host: &mut impl HostIo) {
+        log::debug!("{id:?}: host connect failed: {err}");
+        self.stats.tcp_connect_failures += 1;
+        if matches!(err, HostError::Exhausted | HostError::Other(_)) {
+            self.stats.host_socket_errors += 1;
+        }
+        if let Some(Flow::Tcp(tcp)) = self.flows.get(id) {
+            let quote = tcp.syn_quote().clone();
+            let syn = tcp.syn_segment();
+            refuse(
+                &mut self.tx,
+                &mut self.stats,
+                self.config.network.gateway(),
+                Refusal::from_host_error(err),
+                &quote,
+                Some(&syn),
+            );
+        }
+        self.remove_flow(id, CloseMode::Abort, host);
+    }
+
+    fn apply_tcp_verdict(
+        &mut self,
+        now: Instant,
+        id: FlowId,
+        verdict: Verdict,
+        host: &mut impl HostIo,
+    ) {
+        match verdict {
+            Verdict::Keep { due } => {
+                let starved = matches!(self.flows.get(id), Some(Flow::Tcp(t)) if t.is_starved());
+                if starved {
+                    self.starved.push(id);
+                }
+                // smoltcp says "now" only when it could not send; that waits for the queue.
+                let due = due.map(|at| at.max(now + Duration::from_millis(1)));
+                self.flows.schedule(id, due);
+            }
+            Verdict::Remove(mode) => self.remove_flow(id, mode, host),
+            Verdict::Refused(err) => self.fail_tcp(id, err, host),
+        }
+    }
+
+    fn remove_flow(&mut self, id: FlowId, mode: CloseMode, host: &mut impl HostIo) {
+        let Some(flow) = self.flows.remove(id) else {
+            return;
+        };
+        match flow {
+            Flow::Tcp(tcp) => {
+                if tcp.is_connecting() {
+                    self.half_open -= 1;
+                }
+                self.stats.tcp_flows -= 1;
+            }
+            Flow::Udp(_) => self.stats.udp_flows -= 1,
+            Flow::Icmp(_) => self.stats.icmp_flows -= 1,
+        }
+        log::debug!("{id:?}: closed ({mode:?})");
+        host.close(id, mode);
+    }
+
+    fn handle_timer(&mut self, now: Instant, id: FlowId, host: &mut impl HostIo) {
+        let expires_at = match self.flows.get_mut(id) {
+            None => return,
+            Some(Flow::Tcp(tcp)) => {
+                let verdict = tcp.handle_timer(now, id, &mut self.tx, host);
+                self.apply_tcp_verdict(now, id, verdict, host);
+                return;
+            }
+            Some(Flow::Udp(udp)) => udp.expires_at(),
+            Some(Flow::Icmp(icmp)) => icmp.expires_at(),
+        };
+        if now >= expires_at {
+            self.remove_flow(id, CloseMode::Graceful, host);
+        } else {
+            self.flows.schedule(id, Some(expires_at));
+        }
+    }
+
+    /// Continue a flow that stopped for lack of room in the transmit queue.
+    fn resume(&mut self, now: Instant, id: FlowId, host: &mut impl HostIo) {
+        let Some(key) = self.flows.key(id) else {
+            return;
+        };
+        match self.flows.get_mut(id) {
+            Some(Flow::Tcp(tcp)) => {
+                let verdict = tcp.handle_timer(now, id, &mut self.tx, host);
+                self.apply_tcp_verdict(now, id, verdict, host);
+            }
+            Some(Flow::Udp(UdpFlow {
+                host_readable: true,
+                ..
+            }))
+            | Some(Flow::Icmp(IcmpFlow {
+                host_readable: true,
+                ..
+            })) => self.read_datagrams(now, id, &key, host),
+            _ => {}
+        }
+    }
+
+    /// Drain a UDP or ICMP flow's host socket towards the guest.
+    fn read_datagrams(&mut self, now: Instant, id: FlowId, key: &FlowKey, host: &mut impl HostIo) {
+        let mtu = self.config.mtu;
+        let gateway = self.config.network.gateway();
+        let (IpAddr::V4(guest_ip), IpAddr::V4(remote_ip)) = (key.guest.ip(), key.remote.ip())
+        else {
+            return;
+        };
+        let (tx, stats, scratch) = (&mut self.tx, &mut self.stats, &mut self.scratch);
+        match self.flows.get_mut(id) {
+            Some(Flow::Udp(udp)) => {
+                match udp.read_host(now, id, key, host, tx, stats, mtu, scratch) {
+                    ReadOutcome::Drained => {}
+                    ReadOutcome::Starved => self.starved.push(id),
+                    ReadOutcome::Failed(err) => {
+                        let refusal = match Refusal::from_host_error(err) {
+                            Refusal::Reset if err != HostError::ConnectionRefused => {
+                                Refusal::Silent
+                            }
+                            refusal => refusal,
+                        };
+                        refuse(tx, stats, gateway, refusal, &udp.quote, None);
+                    }
+                }
+            }
+            Some(Flow::Icmp(icmp)) => {
+                let guest = (guest_ip, key.guest.port());
+                if !icmp.read_host(now, id, guest, remote_ip, host, tx, stats, scratch) {
+                    self.starved.push(id);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn handle_udp(&mut self, now: Instant, ip: &Ipv4Repr, payload: &[u8], host: &mut impl HostIo) {
+        let Ok(packet) = UdpPacket::new_checked(payload) else {
+            self.stats.rx_errors += 1;
+            return;
+        };
+        let (src, dst) = (ip.src_addr.into(), ip.dst_addr.into());
+        let Ok(repr) = UdpRepr::parse(&packet, &src, &dst, &ChecksumCapabilities::ignored()) else {
+            self.stats.rx_errors += 1;
+            return;
+        };
+        let data = packet.payload();
+        let key = FlowKey {
+            proto: Proto::Udp,
+            guest: SocketAddr::new(IpAddr::V4(ip.src_addr), repr.src_port),
+            remote: SocketAddr::new(IpAddr::V4(ip.dst_addr), repr.dst_port),
+        };
+        let quote = Quote::new(ip, payload);
+        let gateway = self.config.network.gateway();
+        let id = match self.flows.lookup(&key) {
+            Some(id) => id,
+            None => {
+                let target = match self.host_target(ip.dst_addr, repr.dst_port) {
+                    Ok(target) => target,
+                    Err(refusal) => {
+                        refuse(
+                            &mut self.tx,
+                            &mut self.stats,
+                            gateway,
+                            refusal,
+                            &quote,
+                            None,
+                        );
+                        return;
+                    }
+                };
+                let idle = if repr.dst_port == 53 {
+                    self.config.timeouts.udp_dns_idle
+                } else {
+                    self.config.timeouts.udp_idle
+                };
+                let flow = Flow::Udp(UdpFlow::new(now, idle, quote.clone()));
+                let Some(id) =
+                    self.open_datagram_flow(key, flow, host, |host, id| host.udp_open(id, target))
+                else {
+                    return;
+                };
+                id
+            }
+        };
+        let Some(Flow::Udp(udp)) = self.flows.get_mut(id) else {
+            return;
+        };
+        udp.last_active = now;
+        udp.quote = quote;
+        match host.udp_send(id, data) {
+            Ok(()) => {}
+            Err(HostError::WouldBlock) => self.stats.rx_dropped += 1,
+            Err(err) => {
+                log::debug!("{id:?}: UDP send failed: {err}");
+                let refusal = match err {
+                    HostError::ConnectionRefused => Refusal::Reset,
+                    HostError::NetworkUnreachable => Refusal::NetUnreachable,
+                    HostError::HostUnreachable => Refusal::HostUnreachable,
+                    _ => Refusal::Silent,
+                };
+                refuse(
+                    &mut self.tx,
+                    &mut self.stats,
+                    gateway,
+                    refusal,
+                    &udp.quote,
+                    None,
+                );
+            }
+        }
+    }
+
+    /// Add a UDP or ICMP flow, evicting the longest-idle one of its kind when the table is
+    /// full, and open its host socket with `open`. `None` if the host refused.
+    fn open_datagram_flow<H: HostIo>(
+        &mut self,
+        key: FlowKey,
+        flow: Flow,
+        host: &mut H,
+        open: impl FnOnce(&mut H, FlowId) -> Result<(), HostError>,
+    ) -> Option<FlowId> {
+        let (count, limit) = match key.proto {
+            Proto::Udp => (self.stats.udp_flows, self.config.limits.max_udp_flows),
+            _ => (self.stats.icmp_flows, self.config.limits.max_icmp_flows),
+        };
+        if count as usize >= limit {
+            self.evict_oldest(key.proto, host);
+        }
+        let now = self.now;
+        let expires_at = match &flow {
+            Flow::Udp(udp) => udp.expires_at(),
+            Flow::Icmp(icmp) => icmp.expires_at(),
+            Flow::Tcp(_) => now,
+        };
+        let id = self.flows.insert(key, flow);
+        match key.proto {
+            Proto::Udp => {
+                self.stats.udp_flows += 1;
+                self.stats.udp_flows_opened += 1;
+            }
+            _ => {
+                self.stats.icmp_flows += 1;
+                self.stats.icmp_flows_opened += 1;
+            }
+        }
+        if let Err(err) = open(host, id) {
+            log::debug!("{id:?}: cannot open host socket for {key:?}: {err}");
+            if err != HostError::PermissionDenied {
+                self.stats.host_socket_errors += 1;
+            }
+            self.remove_flow(id, CloseMode::Abort, host);
+            return None;
+        }
+        self.flows.schedule(id, Some(expires_at));
+        Some(id)
+    }
+
+    /// Make room in a full UDP/ICMP table by closing its longest-idle flow. This scans the
+    /// table, but only on overflow, which the limits make rare.
+    fn evict_oldest(&mut self, proto: Proto, host: &mut impl HostIo) {
+        let oldest = self
+            .flows
+            .ids()
+            .filter_map(|id| match self.flows.get(id)? {
+                Flow::Udp(udp) if proto == Proto::Udp => Some((udp.last_active, id)),
+                Flow::Icmp(icmp) if proto == Proto::Icmp => Some((icmp.last_active, id)),
+                _ => None,
+            })
+            .min();
+        if let Some((_, id)) = oldest {
+            log::debug!("{id:?}: evicted ({proto:?} table full)");
+            match proto {
+                Proto::Udp => self.stats.udp_flow_evictions += 1,
+                _ => self.stats.icmp_flow_evictions += 1,
+            }
+            self.remove_flow(id, CloseMode::Graceful, host);
+        }
+    }
+
+    fn handle_icmp(&mut self, now: Instant, ip: &Ipv4Repr, payload: &[u8], host: &mut impl HostIo) {
+        let Ok(packet) = Icmpv4Packet::new_checked(payload) else {
+            self.stats.rx_errors += 1;
+            return;
+        };
+        let Ok(Icmpv4Repr::EchoRequest {
+            ident,
+            seq_no,
+            data,
+        }) = Icmpv4Repr::parse(&packet, &ChecksumCapabilities::ignored())
+        else {
+            // Only echo requests are forwarded; the guest's ICMP errors have no host use.
+            self.stats.rx_dropped += 1;
+            return;
+        };
+        let network = self.config.network;
+        let local = ip.dst_addr == network.gateway()
+            || (ip.dst_addr == network.dns() && !self.config.disable_dns);
+        if local {
+            send_echo_reply(
+                &mut self.tx,
+                &mut self.stats,
+                ip.dst_addr,
+                ip.src_addr,
+                ident,
+                seq_no,
+                data,
+            );
+            return;
+        }
+        if self.host_target(ip.dst_addr, 0).is_err() {
+            self.stats.rx_dropped += 1;
+            return;
+        }
+        let key = FlowKey {
+            proto: Proto::Icmp,
+            guest: SocketAddr::new(IpAddr::V4(ip.src_addr), ident),
+            remote: SocketAddr::new(IpAddr::V4(ip.dst_addr), 0),
+        };
+        let id = match self.flows.lookup(&key) {
+            Some(id) => id,
+            None => {
+                let remote = IpAddr::V4(ip.dst_addr);
+                let flow = Flow::Icmp(IcmpFlow::new(now, self.config.timeouts.icmp_idle));
+                let Some(id) =
+                    self.open_datagram_flow(key, flow, host, |host, id| host.ping_open(id, remote))
+                else {
+                    return;
+                };
+                id
+            }
+        };
+        if let Some(Flow::Icmp(icmp)) = self.flows.get_mut(id) {
+            icmp.last_active = now;
+        }
+        if let Err(err) = host.ping_send(id, payload) {
+            log::debug!("{id:?}: ping send failed: {err}");
+        }
     }
 }

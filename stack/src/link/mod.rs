@@ -1,1 +1,6 @@
-//! Link layer: Ethernet framing, ARP (and later NDP).
+//! Link layer: Ethernet framing towards the guest, ARP, and the transmit queue.
+
+pub mod arp;
+pub mod tx;
+
+pub use tx::TxQueue;

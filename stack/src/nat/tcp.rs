@@ -1,0 +1,474 @@
+//! TCP NAT: each guest connection is terminated by its own smoltcp socket, and its bytes
+//! are carried over a host TCP socket.
+//!
+//! smoltcp finds a socket by scanning its whole `SocketSet` and polls every socket of an
+//! interface, so one interface for all flows would cost O(flows) per packet. Instead every
+//! flow has a tiny `Interface` (medium IP, one address: the remote the guest dialled) with
+//! a one-socket set; our own 4-tuple map picks the flow and the flow table's timer heap
+//! decides when to poll it. Ethernet stays ours (link/), so no neighbour cache is used.
+//!
+//! Life of a flow: the guest's SYN creates the flow and a *paused* listening socket
+//! (`pause_synack`), and asks the host for a non-blocking connect. Only when the host
+//! connect succeeds is the SYN-ACK released; refusal becomes a RST, unreachability an ICMP
+//! error. Then bytes are pumped both ways with backpressure (we read the host only while
+//! the smoltcp send buffer has room, and the guest's window closes while the host is not
+//! writable). FINs are carried independently in each direction (half-close).
+
+use crate::io::{CloseMode, FlowId, HostError, HostEvent, HostIo};
+use crate::link::TxQueue;
+use crate::nat::{checksum_caps, Quote};
+use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
+use smoltcp::socket::tcp::{Socket, SocketBuffer, State};
+use smoltcp::time::Instant;
+use smoltcp::wire::{
+    EthernetProtocol, HardwareAddress, IpAddress, IpCidr, IpListenEndpoint, TcpControl, TcpRepr,
+    TcpSeqNumber,
+};
+
+/// What the stack should do with a flow after it was driven.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Keep it; poll it again at `due` (if any).
+    Keep { due: Option<Instant> },
+    /// Tear it down and close the host socket this way.
+    Remove(CloseMode),
+    /// The host connect failed: tell the guest (see [`TcpFlow::syn_quote`]) and tear down.
+    Refused(HostError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for the host connect; the SYN-ACK is held back.
+    Connecting {
+        deadline: Instant,
+    },
+    Open,
+}
+
+/// Sizes and knobs of a TCP flow.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpParams {
+    pub mtu: usize,
+    pub rx_buffer: usize,
+    pub tx_buffer: usize,
+    pub random_seed: u64,
+    /// When the host connect is given up on.
+    pub connect_deadline: Instant,
+}
+
+pub struct TcpFlow {
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    handle: SocketHandle,
+    phase: Phase,
+    mtu: usize,
+    ethertype: EthernetProtocol,
+    syn_quote: Quote,
+    /// Readiness we have seen and not yet used up (edge-triggered host events).
+    host_readable: bool,
+    host_writable: bool,
+    /// The host peer sent EOF; a FIN is queued to the guest.
+    host_eof: bool,
+    /// The guest's FIN has been passed on as a host half-close.
+    host_write_shut: bool,
+    /// The host socket was already closed (e.g. while we linger in TIME-WAIT).
+    host_closed: bool,
+    /// The last drive wanted to send but the transmit queue was full.
+    starved: bool,
+}
+
+/// The smoltcp device of one flow: at most one packet in (the one being handled), and
+/// packets out go straight into the stack's transmit queue behind an Ethernet header.
+struct FlowDevice<'a> {
+    rx: Option<&'a [u8]>,
+    tx: &'a mut TxQueue,
+    mtu: usize,
+    ethertype: EthernetProtocol,
+    starved: bool,
+}
+
+struct FlowRxToken<'a>(&'a [u8]);
+
+impl RxToken for FlowRxToken<'_> {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(self.0)
+    }
+}
+
+struct FlowTxToken<'a> {
+    tx: &'a mut TxQueue,
+    ethertype: EthernetProtocol,
+}
+
+impl TxToken for FlowTxToken<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        self.tx.push_forced(self.ethertype, len, f)
+    }
+}
+
+impl Device for FlowDevice<'_> {
+    type RxToken<'b>
+        = FlowRxToken<'b>
+    where
+        Self: 'b;
+    type TxToken<'b>
+        = FlowTxToken<'b>
+    where
+        Self: 'b;
+
+    fn receive(&mut self, _now: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        // A reply to an incoming segment is always allowed past the queue limit (see
+        // `TxQueue::push_forced`): refusing it would only make the guest retransmit.
+        let packet = self.rx.take()?;
+        Some((
+            FlowRxToken(packet),
+            FlowTxToken {
+                tx: self.tx,
+                ethertype: self.ethertype,
+            },
+        ))
+    }
+
+    fn transmit(&mut self, _now: Instant) -> Option<Self::TxToken<'_>> {
+        if !self.tx.has_room() {
+            self.starved = true;
+            return None;
+        }
+        Some(FlowTxToken {
+            tx: self.tx,
+            ethertype: self.ethertype,
+        })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ip;
+        caps.max_transmission_unit = self.mtu;
+        caps.checksum = checksum_caps();
+        caps
+    }
+}
+
+impl TcpFlow {
+    /// A flow for a guest SYN `syn_packet` (the whole IP packet) from `guest` to `remote`:
+    /// the socket listens as `remote` with the SYN-ACK paused, and has seen the SYN.
+    /// Returns `None` when smoltcp does not take the SYN (it then answered it itself).
+    pub fn open(
+        now: Instant,
+        guest: IpAddress,
+        remote: (IpAddress, u16),
+        syn_packet: &[u8],
+        syn_quote: Quote,
+        params: TcpParams,
+        tx: &mut TxQueue,
+    ) -> Option<TcpFlow> {
+        let ethertype = match remote.0 {
+            IpAddress::Ipv4(_) => EthernetProtocol::Ipv4,
+            IpAddress::Ipv6(_) => EthernetProtocol::Ipv6,
+        };
+        let mut device = FlowDevice {
+            rx: None,
+            tx,
+            mtu: params.mtu,
+            ethertype,
+            starved: false,
+        };
+        let mut config = IfaceConfig::new(HardwareAddress::Ip);
+        config.random_seed = params.random_seed;
+        let mut iface = Interface::new(config, &mut device, now);
+        let prefix = match remote.0 {
+            IpAddress::Ipv4(_) => 32,
+            IpAddress::Ipv6(_) => 128,
+        };
+        iface.update_ip_addrs(|addrs| {
+            // One address cannot overflow the interface's address list.
+            let _ = addrs.push(IpCidr::new(remote.0, prefix));
+        });
+        // Everything not ours goes back out of this one interface towards the guest.
+        let routed = match guest {
+            IpAddress::Ipv4(addr) => iface.routes_mut().add_default_ipv4_route(addr).is_ok(),
+            IpAddress::Ipv6(addr) => iface.routes_mut().add_default_ipv6_route(addr).is_ok(),
+        };
+        debug_assert!(routed);
+
+        let mut socket = Socket::new(
+            SocketBuffer::new(vec![0u8; params.rx_buffer]),
+            SocketBuffer::new(vec![0u8; params.tx_buffer]),
+        );
+        // The guest is on a virtual wire: batching small writes (Nagle) or delaying ACKs
+        // only adds latency and throttles its congestion window.
+        socket.set_nagle_enabled(false);
+        socket.set_ack_delay(None);
+        socket.pause_synack(true);
+        let endpoint = IpListenEndpoint {
+            addr: Some(remote.0),
+            port: remote.1,
+        };
+        socket.listen(endpoint).ok()?;
+        let mut sockets = SocketSet::new(Vec::with_capacity(1));
+        let handle = sockets.add(socket);
+
+        let mut flow = TcpFlow {
+            iface,
+            sockets,
+            handle,
+            phase: Phase::Connecting {
+                deadline: params.connect_deadline,
+            },
+            mtu: params.mtu,
+            ethertype,
+            syn_quote,
+            host_readable: false,
+            host_writable: false,
+            host_eof: false,
+            host_write_shut: false,
+            host_closed: false,
+            starved: false,
+        };
+        device.rx = Some(syn_packet);
+        flow.iface.poll(now, &mut device, &mut flow.sockets);
+        if flow.socket().state() != State::SynReceived {
+            return None;
+        }
+        Some(flow)
+    }
+
+    fn socket(&self) -> &Socket<'static> {
+        self.sockets.get::<Socket>(self.handle)
+    }
+
+    pub fn state(&self) -> State {
+        self.socket().state()
+    }
+
+    pub fn is_connecting(&self) -> bool {
+        matches!(self.phase, Phase::Connecting { .. })
+    }
+
+    pub fn is_starved(&self) -> bool {
+        self.starved
+    }
+
+    /// The guest's SYN, for the refusal when the host connect fails.
+    pub fn syn_quote(&self) -> &Quote {
+        &self.syn_quote
+    }
+
+    /// The guest's SYN as a segment (ports and sequence number are in the quoted 8 bytes).
+    pub fn syn_segment(&self) -> TcpRepr<'static> {
+        let head = self.syn_quote.head();
+        let word = |at: usize| {
+            head.get(at..at + 2)
+                .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]))
+        };
+        let seq = head
+            .get(4..8)
+            .map_or(0, |b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+        TcpRepr {
+            src_port: word(0),
+            dst_port: word(2),
+            control: TcpControl::Syn,
+            seq_number: TcpSeqNumber(seq),
+            ack_number: None,
+            window_len: 0,
+            window_scale: None,
+            max_seg_size: None,
+            sack_permitted: false,
+            sack_ranges: [None, None, None],
+            timestamp: None,
+            payload: &[],
+        }
+    }
+
+    /// A later segment of this flow from the guest (`packet` is the whole IP packet).
+    pub fn handle_segment(
+        &mut self,
+        now: Instant,
+        packet: &[u8],
+        id: FlowId,
+        tx: &mut TxQueue,
+        host: &mut impl HostIo,
+    ) -> Verdict {
+        self.drive(now, Some(packet), id, tx, host)
+    }
+
+    /// The host socket became readable/writable or reported an error.
+    pub fn handle_host_event(
+        &mut self,
+        now: Instant,
+        event: HostEvent,
+        tx: &mut TxQueue,
+        host: &mut impl HostIo,
+    ) -> Verdict {
+        let HostEvent {
+            flow: id,
+            readable,
+            writable,
+            error,
+        } = event;
+        if let Phase::Connecting { .. } = self.phase {
+            if !(writable || error) {
+                return self.verdict(now, host, id);
+            }
+            if let Some(err) = host.take_error(id) {
+                return Verdict::Refused(err);
+            }
+            if !writable {
+                return self.verdict(now, host, id);
+            }
+            self.phase = Phase::Open;
+            self.sockets
+                .get_mut::<Socket>(self.handle)
+                .pause_synack(false);
+        }
+        // An error or hang-up shows up as a failing (or EOF) read, which the pump handles.
+        self.host_readable |= readable || error;
+        self.host_writable |= writable;
+        self.drive(now, None, id, tx, host)
+    }
+
+    /// A timer of this flow expired, or the transmit queue has room again.
+    pub fn handle_timer(
+        &mut self,
+        now: Instant,
+        id: FlowId,
+        tx: &mut TxQueue,
+        host: &mut impl HostIo,
+    ) -> Verdict {
+        if let Phase::Connecting { deadline } = self.phase {
+            if now >= deadline {
+                return Verdict::Refused(HostError::TimedOut);
+            }
+        }
+        self.drive(now, None, id, tx, host)
+    }
+
+    fn drive(
+        &mut self,
+        now: Instant,
+        rx: Option<&[u8]>,
+        id: FlowId,
+        tx: &mut TxQueue,
+        host: &mut impl HostIo,
+    ) -> Verdict {
+        let mut device = FlowDevice {
+            rx,
+            tx,
+            mtu: self.mtu,
+            ethertype: self.ethertype,
+            starved: false,
+        };
+        if self.phase == Phase::Open {
+            if let Err(err) = self.pump(id, host) {
+                log::debug!("{id:?}: host socket failed: {err}");
+                self.sockets.get_mut::<Socket>(self.handle).abort();
+                self.iface.poll(now, &mut device, &mut self.sockets);
+                return Verdict::Remove(CloseMode::Abort);
+            }
+        }
+        self.iface.poll(now, &mut device, &mut self.sockets);
+        if self.phase == Phase::Open {
+            // What the guest just sent can go to the host now, and the window it frees
+            // (or the host data just read) wants to go out in the same turn.
+            let before = (self.socket().recv_queue(), self.socket().send_queue());
+            if let Err(err) = self.pump(id, host) {
+                log::debug!("{id:?}: host socket failed: {err}");
+                self.sockets.get_mut::<Socket>(self.handle).abort();
+                self.iface.poll(now, &mut device, &mut self.sockets);
+                return Verdict::Remove(CloseMode::Abort);
+            }
+            if before != (self.socket().recv_queue(), self.socket().send_queue()) {
+                self.iface.poll(now, &mut device, &mut self.sockets);
+            }
+        }
+        self.starved = device.starved;
+        self.verdict(now, host, id)
+    }
+
+    /// Move bytes between the smoltcp socket and the host socket until one side blocks.
+    fn pump(&mut self, id: FlowId, host: &mut impl HostIo) -> Result<(), HostError> {
+        let socket = self.sockets.get_mut::<Socket>(self.handle);
+        // Guest → host.
+        while self.host_writable && socket.can_recv() {
+            let sent = socket.recv(|buf| match host.tcp_send(id, buf) {
+                Ok(n) => (n, Ok(n)),
+                Err(err) => (0, Err(err)),
+            });
+            match sent {
+                Ok(Ok(_)) => {}
+                Ok(Err(HostError::WouldBlock)) => self.host_writable = false,
+                Ok(Err(err)) => return Err(err),
+                Err(_) => break,
+            }
+        }
+        // The guest's FIN goes on once everything before it has.
+        let fin_received = matches!(
+            socket.state(),
+            State::CloseWait | State::LastAck | State::Closing | State::TimeWait
+        );
+        if fin_received && !self.host_write_shut && socket.recv_queue() == 0 && !self.host_closed {
+            host.tcp_shutdown_write(id);
+            self.host_write_shut = true;
+        }
+        // Host → guest.
+        while self.host_readable && !self.host_eof && socket.can_send() {
+            let received = socket.send(|buf| match host.tcp_recv(id, buf) {
+                Ok(n) => (n, Ok(n)),
+                Err(err) => (0, Err(err)),
+            });
+            match received {
+                Ok(Ok(0)) => {
+                    self.host_eof = true;
+                    // Queues our FIN behind the data already buffered.
+                    socket.close();
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(HostError::WouldBlock)) => self.host_readable = false,
+                Ok(Err(err)) => return Err(err),
+                Err(_) => break,
+            }
+        }
+        Ok(())
+    }
+
+    fn verdict(&mut self, now: Instant, host: &mut impl HostIo, id: FlowId) -> Verdict {
+        let state = self.socket().state();
+        match self.phase {
+            Phase::Connecting { deadline } => {
+                if state != State::SynReceived {
+                    // The guest gave up (RST) before the host answered.
+                    return Verdict::Remove(CloseMode::Abort);
+                }
+                Verdict::Keep {
+                    due: Some(deadline),
+                }
+            }
+            Phase::Open => match state {
+                // Listen: a RST in SYN-RECEIVED sends a listening socket back to LISTEN.
+                State::Closed | State::Listen => {
+                    let graceful = self.host_eof && self.host_write_shut;
+                    Verdict::Remove(if graceful {
+                        CloseMode::Graceful
+                    } else {
+                        CloseMode::Abort
+                    })
+                }
+                State::TimeWait => {
+                    // Both directions are finished; only smoltcp's TIME-WAIT remains, to
+                    // re-ACK a retransmitted FIN. The host socket is not needed for that.
+                    if !self.host_closed {
+                        host.close(id, CloseMode::Graceful);
+                        self.host_closed = true;
+                    }
+                    Verdict::Keep {
+                        due: self.iface.poll_at(now, &self.sockets),
+                    }
+                }
+                _ => Verdict::Keep {
+                    due: self.iface.poll_at(now, &self.sockets),
+                },
+            },
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! UDP NAT: one connected host socket per guest 4-tuple. Datagrams are copied through;
+//! replies come back from the address the guest sent to. Flows expire when idle.
+
+use crate::io::{FlowId, HostError, HostIo};
+use crate::link::TxQueue;
+use crate::nat::{checksum_caps, send_ipv4, FlowKey, Quote};
+use crate::stats::Stats;
+use core::net::{IpAddr, SocketAddr};
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{IpProtocol, UdpPacket, UdpRepr};
+
+pub struct UdpFlow {
+    pub last_active: Instant,
+    pub idle_timeout: Duration,
+    /// The latest datagram from the guest, quoted if the host reports it unreachable.
+    pub quote: Quote,
+    /// Readiness not yet used up because the transmit queue filled.
+    pub host_readable: bool,
+}
+
+/// What happened when the host side was read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// Drained to WouldBlock.
+    Drained,
+    /// Stopped because the transmit queue is full; resume when it has room.
+    Starved,
+    /// The host reported an error for the last datagram sent (e.g. port unreachable).
+    Failed(HostError),
+}
+
+impl UdpFlow {
+    pub fn new(now: Instant, idle_timeout: Duration, quote: Quote) -> UdpFlow {
+        UdpFlow {
+            last_active: now,
+            idle_timeout,
+            quote,
+            host_readable: false,
+        }
+    }
+
+    pub fn expires_at(&self) -> Instant {
+        self.last_active + self.idle_timeout
+    }
+
+    /// Read datagrams from the host and pass them to the guest as coming from the address
+    /// it sent to.
+    #[allow(clippy::too_many_arguments)]
+    pub fn read_host(
+        &mut self,
+        now: Instant,
+        id: FlowId,
+        key: &FlowKey,
+        host: &mut impl HostIo,
+        tx: &mut TxQueue,
+        stats: &mut Stats,
+        mtu: usize,
+        scratch: &mut [u8],
+    ) -> ReadOutcome {
+        self.host_readable = true;
+        loop {
+            if !tx.has_room() {
+                return ReadOutcome::Starved;
+            }
+            let len = match host.udp_recv(id, scratch) {
+                Ok(len) => len,
+                Err(HostError::WouldBlock) => {
+                    self.host_readable = false;
+                    return ReadOutcome::Drained;
+                }
+                Err(err) => {
+                    self.host_readable = false;
+                    return ReadOutcome::Failed(err);
+                }
+            };
+            self.last_active = now;
+            let payload = &scratch[..len];
+            if len + 28 > mtu {
+                // IP fragmentation towards the guest is not implemented: such a datagram
+                // could not cross the tap anyway.
+                stats.tx_dropped += 1;
+                log::debug!("{id:?}: dropping {len}-byte datagram larger than the MTU");
+                continue;
+            }
+            send_udp(tx, stats, key.remote, key.guest, payload);
+        }
+    }
+}
+
+/// Queue a UDP datagram to the guest (IPv4 endpoints only; others are ignored).
+pub fn send_udp(
+    tx: &mut TxQueue,
+    stats: &mut Stats,
+    from: SocketAddr,
+    to: SocketAddr,
+    payload: &[u8],
+) {
+    let (IpAddr::V4(src), IpAddr::V4(dst)) = (from.ip(), to.ip()) else {
+        return;
+    };
+    let (src, dst) = (src, dst);
+    let repr = UdpRepr {
+        src_port: from.port(),
+        dst_port: to.port(),
+    };
+    send_ipv4(
+        tx,
+        stats,
+        src,
+        dst,
+        IpProtocol::Udp,
+        repr.header_len() + payload.len(),
+        |buf| {
+            repr.emit(
+                &mut UdpPacket::new_unchecked(buf),
+                &src.into(),
+                &dst.into(),
+                payload.len(),
+                |p| p.copy_from_slice(payload),
+                &checksum_caps(),
+            )
+        },
+    );
+}
