@@ -1,1 +1,1741 @@
 //! slirp4netns-compatible command line.
+//!
+//! Callers (rootlesskit, podman, shell scripts) start us exactly as they start slirp4netns 1.2,
+//! so parsing follows GNU `getopt_long` (options and operands interleave, `--opt=v` or
+//! `--opt v`, clustered short options, `--`, unique prefixes of long names) and every error text
+//! is the reference's, word for word, because scripts grep them. `lexopt` splits the words;
+//! long-name prefixes are resolved here because lexopt only matches whole names.
+//!
+//! Every option lives in one table, [`OPTIONS`], with a `supported` flag. An option rslirp does
+//! not implement yet is still parsed and validated (a bad value gets the reference's error),
+//! then rejected with `--name is not supported yet`, and it stays out of `--help`: callers
+//! detect features by searching the help text, so listing an option we would reject breaks
+//! them. Enabling an option is a one-line change in that table; `--help` and
+//! `SLIRP_CONFIG_VERSION_MAX` follow from it.
+//!
+//! Checks run in the reference's order, which decides which error wins when several apply:
+//! option values as they come (`--exit-fd`, `--ready-fd`, `--mtu`, `--userns-path`), then
+//! `--macaddress` without `-c`, `--target-type`, the operands, and last the values the
+//! reference only looks at during setup (CIDR, MAC, socket path, outbound address). The
+//! reference prints the usage after the early errors but not after the late ones;
+//! [`CliError::show_usage`] says which.
+
+use std::ffi::{OsStr, OsString};
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+
+use rslirp_stack::VirtualNetwork;
+
+/// What the command line asks for.
+#[derive(Debug)]
+pub enum Command {
+    /// Set up the network and run.
+    Run(Options),
+    /// `-h`/`--help`: the usage text, ending in a newline; print it as is on stdout, exit 0.
+    Help(String),
+    /// `-v`/`--version`: the version text, ending in a newline; print it as is on stdout, exit 0.
+    Version(String),
+}
+
+/// How the `PID|PATH|FD` operand names the network namespace (`--netns-type`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum NetnsType {
+    /// A process id whose network namespace is joined (the default).
+    Pid,
+    /// A network namespace file such as `/run/netns/NAME`.
+    Path,
+    /// An already-open tap fd inherited from the caller.
+    TapFd,
+}
+
+impl NetnsType {
+    /// The `--netns-type` value, as in [`NETNS_TYPES`].
+    fn name(&self) -> &'static str {
+        match self {
+            NetnsType::Pid => "pid",
+            NetnsType::Path => "path",
+            NetnsType::TapFd => "tapfd",
+        }
+    }
+}
+
+/// A validated command line for [`Command::Run`].
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `-c`: bring up lo and the tap inside the namespace.
+    pub configure: bool,
+    /// `-e FD`: exit cleanly when this fd reports hang-up.
+    pub exit_fd: Option<i32>,
+    /// `-r FD`: write `1` here once ready, then close it.
+    pub ready_fd: Option<i32>,
+    /// `-m N`: 1..=65521.
+    pub mtu: u32,
+    /// `-6`.
+    pub enable_ipv6: bool,
+    /// `-a PATH`: shorter than [`SUN_PATH_MAX`] bytes.
+    pub api_socket: Option<PathBuf>,
+    /// `--cidr`, default 10.0.2.0/24.
+    pub network: VirtualNetwork,
+    pub disable_host_loopback: bool,
+    pub netns_type: NetnsType,
+    /// The `PID|PATH|FD` operand as given.
+    pub target: String,
+    /// The operand parsed as a process id, for [`NetnsType::Pid`] only.
+    pub pid: Option<i32>,
+    /// The `TAPNAME` operand, `tap0` when absent.
+    pub tap_name: String,
+    pub userns_path: Option<PathBuf>,
+    pub enable_sandbox: bool,
+    pub enable_seccomp: bool,
+    /// `--outbound-addr`: an IPv4 address or an interface name.
+    pub outbound_addr: Option<String>,
+    /// `--outbound-addr6`: an IPv6 address or an interface name.
+    pub outbound_addr6: Option<String>,
+    pub disable_dns: bool,
+    /// `--macaddress` (only with `-c`).
+    pub mac_address: Option<[u8; 6]>,
+}
+
+impl Options {
+    /// The part of the command line the pure stack needs; everything else keeps its default.
+    pub fn stack_config(&self) -> rslirp_stack::Config {
+        rslirp_stack::Config {
+            network: self.network,
+            // Lossless: the MTU is at most MAX_MTU.
+            mtu: self.mtu as usize,
+            disable_host_loopback: self.disable_host_loopback,
+            enable_ipv6: self.enable_ipv6,
+            disable_dns: self.disable_dns,
+            ..rslirp_stack::Config::default()
+        }
+    }
+}
+
+/// An error to print on stderr (one line) before exiting 1; `show_usage` adds the usage text
+/// after it, as the reference does for that case. (The reference prints that usage on
+/// stdout; SPEC.md asks for stderr, so that a caller reading our stdout never mistakes it for
+/// output.)
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct CliError {
+    pub message: String,
+    pub show_usage: bool,
+}
+
+impl CliError {
+    /// An error the reference reports while parsing options, followed by the usage.
+    fn with_usage(message: impl Into<String>) -> Self {
+        CliError {
+            message: message.into(),
+            show_usage: true,
+        }
+    }
+
+    /// An error the reference only finds during setup, reported without the usage.
+    fn plain(message: impl Into<String>) -> Self {
+        CliError {
+            message: message.into(),
+            show_usage: false,
+        }
+    }
+}
+
+pub const DEFAULT_MTU: u32 = 1500;
+/// The largest MTU the reference accepts (65535 minus the 14-byte Ethernet header).
+pub const MAX_MTU: u32 = 65521;
+pub const DEFAULT_TAP_NAME: &str = "tap0";
+/// `sizeof(sockaddr_un.sun_path)` on Linux: a socket path needs room for its NUL there.
+pub const SUN_PATH_MAX: usize = 108;
+/// Linux `IFNAMSIZ`, including the NUL.
+const IFNAMSIZ: usize = 16;
+/// The slirp4netns release whose interface we reproduce; `-v` reports it first.
+const REFERENCE_VERSION: &str = "1.2.0";
+
+/// Every option, one variant each; deprecated spellings map onto the same variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opt {
+    Configure,
+    ExitFd,
+    ReadyFd,
+    Mtu,
+    EnableIpv6,
+    ApiSocket,
+    Cidr,
+    DisableHostLoopback,
+    NetnsType,
+    UsernsPath,
+    EnableSandbox,
+    EnableSeccomp,
+    OutboundAddr,
+    OutboundAddr6,
+    DisableDns,
+    MacAddress,
+    TargetType,
+    Help,
+    Version,
+}
+
+/// One row of [`OPTIONS`].
+struct OptSpec {
+    opt: Opt,
+    short: Option<char>,
+    long: &'static str,
+    /// Deprecated long names the reference still accepts: matched like `long`, never shown.
+    aliases: &'static [&'static str],
+    /// The placeholder shown in `--help` (`FD`, `PATH`...) when the option requires a value.
+    value_name: Option<&'static str>,
+    /// The `--help` description; `{values}` expands to the supported `values` and default.
+    help: &'static str,
+    /// The named values of an option that takes one from a fixed set.
+    values: &'static [ValueSpec],
+    /// Whether rslirp implements the option today. Unsupported options are validated, then
+    /// rejected, and left out of `--help`.
+    supported: bool,
+}
+
+/// One value of an option with a fixed set of values (`--netns-type`, `--target-type`).
+struct ValueSpec {
+    name: &'static str,
+    /// Whether rslirp implements this value today; like [`OptSpec::supported`].
+    supported: bool,
+    /// The value the option has when absent.
+    default: bool,
+}
+
+const NETNS_TYPES: &[ValueSpec] = &[
+    ValueSpec {
+        name: "path",
+        supported: true,
+        default: false,
+    },
+    ValueSpec {
+        name: "pid",
+        supported: true,
+        default: true,
+    },
+    ValueSpec {
+        name: "tapfd",
+        supported: false,
+        default: false,
+    },
+];
+
+const TARGET_TYPES: &[ValueSpec] = &[
+    ValueSpec {
+        name: "netns",
+        supported: true,
+        default: true,
+    },
+    ValueSpec {
+        name: "bess",
+        supported: false,
+        default: false,
+    },
+];
+
+/// The options, in the reference's `--help` order. Ambiguous prefixes list their candidates
+/// in this order too.
+const OPTIONS: &[OptSpec] = &[
+    OptSpec {
+        opt: Opt::Configure,
+        short: Some('c'),
+        long: "configure",
+        aliases: &[],
+        value_name: None,
+        help: "bring up the interface",
+        values: &[],
+        supported: true,
+    },
+    OptSpec {
+        opt: Opt::ExitFd,
+        short: Some('e'),
+        long: "exit-fd",
+        aliases: &[],
+        value_name: Some("FD"),
+        help: "specify the FD for terminating slirp4netns",
+        values: &[],
+        supported: true,
+    },
+    OptSpec {
+        opt: Opt::ReadyFd,
+        short: Some('r'),
+        long: "ready-fd",
+        aliases: &[],
+        value_name: Some("FD"),
+        help: "specify the FD to write to when the network is configured",
+        values: &[],
+        supported: true,
+    },
+    OptSpec {
+        opt: Opt::Mtu,
+        short: Some('m'),
+        long: "mtu",
+        aliases: &[],
+        value_name: Some("MTU"),
+        help: "specify MTU (default=1500, max=65521)",
+        values: &[],
+        supported: true,
+    },
+    OptSpec {
+        opt: Opt::EnableIpv6,
+        short: Some('6'),
+        long: "enable-ipv6",
+        aliases: &[],
+        value_name: None,
+        help: "enable IPv6",
+        values: &[],
+        supported: false,
+    },
+    OptSpec {
+        opt: Opt::ApiSocket,
+        short: Some('a'),
+        long: "api-socket",
+        aliases: &[],
+        value_name: Some("PATH"),
+        help: "specify API socket path",
+        values: &[],
+        supported: false,
+    },
+    OptSpec {
+        opt: Opt::Cidr,
+        short: None,
+        long: "cidr",
+        aliases: &[],
+        value_name: Some("CIDR"),
+        help: "specify network address CIDR (default=10.0.2.0/24)",
+        values: &[],
+        supported: true,
+    },
+    OptSpec {
+        opt: Opt::DisableHostLoopback,
+        short: None,
+        long: "disable-host-loopback",
+        aliases: &["no-host-loopback"],
+        value_name: None,
+        help: "prohibit connecting to 127.0.0.1:* on the host namespace",
+        values: &[],
+        supported: true,
+    },
+    OptSpec {
+        opt: Opt::NetnsType,
+        short: None,
+        long: "netns-type",
+        aliases: &[],
+        value_name: Some("TYPE"),
+        help: "specify network namespace type ({values})",
+        values: NETNS_TYPES,
+        supported: true,
+    },
+    OptSpec {
+        opt: Opt::UsernsPath,
+        short: None,
+        long: "userns-path",
+        aliases: &[],
+        value_name: Some("PATH"),
+        help: "specify user namespace path",
+        values: &[],
+        supported: true,
+    },
+    OptSpec {
+        opt: Opt::EnableSandbox,
+        short: None,
+        long: "enable-sandbox",
+        aliases: &["create-sandbox"],
+        value_name: None,
+        help: "create a new mount namespace (and drop all caps except CAP_NET_BIND_SERVICE if running as the root)",
+        values: &[],
+        supported: false,
+    },
+    OptSpec {
+        opt: Opt::EnableSeccomp,
+        short: None,
+        long: "enable-seccomp",
+        aliases: &[],
+        value_name: None,
+        help: "enable seccomp to limit syscalls",
+        values: &[],
+        supported: false,
+    },
+    OptSpec {
+        opt: Opt::OutboundAddr,
+        short: None,
+        long: "outbound-addr",
+        aliases: &[],
+        value_name: Some("IPv4"),
+        help: "sets outbound ipv4 address to bound to",
+        values: &[],
+        supported: false,
+    },
+    OptSpec {
+        opt: Opt::OutboundAddr6,
+        short: None,
+        long: "outbound-addr6",
+        aliases: &[],
+        value_name: Some("IPv6"),
+        help: "sets outbound ipv6 address to bound to",
+        values: &[],
+        supported: false,
+    },
+    OptSpec {
+        opt: Opt::DisableDns,
+        short: None,
+        long: "disable-dns",
+        aliases: &[],
+        value_name: None,
+        help: "disables 10.0.2.3 (or configured internal ip) to host dns redirect",
+        values: &[],
+        supported: false,
+    },
+    OptSpec {
+        opt: Opt::MacAddress,
+        short: None,
+        long: "macaddress",
+        aliases: &[],
+        value_name: Some("MAC"),
+        help: "specify the MAC address of the TAP (only valid with -c)",
+        values: &[],
+        supported: false,
+    },
+    OptSpec {
+        opt: Opt::TargetType,
+        short: None,
+        long: "target-type",
+        aliases: &[],
+        value_name: Some("TYPE"),
+        help: "specify the target type ({values})",
+        values: TARGET_TYPES,
+        supported: true,
+    },
+    OptSpec {
+        opt: Opt::Help,
+        short: Some('h'),
+        long: "help",
+        aliases: &[],
+        value_name: None,
+        help: "show this help and exit",
+        values: &[],
+        supported: true,
+    },
+    OptSpec {
+        opt: Opt::Version,
+        short: Some('v'),
+        long: "version",
+        aliases: &[],
+        value_name: None,
+        help: "show version and exit",
+        values: &[],
+        supported: true,
+    },
+];
+
+impl OptSpec {
+    /// Whether `--help` lists the option. An option with named values is only worth listing
+    /// when a value other than its default works (`--target-type` with only `netns` adds
+    /// nothing; a caller seeing it would assume `bess` works).
+    fn listed_in_help(&self) -> bool {
+        self.supported
+            && (self.values.is_empty() || self.values.iter().any(|v| v.supported && !v.default))
+    }
+
+    /// The option's `--help` line: the option column padded to the reference's width.
+    fn help_line(&self) -> String {
+        let mut left = match self.short {
+            Some(short) => format!("-{short}, --{}", self.long),
+            None => format!("--{}", self.long),
+        };
+        if let Some(value_name) = self.value_name {
+            left = format!("{left}={value_name}");
+        }
+        let description = self.help.replace("{values}", &self.values_text());
+        format!("{left:<23}  {description}")
+    }
+
+    /// `[path|pid], default=pid`: the supported values and the default.
+    fn values_text(&self) -> String {
+        let names: Vec<&str> = self
+            .values
+            .iter()
+            .filter(|v| v.supported)
+            .map(|v| v.name)
+            .collect();
+        let default = self
+            .values
+            .iter()
+            .find(|v| v.default)
+            .map_or("", |v| v.name);
+        format!("[{}], default={default}", names.join("|"))
+    }
+}
+
+fn spec_of(opt: Opt) -> Option<&'static OptSpec> {
+    OPTIONS.iter().find(|spec| spec.opt == opt)
+}
+
+fn is_supported(opt: Opt) -> bool {
+    spec_of(opt).is_some_and(|spec| spec.supported)
+}
+
+/// The usage text `--help` prints (ending in a newline): the reference's layout, listing
+/// only the options that work.
+pub fn usage(argv0: &str) -> String {
+    let mut text = format!(
+        "Usage: {argv0} [OPTION]... PID|PATH|FD [TAPNAME]\n\
+         User-mode networking for unprivileged network namespaces.\n\n"
+    );
+    for spec in OPTIONS.iter().filter(|spec| spec.listed_in_help()) {
+        text.push_str(&spec.help_line());
+        text.push('\n');
+    }
+    text
+}
+
+/// The `SLIRP_CONFIG_VERSION_MAX` we report. Callers read it as a feature level rather than
+/// as a libslirp detail: >= 2 means `--outbound-addr` works, >= 3 `--disable-dns`, and 4
+/// (what the reference reports with libslirp 4.7) also the IPv6 configuration. So each level
+/// needs its options and every lower level's to be supported; never claim a level whose
+/// options we would reject.
+fn slirp_config_version_max(is_supported: impl Fn(Opt) -> bool) -> u32 {
+    let levels: [&[Opt]; 3] = [
+        &[Opt::OutboundAddr, Opt::OutboundAddr6],
+        &[Opt::DisableDns],
+        &[Opt::EnableIpv6],
+    ];
+    let reached = levels
+        .iter()
+        .take_while(|opts| opts.iter().all(|&opt| is_supported(opt)))
+        .count();
+    // At most 3 levels above the base of 1.
+    1 + reached as u32
+}
+
+/// The `--version` text (ending in a newline), in the reference's five-line shape, which
+/// callers parse.
+fn version_text() -> String {
+    let ours = env!("CARGO_PKG_VERSION");
+    // Set by build.rs from git; a build from a tarball has no commit to report.
+    let commit = option_env!("RSLIRP_GIT_COMMIT")
+        .filter(|c| !c.is_empty())
+        .unwrap_or("unknown");
+    format!(
+        "slirp4netns version {REFERENCE_VERSION}+rslirp.{ours}\n\
+         commit: {commit}\n\
+         libslirp: rslirp {ours}\n\
+         SLIRP_CONFIG_VERSION_MAX: {}\n\
+         libseccomp: none\n",
+        slirp_config_version_max(is_supported)
+    )
+}
+
+/// Parse the arguments after `argv0` (which only appears in messages and the usage).
+pub fn parse(argv0: &str, args: impl IntoIterator<Item = OsString>) -> Result<Command, CliError> {
+    let mut parser = lexopt::Parser::from_args(args);
+    // getopt keeps the `=` of `-m=1500` as part of the value; so do we.
+    parser.set_short_equals(false);
+    let mut collected = Collected::default();
+    while let Some(token) = next_token(&mut parser, argv0)? {
+        match token {
+            Token::Operand(operand) => collected.operands.push(operand),
+            // getopt handles options in order, so a help or version request wins over an
+            // error in a later option but not over one in an earlier option.
+            Token::Option(spec, _) if spec.opt == Opt::Help => {
+                return Ok(Command::Help(usage(argv0)))
+            }
+            Token::Option(spec, _) if spec.opt == Opt::Version => {
+                return Ok(Command::Version(version_text()))
+            }
+            Token::Option(spec, value) => collected.apply(spec, value.unwrap_or_default())?,
+        }
+    }
+    collected.finish(argv0).map(Command::Run)
+}
+
+/// One option (with its value, when it takes one) or one operand.
+enum Token {
+    Option(&'static OptSpec, Option<OsString>),
+    Operand(OsString),
+}
+
+fn next_token(parser: &mut lexopt::Parser, argv0: &str) -> Result<Option<Token>, CliError> {
+    let arg = match parser.next() {
+        Ok(Some(arg)) => arg,
+        Ok(None) => return Ok(None),
+        // lexopt only fails on a `--name=value` left unconsumed, and `long_token` always
+        // consumes it; kept as an ordinary usage error rather than a panic.
+        Err(err) => return Err(CliError::with_usage(format!("{argv0}: {err}"))),
+    };
+    let token = match arg {
+        lexopt::Arg::Value(operand) => Token::Operand(operand),
+        lexopt::Arg::Short(short) => short_token(parser, argv0, short)?,
+        lexopt::Arg::Long(name) => {
+            let name = name.to_owned();
+            long_token(parser, argv0, &name)?
+        }
+    };
+    Ok(Some(token))
+}
+
+fn short_token(parser: &mut lexopt::Parser, argv0: &str, short: char) -> Result<Token, CliError> {
+    let spec = OPTIONS
+        .iter()
+        .find(|spec| spec.short == Some(short))
+        .ok_or_else(|| CliError::with_usage(format!("{argv0}: invalid option -- '{short}'")))?;
+    if spec.value_name.is_none() {
+        return Ok(Token::Option(spec, None));
+    }
+    // `-r3` or `-r 3`; the next word is taken even if it starts with `-`, as getopt does.
+    let value = parser.value().map_err(|_| {
+        CliError::with_usage(format!("{argv0}: option requires an argument -- '{short}'"))
+    })?;
+    Ok(Token::Option(spec, Some(value)))
+}
+
+fn long_token(parser: &mut lexopt::Parser, argv0: &str, name: &str) -> Result<Token, CliError> {
+    let attached = parser.optional_value();
+    // getopt quotes unknown and ambiguous options as typed, `=value` included.
+    let as_typed = || match &attached {
+        Some(value) => format!("--{name}={}", value.to_string_lossy()),
+        None => format!("--{name}"),
+    };
+    let (spec, matched) = match lookup_long(name) {
+        LongMatch::Found(spec, matched) => (spec, matched),
+        LongMatch::Unknown => {
+            return Err(CliError::with_usage(format!(
+                "{argv0}: unrecognized option '{}'",
+                as_typed()
+            )))
+        }
+        LongMatch::Ambiguous(candidates) => {
+            let candidates: Vec<String> = candidates.iter().map(|c| format!("'--{c}'")).collect();
+            return Err(CliError::with_usage(format!(
+                "{argv0}: option '{}' is ambiguous; possibilities: {}",
+                as_typed(),
+                candidates.join(" ")
+            )));
+        }
+    };
+    match (spec.value_name, attached) {
+        (None, None) => Ok(Token::Option(spec, None)),
+        (None, Some(_)) => Err(CliError::with_usage(format!(
+            "{argv0}: option '--{matched}' doesn't allow an argument"
+        ))),
+        (Some(_), Some(value)) => Ok(Token::Option(spec, Some(value))),
+        (Some(_), None) => {
+            let value = parser.value().map_err(|_| {
+                CliError::with_usage(format!(
+                    "{argv0}: option '--{matched}' requires an argument"
+                ))
+            })?;
+            Ok(Token::Option(spec, Some(value)))
+        }
+    }
+}
+
+enum LongMatch {
+    /// The option and the name it matched (an alias keeps its own name in messages).
+    Found(&'static OptSpec, &'static str),
+    Unknown,
+    Ambiguous(Vec<&'static str>),
+}
+
+/// getopt_long's matching: an exact name wins, otherwise a prefix of exactly one option.
+fn lookup_long(name: &str) -> LongMatch {
+    let all_names = || {
+        OPTIONS.iter().flat_map(|spec| {
+            std::iter::once(spec.long)
+                .chain(spec.aliases.iter().copied())
+                .map(move |long| (spec, long))
+        })
+    };
+    if let Some((spec, long)) = all_names().find(|&(_, long)| long == name) {
+        return LongMatch::Found(spec, long);
+    }
+    let candidates: Vec<(&'static OptSpec, &'static str)> = all_names()
+        .filter(|&(_, long)| long.starts_with(name))
+        .collect();
+    match candidates.as_slice() {
+        [] => LongMatch::Unknown,
+        // getopt only calls a prefix ambiguous when the candidates mean different things.
+        [(first, long), rest @ ..] if rest.iter().all(|(spec, _)| spec.opt == first.opt) => {
+            LongMatch::Found(first, long)
+        }
+        _ => LongMatch::Ambiguous(candidates.iter().map(|&(_, long)| long).collect()),
+    }
+}
+
+/// Option values as given; the late checks run in [`Collected::finish`].
+#[derive(Default)]
+struct Collected {
+    configure: bool,
+    exit_fd: Option<i32>,
+    ready_fd: Option<i32>,
+    mtu: Option<u32>,
+    enable_ipv6: bool,
+    api_socket: Option<PathBuf>,
+    cidr: Option<OsString>,
+    disable_host_loopback: bool,
+    netns_type: Option<OsString>,
+    userns_path: Option<PathBuf>,
+    enable_sandbox: bool,
+    enable_seccomp: bool,
+    outbound_addr: Option<OsString>,
+    outbound_addr6: Option<OsString>,
+    disable_dns: bool,
+    mac_address: Option<OsString>,
+    target_type: Option<OsString>,
+    operands: Vec<OsString>,
+    /// The first option given that rslirp does not implement, rejected once all is validated.
+    first_unsupported: Option<&'static OptSpec>,
+}
+
+impl Collected {
+    /// Record one option; `value` is empty for options without one. As with getopt, a
+    /// repeated option overrides the earlier one.
+    fn apply(&mut self, spec: &'static OptSpec, value: OsString) -> Result<(), CliError> {
+        if !spec.supported && self.first_unsupported.is_none() {
+            self.first_unsupported = Some(spec);
+        }
+        match spec.opt {
+            Opt::Configure => self.configure = true,
+            Opt::ExitFd => {
+                self.exit_fd = Some(parse_fd(&value).ok_or_else(|| {
+                    CliError::with_usage("exit-fd must be a non-negative integer")
+                })?)
+            }
+            Opt::ReadyFd => {
+                self.ready_fd = Some(parse_fd(&value).ok_or_else(|| {
+                    CliError::with_usage("ready-fd must be a non-negative integer")
+                })?)
+            }
+            Opt::Mtu => {
+                self.mtu = Some(parse_mtu(&value).ok_or_else(|| {
+                    CliError::with_usage("MTU must be a positive integer (< 65522)")
+                })?)
+            }
+            Opt::EnableIpv6 => self.enable_ipv6 = true,
+            Opt::ApiSocket => self.api_socket = Some(value.into()),
+            Opt::Cidr => self.cidr = Some(value),
+            Opt::DisableHostLoopback => self.disable_host_loopback = true,
+            Opt::NetnsType => self.netns_type = Some(value),
+            Opt::UsernsPath => {
+                let path = PathBuf::from(value);
+                if !path.exists() {
+                    return Err(CliError::with_usage(format!(
+                        "userns path doesn't exist: {}",
+                        path.display()
+                    )));
+                }
+                self.userns_path = Some(path);
+            }
+            Opt::EnableSandbox => self.enable_sandbox = true,
+            Opt::EnableSeccomp => self.enable_seccomp = true,
+            Opt::OutboundAddr => self.outbound_addr = Some(value),
+            Opt::OutboundAddr6 => self.outbound_addr6 = Some(value),
+            Opt::DisableDns => self.disable_dns = true,
+            Opt::MacAddress => self.mac_address = Some(value),
+            Opt::TargetType => self.target_type = Some(value),
+            // Answered by `parse` before they get here; nothing to record.
+            Opt::Help | Opt::Version => {}
+        }
+        Ok(())
+    }
+
+    /// The checks after the last option, in the reference's order.
+    fn finish(self, argv0: &str) -> Result<Options, CliError> {
+        if self.mac_address.is_some() && !self.configure {
+            return Err(CliError::with_usage(
+                "--macaddr cannot be specified when --configure or -c is not specified",
+            ));
+        }
+        check_target_type(self.target_type.as_deref())?;
+        let netns_type = parse_netns_type(self.netns_type.as_deref())?;
+
+        let mut operands = self.operands.into_iter();
+        let target = operands
+            .next()
+            .ok_or_else(|| CliError::with_usage(format!("{argv0}: missing PID|PATH|FD operand")))?;
+        let tap_name = operands.next();
+        if operands.next().is_some() {
+            return Err(CliError::plain("too many arguments"));
+        }
+        let (target, pid) = check_target(&netns_type, target)?;
+        let tap_name = match tap_name {
+            None => DEFAULT_TAP_NAME.to_string(),
+            Some(name) => name.into_string().map_err(|name| {
+                CliError::plain(format!(
+                    "TAPNAME must be valid UTF-8: {}",
+                    name.to_string_lossy()
+                ))
+            })?,
+        };
+
+        let network = match &self.cidr {
+            None => VirtualNetwork::default(),
+            Some(cidr) => VirtualNetwork::parse(&cidr.to_string_lossy())
+                .map_err(|err| CliError::plain(err.to_string()))?,
+        };
+        let mac_address = self.mac_address.as_deref().map(parse_mac).transpose()?;
+        if let Some(path) = &self.api_socket {
+            check_api_socket(path)?;
+        }
+        let outbound_addr = self
+            .outbound_addr
+            .as_deref()
+            .map(|addr| check_outbound(addr, AddrFamily::V4))
+            .transpose()?;
+        let outbound_addr6 = self
+            .outbound_addr6
+            .as_deref()
+            .map(|addr| check_outbound(addr, AddrFamily::V6))
+            .transpose()?;
+
+        // Everything is valid; now refuse what we cannot do yet.
+        if let Some(spec) = self.first_unsupported {
+            return Err(not_supported(&format!("--{}", spec.long)));
+        }
+        let netns_type_name = netns_type.name();
+        if NETNS_TYPES
+            .iter()
+            .any(|v| v.name == netns_type_name && !v.supported)
+        {
+            return Err(not_supported(&format!("--netns-type={netns_type_name}")));
+        }
+
+        Ok(Options {
+            configure: self.configure,
+            exit_fd: self.exit_fd,
+            ready_fd: self.ready_fd,
+            mtu: self.mtu.unwrap_or(DEFAULT_MTU),
+            enable_ipv6: self.enable_ipv6,
+            api_socket: self.api_socket,
+            network,
+            disable_host_loopback: self.disable_host_loopback,
+            netns_type,
+            target,
+            pid,
+            tap_name,
+            userns_path: self.userns_path,
+            enable_sandbox: self.enable_sandbox,
+            enable_seccomp: self.enable_seccomp,
+            outbound_addr,
+            outbound_addr6,
+            disable_dns: self.disable_dns,
+            mac_address,
+        })
+    }
+}
+
+fn not_supported(what: &str) -> CliError {
+    CliError::plain(format!("{what} is not supported yet"))
+}
+
+/// `netns` is the default and the only mode we run; `bess` changes what the operands mean
+/// (one socket path, no namespace), so it is refused here, before the operands are read.
+fn check_target_type(value: Option<&OsStr>) -> Result<(), CliError> {
+    let Some(value) = value else {
+        return Ok(());
+    };
+    match TARGET_TYPES.iter().find(|v| value == OsStr::new(v.name)) {
+        None => Err(CliError::with_usage(
+            "--target-type must be either \"netns\" or \"bess\"",
+        )),
+        Some(v) if !v.supported => Err(not_supported(&format!("--target-type={}", v.name))),
+        Some(_) => Ok(()),
+    }
+}
+
+/// The reference treats any `--netns-type` other than `pid` as `path`; we name the mistake.
+fn parse_netns_type(value: Option<&OsStr>) -> Result<NetnsType, CliError> {
+    let Some(value) = value else {
+        return Ok(NetnsType::Pid);
+    };
+    match value.to_str() {
+        Some("pid") => Ok(NetnsType::Pid),
+        Some("path") => Ok(NetnsType::Path),
+        Some("tapfd") => Ok(NetnsType::TapFd),
+        _ => Err(CliError::with_usage(
+            "--netns-type must be either \"pid\", \"path\" or \"tapfd\"",
+        )),
+    }
+}
+
+/// Validate the `PID|PATH|FD` operand for its `--netns-type`; returns it as text and, for
+/// a pid, parsed.
+fn check_target(
+    netns_type: &NetnsType,
+    target: OsString,
+) -> Result<(String, Option<i32>), CliError> {
+    match netns_type {
+        NetnsType::Pid => {
+            let pid = target
+                .to_str()
+                .and_then(parse_c_integer)
+                .and_then(|n| i32::try_from(n).ok())
+                .filter(|&n| n > 0)
+                .ok_or_else(|| CliError::with_usage("PID must be a positive integer"))?;
+            Ok((target.to_string_lossy().into_owned(), Some(pid)))
+        }
+        NetnsType::Path => {
+            // The reference's access(F_OK) check and perror() text.
+            if let Err(err) = std::fs::metadata(&target) {
+                return Err(CliError::with_usage(format!(
+                    "existing path expected when --netns-type=path: {}",
+                    os_error_text(&err)
+                )));
+            }
+            let target = target.into_string().map_err(|path| {
+                CliError::plain(format!(
+                    "PATH must be valid UTF-8: {}",
+                    path.to_string_lossy()
+                ))
+            })?;
+            Ok((target, None))
+        }
+        NetnsType::TapFd => {
+            parse_fd(&target)
+                .ok_or_else(|| CliError::with_usage("FD must be a non-negative integer"))?;
+            Ok((target.to_string_lossy().into_owned(), None))
+        }
+    }
+}
+
+/// An io::Error as perror() prints it: the strerror text without Rust's "(os error N)".
+fn os_error_text(err: &std::io::Error) -> String {
+    let text = err.to_string();
+    match text.rfind(" (os error ") {
+        Some(end) => text[..end].to_string(),
+        None => text,
+    }
+}
+
+/// The reference parses numbers with `strtol(s, &end, 10)` and requires `*end == '\0'`:
+/// leading white space and a sign are allowed, trailing characters and overflow are not.
+/// Unlike strtol we refuse the empty string (strtol reads it as 0, which would make
+/// `--ready-fd ''` mean stdin).
+fn parse_c_integer(text: &str) -> Option<i64> {
+    text.trim_start_matches([' ', '\t', '\n', '\x0b', '\x0c', '\r'])
+        .parse()
+        .ok()
+}
+
+fn parse_fd(value: &OsStr) -> Option<i32> {
+    value
+        .to_str()
+        .and_then(parse_c_integer)
+        .and_then(|n| i32::try_from(n).ok())
+        .filter(|&n| n >= 0)
+}
+
+fn parse_mtu(value: &OsStr) -> Option<u32> {
+    value
+        .to_str()
+        .and_then(parse_c_integer)
+        .and_then(|n| u32::try_from(n).ok())
+        .filter(|n| (1..=MAX_MTU).contains(n))
+}
+
+/// `XX:XX:XX:XX:XX:XX` with one or two hex digits per byte, as `ether_aton` reads it.
+fn parse_mac(value: &OsStr) -> Result<[u8; 6], CliError> {
+    let invalid = || {
+        CliError::plain(format!(
+            "\"{}\" is an invalid MAC address.",
+            value.to_string_lossy()
+        ))
+    };
+    let text = value.to_str().ok_or_else(invalid)?;
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next().ok_or_else(invalid)?;
+        if part.is_empty() || part.len() > 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(invalid());
+        }
+        *byte = u8::from_str_radix(part, 16).map_err(|_| invalid())?;
+    }
+    if parts.next().is_some() {
+        return Err(invalid());
+    }
+    Ok(mac)
+}
+
+/// A unix socket path must fit `sun_path` with its NUL; the reference would truncate it
+/// silently and listen somewhere else.
+fn check_api_socket(path: &Path) -> Result<(), CliError> {
+    let len = path.as_os_str().len();
+    if len >= SUN_PATH_MAX {
+        return Err(CliError::plain(format!(
+            "API socket path must be shorter than {SUN_PATH_MAX} bytes (it has {len}): {}",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum AddrFamily {
+    V4,
+    V6,
+}
+
+/// `--outbound-addr[6]`: an address of the right family, or something that can be a Linux
+/// interface name (whether that interface exists is only known at setup).
+fn check_outbound(value: &OsStr, family: AddrFamily) -> Result<String, CliError> {
+    let (option, family_name) = match family {
+        AddrFamily::V4 => ("outbound-addr", "ipv4"),
+        AddrFamily::V6 => ("outbound-addr6", "ipv6"),
+    };
+    let invalid = || {
+        CliError::plain(format!(
+            "{option} has to be valid {family_name} address or interface name."
+        ))
+    };
+    let text = value.to_str().ok_or_else(invalid)?;
+    let is_v4 = text.parse::<Ipv4Addr>().is_ok();
+    let is_v6 = text.parse::<Ipv6Addr>().is_ok();
+    let valid = match family {
+        AddrFamily::V4 => is_v4 || (!is_v6 && is_interface_name(text)),
+        AddrFamily::V6 => is_v6 || (!is_v4 && is_interface_name(text)),
+    };
+    if valid {
+        Ok(text.to_string())
+    } else {
+        Err(invalid())
+    }
+}
+
+/// The kernel's `dev_valid_name`: 1..IFNAMSIZ-1 bytes, not `.` or `..`, no `/`, `:` or space.
+fn is_interface_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() < IFNAMSIZ
+        && name != "."
+        && name != ".."
+        && !name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ARGV0: &str = "rslirp";
+
+    fn args(words: &[&str]) -> Vec<OsString> {
+        words.iter().map(OsString::from).collect()
+    }
+
+    fn run(words: &[&str]) -> Options {
+        match parse(ARGV0, args(words)) {
+            Ok(Command::Run(options)) => options,
+            other => panic!("{words:?}: expected Run, got {other:?}"),
+        }
+    }
+
+    fn error(words: &[&str]) -> CliError {
+        match parse(ARGV0, args(words)) {
+            Err(err) => err,
+            Ok(other) => panic!("{words:?}: expected an error, got {other:?}"),
+        }
+    }
+
+    /// The error text, checking it is reported with the usage as the reference does.
+    fn error_with_usage(words: &[&str]) -> String {
+        let err = error(words);
+        assert!(err.show_usage, "{words:?}: usage expected after {err}");
+        err.message
+    }
+
+    /// The error text, checking it is reported without the usage as the reference does.
+    fn error_without_usage(words: &[&str]) -> String {
+        let err = error(words);
+        assert!(!err.show_usage, "{words:?}: no usage expected after {err}");
+        err.message
+    }
+
+    fn help_text(words: &[&str]) -> String {
+        match parse(ARGV0, args(words)) {
+            Ok(Command::Help(text)) => text,
+            other => panic!("{words:?}: expected Help, got {other:?}"),
+        }
+    }
+
+    fn version(words: &[&str]) -> String {
+        match parse(ARGV0, args(words)) {
+            Ok(Command::Version(text)) => text,
+            other => panic!("{words:?}: expected Version, got {other:?}"),
+        }
+    }
+
+    /// A path that exists on every test machine.
+    fn existing_path() -> String {
+        std::env::temp_dir().to_string_lossy().into_owned()
+    }
+
+    const MISSING_PATH: &str = "/nonexistent-rslirp-test/ns";
+
+    #[test]
+    fn defaults() {
+        let o = run(&["1234"]);
+        assert!(!o.configure);
+        assert_eq!(o.exit_fd, None);
+        assert_eq!(o.ready_fd, None);
+        assert_eq!(o.mtu, 1500);
+        assert!(!o.enable_ipv6);
+        assert_eq!(o.api_socket, None);
+        assert_eq!(o.network, VirtualNetwork::default());
+        assert!(!o.disable_host_loopback);
+        assert_eq!(o.netns_type, NetnsType::Pid);
+        assert_eq!(o.target, "1234");
+        assert_eq!(o.pid, Some(1234));
+        assert_eq!(o.tap_name, "tap0");
+        assert_eq!(o.userns_path, None);
+        assert!(!o.enable_sandbox && !o.enable_seccomp && !o.disable_dns);
+        assert_eq!(o.outbound_addr, None);
+        assert_eq!(o.outbound_addr6, None);
+        assert_eq!(o.mac_address, None);
+    }
+
+    #[test]
+    fn operands_interleave_with_options() {
+        for words in [
+            &["1234", "--mtu", "9000", "tap1", "-c"][..],
+            &["--mtu", "9000", "1234", "tap1", "-c"],
+            &["-c", "1234", "--mtu=9000", "tap1"],
+            &["1234", "tap1", "-c", "-m", "9000"],
+        ] {
+            let o = run(words);
+            assert_eq!(
+                (o.pid, o.tap_name.as_str()),
+                (Some(1234), "tap1"),
+                "{words:?}"
+            );
+            assert_eq!(o.mtu, 9000, "{words:?}");
+            assert!(o.configure, "{words:?}");
+        }
+    }
+
+    #[test]
+    fn long_options_take_attached_or_separate_values() {
+        for words in [
+            &[
+                "--mtu=9000",
+                "--exit-fd=4",
+                "--ready-fd=5",
+                "--cidr=10.0.3.0/24",
+                "1",
+            ][..],
+            &[
+                "--mtu",
+                "9000",
+                "--exit-fd",
+                "4",
+                "--ready-fd",
+                "5",
+                "--cidr",
+                "10.0.3.0/24",
+                "1",
+            ],
+        ] {
+            let o = run(words);
+            assert_eq!(o.mtu, 9000, "{words:?}");
+            assert_eq!(o.exit_fd, Some(4), "{words:?}");
+            assert_eq!(o.ready_fd, Some(5), "{words:?}");
+            assert_eq!(o.network.to_string(), "10.0.3.0/24", "{words:?}");
+        }
+    }
+
+    #[test]
+    fn a_value_is_taken_even_when_it_looks_like_an_option() {
+        assert_eq!(
+            error_with_usage(&["--exit-fd", "-1", "1"]),
+            "exit-fd must be a non-negative integer"
+        );
+        assert_eq!(
+            error_with_usage(&["-m", "--cidr", "1"]),
+            "MTU must be a positive integer (< 65522)"
+        );
+    }
+
+    #[test]
+    fn short_options_cluster() {
+        for words in [
+            &["-cr3", "1"][..],
+            &["-c", "-r3", "1"],
+            &["-c", "-r", "3", "1"],
+            &["-cr", "3", "1"],
+        ] {
+            let o = run(words);
+            assert!(o.configure, "{words:?}");
+            assert_eq!(o.ready_fd, Some(3), "{words:?}");
+        }
+        let o = run(&["-ce4", "-m1400", "1"]);
+        assert_eq!((o.configure, o.exit_fd, o.mtu), (true, Some(4), 1400));
+    }
+
+    #[test]
+    fn short_option_equals_sign_is_part_of_the_value_as_in_getopt() {
+        assert_eq!(
+            error_with_usage(&["-r=3", "1"]),
+            "ready-fd must be a non-negative integer"
+        );
+        assert_eq!(
+            error_with_usage(&["-c=1", "1"]),
+            "rslirp: invalid option -- '='"
+        );
+    }
+
+    #[test]
+    fn double_dash_ends_options() {
+        let path = existing_path();
+        let o = run(&["--netns-type=path", "--", &path, "--mtu"]);
+        assert_eq!(o.target, path);
+        assert_eq!(o.tap_name, "--mtu");
+        assert_eq!(o.mtu, 1500);
+        assert_eq!(
+            error_with_usage(&["--", "-5"]),
+            "PID must be a positive integer"
+        );
+    }
+
+    #[test]
+    fn long_names_may_be_abbreviated_to_a_unique_prefix() {
+        let o = run(&[
+            "--conf",
+            "--mt=9000",
+            "--ready",
+            "7",
+            "--disable-h",
+            "--ci=10.9.0.0/16",
+            "1",
+        ]);
+        assert!(o.configure && o.disable_host_loopback);
+        assert_eq!((o.mtu, o.ready_fd), (9000, Some(7)));
+        assert_eq!(o.network.to_string(), "10.9.0.0/16");
+        // `--macaddr` reaches --macaddress: its value is validated, then the option refused.
+        assert_eq!(
+            error_without_usage(&["-c", "--macaddr=zz", "1"]),
+            "\"zz\" is an invalid MAC address."
+        );
+        assert_eq!(
+            error_without_usage(&["-c", "--macaddr", "52:54:00:12:34:56", "1"]),
+            "--macaddress is not supported yet"
+        );
+        // An exact name wins over the longer names it is a prefix of.
+        assert_eq!(
+            error_without_usage(&["--outbound-addr=10.1.1.1", "1"]),
+            "--outbound-addr is not supported yet"
+        );
+    }
+
+    #[test]
+    fn ambiguous_prefixes_are_errors_listing_the_candidates() {
+        assert_eq!(
+            error_with_usage(&["--e", "1"]),
+            "rslirp: option '--e' is ambiguous; possibilities: '--exit-fd' '--enable-ipv6' '--enable-sandbox' '--enable-seccomp'"
+        );
+        assert_eq!(
+            error_with_usage(&["--enable=x", "1"]),
+            "rslirp: option '--enable=x' is ambiguous; possibilities: '--enable-ipv6' '--enable-sandbox' '--enable-seccomp'"
+        );
+        assert_eq!(
+            error_with_usage(&["--m", "1400", "1"]),
+            "rslirp: option '--m' is ambiguous; possibilities: '--mtu' '--macaddress'"
+        );
+        assert_eq!(
+            error_with_usage(&["--outbound", "::1", "1"]),
+            "rslirp: option '--outbound' is ambiguous; possibilities: '--outbound-addr' '--outbound-addr6'"
+        );
+    }
+
+    #[test]
+    fn deprecated_aliases_are_accepted() {
+        assert!(run(&["--no-host-loopback", "1"]).disable_host_loopback);
+        assert!(run(&["--no", "1"]).disable_host_loopback);
+        assert_eq!(
+            error_without_usage(&["--create-sandbox", "1"]),
+            "--enable-sandbox is not supported yet"
+        );
+    }
+
+    #[test]
+    fn getopt_errors_have_getopt_texts_and_usage() {
+        assert_eq!(
+            error_with_usage(&["--bogus", "1"]),
+            "rslirp: unrecognized option '--bogus'"
+        );
+        assert_eq!(
+            error_with_usage(&["--bogus=x", "1"]),
+            "rslirp: unrecognized option '--bogus=x'"
+        );
+        assert_eq!(
+            error_with_usage(&["-x", "1"]),
+            "rslirp: invalid option -- 'x'"
+        );
+        assert_eq!(
+            error_with_usage(&["-cx", "1"]),
+            "rslirp: invalid option -- 'x'"
+        );
+        assert_eq!(
+            error_with_usage(&["1", "-m"]),
+            "rslirp: option requires an argument -- 'm'"
+        );
+        assert_eq!(
+            error_with_usage(&["1", "--mt"]),
+            "rslirp: option '--mtu' requires an argument"
+        );
+        assert_eq!(
+            error_with_usage(&["--configure=1", "1"]),
+            "rslirp: option '--configure' doesn't allow an argument"
+        );
+        assert_eq!(
+            error_with_usage(&["--help=3"]),
+            "rslirp: option '--help' doesn't allow an argument"
+        );
+    }
+
+    #[test]
+    fn missing_operand_shows_usage() {
+        let err = error(&["-c"]);
+        assert!(err.show_usage);
+        assert_eq!(err.message, "rslirp: missing PID|PATH|FD operand");
+        assert!(error(&[]).show_usage);
+    }
+
+    #[test]
+    fn too_many_arguments() {
+        assert_eq!(
+            error_without_usage(&["1", "tap0", "extra"]),
+            "too many arguments"
+        );
+    }
+
+    #[test]
+    fn mtu_range() {
+        assert_eq!(run(&["-m", "1", "1"]).mtu, 1);
+        assert_eq!(run(&["-m", "65521", "1"]).mtu, 65521);
+        // strtol accepts leading space and a sign.
+        assert_eq!(run(&["-m", " +1400", "1"]).mtu, 1400);
+        for bad in [
+            "0",
+            "65522",
+            "-1",
+            "abc",
+            "1500x",
+            "",
+            "99999999999999999999",
+        ] {
+            assert_eq!(
+                error_with_usage(&["--mtu", bad, "1"]),
+                "MTU must be a positive integer (< 65522)",
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn fd_errors() {
+        assert_eq!(
+            run(&["-e", "0", "-r", "2147483647", "1"]).ready_fd,
+            Some(i32::MAX)
+        );
+        for bad in ["-1", "x", "3x", "", "2147483648"] {
+            assert_eq!(
+                error_with_usage(&["-e", bad, "1"]),
+                "exit-fd must be a non-negative integer",
+                "{bad:?}"
+            );
+            assert_eq!(
+                error_with_usage(&["-r", bad, "1"]),
+                "ready-fd must be a non-negative integer",
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn pid_must_be_positive() {
+        for bad in ["0", "abc", "12x", "2147483648"] {
+            assert_eq!(
+                error_with_usage(&[bad, "tap0"]),
+                "PID must be a positive integer",
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            error_with_usage(&["--netns-type=pid", "-c", "--", "-5"]),
+            "PID must be a positive integer"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::ffi::OsStringExt;
+            let err = match parse(ARGV0, vec![OsString::from_vec(vec![0xff])]) {
+                Err(err) => err,
+                Ok(other) => panic!("expected an error, got {other:?}"),
+            };
+            assert_eq!(err.message, "PID must be a positive integer");
+        }
+    }
+
+    #[test]
+    fn netns_type_path() {
+        let path = existing_path();
+        let o = run(&["--netns-type=path", &path, "tap1"]);
+        assert_eq!(o.netns_type, NetnsType::Path);
+        assert_eq!((o.target.as_str(), o.pid), (path.as_str(), None));
+        assert_eq!(o.tap_name, "tap1");
+        assert_eq!(
+            error_with_usage(&["--netns-type", "path", MISSING_PATH]),
+            "existing path expected when --netns-type=path: No such file or directory"
+        );
+    }
+
+    #[test]
+    fn netns_type_must_be_known() {
+        assert_eq!(
+            error_with_usage(&["--netns-type=foo", "1"]),
+            "--netns-type must be either \"pid\", \"path\" or \"tapfd\""
+        );
+        assert_eq!(
+            error_without_usage(&["--netns-type=tapfd", "3"]),
+            "--netns-type=tapfd is not supported yet"
+        );
+        assert_eq!(
+            error_with_usage(&["--netns-type=tapfd", "x"]),
+            "FD must be a non-negative integer"
+        );
+    }
+
+    #[test]
+    fn userns_path_must_exist() {
+        let path = existing_path();
+        let o = run(&["--userns-path", &path, "1"]);
+        assert_eq!(o.userns_path, Some(PathBuf::from(&path)));
+        assert_eq!(
+            error_with_usage(&[&format!("--userns-path={MISSING_PATH}"), "1"]),
+            format!("userns path doesn't exist: {MISSING_PATH}")
+        );
+    }
+
+    #[test]
+    fn macaddress_requires_configure() {
+        assert_eq!(
+            error_with_usage(&["--macaddress", "52:54:00:12:34:56", "1"]),
+            "--macaddr cannot be specified when --configure or -c is not specified"
+        );
+    }
+
+    #[test]
+    fn mac_address_syntax() {
+        assert_eq!(
+            parse_mac(OsStr::new("52:54:0:AB:cd:5")).ok(),
+            Some([0x52, 0x54, 0, 0xab, 0xcd, 5])
+        );
+        for bad in [
+            "zz",
+            "52:54:00:12:34",
+            "52:54:00:12:34:56:77",
+            "52-54-00-12-34-56",
+            "152:54:00:12:34:56",
+            "52:54::12:34:56",
+        ] {
+            assert_eq!(
+                error_without_usage(&["-c", "--macaddress", bad, "1"]),
+                format!("\"{bad}\" is an invalid MAC address."),
+            );
+        }
+    }
+
+    #[test]
+    fn target_type() {
+        assert_eq!(run(&["--target-type=netns", "1"]).target, "1");
+        assert_eq!(
+            error_with_usage(&["--target-type=foo", "1"]),
+            "--target-type must be either \"netns\" or \"bess\""
+        );
+        // Refused before the operands, whose meaning bess would change.
+        assert_eq!(
+            error_without_usage(&["--target-type=bess", "/run/bess.sock"]),
+            "--target-type=bess is not supported yet"
+        );
+    }
+
+    #[test]
+    fn cidr_errors_come_from_the_stack_without_usage() {
+        assert_eq!(
+            error_without_usage(&["--cidr=1.2.3.4", "1"]),
+            "invalid CIDR: 1.2.3.4"
+        );
+        assert_eq!(
+            error_without_usage(&["--cidr=10.0.2.300/24", "1"]),
+            "invalid network address: 10.0.2.300"
+        );
+        assert_eq!(
+            error_without_usage(&["--cidr=10.0.0.0/26", "1"]),
+            "prefix length needs to be 1-25"
+        );
+        assert_eq!(
+            error_without_usage(&["--cidr=10.0.2.1/24", "1"]),
+            "CIDR needs to be a network address like 10.0.2.0/24, not like 10.0.2.100/24"
+        );
+    }
+
+    #[test]
+    fn api_socket_path_must_fit_sun_path() {
+        let long = format!("/tmp/{}", "a".repeat(SUN_PATH_MAX - 5));
+        assert_eq!(long.len(), SUN_PATH_MAX);
+        assert_eq!(
+            error_without_usage(&["--api-socket", &long, "1"]),
+            format!("API socket path must be shorter than 108 bytes (it has 108): {long}")
+        );
+        let fits = format!("/tmp/{}", "a".repeat(SUN_PATH_MAX - 6));
+        assert_eq!(
+            error_without_usage(&["-a", &fits, "1"]),
+            "--api-socket is not supported yet"
+        );
+    }
+
+    #[test]
+    fn outbound_addresses_are_validated() {
+        assert_eq!(
+            error_without_usage(&["--outbound-addr=::1", "1"]),
+            "outbound-addr has to be valid ipv4 address or interface name."
+        );
+        assert_eq!(
+            error_without_usage(&["--outbound-addr6=10.0.0.1", "1"]),
+            "outbound-addr6 has to be valid ipv6 address or interface name."
+        );
+        assert_eq!(
+            error_without_usage(&["--outbound-addr=a/b", "1"]),
+            "outbound-addr has to be valid ipv4 address or interface name."
+        );
+        assert_eq!(
+            error_without_usage(&["--outbound-addr=eth0", "1"]),
+            "--outbound-addr is not supported yet"
+        );
+        assert_eq!(
+            error_without_usage(&["--outbound-addr6=fd00::1", "1"]),
+            "--outbound-addr6 is not supported yet"
+        );
+    }
+
+    #[test]
+    fn unsupported_options_are_refused_after_validation() {
+        for (words, option) in [
+            (&["-6", "1"][..], "--enable-ipv6"),
+            (&["--enable-ipv6", "1"], "--enable-ipv6"),
+            (&["-a", "/tmp/s.sock", "1"], "--api-socket"),
+            (&["--enable-sandbox", "1"], "--enable-sandbox"),
+            (&["--enable-seccomp", "1"], "--enable-seccomp"),
+            (&["--disable-dns", "1"], "--disable-dns"),
+            (
+                &["-c", "--macaddress=52:54:00:12:34:56", "1"],
+                "--macaddress",
+            ),
+        ] {
+            assert_eq!(
+                error_without_usage(words),
+                format!("{option} is not supported yet"),
+                "{words:?}"
+            );
+        }
+        // Validation comes first: a bad MTU is reported, not the unsupported option.
+        assert_eq!(
+            error_with_usage(&["--enable-sandbox", "-m", "0", "1"]),
+            "MTU must be a positive integer (< 65522)"
+        );
+        // The first unsupported option given is the one named.
+        assert_eq!(
+            error_without_usage(&["--disable-dns", "-6", "1"]),
+            "--disable-dns is not supported yet"
+        );
+    }
+
+    #[test]
+    fn errors_come_in_the_reference_order() {
+        assert_eq!(
+            error_with_usage(&[&format!("--userns-path={MISSING_PATH}"), "-m", "0", "1"]),
+            format!("userns path doesn't exist: {MISSING_PATH}")
+        );
+        assert_eq!(
+            error_with_usage(&["-m", "0", &format!("--userns-path={MISSING_PATH}"), "1"]),
+            "MTU must be a positive integer (< 65522)"
+        );
+        assert_eq!(
+            error_with_usage(&["--target-type=x", "--macaddress=1", "0"]),
+            "--macaddr cannot be specified when --configure or -c is not specified"
+        );
+        assert_eq!(
+            error_with_usage(&["--target-type=x"]),
+            "--target-type must be either \"netns\" or \"bess\""
+        );
+        assert_eq!(
+            error_with_usage(&["--cidr=bad", "0"]),
+            "PID must be a positive integer"
+        );
+    }
+
+    #[test]
+    fn help_wins_over_later_errors_only() {
+        assert_eq!(help_text(&["-h", "--mtu", "0"]), usage(ARGV0));
+        assert_eq!(help_text(&["1", "--he"]), usage(ARGV0));
+        assert_eq!(
+            error_with_usage(&["--mtu", "0", "-h"]),
+            "MTU must be a positive integer (< 65522)"
+        );
+    }
+
+    #[test]
+    fn help_lists_exactly_the_working_options() {
+        let text = help_text(&["--help"]);
+        let mut lines = text.lines();
+        assert_eq!(
+            lines.next(),
+            Some("Usage: rslirp [OPTION]... PID|PATH|FD [TAPNAME]")
+        );
+        assert!(text.contains(
+            "--netns-type=TYPE        specify network namespace type ([path|pid], default=pid)\n"
+        ));
+        assert!(text.contains("-m, --mtu=MTU            specify MTU (default=1500, max=65521)\n"));
+        assert!(text.contains(&format!("(default={})", VirtualNetwork::DEFAULT)));
+        let option_lines: Vec<&str> = text.lines().filter(|l| l.starts_with('-')).collect();
+        let expected = [
+            "-c, --configure ",
+            "-e, --exit-fd=FD ",
+            "-r, --ready-fd=FD ",
+            "-m, --mtu=MTU ",
+            "--cidr=CIDR ",
+            "--disable-host-loopback ",
+            "--netns-type=TYPE ",
+            "--userns-path=PATH ",
+            "-h, --help ",
+            "-v, --version ",
+        ];
+        assert_eq!(option_lines.len(), expected.len(), "{text}");
+        for (line, start) in option_lines.iter().zip(expected) {
+            assert!(
+                line.starts_with(start),
+                "{line:?} should start with {start:?}"
+            );
+            // Descriptions start in the reference's column.
+            assert_eq!(line.as_bytes().get(23..25), Some(&b"  "[..]), "{line:?}");
+            assert_ne!(line.as_bytes().get(25), Some(&b' '), "{line:?}");
+        }
+        for unsupported in [
+            "-6",
+            "--enable-ipv6",
+            "-a,",
+            "--api-socket",
+            "--enable-sandbox",
+            "--enable-seccomp",
+            "--outbound-addr",
+            "--disable-dns",
+            "--macaddress",
+            "--target-type",
+            "tapfd",
+            "bess",
+            "--no-host-loopback",
+            "--create-sandbox",
+        ] {
+            assert!(!text.contains(unsupported), "--help mentions {unsupported}");
+        }
+    }
+
+    #[test]
+    fn help_follows_the_supported_flags() {
+        for spec in OPTIONS {
+            let line = spec.help_line();
+            assert_eq!(
+                usage(ARGV0).lines().any(|l| l == line),
+                spec.listed_in_help(),
+                "{line}"
+            );
+            if !spec.supported {
+                assert!(!spec.listed_in_help(), "{}", spec.long);
+            }
+        }
+    }
+
+    #[test]
+    fn option_table_is_consistent() {
+        let mut longs: Vec<&str> = OPTIONS
+            .iter()
+            .flat_map(|s| std::iter::once(s.long).chain(s.aliases.iter().copied()))
+            .collect();
+        let count = longs.len();
+        longs.sort_unstable();
+        longs.dedup();
+        assert_eq!(longs.len(), count, "duplicate long name");
+        let mut shorts: Vec<char> = OPTIONS.iter().filter_map(|s| s.short).collect();
+        let count = shorts.len();
+        shorts.sort_unstable();
+        shorts.dedup();
+        assert_eq!(shorts.len(), count, "duplicate short name");
+        assert_eq!(shorts, ['6', 'a', 'c', 'e', 'h', 'm', 'r', 'v']);
+        for (i, spec) in OPTIONS.iter().enumerate() {
+            assert!(
+                OPTIONS[..i].iter().all(|other| other.opt != spec.opt),
+                "{} listed twice",
+                spec.long
+            );
+            assert_eq!(
+                spec.help.contains("{values}"),
+                !spec.values.is_empty(),
+                "{}",
+                spec.long
+            );
+        }
+    }
+
+    #[test]
+    fn version_has_the_reference_shape() {
+        let text = version(&["-v"]);
+        assert_eq!(text, version(&["1", "--version", "--mtu", "0"]));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 5, "{text}");
+        assert!(text.ends_with('\n'));
+        let ours = env!("CARGO_PKG_VERSION");
+        assert_eq!(lines[0], format!("slirp4netns version 1.2.0+rslirp.{ours}"));
+        let commit = lines[1].strip_prefix("commit: ").unwrap_or_default();
+        assert!(!commit.is_empty(), "{}", lines[1]);
+        assert_eq!(lines[2], format!("libslirp: rslirp {ours}"));
+        assert_eq!(lines[3], "SLIRP_CONFIG_VERSION_MAX: 1");
+        assert_eq!(lines[4], "libseccomp: none");
+    }
+
+    #[test]
+    fn config_version_follows_supported_options() {
+        use Opt::*;
+        let with = |enabled: &'static [Opt]| {
+            slirp_config_version_max(move |opt: Opt| enabled.contains(&opt))
+        };
+        assert_eq!(with(&[]), 1);
+        assert_eq!(with(&[OutboundAddr]), 1);
+        assert_eq!(with(&[DisableDns, EnableIpv6]), 1);
+        assert_eq!(with(&[OutboundAddr, OutboundAddr6]), 2);
+        assert_eq!(with(&[OutboundAddr, OutboundAddr6, EnableIpv6]), 2);
+        assert_eq!(with(&[OutboundAddr, OutboundAddr6, DisableDns]), 3);
+        assert_eq!(
+            with(&[OutboundAddr, OutboundAddr6, DisableDns, EnableIpv6]),
+            4
+        );
+        assert_eq!(slirp_config_version_max(is_supported), 1);
+    }
+
+    #[test]
+    fn stack_config_carries_the_network_options() {
+        let o = run(&[
+            "--cidr=10.8.0.0/16",
+            "-m",
+            "9000",
+            "--disable-host-loopback",
+            "1",
+        ]);
+        let config = o.stack_config();
+        assert_eq!(config.network.to_string(), "10.8.0.0/16");
+        assert_eq!(config.mtu, 9000);
+        assert!(config.disable_host_loopback);
+        assert!(!config.enable_ipv6 && !config.disable_dns);
+        let defaults = rslirp_stack::Config::default();
+        assert_eq!(config.limits, defaults.limits);
+        assert_eq!(config.timeouts, defaults.timeouts);
+    }
+}
