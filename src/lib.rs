@@ -3,4 +3,37 @@
 //! container's namespaces, opens the tap, runs the mio event loop and owns the host sockets.
 
 pub mod cli;
+pub mod event_loop;
+pub mod host;
 pub mod netns;
+
+use std::os::fd::AsFd;
+
+/// Make every large allocation (a TCP flow's socket buffers are 1 MiB each) its own
+/// mmap. glibc otherwise raises its mmap threshold after the first free and serves later
+/// buffers from the heap, where calloc must zero them and RSS grows with every flow. As
+/// fresh mappings, untouched parts of idle buffers cost no memory and freeing returns it.
+pub fn tune_allocator() {
+    // SAFETY: mallopt only adjusts glibc's allocator parameters; it is called before any
+    // other thread exists and takes plain integers.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
+/// Set O_NONBLOCK on an fd we own.
+pub fn set_nonblocking(fd: impl AsFd) -> nix::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = OFlag::from_bits_truncate(fcntl(fd.as_fd(), FcntlArg::F_GETFL)?);
+    fcntl(fd.as_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    Ok(())
+}
+
+/// A random seed for the stack (TCP initial sequence numbers). std's `RandomState` is
+/// keyed from the OS's random source, which is all this needs.
+pub fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(std::process::id().into());
+    hasher.finish()
+}

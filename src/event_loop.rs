@@ -1,0 +1,241 @@
+//! The mio event loop: the one thread that runs the data path.
+//!
+//! It waits on the tap, every host socket, a signalfd (SIGTERM/SIGINT) and the exit fd,
+//! with the stack's next deadline as the timeout, so an idle rslirp sleeps in epoll_wait.
+//! Each wake-up: feed what arrived to the stack, run its timers, then write what it queued
+//! for the guest to the tap (keeping frames queued if the tap is full).
+
+use crate::host::{token_flow, RealHost};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use nix::errno::Errno;
+use nix::sys::signalfd::SignalFd;
+use rslirp_stack::{HostEvent, Instant, Stack};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::Duration;
+
+/// Tokens that are not flows: flow ids never use index `u32::MAX` (the flow table would
+/// need four billion slots), so these cannot collide with `flow_token`.
+const TAP: Token = Token(u32::MAX as usize);
+const SIGNAL: Token = Token(u32::MAX as usize - 1);
+const EXIT_FD: Token = Token(u32::MAX as usize - 2);
+
+/// Frames read from the tap per wake-up before the loop turns to other sources.
+const TAP_READ_BATCH: usize = 256;
+
+/// Largest frame we read: the maximal MTU plus an Ethernet header (and a VLAN tag).
+const MAX_FRAME: usize = 65_536 + 18;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoopError {
+    #[error("epoll failed: {0}")]
+    Poll(std::io::Error),
+    #[error("tap device failed: {0} (was the network namespace destroyed?)")]
+    Tap(Errno),
+}
+
+/// Why the loop ended normally.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exit {
+    Signal,
+    ExitFd,
+}
+
+/// A monotonic clock in smoltcp's terms. Starts at 1 s so that no deadline is ever 0
+/// (smoltcp uses `Instant::from_millis(0)` to mean "now").
+pub struct Clock(std::time::Instant);
+
+impl Clock {
+    pub fn new() -> Clock {
+        Clock(std::time::Instant::now())
+    }
+
+    pub fn now(&self) -> Instant {
+        Instant::from_micros(1_000_000 + self.0.elapsed().as_micros() as i64)
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::new()
+    }
+}
+
+pub struct EventLoop {
+    poll: Poll,
+    clock: Clock,
+    tap: OwnedFd,
+    signals: SignalFd,
+    exit_fd: Option<OwnedFd>,
+    stack: Stack,
+    host: RealHost,
+    /// The last tap read stopped at the batch limit: more frames may be waiting.
+    tap_backlog: bool,
+    frame: Vec<u8>,
+}
+
+impl EventLoop {
+    /// `tap` and `exit_fd` must be non-blocking. SIGTERM/SIGINT must already be blocked
+    /// (they arrive through `signals`).
+    pub fn new(
+        poll: Poll,
+        clock: Clock,
+        tap: OwnedFd,
+        signals: SignalFd,
+        exit_fd: Option<OwnedFd>,
+        stack: Stack,
+        host: RealHost,
+    ) -> std::io::Result<EventLoop> {
+        let registry = poll.registry();
+        registry.register(
+            &mut SourceFd(&tap.as_raw_fd()),
+            TAP,
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        registry.register(
+            &mut SourceFd(&signals.as_raw_fd()),
+            SIGNAL,
+            Interest::READABLE,
+        )?;
+        if let Some(fd) = &exit_fd {
+            registry.register(&mut SourceFd(&fd.as_raw_fd()), EXIT_FD, Interest::READABLE)?;
+        }
+        Ok(EventLoop {
+            poll,
+            clock,
+            tap,
+            signals,
+            exit_fd,
+            stack,
+            host,
+            tap_backlog: false,
+            frame: vec![0u8; MAX_FRAME],
+        })
+    }
+
+    pub fn stack(&self) -> &Stack {
+        &self.stack
+    }
+
+    /// Run until a signal or the exit fd says stop.
+    pub fn run(&mut self) -> Result<Exit, LoopError> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.timeout();
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(err) => return Err(LoopError::Poll(err)),
+            }
+            let now = self.clock.now();
+            for event in events.iter() {
+                match event.token() {
+                    TAP => {
+                        if event.is_readable() || event.is_error() {
+                            self.tap_backlog = true;
+                        }
+                    }
+                    SIGNAL => {
+                        if self.signals.read_signal().ok().flatten().is_some() {
+                            return Ok(Exit::Signal);
+                        }
+                    }
+                    EXIT_FD => {
+                        if self.exit_fd_closed() {
+                            return Ok(Exit::ExitFd);
+                        }
+                    }
+                    token => {
+                        let host_event = HostEvent {
+                            flow: token_flow(token),
+                            readable: event.is_readable() || event.is_read_closed(),
+                            writable: event.is_writable(),
+                            error: event.is_error(),
+                        };
+                        self.stack
+                            .handle_host_event(now, host_event, &mut self.host);
+                    }
+                }
+            }
+            if self.tap_backlog {
+                self.read_tap(now)?;
+            }
+            self.stack.poll(now, &mut self.host);
+            self.write_tap()?;
+        }
+    }
+
+    /// Zero while work is pending, else until the stack's next deadline.
+    fn timeout(&mut self) -> Option<Duration> {
+        if self.tap_backlog {
+            return Some(Duration::ZERO);
+        }
+        let deadline = self.stack.poll_at()?;
+        let now = self.clock.now();
+        let micros = (deadline - now.min(deadline)).total_micros();
+        // Round up: waking a little late is harmless, waking early spins.
+        Some(Duration::from_micros(micros).max(Duration::from_micros(1)))
+    }
+
+    /// Read up to a batch of frames into the stack.
+    fn read_tap(&mut self, now: Instant) -> Result<(), LoopError> {
+        for _ in 0..TAP_READ_BATCH {
+            match nix::unistd::read(&self.tap, &mut self.frame) {
+                Ok(0) => return Err(LoopError::Tap(Errno::ENODEV)),
+                Ok(len) => {
+                    self.stack
+                        .handle_frame(now, &self.frame[..len], &mut self.host);
+                    // Keep the guest's queue moving while we read a long burst.
+                    self.write_tap()?;
+                }
+                Err(Errno::EAGAIN) => {
+                    self.tap_backlog = false;
+                    return Ok(());
+                }
+                Err(Errno::EINTR) => {}
+                Err(errno) => return Err(LoopError::Tap(errno)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Write queued frames until the tap pushes back; the rest waits for writability.
+    fn write_tap(&mut self) -> Result<(), LoopError> {
+        let tap = &self.tap;
+        let mut fatal = None;
+        self.stack.poll_transmit(|frame| loop {
+            match nix::unistd::write(tap, frame) {
+                Ok(_) => return true,
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => return false,
+                // The guest has not brought the link up (EIO): the frame has nowhere to go.
+                Err(Errno::EIO) | Err(Errno::EINVAL) | Err(Errno::ENOBUFS) => return true,
+                Err(errno) => {
+                    fatal = Some(errno);
+                    return false;
+                }
+            }
+        });
+        match fatal {
+            Some(errno) => Err(LoopError::Tap(errno)),
+            None => Ok(()),
+        }
+    }
+
+    /// The exit fd reports EOF/hang-up once the caller closed the write end.
+    fn exit_fd_closed(&mut self) -> bool {
+        let Some(fd) = &self.exit_fd else {
+            return false;
+        };
+        let mut buf = [0u8; 64];
+        loop {
+            match nix::unistd::read(fd, &mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue, // data is not a request to exit; drain it
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => return false,
+                Err(_) => return true,
+            }
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! The real `HostIo`: non-blocking host sockets registered with mio.
+//!
+//! Each flow of the stack owns at most one host socket, stored in a slot indexed by the
+//! flow's slab index (so lookups are O(1)) and registered with the flow id as its mio token,
+//! edge-triggered for both directions. The stack sees only `HostError`s; errno values are
+//! translated here.
+
+use mio::unix::SourceFd;
+use mio::{Interest, Registry, Token};
+use rslirp_stack::{CloseMode, FlowId, HostError, HostIo, HostResult};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use std::io::{self, Read};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+/// Where outgoing host sockets are bound (`--outbound-addr`, `--outbound-addr6`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Outbound {
+    pub v4: Option<Ipv4Addr>,
+    pub v6: Option<Ipv6Addr>,
+}
+
+/// The mio token of a flow's host socket.
+pub fn flow_token(flow: FlowId) -> Token {
+    Token(flow.to_u64() as usize)
+}
+
+/// The flow a mio token names, if it is a flow token (see `event_loop` for the others).
+pub fn token_flow(token: Token) -> FlowId {
+    FlowId::from_u64(token.0 as u64)
+}
+
+struct Slot {
+    generation: u32,
+    socket: Socket,
+}
+
+pub struct RealHost {
+    registry: Registry,
+    slots: Vec<Option<Slot>>,
+    outbound: Outbound,
+}
+
+impl RealHost {
+    pub fn new(registry: Registry, outbound: Outbound) -> RealHost {
+        RealHost {
+            registry,
+            slots: Vec::new(),
+            outbound,
+        }
+    }
+
+    /// Open sockets (for stats and leak checks).
+    pub fn open_count(&self) -> usize {
+        self.slots.iter().filter(|slot| slot.is_some()).count()
+    }
+
+    fn socket(&self, flow: FlowId) -> HostResult<&Socket> {
+        match self.slots.get(flow.index as usize) {
+            Some(Some(slot)) if slot.generation == flow.generation => Ok(&slot.socket),
+            // The stack only calls for flows it opened; a miss means a bug, reported as a
+            // dead connection rather than a panic.
+            _ => Err(HostError::ConnectionReset),
+        }
+    }
+
+    /// Create a non-blocking socket, bind it to the outbound address, register it.
+    fn open(
+        &mut self,
+        flow: FlowId,
+        family: IpAddr,
+        kind: Type,
+        protocol: Option<Protocol>,
+    ) -> HostResult<&Socket> {
+        let domain = match family {
+            IpAddr::V4(_) => Domain::IPV4,
+            IpAddr::V6(_) => Domain::IPV6,
+        };
+        let socket =
+            Socket::new(domain, kind.nonblocking().cloexec(), protocol).map_err(host_error)?;
+        let bind = match family {
+            IpAddr::V4(addr) if !addr.is_loopback() => self.outbound.v4.map(IpAddr::V4),
+            IpAddr::V6(addr) if !addr.is_loopback() => self.outbound.v6.map(IpAddr::V6),
+            _ => None,
+        };
+        if let Some(addr) = bind {
+            socket
+                .bind(&SockAddr::from(SocketAddr::new(addr, 0)))
+                .map_err(host_error)?;
+        }
+        self.registry
+            .register(
+                &mut SourceFd(&socket.as_raw_fd()),
+                flow_token(flow),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .map_err(host_error)?;
+        let index = flow.index as usize;
+        if self.slots.len() <= index {
+            self.slots.resize_with(index + 1, || None);
+        }
+        let slot = self.slots[index].insert(Slot {
+            generation: flow.generation,
+            socket,
+        });
+        Ok(&slot.socket)
+    }
+}
+
+/// errno → what the stack makes of it.
+pub fn host_error(err: io::Error) -> HostError {
+    if err.kind() == io::ErrorKind::WouldBlock {
+        return HostError::WouldBlock;
+    }
+    match err.raw_os_error() {
+        Some(libc::ECONNREFUSED) => HostError::ConnectionRefused,
+        Some(libc::ECONNRESET) | Some(libc::EPIPE) | Some(libc::ECONNABORTED) => {
+            HostError::ConnectionReset
+        }
+        Some(libc::ENETUNREACH) | Some(libc::ENETDOWN) => HostError::NetworkUnreachable,
+        Some(libc::EHOSTUNREACH) | Some(libc::EHOSTDOWN) => HostError::HostUnreachable,
+        Some(libc::ETIMEDOUT) => HostError::TimedOut,
+        Some(libc::EACCES) | Some(libc::EPERM) => HostError::PermissionDenied,
+        Some(libc::EMFILE)
+        | Some(libc::ENFILE)
+        | Some(libc::ENOBUFS)
+        | Some(libc::ENOMEM)
+        | Some(libc::EADDRNOTAVAIL) => HostError::Exhausted,
+        Some(errno) => HostError::Other(errno),
+        None => HostError::Other(0),
+    }
+}
+
+impl HostIo for RealHost {
+    fn tcp_connect(&mut self, flow: FlowId, remote: SocketAddr) -> HostResult<()> {
+        let socket = self.open(flow, remote.ip(), Type::STREAM, None)?;
+        // Small guest writes go out at once, as on the guest side (no Nagle on either end).
+        let _ = socket.set_tcp_nodelay(true);
+        match socket.connect(&SockAddr::from(remote)) {
+            Ok(()) => Ok(()),
+            Err(err) if err.raw_os_error() == Some(libc::EINPROGRESS) => Ok(()),
+            Err(err) => Err(host_error(err)),
+        }
+    }
+
+    fn tcp_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<usize> {
+        let mut socket = self.socket(flow)?;
+        loop {
+            match socket.read(buf) {
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                result => return result.map_err(host_error),
+            }
+        }
+    }
+
+    fn tcp_send(&mut self, flow: FlowId, data: &[u8]) -> HostResult<usize> {
+        send(self.socket(flow)?, data)
+    }
+
+    fn tcp_shutdown_write(&mut self, flow: FlowId) {
+        if let Ok(socket) = self.socket(flow) {
+            let _ = socket.shutdown(std::net::Shutdown::Write);
+        }
+    }
+
+    fn take_error(&mut self, flow: FlowId) -> Option<HostError> {
+        match self.socket(flow) {
+            Ok(socket) => match socket.take_error() {
+                Ok(None) => None,
+                Ok(Some(err)) | Err(err) => Some(host_error(err)),
+            },
+            Err(err) => Some(err),
+        }
+    }
+
+    fn udp_open(&mut self, flow: FlowId, remote: SocketAddr) -> HostResult<()> {
+        let socket = self.open(flow, remote.ip(), Type::DGRAM, None)?;
+        socket.connect(&SockAddr::from(remote)).map_err(host_error)
+    }
+
+    fn udp_send(&mut self, flow: FlowId, data: &[u8]) -> HostResult<()> {
+        send(self.socket(flow)?, data).map(|_| ())
+    }
+
+    fn udp_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<usize> {
+        self.tcp_recv(flow, buf)
+    }
+
+    fn ping_open(&mut self, flow: FlowId, remote: IpAddr) -> HostResult<()> {
+        let protocol = match remote {
+            IpAddr::V4(_) => Protocol::ICMPV4,
+            IpAddr::V6(_) => Protocol::ICMPV6,
+        };
+        // The kernel allows these only to groups in net.ipv4.ping_group_range; EACCES
+        // becomes PermissionDenied and the stack then drops pings quietly.
+        let socket = self.open(flow, remote, Type::DGRAM, Some(protocol))?;
+        socket
+            .connect(&SockAddr::from(SocketAddr::new(remote, 0)))
+            .map_err(host_error)
+    }
+
+    fn ping_send(&mut self, flow: FlowId, message: &[u8]) -> HostResult<()> {
+        send(self.socket(flow)?, message).map(|_| ())
+    }
+
+    fn ping_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<usize> {
+        self.tcp_recv(flow, buf)
+    }
+
+    fn close(&mut self, flow: FlowId, mode: CloseMode) {
+        let Some(entry) = self.slots.get_mut(flow.index as usize) else {
+            return;
+        };
+        if !entry
+            .as_ref()
+            .is_some_and(|slot| slot.generation == flow.generation)
+        {
+            return;
+        }
+        if let Some(slot) = entry.take() {
+            let _ = self
+                .registry
+                .deregister(&mut SourceFd(&slot.socket.as_raw_fd()));
+            if mode == CloseMode::Abort {
+                // SO_LINGER 0: closing sends RST, so the host peer learns the guest aborted.
+                let _ = slot.socket.set_linger(Some(Duration::ZERO));
+            }
+        }
+    }
+}
+
+fn send(socket: &Socket, data: &[u8]) -> HostResult<usize> {
+    loop {
+        // MSG_NOSIGNAL: a peer that went away is an EPIPE, not a SIGPIPE.
+        match socket.send_with_flags(data, libc::MSG_NOSIGNAL) {
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            result => return result.map_err(host_error),
+        }
+    }
+}
