@@ -1,0 +1,581 @@
+//! End-to-end harness: real network namespaces, a real tap, rslirp (or any slirp4netns
+//! compatible binary, via `RSLIRP_BIN`) in between.
+//!
+//! Isolation is the first rule here: the "host" side where rslirp runs is a network
+//! namespace of the test's own (loopback plus one interface with 10.99.X.1/24 and no
+//! default route), so NAT towards any other address ends in "network unreachable" there
+//! instead of on the machine's network, and the machine's resolver is never reached.
+//! The "container" is a second namespace: `ip netns add` (rootful) or `unshare -rn` run by
+//! an unprivileged user (rootless). Everything is torn down by drop guards, also on panic.
+
+// Each tests/e2e_*.rs compiles this module on its own and uses only part of it.
+#![allow(dead_code)]
+
+pub mod net;
+pub mod ns;
+pub mod process;
+
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::thread;
+use std::time::Duration;
+
+use net::Server;
+use ns::{Netns, Task, TempDir};
+use process::{command, run, run_ok, wait_for, Proc};
+
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+pub const GUEST_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
+pub const TAP: &str = "tap0";
+/// The unprivileged account that plays the rootless container user.
+pub const TEST_USER: &str = "rslirp-e2e";
+
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default limit for commands and helper threads in the guest or host namespace.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest we wait for rslirp to exit after being asked to.
+pub const EXIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Who runs rslirp and owns the container's namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// root, container netns from `ip netns add`
+    Rootful,
+    /// an unprivileged user, container netns (and user ns) from `unshare -rn`
+    Rootless,
+}
+
+/// Declares `rootful::NAME` and `rootless::NAME` tests for each `fn NAME(mode: Mode)`.
+macro_rules! both_modes {
+    ($($name:ident),* $(,)?) => {
+        mod rootful {
+            $( #[test] fn $name() { super::$name($crate::common::Mode::Rootful) } )*
+        }
+        mod rootless {
+            $( #[test] fn $name() { super::$name($crate::common::Mode::Rootless) } )*
+        }
+    };
+}
+
+/// The binary under test: `RSLIRP_BIN` (e.g. /usr/bin/slirp4netns to check the tests
+/// against the reference) or the one cargo built.
+pub fn binary_under_test() -> PathBuf {
+    match std::env::var_os("RSLIRP_BIN") {
+        Some(bin) if !bin.is_empty() => PathBuf::from(bin),
+        _ => PathBuf::from(env!("CARGO_BIN_EXE_rslirp")),
+    }
+}
+
+struct Prereqs {
+    /// Whether TEST_USER can execute the binary where it is (else each test copies it).
+    user_can_exec_binary: bool,
+}
+
+/// Checks and fixes, once per test binary, what every test needs. Failing loudly: a test
+/// that silently skips itself would report a green run that tested nothing.
+fn prereqs() -> &'static Prereqs {
+    static PREREQS: OnceLock<Prereqs> = OnceLock::new();
+    PREREQS.get_or_init(|| {
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        assert_eq!(
+            euid, 0,
+            "the end-to-end tests must run as root (they create network namespaces and a \
+             test user); run them with sudo or via scripts/test.sh"
+        );
+        let missing: Vec<&str> = ["ip", "nsenter", "setpriv", "unshare", "ping", "useradd"]
+            .into_iter()
+            .filter(|tool| find_in_path(tool).is_none())
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "missing tools {missing:?}; scripts/test.sh installs everything the tests need"
+        );
+        ensure_test_user();
+        // Rootless rslirp opens /dev/net/tun as TEST_USER inside its user namespace.
+        fs::set_permissions("/dev/net/tun", fs::Permissions::from_mode(0o666))
+            .expect("chmod 666 /dev/net/tun");
+        let bin = binary_under_test();
+        assert!(
+            bin.is_file(),
+            "binary under test {} not found",
+            bin.display()
+        );
+        Prereqs {
+            user_can_exec_binary: user_can_exec(&bin),
+        }
+    })
+}
+
+fn find_in_path(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|dir| dir.join(tool))
+        .find(|candidate| candidate.is_file())
+}
+
+fn ensure_test_user() {
+    let exists = || {
+        run(&mut command("id", &["-u", TEST_USER]), SETUP_TIMEOUT)
+            .status
+            .success()
+    };
+    if exists() {
+        return;
+    }
+    let out = run(
+        &mut command(
+            "useradd",
+            &[
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                TEST_USER,
+            ],
+        ),
+        SETUP_TIMEOUT,
+    );
+    // Another test run may have created it in the meantime; only its absence is an error.
+    assert!(
+        exists(),
+        "cannot create user {TEST_USER}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The command prefix that drops from root to TEST_USER. setpriv execs in place (runuser
+/// would fork and stay in between), so the pid we spawn is the pid of the program itself:
+/// signals reach it and its exit status is ours to check.
+const AS_TEST_USER: [&str; 7] = [
+    "setpriv",
+    "--reuid",
+    TEST_USER,
+    "--regid",
+    TEST_USER,
+    "--clear-groups",
+    "--",
+];
+
+fn user_can_exec(bin: &Path) -> bool {
+    let mut cmd = command(AS_TEST_USER[0], &AS_TEST_USER[1..]);
+    cmd.arg("test").arg("-x").arg(bin);
+    run(&mut cmd, SETUP_TIMEOUT).status.success()
+}
+
+fn unique_id() -> (u32, String) {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    (n, format!("{}-{n}", std::process::id()))
+}
+
+/// One test's world: a host namespace where rslirp runs, and a guest (container) namespace.
+/// Fields drop in order: the guest's process, then the namespaces, then the temp dir.
+pub struct Env {
+    pub mode: Mode,
+    guest: Proc,
+    guest_netns: Option<Netns>,
+    pub host: Netns,
+    /// The host namespace's non-loopback address (10.99.X.1/24).
+    pub host_addr: Ipv4Addr,
+    pub tmp: TempDir,
+    pub id: String,
+    launches: AtomicU32,
+}
+
+impl Env {
+    pub fn new(mode: Mode) -> Env {
+        prereqs();
+        let (n, id) = unique_id();
+        let tmp = TempDir::create(&format!("rse2e-{id}"));
+        let host = Netns::create(format!("rse2e-h-{id}"));
+        let host_addr = Ipv4Addr::new(10, 99, (n % 250 + 1) as u8, 1);
+        setup_host_netns(&host, host_addr);
+        let (guest_netns, guest) = match mode {
+            Mode::Rootful => {
+                let netns = Netns::create(format!("rse2e-g-{id}"));
+                let mut cmd = command("ip", &["netns", "exec", &netns.name]);
+                cmd.args(["sleep", "600"]);
+                (Some(netns), spawn_guest(cmd, &tmp))
+            }
+            Mode::Rootless => {
+                let mut cmd = command("ip", &["netns", "exec", &host.name]);
+                cmd.args(AS_TEST_USER);
+                cmd.args(["unshare", "-rn", "sleep", "600"]);
+                (None, spawn_guest(cmd, &tmp))
+            }
+        };
+        Env {
+            mode,
+            guest,
+            guest_netns,
+            host,
+            host_addr,
+            tmp,
+            id,
+            launches: AtomicU32::new(0),
+        }
+    }
+
+    /// The pid whose network namespace is the container's (a `sleep` inside it).
+    pub fn guest_pid(&self) -> u32 {
+        self.guest.pid()
+    }
+
+    pub fn guest_netns_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/ns/net", self.guest_pid()))
+    }
+
+    pub fn guest_userns_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/ns/user", self.guest_pid()))
+    }
+
+    /// The `ip netns add` file of the guest (rootful only).
+    pub fn guest_named_netns(&self) -> &Netns {
+        self.guest_netns
+            .as_ref()
+            .expect("only rootful guests have a named netns")
+    }
+
+    /// Runs a command as root inside the guest's network namespace.
+    pub fn guest_cmd(&self, args: &[&str]) -> Output {
+        let pid = self.guest_pid().to_string();
+        let mut cmd = command("nsenter", &["-t", &pid, "-n", "--"]);
+        cmd.args(args);
+        run(&mut cmd, STEP_TIMEOUT)
+    }
+
+    /// Like [`Env::guest_cmd`], but the command must succeed; returns its stdout.
+    pub fn guest_ok(&self, args: &[&str]) -> String {
+        let pid = self.guest_pid().to_string();
+        let mut cmd = command("nsenter", &["-t", &pid, "-n", "--"]);
+        cmd.args(args);
+        run_ok(&mut cmd, STEP_TIMEOUT)
+    }
+
+    /// Runs `f` on a thread inside the guest's network namespace.
+    pub fn in_guest<T, F>(&self, what: &str, f: F) -> Task<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        ns::spawn_in_netns(self.guest_netns_path(), what, f)
+    }
+
+    /// Runs `f` on a thread inside the host namespace (where rslirp's sockets live).
+    pub fn in_host<T, F>(&self, what: &str, f: F) -> Task<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        ns::spawn_in_netns(self.host.path(), what, f)
+    }
+
+    /// A TCP listener on an ephemeral port of `ip` in the host namespace.
+    pub fn host_tcp_listener(&self, ip: Ipv4Addr) -> TcpListener {
+        self.in_host("host listener", move || TcpListener::bind((ip, 0)))
+            .wait(SETUP_TIMEOUT)
+            .expect("bind host TCP listener")
+    }
+
+    /// A TCP echo server on `ip` in the host namespace.
+    pub fn host_echo_server(&self, ip: Ipv4Addr) -> Server {
+        net::tcp_server(self.host_tcp_listener(ip), net::echo)
+    }
+
+    /// A UDP echo server on `ip` in the host namespace.
+    pub fn host_udp_echo_server(&self, ip: Ipv4Addr) -> Server {
+        let socket = self
+            .in_host("host udp socket", move || UdpSocket::bind((ip, 0)))
+            .wait(SETUP_TIMEOUT)
+            .expect("bind host UDP socket");
+        net::udp_echo_server(socket)
+    }
+
+    /// A TCP connection from the guest, with I/O timeouts set, or the connect error.
+    pub fn guest_connect(&self, addr: SocketAddrV4, timeout: Duration) -> io::Result<TcpStream> {
+        self.in_guest("guest connect", move || {
+            let stream = TcpStream::connect_timeout(&SocketAddr::V4(addr), timeout)?;
+            net::set_timeouts(&stream);
+            Ok(stream)
+        })
+        .wait(timeout + SETUP_TIMEOUT)
+    }
+
+    /// A UDP socket in the guest on an ephemeral port.
+    pub fn guest_udp_socket(&self) -> UdpSocket {
+        self.in_guest("guest udp socket", || {
+            UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+        })
+        .wait(SETUP_TIMEOUT)
+        .expect("bind guest UDP socket")
+    }
+
+    /// Prepares an rslirp start: `-c -r 3 <guest pid> tap0` plus whatever is added.
+    pub fn rslirp(&self) -> Launch<'_> {
+        Launch {
+            env: self,
+            args: Vec::new(),
+            target: None,
+            configure: true,
+            exit_fd: false,
+        }
+    }
+
+    fn binary_for_mode(&self) -> PathBuf {
+        let bin = binary_under_test();
+        if self.mode == Mode::Rootful || prereqs().user_can_exec_binary {
+            return bin;
+        }
+        // The build directory is not reachable by TEST_USER: run a world-executable copy.
+        let copy = self.tmp.path.join("rslirp");
+        if !copy.exists() {
+            fs::copy(&bin, &copy).expect("copy binary under test");
+            fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        copy
+    }
+}
+
+fn setup_host_netns(host: &Netns, addr: Ipv4Addr) {
+    host.ip(&["link", "set", "lo", "up"]);
+    // A dummy interface is the natural sink; kernels built without it get a port-less
+    // bridge, which behaves the same for us (local address, on-link subnet, no peer).
+    if !host.try_ip(&["link", "add", "d0", "type", "dummy"]) {
+        host.ip(&["link", "add", "d0", "type", "bridge"]);
+    }
+    host.ip(&["addr", "add", &format!("{addr}/24"), "dev", "d0"]);
+    host.ip(&["link", "set", "d0", "up"]);
+}
+
+/// Starts the guest's `sleep` and waits until it really is `sleep`: before that exec the
+/// process may still be in the host namespace (unshare/ip netns exec not done yet).
+fn spawn_guest(mut cmd: Command, tmp: &TempDir) -> Proc {
+    let log_path = tmp.path.join("guest.log");
+    let log = File::create(&log_path).expect("guest log");
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone().expect("dup"))
+        .stderr(log);
+    let mut guest = Proc::spawn(&mut cmd, "guest sleep");
+    let comm = format!("/proc/{}/comm", guest.pid());
+    wait_for("the guest namespace", SETUP_TIMEOUT, || {
+        if let Some(status) = guest.try_status() {
+            panic!(
+                "guest process exited ({status}): {}",
+                fs::read_to_string(&log_path).unwrap_or_default()
+            );
+        }
+        let name = fs::read_to_string(&comm).unwrap_or_default();
+        (name.trim() == "sleep").then_some(())
+    });
+    guest
+}
+
+/// A pending rslirp start; see [`Env::rslirp`].
+pub struct Launch<'a> {
+    env: &'a Env,
+    args: Vec<String>,
+    target: Option<String>,
+    configure: bool,
+    exit_fd: bool,
+}
+
+impl Launch<'_> {
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.to_string());
+        self
+    }
+
+    /// The operand instead of the guest pid (e.g. a netns path with `--netns-type=path`).
+    pub fn target(mut self, target: &Path) -> Self {
+        self.target = Some(target.to_string_lossy().into_owned());
+        self
+    }
+
+    /// Without `-c`.
+    pub fn no_configure(mut self) -> Self {
+        self.configure = false;
+        self
+    }
+
+    /// Adds `-e 4` with a pipe whose write end the test holds (see [`Rslirp::close_exit_fd`]).
+    pub fn exit_fd(mut self) -> Self {
+        self.exit_fd = true;
+        self
+    }
+
+    /// Starts rslirp in the host namespace (as TEST_USER when rootless) and waits for the
+    /// ready byte on fd 3. Panics, with rslirp's output, if it is not `1` within 10 s.
+    pub fn start(self) -> Rslirp {
+        let env = self.env;
+        let n = env.launches.fetch_add(1, Ordering::SeqCst);
+        let log_path = env.tmp.path.join(format!("rslirp-{n}.log"));
+        let log = File::create(&log_path).expect("rslirp log");
+
+        let (ready_read, ready_write) = process::pipe();
+        let (exit_read, exit_write) = if self.exit_fd {
+            let (r, w) = process::pipe();
+            (Some(r), Some(w))
+        } else {
+            (None, None)
+        };
+
+        let mut cmd = command("ip", &["netns", "exec", &env.host.name]);
+        if env.mode == Mode::Rootless {
+            cmd.args(AS_TEST_USER);
+        }
+        cmd.arg(env.binary_for_mode());
+        if self.configure {
+            cmd.arg("-c");
+        }
+        cmd.args(&self.args).args(["-r", "3"]);
+        if self.exit_fd {
+            cmd.args(["-e", "4"]);
+        }
+        let target = self.target.unwrap_or_else(|| env.guest_pid().to_string());
+        cmd.arg(target).arg(TAP);
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log);
+        let ready_fd = std::os::fd::AsRawFd::as_raw_fd(&ready_write);
+        let exit_fd = exit_read.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+        // SAFETY: the closure runs between fork and exec and only calls dup2, which is
+        // async-signal-safe. Our pipe fds are >= 10 (see process::pipe), so dup2 onto 3 and 4
+        // cannot clobber one with the other; dup2 leaves the copies without CLOEXEC, so they
+        // survive exec while the originals do not.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(ready_fd, 3) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                if let Some(fd) = exit_fd {
+                    if libc::dup2(fd, 4) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let proc = Proc::spawn(&mut cmd, "rslirp");
+        // Our copies must go, or EOF on the ready pipe (rslirp died) would never be seen.
+        drop(ready_write);
+        drop(exit_read);
+        let mut rslirp = Rslirp {
+            proc,
+            log_path,
+            ready: ready_read,
+            exit_write,
+        };
+        rslirp.await_ready_byte();
+        rslirp
+    }
+}
+
+/// A running rslirp; killed on drop. Its stdout+stderr are printed if the test panics.
+pub struct Rslirp {
+    proc: Proc,
+    log_path: PathBuf,
+    ready: File,
+    exit_write: Option<File>,
+}
+
+impl Rslirp {
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// What rslirp wrote to stdout and stderr so far.
+    pub fn output(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    fn await_ready_byte(&mut self) {
+        if !process::wait_readable(&self.ready, READY_TIMEOUT) {
+            panic!(
+                "no ready byte within {READY_TIMEOUT:?}; output:\n{}",
+                self.output()
+            );
+        }
+        let mut byte = [0u8; 1];
+        let n = self.ready.read(&mut byte).expect("read ready fd");
+        if n == 0 {
+            // EOF: give a crashed process a moment so its status and output are complete.
+            let status = self.proc.wait_timeout(Duration::from_secs(1));
+            panic!(
+                "ready fd closed without a byte (exit status {status:?}); output:\n{}",
+                self.output()
+            );
+        }
+        assert_eq!(byte[0], b'1', "ready byte must be '1'");
+    }
+
+    /// After the `1`, the ready fd must be closed: the next read sees EOF.
+    pub fn assert_ready_fd_closed(&mut self) {
+        assert!(
+            process::wait_readable(&self.ready, Duration::from_secs(2)),
+            "ready fd still open 2 s after the ready byte"
+        );
+        let mut rest = Vec::new();
+        self.ready.read_to_end(&mut rest).expect("read ready fd");
+        assert!(
+            rest.is_empty(),
+            "extra bytes after the ready byte: {rest:?}"
+        );
+    }
+
+    pub fn assert_running(&mut self) {
+        if let Some(status) = self.proc.try_status() {
+            panic!("rslirp exited ({status}); output:\n{}", self.output());
+        }
+    }
+
+    /// Closes the write end of the `-e` pipe: rslirp must see hang-up and exit.
+    pub fn close_exit_fd(&mut self) {
+        drop(self.exit_write.take().expect("started without exit_fd()"));
+    }
+
+    pub fn signal(&self, signal: libc::c_int) {
+        self.proc.signal(signal);
+    }
+
+    /// Waits for rslirp to exit; panics (with its output) if it does not within `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        match self.proc.wait_timeout(timeout) {
+            Some(status) => status,
+            None => panic!(
+                "rslirp still running after {timeout:?}; output:\n{}",
+                self.output()
+            ),
+        }
+    }
+}
+
+impl Drop for Rslirp {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!("--- output of the binary under test ---\n{}", self.output());
+        }
+    }
+}
+
+/// The basic proof that the guest is connected: ping the gateway and echo over TCP through
+/// it to a server on the host namespace's loopback.
+pub fn assert_traffic_works(env: &Env) {
+    env.guest_ok(&["ping", "-c", "1", "-W", "2", &GATEWAY.to_string()]);
+    let server = env.host_echo_server(Ipv4Addr::LOCALHOST);
+    let payload = net::Pattern::bytes(7, 10_000);
+    let stream = env
+        .guest_connect(SocketAddrV4::new(GATEWAY, server.port()), SETUP_TIMEOUT)
+        .expect("connect to the host's loopback via the gateway");
+    let reply = net::exchange(&stream, &payload).expect("echo");
+    assert!(reply == payload, "echo returned different bytes");
+}

@@ -1,0 +1,242 @@
+//! End-to-end: TCP through the NAT — echo, refusal, half-close, many connections, bulk.
+
+#[macro_use]
+mod common;
+
+use common::net::{self, Digested, Pattern};
+use common::{Env, Mode, GATEWAY, STEP_TIMEOUT};
+use std::io::Write;
+use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpStream};
+use std::sync::{mpsc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+both_modes!(
+    tcp_echo_via_gateway_to_host_loopback,
+    tcp_to_host_namespace_address,
+    tcp_closed_port_refused_fast,
+    tcp_to_unroutable_address_fails_fast,
+    tcp_half_close,
+    tcp_100_parallel_connections,
+    tcp_bulk_guest_to_host,
+    tcp_bulk_host_to_guest,
+    disable_host_loopback,
+);
+
+/// Each way, per the acceptance list.
+const BULK_BYTES: u64 = 200 * 1000 * 1000;
+const BULK_TIMEOUT: Duration = Duration::from_secs(120);
+/// A refused connect must not wait for a timeout or retransmission.
+const FAST: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connects from the guest to a host server and checks that `len` bytes echo back intact.
+fn assert_echo(env: &Env, to: SocketAddrV4, len: usize) {
+    let stream = env
+        .guest_connect(to, CONNECT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("connect to {to}: {e}"));
+    let payload = Pattern::bytes(u64::from(to.port()), len);
+    let reply = net::exchange(&stream, &payload).expect("echo");
+    assert_eq!(net::digest(&reply), net::digest(&payload), "echo from {to}");
+}
+
+fn tcp_echo_via_gateway_to_host_loopback(mode: Mode) {
+    let env = Env::new(mode);
+    let _rslirp = env.rslirp().start();
+    let server = env.host_echo_server(Ipv4Addr::LOCALHOST);
+    assert_echo(&env, SocketAddrV4::new(GATEWAY, server.port()), 1_000_000);
+}
+
+fn tcp_to_host_namespace_address(mode: Mode) {
+    let env = Env::new(mode);
+    let _rslirp = env.rslirp().start();
+    let server = env.host_echo_server(env.host_addr);
+    assert_echo(
+        &env,
+        SocketAddrV4::new(env.host_addr, server.port()),
+        1_000_000,
+    );
+}
+
+/// Connects from the guest where it must fail; returns the error and how long it took.
+fn failed_connect(env: &Env, to: SocketAddrV4) -> (std::io::Error, Duration) {
+    let started = Instant::now();
+    match env.guest_connect(to, CONNECT_TIMEOUT) {
+        Ok(_) => panic!("connect to {to} succeeded but must fail"),
+        Err(e) => (e, started.elapsed()),
+    }
+}
+
+fn tcp_closed_port_refused_fast(mode: Mode) {
+    let env = Env::new(mode);
+    let _rslirp = env.rslirp().start();
+    // Port 1 is closed: the host namespace is fresh and nothing else listens in it.
+    for ip in [GATEWAY, env.host_addr] {
+        let (error, took) = failed_connect(&env, SocketAddrV4::new(ip, 1));
+        assert_eq!(
+            error.kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "connect to {ip}:1: {error}"
+        );
+        assert!(took < FAST, "refusal from {ip} took {took:?}");
+    }
+}
+
+/// The host namespace has no default route, so the host-side connect fails at once; the
+/// guest must learn that quickly (ICMP unreachable or RST), not by timing out.
+fn tcp_to_unroutable_address_fails_fast(mode: Mode) {
+    let env = Env::new(mode);
+    let _rslirp = env.rslirp().start();
+    // TEST-NET-1: unroutable from the host namespace by construction.
+    let (error, took) = failed_connect(&env, SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 80));
+    assert!(took < FAST, "failure took {took:?} ({error})");
+}
+
+/// The guest sends, then shuts down its write side; the server reads to EOF, waits a little
+/// (so the half-closed state lasts), and only then replies. The reply must still arrive.
+fn tcp_half_close(mode: Mode) {
+    let env = Env::new(mode);
+    let _rslirp = env.rslirp().start();
+    let server = net::tcp_server(env.host_tcp_listener(Ipv4Addr::LOCALHOST), |mut stream| {
+        if let Ok(received) = net::digest_to_eof(&mut stream) {
+            thread::sleep(Duration::from_millis(300));
+            let _ = write!(stream, "{} {}", received.len, received.sha256);
+        }
+    });
+    let stream = env
+        .guest_connect(SocketAddrV4::new(GATEWAY, server.port()), CONNECT_TIMEOUT)
+        .expect("connect");
+    let payload = Pattern::bytes(3, 300_000);
+    let reply = net::exchange(&stream, &payload).expect("exchange over a half-closed connection");
+    let sent = net::digest(&payload);
+    assert_eq!(
+        String::from_utf8_lossy(&reply),
+        format!("{} {}", sent.len, sent.sha256),
+        "the server's reply after our FIN"
+    );
+}
+
+fn tcp_100_parallel_connections(mode: Mode) {
+    const CONNECTIONS: usize = 100;
+    let env = Env::new(mode);
+    let _rslirp = env.rslirp().start();
+    let server = env.host_echo_server(Ipv4Addr::LOCALHOST);
+    let to = SocketAddrV4::new(GATEWAY, server.port());
+    let failures = env
+        .in_guest("100 clients", move || {
+            // All connections are established before any sends, so they really overlap.
+            let barrier = Barrier::new(CONNECTIONS);
+            thread::scope(|scope| {
+                let clients: Vec<_> = (0..CONNECTIONS)
+                    .map(|i| {
+                        let barrier = &barrier;
+                        scope.spawn(move || {
+                            let connected = TcpStream::connect_timeout(&to.into(), CONNECT_TIMEOUT);
+                            barrier.wait();
+                            let stream = connected.map_err(|e| format!("#{i} connect: {e}"))?;
+                            net::set_timeouts(&stream);
+                            let payload = Pattern::bytes(i as u64, 1000 + 97 * i);
+                            let reply = net::exchange(&stream, &payload)
+                                .map_err(|e| format!("#{i} echo: {e}"))?;
+                            if reply != payload {
+                                return Err(format!("#{i}: echo differs"));
+                            }
+                            Ok(())
+                        })
+                    })
+                    .collect();
+                clients
+                    .into_iter()
+                    .filter_map(|client| client.join().expect("client thread").err())
+                    .collect::<Vec<String>>()
+            })
+        })
+        .wait(Duration::from_secs(60));
+    assert!(failures.is_empty(), "failed connections: {failures:?}");
+}
+
+/// Reports a bulk transfer's rate (visible with --nocapture) for a rough comparison.
+fn report_rate(what: &str, bytes: u64, took: Duration) {
+    let mbit = bytes as f64 * 8.0 / took.as_secs_f64() / 1e6;
+    eprintln!("{what}: {bytes} bytes in {took:.2?} ({mbit:.0} Mbit/s)");
+}
+
+fn tcp_bulk_guest_to_host(mode: Mode) {
+    let env = Env::new(mode);
+    let _rslirp = env.rslirp().start();
+    let (received_tx, received_rx) = mpsc::channel();
+    let sink = net::tcp_server(
+        env.host_tcp_listener(Ipv4Addr::LOCALHOST),
+        move |mut stream| {
+            let _ = received_tx.send(net::digest_to_eof(&mut stream).map_err(|e| e.to_string()));
+        },
+    );
+    let mut stream = env
+        .guest_connect(SocketAddrV4::new(GATEWAY, sink.port()), CONNECT_TIMEOUT)
+        .expect("connect");
+    let started = Instant::now();
+    let sent = thread::spawn(move || -> std::io::Result<Digested> {
+        let sent = net::send_pattern(&mut stream, 1, BULK_BYTES)?;
+        stream.shutdown(Shutdown::Write)?;
+        Ok(sent)
+    });
+    let received = received_rx
+        .recv_timeout(BULK_TIMEOUT)
+        .expect("the host side did not reach EOF in time")
+        .expect("host side read");
+    report_rate("guest→host", received.len, started.elapsed());
+    let sent = sent.join().expect("sender").expect("guest send");
+    assert_eq!(received, sent);
+}
+
+fn tcp_bulk_host_to_guest(mode: Mode) {
+    let env = Env::new(mode);
+    let _rslirp = env.rslirp().start();
+    let (sent_tx, sent_rx) = mpsc::channel();
+    let source = net::tcp_server(
+        env.host_tcp_listener(Ipv4Addr::LOCALHOST),
+        move |mut stream| {
+            let sent = net::send_pattern(&mut stream, 2, BULK_BYTES);
+            let _ = stream.shutdown(Shutdown::Write);
+            let _ = sent_tx.send(sent.map_err(|e| e.to_string()));
+        },
+    );
+    let mut stream = env
+        .guest_connect(SocketAddrV4::new(GATEWAY, source.port()), CONNECT_TIMEOUT)
+        .expect("connect");
+    let started = Instant::now();
+    let received = env
+        .in_guest("bulk receiver", move || net::digest_to_eof(&mut stream))
+        .wait(BULK_TIMEOUT)
+        .expect("guest read");
+    report_rate("host→guest", received.len, started.elapsed());
+    let sent = sent_rx
+        .recv_timeout(STEP_TIMEOUT)
+        .expect("host sender result")
+        .expect("host send");
+    assert_eq!(received, sent);
+}
+
+/// With --disable-host-loopback the gateway no longer leads to the host's 127.0.0.1: a
+/// connect fails at once with "Network is unreachable" although a server listens there.
+/// The gateway still answers ping, and other host addresses are still reachable.
+fn disable_host_loopback(mode: Mode) {
+    let env = Env::new(mode);
+    let _rslirp = env.rslirp().arg("--disable-host-loopback").start();
+    let loopback_server = env.host_echo_server(Ipv4Addr::LOCALHOST);
+    let (error, took) = failed_connect(&env, SocketAddrV4::new(GATEWAY, loopback_server.port()));
+    assert_eq!(
+        error.raw_os_error(),
+        Some(libc::ENETUNREACH),
+        "connect to the gateway: {error}"
+    );
+    assert!(took < FAST, "failure took {took:?}");
+
+    env.guest_ok(&["ping", "-c", "1", "-W", "2", &GATEWAY.to_string()]);
+    let server = env.host_echo_server(env.host_addr);
+    assert_echo(
+        &env,
+        SocketAddrV4::new(env.host_addr, server.port()),
+        10_000,
+    );
+}
