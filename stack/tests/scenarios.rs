@@ -1,0 +1,714 @@
+//! The network as the guest sees it (SPEC.md section 2), told as scenarios: frames in from
+//! the guest, frames and host calls out, on a virtual clock. Default network 10.0.2.0/24:
+//! gateway 10.0.2.2 (MAC 52:55:0a:00:02:02), DNS 10.0.2.3, guest 10.0.2.100.
+
+use core::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use rslirp_stack::testing::{parse_echo_message, GuestTcp, Parsed, Scenario, TcpSegment};
+use rslirp_stack::{CloseMode, Config, Duration, FlowId, HostError};
+use smoltcp::wire::{ArpOperation, ArpRepr, EthernetAddress, Ipv4Packet, TcpPacket};
+
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+const DNS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 3);
+const GUEST: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
+/// Somewhere on the internet, reached through host sockets.
+const REMOTE: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
+
+/// Ethernet header, then the IPv4 header of the frames our guest builds (no options).
+const ETH: usize = 14;
+const IP_HEADER: usize = 20;
+
+fn remote(port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(REMOTE, port)
+}
+
+fn gateway(port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(GATEWAY, port)
+}
+
+fn host_loopback(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+fn the_only<T: core::fmt::Debug>(mut items: Vec<T>, what: &str) -> T {
+    assert_eq!(items.len(), 1, "expected exactly one {what}, got {items:?}");
+    items.remove(0)
+}
+
+fn the_only_segment(frames: Vec<Parsed>, what: &str) -> TcpSegment {
+    match the_only(frames, what) {
+        Parsed::Tcp { tcp, .. } => tcp,
+        other => panic!("expected {what}, got {other:?}"),
+    }
+}
+
+/// The guest sends a SYN; the stack must ask the host for exactly one connect.
+fn syn_and_connect(s: &mut Scenario, conn: &mut GuestTcp) -> (FlowId, SocketAddr) {
+    let before = s.host.connects().len();
+    s.guest_sends(&conn.syn());
+    let connects = s.host.connects();
+    assert_eq!(
+        connects.len(),
+        before + 1,
+        "a SYN to {} starts exactly one host connect",
+        conn.remote
+    );
+    connects[before]
+}
+
+/// Lets frames and time flow (10 ms steps, at most 30 virtual seconds) until `done`.
+fn run_until(
+    s: &mut Scenario,
+    conns: &mut [GuestTcp],
+    what: &str,
+    done: impl Fn(&Scenario, &[GuestTcp]) -> bool,
+) {
+    for _ in 0..3_000 {
+        let unclaimed = s.exchange(conns);
+        assert!(
+            unclaimed.is_empty(),
+            "unexpected frames while waiting for {what}: {unclaimed:?}"
+        );
+        if done(s, conns) {
+            return;
+        }
+        s.advance(Duration::from_millis(10));
+    }
+    panic!("{what} did not happen within 30 virtual seconds");
+}
+
+/// Deterministic, distinct test data.
+fn pattern(seed: usize, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i * 31 + seed * 7 + i / 251) as u8)
+        .collect()
+}
+
+mod arp {
+    use super::*;
+
+    #[test]
+    fn gateway_and_dns_are_answered_to_the_requester() {
+        let mut s = Scenario::new();
+        let guest = s.guest;
+        for (ip, last_octet) in [(GATEWAY, 2), (DNS, 3)] {
+            s.guest_sends(&guest.arp_request(ip));
+            // drain() also checks that the frame is addressed to the guest's MAC.
+            let reply = the_only(s.drain(), "ARP reply");
+            assert_eq!(
+                reply,
+                Parsed::Arp(ArpRepr::EthernetIpv4 {
+                    operation: ArpOperation::Reply,
+                    source_hardware_addr: EthernetAddress([0x52, 0x55, 10, 0, 2, last_octet]),
+                    source_protocol_addr: ip,
+                    target_hardware_addr: guest.mac,
+                    target_protocol_addr: GUEST,
+                }),
+                "ARP reply for {ip}"
+            );
+        }
+    }
+
+    #[test]
+    fn nobody_else_answers() {
+        let mut s = Scenario::new();
+        let guest = s.guest;
+        for ip in [
+            Ipv4Addr::new(10, 0, 2, 1),
+            Ipv4Addr::new(10, 0, 2, 4),
+            GUEST,
+            Ipv4Addr::new(8, 8, 8, 8),
+        ] {
+            s.guest_sends(&guest.arp_request(ip));
+            assert_eq!(s.drain(), vec![], "no ARP reply for {ip}");
+        }
+        assert!(s.host.calls().is_empty());
+    }
+}
+
+mod icmp {
+    use super::*;
+
+    #[test]
+    fn gateway_and_dns_answer_ping_themselves() {
+        let mut s = Scenario::new();
+        let guest = s.guest;
+        for (target, seq_no) in [(GATEWAY, 1), (DNS, 2)] {
+            s.guest_sends(&guest.icmp_echo(target, 0x1234, seq_no, b"are you there?"));
+            assert_eq!(
+                the_only(s.drain(), "echo reply"),
+                Parsed::IcmpEcho {
+                    src: target,
+                    dst: GUEST,
+                    reply: true,
+                    ident: 0x1234,
+                    seq_no,
+                    payload: b"are you there?".to_vec(),
+                }
+            );
+        }
+        assert_eq!(s.host.calls(), &[], "local pings never reach the host");
+    }
+
+    #[test]
+    fn remote_ping_goes_through_a_host_ping_socket_and_back() {
+        let mut s = Scenario::new();
+        let guest = s.guest;
+        let payload = pattern(1, 56);
+        s.guest_sends(&guest.icmp_echo(REMOTE, 0x1234, 7, &payload));
+
+        let (flow, target) = the_only(s.host.ping_opens(), "ping_open");
+        assert_eq!(target, IpAddr::V4(REMOTE));
+        let request = parse_echo_message(&the_only(s.host.ping_sent(flow), "ping_send"))
+            .expect("ping_send carries an ICMP echo request");
+        assert!(!request.reply);
+        assert_eq!(request.seq_no, 7);
+        assert_eq!(request.payload, payload);
+        assert_eq!(s.drain(), vec![], "nothing for the guest before the reply");
+
+        // The host kernel answers with the ping socket's own identifier.
+        s.ping_reply(flow, request.seq_no, &request.payload);
+        assert_eq!(
+            the_only(s.drain(), "echo reply"),
+            Parsed::IcmpEcho {
+                src: REMOTE,
+                dst: GUEST,
+                reply: true,
+                ident: 0x1234,
+                seq_no: 7,
+                payload,
+            },
+            "the guest sees its own identifier again"
+        );
+    }
+
+    #[test]
+    fn ping_is_dropped_silently_when_the_host_forbids_ping_sockets() {
+        let mut s = Scenario::new();
+        let guest = s.guest;
+        s.host.set_ping_allowed(false);
+        s.guest_sends(&guest.icmp_echo(REMOTE, 0x1234, 1, b"ping"));
+        assert_eq!(s.host.ping_opens().len(), 1, "the stack tried the host");
+        s.guest_sends(&guest.icmp_echo(REMOTE, 0x1234, 2, b"ping"));
+        s.advance(secs(5));
+        assert_eq!(s.drain(), vec![], "no reply and no ICMP error");
+        assert_eq!(s.stats().icmp_flows, 0);
+        assert_eq!(s.host.open_count(), 0);
+    }
+}
+
+mod tcp {
+    use super::*;
+
+    #[test]
+    fn syn_ack_waits_for_the_host_connect() {
+        let mut s = Scenario::new();
+        let mut conn = s.guest_tcp(40000, remote(80));
+        let (flow, target) = syn_and_connect(&mut s, &mut conn);
+        assert_eq!(target, SocketAddr::V4(remote(80)));
+        assert_eq!(s.drain(), vec![], "no SYN-ACK while the host connects");
+
+        // The guest retransmits its SYN; still one connect, still no answer.
+        s.advance(secs(2));
+        s.guest_sends(&conn.syn());
+        assert_eq!(
+            s.host.connects().len(),
+            1,
+            "a retransmitted SYN is the same flow"
+        );
+        assert_eq!(s.drain(), vec![], "no SYN-ACK while the host connects");
+
+        s.complete_connect(flow);
+        let syn_ack = the_only_segment(s.drain(), "SYN-ACK");
+        assert!(syn_ack.is_syn_ack(), "got {}", syn_ack.flags());
+        assert_eq!((syn_ack.src_port, syn_ack.dst_port), (80, 40000));
+        assert_eq!(syn_ack.ack, Some(conn.isn.wrapping_add(1)));
+        let mss = syn_ack.mss.expect("the SYN-ACK carries an MSS option");
+        assert!(
+            (536..=1460).contains(&mss),
+            "MSS {mss} fits the 1500-byte MTU"
+        );
+    }
+
+    #[test]
+    fn gateway_ports_are_host_loopback_ports() {
+        let mut s = Scenario::new();
+        let (conn, flow) = s.open_tcp(40000, gateway(8080));
+        assert!(conn.established());
+        let socket = s.host.socket(flow).expect("a host socket");
+        assert_eq!(socket.remote, host_loopback(8080));
+    }
+
+    #[test]
+    fn without_host_loopback_the_gateway_is_net_unreachable() {
+        let mut s = Scenario::with_config(Config {
+            disable_host_loopback: true,
+            ..Config::default()
+        });
+        let guest = s.guest;
+        let syn = guest.tcp_syn(40000, gateway(8080), 1000);
+        s.guest_sends(&syn);
+        assert_eq!(s.host.connects(), vec![], "no host connect");
+        let Parsed::IcmpUnreachable {
+            dst,
+            code,
+            original,
+            ..
+        } = the_only(s.drain(), "ICMP error")
+        else {
+            panic!("expected ICMP destination unreachable");
+        };
+        assert_eq!(dst, GUEST);
+        assert_eq!(code, 0, "net unreachable");
+        assert_quotes(&original, &syn);
+    }
+
+    /// RFC 792: the ICMP error carries the original IP header and its first 8 data bytes.
+    fn assert_quotes(original: &[u8], frame: &[u8]) {
+        let header_and_8 = &frame[ETH..ETH + IP_HEADER + 8];
+        assert!(
+            original.len() >= header_and_8.len(),
+            "quote of {} bytes is too short",
+            original.len()
+        );
+        assert_eq!(
+            &original[..IP_HEADER],
+            &header_and_8[..IP_HEADER],
+            "quoted IP header"
+        );
+        assert_eq!(
+            &original[IP_HEADER..IP_HEADER + 8],
+            &header_and_8[IP_HEADER..],
+            "quoted ports and sequence number"
+        );
+    }
+
+    #[test]
+    fn refused_connect_resets_the_guest() {
+        let mut s = Scenario::new();
+        let mut conn = s.guest_tcp(40000, remote(81));
+        let (flow, _) = syn_and_connect(&mut s, &mut conn);
+        s.fail_connect(flow, HostError::ConnectionRefused);
+        let rst = the_only_segment(s.drain(), "RST");
+        assert!(rst.rst && !rst.syn, "got {}", rst.flags());
+        assert_eq!((rst.src_port, rst.dst_port), (81, 40000));
+        assert_eq!(
+            rst.ack,
+            Some(conn.isn.wrapping_add(1)),
+            "RST|ACK of the SYN"
+        );
+        assert!(s.host.close_mode(flow).is_some(), "host socket closed");
+        assert_eq!(s.stats().tcp_flows, 0);
+    }
+
+    #[test]
+    fn unreachable_host_is_icmp_host_unreachable() {
+        let mut s = Scenario::new();
+        let mut conn = s.guest_tcp(40000, remote(80));
+        let syn = conn.syn();
+        let (flow, _) = syn_and_connect(&mut s, &mut conn);
+        s.fail_connect(flow, HostError::HostUnreachable);
+        let Parsed::IcmpUnreachable {
+            dst,
+            code,
+            original,
+            ..
+        } = the_only(s.drain(), "ICMP error")
+        else {
+            panic!("expected ICMP destination unreachable");
+        };
+        assert_eq!(dst, GUEST);
+        assert_eq!(code, 1, "host unreachable");
+        assert_quotes(&original, &syn);
+        assert!(s.host.close_mode(flow).is_some(), "host socket closed");
+        assert_eq!(s.stats().tcp_flows, 0);
+    }
+
+    #[test]
+    fn data_flows_both_ways_in_order() {
+        let mut s = Scenario::new();
+        let (conn, flow) = s.open_tcp(40000, remote(80));
+        let mut conns = [conn];
+
+        let request = b"GET / HTTP/1.0\r\n\r\n";
+        let frame = conns[0].send(request);
+        s.guest_sends(&frame);
+        run_until(&mut s, &mut conns, "the ACK of the request", |_, c| {
+            c[0].all_acked()
+        });
+        assert_eq!(s.take_sent(flow), request);
+
+        let response = pattern(2, 200_000);
+        s.peer_send(flow, &response);
+        run_until(&mut s, &mut conns, "the whole response", |_, c| {
+            c[0].received().len() >= response.len()
+        });
+        assert!(
+            conns[0].received() == response,
+            "response arrived intact and in order"
+        );
+        assert_eq!(conns[0].out_of_order, 0);
+
+        // Guest to host in MSS-sized segments; the stack's ACKs keep up.
+        let upload = pattern(3, 100_000);
+        for chunk in upload.chunks(1460) {
+            let frame = conns[0].send(chunk);
+            s.guest_sends(&frame);
+        }
+        run_until(&mut s, &mut conns, "the ACK of the upload", |_, c| {
+            c[0].all_acked()
+        });
+        assert!(s.take_sent(flow) == upload, "upload arrived intact");
+    }
+
+    #[test]
+    fn guest_data_waits_for_room_in_the_host_socket() {
+        let mut s = Scenario::new();
+        let (conn, flow) = s.open_tcp(40000, remote(80));
+        let mut conns = [conn];
+        assert_eq!(s.host.set_send_window(flow, 1000), None);
+
+        let upload = pattern(4, 10_000);
+        for chunk in upload.chunks(1000) {
+            let frame = conns[0].send(chunk);
+            s.guest_sends(&frame);
+        }
+        let mut delivered = Vec::new();
+        for _ in 0..100 {
+            s.exchange(&mut conns);
+            assert!(
+                s.host
+                    .socket(flow)
+                    .is_some_and(|sock| sock.outbound.len() <= 1000),
+                "the stack never writes past a WouldBlock"
+            );
+            delivered.extend(s.take_sent(flow));
+            if delivered.len() >= upload.len() {
+                break;
+            }
+            s.advance(Duration::from_millis(10));
+        }
+        assert!(delivered == upload, "every byte arrived once, in order");
+    }
+
+    #[test]
+    fn guest_half_close_keeps_the_other_direction_open() {
+        let mut s = Scenario::new();
+        let (conn, flow) = s.open_tcp(40000, remote(80));
+        let mut conns = [conn];
+
+        let frame = conns[0].send(b"request, then FIN");
+        s.guest_sends(&frame);
+        let fin = conns[0].fin();
+        s.guest_sends(&fin);
+        run_until(&mut s, &mut conns, "the ACK of the guest's FIN", |_, c| {
+            c[0].all_acked()
+        });
+        assert_eq!(s.take_sent(flow), b"request, then FIN");
+        assert!(
+            s.host.shutdown_write_called(flow),
+            "FIN became a half-close"
+        );
+        assert_eq!(s.host.close_mode(flow), None, "the host socket stays open");
+
+        let reply = pattern(5, 5_000);
+        s.peer_send(flow, &reply);
+        run_until(&mut s, &mut conns, "the reply after the FIN", |_, c| {
+            c[0].received().len() >= reply.len()
+        });
+        assert!(conns[0].received() == reply, "the reply arrived intact");
+        assert!(!conns[0].peer_fin);
+
+        s.peer_close(flow);
+        run_until(&mut s, &mut conns, "the FIN to the guest", |_, c| {
+            c[0].peer_fin
+        });
+        s.advance(secs(1));
+        assert_eq!(s.host.close_mode(flow), Some(CloseMode::Graceful));
+        assert_eq!(s.stats().tcp_flows, 0);
+        assert_eq!(s.host.open_count(), 0);
+    }
+
+    #[test]
+    fn peer_half_close_keeps_the_other_direction_open() {
+        let mut s = Scenario::new();
+        let (conn, flow) = s.open_tcp(40000, remote(80));
+        let mut conns = [conn];
+
+        s.peer_send(flow, b"banner, then EOF");
+        s.peer_close(flow);
+        run_until(&mut s, &mut conns, "the FIN to the guest", |_, c| {
+            c[0].peer_fin
+        });
+        assert_eq!(conns[0].received(), b"banner, then EOF");
+
+        let frame = conns[0].send(b"still talking");
+        s.guest_sends(&frame);
+        run_until(&mut s, &mut conns, "the ACK of the late data", |_, c| {
+            c[0].all_acked()
+        });
+        assert_eq!(s.take_sent(flow), b"still talking");
+        assert_eq!(s.host.close_mode(flow), None, "the host socket stays open");
+
+        let fin = conns[0].fin();
+        s.guest_sends(&fin);
+        run_until(&mut s, &mut conns, "the ACK of the guest's FIN", |_, c| {
+            c[0].all_acked()
+        });
+        // Both directions are done, so a half-close or an orderly close both carry the FIN.
+        assert!(s.host.shutdown_write_called(flow) || s.host.close_mode(flow).is_some());
+        // Allow for TIME-WAIT: the stack closed first, so it may linger a while.
+        s.advance(secs(120));
+        assert_eq!(s.host.close_mode(flow), Some(CloseMode::Graceful));
+        assert_eq!(s.stats().tcp_flows, 0);
+    }
+
+    #[test]
+    fn guest_reset_aborts_the_host_socket() {
+        let mut s = Scenario::new();
+        let (mut conn, flow) = s.open_tcp(40000, remote(80));
+        s.guest_sends(&conn.rst());
+        assert_eq!(s.host.close_mode(flow), Some(CloseMode::Abort));
+        assert_eq!(s.stats().tcp_flows, 0);
+        assert_eq!(s.drain(), vec![], "a RST is not answered");
+    }
+
+    #[test]
+    fn peer_reset_resets_the_guest() {
+        let mut s = Scenario::new();
+        let (conn, flow) = s.open_tcp(40000, remote(80));
+        let expected_seq = conn.rcv_nxt();
+        s.peer_reset(flow);
+        let rst = the_only_segment(s.drain(), "RST");
+        assert!(rst.rst, "got {}", rst.flags());
+        assert_eq!((rst.src_port, rst.dst_port), (80, 40000));
+        assert_eq!(rst.seq, expected_seq, "the RST is in the guest's window");
+        assert!(s.host.close_mode(flow).is_some(), "host socket closed");
+        assert_eq!(s.stats().tcp_flows, 0);
+    }
+}
+
+mod udp {
+    use super::*;
+
+    #[test]
+    fn gateway_port_reaches_host_loopback_and_replies_come_back() {
+        let mut s = Scenario::new();
+        let guest = s.guest;
+        s.guest_sends(&guest.udp(5000, gateway(7), b"first"));
+        let (flow, target) = the_only(s.host.udp_opens(), "udp_open");
+        assert_eq!(target, host_loopback(7));
+        assert_eq!(s.host.udp_sent(flow), vec![b"first".to_vec()]);
+
+        s.guest_sends(&guest.udp(5000, gateway(7), b"second"));
+        assert_eq!(
+            s.host.udp_opens().len(),
+            1,
+            "the 4-tuple's socket is reused"
+        );
+        assert_eq!(s.host.udp_sent(flow), vec![b"second".to_vec()]);
+
+        s.deliver_datagram(flow, b"echo");
+        assert_eq!(
+            the_only(s.drain(), "UDP reply"),
+            Parsed::Udp {
+                src: gateway(7),
+                dst: SocketAddrV4::new(GUEST, 5000),
+                payload: b"echo".to_vec(),
+            }
+        );
+    }
+
+    #[test]
+    fn idle_flows_expire_after_240_seconds() {
+        let mut s = Scenario::new();
+        let guest = s.guest;
+        s.guest_sends(&guest.udp(5000, remote(9999), b"hello"));
+        let (flow, _) = the_only(s.host.udp_opens(), "udp_open");
+
+        s.advance(secs(239));
+        assert_eq!(s.host.close_mode(flow), None, "alive after 239 s");
+        assert_eq!(s.stats().udp_flows, 1);
+
+        s.advance(secs(2));
+        assert!(s.host.close_mode(flow).is_some(), "closed after 241 s");
+        assert_eq!(s.stats().udp_flows, 0);
+        assert_eq!(s.host.open_count(), 0);
+    }
+
+    #[test]
+    fn traffic_keeps_a_flow_alive() {
+        let mut s = Scenario::new();
+        let guest = s.guest;
+        s.guest_sends(&guest.udp(5000, remote(9999), b"one"));
+        let (flow, _) = the_only(s.host.udp_opens(), "udp_open");
+        s.advance(secs(200));
+        s.guest_sends(&guest.udp(5000, remote(9999), b"two"));
+        s.advance(secs(200));
+        assert_eq!(s.host.close_mode(flow), None, "idle for 200 s only");
+        s.advance(secs(41));
+        assert!(s.host.close_mode(flow).is_some(), "idle for 241 s");
+    }
+
+    #[test]
+    fn port_53_flows_expire_after_10_seconds() {
+        let mut s = Scenario::new();
+        let guest = s.guest;
+        s.guest_sends(&guest.udp(5353, remote(53), b"query"));
+        let (flow, _) = the_only(s.host.udp_opens(), "udp_open");
+
+        s.advance(secs(9));
+        assert_eq!(s.host.close_mode(flow), None, "alive after 9 s");
+        s.advance(secs(2));
+        assert!(s.host.close_mode(flow).is_some(), "closed after 11 s");
+        assert_eq!(s.stats().udp_flows, 0);
+    }
+}
+
+mod scale {
+    use super::*;
+
+    const FLOWS: usize = 1000;
+
+    fn upload(i: usize) -> Vec<u8> {
+        format!("guest {i} says hello; ")
+            .repeat(i % 7 + 1)
+            .into_bytes()
+    }
+
+    fn download(i: usize) -> Vec<u8> {
+        format!("host answers {i}. ").repeat(i % 5 + 1).into_bytes()
+    }
+
+    #[test]
+    fn a_thousand_concurrent_connections() {
+        let mut s = Scenario::new();
+        let mut conns: Vec<GuestTcp> = (0..FLOWS)
+            .map(|i| s.guest_tcp(10_000 + i as u16, remote(80)))
+            .collect();
+
+        // All SYNs first: a thousand host connects in flight at once.
+        let flows: Vec<FlowId> = conns
+            .iter_mut()
+            .map(|conn| syn_and_connect(&mut s, conn).0)
+            .collect();
+        let distinct: std::collections::HashSet<_> = flows.iter().collect();
+        assert_eq!(distinct.len(), FLOWS, "every connection has its own flow");
+        assert_eq!(s.stats().tcp_flows, FLOWS as u64);
+        assert_eq!(s.drain(), vec![], "no SYN-ACK before the connects complete");
+
+        for &flow in &flows {
+            s.complete_connect(flow);
+        }
+        run_until(&mut s, &mut conns, "every handshake", |_, c| {
+            c.iter().all(GuestTcp::established)
+        });
+
+        for (i, conn) in conns.iter_mut().enumerate() {
+            let frame = conn.send(&upload(i));
+            s.guest_sends(&frame);
+        }
+        for (i, &flow) in flows.iter().enumerate() {
+            s.peer_send(flow, &download(i));
+        }
+        run_until(&mut s, &mut conns, "every transfer", |_, c| {
+            c.iter()
+                .enumerate()
+                .all(|(i, conn)| conn.all_acked() && conn.received().len() >= download(i).len())
+        });
+        for (i, (conn, &flow)) in conns.iter().zip(&flows).enumerate() {
+            assert_eq!(s.take_sent(flow), upload(i), "upload of connection {i}");
+            assert_eq!(conn.received(), download(i), "download of connection {i}");
+        }
+        assert_eq!(s.stats().tcp_flows, FLOWS as u64);
+        assert_eq!(s.host.open_count(), FLOWS);
+
+        for conn in conns.iter_mut() {
+            let fin = conn.fin();
+            s.guest_sends(&fin);
+        }
+        for &flow in &flows {
+            s.peer_close(flow);
+        }
+        run_until(&mut s, &mut conns, "every close", |_, c| {
+            c.iter().all(|conn| conn.peer_fin && conn.all_acked())
+        });
+        s.advance(secs(120));
+        assert_eq!(s.stats().tcp_flows, 0);
+        assert_eq!(s.host.open_count(), 0);
+        for &flow in &flows {
+            assert_eq!(s.host.close_mode(flow), Some(CloseMode::Graceful));
+        }
+    }
+}
+
+mod malformed {
+    use super::*;
+
+    /// A SYN that would open a connection if it were intact.
+    fn good_syn(s: &Scenario) -> Vec<u8> {
+        s.guest.tcp_syn(40000, remote(80), 1000)
+    }
+
+    fn refill_ip_checksum(frame: &mut [u8]) {
+        Ipv4Packet::new_unchecked(&mut frame[ETH..]).fill_checksum();
+    }
+
+    fn with_tcp_data_offset(mut frame: Vec<u8>, words: u8) -> Vec<u8> {
+        let mut tcp = TcpPacket::new_unchecked(&mut frame[ETH + IP_HEADER..]);
+        tcp.set_header_len(words * 4);
+        tcp.fill_checksum(&GUEST.into(), &REMOTE.into());
+        frame
+    }
+
+    fn malformed_frames(s: &Scenario) -> Vec<(&'static str, Vec<u8>)> {
+        let syn = good_syn(s);
+        let mut bad_checksum = syn.clone();
+        bad_checksum[ETH + 8] -= 1; // TTL, checksum left alone
+        let mut version_5 = syn.clone();
+        version_5[ETH] = 0x55;
+        refill_ip_checksum(&mut version_5);
+        let mut long_total_length = syn.clone();
+        long_total_length[ETH + 2..ETH + 4].copy_from_slice(&1400u16.to_be_bytes());
+        refill_ip_checksum(&mut long_total_length);
+        vec![
+            ("truncated Ethernet header", syn[..10].to_vec()),
+            ("truncated IP header", syn[..ETH + 12].to_vec()),
+            ("IP total length beyond the frame", long_total_length),
+            ("bad IP checksum", bad_checksum),
+            ("IP version 5", version_5),
+            (
+                "TCP data offset below 5",
+                with_tcp_data_offset(syn.clone(), 3),
+            ),
+            (
+                "TCP data offset past the segment",
+                with_tcp_data_offset(syn, 15),
+            ),
+        ]
+    }
+
+    #[test]
+    fn malformed_frames_are_counted_and_dropped() {
+        let mut s = Scenario::new();
+        for (what, frame) in malformed_frames(&s) {
+            let before = s.stats();
+            s.guest_sends(&frame);
+            let after = s.stats();
+            let counted =
+                (after.rx_errors + after.rx_dropped) - (before.rx_errors + before.rx_dropped);
+            assert_eq!(counted, 1, "{what}: counted once as an error or a drop");
+            assert_eq!(s.drain(), vec![], "{what}: no answer");
+            assert_eq!(s.host.calls(), &[], "{what}: no host call");
+        }
+        assert_eq!(s.stats().tcp_flows, 0);
+
+        // The same SYN intact does open a connection: the damage was the only reason.
+        let syn = good_syn(&s);
+        s.guest_sends(&syn);
+        assert_eq!(s.host.connects().len(), 1);
+    }
+}
