@@ -376,7 +376,10 @@ impl Stack {
             self.stats.host_socket_errors += 1;
         }
         if let Some(Flow::Tcp(tcp)) = self.flows.get(id) {
-            let quote = tcp.syn_quote().clone();
+            let Some(quote) = tcp.syn_quote().cloned() else {
+                self.remove_flow(id, CloseMode::Abort, host);
+                return;
+            };
             let syn = tcp.syn_segment();
             refuse(
                 &mut self.tx,

@@ -12,6 +12,10 @@ use core::net::SocketAddr;
 use smoltcp::time::Instant;
 use std::collections::{BinaryHeap, HashMap};
 
+/// Generations use 31 bits, so a packed `FlowId` never has bit 63 set: the event loop
+/// keeps that half of its token space for other sources (forward listeners).
+const GENERATION_MASK: u32 = 0x7fff_ffff;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Proto {
     Tcp,
@@ -71,6 +75,21 @@ impl<T> FlowTable<T> {
         self.by_key.get(key).copied()
     }
 
+    /// The id the next [`FlowTable::insert`] will return. Lets the host be asked to put a
+    /// socket under that id (e.g. accept a connection) before the flow's key is known.
+    pub fn next_id(&self) -> FlowId {
+        match self.free.last() {
+            Some(&index) => FlowId {
+                index,
+                generation: (self.slots[index as usize].generation + 1) & GENERATION_MASK,
+            },
+            None => FlowId {
+                index: self.slots.len() as u32,
+                generation: 0,
+            },
+        }
+    }
+
     /// Adds a flow; the key must not be present (callers look up first).
     pub fn insert(&mut self, key: FlowKey, value: T) -> FlowId {
         let entry = Entry {
@@ -82,7 +101,7 @@ impl<T> FlowTable<T> {
         let id = match self.free.pop() {
             Some(index) => {
                 let slot = &mut self.slots[index as usize];
-                slot.generation = slot.generation.wrapping_add(1);
+                slot.generation = (slot.generation + 1) & GENERATION_MASK;
                 slot.entry = Some(entry);
                 FlowId {
                     index,
@@ -238,6 +257,18 @@ mod tests {
         assert_eq!(table.get(b), Some(&"b"));
         assert_eq!(table.lookup(&key(1)), None);
         assert_eq!(table.lookup(&key(2)), Some(b));
+    }
+
+    #[test]
+    fn next_id_predicts_insert() {
+        let mut table = FlowTable::default();
+        let predicted = table.next_id();
+        let a = table.insert(key(1), ());
+        assert_eq!(predicted, a);
+        table.remove(a);
+        let predicted = table.next_id();
+        assert_eq!(table.insert(key(2), ()), predicted);
+        assert_ne!(predicted, a);
     }
 
     #[test]

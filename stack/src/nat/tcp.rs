@@ -26,6 +26,9 @@ use smoltcp::wire::{
     TcpSeqNumber,
 };
 
+/// How long a guest may leave a forwarded connection's SYN unanswered.
+const GUEST_CONNECT_TIMEOUT: smoltcp::time::Duration = smoltcp::time::Duration::from_secs(20);
+
 /// What the stack should do with a flow after it was driven.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -64,7 +67,10 @@ pub struct TcpFlow {
     phase: Phase,
     mtu: usize,
     ethertype: EthernetProtocol,
-    syn_quote: Quote,
+    /// The guest's SYN (passive flows only), quoted if the host connect fails.
+    syn_quote: Option<Quote>,
+    /// An active open towards the guest (port forward) has not been answered yet.
+    guest_connect_pending: bool,
     /// Readiness we have seen and not yet used up (edge-triggered host events).
     host_readable: bool,
     host_writable: bool,
@@ -163,7 +169,60 @@ impl TcpFlow {
         params: TcpParams,
         tx: &mut TxQueue,
     ) -> Option<TcpFlow> {
-        let ethertype = match remote.0 {
+        let phase = Phase::Connecting {
+            deadline: params.connect_deadline,
+        };
+        let mut flow = TcpFlow::new(now, remote.0, guest, params, phase, tx);
+        flow.syn_quote = Some(syn_quote);
+        let socket = flow.sockets.get_mut::<Socket>(flow.handle);
+        socket.pause_synack(true);
+        let endpoint = IpListenEndpoint {
+            addr: Some(remote.0),
+            port: remote.1,
+        };
+        socket.listen(endpoint).ok()?;
+        let mut device = flow.device(Some(syn_packet), tx);
+        flow.iface.poll(now, &mut device, &mut flow.sockets);
+        if flow.socket().state() != State::SynReceived {
+            return None;
+        }
+        Some(flow)
+    }
+
+    /// A flow for a connection a host client made to a port forward: the socket connects to
+    /// `guest` as if from `local` (how the guest sees the client). The host socket is
+    /// already connected, so bytes flow as soon as the guest accepts.
+    pub fn connect_to_guest(
+        now: Instant,
+        local: (IpAddress, u16),
+        guest: (IpAddress, u16),
+        params: TcpParams,
+        tx: &mut TxQueue,
+    ) -> Option<TcpFlow> {
+        let mut flow = TcpFlow::new(now, local.0, guest.0, params, Phase::Open, tx);
+        flow.host_writable = true;
+        flow.guest_connect_pending = true;
+        let socket = flow.sockets.get_mut::<Socket>(flow.handle);
+        // A guest that never answers (nothing listening, firewall drop) must not keep the
+        // host client waiting forever; cleared once the guest answers.
+        socket.set_timeout(Some(GUEST_CONNECT_TIMEOUT));
+        socket.connect(flow.iface.context(), guest, local).ok()?;
+        let mut device = flow.device(None, tx);
+        flow.iface.poll(now, &mut device, &mut flow.sockets);
+        Some(flow)
+    }
+
+    /// An interface answering as `local`, routing everything else to `guest`, with one
+    /// socket (neither listening nor connected yet).
+    fn new(
+        now: Instant,
+        local: IpAddress,
+        guest: IpAddress,
+        params: TcpParams,
+        phase: Phase,
+        tx: &mut TxQueue,
+    ) -> TcpFlow {
+        let ethertype = match local {
             IpAddress::Ipv4(_) => EthernetProtocol::Ipv4,
             IpAddress::Ipv6(_) => EthernetProtocol::Ipv6,
         };
@@ -177,13 +236,13 @@ impl TcpFlow {
         let mut config = IfaceConfig::new(HardwareAddress::Ip);
         config.random_seed = params.random_seed;
         let mut iface = Interface::new(config, &mut device, now);
-        let prefix = match remote.0 {
+        let prefix = match local {
             IpAddress::Ipv4(_) => 32,
             IpAddress::Ipv6(_) => 128,
         };
         iface.update_ip_addrs(|addrs| {
             // One address cannot overflow the interface's address list.
-            let _ = addrs.push(IpCidr::new(remote.0, prefix));
+            let _ = addrs.push(IpCidr::new(local, prefix));
         });
         // Everything not ours goes back out of this one interface towards the guest.
         let routed = match guest {
@@ -200,38 +259,34 @@ impl TcpFlow {
         // only adds latency and throttles its congestion window.
         socket.set_nagle_enabled(false);
         socket.set_ack_delay(None);
-        socket.pause_synack(true);
-        let endpoint = IpListenEndpoint {
-            addr: Some(remote.0),
-            port: remote.1,
-        };
-        socket.listen(endpoint).ok()?;
         let mut sockets = SocketSet::new(Vec::with_capacity(1));
         let handle = sockets.add(socket);
-
-        let mut flow = TcpFlow {
+        TcpFlow {
             iface,
             sockets,
             handle,
-            phase: Phase::Connecting {
-                deadline: params.connect_deadline,
-            },
+            phase,
             mtu: params.mtu,
             ethertype,
-            syn_quote,
+            syn_quote: None,
+            guest_connect_pending: false,
             host_readable: false,
             host_writable: false,
             host_eof: false,
             host_write_shut: false,
             host_closed: false,
             starved: false,
-        };
-        device.rx = Some(syn_packet);
-        flow.iface.poll(now, &mut device, &mut flow.sockets);
-        if flow.socket().state() != State::SynReceived {
-            return None;
         }
-        Some(flow)
+    }
+
+    fn device<'a>(&self, rx: Option<&'a [u8]>, tx: &'a mut TxQueue) -> FlowDevice<'a> {
+        FlowDevice {
+            rx,
+            tx,
+            mtu: self.mtu,
+            ethertype: self.ethertype,
+            starved: false,
+        }
     }
 
     fn socket(&self) -> &Socket<'static> {
@@ -251,13 +306,16 @@ impl TcpFlow {
     }
 
     /// The guest's SYN, for the refusal when the host connect fails.
-    pub fn syn_quote(&self) -> &Quote {
-        &self.syn_quote
+    pub fn syn_quote(&self) -> Option<&Quote> {
+        self.syn_quote.as_ref()
     }
 
     /// The guest's SYN as a segment (ports and sequence number are in the quoted 8 bytes).
     pub fn syn_segment(&self) -> TcpRepr<'static> {
-        let head = self.syn_quote.head();
+        let head = self
+            .syn_quote
+            .as_ref()
+            .map_or(&[][..], |quote| quote.head());
         let word = |at: usize| {
             head.get(at..at + 2)
                 .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]))
@@ -352,13 +410,7 @@ impl TcpFlow {
         tx: &mut TxQueue,
         host: &mut impl HostIo,
     ) -> Verdict {
-        let mut device = FlowDevice {
-            rx,
-            tx,
-            mtu: self.mtu,
-            ethertype: self.ethertype,
-            starved: false,
-        };
+        let mut device = self.device(rx, tx);
         if self.phase == Phase::Open {
             if let Err(err) = self.pump(id, host) {
                 log::debug!("{id:?}: host socket failed: {err}");
@@ -434,6 +486,12 @@ impl TcpFlow {
 
     fn verdict(&mut self, now: Instant, host: &mut impl HostIo, id: FlowId) -> Verdict {
         let state = self.socket().state();
+        if self.guest_connect_pending && state != State::SynSent {
+            self.guest_connect_pending = false;
+            self.sockets
+                .get_mut::<Socket>(self.handle)
+                .set_timeout(None);
+        }
         match self.phase {
             Phase::Connecting { deadline } => {
                 if state != State::SynReceived {
@@ -444,6 +502,9 @@ impl TcpFlow {
                     due: Some(deadline),
                 }
             }
+            Phase::Open if self.guest_connect_pending && state == State::SynSent => Verdict::Keep {
+                due: self.iface.poll_at(now, &self.sockets),
+            },
             Phase::Open => match state {
                 // Listen: a RST in SYN-RECEIVED sends a listening socket back to LISTEN.
                 State::Closed | State::Listen => {
