@@ -2,6 +2,7 @@
 //! lives in the pure `rslirp-stack` crate; this crate parses the command line, enters the
 //! container's namespaces, opens the tap, runs the mio event loop and owns the host sockets.
 
+pub mod api_socket;
 pub mod cli;
 pub mod event_loop;
 pub mod host;
