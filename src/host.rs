@@ -212,9 +212,9 @@ impl HostIo for RealHost {
         let Some(entry) = self.slots.get_mut(flow.index as usize) else {
             return;
         };
-        if !entry
+        if entry
             .as_ref()
-            .is_some_and(|slot| slot.generation == flow.generation)
+            .is_none_or(|slot| slot.generation != flow.generation)
         {
             return;
         }
