@@ -7,7 +7,9 @@
 //! randomness are inputs. There is no I/O, no clock and no `unsafe` in this crate.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod config;
+pub mod forward;
 pub mod io;
 pub mod link;
 pub mod nat;
