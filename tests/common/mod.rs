@@ -567,10 +567,14 @@ impl Drop for Rslirp {
     }
 }
 
+pub fn assert_gateway_answers_ping(env: &Env) {
+    env.guest_ok(&["ping", "-c", "1", "-W", "2", &GATEWAY.to_string()]);
+}
+
 /// The basic proof that the guest is connected: ping the gateway and echo over TCP through
 /// it to a server on the host namespace's loopback.
 pub fn assert_traffic_works(env: &Env) {
-    env.guest_ok(&["ping", "-c", "1", "-W", "2", &GATEWAY.to_string()]);
+    assert_gateway_answers_ping(env);
     let server = env.host_echo_server(Ipv4Addr::LOCALHOST);
     let payload = net::Pattern::bytes(7, 10_000);
     let stream = env
