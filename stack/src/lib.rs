@@ -13,6 +13,7 @@ pub mod forward;
 pub mod io;
 pub mod link;
 pub mod nat;
+pub mod service;
 pub mod stack;
 pub mod stats;
 pub mod testing;

@@ -1,0 +1,3 @@
+//! Services the virtual network itself offers to the guest (as opposed to NAT to the host).
+
+pub mod dhcp;
