@@ -68,7 +68,8 @@ impl ApiServer {
             listener,
             path: path.to_path_buf(),
             clients: HashMap::new(),
-            next_client: 0,
+            // Key 0 would make the client token equal to LISTENER.
+            next_client: 1,
             rejected_clients: 0,
         })
     }
@@ -126,9 +127,11 @@ impl ApiServer {
                 log::debug!("API client limit reached; closing a new connection");
                 continue;
             }
-            // Keys stay below 2^62 so they never touch the API bits.
-            let key = self.next_client & !API_BIT;
-            self.next_client = self.next_client.wrapping_add(1);
+            // Keys stay below 2^62 so they never touch the API bits, and above 0 so the
+            // token is never LISTENER's.
+            let key = self.next_client;
+            self.next_client = (self.next_client + 1) & !API_BIT;
+            self.next_client = self.next_client.max(1);
             let token = Token(API_BIT | key);
             if registry
                 .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
@@ -155,9 +158,7 @@ impl ApiServer {
         };
         if client.reply.is_none() {
             let eof = read_available(client)?;
-            let complete = eof
-                || client.request.len() >= MAX_REQUEST_BYTES
-                || holds_json_value(&client.request);
+            let complete = eof || rslirp_stack::api::request_complete(&client.request);
             if !complete {
                 return Ok(false);
             }
@@ -175,7 +176,20 @@ impl ApiServer {
                 Err(err) => return Err(err),
             }
         }
-        Ok(true)
+        // Closing a Unix socket with unread input (say the newline after the JSON) resets
+        // the connection, and the client may lose our reply. So: FIN first, then wait
+        // (bounded by the client's deadline) until the client closes, discarding input.
+        let _ = client.stream.shutdown(std::net::Shutdown::Write);
+        let mut sink = [0u8; 512];
+        loop {
+            match client.stream.read(&mut sink) {
+                Ok(0) => return Ok(true),
+                Ok(_) => {}
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Ok(true),
+            }
+        }
     }
 
     fn close(&mut self, key: usize, registry: &Registry) {
@@ -210,17 +224,6 @@ fn read_available(client: &mut Client) -> io::Result<bool> {
     }
 }
 
-/// Whether `bytes` start with one complete JSON value, or can never become one (a syntax
-/// error is complete too: it gets its error reply at once).
-fn holds_json_value(bytes: &[u8]) -> bool {
-    let mut values = serde_json::Deserializer::from_slice(bytes).into_iter::<serde_json::Value>();
-    match values.next() {
-        Some(Ok(_)) => true,
-        Some(Err(err)) => !err.is_eof(),
-        None => false,
-    }
-}
-
 fn remove_stale_socket(path: &Path) -> io::Result<()> {
     use std::os::unix::fs::FileTypeExt;
     match std::fs::symlink_metadata(path) {
@@ -237,16 +240,6 @@ fn remove_stale_socket(path: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn json_completeness() {
-        assert!(!holds_json_value(b""));
-        assert!(!holds_json_value(b"{\"execute\":"));
-        assert!(holds_json_value(b"{\"execute\":\"list_hostfwd\"}"));
-        assert!(holds_json_value(b"{\"execute\":\"list_hostfwd\"}\n"));
-        // Garbage is answered at once instead of waiting for more.
-        assert!(holds_json_value(b"xyz"));
-    }
 
     #[test]
     fn api_tokens_never_collide_with_flow_tokens() {

@@ -294,7 +294,7 @@ const OPTIONS: &[OptSpec] = &[
         value_name: Some("PATH"),
         help: "specify API socket path",
         values: &[],
-        supported: false,
+        supported: true,
     },
     OptSpec {
         opt: Opt::Cidr,
@@ -1488,8 +1488,8 @@ mod tests {
         );
         let fits = format!("/tmp/{}", "a".repeat(SUN_PATH_MAX - 6));
         assert_eq!(
-            error_without_usage(&["-a", &fits, "1"]),
-            "--api-socket is not supported yet"
+            run(&["-a", &fits, "1"]).api_socket,
+            Some(PathBuf::from(fits))
         );
     }
 
@@ -1522,7 +1522,6 @@ mod tests {
         for (words, option) in [
             (&["-6", "1"][..], "--enable-ipv6"),
             (&["--enable-ipv6", "1"], "--enable-ipv6"),
-            (&["-a", "/tmp/s.sock", "1"], "--api-socket"),
             (&["--enable-sandbox", "1"], "--enable-sandbox"),
             (&["--enable-seccomp", "1"], "--enable-seccomp"),
             (&["--disable-dns", "1"], "--disable-dns"),
@@ -1602,6 +1601,7 @@ mod tests {
             "-e, --exit-fd=FD ",
             "-r, --ready-fd=FD ",
             "-m, --mtu=MTU ",
+            "-a, --api-socket=PATH ",
             "--cidr=CIDR ",
             "--disable-host-loopback ",
             "--netns-type=TYPE ",
@@ -1622,8 +1622,6 @@ mod tests {
         for unsupported in [
             "-6",
             "--enable-ipv6",
-            "-a,",
-            "--api-socket",
             "--enable-sandbox",
             "--enable-seccomp",
             "--outbound-addr",

@@ -5,7 +5,8 @@
 //! Each wake-up: feed what arrived to the stack, run its timers, then write what it queued
 //! for the guest to the tap (keeping frames queued if the tap is full).
 
-use crate::host::{token_flow, RealHost};
+use crate::api_socket::{self, ApiServer};
+use crate::host::{token_flow, token_forward, RealHost};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::errno::Errno;
@@ -61,6 +62,14 @@ impl Default for Clock {
     }
 }
 
+/// The fds the loop waits on besides host sockets. `tap` and `exit_fd` must be non-blocking.
+pub struct Sources {
+    pub tap: OwnedFd,
+    pub signals: SignalFd,
+    pub exit_fd: Option<OwnedFd>,
+    pub api: Option<ApiServer>,
+}
+
 pub struct EventLoop {
     poll: Poll,
     clock: Clock,
@@ -69,23 +78,27 @@ pub struct EventLoop {
     exit_fd: Option<OwnedFd>,
     stack: Stack,
     host: RealHost,
+    api: Option<ApiServer>,
     /// The last tap read stopped at the batch limit: more frames may be waiting.
     tap_backlog: bool,
     frame: Vec<u8>,
 }
 
 impl EventLoop {
-    /// `tap` and `exit_fd` must be non-blocking. SIGTERM/SIGINT must already be blocked
-    /// (they arrive through `signals`).
+    /// SIGTERM/SIGINT must already be blocked (they arrive through `sources.signals`).
     pub fn new(
         poll: Poll,
         clock: Clock,
-        tap: OwnedFd,
-        signals: SignalFd,
-        exit_fd: Option<OwnedFd>,
+        sources: Sources,
         stack: Stack,
         host: RealHost,
     ) -> std::io::Result<EventLoop> {
+        let Sources {
+            tap,
+            signals,
+            exit_fd,
+            api,
+        } = sources;
         let registry = poll.registry();
         registry.register(
             &mut SourceFd(&tap.as_raw_fd()),
@@ -108,6 +121,7 @@ impl EventLoop {
             exit_fd,
             stack,
             host,
+            api,
             tap_backlog: false,
             frame: vec![0u8; MAX_FRAME],
         })
@@ -145,6 +159,20 @@ impl EventLoop {
                             return Ok(Exit::ExitFd);
                         }
                     }
+                    token if api_socket::is_api_token(token) => {
+                        if let Some(api) = &mut self.api {
+                            let (stack, host) = (&mut self.stack, &mut self.host);
+                            let mut handle =
+                                |request: &[u8]| stack.handle_api_request(now, request, host);
+                            api.handle_event(token, self.poll.registry(), &mut handle);
+                        }
+                    }
+                    token if token_forward(token).is_some() => {
+                        if let Some(forward) = token_forward(token) {
+                            self.stack
+                                .handle_forward_event(now, forward, &mut self.host);
+                        }
+                    }
                     token => {
                         let host_event = HostEvent {
                             flow: token_flow(token),
@@ -160,6 +188,9 @@ impl EventLoop {
             if self.tap_backlog {
                 self.read_tap(now)?;
             }
+            if let Some(api) = &mut self.api {
+                api.expire(std::time::Instant::now(), self.poll.registry());
+            }
             self.stack.poll(now, &mut self.host);
             self.write_tap()?;
         }
@@ -170,11 +201,21 @@ impl EventLoop {
         if self.tap_backlog {
             return Some(Duration::ZERO);
         }
-        let deadline = self.stack.poll_at()?;
-        let now = self.clock.now();
-        let micros = (deadline - now.min(deadline)).total_micros();
-        // Round up: waking a little late is harmless, waking early spins.
-        Some(Duration::from_micros(micros).max(Duration::from_micros(1)))
+        let api_wait = self
+            .api
+            .as_ref()
+            .and_then(ApiServer::next_deadline)
+            .map(|at| at.saturating_duration_since(std::time::Instant::now()));
+        let stack_wait = self.stack.poll_at().map(|deadline| {
+            let now = self.clock.now();
+            let micros = (deadline - now.min(deadline)).total_micros();
+            // At least 1 µs: epoll rounds a zero timeout down to a busy poll.
+            Duration::from_micros(micros).max(Duration::from_micros(1))
+        });
+        match (api_wait, stack_wait) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Read up to a batch of frames into the stack.

@@ -9,6 +9,7 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use rslirp_stack::{CloseMode, FlowId, HostError, HostIo, HostResult};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use std::collections::HashMap;
 use std::io::{self, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -31,6 +32,33 @@ pub fn token_flow(token: Token) -> FlowId {
     FlowId::from_u64(token.0 as u64)
 }
 
+/// Forward listeners use bit 63 (flow ids never set it) with bit 62 clear (the API's).
+const FORWARD_BIT: usize = 1 << 63;
+
+pub fn forward_token(forward: u64) -> Token {
+    Token(FORWARD_BIT | (forward as usize & ((1 << 62) - 1)))
+}
+
+/// The forward a token names, if it is a forward token.
+pub fn token_forward(token: Token) -> Option<u64> {
+    (token.0 & (3 << 62) == FORWARD_BIT).then_some((token.0 & ((1 << 62) - 1)) as u64)
+}
+
+/// A port forward's host socket, as the std type whose calls it needs.
+enum ForwardSocket {
+    Tcp(std::net::TcpListener),
+    Udp(std::net::UdpSocket),
+}
+
+impl ForwardSocket {
+    fn fd(&self) -> std::os::fd::RawFd {
+        match self {
+            ForwardSocket::Tcp(listener) => listener.as_raw_fd(),
+            ForwardSocket::Udp(socket) => socket.as_raw_fd(),
+        }
+    }
+}
+
 struct Slot {
     generation: u32,
     socket: Socket,
@@ -40,6 +68,8 @@ pub struct RealHost {
     registry: Registry,
     slots: Vec<Option<Slot>>,
     outbound: Outbound,
+    /// Listening/bound sockets of port forwards, by forward id.
+    forwards: HashMap<u64, ForwardSocket>,
 }
 
 impl RealHost {
@@ -48,6 +78,7 @@ impl RealHost {
             registry,
             slots: Vec::new(),
             outbound,
+            forwards: HashMap::new(),
         }
     }
 
@@ -63,6 +94,53 @@ impl RealHost {
             // dead connection rather than a panic.
             _ => Err(HostError::ConnectionReset),
         }
+    }
+
+    fn forward_listener(&self, forward: u64) -> HostResult<&std::net::TcpListener> {
+        match self.forwards.get(&forward) {
+            Some(ForwardSocket::Tcp(listener)) => Ok(listener),
+            _ => Err(HostError::ConnectionReset),
+        }
+    }
+
+    fn forward_udp(&self, forward: u64) -> HostResult<&std::net::UdpSocket> {
+        match self.forwards.get(&forward) {
+            Some(ForwardSocket::Udp(socket)) => Ok(socket),
+            _ => Err(HostError::ConnectionReset),
+        }
+    }
+
+    /// A bound (and for TCP, listening) socket for a port forward.
+    fn open_forward(&mut self, forward: u64, addr: SocketAddr, kind: Type) -> HostResult<()> {
+        let domain = Domain::for_address(addr);
+        let socket = Socket::new(domain, kind.nonblocking().cloexec(), None).map_err(host_error)?;
+        if kind == Type::STREAM {
+            // Lets a forward be re-added while old connections linger in TIME-WAIT.
+            socket.set_reuse_address(true).map_err(host_error)?;
+        }
+        if addr.is_ipv6() {
+            // "::" takes IPv4 clients too (what users of 0.0.0.0-style forwards expect);
+            // the forward table treats it as overlapping 0.0.0.0 accordingly.
+            let _ = socket.set_only_v6(false);
+        }
+        socket.bind(&SockAddr::from(addr)).map_err(host_error)?;
+        if kind == Type::STREAM {
+            socket.listen(1024).map_err(host_error)?;
+        }
+        self.registry
+            .register(
+                &mut SourceFd(&socket.as_raw_fd()),
+                forward_token(forward),
+                Interest::READABLE,
+            )
+            .map_err(host_error)?;
+        let socket = if kind == Type::STREAM {
+            ForwardSocket::Tcp(socket.into())
+        } else {
+            ForwardSocket::Udp(socket.into())
+        };
+        self.forwards.insert(forward, socket);
+        Ok(())
     }
 
     /// Create a non-blocking socket, bind it to the outbound address, register it.
@@ -89,6 +167,11 @@ impl RealHost {
                 .bind(&SockAddr::from(SocketAddr::new(addr, 0)))
                 .map_err(host_error)?;
         }
+        self.adopt(flow, socket)
+    }
+
+    /// Register `socket` as the host socket of `flow`.
+    fn adopt(&mut self, flow: FlowId, socket: Socket) -> HostResult<&Socket> {
         self.registry
             .register(
                 &mut SourceFd(&socket.as_raw_fd()),
@@ -133,6 +216,54 @@ pub fn host_error(err: io::Error) -> HostError {
 }
 
 impl HostIo for RealHost {
+    fn tcp_listen(&mut self, forward: u64, addr: SocketAddr) -> HostResult<()> {
+        self.open_forward(forward, addr, Type::STREAM)
+    }
+
+    fn tcp_accept(&mut self, forward: u64, flow: FlowId) -> HostResult<SocketAddr> {
+        let listener = self.forward_listener(forward)?;
+        let (stream, peer) = loop {
+            match listener.accept() {
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                result => break result.map_err(host_error)?,
+            }
+        };
+        stream.set_nonblocking(true).map_err(host_error)?;
+        let _ = stream.set_nodelay(true);
+        self.adopt(flow, Socket::from(stream))?;
+        Ok(peer)
+    }
+
+    fn udp_bind(&mut self, forward: u64, addr: SocketAddr) -> HostResult<()> {
+        self.open_forward(forward, addr, Type::DGRAM)
+    }
+
+    fn udp_recv_from(&mut self, forward: u64, buf: &mut [u8]) -> HostResult<(usize, SocketAddr)> {
+        let socket = self.forward_udp(forward)?;
+        loop {
+            match socket.recv_from(buf) {
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                result => return result.map_err(host_error),
+            }
+        }
+    }
+
+    fn udp_send_to(&mut self, forward: u64, peer: SocketAddr, data: &[u8]) -> HostResult<()> {
+        let socket = self.forward_udp(forward)?;
+        loop {
+            match socket.send_to(data, peer) {
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                result => return result.map(|_| ()).map_err(host_error),
+            }
+        }
+    }
+
+    fn forward_close(&mut self, forward: u64) {
+        if let Some(socket) = self.forwards.remove(&forward) {
+            let _ = self.registry.deregister(&mut SourceFd(&socket.fd()));
+        }
+    }
+
     fn tcp_connect(&mut self, flow: FlowId, remote: SocketAddr) -> HostResult<()> {
         let socket = self.open(flow, remote.ip(), Type::STREAM, None)?;
         // Small guest writes go out at once, as on the guest side (no Nagle on either end).

@@ -6,8 +6,9 @@
 
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
+use rslirp::api_socket::ApiServer;
 use rslirp::cli::{self, Command, NetnsType, Options};
-use rslirp::event_loop::{Clock, EventLoop, Exit};
+use rslirp::event_loop::{Clock, EventLoop, Exit, Sources};
 use rslirp::host::{Outbound, RealHost};
 use rslirp::netns::{self, NetnsTarget, TapConfig, TapRequest};
 use rslirp_stack::Stack;
@@ -88,7 +89,17 @@ fn run(options: Options) -> Result<Exit, String> {
         .try_clone()
         .map_err(|e| format!("epoll: {e}"))?;
     let host = RealHost::new(registry, Outbound::default());
-    let mut event_loop = EventLoop::new(poll, clock, tap, signals, exit_fd, stack, host)
+    let api = match &options.api_socket {
+        Some(path) => Some(ApiServer::bind(path, poll.registry()).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let sources = Sources {
+        tap,
+        signals,
+        exit_fd,
+        api,
+    };
+    let mut event_loop = EventLoop::new(poll, clock, sources, stack, host)
         .map_err(|e| format!("event loop: {e}"))?;
 
     log::info!(

@@ -144,6 +144,8 @@ pub struct Limits {
     pub max_icmp_flows: usize,
     /// Frames waiting for the tap; when full, TCP flows hold their data (no drops).
     pub max_tx_queue_frames: usize,
+    /// Port forwards published through the control socket.
+    pub max_forwards: usize,
     /// smoltcp receive buffer (guest → host direction) per TCP flow; sets the window.
     pub tcp_rx_buffer: usize,
     /// smoltcp send buffer (host → guest direction) per TCP flow.
@@ -158,6 +160,7 @@ impl Default for Limits {
             max_udp_flows: 4_096,
             max_icmp_flows: 256,
             max_tx_queue_frames: 1_024,
+            max_forwards: crate::forward::DEFAULT_MAX_FORWARDS,
             tcp_rx_buffer: 1 << 20,
             tcp_tx_buffer: 1 << 20,
         }

@@ -122,6 +122,12 @@ impl ForwardTable {
         }
     }
 
+    /// The id the next successful [`insert`](Self::insert) will return, so the host
+    /// listener can be opened under it before the forward is recorded.
+    pub fn next_id(&self) -> u64 {
+        self.next_id
+    }
+
     /// Adds `spec` and returns its new id. Checks again, so that the table's invariants
     /// hold even for a caller that skipped [`check`](Self::check).
     pub fn insert(&mut self, spec: ForwardSpec) -> Result<u64, ForwardError> {

@@ -116,4 +116,19 @@ pub trait HostIo {
 
     /// Close and forget the flow's host socket. Idempotent.
     fn close(&mut self, flow: FlowId, mode: CloseMode);
+
+    /// Port forwards (`add_hostfwd`): a listening TCP socket on `addr`, named by the
+    /// forward's id; readiness arrives through [`crate::Stack::handle_forward_event`].
+    fn tcp_listen(&mut self, forward: u64, addr: SocketAddr) -> HostResult<()>;
+    /// Accept one pending connection of a TCP forward as the host socket of `flow`;
+    /// returns the client's address.
+    fn tcp_accept(&mut self, forward: u64, flow: FlowId) -> HostResult<SocketAddr>;
+    /// A UDP socket bound to `addr` for a UDP forward.
+    fn udp_bind(&mut self, forward: u64, addr: SocketAddr) -> HostResult<()>;
+    /// Receive one datagram on a UDP forward's socket, with its sender.
+    fn udp_recv_from(&mut self, forward: u64, buf: &mut [u8]) -> HostResult<(usize, SocketAddr)>;
+    /// Send a datagram from a UDP forward's socket to `peer`.
+    fn udp_send_to(&mut self, forward: u64, peer: SocketAddr, data: &[u8]) -> HostResult<()>;
+    /// Stop listening for a forward. Connections already accepted are not affected.
+    fn forward_close(&mut self, forward: u64);
 }

@@ -4,7 +4,9 @@
 //! socket, `poll` runs timers and resumes work that waited for room in the transmit queue,
 //! `poll_at` says when `poll` is due next, and `poll_transmit` hands out frames for the tap.
 
+use crate::api::{self, ApiError, Request};
 use crate::config::Config;
+use crate::forward::{Forward, ForwardProto, ForwardSpec, ForwardTable};
 use crate::io::{CloseMode, FlowId, HostError, HostEvent, HostIo};
 use crate::link::arp::{self, ArpOutcome};
 use crate::link::TxQueue;
@@ -43,13 +45,15 @@ pub struct Stack {
     rng: u64,
     now: Instant,
     scratch: Vec<u8>,
+    forwards: ForwardTable,
+    /// UDP forwards whose socket still has datagrams but the transmit queue was full.
+    starved_forwards: Vec<u64>,
 }
 
 impl Stack {
     pub fn new(config: Config, now: Instant, random_seed: u64) -> Stack {
         let tx = TxQueue::new(config.limits.max_tx_queue_frames, config.gateway_mac());
         Stack {
-            config,
             stats: Stats::default(),
             tx,
             flows: FlowTable::default(),
@@ -59,6 +63,9 @@ impl Stack {
             rng: random_seed | 1,
             now,
             scratch: vec![0u8; SCRATCH_LEN],
+            forwards: ForwardTable::new(config.limits.max_forwards),
+            starved_forwards: Vec::new(),
+            config,
         }
     }
 
@@ -134,11 +141,17 @@ impl Stack {
                 self.resume(now, id, host);
             }
         }
+        if self.tx.has_room() && !self.starved_forwards.is_empty() {
+            for forward in core::mem::take(&mut self.starved_forwards) {
+                self.handle_forward_event(now, forward, host);
+            }
+        }
     }
 
     /// When [`Stack::poll`] should run next.
     pub fn poll_at(&self) -> Option<Instant> {
-        let resume = (!self.starved.is_empty() && self.tx.has_room()).then_some(self.now);
+        let waiting = !self.starved.is_empty() || !self.starved_forwards.is_empty();
+        let resume = (waiting && self.tx.has_room()).then_some(self.now);
         match (self.flows.next_due(), resume) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -334,13 +347,7 @@ impl Stack {
             );
             return;
         }
-        let params = TcpParams {
-            mtu: self.config.mtu,
-            rx_buffer: limits.tcp_rx_buffer,
-            tx_buffer: limits.tcp_tx_buffer,
-            random_seed: self.next_random(),
-            connect_deadline: now + self.config.timeouts.tcp_connect,
-        };
+        let params = self.tcp_params(now);
         let Some(flow) = TcpFlow::open(
             now,
             ip.src_addr.into(),
@@ -562,6 +569,13 @@ impl Stack {
         };
         udp.last_active = now;
         udp.quote = quote;
+        if let Some((forward, peer)) = udp.forward {
+            if let Err(err) = host.udp_send_to(forward, peer, data) {
+                log::debug!("{id:?}: reply through forward {forward} failed: {err}");
+                self.stats.rx_dropped += 1;
+            }
+            return;
+        }
         match host.udp_send(id, data) {
             Ok(()) => {}
             Err(HostError::WouldBlock) => self.stats.rx_dropped += 1,
@@ -709,6 +723,248 @@ impl Stack {
         }
         if let Err(err) = host.ping_send(id, payload) {
             log::debug!("{id:?}: ping send failed: {err}");
+        }
+    }
+
+    /// One control-socket request (the bytes a client sent); returns the reply bytes.
+    pub fn handle_api_request(
+        &mut self,
+        now: Instant,
+        request: &[u8],
+        host: &mut impl HostIo,
+    ) -> Vec<u8> {
+        self.now = now;
+        let result = match api::parse_request(request, self.config.network.guest()) {
+            Ok(Request::AddHostfwd(spec)) => self.add_forward(spec, host).map(api::add_reply),
+            Ok(Request::ListHostfwd) => {
+                let entries: Vec<Forward> = self.forwards.list().cloned().collect();
+                Ok(api::list_reply(&entries))
+            }
+            Ok(Request::RemoveHostfwd { id }) => {
+                self.remove_forward(id, host).map(|()| api::remove_reply())
+            }
+            Ok(Request::GetStats) => Ok(api::stats_reply(&self.stats())),
+            Err(err) => Err(err),
+        };
+        result.unwrap_or_else(|err| {
+            log::debug!("API request refused: {err}");
+            api::error_reply(&err)
+        })
+    }
+
+    /// The forwards currently published.
+    pub fn forwards(&self) -> impl Iterator<Item = &Forward> {
+        self.forwards.list()
+    }
+
+    fn add_forward(&mut self, spec: ForwardSpec, host: &mut impl HostIo) -> Result<u64, ApiError> {
+        self.forwards.check(&spec)?;
+        // The guest side of this network is IPv4 until IPv6 support lands.
+        if !spec.guest_addr.is_ipv4() {
+            return Err(ApiError::AddFailed);
+        }
+        let id = self.forwards.next_id();
+        let addr = SocketAddr::new(spec.host_addr, spec.host_port);
+        let listening = match spec.proto {
+            ForwardProto::Tcp => host.tcp_listen(id, addr),
+            ForwardProto::Udp => host.udp_bind(id, addr),
+        };
+        if let Err(err) = listening {
+            log::info!("cannot listen on {} {addr}: {err}", spec.proto.as_str());
+            host.forward_close(id);
+            return Err(ApiError::AddFailed);
+        }
+        let inserted = self.forwards.insert(spec.clone());
+        debug_assert_eq!(inserted, Ok(id));
+        log::info!(
+            "forward {id} added: {} {addr} -> {}:{}",
+            spec.proto.as_str(),
+            spec.guest_addr,
+            spec.guest_port
+        );
+        Ok(id)
+    }
+
+    fn remove_forward(&mut self, id: u64, host: &mut impl HostIo) -> Result<(), ApiError> {
+        self.forwards.remove(id)?;
+        host.forward_close(id);
+        self.starved_forwards.retain(|&forward| forward != id);
+        log::info!("forward {id} removed");
+        Ok(())
+    }
+
+    /// A forward's listening socket is readable: new connections or datagrams.
+    pub fn handle_forward_event(&mut self, now: Instant, forward: u64, host: &mut impl HostIo) {
+        self.now = now;
+        let Some(spec) = self.forwards.get(forward).map(|f| f.spec.clone()) else {
+            return;
+        };
+        match spec.proto {
+            ForwardProto::Tcp => self.accept_forwarded(now, forward, &spec, host),
+            ForwardProto::Udp => self.receive_forwarded(now, forward, &spec, host),
+        }
+    }
+
+    /// How the guest sees a host client: loopback clients (and any the guest could not
+    /// route back to, such as addresses inside the virtual network) appear as the gateway,
+    /// IPv4-mapped IPv6 clients as their IPv4 address.
+    fn guest_visible(&self, peer: SocketAddr) -> SocketAddr {
+        let network = self.config.network;
+        let ip = match peer.ip() {
+            IpAddr::V4(v4) => v4,
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().unwrap_or(Ipv4Addr::LOCALHOST),
+        };
+        let ip = if ip.is_loopback() || ip.is_unspecified() || network.contains(ip) {
+            network.gateway()
+        } else {
+            ip
+        };
+        SocketAddr::new(IpAddr::V4(ip), peer.port())
+    }
+
+    /// Accept every pending connection of a TCP forward (edge-triggered: until WouldBlock)
+    /// and connect each to the guest.
+    fn accept_forwarded(
+        &mut self,
+        now: Instant,
+        forward: u64,
+        spec: &ForwardSpec,
+        host: &mut impl HostIo,
+    ) {
+        let guest = SocketAddr::new(spec.guest_addr, spec.guest_port);
+        loop {
+            let id = self.flows.next_id();
+            let peer = match host.tcp_accept(forward, id) {
+                Ok(peer) => peer,
+                Err(HostError::WouldBlock) => return,
+                Err(err) => {
+                    log::debug!("forward {forward}: accept failed: {err}");
+                    self.stats.host_socket_errors += 1;
+                    return;
+                }
+            };
+            let local = self.guest_visible(peer);
+            let key = FlowKey {
+                proto: Proto::Tcp,
+                guest,
+                remote: local,
+            };
+            let full = self.stats.tcp_flows as usize >= self.config.limits.max_tcp_flows;
+            if full || self.flows.lookup(&key).is_some() {
+                if full {
+                    self.stats.tcp_flow_limit_hits += 1;
+                }
+                log::debug!("forward {forward}: refusing {peer} (flow limit or 4-tuple in use)");
+                host.close(id, CloseMode::Abort);
+                continue;
+            }
+            let params = self.tcp_params(now);
+            let Some(flow) = TcpFlow::connect_to_guest(
+                now,
+                (local.ip().into(), local.port()),
+                (guest.ip().into(), guest.port()),
+                params,
+                &mut self.tx,
+            ) else {
+                host.close(id, CloseMode::Abort);
+                continue;
+            };
+            let inserted = self.flows.insert(key, Flow::Tcp(Box::new(flow)));
+            debug_assert_eq!(inserted, id);
+            self.stats.tcp_flows += 1;
+            self.stats.tcp_flows_opened += 1;
+            log::debug!("{id:?}: forward {forward}: {peer} -> guest {guest}");
+            self.ask_guest_mac();
+            if let Some(Flow::Tcp(tcp)) = self.flows.get_mut(id) {
+                let verdict = tcp.handle_timer(now, id, &mut self.tx, host);
+                self.apply_tcp_verdict(now, id, verdict, host);
+            }
+        }
+    }
+
+    /// Carry datagrams from a UDP forward's socket to the guest, one flow per client.
+    fn receive_forwarded(
+        &mut self,
+        now: Instant,
+        forward: u64,
+        spec: &ForwardSpec,
+        host: &mut impl HostIo,
+    ) {
+        let guest = SocketAddr::new(spec.guest_addr, spec.guest_port);
+        loop {
+            if !self.tx.has_room() {
+                self.starved_forwards.push(forward);
+                return;
+            }
+            let (len, peer) = match host.udp_recv_from(forward, &mut self.scratch) {
+                Ok(received) => received,
+                Err(HostError::WouldBlock) => return,
+                Err(err) => {
+                    log::debug!("forward {forward}: receive failed: {err}");
+                    return;
+                }
+            };
+            if len + 28 > self.config.mtu {
+                self.stats.tx_dropped += 1;
+                continue;
+            }
+            let local = self.guest_visible(peer);
+            let key = FlowKey {
+                proto: Proto::Udp,
+                guest,
+                remote: local,
+            };
+            if self.flows.lookup(&key).is_none() {
+                let (IpAddr::V4(src), IpAddr::V4(dst)) = (local.ip(), guest.ip()) else {
+                    return;
+                };
+                let header = Ipv4Repr {
+                    src_addr: src,
+                    dst_addr: dst,
+                    next_header: IpProtocol::Udp,
+                    payload_len: 8,
+                    hop_limit: crate::nat::HOP_LIMIT,
+                };
+                let mut flow =
+                    UdpFlow::new(now, self.config.timeouts.udp_idle, Quote::new(&header, &[]));
+                flow.forward = Some((forward, peer));
+                // Such a flow has no host socket of its own: nothing to open.
+                if self
+                    .open_datagram_flow(key, Flow::Udp(flow), host, |_, _| Ok(()))
+                    .is_none()
+                {
+                    return;
+                }
+            }
+            if let Some(id) = self.flows.lookup(&key) {
+                if let Some(Flow::Udp(udp)) = self.flows.get_mut(id) {
+                    udp.last_active = now;
+                }
+            }
+            self.ask_guest_mac();
+            let payload = &self.scratch[..len];
+            crate::nat::udp::send_udp(&mut self.tx, &mut self.stats, local, guest, payload);
+        }
+    }
+
+    /// Before we start talking to the guest we must know its MAC (a Linux guest drops TCP
+    /// sent to the broadcast MAC). Normally it has already sent us a frame; if not, ask.
+    fn ask_guest_mac(&mut self) {
+        if self.tx.guest_mac().is_unicast() {
+            return;
+        }
+        let network = self.config.network;
+        arp::send_request(&mut self.tx, network.gateway(), network.guest());
+    }
+
+    fn tcp_params(&mut self, now: Instant) -> TcpParams {
+        let limits = self.config.limits;
+        TcpParams {
+            mtu: self.config.mtu,
+            rx_buffer: limits.tcp_rx_buffer,
+            tx_buffer: limits.tcp_tx_buffer,
+            random_seed: self.next_random(),
+            connect_deadline: now + self.config.timeouts.tcp_connect,
         }
     }
 }

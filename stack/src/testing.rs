@@ -168,6 +168,20 @@ pub mod host {
         },
     }
 
+    /// A simulated port-forward listener (TCP) or bound socket (UDP).
+    #[derive(Debug, Clone, Default)]
+    pub struct SimForward {
+        pub udp: bool,
+        pub addr: Option<SocketAddr>,
+        /// TCP: clients waiting to be accepted.
+        pub pending: VecDeque<SocketAddr>,
+        /// UDP: datagrams from clients waiting for the stack.
+        pub inbound: VecDeque<(SocketAddr, Vec<u8>)>,
+        /// UDP: datagrams the stack sent to clients.
+        pub sent: Vec<(SocketAddr, Vec<u8>)>,
+        pub closed: bool,
+    }
+
     /// An in-memory [`HostIo`]. The stack drives it through the trait; the test plays the
     /// host peers through the inherent methods, each of which returns the [`HostEvent`] a
     /// real edge-triggered poller would report for it (pass it to
@@ -181,6 +195,8 @@ pub mod host {
     /// empty buffer) panic.
     #[derive(Debug)]
     pub struct SimHost {
+        forwards: HashMap<u64, SimForward>,
+        listen_failures: VecDeque<HostError>,
         sockets: HashMap<FlowId, SimSocket>,
         calls: Vec<HostCall>,
         open_failures: VecDeque<HostError>,
@@ -192,6 +208,8 @@ pub mod host {
     impl Default for SimHost {
         fn default() -> Self {
             SimHost {
+                forwards: HashMap::new(),
+                listen_failures: VecDeque::new(),
                 sockets: HashMap::new(),
                 calls: Vec::new(),
                 open_failures: VecDeque::new(),
@@ -366,6 +384,61 @@ pub mod host {
             let socket = self.expect_mut(flow);
             assert_eq!(socket.kind, kind, "{flow:?} is not a {kind:?} socket");
             socket.outbound_datagrams.drain(..).collect()
+        }
+
+        // ---- port forwards ----
+
+        /// The next `tcp_listen`/`udp_bind` fails with `error` (e.g. the port is taken).
+        pub fn fail_next_listen(&mut self, error: HostError) {
+            self.listen_failures.push_back(error);
+        }
+
+        pub fn forward(&self, forward: u64) -> Option<&SimForward> {
+            self.forwards.get(&forward)
+        }
+
+        /// A host client connects to a TCP forward; deliver the event with
+        /// `Stack::handle_forward_event`.
+        pub fn client_connects(&mut self, forward: u64, client: SocketAddr) {
+            self.live_forward(forward).pending.push_back(client);
+        }
+
+        /// A host client sends a datagram to a UDP forward.
+        pub fn client_sends(&mut self, forward: u64, client: SocketAddr, payload: &[u8]) {
+            self.live_forward(forward)
+                .inbound
+                .push_back((client, payload.to_vec()));
+        }
+
+        /// Takes the datagrams the stack sent from a UDP forward's socket.
+        pub fn forward_sent(&mut self, forward: u64) -> Vec<(SocketAddr, Vec<u8>)> {
+            std::mem::take(&mut self.live_forward(forward).sent)
+        }
+
+        fn live_forward(&mut self, forward: u64) -> &mut SimForward {
+            match self.forwards.get_mut(&forward) {
+                Some(fwd) if !fwd.closed => fwd,
+                _ => panic!("test bug: forward {forward} is not open"),
+            }
+        }
+
+        fn listen(&mut self, forward: u64, addr: SocketAddr, udp: bool) -> HostResult<()> {
+            if let Some(error) = self.listen_failures.pop_front() {
+                return Err(error);
+            }
+            assert!(
+                !self.forwards.contains_key(&forward),
+                "stack reused forward id {forward}"
+            );
+            self.forwards.insert(
+                forward,
+                SimForward {
+                    udp,
+                    addr: Some(addr),
+                    ..SimForward::default()
+                },
+            );
+            Ok(())
         }
 
         // ---- inspecting what happened ----
@@ -729,6 +802,55 @@ pub mod host {
                 }
             }
             self.calls.push(HostCall::Close { flow, mode });
+        }
+
+        fn tcp_listen(&mut self, forward: u64, addr: SocketAddr) -> HostResult<()> {
+            self.listen(forward, addr, false)
+        }
+
+        fn tcp_accept(&mut self, forward: u64, flow: FlowId) -> HostResult<SocketAddr> {
+            let client = self
+                .live_forward(forward)
+                .pending
+                .pop_front()
+                .ok_or(HostError::WouldBlock)?;
+            self.open(flow, SocketKind::Tcp, client, SocketState::Connected)?;
+            Ok(client)
+        }
+
+        fn udp_bind(&mut self, forward: u64, addr: SocketAddr) -> HostResult<()> {
+            self.listen(forward, addr, true)
+        }
+
+        fn udp_recv_from(
+            &mut self,
+            forward: u64,
+            buf: &mut [u8],
+        ) -> HostResult<(usize, SocketAddr)> {
+            let (client, payload) = self
+                .live_forward(forward)
+                .inbound
+                .pop_front()
+                .ok_or(HostError::WouldBlock)?;
+            let n = payload.len().min(buf.len());
+            buf[..n].copy_from_slice(&payload[..n]);
+            Ok((n, client))
+        }
+
+        fn udp_send_to(&mut self, forward: u64, peer: SocketAddr, data: &[u8]) -> HostResult<()> {
+            match self.forwards.get_mut(&forward) {
+                Some(fwd) if !fwd.closed => {
+                    fwd.sent.push((peer, data.to_vec()));
+                    Ok(())
+                }
+                _ => Err(HostError::ConnectionReset),
+            }
+        }
+
+        fn forward_close(&mut self, forward: u64) {
+            if let Some(fwd) = self.forwards.get_mut(&forward) {
+                fwd.closed = true;
+            }
         }
     }
 }

@@ -3,7 +3,9 @@
 
 use crate::config::{service_mac, Config};
 use crate::link::tx::TxQueue;
-use smoltcp::wire::{ArpOperation, ArpPacket, ArpRepr, EthernetProtocol};
+use smoltcp::wire::{
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetProtocol, Ipv4Address,
+};
 
 /// What became of one ARP packet from the guest.
 #[derive(Debug, PartialEq, Eq)]
@@ -56,4 +58,21 @@ pub fn handle(config: &Config, payload: &[u8], tx: &mut TxQueue) -> ArpOutcome {
     } else {
         ArpOutcome::QueueFull
     }
+}
+
+/// Ask who has `target` (the guest), from `from` (the gateway).
+pub fn send_request(tx: &mut TxQueue, from: Ipv4Address, target: Ipv4Address) {
+    let request = ArpRepr::EthernetIpv4 {
+        operation: ArpOperation::Request,
+        source_hardware_addr: service_mac(from),
+        source_protocol_addr: from,
+        target_hardware_addr: EthernetAddress([0; 6]),
+        target_protocol_addr: target,
+    };
+    tx.push_to(
+        EthernetAddress::BROADCAST,
+        EthernetProtocol::Arp,
+        request.buffer_len(),
+        |buf| request.emit(&mut ArpPacket::new_unchecked(buf)),
+    );
 }

@@ -16,6 +16,10 @@ pub struct UdpFlow {
     pub quote: Quote,
     /// Readiness not yet used up because the transmit queue filled.
     pub host_readable: bool,
+    /// For a flow a host client started through a UDP port forward: the forward and the
+    /// client's real address. Such a flow has no socket of its own; the guest's replies
+    /// leave through the forward's socket.
+    pub forward: Option<(u64, SocketAddr)>,
 }
 
 /// What happened when the host side was read.
@@ -36,6 +40,7 @@ impl UdpFlow {
             idle_timeout,
             quote,
             host_readable: false,
+            forward: None,
         }
     }
 
