@@ -4,7 +4,7 @@
 mod common;
 
 use common::ns::BindMount;
-use common::{assert_traffic_works, Env, Mode, EXIT_TIMEOUT, GATEWAY, TAP};
+use common::{assert_traffic_works, Env, Mode, EXIT_TIMEOUT, GATEWAY, GUEST_ADDR, TAP};
 use std::time::Duration;
 
 both_modes!(
@@ -16,6 +16,7 @@ both_modes!(
     sigterm_exits_0,
     sigint_exits_0,
     netns_type_path_bind_mount,
+    existing_tap_without_configure,
 );
 
 fn ready_byte_is_1_then_closed(mode: Mode) {
@@ -141,5 +142,25 @@ fn rootful_netns_type_path_run_netns() {
         .arg("path")
         .target(&path)
         .start();
+    assert_traffic_works(&env);
+}
+
+/// rootlesskit's way: it creates and configures tap0 itself, then starts the helper without
+/// `-c`; the helper must attach to the existing tap and leave its configuration alone.
+fn existing_tap_without_configure(mode: Mode) {
+    let env = Env::new(mode);
+    let guest_cidr = format!("{GUEST_ADDR}/24");
+    let gateway = GATEWAY.to_string();
+    let setup: [&[&str]; 5] = [
+        &["ip", "tuntap", "add", "dev", TAP, "mode", "tap"],
+        &["ip", "link", "set", TAP, "up"],
+        &["ip", "addr", "add", &guest_cidr, "dev", TAP],
+        &["ip", "link", "set", "lo", "up"],
+        &["ip", "route", "add", "default", "via", &gateway],
+    ];
+    for args in setup {
+        env.guest_ok(args);
+    }
+    let _rslirp = env.rslirp().no_configure().start();
     assert_traffic_works(&env);
 }

@@ -100,6 +100,7 @@ fn prereqs() -> &'static Prereqs {
             "missing tools {missing:?}; scripts/test.sh installs everything the tests need"
         );
         ensure_test_user();
+        remove_leftovers_of_killed_runs();
         // Rootless rslirp opens /dev/net/tun as TEST_USER inside its user namespace.
         fs::set_permissions("/dev/net/tun", fs::Permissions::from_mode(0o666))
             .expect("chmod 666 /dev/net/tun");
@@ -155,14 +156,17 @@ fn ensure_test_user() {
 
 /// The command prefix that drops from root to TEST_USER. setpriv execs in place (runuser
 /// would fork and stay in between), so the pid we spawn is the pid of the program itself:
-/// signals reach it and its exit status is ours to check.
-const AS_TEST_USER: [&str; 7] = [
+/// signals reach it and its exit status is ours to check. Changing the uid clears the
+/// parent-death signal Proc::spawn set, so setpriv sets it again afterwards.
+const AS_TEST_USER: [&str; 9] = [
     "setpriv",
     "--reuid",
     TEST_USER,
     "--regid",
     TEST_USER,
     "--clear-groups",
+    "--pdeathsig",
+    "KILL",
     "--",
 ];
 
@@ -170,6 +174,39 @@ fn user_can_exec(bin: &Path) -> bool {
     let mut cmd = command(AS_TEST_USER[0], &AS_TEST_USER[1..]);
     cmd.arg("test").arg("-x").arg(bin);
     run(&mut cmd, SETUP_TIMEOUT).status.success()
+}
+
+/// Namespaces and temp dirs carry the pid of the test process that made them. A run killed
+/// before its guards ran (SIGKILL, a crash) leaves them behind; its processes died with it
+/// (see Proc::spawn). Remove what belongs to pids that no longer exist.
+fn remove_leftovers_of_killed_runs() {
+    let owner_is_gone = |name: &str, prefix: &str| {
+        name.strip_prefix(prefix)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+            .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+    };
+    let entries = |dir: &Path| -> Vec<String> {
+        fs::read_dir(dir)
+            .map(|list| {
+                list.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for name in entries(Path::new("/run/netns")) {
+        if owner_is_gone(&name, "rse2e-h-") || owner_is_gone(&name, "rse2e-g-") {
+            drop(Netns { name });
+        }
+    }
+    let tmp = std::env::temp_dir();
+    for name in entries(&tmp) {
+        if owner_is_gone(&name, "rse2e-") {
+            drop(TempDir {
+                path: tmp.join(name),
+            });
+        }
+    }
 }
 
 fn unique_id() -> (u32, String) {

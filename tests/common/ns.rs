@@ -80,12 +80,33 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        // A mount left inside (a netns file of a killed run) would make the removal fail.
+        for mount_point in mount_points_under(&self.path) {
+            unmount(&mount_point);
+        }
         let _ = fs::remove_dir_all(&self.path);
     }
 }
 
-/// A bind mount, lazily unmounted on drop (lazily, because a process still using it must
-/// not make the cleanup fail).
+/// Mount points at or below `dir`, from /proc/self/mountinfo (field 5 is the mount point).
+fn mount_points_under(dir: &Path) -> Vec<PathBuf> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(PathBuf::from)
+        .filter(|mount_point| mount_point.starts_with(dir))
+        .collect()
+}
+
+/// Detaches a mount lazily: a process still using it must not make the cleanup fail.
+fn unmount(target: &Path) {
+    let target = cstring(target);
+    // SAFETY: a valid NUL-terminated path.
+    unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+}
+
+/// A bind mount, unmounted on drop.
 pub struct BindMount {
     pub target: PathBuf,
 }
@@ -123,9 +144,7 @@ impl BindMount {
 
 impl Drop for BindMount {
     fn drop(&mut self) {
-        let dst = cstring(&self.target);
-        // SAFETY: a valid NUL-terminated path.
-        unsafe { libc::umount2(dst.as_ptr(), libc::MNT_DETACH) };
+        unmount(&self.target);
     }
 }
 

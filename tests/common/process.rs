@@ -5,6 +5,7 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -19,7 +20,20 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// Starts `cmd`, which also dies (SIGKILL) if the test process is killed before its
+    /// guards can run (e.g. an interrupted `cargo test`): nothing outlives the test run.
     pub fn spawn(cmd: &mut Command, what: &str) -> Proc {
+        // SAFETY: runs between fork and exec and only calls prctl, which is
+        // async-signal-safe. The death signal fires when the spawning thread ends; processes
+        // are spawned only from test threads, which outlive their guards anyway.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {what} ({cmd:?}): {e}"));
