@@ -14,14 +14,15 @@ use crate::nat::icmp::{send_echo_reply, IcmpFlow};
 use crate::nat::tcp::{TcpFlow, TcpParams, Verdict};
 use crate::nat::udp::{ReadOutcome, UdpFlow};
 use crate::nat::{refuse, FlowKey, FlowTable, Proto, Quote, Refusal};
+use crate::service::dhcp::DhcpServer;
 use crate::stats::Stats;
 use core::net::{IpAddr, Ipv4Addr, SocketAddr};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::socket::tcp::State as TcpState;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
-    EthernetFrame, EthernetProtocol, Icmpv4Packet, Icmpv4Repr, IpProtocol, Ipv4Address, Ipv4Packet,
-    Ipv4Repr, TcpControl, TcpPacket, TcpRepr, UdpPacket, UdpRepr,
+    EthernetAddress, EthernetFrame, EthernetProtocol, Icmpv4Packet, Icmpv4Repr, IpProtocol,
+    Ipv4Address, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, UdpPacket, UdpRepr,
 };
 
 /// Largest datagram a host socket can hand us.
@@ -46,6 +47,7 @@ pub struct Stack {
     now: Instant,
     scratch: Vec<u8>,
     forwards: ForwardTable,
+    dhcp: DhcpServer,
     /// UDP forwards whose socket still has datagrams but the transmit queue was full.
     starved_forwards: Vec<u64>,
 }
@@ -64,6 +66,11 @@ impl Stack {
             now,
             scratch: vec![0u8; SCRATCH_LEN],
             forwards: ForwardTable::new(config.limits.max_forwards),
+            dhcp: DhcpServer::new(
+                config.network,
+                u16::try_from(config.mtu).unwrap_or(u16::MAX),
+                (!config.disable_dns).then(|| config.network.dns()),
+            ),
             starved_forwards: Vec::new(),
             config,
         }
@@ -97,7 +104,7 @@ impl Stack {
                 ArpOutcome::Malformed => self.stats.rx_errors += 1,
                 ArpOutcome::QueueFull => self.stats.tx_dropped += 1,
             },
-            EthernetProtocol::Ipv4 => self.handle_ipv4(now, eth.payload(), host),
+            EthernetProtocol::Ipv4 => self.handle_ipv4(now, eth.src_addr(), eth.payload(), host),
             _ => self.stats.rx_dropped += 1,
         }
     }
@@ -180,7 +187,13 @@ impl Stack {
         self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
-    fn handle_ipv4(&mut self, now: Instant, bytes: &[u8], host: &mut impl HostIo) {
+    fn handle_ipv4(
+        &mut self,
+        now: Instant,
+        src_mac: EthernetAddress,
+        bytes: &[u8],
+        host: &mut impl HostIo,
+    ) {
         let Ok(packet) = Ipv4Packet::new_checked(bytes) else {
             self.stats.rx_errors += 1;
             return;
@@ -197,6 +210,11 @@ impl Stack {
             // Reassembly is not implemented; Linux guests use PMTU discovery for TCP.
             log::debug!("dropping IPv4 fragment from {}", ip.src_addr);
             self.stats.rx_dropped += 1;
+            return;
+        }
+        if ip.next_header == IpProtocol::Udp
+            && self.handle_dhcp(now, src_mac, &ip, packet.payload())
+        {
             return;
         }
         let network = self.config.network;
@@ -219,6 +237,62 @@ impl Stack {
             IpProtocol::Icmp => self.handle_icmp(now, &ip, payload, host),
             _ => self.stats.rx_dropped += 1,
         }
+    }
+
+    /// DHCP from the guest (UDP to port 67, broadcast or to the gateway); true if it was.
+    /// Checked before the source address check: a client without an address sends from
+    /// 0.0.0.0.
+    fn handle_dhcp(
+        &mut self,
+        now: Instant,
+        src_mac: EthernetAddress,
+        ip: &Ipv4Repr,
+        payload: &[u8],
+    ) -> bool {
+        let Ok(packet) = UdpPacket::new_checked(payload) else {
+            return false;
+        };
+        let to_us =
+            ip.dst_addr == Ipv4Address::BROADCAST || ip.dst_addr == self.config.network.gateway();
+        if packet.dst_port() != 67 || !to_us {
+            return false;
+        }
+        let Some(reply) = self.dhcp.handle(now, src_mac, packet.payload()) else {
+            self.stats.rx_dropped += 1;
+            return true;
+        };
+        let src = self.config.network.gateway();
+        let udp = UdpRepr {
+            src_port: 67,
+            dst_port: 68,
+        };
+        let ip_reply = Ipv4Repr {
+            src_addr: src,
+            dst_addr: reply.dst_ip,
+            next_header: IpProtocol::Udp,
+            payload_len: udp.header_len() + reply.payload.len(),
+            hop_limit: crate::nat::HOP_LIMIT,
+        };
+        let total = ip_reply.buffer_len() + ip_reply.payload_len;
+        let payload = &reply.payload;
+        let queued = self
+            .tx
+            .push_to(reply.dst_mac, EthernetProtocol::Ipv4, total, |buf| {
+                let mut packet = Ipv4Packet::new_unchecked(&mut buf[..]);
+                ip_reply.emit(&mut packet, &crate::nat::checksum_caps());
+                udp.emit(
+                    &mut UdpPacket::new_unchecked(packet.payload_mut()),
+                    &src.into(),
+                    &reply.dst_ip.into(),
+                    payload.len(),
+                    |p| p.copy_from_slice(payload),
+                    &crate::nat::checksum_caps(),
+                );
+            });
+        if !queued {
+            self.stats.tx_dropped += 1;
+        }
+        true
     }
 
     /// Where a guest connection to `dst:port` goes on the host, or how it is refused.
