@@ -364,7 +364,7 @@ const OPTIONS: &[OptSpec] = &[
         value_name: Some("IPv4"),
         help: "sets outbound ipv4 address to bound to",
         values: &[],
-        supported: false,
+        supported: true,
     },
     OptSpec {
         opt: Opt::OutboundAddr6,
@@ -374,7 +374,7 @@ const OPTIONS: &[OptSpec] = &[
         value_name: Some("IPv6"),
         help: "sets outbound ipv6 address to bound to",
         values: &[],
-        supported: false,
+        supported: true,
     },
     OptSpec {
         opt: Opt::DisableDns,
@@ -384,7 +384,7 @@ const OPTIONS: &[OptSpec] = &[
         value_name: None,
         help: "disables 10.0.2.3 (or configured internal ip) to host dns redirect",
         values: &[],
-        supported: false,
+        supported: true,
     },
     OptSpec {
         opt: Opt::MacAddress,
@@ -394,7 +394,7 @@ const OPTIONS: &[OptSpec] = &[
         value_name: Some("MAC"),
         help: "specify the MAC address of the TAP (only valid with -c)",
         values: &[],
-        supported: false,
+        supported: true,
     },
     OptSpec {
         opt: Opt::TargetType,
@@ -1210,19 +1210,20 @@ mod tests {
         assert!(o.configure && o.disable_host_loopback);
         assert_eq!((o.mtu, o.ready_fd), (9000, Some(7)));
         assert_eq!(o.network.to_string(), "10.9.0.0/16");
-        // `--macaddr` reaches --macaddress: its value is validated, then the option refused.
+        // `--macaddr` reaches --macaddress.
         assert_eq!(
             error_without_usage(&["-c", "--macaddr=zz", "1"]),
             "\"zz\" is an invalid MAC address."
         );
         assert_eq!(
-            error_without_usage(&["-c", "--macaddr", "52:54:00:12:34:56", "1"]),
-            "--macaddress is not supported yet"
+            run(&["-c", "--macaddr", "52:54:00:12:34:56", "1"]).mac_address,
+            Some([0x52, 0x54, 0, 0x12, 0x34, 0x56])
         );
         // An exact name wins over the longer names it is a prefix of.
+        let o = run(&["--outbound-addr=10.1.1.1", "1"]);
         assert_eq!(
-            error_without_usage(&["--outbound-addr=10.1.1.1", "1"]),
-            "--outbound-addr is not supported yet"
+            (o.outbound_addr.as_deref(), o.outbound_addr6),
+            (Some("10.1.1.1"), None)
         );
     }
 
@@ -1508,12 +1509,12 @@ mod tests {
             "outbound-addr has to be valid ipv4 address or interface name."
         );
         assert_eq!(
-            error_without_usage(&["--outbound-addr=eth0", "1"]),
-            "--outbound-addr is not supported yet"
+            run(&["--outbound-addr=eth0", "1"]).outbound_addr.as_deref(),
+            Some("eth0")
         );
         assert_eq!(
-            error_without_usage(&["--outbound-addr6=fd00::1", "1"]),
-            "--outbound-addr6 is not supported yet"
+            run(&["--outbound-addr6=fd00::1", "1"]).outbound_addr6.as_deref(),
+            Some("fd00::1")
         );
     }
 
@@ -1524,11 +1525,6 @@ mod tests {
             (&["--enable-ipv6", "1"], "--enable-ipv6"),
             (&["--enable-sandbox", "1"], "--enable-sandbox"),
             (&["--enable-seccomp", "1"], "--enable-seccomp"),
-            (&["--disable-dns", "1"], "--disable-dns"),
-            (
-                &["-c", "--macaddress=52:54:00:12:34:56", "1"],
-                "--macaddress",
-            ),
         ] {
             assert_eq!(
                 error_without_usage(words),
@@ -1543,8 +1539,8 @@ mod tests {
         );
         // The first unsupported option given is the one named.
         assert_eq!(
-            error_without_usage(&["--disable-dns", "-6", "1"]),
-            "--disable-dns is not supported yet"
+            error_without_usage(&["--enable-seccomp", "-6", "1"]),
+            "--enable-seccomp is not supported yet"
         );
     }
 
@@ -1606,6 +1602,10 @@ mod tests {
             "--disable-host-loopback ",
             "--netns-type=TYPE ",
             "--userns-path=PATH ",
+            "--outbound-addr=IPv4 ",
+            "--outbound-addr6=IPv6 ",
+            "--disable-dns ",
+            "--macaddress=MAC ",
             "-h, --help ",
             "-v, --version ",
         ];
@@ -1624,9 +1624,6 @@ mod tests {
             "--enable-ipv6",
             "--enable-sandbox",
             "--enable-seccomp",
-            "--outbound-addr",
-            "--disable-dns",
-            "--macaddress",
             "--target-type",
             "tapfd",
             "bess",
@@ -1695,7 +1692,7 @@ mod tests {
         let commit = lines[1].strip_prefix("commit: ").unwrap_or_default();
         assert!(!commit.is_empty(), "{}", lines[1]);
         assert_eq!(lines[2], format!("libslirp: rslirp {ours}"));
-        assert_eq!(lines[3], "SLIRP_CONFIG_VERSION_MAX: 1");
+        assert_eq!(lines[3], "SLIRP_CONFIG_VERSION_MAX: 3");
         assert_eq!(lines[4], "libseccomp: none");
     }
 
@@ -1715,7 +1712,7 @@ mod tests {
             with(&[OutboundAddr, OutboundAddr6, DisableDns, EnableIpv6]),
             4
         );
-        assert_eq!(slirp_config_version_max(is_supported), 1);
+        assert_eq!(slirp_config_version_max(is_supported), 3);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 use crate::api_socket::{self, ApiServer};
 use crate::host::{token_flow, token_forward, RealHost};
+use crate::resolv::ResolvWatch;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::errno::Errno;
@@ -20,6 +21,7 @@ use std::time::Duration;
 const TAP: Token = Token(u32::MAX as usize);
 const SIGNAL: Token = Token(u32::MAX as usize - 1);
 const EXIT_FD: Token = Token(u32::MAX as usize - 2);
+const RESOLV: Token = Token(u32::MAX as usize - 3);
 
 /// Frames read from the tap per wake-up before the loop turns to other sources.
 const TAP_READ_BATCH: usize = 256;
@@ -68,6 +70,8 @@ pub struct Sources {
     pub signals: SignalFd,
     pub exit_fd: Option<OwnedFd>,
     pub api: Option<ApiServer>,
+    /// Watches resolv.conf for the DNS forwarder (absent with --disable-dns).
+    pub resolv: Option<ResolvWatch>,
 }
 
 pub struct EventLoop {
@@ -79,6 +83,7 @@ pub struct EventLoop {
     stack: Stack,
     host: RealHost,
     api: Option<ApiServer>,
+    resolv: Option<ResolvWatch>,
     /// The last tap read stopped at the batch limit: more frames may be waiting.
     tap_backlog: bool,
     frame: Vec<u8>,
@@ -98,6 +103,7 @@ impl EventLoop {
             signals,
             exit_fd,
             api,
+            resolv,
         } = sources;
         let registry = poll.registry();
         registry.register(
@@ -113,6 +119,9 @@ impl EventLoop {
         if let Some(fd) = &exit_fd {
             registry.register(&mut SourceFd(&fd.as_raw_fd()), EXIT_FD, Interest::READABLE)?;
         }
+        if let Some(watch) = &resolv {
+            registry.register(&mut SourceFd(&watch.fd()), RESOLV, Interest::READABLE)?;
+        }
         Ok(EventLoop {
             poll,
             clock,
@@ -122,6 +131,7 @@ impl EventLoop {
             stack,
             host,
             api,
+            resolv,
             tap_backlog: false,
             frame: vec![0u8; MAX_FRAME],
         })
@@ -152,6 +162,11 @@ impl EventLoop {
                     SIGNAL => {
                         if self.signals.read_signal().ok().flatten().is_some() {
                             return Ok(Exit::Signal);
+                        }
+                    }
+                    RESOLV => {
+                        if let Some(watch) = &mut self.resolv {
+                            self.stack.set_dns_upstream(watch.reload());
                         }
                     }
                     EXIT_FD => {

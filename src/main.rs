@@ -11,10 +11,13 @@ use rslirp::cli::{self, Command, NetnsType, Options};
 use rslirp::event_loop::{Clock, EventLoop, Exit, Sources};
 use rslirp::host::{Outbound, RealHost};
 use rslirp::netns::{self, NetnsTarget, TapConfig, TapRequest};
+use rslirp::resolv::{self, ResolvWatch};
 use rslirp_stack::Stack;
 use std::fs::File;
 use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::Path;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -82,13 +85,30 @@ fn run(options: Options) -> Result<Exit, String> {
     let tap = open_tap(&options)?;
     let config = options.stack_config();
     let clock = Clock::new();
-    let stack = Stack::new(config.clone(), clock.now(), rslirp::random_seed());
+    let mut stack = Stack::new(config.clone(), clock.now(), rslirp::random_seed());
+    let resolv = (!config.disable_dns).then(|| {
+        let path = Path::new(resolv::RESOLV_CONF);
+        stack.set_dns_upstream(resolv::read_upstream(path));
+        ResolvWatch::new(path)
+            .map_err(|e| log::warn!("cannot watch {}: {e}", path.display()))
+            .ok()
+    });
     let poll = mio::Poll::new().map_err(|e| format!("epoll: {e}"))?;
     let registry = poll
         .registry()
         .try_clone()
         .map_err(|e| format!("epoll: {e}"))?;
-    let host = RealHost::new(registry, Outbound::default());
+    let outbound = Outbound {
+        v4: match &options.outbound_addr {
+            Some(spec) => Some(outbound_v4(spec)?),
+            None => None,
+        },
+        v6: match &options.outbound_addr6 {
+            Some(spec) => Some(outbound_v6(spec)?),
+            None => None,
+        },
+    };
+    let host = RealHost::new(registry, outbound);
     let api = match &options.api_socket {
         Some(path) => Some(ApiServer::bind(path, poll.registry()).map_err(|e| e.to_string())?),
         None => None,
@@ -98,6 +118,7 @@ fn run(options: Options) -> Result<Exit, String> {
         signals,
         exit_fd,
         api,
+        resolv: resolv.flatten(),
     };
     let mut event_loop = EventLoop::new(poll, clock, sources, stack, host)
         .map_err(|e| format!("event loop: {e}"))?;
@@ -139,4 +160,46 @@ fn open_tap(options: &Options) -> Result<OwnedFd, String> {
         configure,
     };
     netns::open_tap(&request).map_err(|e| e.to_string())
+}
+
+/// `--outbound-addr`: an IPv4 address, or an interface whose first IPv4 address is used.
+fn outbound_v4(spec: &str) -> Result<Ipv4Addr, String> {
+    if let Ok(addr) = spec.parse() {
+        return Ok(addr);
+    }
+    interface_addresses(spec)?
+        .into_iter()
+        .find_map(|ip| match ip {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        })
+        .ok_or_else(|| format!("interface {spec} has no IPv4 address (--outbound-addr)"))
+}
+
+/// `--outbound-addr6`: an IPv6 address, or an interface whose first IPv6 address is used.
+fn outbound_v6(spec: &str) -> Result<Ipv6Addr, String> {
+    if let Ok(addr) = spec.parse() {
+        return Ok(addr);
+    }
+    interface_addresses(spec)?
+        .into_iter()
+        .find_map(|ip| match ip {
+            IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) != 0xfe80 => Some(v6),
+            _ => None,
+        })
+        .ok_or_else(|| format!("interface {spec} has no global IPv6 address (--outbound-addr6)"))
+}
+
+fn interface_addresses(name: &str) -> Result<Vec<IpAddr>, String> {
+    let addrs = nix::ifaddrs::getifaddrs().map_err(|e| format!("getifaddrs: {e}"))?;
+    Ok(addrs
+        .filter(|ifa| ifa.interface_name == name)
+        .filter_map(|ifa| {
+            let addr = ifa.address?;
+            if let Some(v4) = addr.as_sockaddr_in() {
+                return Some(IpAddr::V4(v4.ip()));
+            }
+            addr.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+        })
+        .collect())
 }

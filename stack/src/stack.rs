@@ -48,6 +48,8 @@ pub struct Stack {
     scratch: Vec<u8>,
     forwards: ForwardTable,
     dhcp: DhcpServer,
+    /// Where DNS queries to network+3 go (the host's first nameserver); `None`: refused.
+    dns_upstream: Option<IpAddr>,
     /// UDP forwards whose socket still has datagrams but the transmit queue was full.
     starved_forwards: Vec<u64>,
 }
@@ -72,12 +74,25 @@ impl Stack {
                 (!config.disable_dns).then(|| config.network.dns()),
             ),
             starved_forwards: Vec::new(),
+            dns_upstream: None,
             config,
         }
     }
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The resolver DNS queries are forwarded to (the host's first usable nameserver). New
+    /// queries use it at once; flows already open finish with the old one.
+    pub fn set_dns_upstream(&mut self, upstream: Option<IpAddr>) {
+        if self.dns_upstream != upstream {
+            log::info!(
+                "DNS upstream: {}",
+                upstream.map_or("none".to_string(), |ip| ip.to_string())
+            );
+            self.dns_upstream = upstream;
+        }
     }
 
     /// Counters and gauges (a snapshot).
@@ -309,8 +324,13 @@ impl Stack {
             if self.config.disable_dns {
                 return target(dst);
             }
-            // The DNS forwarder is not implemented yet: nothing listens there.
-            return Err(Refusal::Reset);
+            // The DNS service is a forwarder: TCP and UDP port 53 are NATed to the host's
+            // resolver (which may well be on host loopback, e.g. 127.0.0.53), so big
+            // answers, TCP fallback and several queries per connection just work.
+            return match self.dns_upstream {
+                Some(upstream) if port == 53 => Ok(SocketAddr::new(upstream, 53)),
+                _ => Err(Refusal::Reset),
+            };
         }
         if network.contains(dst) {
             return Err(Refusal::HostUnreachable);

@@ -1,0 +1,116 @@
+//! The host's resolver, for the DNS forwarder: the first usable `nameserver` of
+//! /etc/resolv.conf, re-read whenever the file changes.
+//!
+//! Changes are noticed with inotify on the file's directory (and, when resolv.conf is a
+//! symlink as with systemd-resolved, on the target's directory too), so both in-place writes
+//! and replacement by rename are seen, and an idle rslirp still never wakes up on its own.
+
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use std::net::IpAddr;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
+
+pub const RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// The first `nameserver` line with an address we can use. IPv6 link-local addresses need
+/// a scope (`%eth0`) that does not survive the trip through `IpAddr`, so they are skipped.
+pub fn parse_upstream(text: &str) -> Option<IpAddr> {
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next()? == "nameserver").then(|| words.next())?
+        })
+        .filter_map(|addr| addr.parse::<IpAddr>().ok())
+        .find(|ip| !ip.is_unspecified() && !is_link_local_v6(ip))
+}
+
+fn is_link_local_v6(ip: &IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
+}
+
+pub fn read_upstream(path: &Path) -> Option<IpAddr> {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| parse_upstream(&text))
+}
+
+/// Watches resolv.conf; readable when something in its directory changed.
+pub struct ResolvWatch {
+    inotify: Inotify,
+    path: PathBuf,
+}
+
+impl ResolvWatch {
+    pub fn new(path: &Path) -> nix::Result<ResolvWatch> {
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+        let flags = AddWatchFlags::IN_CLOSE_WRITE
+            | AddWatchFlags::IN_MOVED_TO
+            | AddWatchFlags::IN_CREATE
+            | AddWatchFlags::IN_DELETE
+            | AddWatchFlags::IN_MODIFY;
+        let mut dirs = vec![path.parent().unwrap_or(Path::new("/")).to_path_buf()];
+        if let Ok(target) = std::fs::canonicalize(path) {
+            if let Some(dir) = target.parent() {
+                dirs.push(dir.to_path_buf());
+            }
+        }
+        dirs.dedup();
+        for dir in dirs {
+            // A directory we cannot watch only means changes there go unnoticed.
+            if let Err(err) = inotify.add_watch(&dir, flags) {
+                log::warn!(
+                    "cannot watch {} for resolv.conf changes: {err}",
+                    dir.display()
+                );
+            }
+        }
+        Ok(ResolvWatch {
+            inotify,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.inotify.as_fd().as_raw_fd()
+    }
+
+    /// Drain pending notifications and read the resolver again.
+    pub fn reload(&mut self) -> Option<IpAddr> {
+        while matches!(self.inotify.read_events(), Ok(events) if !events.is_empty()) {}
+        read_upstream(&self.path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_usable_nameserver() {
+        let text = "# comment\nsearch example\nnameserver fe80::1%eth0\nnameserver bogus\n\
+                    nameserver 127.0.0.53\nnameserver 10.1.1.1\n";
+        assert_eq!(parse_upstream(text), Some("127.0.0.53".parse().unwrap()));
+        assert_eq!(
+            parse_upstream("nameserver ::1\n"),
+            Some("::1".parse().unwrap())
+        );
+        assert_eq!(parse_upstream("options ndots:2\n"), None);
+        assert_eq!(parse_upstream("nameserver 0.0.0.0\n"), None);
+    }
+
+    #[test]
+    fn reload_follows_rename_replacement() {
+        let dir = std::env::temp_dir().join(format!("rslirp-resolv-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("resolv.conf");
+        std::fs::write(&path, "nameserver 127.0.0.1\n").unwrap();
+        let mut watch = ResolvWatch::new(&path).unwrap();
+        assert_eq!(watch.reload(), Some("127.0.0.1".parse().unwrap()));
+        let staged = dir.join("resolv.conf.new");
+        std::fs::write(&staged, "nameserver 127.0.0.2\n").unwrap();
+        std::fs::rename(&staged, &path).unwrap();
+        assert!(watch.inotify.read_events().is_ok_and(|e| !e.is_empty()));
+        assert_eq!(watch.reload(), Some("127.0.0.2".parse().unwrap()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
