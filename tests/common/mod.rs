@@ -18,6 +18,7 @@ pub mod process;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -460,48 +461,16 @@ impl Launch<'_> {
 
         let (ready_read, ready_write) = process::pipe();
         let (exit_read, exit_write) = if self.exit_fd {
-            let (r, w) = process::pipe();
-            (Some(r), Some(w))
+            let (read, write) = process::pipe();
+            (Some(read), Some(write))
         } else {
             (None, None)
         };
-
-        let mut cmd = command("ip", &["netns", "exec", &env.host.name]);
-        if env.mode == Mode::Rootless {
-            cmd.args(AS_TEST_USER);
-        }
-        cmd.arg(env.binary_for_mode());
-        if self.configure {
-            cmd.arg("-c");
-        }
-        cmd.args(&self.args).args(["-r", "3"]);
-        if self.exit_fd {
-            cmd.args(["-e", "4"]);
-        }
-        let target = self.target.unwrap_or_else(|| env.guest_pid().to_string());
-        cmd.arg(target).arg(TAP);
+        let mut cmd = self.command();
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup"))
             .stderr(log);
-        let ready_fd = std::os::fd::AsRawFd::as_raw_fd(&ready_write);
-        let exit_fd = exit_read.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
-        // SAFETY: the closure runs between fork and exec and only calls dup2, which is
-        // async-signal-safe. Our pipe fds are >= 10 (see process::pipe), so dup2 onto 3 and 4
-        // cannot clobber one with the other; dup2 leaves the copies without CLOEXEC, so they
-        // survive exec while the originals do not.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::dup2(ready_fd, 3) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                if let Some(fd) = exit_fd {
-                    if libc::dup2(fd, 4) < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
+        pass_fds(&mut cmd, &ready_write, exit_read.as_ref());
         let proc = Proc::spawn(&mut cmd, "rslirp");
         // Our copies must go, or EOF on the ready pipe (rslirp died) would never be seen.
         drop(ready_write);
@@ -514,6 +483,52 @@ impl Launch<'_> {
         };
         rslirp.await_ready_byte();
         rslirp
+    }
+
+    /// `ip netns exec HOST [setpriv ...] BIN [-c] ARGS... -r 3 [-e 4] TARGET tap0`
+    fn command(&self) -> Command {
+        let env = self.env;
+        let mut cmd = command("ip", &["netns", "exec", &env.host.name]);
+        if env.mode == Mode::Rootless {
+            cmd.args(AS_TEST_USER);
+        }
+        cmd.arg(env.binary_for_mode());
+        if self.configure {
+            cmd.arg("-c");
+        }
+        cmd.args(&self.args).args(["-r", "3"]);
+        if self.exit_fd {
+            cmd.args(["-e", "4"]);
+        }
+        let target = match &self.target {
+            Some(target) => target.clone(),
+            None => env.guest_pid().to_string(),
+        };
+        cmd.arg(target).arg(TAP);
+        cmd
+    }
+}
+
+/// Makes `ready` the child's fd 3 and `exit` its fd 4.
+fn pass_fds(cmd: &mut Command, ready: &File, exit: Option<&File>) {
+    let ready_fd = ready.as_raw_fd();
+    let exit_fd = exit.map(AsRawFd::as_raw_fd);
+    // SAFETY: the closure runs between fork and exec and only calls dup2, which is
+    // async-signal-safe. Our pipe fds are >= 10 (see process::pipe), so dup2 onto 3 and 4
+    // cannot clobber one with the other; dup2 leaves the copies without CLOEXEC, so they
+    // survive exec while the originals do not.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(ready_fd, 3) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if let Some(fd) = exit_fd {
+                if libc::dup2(fd, 4) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
     }
 }
 
