@@ -1513,7 +1513,9 @@ mod tests {
             Some("eth0")
         );
         assert_eq!(
-            run(&["--outbound-addr6=fd00::1", "1"]).outbound_addr6.as_deref(),
+            run(&["--outbound-addr6=fd00::1", "1"])
+                .outbound_addr6
+                .as_deref(),
             Some("fd00::1")
         );
     }
