@@ -8,6 +8,7 @@ pub mod event_loop;
 pub mod host;
 pub mod netns;
 pub mod resolv;
+pub mod sandbox;
 
 use std::os::fd::AsFd;
 

@@ -123,6 +123,8 @@ fn run(options: Options) -> Result<Exit, String> {
     let mut event_loop = EventLoop::new(poll, clock, sources, stack, host)
         .map_err(|e| format!("event loop: {e}"))?;
 
+    // Last step before ready: from here on only the running loop's needs are allowed.
+    rslirp::sandbox::apply(options.enable_sandbox, options.enable_seccomp)?;
     log::info!(
         "ready: network {}, gateway {}, guest {}, MTU {}",
         config.network,
