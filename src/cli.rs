@@ -284,7 +284,7 @@ const OPTIONS: &[OptSpec] = &[
         value_name: None,
         help: "enable IPv6",
         values: &[],
-        supported: false,
+        supported: true,
     },
     OptSpec {
         opt: Opt::ApiSocket,
@@ -1523,9 +1523,7 @@ mod tests {
     #[test]
     fn unsupported_options_are_refused_after_validation() {
         for (words, option) in [
-            (&["-6", "1"][..], "--enable-ipv6"),
-            (&["--enable-ipv6", "1"], "--enable-ipv6"),
-            (&["--enable-sandbox", "1"], "--enable-sandbox"),
+            (&["--enable-sandbox", "1"][..], "--enable-sandbox"),
             (&["--enable-seccomp", "1"], "--enable-seccomp"),
         ] {
             assert_eq!(
@@ -1599,6 +1597,7 @@ mod tests {
             "-e, --exit-fd=FD ",
             "-r, --ready-fd=FD ",
             "-m, --mtu=MTU ",
+            "-6, --enable-ipv6 ",
             "-a, --api-socket=PATH ",
             "--cidr=CIDR ",
             "--disable-host-loopback ",
@@ -1622,8 +1621,6 @@ mod tests {
             assert_ne!(line.as_bytes().get(25), Some(&b' '), "{line:?}");
         }
         for unsupported in [
-            "-6",
-            "--enable-ipv6",
             "--enable-sandbox",
             "--enable-seccomp",
             "--target-type",
@@ -1694,7 +1691,7 @@ mod tests {
         let commit = lines[1].strip_prefix("commit: ").unwrap_or_default();
         assert!(!commit.is_empty(), "{}", lines[1]);
         assert_eq!(lines[2], format!("libslirp: rslirp {ours}"));
-        assert_eq!(lines[3], "SLIRP_CONFIG_VERSION_MAX: 3");
+        assert_eq!(lines[3], "SLIRP_CONFIG_VERSION_MAX: 4");
         assert_eq!(lines[4], "libseccomp: none");
     }
 
@@ -1714,7 +1711,7 @@ mod tests {
             with(&[OutboundAddr, OutboundAddr6, DisableDns, EnableIpv6]),
             4
         );
-        assert_eq!(slirp_config_version_max(is_supported), 3);
+        assert_eq!(slirp_config_version_max(is_supported), 4);
     }
 
     #[test]

@@ -25,8 +25,22 @@ use smoltcp::wire::{
     Ipv4Address, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, UdpPacket, UdpRepr,
 };
 
+mod ipv6;
+
 /// Largest datagram a host socket can hand us.
 const SCRATCH_LEN: usize = 65_536;
+
+/// One IP packet from the guest, whichever its family.
+struct Inbound<'a> {
+    src: IpAddr,
+    dst: IpAddr,
+    /// The whole IP packet (smoltcp takes it as is).
+    packet: &'a [u8],
+    /// The transport header and payload.
+    payload: &'a [u8],
+    /// Its start, for ICMP errors.
+    quote: Quote,
+}
 
 /// One NATed flow.
 enum Flow {
@@ -48,6 +62,8 @@ pub struct Stack {
     scratch: Vec<u8>,
     forwards: ForwardTable,
     dhcp: DhcpServer,
+    /// When the next unsolicited router advertisement is due (with `--enable-ipv6`).
+    next_router_advert: Option<Instant>,
     /// Where DNS queries to network+3 go (the host's first nameserver); `None`: refused.
     dns_upstream: Option<IpAddr>,
     /// UDP forwards whose socket still has datagrams but the transmit queue was full.
@@ -75,6 +91,8 @@ impl Stack {
             ),
             starved_forwards: Vec::new(),
             dns_upstream: None,
+            // Soon after start, when the guest's link is likely up.
+            next_router_advert: config.enable_ipv6.then(|| now + Duration::from_secs(1)),
             config,
         }
     }
@@ -120,6 +138,9 @@ impl Stack {
                 ArpOutcome::QueueFull => self.stats.tx_dropped += 1,
             },
             EthernetProtocol::Ipv4 => self.handle_ipv4(now, eth.src_addr(), eth.payload(), host),
+            EthernetProtocol::Ipv6 if self.config.enable_ipv6 => {
+                self.handle_ipv6(now, eth.src_addr(), eth.payload(), host)
+            }
             _ => self.stats.rx_dropped += 1,
         }
     }
@@ -154,6 +175,7 @@ impl Stack {
     /// Run due timers and resume flows that waited for the transmit queue.
     pub fn poll(&mut self, now: Instant, host: &mut impl HostIo) {
         self.now = now;
+        self.poll_router_advert(now);
         while let Some(id) = self.flows.pop_due(now) {
             self.handle_timer(now, id, host);
         }
@@ -174,10 +196,10 @@ impl Stack {
     pub fn poll_at(&self) -> Option<Instant> {
         let waiting = !self.starved.is_empty() || !self.starved_forwards.is_empty();
         let resume = (waiting && self.tx.has_room()).then_some(self.now);
-        match (self.flows.next_due(), resume) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.flows.next_due(), resume, self.next_router_advert]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Hand frames for the guest to `write` until it returns false (tap full) or none are
@@ -246,9 +268,16 @@ impl Stack {
         // The exact packet, without any Ethernet padding after it.
         let packet_bytes = &bytes[..usize::from(packet.total_len())];
         let payload = packet.payload();
+        let inbound = Inbound {
+            src: IpAddr::V4(ip.src_addr),
+            dst: IpAddr::V4(ip.dst_addr),
+            packet: packet_bytes,
+            payload,
+            quote: Quote::new(&ip, payload),
+        };
         match ip.next_header {
-            IpProtocol::Tcp => self.handle_tcp(now, &ip, packet_bytes, payload, host),
-            IpProtocol::Udp => self.handle_udp(now, &ip, payload, host),
+            IpProtocol::Tcp => self.handle_tcp(now, &inbound, host),
+            IpProtocol::Udp => self.handle_udp(now, &inbound, host),
             IpProtocol::Icmp => self.handle_icmp(now, &ip, payload, host),
             _ => self.stats.rx_dropped += 1,
         }
@@ -311,7 +340,14 @@ impl Stack {
     }
 
     /// Where a guest connection to `dst:port` goes on the host, or how it is refused.
-    fn host_target(&self, dst: Ipv4Address, port: u16) -> Result<SocketAddr, Refusal> {
+    fn host_target(&self, dst: IpAddr, port: u16) -> Result<SocketAddr, Refusal> {
+        match dst {
+            IpAddr::V4(dst) => self.host_target_v4(dst, port),
+            IpAddr::V6(dst) => self.host_target_v6(dst, port),
+        }
+    }
+
+    fn host_target_v4(&self, dst: Ipv4Address, port: u16) -> Result<SocketAddr, Refusal> {
         let network = self.config.network;
         let target = |addr: Ipv4Address| Ok(SocketAddr::new(IpAddr::V4(addr), port));
         if dst == network.gateway() {
@@ -341,19 +377,12 @@ impl Stack {
         target(dst)
     }
 
-    fn handle_tcp(
-        &mut self,
-        now: Instant,
-        ip: &Ipv4Repr,
-        packet_bytes: &[u8],
-        payload: &[u8],
-        host: &mut impl HostIo,
-    ) {
-        let Ok(segment_packet) = TcpPacket::new_checked(payload) else {
+    fn handle_tcp(&mut self, now: Instant, inbound: &Inbound<'_>, host: &mut impl HostIo) {
+        let Ok(segment_packet) = TcpPacket::new_checked(inbound.payload) else {
             self.stats.rx_errors += 1;
             return;
         };
-        let (src, dst) = (ip.src_addr.into(), ip.dst_addr.into());
+        let (src, dst) = (inbound.src.into(), inbound.dst.into());
         let Ok(segment) = TcpRepr::parse(
             &segment_packet,
             &src,
@@ -365,8 +394,8 @@ impl Stack {
         };
         let key = FlowKey {
             proto: Proto::Tcp,
-            guest: SocketAddr::new(IpAddr::V4(ip.src_addr), segment.src_port),
-            remote: SocketAddr::new(IpAddr::V4(ip.dst_addr), segment.dst_port),
+            guest: SocketAddr::new(inbound.src, segment.src_port),
+            remote: SocketAddr::new(inbound.dst, segment.dst_port),
         };
         let is_syn = segment.control == TcpControl::Syn && segment.ack_number.is_none();
         if let Some(id) = self.flows.lookup(&key) {
@@ -376,7 +405,7 @@ impl Stack {
             );
             if !(is_syn && lingering) {
                 if let Some(Flow::Tcp(tcp)) = self.flows.get_mut(id) {
-                    let verdict = tcp.handle_segment(now, packet_bytes, id, &mut self.tx, host);
+                    let verdict = tcp.handle_segment(now, inbound.packet, id, &mut self.tx, host);
                     self.apply_tcp_verdict(now, id, verdict, host);
                 }
                 return;
@@ -384,34 +413,31 @@ impl Stack {
             // A new connection reusing the 4-tuple of one in TIME-WAIT: start afresh.
             self.remove_flow(id, CloseMode::Graceful, host);
         }
-        let quote = Quote::new(ip, payload);
         if !is_syn {
             refuse(
                 &mut self.tx,
                 &mut self.stats,
                 self.config.network.gateway(),
                 Refusal::Reset,
-                &quote,
+                &inbound.quote,
                 Some(&segment),
             );
             return;
         }
-        self.open_tcp(now, key, ip, packet_bytes, quote, &segment, host);
+        self.open_tcp(now, key, inbound, &segment, host);
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn open_tcp(
         &mut self,
         now: Instant,
         key: FlowKey,
-        ip: &Ipv4Repr,
-        packet_bytes: &[u8],
-        quote: Quote,
+        inbound: &Inbound<'_>,
         syn: &TcpRepr<'_>,
         host: &mut impl HostIo,
     ) {
         let gateway = self.config.network.gateway();
-        let target = match self.host_target(ip.dst_addr, syn.dst_port) {
+        let quote = inbound.quote.clone();
+        let target = match self.host_target(inbound.dst, syn.dst_port) {
             Ok(target) => target,
             Err(refusal) => {
                 refuse(
@@ -444,9 +470,9 @@ impl Stack {
         let params = self.tcp_params(now);
         let Some(flow) = TcpFlow::open(
             now,
-            ip.src_addr.into(),
-            (ip.dst_addr.into(), syn.dst_port),
-            packet_bytes,
+            inbound.src.into(),
+            (inbound.dst.into(), syn.dst_port),
+            inbound.packet,
             quote,
             params,
             &mut self.tx,
@@ -578,10 +604,7 @@ impl Stack {
     fn read_datagrams(&mut self, now: Instant, id: FlowId, key: &FlowKey, host: &mut impl HostIo) {
         let mtu = self.config.mtu;
         let gateway = self.config.network.gateway();
-        let (IpAddr::V4(guest_ip), IpAddr::V4(remote_ip)) = (key.guest.ip(), key.remote.ip())
-        else {
-            return;
-        };
+        let (guest_ip, remote_ip) = (key.guest.ip(), key.remote.ip());
         let (tx, stats, scratch) = (&mut self.tx, &mut self.stats, &mut self.scratch);
         match self.flows.get_mut(id) {
             Some(Flow::Udp(udp)) => {
@@ -609,12 +632,12 @@ impl Stack {
         }
     }
 
-    fn handle_udp(&mut self, now: Instant, ip: &Ipv4Repr, payload: &[u8], host: &mut impl HostIo) {
-        let Ok(packet) = UdpPacket::new_checked(payload) else {
+    fn handle_udp(&mut self, now: Instant, inbound: &Inbound<'_>, host: &mut impl HostIo) {
+        let Ok(packet) = UdpPacket::new_checked(inbound.payload) else {
             self.stats.rx_errors += 1;
             return;
         };
-        let (src, dst) = (ip.src_addr.into(), ip.dst_addr.into());
+        let (src, dst) = (inbound.src.into(), inbound.dst.into());
         let Ok(repr) = UdpRepr::parse(&packet, &src, &dst, &ChecksumCapabilities::ignored()) else {
             self.stats.rx_errors += 1;
             return;
@@ -622,15 +645,15 @@ impl Stack {
         let data = packet.payload();
         let key = FlowKey {
             proto: Proto::Udp,
-            guest: SocketAddr::new(IpAddr::V4(ip.src_addr), repr.src_port),
-            remote: SocketAddr::new(IpAddr::V4(ip.dst_addr), repr.dst_port),
+            guest: SocketAddr::new(inbound.src, repr.src_port),
+            remote: SocketAddr::new(inbound.dst, repr.dst_port),
         };
-        let quote = Quote::new(ip, payload);
+        let quote = inbound.quote.clone();
         let gateway = self.config.network.gateway();
         let id = match self.flows.lookup(&key) {
             Some(id) => id,
             None => {
-                let target = match self.host_target(ip.dst_addr, repr.dst_port) {
+                let target = match self.host_target(inbound.dst, repr.dst_port) {
                     Ok(target) => target,
                     Err(refusal) => {
                         refuse(
@@ -782,30 +805,44 @@ impl Stack {
             send_echo_reply(
                 &mut self.tx,
                 &mut self.stats,
-                ip.dst_addr,
-                ip.src_addr,
+                IpAddr::V4(ip.dst_addr),
+                IpAddr::V4(ip.src_addr),
                 ident,
                 seq_no,
                 data,
             );
             return;
         }
-        if self.host_target(ip.dst_addr, 0).is_err() {
+        let (src, dst) = (IpAddr::V4(ip.src_addr), IpAddr::V4(ip.dst_addr));
+        self.forward_echo(now, src, dst, ident, payload, host);
+    }
+
+    /// Carry a guest's echo request (`message`: the whole ICMP/ICMPv6 message) through a
+    /// host ping socket, one flow per guest identifier and destination.
+    fn forward_echo(
+        &mut self,
+        now: Instant,
+        src: IpAddr,
+        dst: IpAddr,
+        ident: u16,
+        message: &[u8],
+        host: &mut impl HostIo,
+    ) {
+        if self.host_target(dst, 0).is_err() {
             self.stats.rx_dropped += 1;
             return;
         }
         let key = FlowKey {
             proto: Proto::Icmp,
-            guest: SocketAddr::new(IpAddr::V4(ip.src_addr), ident),
-            remote: SocketAddr::new(IpAddr::V4(ip.dst_addr), 0),
+            guest: SocketAddr::new(src, ident),
+            remote: SocketAddr::new(dst, 0),
         };
         let id = match self.flows.lookup(&key) {
             Some(id) => id,
             None => {
-                let remote = IpAddr::V4(ip.dst_addr);
                 let flow = Flow::Icmp(IcmpFlow::new(now, self.config.timeouts.icmp_idle));
                 let Some(id) =
-                    self.open_datagram_flow(key, flow, host, |host, id| host.ping_open(id, remote))
+                    self.open_datagram_flow(key, flow, host, |host, id| host.ping_open(id, dst))
                 else {
                     return;
                 };
@@ -815,7 +852,7 @@ impl Stack {
         if let Some(Flow::Icmp(icmp)) = self.flows.get_mut(id) {
             icmp.last_active = now;
         }
-        if let Err(err) = host.ping_send(id, payload) {
+        if let Err(err) = host.ping_send(id, message) {
             log::debug!("{id:?}: ping send failed: {err}");
         }
     }

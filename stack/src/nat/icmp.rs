@@ -4,10 +4,11 @@
 
 use crate::io::{FlowId, HostError, HostIo};
 use crate::link::TxQueue;
-use crate::nat::{checksum_caps, send_ipv4};
+use crate::nat::{checksum_caps, send_ip};
 use crate::stats::Stats;
+use core::net::IpAddr;
 use smoltcp::time::{Duration, Instant};
-use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr, IpProtocol, Ipv4Address};
+use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr, Icmpv6Packet, Icmpv6Repr, IpProtocol};
 
 pub struct IcmpFlow {
     pub last_active: Instant,
@@ -35,8 +36,8 @@ impl IcmpFlow {
         &mut self,
         now: Instant,
         id: FlowId,
-        guest: (Ipv4Address, u16),
-        remote: Ipv4Address,
+        guest: (IpAddr, u16),
+        remote: IpAddr,
         host: &mut impl HostIo,
         tx: &mut TxQueue,
         stats: &mut Stats,
@@ -54,12 +55,7 @@ impl IcmpFlow {
                     return true;
                 }
             };
-            let Ok(packet) = Icmpv4Packet::new_checked(&scratch[..len]) else {
-                continue;
-            };
-            let Ok(Icmpv4Repr::EchoReply { seq_no, data, .. }) =
-                Icmpv4Repr::parse(&packet, &smoltcp::phy::ChecksumCapabilities::ignored())
-            else {
+            let Some((seq_no, data)) = parse_echo_reply(remote, &scratch[..len]) else {
                 continue;
             };
             self.last_active = now;
@@ -68,28 +64,79 @@ impl IcmpFlow {
     }
 }
 
-/// Queue an ICMP echo reply to the guest.
+/// The sequence number and data of an echo reply a ping socket returned (ICMP or ICMPv6
+/// after the family of `remote`); the kernel already checked its checksum.
+fn parse_echo_reply(remote: IpAddr, message: &[u8]) -> Option<(u16, &[u8])> {
+    let caps = smoltcp::phy::ChecksumCapabilities::ignored();
+    match remote {
+        IpAddr::V4(_) => {
+            let packet = Icmpv4Packet::new_checked(message).ok()?;
+            match Icmpv4Repr::parse(&packet, &caps).ok()? {
+                Icmpv4Repr::EchoReply { seq_no, data, .. } => Some((seq_no, data)),
+                _ => None,
+            }
+        }
+        IpAddr::V6(remote) => {
+            let packet = Icmpv6Packet::new_checked(message).ok()?;
+            // The addresses only matter for the checksum, which is not verified here.
+            match Icmpv6Repr::parse(&remote, &remote, &packet, &caps).ok()? {
+                Icmpv6Repr::EchoReply { seq_no, data, .. } => Some((seq_no, data)),
+                _ => None,
+            }
+        }
+    }
+}
+
+/// Queue an ICMP (or ICMPv6) echo reply to the guest.
 pub fn send_echo_reply(
     tx: &mut TxQueue,
     stats: &mut Stats,
-    from: Ipv4Address,
-    to: Ipv4Address,
+    from: IpAddr,
+    to: IpAddr,
     ident: u16,
     seq_no: u16,
     data: &[u8],
 ) {
-    let reply = Icmpv4Repr::EchoReply {
-        ident,
-        seq_no,
-        data,
-    };
-    send_ipv4(
-        tx,
-        stats,
-        from,
-        to,
-        IpProtocol::Icmp,
-        reply.buffer_len(),
-        |buf| reply.emit(&mut Icmpv4Packet::new_unchecked(buf), &checksum_caps()),
-    );
+    match (from, to) {
+        (IpAddr::V4(_), IpAddr::V4(_)) => {
+            let reply = Icmpv4Repr::EchoReply {
+                ident,
+                seq_no,
+                data,
+            };
+            send_ip(
+                tx,
+                stats,
+                from,
+                to,
+                IpProtocol::Icmp,
+                reply.buffer_len(),
+                |buf| reply.emit(&mut Icmpv4Packet::new_unchecked(buf), &checksum_caps()),
+            );
+        }
+        (IpAddr::V6(src), IpAddr::V6(dst)) => {
+            let reply = Icmpv6Repr::EchoReply {
+                ident,
+                seq_no,
+                data,
+            };
+            send_ip(
+                tx,
+                stats,
+                from,
+                to,
+                IpProtocol::Icmpv6,
+                reply.buffer_len(),
+                |buf| {
+                    reply.emit(
+                        &src,
+                        &dst,
+                        &mut Icmpv6Packet::new_unchecked(buf),
+                        &checksum_caps(),
+                    )
+                },
+            );
+        }
+        _ => stats.tx_errors += 1,
+    }
 }

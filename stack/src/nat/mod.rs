@@ -10,11 +10,13 @@ pub mod udp;
 use crate::config::Config;
 use crate::link::TxQueue;
 use crate::stats::Stats;
+use core::net::IpAddr;
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::time::Instant;
 use smoltcp::wire::{
-    EthernetProtocol, Icmpv4DstUnreachable, Icmpv4Packet, Icmpv4Repr, IpProtocol, Ipv4Address,
-    Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+    EthernetProtocol, Icmpv4DstUnreachable, Icmpv4Packet, Icmpv4Repr, Icmpv6DstUnreachable,
+    Icmpv6Packet, Icmpv6Repr, IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr, Ipv6Address,
+    Ipv6Packet, Ipv6Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
 };
 
 pub use table::{FlowKey, FlowTable, Proto};
@@ -30,6 +32,9 @@ pub struct Ctx<'a, H> {
 
 /// TTL of packets we originate towards the guest.
 pub const HOP_LIMIT: u8 = 64;
+/// Hop limit of IPv6 packets we originate: NDP messages must carry 255 (RFC 4861 checks it
+/// to know they come from the link), and using it for all is harmless on a point-to-point link.
+pub const NDP_HOP_LIMIT: u8 = 255;
 
 /// How the network should refuse a guest's attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +70,28 @@ pub fn checksum_caps() -> ChecksumCapabilities {
     caps
 }
 
+/// Queue an IP packet (either family) to the guest; `fill` writes the `payload_len` bytes
+/// after the header. Mixed families are a bug of the caller and are dropped.
+pub fn send_ip(
+    tx: &mut TxQueue,
+    stats: &mut Stats,
+    src: IpAddr,
+    dst: IpAddr,
+    protocol: IpProtocol,
+    payload_len: usize,
+    fill: impl FnOnce(&mut [u8]),
+) {
+    match (src, dst) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
+            send_ipv4(tx, stats, src, dst, protocol, payload_len, fill)
+        }
+        (IpAddr::V6(src), IpAddr::V6(dst)) => {
+            send_ipv6(tx, stats, src, dst, protocol, payload_len, fill)
+        }
+        _ => stats.tx_errors += 1,
+    }
+}
+
 /// Queue an IPv4 packet to the guest; `fill` writes the `payload_len` bytes after the header.
 pub fn send_ipv4(
     tx: &mut TxQueue,
@@ -93,29 +120,83 @@ pub fn send_ipv4(
     }
 }
 
-/// The start of a guest packet (IP header and the first 8 bytes of its payload), kept so
-/// that a later refusal can quote it in an ICMP error as RFC 792 requires.
+/// Queue an IPv6 packet to the guest; `fill` writes the `payload_len` bytes after the header.
+pub fn send_ipv6(
+    tx: &mut TxQueue,
+    stats: &mut Stats,
+    src: Ipv6Address,
+    dst: Ipv6Address,
+    protocol: IpProtocol,
+    payload_len: usize,
+    fill: impl FnOnce(&mut [u8]),
+) {
+    let repr = Ipv6Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: protocol,
+        payload_len,
+        hop_limit: NDP_HOP_LIMIT,
+    };
+    let total = repr.buffer_len() + payload_len;
+    let queued = tx.push(EthernetProtocol::Ipv6, total, |buf| {
+        let mut packet = Ipv6Packet::new_unchecked(&mut buf[..]);
+        repr.emit(&mut packet);
+        fill(packet.payload_mut());
+    });
+    if !queued {
+        stats.tx_dropped += 1;
+    }
+}
+
+/// The start of a guest packet (its IP header and the first 8 bytes of its payload), kept
+/// so that a later refusal can quote it in an ICMP error as RFC 792 / RFC 4443 require.
 #[derive(Debug, Clone)]
 pub struct Quote {
-    header: Ipv4Repr,
+    header: QuotedHeader,
     head: [u8; 8],
     head_len: u8,
 }
 
+#[derive(Debug, Clone, Copy)]
+enum QuotedHeader {
+    V4(Ipv4Repr),
+    V6(Ipv6Repr),
+}
+
 impl Quote {
     pub fn new(header: &Ipv4Repr, payload: &[u8]) -> Quote {
+        Quote::with_header(QuotedHeader::V4(*header), payload)
+    }
+
+    pub fn new_v6(header: &Ipv6Repr, payload: &[u8]) -> Quote {
+        Quote::with_header(QuotedHeader::V6(*header), payload)
+    }
+
+    fn with_header(header: QuotedHeader, payload: &[u8]) -> Quote {
         let mut head = [0u8; 8];
         let n = payload.len().min(8);
         head[..n].copy_from_slice(&payload[..n]);
         Quote {
-            header: *header,
+            header,
             head,
             head_len: n as u8,
         }
     }
 
-    pub fn header(&self) -> &Ipv4Repr {
-        &self.header
+    /// The guest's address (the quoted packet's source).
+    pub fn src(&self) -> IpAddr {
+        match self.header {
+            QuotedHeader::V4(h) => IpAddr::V4(h.src_addr),
+            QuotedHeader::V6(h) => IpAddr::V6(h.src_addr),
+        }
+    }
+
+    /// Where the guest sent it.
+    pub fn dst(&self) -> IpAddr {
+        match self.header {
+            QuotedHeader::V4(h) => IpAddr::V4(h.dst_addr),
+            QuotedHeader::V6(h) => IpAddr::V6(h.dst_addr),
+        }
     }
 
     pub fn head(&self) -> &[u8] {
@@ -123,34 +204,88 @@ impl Quote {
     }
 }
 
-/// ICMP destination unreachable about `quote`, sent from `from` (the gateway for routing
+/// Why a destination is unreachable, in either ICMP family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unreachable {
+    Net,
+    Host,
+    Port,
+}
+
+/// ICMP destination unreachable about `quote`, sent from `from` (the router for routing
 /// errors, the destination itself for port unreachable).
 pub fn send_icmp_unreachable(
     tx: &mut TxQueue,
     stats: &mut Stats,
-    from: Ipv4Address,
-    reason: Icmpv4DstUnreachable,
+    from: IpAddr,
+    why: Unreachable,
     quote: &Quote,
 ) {
-    let icmp = Icmpv4Repr::DstUnreachable {
-        reason,
-        header: quote.header,
-        data: quote.head(),
-    };
-    send_ipv4(
-        tx,
-        stats,
-        from,
-        quote.header.src_addr,
-        IpProtocol::Icmp,
-        icmp.buffer_len(),
-        |buf| icmp.emit(&mut Icmpv4Packet::new_unchecked(buf), &checksum_caps()),
-    );
+    match (quote.header, from) {
+        (QuotedHeader::V4(header), IpAddr::V4(from)) => {
+            let reason = match why {
+                Unreachable::Net => Icmpv4DstUnreachable::NetUnreachable,
+                Unreachable::Host => Icmpv4DstUnreachable::HostUnreachable,
+                Unreachable::Port => Icmpv4DstUnreachable::PortUnreachable,
+            };
+            let icmp = Icmpv4Repr::DstUnreachable {
+                reason,
+                header,
+                data: quote.head(),
+            };
+            send_ipv4(
+                tx,
+                stats,
+                from,
+                header.src_addr,
+                IpProtocol::Icmp,
+                icmp.buffer_len(),
+                |buf| icmp.emit(&mut Icmpv4Packet::new_unchecked(buf), &checksum_caps()),
+            );
+        }
+        (QuotedHeader::V6(header), IpAddr::V6(from)) => {
+            let reason = match why {
+                Unreachable::Net => Icmpv6DstUnreachable::NoRoute,
+                Unreachable::Host => Icmpv6DstUnreachable::AddrUnreachable,
+                Unreachable::Port => Icmpv6DstUnreachable::PortUnreachable,
+            };
+            let icmp = Icmpv6Repr::DstUnreachable {
+                reason,
+                header,
+                data: quote.head(),
+            };
+            let to = header.src_addr;
+            send_ipv6(
+                tx,
+                stats,
+                from,
+                to,
+                IpProtocol::Icmpv6,
+                icmp.buffer_len(),
+                |buf| {
+                    icmp.emit(
+                        &from,
+                        &to,
+                        &mut Icmpv6Packet::new_unchecked(buf),
+                        &checksum_caps(),
+                    )
+                },
+            );
+        }
+        _ => stats.tx_errors += 1,
+    }
 }
 
 /// Answer a guest TCP segment that has no connection (or is refused) with RST, per RFC 793:
 /// if it carried an ACK the RST takes that sequence number, else RST|ACK acknowledging it.
-pub fn send_tcp_reset(tx: &mut TxQueue, stats: &mut Stats, ip: &Ipv4Repr, segment: &TcpRepr<'_>) {
+/// `src`/`dst` are the segment's addresses as the guest sent it.
+pub fn send_tcp_reset(
+    tx: &mut TxQueue,
+    stats: &mut Stats,
+    src: IpAddr,
+    dst: IpAddr,
+    segment: &TcpRepr<'_>,
+) {
     if segment.control == TcpControl::Rst {
         return;
     }
@@ -175,19 +310,19 @@ pub fn send_tcp_reset(tx: &mut TxQueue, stats: &mut Stats, ip: &Ipv4Repr, segmen
         timestamp: None,
         payload: &[],
     };
-    let (src, dst) = (ip.dst_addr, ip.src_addr);
-    send_ipv4(
+    let (from, to) = (dst, src);
+    send_ip(
         tx,
         stats,
-        src,
-        dst,
+        from,
+        to,
         IpProtocol::Tcp,
         reply.buffer_len(),
         |buf| {
             reply.emit(
                 &mut TcpPacket::new_unchecked(buf),
-                &src.into(),
-                &dst.into(),
+                &from.into(),
+                &to.into(),
                 &checksum_caps(),
             )
         },
@@ -196,6 +331,7 @@ pub fn send_tcp_reset(tx: &mut TxQueue, stats: &mut Stats, ip: &Ipv4Repr, segmen
 
 /// Refuse a guest packet described by `quote` in the way `refusal` says. `tcp` is the
 /// segment when it was TCP (a reset needs it); UDP resets become ICMP port unreachable.
+/// Routing errors come from the gateway of the quoted packet's family.
 pub fn refuse(
     tx: &mut TxQueue,
     stats: &mut Stats,
@@ -204,32 +340,23 @@ pub fn refuse(
     quote: &Quote,
     tcp: Option<&TcpRepr<'_>>,
 ) {
+    let router = match quote.src() {
+        IpAddr::V4(_) => IpAddr::V4(gateway),
+        IpAddr::V6(_) => IpAddr::V6(crate::config::IPV6_GATEWAY),
+    };
     match (refusal, tcp) {
         (Refusal::Silent, _) => {}
-        (Refusal::Reset, Some(segment)) => send_tcp_reset(tx, stats, quote.header(), segment),
-        (Refusal::Reset, None) => {
-            let from = quote.header().dst_addr;
-            send_icmp_unreachable(
-                tx,
-                stats,
-                from,
-                Icmpv4DstUnreachable::PortUnreachable,
-                quote,
-            )
+        (Refusal::Reset, Some(segment)) => {
+            send_tcp_reset(tx, stats, quote.src(), quote.dst(), segment)
         }
-        (Refusal::NetUnreachable, _) => send_icmp_unreachable(
-            tx,
-            stats,
-            gateway,
-            Icmpv4DstUnreachable::NetUnreachable,
-            quote,
-        ),
-        (Refusal::HostUnreachable, _) => send_icmp_unreachable(
-            tx,
-            stats,
-            gateway,
-            Icmpv4DstUnreachable::HostUnreachable,
-            quote,
-        ),
+        (Refusal::Reset, None) => {
+            send_icmp_unreachable(tx, stats, quote.dst(), Unreachable::Port, quote)
+        }
+        (Refusal::NetUnreachable, _) => {
+            send_icmp_unreachable(tx, stats, router, Unreachable::Net, quote)
+        }
+        (Refusal::HostUnreachable, _) => {
+            send_icmp_unreachable(tx, stats, router, Unreachable::Host, quote)
+        }
     }
 }

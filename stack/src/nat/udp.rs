@@ -3,9 +3,9 @@
 
 use crate::io::{FlowId, HostError, HostIo};
 use crate::link::TxQueue;
-use crate::nat::{checksum_caps, send_ipv4, FlowKey, Quote};
+use crate::nat::{checksum_caps, send_ip, FlowKey, Quote};
 use crate::stats::Stats;
-use core::net::{IpAddr, SocketAddr};
+use core::net::SocketAddr;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{IpProtocol, UdpPacket, UdpRepr};
 
@@ -80,7 +80,8 @@ impl UdpFlow {
             };
             self.last_active = now;
             let payload = &scratch[..len];
-            if len + 28 > mtu {
+            let headers = if key.guest.is_ipv4() { 28 } else { 48 };
+            if len + headers > mtu {
                 // IP fragmentation towards the guest is not implemented: such a datagram
                 // could not cross the tap anyway.
                 stats.tx_dropped += 1;
@@ -92,7 +93,7 @@ impl UdpFlow {
     }
 }
 
-/// Queue a UDP datagram to the guest (IPv4 endpoints only; others are ignored).
+/// Queue a UDP datagram to the guest (both endpoints of one family).
 pub fn send_udp(
     tx: &mut TxQueue,
     stats: &mut Stats,
@@ -100,15 +101,12 @@ pub fn send_udp(
     to: SocketAddr,
     payload: &[u8],
 ) {
-    let (IpAddr::V4(src), IpAddr::V4(dst)) = (from.ip(), to.ip()) else {
-        return;
-    };
-    let (src, dst) = (src, dst);
+    let (src, dst) = (from.ip(), to.ip());
     let repr = UdpRepr {
         src_port: from.port(),
         dst_port: to.port(),
     };
-    send_ipv4(
+    send_ip(
         tx,
         stats,
         src,

@@ -1,0 +1,280 @@
+//! IPv6 (`--enable-ipv6`): neighbour discovery for our virtual hosts, router advertisements
+//! for fd00::/64 (SLAAC, MTU, RDNSS), ICMPv6 echo, and TCP/UDP NAT over IPv6.
+//!
+//! Addresses: the gateway is fd00::2 (link-local fe80::2, the source of router
+//! advertisements), the DNS forwarder fd00::3 (fe80::3); their MACs are the IPv4
+//! gateway's and DNS's (52:55 + IPv4 address), as libslirp does.
+
+use super::{Inbound, Stack};
+use crate::config::{service_mac, IPV6_DNS, IPV6_GATEWAY, IPV6_PREFIX};
+use crate::io::HostIo;
+use crate::nat::icmp::send_echo_reply;
+use crate::nat::{checksum_caps, Quote, Refusal};
+use core::net::{IpAddr, Ipv6Addr, SocketAddr};
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{
+    EthernetAddress, EthernetProtocol, Icmpv6Packet, Icmpv6Repr, IpProtocol, Ipv6Address,
+    Ipv6Packet, Ipv6Repr, NdiscNeighborFlags, NdiscPrefixInfoFlags, NdiscPrefixInformation,
+    NdiscRepr, NdiscRouterFlags, RawHardwareAddress,
+};
+
+/// Link-local addresses of the gateway and the DNS forwarder.
+pub const GATEWAY_LINK_LOCAL: Ipv6Address = Ipv6Address::new(0xfe80, 0, 0, 0, 0, 0, 0, 2);
+pub const DNS_LINK_LOCAL: Ipv6Address = Ipv6Address::new(0xfe80, 0, 0, 0, 0, 0, 0, 3);
+
+/// Unsolicited router advertisements: one soon after start, then this often (RFC 4861
+/// allows 4–1800 s; the guest also asks with a router solicitation when its link comes up).
+pub const RA_INTERVAL: Duration = Duration::from_secs(120);
+const ROUTER_LIFETIME: Duration = Duration::from_secs(1800);
+const PREFIX_VALID: Duration = Duration::from_secs(86_400);
+const PREFIX_PREFERRED: Duration = Duration::from_secs(14_400);
+/// RDNSS lifetime (RFC 8106 suggests at least 3 × the advertisement interval).
+const RDNSS_LIFETIME_SECS: u32 = 3 * 120;
+const ALL_NODES: Ipv6Address = Ipv6Address::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+const ALL_NODES_MAC: EthernetAddress = EthernetAddress([0x33, 0x33, 0, 0, 0, 1]);
+
+fn in_prefix(addr: Ipv6Address) -> bool {
+    addr.segments()[..4] == IPV6_PREFIX.segments()[..4]
+}
+
+fn is_link_local(addr: Ipv6Address) -> bool {
+    (addr.segments()[0] & 0xffc0) == 0xfe80
+}
+
+impl Stack {
+    pub(super) fn handle_ipv6(
+        &mut self,
+        now: Instant,
+        src_mac: EthernetAddress,
+        bytes: &[u8],
+        host: &mut impl HostIo,
+    ) {
+        let Ok(packet) = Ipv6Packet::new_checked(bytes) else {
+            self.stats.rx_errors += 1;
+            return;
+        };
+        let Ok(ip) = Ipv6Repr::parse(&packet) else {
+            self.stats.rx_errors += 1;
+            return;
+        };
+        let packet_bytes = &bytes[..ip.buffer_len() + ip.payload_len];
+        let payload = packet.payload();
+        match ip.next_header {
+            IpProtocol::Icmpv6 => self.handle_icmpv6(now, src_mac, &ip, payload, host),
+            IpProtocol::Tcp | IpProtocol::Udp if in_prefix(ip.src_addr) => {
+                let inbound = Inbound {
+                    src: IpAddr::V6(ip.src_addr),
+                    dst: IpAddr::V6(ip.dst_addr),
+                    packet: packet_bytes,
+                    payload,
+                    quote: Quote::new_v6(&ip, payload),
+                };
+                if ip.next_header == IpProtocol::Tcp {
+                    self.handle_tcp(now, &inbound, host);
+                } else {
+                    self.handle_udp(now, &inbound, host);
+                }
+            }
+            // Extension headers (MLD reports come with hop-by-hop options), fragments and
+            // link-local TCP/UDP have no use here.
+            _ => self.stats.rx_dropped += 1,
+        }
+    }
+
+    /// Where a guest IPv6 connection goes on the host (see `host_target_v4`).
+    pub(super) fn host_target_v6(&self, dst: Ipv6Addr, port: u16) -> Result<SocketAddr, Refusal> {
+        if dst == IPV6_GATEWAY {
+            if self.config.disable_host_loopback {
+                return Err(Refusal::NetUnreachable);
+            }
+            return Ok(SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port));
+        }
+        if dst == IPV6_DNS && !self.config.disable_dns {
+            return match self.dns_upstream {
+                Some(upstream) if port == 53 => Ok(SocketAddr::new(upstream, 53)),
+                _ => Err(Refusal::Reset),
+            };
+        }
+        if in_prefix(dst) && dst != IPV6_DNS {
+            return Err(Refusal::HostUnreachable);
+        }
+        if dst.is_unspecified()
+            || dst.is_loopback()
+            || dst.is_multicast()
+            || is_link_local(dst)
+            || dst.to_ipv4_mapped().is_some()
+        {
+            return Err(Refusal::Silent);
+        }
+        Ok(SocketAddr::new(IpAddr::V6(dst), port))
+    }
+
+    fn handle_icmpv6(
+        &mut self,
+        now: Instant,
+        src_mac: EthernetAddress,
+        ip: &Ipv6Repr,
+        payload: &[u8],
+        host: &mut impl HostIo,
+    ) {
+        let Ok(packet) = Icmpv6Packet::new_checked(payload) else {
+            self.stats.rx_errors += 1;
+            return;
+        };
+        let caps = ChecksumCapabilities::ignored();
+        let Ok(repr) = Icmpv6Repr::parse(&ip.src_addr, &ip.dst_addr, &packet, &caps) else {
+            self.stats.rx_errors += 1;
+            return;
+        };
+        match repr {
+            Icmpv6Repr::Ndisc(NdiscRepr::RouterSolicit { .. }) => self.send_router_advert(),
+            Icmpv6Repr::Ndisc(NdiscRepr::NeighborSolicit { target_addr, .. }) => {
+                self.answer_neighbor_solicit(src_mac, ip.src_addr, target_addr)
+            }
+            Icmpv6Repr::EchoRequest {
+                ident,
+                seq_no,
+                data,
+            } => {
+                let dst = ip.dst_addr;
+                let local = dst == IPV6_GATEWAY
+                    || dst == GATEWAY_LINK_LOCAL
+                    || ((dst == IPV6_DNS || dst == DNS_LINK_LOCAL) && !self.config.disable_dns);
+                let (src, dst) = (IpAddr::V6(ip.src_addr), IpAddr::V6(dst));
+                if local {
+                    send_echo_reply(&mut self.tx, &mut self.stats, dst, src, ident, seq_no, data);
+                } else if in_prefix(ip.src_addr) {
+                    self.forward_echo(now, src, dst, ident, payload, host);
+                } else {
+                    self.stats.rx_dropped += 1;
+                }
+            }
+            _ => self.stats.rx_dropped += 1,
+        }
+    }
+
+    /// Neighbour advertisement for our virtual hosts; nothing for other addresses, and
+    /// nothing for duplicate address detection probes (source ::), so the guest's DAD
+    /// succeeds.
+    fn answer_neighbor_solicit(
+        &mut self,
+        requester_mac: EthernetAddress,
+        requester: Ipv6Address,
+        target: Ipv6Address,
+    ) {
+        let network = self.config.network;
+        let mac = if target == IPV6_GATEWAY || target == GATEWAY_LINK_LOCAL {
+            service_mac(network.gateway())
+        } else if target == IPV6_DNS || target == DNS_LINK_LOCAL {
+            service_mac(network.dns())
+        } else {
+            self.stats.rx_dropped += 1;
+            return;
+        };
+        if requester.is_unspecified() || !requester_mac.is_unicast() {
+            return;
+        }
+        let advert = Icmpv6Repr::Ndisc(NdiscRepr::NeighborAdvert {
+            flags: NdiscNeighborFlags::ROUTER
+                | NdiscNeighborFlags::SOLICITED
+                | NdiscNeighborFlags::OVERRIDE,
+            target_addr: target,
+            lladdr: Some(RawHardwareAddress::from(mac)),
+        });
+        self.send_icmpv6_to(requester_mac, target, requester, &advert, &[]);
+    }
+
+    /// A router advertisement to all nodes: prefix fd00::/64 for SLAAC, our MTU, and the
+    /// DNS forwarder as RDNSS (RFC 8106).
+    pub(super) fn send_router_advert(&mut self) {
+        let network = self.config.network;
+        let advert = Icmpv6Repr::Ndisc(NdiscRepr::RouterAdvert {
+            hop_limit: 64,
+            flags: NdiscRouterFlags::empty(),
+            router_lifetime: ROUTER_LIFETIME,
+            reachable_time: Duration::from_millis(0),
+            retrans_time: Duration::from_millis(0),
+            lladdr: Some(RawHardwareAddress::from(service_mac(network.gateway()))),
+            mtu: Some(self.config.mtu as u32),
+            prefix_info: Some(NdiscPrefixInformation {
+                prefix_len: 64,
+                flags: NdiscPrefixInfoFlags::ON_LINK | NdiscPrefixInfoFlags::ADDRCONF,
+                valid_lifetime: PREFIX_VALID,
+                preferred_lifetime: PREFIX_PREFERRED,
+                prefix: IPV6_PREFIX,
+            }),
+        });
+        let rdnss = if self.config.disable_dns {
+            Vec::new()
+        } else {
+            rdnss_option(IPV6_DNS, RDNSS_LIFETIME_SECS)
+        };
+        self.send_icmpv6_to(
+            ALL_NODES_MAC,
+            GATEWAY_LINK_LOCAL,
+            ALL_NODES,
+            &advert,
+            &rdnss,
+        );
+    }
+
+    /// Send an ICMPv6 message, with `extra_options` appended after smoltcp's encoding
+    /// (smoltcp has no RDNSS option) and the checksum computed over all of it.
+    fn send_icmpv6_to(
+        &mut self,
+        dst_mac: EthernetAddress,
+        src: Ipv6Address,
+        dst: Ipv6Address,
+        message: &Icmpv6Repr<'_>,
+        extra_options: &[u8],
+    ) {
+        let icmp_len = message.buffer_len() + extra_options.len();
+        let ip = Ipv6Repr {
+            src_addr: src,
+            dst_addr: dst,
+            next_header: IpProtocol::Icmpv6,
+            payload_len: icmp_len,
+            hop_limit: crate::nat::NDP_HOP_LIMIT,
+        };
+        let total = ip.buffer_len() + icmp_len;
+        let queued = self
+            .tx
+            .push_to(dst_mac, EthernetProtocol::Ipv6, total, |buf| {
+                let mut packet = Ipv6Packet::new_unchecked(&mut buf[..]);
+                ip.emit(&mut packet);
+                let payload = packet.payload_mut();
+                let (head, tail) = payload.split_at_mut(message.buffer_len());
+                message.emit(
+                    &src,
+                    &dst,
+                    &mut Icmpv6Packet::new_unchecked(head),
+                    &checksum_caps(),
+                );
+                tail.copy_from_slice(extra_options);
+                Icmpv6Packet::new_unchecked(payload).fill_checksum(&src, &dst);
+            });
+        if !queued {
+            self.stats.tx_dropped += 1;
+        }
+    }
+
+    /// Periodic router advertisements; returns when the next one is due.
+    pub(super) fn poll_router_advert(&mut self, now: Instant) {
+        if let Some(at) = self.next_router_advert {
+            if at <= now {
+                self.send_router_advert();
+                self.next_router_advert = Some(now + RA_INTERVAL);
+            }
+        }
+    }
+}
+
+/// The RDNSS option (type 25): one server, `lifetime` seconds.
+fn rdnss_option(server: Ipv6Address, lifetime: u32) -> Vec<u8> {
+    let mut option = Vec::with_capacity(24);
+    option.extend_from_slice(&[25, 3, 0, 0]);
+    option.extend_from_slice(&lifetime.to_be_bytes());
+    option.extend_from_slice(&server.octets());
+    option
+}
