@@ -890,8 +890,8 @@ impl Stack {
 
     fn add_forward(&mut self, spec: ForwardSpec, host: &mut impl HostIo) -> Result<u64, ApiError> {
         self.forwards.check(&spec)?;
-        // The guest side of this network is IPv4 until IPv6 support lands.
-        if !spec.guest_addr.is_ipv4() {
+        // An IPv6 guest address needs the IPv6 side of the virtual network.
+        if spec.guest_addr.is_ipv6() && !self.config.enable_ipv6 {
             return Err(ApiError::AddFailed);
         }
         let id = self.forwards.next_id();
@@ -939,7 +939,10 @@ impl Stack {
     /// How the guest sees a host client: loopback clients (and any the guest could not
     /// route back to, such as addresses inside the virtual network) appear as the gateway,
     /// IPv4-mapped IPv6 clients as their IPv4 address.
-    fn guest_visible(&self, peer: SocketAddr) -> SocketAddr {
+    fn guest_visible(&self, peer: SocketAddr, guest: IpAddr) -> SocketAddr {
+        if guest.is_ipv6() {
+            return self.guest_visible_v6(peer);
+        }
         let network = self.config.network;
         let ip = match peer.ip() {
             IpAddr::V4(v4) => v4,
@@ -974,7 +977,7 @@ impl Stack {
                     return;
                 }
             };
-            let local = self.guest_visible(peer);
+            let local = self.guest_visible(peer, guest.ip());
             let key = FlowKey {
                 proto: Proto::Tcp,
                 guest,
@@ -1035,29 +1038,42 @@ impl Stack {
                     return;
                 }
             };
-            if len + 28 > self.config.mtu {
+            let headers = if guest.is_ipv4() { 28 } else { 48 };
+            if len + headers > self.config.mtu {
                 self.stats.tx_dropped += 1;
                 continue;
             }
-            let local = self.guest_visible(peer);
+            let local = self.guest_visible(peer, guest.ip());
             let key = FlowKey {
                 proto: Proto::Udp,
                 guest,
                 remote: local,
             };
             if self.flows.lookup(&key).is_none() {
-                let (IpAddr::V4(src), IpAddr::V4(dst)) = (local.ip(), guest.ip()) else {
-                    return;
+                let quote = match (local.ip(), guest.ip()) {
+                    (IpAddr::V4(src), IpAddr::V4(dst)) => Quote::new(
+                        &Ipv4Repr {
+                            src_addr: src,
+                            dst_addr: dst,
+                            next_header: IpProtocol::Udp,
+                            payload_len: 8,
+                            hop_limit: crate::nat::HOP_LIMIT,
+                        },
+                        &[],
+                    ),
+                    (IpAddr::V6(src), IpAddr::V6(dst)) => Quote::new_v6(
+                        &smoltcp::wire::Ipv6Repr {
+                            src_addr: src,
+                            dst_addr: dst,
+                            next_header: IpProtocol::Udp,
+                            payload_len: 8,
+                            hop_limit: crate::nat::HOP_LIMIT,
+                        },
+                        &[],
+                    ),
+                    _ => return,
                 };
-                let header = Ipv4Repr {
-                    src_addr: src,
-                    dst_addr: dst,
-                    next_header: IpProtocol::Udp,
-                    payload_len: 8,
-                    hop_limit: crate::nat::HOP_LIMIT,
-                };
-                let mut flow =
-                    UdpFlow::new(now, self.config.timeouts.udp_idle, Quote::new(&header, &[]));
+                let mut flow = UdpFlow::new(now, self.config.timeouts.udp_idle, quote);
                 flow.forward = Some((forward, peer));
                 // Such a flow has no host socket of its own: nothing to open.
                 if self

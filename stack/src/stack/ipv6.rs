@@ -110,6 +110,24 @@ impl Stack {
         Ok(SocketAddr::new(IpAddr::V6(dst), port))
     }
 
+    /// How an IPv6 guest sees a host client of a port forward: IPv6 clients the guest can
+    /// route back to keep their address; loopback and IPv4 clients appear as fd00::2.
+    pub(super) fn guest_visible_v6(&self, peer: SocketAddr) -> SocketAddr {
+        let ip = match peer.ip() {
+            IpAddr::V6(v6)
+                if !v6.is_loopback()
+                    && !v6.is_unspecified()
+                    && v6.to_ipv4_mapped().is_none()
+                    && !in_prefix(v6)
+                    && !is_link_local(v6) =>
+            {
+                v6
+            }
+            _ => IPV6_GATEWAY,
+        };
+        SocketAddr::new(IpAddr::V6(ip), peer.port())
+    }
+
     fn handle_icmpv6(
         &mut self,
         now: Instant,
