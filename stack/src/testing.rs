@@ -10,8 +10,8 @@
 //! a message that says which contract was broken.
 
 pub use frames::{
-    echo_message, parse, parse_echo_message, try_parse, EchoMessage, Guest, GuestTcp, ParseError,
-    Parsed, TcpSegment, GUEST_MAC,
+    echo_message, parse, parse_echo_message, try_parse, DhcpMessage, EchoMessage, Guest, GuestTcp,
+    ParseError, Parsed, TcpSegment, GUEST_MAC,
 };
 pub use host::{HostCall, SimHost, SimSocket, SocketKind, SocketState};
 pub use scenario::{Scenario, START};
@@ -862,10 +862,10 @@ pub mod frames {
     use core::net::{Ipv4Addr, SocketAddrV4};
     use smoltcp::phy::ChecksumCapabilities;
     use smoltcp::wire::{
-        ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
-        EthernetRepr, Icmpv4Message, Icmpv4Packet, Icmpv4Repr, IpAddress, IpProtocol, Ipv4Packet,
-        Ipv4Repr, TcpControl, TcpOption, TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
-        ETHERNET_HEADER_LEN,
+        ArpOperation, ArpPacket, ArpRepr, DhcpMessageType, DhcpPacket, DhcpRepr, EthernetAddress,
+        EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv4Message, Icmpv4Packet, Icmpv4Repr,
+        IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpOption, TcpPacket, TcpRepr,
+        TcpSeqNumber, UdpPacket, UdpRepr, ETHERNET_HEADER_LEN,
     };
 
     /// The guest's MAC in scenarios (locally administered, like a tap's random one).
@@ -878,6 +878,10 @@ pub mod frames {
     const WINDOW_SCALE: u8 = 7;
     /// Window field after the handshake: 2048 << 7 = 256 KiB.
     const WINDOW: u16 = 2048;
+    const DHCP_SERVER_PORT: u16 = 67;
+    const DHCP_CLIENT_PORT: u16 = 68;
+    /// DHCP option 26, the interface MTU, which smoltcp's `DhcpRepr` does not model.
+    const DHCP_OPT_INTERFACE_MTU: u8 = 26;
 
     fn checksums() -> ChecksumCapabilities {
         ChecksumCapabilities::default()
@@ -966,8 +970,31 @@ pub mod frames {
             /// The quoted original datagram: its IP header and at least 8 bytes after it.
             original: Vec<u8>,
         },
+        /// A DHCP server message (UDP from port 67 to port 68).
+        Dhcp {
+            src: SocketAddrV4,
+            dst: SocketAddrV4,
+            message: DhcpMessage,
+        },
         /// Anything else (IPv6, other ICMP types, other protocols), described.
         Other(String),
+    }
+
+    /// A DHCP message from the stack as a client reads it, decoded with smoltcp's
+    /// `DhcpRepr` (owned, so that [`Parsed`] can keep it).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct DhcpMessage {
+        pub message_type: DhcpMessageType,
+        pub transaction_id: u32,
+        pub client_hardware_address: EthernetAddress,
+        pub your_ip: Ipv4Addr,
+        pub server_identifier: Option<Ipv4Addr>,
+        pub router: Option<Ipv4Addr>,
+        pub subnet_mask: Option<Ipv4Addr>,
+        pub dns_servers: Option<Vec<Ipv4Addr>>,
+        pub lease_duration: Option<u32>,
+        /// Option 26, the interface MTU.
+        pub mtu: Option<u16>,
     }
 
     impl Parsed {
@@ -1053,9 +1080,15 @@ pub mod frames {
                 if !udp.verify_checksum(&src, &dst) {
                     return Err(ParseError::BadChecksum("UDP"));
                 }
+                let src = SocketAddrV4::new(ip.src_addr, udp.src_port());
+                let dst = SocketAddrV4::new(ip.dst_addr, udp.dst_port());
+                if (src.port(), dst.port()) == (DHCP_SERVER_PORT, DHCP_CLIENT_PORT) {
+                    let message = parse_dhcp(udp.payload())?;
+                    return Ok(Parsed::Dhcp { src, dst, message });
+                }
                 Ok(Parsed::Udp {
-                    src: SocketAddrV4::new(ip.src_addr, udp.src_port()),
-                    dst: SocketAddrV4::new(ip.dst_addr, udp.dst_port()),
+                    src,
+                    dst,
                     payload: udp.payload().to_vec(),
                 })
             }
@@ -1092,6 +1125,35 @@ pub mod frames {
             options = rest;
         }
         Ok(segment)
+    }
+
+    fn parse_dhcp(payload: &[u8]) -> Result<DhcpMessage, ParseError> {
+        let packet = DhcpPacket::new_checked(payload).map_err(|_| ParseError::Truncated("DHCP"))?;
+        let repr = DhcpRepr::parse(&packet).map_err(|_| ParseError::Malformed("DHCP"))?;
+        let mtu = match packet
+            .options()
+            .find(|option| option.kind == DHCP_OPT_INTERFACE_MTU)
+        {
+            Some(option) => Some(u16::from_be_bytes(
+                option
+                    .data
+                    .try_into()
+                    .map_err(|_| ParseError::Malformed("DHCP MTU option"))?,
+            )),
+            None => None,
+        };
+        Ok(DhcpMessage {
+            message_type: repr.message_type,
+            transaction_id: repr.transaction_id,
+            client_hardware_address: repr.client_hardware_address,
+            your_ip: repr.your_ip,
+            server_identifier: repr.server_identifier,
+            router: repr.router,
+            subnet_mask: repr.subnet_mask,
+            dns_servers: repr.dns_servers.map(|servers| servers.to_vec()),
+            lease_duration: repr.lease_duration,
+            mtu,
+        })
     }
 
     fn parse_icmp(ip: &Ipv4Repr, payload: &[u8]) -> Result<Parsed, ParseError> {
@@ -1310,6 +1372,69 @@ pub mod frames {
                     &checksums(),
                 )
             })
+        }
+
+        /// "`self.ip` is at `self.mac`", to whoever asked.
+        pub fn arp_reply(&self, to_mac: EthernetAddress, to_ip: Ipv4Addr) -> Vec<u8> {
+            let repr = ArpRepr::EthernetIpv4 {
+                operation: ArpOperation::Reply,
+                source_hardware_addr: self.mac,
+                source_protocol_addr: self.ip,
+                target_hardware_addr: to_mac,
+                target_protocol_addr: to_ip,
+            };
+            self.ethernet(to_mac, EthernetProtocol::Arp, repr.buffer_len(), |buf| {
+                repr.emit(&mut ArpPacket::new_unchecked(buf))
+            })
+        }
+
+        /// A DHCP client message as a stock client sends it (chaddr and client id are the
+        /// guest's MAC, the usual parameter request list); edit what the story needs and
+        /// send it with [`Guest::dhcp`].
+        pub fn dhcp_message(
+            &self,
+            message_type: DhcpMessageType,
+            transaction_id: u32,
+        ) -> DhcpRepr<'static> {
+            DhcpRepr {
+                message_type,
+                transaction_id,
+                secs: 0,
+                client_hardware_address: self.mac,
+                client_ip: Ipv4Addr::UNSPECIFIED,
+                your_ip: Ipv4Addr::UNSPECIFIED,
+                server_ip: Ipv4Addr::UNSPECIFIED,
+                router: None,
+                subnet_mask: None,
+                relay_agent_ip: Ipv4Addr::UNSPECIFIED,
+                broadcast: false,
+                requested_ip: None,
+                client_identifier: Some(self.mac),
+                server_identifier: None,
+                parameter_request_list: Some(&[1, 3, 6, 26, 51, 58, 59]),
+                dns_servers: None,
+                max_size: Some(1500),
+                lease_duration: None,
+                renew_duration: None,
+                rebind_duration: None,
+                additional_options: &[],
+            }
+        }
+
+        /// A DHCP client message as a client without an address sends it: from 0.0.0.0:68
+        /// to 255.255.255.255:67, Ethernet broadcast.
+        pub fn dhcp(&self, message: &DhcpRepr<'_>) -> Vec<u8> {
+            let mut payload = vec![0; message.buffer_len()];
+            message
+                .emit(&mut DhcpPacket::new_unchecked(&mut payload[..]))
+                .expect("a DhcpRepr fits its own buffer_len");
+            let unconfigured = Guest {
+                ip: Ipv4Addr::UNSPECIFIED,
+                gateway_mac: EthernetAddress::BROADCAST,
+                ..*self
+            };
+            let server = SocketAddrV4::new(Ipv4Addr::BROADCAST, DHCP_SERVER_PORT);
+            unconfigured.udp(DHCP_CLIENT_PORT, server, &payload)
         }
 
         pub fn icmp_echo(&self, dst: Ipv4Addr, ident: u16, seq_no: u16, payload: &[u8]) -> Vec<u8> {
@@ -1572,21 +1697,54 @@ pub mod frames {
         pub fn take_received(&mut self) -> Vec<u8> {
             std::mem::take(&mut self.received)
         }
+
+        /// The guest's side of a connection the stack opens towards it (a port forward):
+        /// the guest accepts the stack's `syn` with its own ISN `isn`. Returns the
+        /// connection, established, and the SYN-ACK to send.
+        pub fn accept(guest: &Guest, syn: &Parsed, isn: u32) -> (GuestTcp, Vec<u8>) {
+            let Some((ip, tcp)) = syn.tcp().filter(|(_, tcp)| tcp.syn && tcp.ack.is_none()) else {
+                panic!("test bug: GuestTcp::accept needs the stack's SYN, got {syn:?}");
+            };
+            let remote = SocketAddrV4::new(ip.src_addr, tcp.src_port);
+            let mut conn = GuestTcp::new(guest, tcp.dst_port, remote, isn);
+            conn.snd_nxt = isn.wrapping_add(1);
+            conn.peer_isn = Some(tcp.seq);
+            conn.rcv_nxt = tcp.seq.wrapping_add(1);
+            conn.peer_mss = tcp.mss;
+            conn.peer_window_scale = tcp.window_scale;
+            let syn_ack = guest.tcp(
+                *remote.ip(),
+                &TcpSegment {
+                    src_port: conn.local_port,
+                    dst_port: remote.port(),
+                    seq: isn,
+                    ack: Some(conn.rcv_nxt),
+                    syn: true,
+                    window: SYN_WINDOW,
+                    mss: Some(SYN_MSS),
+                    // RFC 7323: scale only if the SYN offered it.
+                    window_scale: tcp.window_scale.map(|_| WINDOW_SCALE),
+                    sack_permitted: tcp.sack_permitted,
+                    ..TcpSegment::default()
+                },
+            );
+            (conn, syn_ack)
+        }
     }
 }
 
 /// The harness: a stack, a simulated host and a guest on a virtual clock.
 pub mod scenario {
     use super::frames::{parse, Guest, GuestTcp, Parsed};
-    use super::host::SimHost;
+    use super::host::{SimHost, SocketKind};
     use crate::config::Config;
     use crate::io::{FlowId, HostError, HostEvent};
     use crate::stack::Stack;
     use crate::stats::Stats;
-    use core::net::SocketAddrV4;
+    use core::net::{SocketAddr, SocketAddrV4};
     use smoltcp::time::{Duration, Instant};
-    use smoltcp::wire::{EthernetFrame, ETHERNET_HEADER_LEN};
-    use std::collections::HashMap;
+    use smoltcp::wire::{EthernetAddress, EthernetFrame, ETHERNET_HEADER_LEN};
+    use std::collections::{HashMap, HashSet};
 
     /// Where the virtual clock starts (not zero, so "time zero" bugs show).
     pub const START: Instant = Instant::from_millis_const(1_000_000);
@@ -1783,6 +1941,65 @@ pub mod scenario {
                 self.host_event(event);
             }
             sent
+        }
+
+        // ---- the control socket and port forwards ----
+
+        /// A control-socket client sends `request`; returns the reply.
+        pub fn api(&mut self, request: &str) -> String {
+            let reply = self
+                .stack
+                .handle_api_request(self.now, request.as_bytes(), &mut self.host);
+            self.settle();
+            String::from_utf8(reply).expect("API replies are UTF-8 JSON")
+        }
+
+        /// The poller reports a forward's listening socket readable.
+        pub fn forward_event(&mut self, forward: u64) {
+            self.stack
+                .handle_forward_event(self.now, forward, &mut self.host);
+            self.settle();
+        }
+
+        /// A host client connects to a TCP forward and the stack is told. Returns the flow
+        /// the stack accepted the connection as (it may have closed it already).
+        pub fn client_connects(&mut self, forward: u64, client: SocketAddr) -> FlowId {
+            let before: HashSet<FlowId> = self.host.sockets().map(|(flow, _)| flow).collect();
+            self.host.client_connects(forward, client);
+            self.forward_event(forward);
+            let accepted = self.host.sockets().find(|(flow, socket)| {
+                !before.contains(flow) && socket.kind == SocketKind::Tcp && socket.remote == client
+            });
+            match accepted {
+                Some((flow, _)) => flow,
+                None => panic!("forward {forward}: the stack did not accept {client}"),
+            }
+        }
+
+        /// A host client sends a datagram to a UDP forward and the stack is told.
+        pub fn client_sends(&mut self, forward: u64, client: SocketAddr, payload: &[u8]) {
+            self.host.client_sends(forward, client, payload);
+            self.forward_event(forward);
+        }
+
+        /// Like [`Scenario::drain`], each frame with its Ethernet destination and without the
+        /// check that it is the guest's MAC: for broadcasts (the stack's ARP requests, DHCP
+        /// replies to a client without an address). Sizes and checksums are still checked.
+        pub fn drain_addressed(&mut self) -> Vec<(EthernetAddress, Parsed)> {
+            let max = ETHERNET_HEADER_LEN + self.config.mtu;
+            std::mem::take(&mut self.tap)
+                .iter()
+                .map(|frame| {
+                    assert!(
+                        frame.len() <= max,
+                        "frame of {} bytes exceeds the MTU",
+                        frame.len()
+                    );
+                    let eth = EthernetFrame::new_checked(&frame[..])
+                        .unwrap_or_else(|_| panic!("the stack emitted a runt frame: {frame:02x?}"));
+                    (eth.dst_addr(), parse(frame))
+                })
+                .collect()
         }
 
         // ---- TCP conveniences ----

@@ -1,0 +1,413 @@
+//! The services of the virtual network (SPEC.md section 2), told as scenarios through the
+//! whole stack: the DHCP server (frames in, frames out) and the DNS forwarder at network+3
+//! (frames in, host sockets out, and back). Default network 10.0.2.0/24.
+
+use core::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use rslirp_stack::testing::{DhcpMessage, Guest, Parsed, Scenario};
+use rslirp_stack::{Config, Duration, VirtualNetwork};
+use smoltcp::wire::{DhcpMessageType, DhcpPacket, EthernetAddress};
+
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+const DNS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 3);
+const GUEST: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+fn the_only<T: core::fmt::Debug>(mut items: Vec<T>, what: &str) -> T {
+    assert_eq!(items.len(), 1, "expected exactly one {what}, got {items:?}");
+    items.remove(0)
+}
+
+mod dhcp {
+    use super::*;
+
+    const XID: u32 = 0x1234_5678;
+
+    /// The guest broadcasts a DHCP message; returns the one reply, which must come from
+    /// gateway:67 and, as the client has no address yet, be broadcast to port 68.
+    fn ask(s: &mut Scenario, message: &smoltcp::wire::DhcpRepr<'_>) -> DhcpMessage {
+        let guest = s.guest;
+        s.guest_sends(&guest.dhcp(message));
+        let gateway = s.config().network.gateway();
+        match the_only(s.drain_addressed(), "DHCP reply") {
+            (
+                EthernetAddress::BROADCAST,
+                Parsed::Dhcp {
+                    src,
+                    dst,
+                    message: reply,
+                },
+            ) => {
+                assert_eq!(src, SocketAddrV4::new(gateway, 67));
+                assert_eq!(dst, SocketAddrV4::new(Ipv4Addr::BROADCAST, 68));
+                assert_eq!(reply.transaction_id, message.transaction_id);
+                assert_eq!(reply.client_hardware_address, guest.mac);
+                reply
+            }
+            other => panic!("expected a broadcast DHCP reply, got {other:?}"),
+        }
+    }
+
+    fn discover(s: &mut Scenario) -> DhcpMessage {
+        let message = s.guest.dhcp_message(DhcpMessageType::Discover, XID);
+        ask(s, &message)
+    }
+
+    /// The SELECTING state's REQUEST: the server's id and the offered address.
+    fn request(s: &mut Scenario, server: Ipv4Addr, address: Ipv4Addr) -> DhcpMessage {
+        let mut message = s.guest.dhcp_message(DhcpMessageType::Request, XID);
+        message.server_identifier = Some(server);
+        message.requested_ip = Some(address);
+        ask(s, &message)
+    }
+
+    #[test]
+    fn discover_gets_an_offer_of_network_plus_15() {
+        let mut s = Scenario::new();
+        let offer = discover(&mut s);
+        assert_eq!(
+            offer,
+            DhcpMessage {
+                message_type: DhcpMessageType::Offer,
+                transaction_id: XID,
+                client_hardware_address: s.guest.mac,
+                your_ip: Ipv4Addr::new(10, 0, 2, 15),
+                server_identifier: Some(GATEWAY),
+                router: Some(GATEWAY),
+                subnet_mask: Some(Ipv4Addr::new(255, 255, 255, 0)),
+                dns_servers: Some(vec![DNS]),
+                lease_duration: Some(24 * 60 * 60),
+                mtu: Some(1500),
+            }
+        );
+        assert_eq!(s.host.calls(), &[], "DHCP never reaches the host");
+        assert_eq!(s.stats().udp_flows, 0, "nor the NAT");
+    }
+
+    #[test]
+    fn request_gets_an_ack() {
+        let mut s = Scenario::new();
+        let offer = discover(&mut s);
+        let ack = request(&mut s, GATEWAY, offer.your_ip);
+        assert_eq!(ack.message_type, DhcpMessageType::Ack);
+        assert_eq!(ack.your_ip, Ipv4Addr::new(10, 0, 2, 15));
+        assert_eq!(ack.router, Some(GATEWAY));
+        assert_eq!(ack.dns_servers, Some(vec![DNS]));
+        assert_eq!(ack.lease_duration, Some(86_400));
+        assert_eq!(ack.mtu, Some(1500));
+    }
+
+    #[test]
+    fn renewal_from_the_bound_address_is_answered_by_unicast() {
+        let mut s = Scenario::new();
+        let offer = discover(&mut s);
+        let address = offer.your_ip;
+        request(&mut s, GATEWAY, address);
+
+        // RENEWING (RFC 2131 4.4.5): unicast from the leased address to the server.
+        let bound = Guest {
+            ip: address,
+            ..s.guest
+        };
+        let mut renew = bound.dhcp_message(DhcpMessageType::Request, XID + 1);
+        renew.client_ip = address;
+        let mut payload = vec![0; renew.buffer_len()];
+        renew
+            .emit(&mut DhcpPacket::new_unchecked(&mut payload[..]))
+            .expect("the message fits");
+        s.guest_sends(&bound.udp(68, SocketAddrV4::new(GATEWAY, 67), &payload));
+        // drain() checks that the reply is addressed to the guest's MAC.
+        match the_only(s.drain(), "DHCP reply") {
+            Parsed::Dhcp { src, dst, message } => {
+                assert_eq!(src, SocketAddrV4::new(GATEWAY, 67));
+                assert_eq!(dst, SocketAddrV4::new(address, 68));
+                assert_eq!(message.message_type, DhcpMessageType::Ack);
+                assert_eq!(message.your_ip, address);
+                assert_eq!(message.transaction_id, XID + 1);
+            }
+            other => panic!("expected a DHCP ACK, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn mtu_option_is_the_configured_mtu() {
+        let mut s = Scenario::with_config(Config {
+            mtu: 65520,
+            ..Config::default()
+        });
+        assert_eq!(discover(&mut s).mtu, Some(65520));
+    }
+
+    #[test]
+    fn custom_cidr_moves_the_pool_and_the_services() {
+        let network = VirtualNetwork::parse("10.0.135.128/25").expect("a valid CIDR");
+        let mut s = Scenario::with_config(Config {
+            network,
+            ..Config::default()
+        });
+        let router = Ipv4Addr::new(10, 0, 135, 130);
+        let offer = discover(&mut s);
+        assert_eq!(offer.message_type, DhcpMessageType::Offer);
+        assert_eq!(offer.your_ip, Ipv4Addr::new(10, 0, 135, 143));
+        assert_eq!(offer.router, Some(router));
+        assert_eq!(offer.server_identifier, Some(router));
+        assert_eq!(
+            offer.dns_servers,
+            Some(vec![Ipv4Addr::new(10, 0, 135, 131)])
+        );
+        assert_eq!(offer.subnet_mask, Some(Ipv4Addr::new(255, 255, 255, 128)));
+
+        let ack = request(&mut s, router, offer.your_ip);
+        assert_eq!(ack.message_type, DhcpMessageType::Ack);
+        assert_eq!(ack.your_ip, Ipv4Addr::new(10, 0, 135, 143));
+    }
+
+    #[test]
+    fn disabled_dns_offers_no_name_server() {
+        let mut s = Scenario::with_config(Config {
+            disable_dns: true,
+            ..Config::default()
+        });
+        let offer = discover(&mut s);
+        assert_eq!(offer.dns_servers, None);
+        assert_eq!(offer.router, Some(GATEWAY));
+        let ack = request(&mut s, GATEWAY, offer.your_ip);
+        assert_eq!(ack.message_type, DhcpMessageType::Ack);
+        assert_eq!(ack.dns_servers, None);
+    }
+}
+
+mod dns {
+    use super::*;
+
+    const QUERY: &[u8] =
+        b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07example\x03com\x00\x00\x01\x00\x01";
+    const ANSWER: &[u8] = b"\x12\x34\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00";
+
+    fn dns(port: u16) -> SocketAddrV4 {
+        SocketAddrV4::new(DNS, port)
+    }
+
+    fn resolver(ip: [u8; 4]) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), 53)
+    }
+
+    /// A scenario whose host resolver is `upstream` (as the loop sets it from resolv.conf).
+    fn with_upstream(upstream: [u8; 4]) -> Scenario {
+        let mut s = Scenario::new();
+        s.stack
+            .set_dns_upstream(Some(IpAddr::V4(Ipv4Addr::from(upstream))));
+        s
+    }
+
+    #[test]
+    fn udp_query_goes_to_the_host_resolver_and_the_answer_comes_from_the_dns_address() {
+        let mut s = with_upstream([127, 0, 0, 1]);
+        let guest = s.guest;
+        s.guest_sends(&guest.udp(33333, dns(53), QUERY));
+        let (flow, target) = the_only(s.host.udp_opens(), "udp_open");
+        assert_eq!(target, resolver([127, 0, 0, 1]));
+        assert_eq!(s.host.udp_sent(flow), vec![QUERY.to_vec()]);
+
+        s.deliver_datagram(flow, ANSWER);
+        assert_eq!(
+            the_only(s.drain(), "DNS answer"),
+            Parsed::Udp {
+                src: dns(53),
+                dst: SocketAddrV4::new(GUEST, 33333),
+                payload: ANSWER.to_vec(),
+            }
+        );
+    }
+
+    #[test]
+    fn a_resolver_that_is_down_is_port_unreachable_from_the_dns_address() {
+        let mut s = with_upstream([127, 0, 0, 53]);
+        let guest = s.guest;
+        s.guest_sends(&guest.udp(33333, dns(53), QUERY));
+        let (flow, _) = the_only(s.host.udp_opens(), "udp_open");
+        // Nothing listens on 127.0.0.53:53: the host kernel reports ECONNREFUSED.
+        let event = s
+            .host
+            .set_error(flow, rslirp_stack::HostError::ConnectionRefused);
+        s.host_event(event);
+        match the_only(s.drain(), "ICMP error") {
+            Parsed::IcmpUnreachable { src, dst, code, .. } => {
+                assert_eq!((src, dst, code), (DNS, GUEST, 3), "port unreachable")
+            }
+            other => panic!("expected ICMP port unreachable, got {other:?}"),
+        }
+    }
+
+    /// IP fragmentation towards the guest is not implemented (slirp4netns would fragment):
+    /// an answer that does not fit the MTU is dropped and counted, never truncated.
+    #[test]
+    fn answers_larger_than_the_mtu_are_dropped_and_counted() {
+        let mut s = with_upstream([127, 0, 0, 1]);
+        let guest = s.guest;
+        s.guest_sends(&guest.udp(33333, dns(53), QUERY));
+        let (flow, _) = the_only(s.host.udp_opens(), "udp_open");
+        s.deliver_datagram(flow, &[0xab; 1472]);
+        assert_eq!(s.drain().len(), 1, "1472 bytes fit a 1500-byte MTU");
+        let dropped = s.stats().tx_dropped;
+        s.deliver_datagram(flow, &[0xab; 1473]);
+        assert_eq!(s.drain(), vec![]);
+        assert_eq!(s.stats().tx_dropped, dropped + 1);
+    }
+
+    #[test]
+    fn tcp_to_port_53_connects_the_host_resolver() {
+        let mut s = with_upstream([127, 0, 0, 1]);
+        let (conn, flow) = s.open_tcp(40000, dns(53));
+        let mut conns = [conn];
+        let socket = s.host.socket(flow).expect("a host socket");
+        assert_eq!(socket.remote, resolver([127, 0, 0, 1]));
+
+        // DNS over TCP: a two-byte length, then the message.
+        let mut framed = (QUERY.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(QUERY);
+        let frame = conns[0].send(&framed);
+        s.guest_sends(&frame);
+        assert_eq!(s.exchange(&mut conns), vec![]);
+        assert_eq!(s.take_sent(flow), framed);
+
+        let mut answer = (ANSWER.len() as u16).to_be_bytes().to_vec();
+        answer.extend_from_slice(ANSWER);
+        s.peer_send(flow, &answer);
+        assert_eq!(s.exchange(&mut conns), vec![]);
+        assert_eq!(conns[0].received(), answer);
+    }
+
+    #[test]
+    fn a_new_upstream_takes_new_queries_and_open_flows_finish_with_the_old() {
+        let mut s = with_upstream([127, 0, 0, 1]);
+        let guest = s.guest;
+        s.guest_sends(&guest.udp(33333, dns(53), QUERY));
+        let (old_flow, _) = the_only(s.host.udp_opens(), "udp_open");
+
+        // resolv.conf changed.
+        s.stack
+            .set_dns_upstream(Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))));
+        s.guest_sends(&guest.udp(33333, dns(53), QUERY));
+        assert_eq!(
+            s.host.udp_opens().len(),
+            1,
+            "the open flow keeps its socket"
+        );
+        assert_eq!(s.host.udp_sent(old_flow).len(), 2);
+
+        s.guest_sends(&guest.udp(33334, dns(53), QUERY));
+        let opens = s.host.udp_opens();
+        assert_eq!(opens.len(), 2);
+        assert_eq!(
+            opens[1].1,
+            resolver([127, 0, 0, 2]),
+            "a new query, the new upstream"
+        );
+
+        let (_, tcp_flow) = s.open_tcp(40000, dns(53));
+        let socket = s.host.socket(tcp_flow).expect("a host socket");
+        assert_eq!(socket.remote, resolver([127, 0, 0, 2]));
+    }
+
+    #[test]
+    fn dns_flows_expire_after_10_seconds() {
+        let mut s = with_upstream([127, 0, 0, 1]);
+        let guest = s.guest;
+        s.guest_sends(&guest.udp(33333, dns(53), QUERY));
+        let (flow, _) = the_only(s.host.udp_opens(), "udp_open");
+        s.advance(secs(9));
+        assert_eq!(s.host.close_mode(flow), None, "alive after 9 s");
+        assert_eq!(s.stats().udp_flows, 1);
+        s.advance(secs(2));
+        assert!(s.host.close_mode(flow).is_some(), "closed after 11 s");
+        assert_eq!(s.stats().udp_flows, 0);
+    }
+
+    #[test]
+    fn without_an_upstream_queries_are_refused() {
+        let mut s = Scenario::new();
+        let guest = s.guest;
+        let query = guest.udp(33333, dns(53), QUERY);
+        s.guest_sends(&query);
+        let Parsed::IcmpUnreachable {
+            src,
+            dst,
+            code,
+            original,
+        } = the_only(s.drain(), "ICMP error")
+        else {
+            panic!("expected ICMP destination unreachable");
+        };
+        assert_eq!((src, dst), (DNS, GUEST));
+        assert_eq!(code, 3, "port unreachable");
+        assert_eq!(&original[..28], &query[14..14 + 28], "the query is quoted");
+
+        let mut conn = s.guest_tcp(40000, dns(53));
+        s.guest_sends(&conn.syn());
+        let reset = the_only(s.drain(), "RST");
+        let (ip, rst) = reset.tcp().expect("a TCP segment");
+        assert_eq!(ip.src_addr, DNS);
+        assert!(rst.rst, "got {}", rst.flags());
+        assert_eq!((rst.src_port, rst.dst_port), (53, 40000));
+        assert_eq!(rst.ack, Some(conn.isn.wrapping_add(1)));
+
+        assert_eq!(s.host.calls(), &[], "nothing reaches the host");
+        assert_eq!(s.stats().udp_flows + s.stats().tcp_flows, 0);
+    }
+
+    #[test]
+    fn other_ports_at_the_dns_address_are_refused() {
+        let mut s = with_upstream([127, 0, 0, 1]);
+        let guest = s.guest;
+        s.guest_sends(&guest.udp(33333, dns(123), b"ntp?"));
+        match the_only(s.drain(), "ICMP error") {
+            Parsed::IcmpUnreachable { src, code, .. } => {
+                assert_eq!((src, code), (DNS, 3), "port unreachable from 10.0.2.3")
+            }
+            other => panic!("expected ICMP port unreachable, got {other:?}"),
+        }
+        let mut conn = s.guest_tcp(40000, dns(80));
+        s.guest_sends(&conn.syn());
+        let reset = the_only(s.drain(), "RST");
+        let rst = reset.tcp().expect("a TCP segment").1;
+        assert!(rst.rst, "got {}", rst.flags());
+        assert_eq!((rst.src_port, rst.dst_port), (80, 40000));
+        assert_eq!(s.host.calls(), &[]);
+    }
+
+    #[test]
+    fn with_dns_disabled_the_address_is_nated_like_any_other() {
+        let mut s = Scenario::with_config(Config {
+            disable_dns: true,
+            ..Config::default()
+        });
+        s.stack
+            .set_dns_upstream(Some(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        let guest = s.guest;
+        s.guest_sends(&guest.udp(33333, dns(53), QUERY));
+        let (flow, target) = the_only(s.host.udp_opens(), "udp_open");
+        assert_eq!(
+            target,
+            SocketAddr::V4(dns(53)),
+            "host 10.0.2.3, not the resolver"
+        );
+        assert_eq!(s.host.udp_sent(flow), vec![QUERY.to_vec()]);
+
+        let (_, tcp_flow) = s.open_tcp(40000, dns(53));
+        let socket = s.host.socket(tcp_flow).expect("a host socket");
+        assert_eq!(socket.remote, SocketAddr::V4(dns(53)));
+
+        // Other ports too, and pings go to the host rather than being answered locally.
+        s.guest_sends(&guest.udp(33334, dns(123), b"ntp?"));
+        assert_eq!(s.host.udp_opens()[1].1, SocketAddr::V4(dns(123)));
+        s.guest_sends(&guest.icmp_echo(DNS, 7, 1, b"ping"));
+        assert_eq!(s.drain(), vec![], "no local echo reply");
+        assert_eq!(
+            the_only(s.host.ping_opens(), "ping_open").1,
+            IpAddr::V4(DNS)
+        );
+    }
+}
