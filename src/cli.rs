@@ -344,7 +344,7 @@ const OPTIONS: &[OptSpec] = &[
         value_name: None,
         help: "create a new mount namespace (and drop all caps except CAP_NET_BIND_SERVICE if running as the root)",
         values: &[],
-        supported: false,
+        supported: true,
     },
     OptSpec {
         opt: Opt::EnableSeccomp,
@@ -354,7 +354,7 @@ const OPTIONS: &[OptSpec] = &[
         value_name: None,
         help: "enable seccomp to limit syscalls",
         values: &[],
-        supported: false,
+        supported: true,
     },
     OptSpec {
         opt: Opt::OutboundAddr,
@@ -521,8 +521,9 @@ fn version_text() -> String {
          commit: {commit}\n\
          libslirp: rslirp {ours}\n\
          SLIRP_CONFIG_VERSION_MAX: {}\n\
-         libseccomp: none\n",
-        slirp_config_version_max(is_supported)
+         libseccomp: {}\n",
+        slirp_config_version_max(is_supported),
+        crate::sandbox::SECCOMP_LIBRARY
     )
 }
 
@@ -1251,10 +1252,7 @@ mod tests {
     fn deprecated_aliases_are_accepted() {
         assert!(run(&["--no-host-loopback", "1"]).disable_host_loopback);
         assert!(run(&["--no", "1"]).disable_host_loopback);
-        assert_eq!(
-            error_without_usage(&["--create-sandbox", "1"]),
-            "--enable-sandbox is not supported yet"
-        );
+        assert!(run(&["--create-sandbox", "1"]).enable_sandbox);
     }
 
     #[test]
@@ -1521,27 +1519,12 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_options_are_refused_after_validation() {
-        for (words, option) in [
-            (&["--enable-sandbox", "1"][..], "--enable-sandbox"),
-            (&["--enable-seccomp", "1"], "--enable-seccomp"),
-        ] {
-            assert_eq!(
-                error_without_usage(words),
-                format!("{option} is not supported yet"),
-                "{words:?}"
-            );
-        }
-        // Validation comes first: a bad MTU is reported, not the unsupported option.
-        assert_eq!(
-            error_with_usage(&["--enable-sandbox", "-m", "0", "1"]),
-            "MTU must be a positive integer (< 65522)"
-        );
-        // The first unsupported option given is the one named.
-        assert_eq!(
-            error_without_usage(&["--enable-seccomp", "-6", "1"]),
-            "--enable-seccomp is not supported yet"
-        );
+    fn sandbox_and_seccomp_are_accepted() {
+        let o = run(&["--enable-sandbox", "--enable-seccomp", "1"]);
+        assert!(o.enable_sandbox && o.enable_seccomp);
+        assert!(run(&["--enable-seccomp", "1"]).enable_seccomp);
+        // Every option of the table works now; only some values are still refused.
+        assert!(OPTIONS.iter().all(|spec| spec.supported));
     }
 
     #[test]
@@ -1603,6 +1586,8 @@ mod tests {
             "--disable-host-loopback ",
             "--netns-type=TYPE ",
             "--userns-path=PATH ",
+            "--enable-sandbox ",
+            "--enable-seccomp ",
             "--outbound-addr=IPv4 ",
             "--outbound-addr6=IPv6 ",
             "--disable-dns ",
@@ -1621,8 +1606,6 @@ mod tests {
             assert_ne!(line.as_bytes().get(25), Some(&b' '), "{line:?}");
         }
         for unsupported in [
-            "--enable-sandbox",
-            "--enable-seccomp",
             "--target-type",
             "tapfd",
             "bess",
@@ -1692,7 +1675,7 @@ mod tests {
         assert!(!commit.is_empty(), "{}", lines[1]);
         assert_eq!(lines[2], format!("libslirp: rslirp {ours}"));
         assert_eq!(lines[3], "SLIRP_CONFIG_VERSION_MAX: 4");
-        assert_eq!(lines[4], "libseccomp: none");
+        assert_eq!(lines[4], "libseccomp: seccompiler 0.5.0");
     }
 
     #[test]

@@ -1,11 +1,792 @@
 //! `--enable-sandbox` and `--enable-seccomp`: confine the process once setup is done.
-//! Not implemented yet: the command line refuses both flags (see cli.rs), so `apply` is only
-//! ever called with both false.
+//!
+//! rslirp parses frames from an untrusted guest and requests from local control clients. If
+//! a bug ever let either take over the process, these two flags decide what it could reach:
+//! docs/security.md has the threat model; this is how they are built.
+//!
+//! `--enable-sandbox` (everything here must happen while the process is single-threaded,
+//! which it is until the event loop runs, and after every fd the loop needs is open):
+//!
+//! 1. A mount namespace of our own. As root (or as root of the user namespace the caller
+//!    started us in, as podman does) `unshare(CLONE_NEWNS)` works. A plain unprivileged
+//!    user has no CAP_SYS_ADMIN for that, so then we first create a user namespace of our
+//!    own that maps only our uid and gid onto themselves. The alternative, joining the
+//!    container's user namespace as slirp4netns does, would hand a process that parses guest
+//!    frames root powers over the container's namespaces, works only when we know that
+//!    namespace, and buys nothing: sockets stay in the host's network namespace, owned by the
+//!    same kernel uid, in either case. The price: unprivileged user namespaces must be
+//!    allowed, which rootless containers need anyway.
+//! 2. `/` becomes a recursive *slave*: the host's mount and unmount events still reach us
+//!    (so /etc and /run stay current, and new mounts under /run appear), while nothing we
+//!    mount or unmount can ever propagate back. (Private would also stop the leak, but would
+//!    also cut /run off from the host's later mounts.)
+//! 3. A small tmpfs on /tmp becomes the new root. /etc and /run are bound into it
+//!    recursively; being copies of slave mounts they are slaves of the host's mounts too.
+//!    When /etc/resolv.conf resolves outside /etc and /run (a symlink into another
+//!    directory), the symlinks on the way are recreated and the directory holding the file
+//!    is bound too, so that re-reading "/etc/resolv.conf" after a change reads the host's
+//!    current file. The resolver's inotify watch, made before, follows inodes and so keeps
+//!    working. The bind sources are opened as fds first: /tmp may be where they live.
+//! 4. pivot_root into it, then detach the old root. Every mount of the old root is a slave
+//!    (step 2), and unmounting a slave never propagates, so the caller's mounts stay mounted.
+//! 5. The whole new tree is made read-only (mount_setattr recursively where the kernel has
+//!    it, and a classic remount of each top-level mount everywhere).
+//! 6. no_new_privs, then every capability is dropped from every set, except
+//!    CAP_NET_BIND_SERVICE when we had it at the start (root: port forwards below 1024 must
+//!    still bind). A rootless run ends with empty sets: its capabilities were only ever
+//!    those of the private user namespace of step 1, which owns no network namespace.
+//!
+//! `--enable-seccomp` then installs, last, an allow-list of the system calls the running
+//! loop makes ([`allowed_syscalls`]); anything else fails with EPERM.
 
-/// Apply the requested confinement; any failure is fatal (one line, exit 1).
-pub fn apply(enable_sandbox: bool, enable_seccomp: bool) -> Result<(), String> {
-    if enable_sandbox || enable_seccomp {
-        return Err("--enable-sandbox/--enable-seccomp are not supported yet".into());
+use nix::errno::Errno;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::statvfs::{statvfs, FsFlags};
+use nix::unistd::{chdir, pivot_root};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule,
+};
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fs::{self, File};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Component, Path, PathBuf};
+
+/// What `-v` reports on its `libseccomp:` line: the filter is built by this crate (pure
+/// Rust; no libseccomp is linked). A unit test keeps it equal to Cargo.lock's version.
+pub const SECCOMP_LIBRARY: &str = "seccompiler 0.5.0";
+
+/// Where the new root is mounted before pivot_root (as slirp4netns does). Anything the
+/// tmpfs hides there is reached through fds opened before it is mounted.
+const NEW_ROOT: &str = "/tmp";
+
+/// The host directories every sandbox keeps, read-only.
+const KEPT_DIRS: [&str; 2] = ["/etc", "/run"];
+
+/// Room in the new root: a handful of directories and symlinks, no file data.
+const NEW_ROOT_OPTIONS: &str = "size=64k,nr_inodes=256,mode=0755";
+
+/// Symlinks followed when resolving resolv.conf, as the kernel's own limit.
+const MAX_SYMLINKS: usize = 40;
+
+/// Capability number of CAP_NET_BIND_SERVICE (linux/capability.h).
+const CAP_NET_BIND_SERVICE: u32 = 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// A step of `--enable-sandbox` failed; `op` names it, the errno says why.
+    #[error("sandbox: {op}: {}", .errno.desc())]
+    Sandbox { op: String, errno: Errno },
+    /// The seccomp filter could not be built or installed.
+    #[error("seccomp: {op}: {detail}")]
+    Seccomp { op: &'static str, detail: String },
+}
+
+fn failed(op: impl Into<String>) -> impl FnOnce(Errno) -> SandboxError {
+    let op = op.into();
+    move |errno| SandboxError::Sandbox { op, errno }
+}
+
+fn io_failed(op: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxError {
+    let op = op.into();
+    move |err| SandboxError::Sandbox {
+        op,
+        errno: Errno::from_raw(err.raw_os_error().unwrap_or(libc::EIO)),
+    }
+}
+
+/// Apply the requested confinement: the sandbox first, the seccomp filter last (the
+/// sandbox's own calls are not in the allow-list). Any error is fatal for the caller.
+pub fn apply(enable_sandbox: bool, enable_seccomp: bool) -> Result<(), SandboxError> {
+    if enable_sandbox {
+        enter_sandbox()?;
+        log::debug!(
+            "sandbox: mount namespace, read-only root with /etc and /run, capabilities dropped"
+        );
+    }
+    if enable_seccomp {
+        install_seccomp_filter()?;
+        log::debug!("seccomp: allow-list filter installed");
     }
     Ok(())
+}
+
+fn enter_sandbox() -> Result<(), SandboxError> {
+    // Decided before step 1, which may hand us a full set inside a private user namespace.
+    let keep_bind_service = has_effective_capability(CAP_NET_BIND_SERVICE)?;
+    new_mount_namespace()?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .map_err(failed("make / a recursive slave"))?;
+
+    let resolv = resolve_symlinks(Path::new(crate::resolv::RESOLV_CONF))
+        .map_err(|err| log::debug!("resolv.conf not followed into the sandbox: {err}"))
+        .ok();
+    let binds = bind_sources(resolv.as_ref())?;
+    mount(
+        Some("tmpfs"),
+        NEW_ROOT,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some(NEW_ROOT_OPTIONS),
+    )
+    .map_err(failed(format!("mount tmpfs on {NEW_ROOT}")))?;
+    if let Some(resolv) = &resolv {
+        recreate_symlinks(resolv)?;
+    }
+    for bind in &binds {
+        bind.mount()?;
+    }
+    // The fds pin mounts of the old root; let it go entirely once detached.
+    let targets: Vec<BindTarget> = binds.into_iter().map(|b| b.target).collect();
+
+    chdir(NEW_ROOT).map_err(failed(format!("chdir {NEW_ROOT}")))?;
+    // pivot_root(".", ".") stacks the old root on top of the new one, so no directory for
+    // it has to exist (and stay visible) in the new root; unmounting "." then removes it.
+    pivot_root(".", ".").map_err(failed("pivot_root"))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(failed("detach the old root"))?;
+    chdir("/").map_err(failed("chdir /"))?;
+
+    make_read_only(&targets)?;
+    nix::sys::prctl::set_no_new_privs().map_err(failed("prctl(PR_SET_NO_NEW_PRIVS)"))?;
+    drop_capabilities(keep_bind_service)
+}
+
+/// Step 1: `unshare(CLONE_NEWNS)`, or, without the privilege for it, a user namespace of
+/// our own mapping just our ids, with the mount namespace inside it.
+fn new_mount_namespace() -> Result<(), SandboxError> {
+    match unshare(CloneFlags::CLONE_NEWNS) {
+        Ok(()) => return Ok(()),
+        Err(Errno::EPERM) => {}
+        Err(errno) => return Err(failed("unshare(CLONE_NEWNS)")(errno)),
+    }
+    let uid = nix::unistd::geteuid();
+    let gid = nix::unistd::getegid();
+    unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS)
+        .map_err(failed("unshare(CLONE_NEWUSER|CLONE_NEWNS)"))?;
+    // An unprivileged process may map only its own ids, and its gid only once setgroups is
+    // denied. Each file takes the whole map in one write.
+    match fs::write("/proc/self/setgroups", "deny") {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            return Err(io_failed("write /proc/self/setgroups")(err));
+        }
+        _ => {}
+    }
+    fs::write("/proc/self/uid_map", format!("{uid} {uid} 1"))
+        .map_err(io_failed("write /proc/self/uid_map"))?;
+    fs::write("/proc/self/gid_map", format!("{gid} {gid} 1"))
+        .map_err(io_failed("write /proc/self/gid_map"))?;
+    Ok(())
+}
+
+/// How a path resolves: the symlinks passed on the way (where each lives, what it says)
+/// and the file reached, as an absolute path without symlinks.
+#[derive(Debug, PartialEq, Eq)]
+struct Resolution {
+    links: Vec<(PathBuf, PathBuf)>,
+    file: PathBuf,
+}
+
+/// Follows `path` one component at a time, as the kernel would, recording every symlink.
+/// (`fs::canonicalize` gives only the end; the new root needs the way there too, e.g. a
+/// link through /var/run when only /run is kept.)
+fn resolve_symlinks(path: &Path) -> std::io::Result<Resolution> {
+    let mut links = Vec::new();
+    let mut resolved = PathBuf::from("/");
+    // Components still to walk, the next one last.
+    let mut pending: Vec<OsString> = Vec::new();
+    push_components(&mut pending, path);
+    while let Some(part) = pending.pop() {
+        if part == ".." {
+            resolved.pop();
+            continue;
+        }
+        let next = resolved.join(&part);
+        if fs::symlink_metadata(&next)?.file_type().is_symlink() {
+            if links.len() == MAX_SYMLINKS {
+                return Err(std::io::Error::from_raw_os_error(libc::ELOOP));
+            }
+            let target = fs::read_link(&next)?;
+            if target.is_absolute() {
+                resolved = PathBuf::from("/");
+            }
+            push_components(&mut pending, &target);
+            links.push((next, target));
+        } else {
+            resolved = next;
+        }
+    }
+    Ok(Resolution {
+        links,
+        file: resolved,
+    })
+}
+
+fn push_components(pending: &mut Vec<OsString>, path: &Path) {
+    let parts = path.components().filter_map(|c| match c {
+        Component::Normal(name) => Some(name.to_os_string()),
+        Component::ParentDir => Some(OsString::from("..")),
+        Component::RootDir | Component::CurDir | Component::Prefix(_) => None,
+    });
+    let parts: Vec<OsString> = parts.collect();
+    pending.extend(parts.into_iter().rev());
+}
+
+/// Whether `path` is visible in the sandbox anyway, through the /etc or /run bind.
+fn in_kept_dirs(path: &Path) -> bool {
+    KEPT_DIRS.iter().any(|dir| path.starts_with(dir))
+}
+
+/// `path` (absolute, in the host's view) as seen from before the pivot: under NEW_ROOT.
+fn in_new_root(path: &Path) -> PathBuf {
+    Path::new(NEW_ROOT).join(path.strip_prefix("/").unwrap_or(path))
+}
+
+/// Where a bind goes, as an absolute path of the sandbox's view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct BindTarget {
+    path: PathBuf,
+    is_dir: bool,
+}
+
+/// A host file or directory to bind, held open so that it stays reachable once the new
+/// root's tmpfs covers /tmp.
+struct Bind {
+    source: OwnedFd,
+    target: BindTarget,
+}
+
+impl Bind {
+    fn open(path: &Path, is_dir: bool) -> Result<Bind, SandboxError> {
+        let mut flags = libc::O_PATH | libc::O_CLOEXEC;
+        if is_dir {
+            flags |= libc::O_DIRECTORY;
+        }
+        let file = File::options()
+            .read(true)
+            .custom_flags(flags)
+            .open(path)
+            .map_err(io_failed(format!("open {}", path.display())))?;
+        Ok(Bind {
+            source: file.into(),
+            target: BindTarget {
+                path: path.to_path_buf(),
+                is_dir,
+            },
+        })
+    }
+
+    /// Creates the mount point in the new root and binds the whole tree there (MS_REC: a
+    /// mount namespace of a less privileged user namespace may not bind a directory while
+    /// leaving the mounts below it behind).
+    fn mount(&self) -> Result<(), SandboxError> {
+        let target = in_new_root(&self.target.path);
+        let display = self.target.path.display();
+        if self.target.is_dir {
+            fs::create_dir_all(&target).map_err(io_failed(format!("mkdir {display}")))?;
+        } else {
+            if let Some(parent) = target.parent() {
+                fs::create_dir_all(parent).map_err(io_failed(format!("mkdir for {display}")))?;
+            }
+            File::create(&target).map_err(io_failed(format!("create {display}")))?;
+        }
+        // mount(2) follows the fd's magic link to the very file we opened.
+        let source = format!("/proc/self/fd/{}", self.source.as_raw_fd());
+        mount(
+            Some(source.as_str()),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(failed(format!("bind {display}")))
+    }
+}
+
+/// /etc, /run, and the place resolv.conf ends up in when that is elsewhere: its directory,
+/// so that a replacement by rename is seen too, or the file alone when that directory is /.
+fn bind_sources(resolv: Option<&Resolution>) -> Result<Vec<Bind>, SandboxError> {
+    let mut binds = KEPT_DIRS
+        .iter()
+        .map(|dir| Bind::open(Path::new(dir), true))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(resolv) = resolv.filter(|r| !in_kept_dirs(&r.file)) {
+        match resolv.file.parent() {
+            Some(dir) if dir != Path::new("/") => binds.push(Bind::open(dir, true)?),
+            _ => binds.push(Bind::open(&resolv.file, false)?),
+        }
+    }
+    Ok(binds)
+}
+
+/// The symlinks on resolv.conf's way that live outside /etc and /run, made again in the
+/// new root with the same contents.
+fn recreate_symlinks(resolv: &Resolution) -> Result<(), SandboxError> {
+    for (link, target) in resolv.links.iter().filter(|(link, _)| !in_kept_dirs(link)) {
+        let at = in_new_root(link);
+        let display = link.display();
+        if let Some(parent) = at.parent() {
+            fs::create_dir_all(parent).map_err(io_failed(format!("mkdir for {display}")))?;
+        }
+        std::os::unix::fs::symlink(target, &at).map_err(io_failed(format!("symlink {display}")))?;
+    }
+    Ok(())
+}
+
+/// Step 5. The classic remount covers each top-level mount on every kernel; mount_setattr
+/// (Linux 5.12+) also covers the mounts below them, such as tmpfs mounts under /run.
+fn make_read_only(binds: &[BindTarget]) -> Result<(), SandboxError> {
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV
+            | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(failed("remount / read-only"))?;
+    for bind in binds {
+        remount_bind_read_only(&bind.path)?;
+    }
+    match set_recursive_read_only(Path::new("/")) {
+        Ok(()) | Err(Errno::ENOSYS) => Ok(()),
+        Err(errno) => Err(failed("mount_setattr(/, MOUNT_ATTR_RDONLY, AT_RECURSIVE)")(
+            errno,
+        )),
+    }
+}
+
+/// A bind remount keeps the flags the kernel may have locked on the source (in a user
+/// namespace, nosuid/nodev/noexec and the atime mode cannot be dropped), adding read-only.
+fn remount_bind_read_only(path: &Path) -> Result<(), SandboxError> {
+    let display = path.display();
+    let current = statvfs(path).map_err(failed(format!("statvfs {display}")))?;
+    let kept = [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ];
+    let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY;
+    for (has, keep) in kept {
+        if current.flags().contains(has) {
+            flags |= keep;
+        }
+    }
+    mount(None::<&str>, path, None::<&str>, flags, None::<&str>)
+        .map_err(failed(format!("remount {display} read-only")))
+}
+
+/// `struct mount_attr` of linux/mount.h (libc has the syscall number but not the type).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+
+fn set_recursive_read_only(path: &Path) -> Result<(), Errno> {
+    let path =
+        std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| Errno::EINVAL)?;
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: `path` is a NUL-terminated string and `attr` a mount_attr that both outlive
+    // the call; the size passed is that of the struct, which the kernel only reads.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    Errno::result(rc).map(drop)
+}
+
+/// `struct __user_cap_header_struct` / `__user_cap_data_struct` of linux/capability.h
+/// (version 3: two data structs, capabilities 0..31 and 32..63).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+fn has_effective_capability(cap: u32) -> Result<bool, SandboxError> {
+    let mut header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: capget writes at most two CapData for version 3, and `data` holds two; the
+    // header is a valid, initialised struct of the kernel's layout.
+    let rc = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
+    Errno::result(rc).map_err(failed("capget"))?;
+    Ok(data[(cap / 32) as usize].effective & (1 << (cap % 32)) != 0)
+}
+
+/// Step 6: empty the ambient set, the bounding set, and the other three sets, keeping
+/// CAP_NET_BIND_SERVICE (bounding, permitted, effective) when `keep_bind_service`.
+fn drop_capabilities(keep_bind_service: bool) -> Result<(), SandboxError> {
+    // SAFETY: prctl with integer arguments only. EINVAL means a kernel without ambient
+    // capabilities (before 4.3), which then has none to clear.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        )
+    };
+    match Errno::result(rc) {
+        Ok(_) | Err(Errno::EINVAL) => {}
+        Err(errno) => return Err(failed("prctl(PR_CAP_AMBIENT_CLEAR_ALL)")(errno)),
+    }
+    // Capabilities the kernel knows are numbered from 0 up; the first it rejects with
+    // EINVAL is past the last.
+    for cap in 0..64u32 {
+        if keep_bind_service && cap == CAP_NET_BIND_SERVICE {
+            continue;
+        }
+        // SAFETY: prctl with integer arguments only.
+        let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+        match Errno::result(rc) {
+            Ok(_) => {}
+            Err(Errno::EINVAL) => break,
+            Err(errno) => return Err(failed(format!("prctl(PR_CAPBSET_DROP, {cap})"))(errno)),
+        }
+    }
+    let kept = if keep_bind_service {
+        1 << CAP_NET_BIND_SERVICE
+    } else {
+        0
+    };
+    let mut header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let data = [
+        CapData {
+            effective: kept,
+            permitted: kept,
+            inheritable: 0,
+        },
+        CapData::default(),
+    ];
+    // SAFETY: capset reads one header and two CapData for version 3, all initialised and
+    // alive for the call.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
+    Errno::result(rc).map(drop).map_err(failed("capset"))
+}
+
+fn install_seccomp_filter() -> Result<(), SandboxError> {
+    let program = seccomp_program()?;
+    // Sets no_new_privs (required for an unprivileged filter) and installs the filter on
+    // every thread (TSYNC), though there is only one.
+    seccompiler::apply_filter_all_threads(&program).map_err(|err| SandboxError::Seccomp {
+        op: "install filter",
+        detail: err.to_string(),
+    })
+}
+
+fn seccomp_program() -> Result<BpfProgram, SandboxError> {
+    let arch = std::env::consts::ARCH
+        .try_into()
+        .map_err(|err: seccompiler::BackendError| SandboxError::Seccomp {
+            op: "target architecture",
+            detail: err.to_string(),
+        })?;
+    let build_error = |err: seccompiler::BackendError| SandboxError::Seccomp {
+        op: "build filter",
+        detail: err.to_string(),
+    };
+    let filter = SeccompFilter::new(
+        allowed_syscalls().map_err(build_error)?,
+        // Refused calls fail with EPERM rather than killing the process: see docs/security.md.
+        SeccompAction::Errno(libc::EPERM as u32),
+        SeccompAction::Allow,
+        arch,
+    )
+    .map_err(build_error)?;
+    filter.try_into().map_err(build_error)
+}
+
+type Rules = BTreeMap<i64, Vec<SeccompRule>>;
+
+/// `arg` (32-bit) equals `value`.
+fn arg_eq(arg: u8, value: u64) -> Result<SeccompRule, seccompiler::BackendError> {
+    SeccompRule::new(vec![SeccompCondition::new(
+        arg,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        value,
+    )?])
+}
+
+/// None of `mask`'s bits are set in `arg` (32-bit).
+fn arg_without(arg: u8, mask: u64) -> Result<SeccompRule, seccompiler::BackendError> {
+    SeccompRule::new(vec![SeccompCondition::new(
+        arg,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::MaskedEq(mask),
+        0,
+    )?])
+}
+
+/// The allow-list: what the running event loop calls, found by tracing the end-to-end
+/// suite under both flags (docs/security.md lists it with reasons). Calls of the setup
+/// phase (namespaces, the tap, mounts) are over before the filter goes on and are absent.
+pub fn allowed_syscalls() -> Result<Rules, seccompiler::BackendError> {
+    let mut rules: Rules = BTreeMap::new();
+    let mut allow = |nr: libc::c_long, conditions: Vec<SeccompRule>| {
+        rules.entry(nr).or_default().extend(conditions);
+    };
+    // The loop: mio's epoll, the tap, signalfd, inotify and the exit fd (read/write).
+    allow(libc::SYS_epoll_ctl, vec![]);
+    allow(libc::SYS_epoll_pwait, vec![]);
+    #[cfg(target_arch = "x86_64")]
+    allow(libc::SYS_epoll_wait, vec![]);
+    allow(libc::SYS_read, vec![]);
+    allow(libc::SYS_write, vec![]);
+    allow(libc::SYS_readv, vec![]);
+    allow(libc::SYS_writev, vec![]);
+    allow(libc::SYS_close, vec![]);
+    // Host sockets of NAT flows and port forwards, and the control socket's clients. New
+    // sockets only of the two families the NAT uses: no netlink, packet or unix sockets.
+    allow(
+        libc::SYS_socket,
+        vec![
+            arg_eq(0, libc::AF_INET as u64)?,
+            arg_eq(0, libc::AF_INET6 as u64)?,
+        ],
+    );
+    for nr in [
+        libc::SYS_connect,
+        libc::SYS_bind,
+        libc::SYS_listen,
+        libc::SYS_accept4,
+        libc::SYS_getsockopt,
+        libc::SYS_setsockopt,
+        libc::SYS_shutdown,
+        libc::SYS_getsockname,
+        libc::SYS_getpeername,
+        libc::SYS_recvfrom,
+        libc::SYS_sendto,
+        libc::SYS_recvmsg,
+        libc::SYS_sendmsg,
+    ] {
+        allow(nr, vec![]);
+    }
+    // std's set_nonblocking on accepted sockets is ioctl(FIONBIO); mio's and ours fcntl.
+    // FIONBIO is a c_ulong with glibc but a c_int with musl.
+    #[allow(clippy::unnecessary_cast)]
+    let fionbio = libc::FIONBIO as u64;
+    allow(libc::SYS_ioctl, vec![arg_eq(1, fionbio)?]);
+    allow(
+        libc::SYS_fcntl,
+        vec![
+            arg_eq(1, libc::F_GETFL as u64)?,
+            arg_eq(1, libc::F_SETFL as u64)?,
+            arg_eq(1, libc::F_GETFD as u64)?,
+            arg_eq(1, libc::F_SETFD as u64)?,
+        ],
+    );
+    // Re-reading resolv.conf: open read-only (no write, create, truncate or append flags),
+    // size it, read it.
+    allow(
+        libc::SYS_openat,
+        vec![arg_without(
+            2,
+            (libc::O_ACCMODE | libc::O_CREAT | libc::O_TRUNC | libc::O_APPEND) as u64,
+        )?],
+    );
+    allow(libc::SYS_statx, vec![]);
+    allow(libc::SYS_newfstatat, vec![]);
+    #[cfg(target_arch = "x86_64")]
+    allow(libc::SYS_fstat, vec![]);
+    allow(libc::SYS_lseek, vec![]);
+    // The allocator (flow buffers are mmap'd, see tune_allocator). Never executable memory:
+    // a hijacked process cannot map code of its own.
+    allow(
+        libc::SYS_mmap,
+        vec![arg_without(2, libc::PROT_EXEC as u64)?],
+    );
+    allow(
+        libc::SYS_mprotect,
+        vec![arg_without(2, libc::PROT_EXEC as u64)?],
+    );
+    allow(libc::SYS_munmap, vec![]);
+    allow(libc::SYS_mremap, vec![]);
+    allow(libc::SYS_brk, vec![]);
+    allow(libc::SYS_madvise, vec![]);
+    // Time (normally the vDSO, which makes no call), locks, random keys for std's hash maps.
+    allow(libc::SYS_clock_gettime, vec![]);
+    allow(libc::SYS_futex, vec![]);
+    allow(libc::SYS_getrandom, vec![]);
+    // The kernel's own: returning from a signal, restarting an interrupted call.
+    allow(libc::SYS_rt_sigreturn, vec![]);
+    allow(libc::SYS_restart_syscall, vec![]);
+    // Ending: exit normally, or abort (panic = "abort") with SIGABRT and its core rather
+    // than a confusing EPERM loop inside abort().
+    allow(libc::SYS_exit, vec![]);
+    allow(libc::SYS_exit_group, vec![]);
+    allow(libc::SYS_rt_sigprocmask, vec![]);
+    allow(libc::SYS_rt_sigaction, vec![]);
+    allow(libc::SYS_getpid, vec![]);
+    allow(libc::SYS_gettid, vec![]);
+    allow(
+        libc::SYS_tgkill,
+        vec![arg_eq(0, std::process::id().into())?],
+    );
+    Ok(rules)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seccomp_library_matches_the_locked_version() {
+        let lock = include_str!("../Cargo.lock");
+        let version = lock
+            .split("[[package]]")
+            .find(|p| p.contains("name = \"seccompiler\""))
+            .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = ")))
+            .map(|v| v.trim_matches('"'))
+            .expect("seccompiler in Cargo.lock");
+        assert_eq!(SECCOMP_LIBRARY, format!("seccompiler {version}"));
+    }
+
+    #[test]
+    fn the_filter_compiles() {
+        let program = seccomp_program().unwrap();
+        assert!(!program.is_empty());
+    }
+
+    /// Installs the filter in a forked child (it cannot be taken off again) and reports
+    /// the errno of an allowed and of a refused call.
+    #[test]
+    fn the_filter_refuses_with_eperm_and_allows_the_list() {
+        let program = seccomp_program().unwrap();
+        // SAFETY: the child only makes raw system calls and leaves with _exit; it touches
+        // no lock or allocator state another test thread might have held at the fork.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                let code = (|| {
+                    if seccompiler::apply_filter(&program).is_err() {
+                        return 10;
+                    }
+                    // SAFETY: close(-1) touches no memory; it fails with EBADF if allowed.
+                    let allowed = unsafe { libc::close(-1) } == -1 && Errno::last() == Errno::EBADF;
+                    // SAFETY: getppid takes no arguments.
+                    let refused = unsafe { libc::syscall(libc::SYS_getppid) } == -1
+                        && Errno::last() == Errno::EPERM;
+                    // SAFETY: unshare(0) changes nothing even where it is allowed.
+                    let unshare_refused =
+                        unsafe { libc::unshare(0) } == -1 && Errno::last() == Errno::EPERM;
+                    match (allowed, refused, unshare_refused) {
+                        (true, true, true) => 0,
+                        (false, _, _) => 11,
+                        (_, false, _) => 12,
+                        (_, _, false) => 13,
+                    }
+                })();
+                // SAFETY: ends the forked child at once, without running the parent's
+                // destructors or test harness code.
+                unsafe { libc::_exit(code) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let status = nix::sys::wait::waitpid(child, None).unwrap();
+                assert_eq!(status, nix::sys::wait::WaitStatus::Exited(child, 0));
+            }
+        }
+    }
+
+    #[test]
+    fn symlinks_on_the_way_are_recorded() {
+        let dir = std::env::temp_dir().join(format!("rslirp-sandbox-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("real/sub")).unwrap();
+        fs::write(dir.join("real/sub/resolv.conf"), "nameserver 127.0.0.1\n").unwrap();
+        // dir/var -> real (relative), dir/link -> <abs>/var/sub/resolv.conf
+        std::os::unix::fs::symlink("real", dir.join("var")).unwrap();
+        let abs_link_target = dir.join("var/sub/resolv.conf");
+        std::os::unix::fs::symlink(&abs_link_target, dir.join("link")).unwrap();
+        let dir = fs::canonicalize(&dir).unwrap();
+        let resolution = resolve_symlinks(&dir.join("link")).unwrap();
+        assert_eq!(resolution.file, dir.join("real/sub/resolv.conf"));
+        assert_eq!(
+            resolution.links,
+            vec![
+                (dir.join("link"), abs_link_target),
+                (dir.join("var"), PathBuf::from("real")),
+            ]
+        );
+        let plain = resolve_symlinks(&dir.join("real/sub/../sub/resolv.conf")).unwrap();
+        assert!(plain.links.is_empty());
+        assert_eq!(plain.file, dir.join("real/sub/resolv.conf"));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn symlink_loops_end() {
+        let dir = std::env::temp_dir().join(format!("rslirp-sandbox-loop-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::symlink(dir.join("b"), dir.join("a")).unwrap();
+        std::os::unix::fs::symlink(dir.join("a"), dir.join("b")).unwrap();
+        let err = resolve_symlinks(&dir.join("a")).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ELOOP));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn kept_dirs_and_new_root_paths() {
+        assert!(in_kept_dirs(Path::new("/etc/resolv.conf")));
+        assert!(in_kept_dirs(Path::new(
+            "/run/systemd/resolve/stub-resolv.conf"
+        )));
+        assert!(!in_kept_dirs(Path::new("/etcetera/resolv.conf")));
+        assert!(!in_kept_dirs(Path::new("/var/run/resolv.conf")));
+        assert_eq!(
+            in_new_root(Path::new("/mnt/wsl")),
+            PathBuf::from("/tmp/mnt/wsl")
+        );
+    }
 }

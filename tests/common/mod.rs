@@ -14,6 +14,7 @@
 pub mod net;
 pub mod ns;
 pub mod process;
+pub mod sandbox;
 
 use std::fs::{self, File};
 use std::io::{self, Read};
