@@ -27,6 +27,9 @@ use smoltcp::wire::{
 
 mod ipv6;
 
+/// How often a flow that cannot send (full queue, unknown guest MAC) is polled anyway.
+const STARVED_RETRY: Duration = Duration::from_millis(100);
+
 /// Largest datagram a host socket can hand us.
 const SCRATCH_LEN: usize = 65_536;
 
@@ -179,7 +182,8 @@ impl Stack {
         while let Some(id) = self.flows.pop_due(now) {
             self.handle_timer(now, id, host);
         }
-        if self.tx.has_room() && !self.starved.is_empty() {
+        let ready = self.tx.has_room() && self.tx.guest_mac().is_unicast();
+        if ready && !self.starved.is_empty() {
             let starved = core::mem::take(&mut self.starved);
             for id in starved {
                 self.resume(now, id, host);
@@ -195,7 +199,8 @@ impl Stack {
     /// When [`Stack::poll`] should run next.
     pub fn poll_at(&self) -> Option<Instant> {
         let waiting = !self.starved.is_empty() || !self.starved_forwards.is_empty();
-        let resume = (waiting && self.tx.has_room()).then_some(self.now);
+        let ready = self.tx.has_room() && self.tx.guest_mac().is_unicast();
+        let resume = (waiting && ready).then_some(self.now);
         [self.flows.next_due(), resume, self.next_router_advert]
             .into_iter()
             .flatten()
@@ -533,8 +538,15 @@ impl Stack {
                 if starved {
                     self.starved.push(id);
                 }
-                // smoltcp says "now" only when it could not send; that waits for the queue.
-                let due = due.map(|at| at.max(now + Duration::from_millis(1)));
+                // smoltcp says "now" only when it could not send. A starved flow is resumed
+                // as soon as the queue has room (and the guest's MAC is known); its own timer
+                // then only needs to keep its timeouts alive, so it need not spin.
+                let retry = if starved {
+                    STARVED_RETRY
+                } else {
+                    Duration::from_millis(1)
+                };
+                let due = due.map(|at| at.max(now + retry));
                 self.flows.schedule(id, due);
             }
             Verdict::Remove(mode) => self.remove_flow(id, mode, host),
@@ -992,6 +1004,9 @@ impl Stack {
                 host.close(id, CloseMode::Abort);
                 continue;
             }
+            // Learn the guest's MAC first: the SYN below goes out at once, and a Linux
+            // guest drops TCP sent to the broadcast MAC.
+            self.ask_guest_mac(guest.ip());
             let params = self.tcp_params(now);
             let Some(flow) = TcpFlow::connect_to_guest(
                 now,
@@ -1008,7 +1023,6 @@ impl Stack {
             self.stats.tcp_flows += 1;
             self.stats.tcp_flows_opened += 1;
             log::debug!("{id:?}: forward {forward}: {peer} -> guest {guest}");
-            self.ask_guest_mac();
             if let Some(Flow::Tcp(tcp)) = self.flows.get_mut(id) {
                 let verdict = tcp.handle_timer(now, id, &mut self.tx, host);
                 self.apply_tcp_verdict(now, id, verdict, host);
@@ -1086,9 +1100,12 @@ impl Stack {
             if let Some(id) = self.flows.lookup(&key) {
                 if let Some(Flow::Udp(udp)) = self.flows.get_mut(id) {
                     udp.last_active = now;
+                    // Replies go to whoever sent last through whichever forward is current
+                    // (a forward removed and added again gets a new id).
+                    udp.forward = Some((forward, peer));
                 }
             }
-            self.ask_guest_mac();
+            self.ask_guest_mac(guest.ip());
             let payload = &self.scratch[..len];
             crate::nat::udp::send_udp(&mut self.tx, &mut self.stats, local, guest, payload);
         }
@@ -1096,12 +1113,14 @@ impl Stack {
 
     /// Before we start talking to the guest we must know its MAC (a Linux guest drops TCP
     /// sent to the broadcast MAC). Normally it has already sent us a frame; if not, ask.
-    fn ask_guest_mac(&mut self) {
+    fn ask_guest_mac(&mut self, guest: IpAddr) {
         if self.tx.guest_mac().is_unicast() {
             return;
         }
-        let network = self.config.network;
-        arp::send_request(&mut self.tx, network.gateway(), network.guest());
+        // An IPv6 guest has always spoken first (router solicitation, DAD).
+        if let IpAddr::V4(guest) = guest {
+            arp::send_request(&mut self.tx, self.config.network.gateway(), guest);
+        }
     }
 
     fn tcp_params(&mut self, now: Instant) -> TcpParams {

@@ -406,7 +406,6 @@ mod tcp_forward {
     }
 
     #[test]
-    #[ignore = "bug: the SYN to the guest goes to ff:ff:ff:ff:ff:ff before the ARP request; Linux drops it"]
     fn unknown_guest_mac_is_asked_for_before_any_tcp() {
         let mut s = Scenario::new();
         let frames = before_the_guest_speaks(&mut s);
@@ -647,7 +646,6 @@ mod udp_forward {
     }
 
     #[test]
-    #[ignore = "bug: a UDP flow keeps replying through its removed forward; re-adding the port loses every reply"]
     fn re_added_forward_carries_replies_for_a_client_of_the_old_one() {
         let mut s = guest_is_up();
         let guest = s.guest;

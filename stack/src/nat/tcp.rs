@@ -137,7 +137,9 @@ impl Device for FlowDevice<'_> {
     }
 
     fn transmit(&mut self, _now: Instant) -> Option<Self::TxToken<'_>> {
-        if !self.tx.has_room() {
+        // Until the guest's MAC is known (a forwarded connection before the guest spoke),
+        // segments wait: a Linux guest drops TCP sent to the broadcast MAC.
+        if !self.tx.has_room() || !self.tx.guest_mac().is_unicast() {
             self.starved = true;
             return None;
         }
