@@ -31,6 +31,7 @@ both_modes!(
     confined_rslirp_still_serves_everything,
     confinement_shows_in_proc_and_leaves_the_caller_alone,
     syscalls_outside_the_list_are_refused,
+    each_flag_works_alone,
 );
 
 const CONFINED: [&str; 2] = ["--enable-sandbox", "--enable-seccomp"];
@@ -389,6 +390,50 @@ fn syscalls_outside_the_list_are_refused(mode: Mode) {
         "close(-1)"
     );
     // The refusals cost rslirp nothing.
+    assert_traffic_works(&env);
+    rslirp.assert_running();
+}
+
+/// Either flag without the other: the filter alone leaves the file system and the
+/// capabilities as they were; the sandbox alone installs no filter.
+fn each_flag_works_alone(mode: Mode) {
+    let env = Env::new(mode);
+    let caller = env.caller_namespace();
+    let api_path = api_socket_path(&env);
+    let first_resolver = host_udp_echo(&env, Ipv4Addr::LOCALHOST, 53);
+
+    let mut rslirp = start(&env, &caller, &["--enable-seccomp"], &api_path);
+    let status = fs::read_to_string(format!("/proc/{}/status", rslirp.pid())).expect("status");
+    assert_eq!(status_field(&status, "Seccomp"), "2");
+    let caller_status =
+        fs::read_to_string(format!("/proc/{}/status", caller.pid())).expect("status");
+    let own_caps = match mode {
+        Mode::Rootful => status_field(&caller_status, "CapEff"),
+        Mode::Rootless => "0000000000000000".to_string(),
+    };
+    assert_eq!(status_field(&status, "CapEff"), own_caps);
+    assert!(fs::metadata(format!("/proc/{}/root/usr", rslirp.pid())).is_ok());
+    assert_traffic_works(&env);
+    // resolv.conf is re-read through the filter (open read-only, statx, read).
+    let reply = guest_udp_roundtrip(&env, SocketAddrV4::new(DNS, 53), b"query 1")
+        .expect("DNS via the first resolver");
+    assert_eq!(reply, b"query 1");
+    caller.write_resolv_conf("nameserver 127.0.0.2\n");
+    drop(first_resolver);
+    let _second_resolver = host_udp_echo(&env, Ipv4Addr::new(127, 0, 0, 2), 53);
+    wait_for("queries to reach the new resolver", STEP_TIMEOUT, || {
+        guest_udp_roundtrip(&env, SocketAddrV4::new(DNS, 53), b"query 2")
+            .ok()
+            .filter(|reply| reply == b"query 2")
+    });
+    rslirp.signal(libc::SIGTERM);
+    assert!(rslirp.wait_exit(common::EXIT_TIMEOUT).success());
+
+    let mut rslirp = start(&env, &caller, &["--enable-sandbox"], &api_path);
+    let status = fs::read_to_string(format!("/proc/{}/status", rslirp.pid())).expect("status");
+    assert_eq!(status_field(&status, "Seccomp"), "0");
+    assert_eq!(status_field(&status, "NoNewPrivs"), "1");
+    assert!(fs::metadata(format!("/proc/{}/root/usr", rslirp.pid())).is_err());
     assert_traffic_works(&env);
     rslirp.assert_running();
 }
