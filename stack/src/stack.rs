@@ -24,6 +24,7 @@ use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, Icmpv4Packet, Icmpv4Repr, IpProtocol,
     Ipv4Address, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, UdpPacket, UdpRepr,
 };
+use std::collections::BTreeSet;
 
 mod ipv6;
 
@@ -59,6 +60,9 @@ pub struct Stack {
     flows: FlowTable<Flow>,
     /// Flows that stopped because the transmit queue was full; resumed when it drains.
     starved: Vec<FlowId>,
+    /// TCP flows that took in guest segments since the last `poll`; each is driven once
+    /// there (see `TcpFlow::take_segment`). A set: a burst of one flow counts once.
+    dirty: BTreeSet<FlowId>,
     half_open: usize,
     rng: u64,
     now: Instant,
@@ -81,6 +85,7 @@ impl Stack {
             tx,
             flows: FlowTable::default(),
             starved: Vec::new(),
+            dirty: BTreeSet::new(),
             half_open: 0,
             // xorshift needs a non-zero state.
             rng: random_seed | 1,
@@ -178,6 +183,12 @@ impl Stack {
     /// Run due timers and resume flows that waited for the transmit queue.
     pub fn poll(&mut self, now: Instant, host: &mut impl HostIo) {
         self.now = now;
+        for id in core::mem::take(&mut self.dirty) {
+            if let Some(Flow::Tcp(tcp)) = self.flows.get_mut(id) {
+                let verdict = tcp.handle_timer(now, id, &mut self.tx, host);
+                self.apply_tcp_verdict(now, id, verdict, host);
+            }
+        }
         self.poll_router_advert(now);
         while let Some(id) = self.flows.pop_due(now) {
             self.handle_timer(now, id, host);
@@ -200,7 +211,7 @@ impl Stack {
     pub fn poll_at(&self) -> Option<Instant> {
         let waiting = !self.starved.is_empty() || !self.starved_forwards.is_empty();
         let ready = self.tx.has_room() && self.tx.guest_mac().is_unicast();
-        let resume = (waiting && ready).then_some(self.now);
+        let resume = ((waiting && ready) || !self.dirty.is_empty()).then_some(self.now);
         [self.flows.next_due(), resume, self.next_router_advert]
             .into_iter()
             .flatten()
@@ -410,8 +421,8 @@ impl Stack {
             );
             if !(is_syn && lingering) {
                 if let Some(Flow::Tcp(tcp)) = self.flows.get_mut(id) {
-                    let verdict = tcp.handle_segment(now, inbound.packet, id, &mut self.tx, host);
-                    self.apply_tcp_verdict(now, id, verdict, host);
+                    tcp.take_segment(now, inbound.packet, &mut self.tx);
+                    self.dirty.insert(id);
                 }
                 return;
             }
