@@ -342,10 +342,9 @@ impl TcpFlow {
     }
 
     /// Take in a later segment of this flow from the guest (the whole IP packet) without
-    /// answering yet: moving
-    /// its data to the host and sending the ACK wait for [`TcpFlow::handle_timer`], which the
-    /// stack calls once after a whole batch of frames, so a burst of segments costs one host
-    /// write and one cumulative ACK instead of one each. Immediate answers smoltcp gives
+    /// answering yet: moving its data to the host and sending the ACK wait for
+    /// [`TcpFlow::handle_timer`], which the stack calls once after a whole batch of frames,
+    /// so a burst of segments costs one host write and one cumulative ACK instead of one each. Immediate answers smoltcp gives
     /// while processing (a RST, a challenge ACK) still go out now.
     pub fn take_segment(&mut self, now: Instant, packet: &[u8], tx: &mut TxQueue) {
         let mut device = self.device(Some(packet), tx);
