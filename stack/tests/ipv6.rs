@@ -1,0 +1,659 @@
+//! IPv6 (`--enable-ipv6`) as the guest sees it, told as scenarios on the virtual clock:
+//! router advertisements for fd00::/64, neighbour discovery for the gateway fd00::2 /
+//! fe80::2 (MAC 52:55:0a:00:02:02) and the DNS forwarder fd00::3 / fe80::3 (…:03), ICMPv6
+//! echo, and TCP/UDP NAT over IPv6 ([fd00::2]:p is host [::1]:p).
+//! The guest is fd00::ff:fe00:1 / fe80::ff:fe00:1 (EUI-64 of 02:00:00:00:00:01).
+
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use rslirp_stack::testing::ipv6::{
+    echo6_message, multicast_mac, parse_echo6_message, solicited_node, GuestTcp6, Parsed6,
+    ALL_NODES,
+};
+use rslirp_stack::testing::{Scenario, START};
+use rslirp_stack::{Config, Duration, FlowId, HostError};
+use smoltcp::wire::{
+    EthernetAddress, NdiscNeighborFlags, NdiscPrefixInfoFlags, NdiscPrefixInformation, NdiscRepr,
+    NdiscRouterFlags, RawHardwareAddress,
+};
+
+const GATEWAY: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+const DNS: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 3);
+const GATEWAY_LINK_LOCAL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 2);
+const DNS_LINK_LOCAL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 3);
+const PREFIX: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0);
+const GATEWAY_MAC: EthernetAddress = EthernetAddress([0x52, 0x55, 10, 0, 2, 2]);
+const DNS_MAC: EthernetAddress = EthernetAddress([0x52, 0x55, 10, 0, 2, 3]);
+/// Somewhere on the IPv6 internet (documentation prefix), reached through host sockets.
+const REMOTE: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+/// How often unsolicited router advertisements come.
+const RA_INTERVAL: Duration = Duration::from_secs(120);
+/// Type and length (in 8-byte units) of the RDNSS option with one server (RFC 8106).
+const RDNSS_TYPE: u8 = 25;
+const RDNSS_LEN_ONE_SERVER: u8 = 3;
+/// The IPv6 header in the frames our guest builds (no extension headers).
+const ETH: usize = 14;
+const IPV6_HEADER: usize = 40;
+
+fn with_ipv6() -> Scenario {
+    Scenario::with_config(Config {
+        enable_ipv6: true,
+        ..Config::default()
+    })
+}
+
+/// An IPv6 network whose guest is up: the first unsolicited advertisement (at 1 s) came
+/// and went, so the next is two minutes away and only the frames a test provokes arrive.
+fn guest_up() -> Scenario {
+    let mut s = with_ipv6();
+    s.advance(secs(1));
+    assert_full_router_advert(the_only(s.drain_ipv6(), "advertisement at 1 s"));
+    s
+}
+
+fn v6(ip: Ipv6Addr, port: u16) -> SocketAddrV6 {
+    SocketAddrV6::new(ip, port, 0, 0)
+}
+
+fn host_loopback6(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port)
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+fn the_only<T: core::fmt::Debug>(mut items: Vec<T>, what: &str) -> T {
+    assert_eq!(items.len(), 1, "expected exactly one {what}, got {items:?}");
+    items.remove(0)
+}
+
+/// The router advertisement the guest must see: from fe80::2 (hop limit 255) to all nodes,
+/// router lifetime 30 min, source link-layer address 52:55:0a:00:02:02, MTU 1500, prefix
+/// fd00::/64 on-link and for SLAAC (valid 1 day, preferred 4 h).
+fn assert_router_advert(frame: Parsed6) -> Vec<u8> {
+    let Parsed6::Ndisc {
+        eth_dst,
+        ip,
+        ndisc,
+        options,
+    } = frame
+    else {
+        panic!("expected a router advertisement, got {frame:?}");
+    };
+    assert_eq!(eth_dst, multicast_mac(ALL_NODES), "Ethernet destination");
+    assert_eq!(eth_dst, EthernetAddress([0x33, 0x33, 0, 0, 0, 1]));
+    assert_eq!((ip.src_addr, ip.dst_addr), (GATEWAY_LINK_LOCAL, ALL_NODES));
+    assert_eq!(ip.hop_limit, 255, "NDP needs hop limit 255");
+    assert_eq!(
+        ndisc,
+        NdiscRepr::RouterAdvert {
+            hop_limit: 64,
+            flags: NdiscRouterFlags::empty(),
+            router_lifetime: secs(1800),
+            reachable_time: Duration::from_millis(0),
+            retrans_time: Duration::from_millis(0),
+            lladdr: Some(RawHardwareAddress::from(GATEWAY_MAC)),
+            mtu: Some(1500),
+            prefix_info: Some(NdiscPrefixInformation {
+                prefix_len: 64,
+                flags: NdiscPrefixInfoFlags::ON_LINK | NdiscPrefixInfoFlags::ADDRCONF,
+                valid_lifetime: secs(86_400),
+                preferred_lifetime: secs(14_400),
+                prefix: PREFIX,
+            }),
+        }
+    );
+    options
+}
+
+/// The raw NDP options as (type, body) pairs, checking that their lengths tile the bytes.
+fn ndp_options(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut options = Vec::new();
+    while !bytes.is_empty() {
+        assert!(
+            bytes.len() >= 8,
+            "option shorter than 8 bytes: {bytes:02x?}"
+        );
+        let len = usize::from(bytes[1]) * 8;
+        assert!(
+            len > 0 && len <= bytes.len(),
+            "option length {len} does not fit {} bytes",
+            bytes.len()
+        );
+        options.push((bytes[0], bytes[..len].to_vec()));
+        bytes = &bytes[len..];
+    }
+    options
+}
+
+/// RDNSS (RFC 8106): type 25, length 3, reserved, lifetime, fd00::3. Returns the lifetime.
+fn assert_rdnss_is_fd00_3(options: &[u8]) -> u32 {
+    let rdnss: Vec<Vec<u8>> = ndp_options(options)
+        .into_iter()
+        .filter(|(kind, _)| *kind == RDNSS_TYPE)
+        .map(|(_, bytes)| bytes)
+        .collect();
+    let rdnss = the_only(rdnss, "RDNSS option");
+    assert_eq!(rdnss[1], RDNSS_LEN_ONE_SERVER, "one server: 3 × 8 bytes");
+    assert_eq!(&rdnss[2..4], &[0, 0], "reserved");
+    let server = Ipv6Addr::from(<[u8; 16]>::try_from(&rdnss[8..24]).unwrap());
+    assert_eq!(server, DNS, "the DNS forwarder");
+    u32::from_be_bytes(rdnss[4..8].try_into().unwrap())
+}
+
+fn assert_full_router_advert(frame: Parsed6) {
+    let options = assert_router_advert(frame);
+    let lifetime = assert_rdnss_is_fd00_3(&options);
+    // RFC 8106 §5.1: at least the maximum interval between advertisements.
+    assert!(
+        lifetime >= 120,
+        "RDNSS lifetime {lifetime} s outlives the 120 s advertisement interval"
+    );
+}
+
+mod router_advertisements {
+    use super::*;
+
+    #[test]
+    fn router_solicitation_gets_the_full_advertisement() {
+        let mut s = with_ipv6();
+        let guest = s.guest;
+        s.guest_sends(&guest.router_solicit());
+        assert_full_router_advert(the_only(s.drain_ipv6(), "router advertisement"));
+        assert_eq!(s.host.calls(), &[], "NDP never reaches the host");
+    }
+
+    #[test]
+    fn the_mtu_option_follows_the_configured_mtu() {
+        let mut s = Scenario::with_config(Config {
+            enable_ipv6: true,
+            mtu: 65520,
+            ..Config::default()
+        });
+        let guest = s.guest;
+        s.guest_sends(&guest.router_solicit());
+        let Parsed6::Ndisc {
+            ndisc: NdiscRepr::RouterAdvert { mtu, .. },
+            ..
+        } = the_only(s.drain_ipv6(), "router advertisement")
+        else {
+            panic!("expected a router advertisement");
+        };
+        assert_eq!(mtu, Some(65520));
+    }
+
+    #[test]
+    fn without_the_dns_forwarder_no_dns_server_is_advertised() {
+        let mut s = Scenario::with_config(Config {
+            enable_ipv6: true,
+            disable_dns: true,
+            ..Config::default()
+        });
+        let guest = s.guest;
+        s.guest_sends(&guest.router_solicit());
+        let options = assert_router_advert(the_only(s.drain_ipv6(), "router advertisement"));
+        let kinds: Vec<u8> = ndp_options(&options)
+            .iter()
+            .map(|(kind, _)| *kind)
+            .collect();
+        assert!(
+            !kinds.contains(&RDNSS_TYPE),
+            "fd00::3 is no DNS server with --disable-dns; options {kinds:?}"
+        );
+    }
+
+    #[test]
+    fn unsolicited_one_second_after_start_then_every_120_seconds() {
+        let mut s = with_ipv6();
+        assert_eq!(
+            s.stack.poll_at(),
+            Some(START + secs(1)),
+            "the first advertisement is the next thing due"
+        );
+        s.advance(Duration::from_millis(999));
+        assert_eq!(s.drain_ipv6(), vec![], "nothing before 1 s");
+        s.advance(Duration::from_millis(1));
+        assert_full_router_advert(the_only(s.drain_ipv6(), "advertisement at 1 s"));
+
+        assert_eq!(s.stack.poll_at(), Some(START + secs(1) + RA_INTERVAL));
+        s.advance(RA_INTERVAL - Duration::from_millis(1));
+        assert_eq!(s.drain_ipv6(), vec![], "nothing before 121 s");
+        s.advance(Duration::from_millis(1));
+        assert_full_router_advert(the_only(s.drain_ipv6(), "advertisement at 121 s"));
+
+        s.advance(RA_INTERVAL);
+        assert_eq!(s.drain_ipv6().len(), 1, "and one more at 241 s");
+    }
+
+    #[test]
+    fn a_solicitation_does_not_disturb_the_schedule() {
+        let mut s = with_ipv6();
+        let guest = s.guest;
+        s.advance(secs(1));
+        assert_eq!(s.drain_ipv6().len(), 1, "the advertisement at 1 s");
+        s.advance(secs(10));
+        s.guest_sends(&guest.router_solicit());
+        assert_eq!(s.drain_ipv6().len(), 1, "the answer to the solicitation");
+        assert_eq!(s.stack.poll_at(), Some(START + secs(1) + RA_INTERVAL));
+    }
+}
+
+mod neighbor_discovery {
+    use super::*;
+
+    /// The guest asks for `target` from its link-local address; the stack must advertise it
+    /// with `mac`, as a router, solicited, overriding any cached entry.
+    fn assert_advertised(target: Ipv6Addr, mac: EthernetAddress) {
+        let mut s = guest_up();
+        let guest = s.guest;
+        s.guest_sends(&guest.neighbor_solicit(guest.link_local(), target));
+        let Parsed6::Ndisc {
+            eth_dst, ip, ndisc, ..
+        } = the_only(s.drain_ipv6(), "neighbour advertisement")
+        else {
+            panic!("expected a neighbour advertisement for {target}");
+        };
+        assert_eq!(eth_dst, guest.mac, "unicast back to the requester");
+        assert_eq!(
+            (ip.src_addr, ip.dst_addr, ip.hop_limit),
+            (target, guest.link_local(), 255)
+        );
+        assert_eq!(
+            ndisc,
+            NdiscRepr::NeighborAdvert {
+                flags: NdiscNeighborFlags::ROUTER
+                    | NdiscNeighborFlags::SOLICITED
+                    | NdiscNeighborFlags::OVERRIDE,
+                target_addr: target,
+                lladdr: Some(RawHardwareAddress::from(mac)),
+            },
+            "advertisement for {target}"
+        );
+    }
+
+    #[test]
+    fn gateway_is_advertised_with_its_mac() {
+        assert_advertised(GATEWAY, GATEWAY_MAC);
+    }
+
+    #[test]
+    fn gateway_link_local_is_advertised_with_its_mac() {
+        assert_advertised(GATEWAY_LINK_LOCAL, GATEWAY_MAC);
+    }
+
+    #[test]
+    fn dns_is_advertised_with_its_mac() {
+        assert_advertised(DNS, DNS_MAC);
+    }
+
+    #[test]
+    fn dns_link_local_is_advertised_with_its_mac() {
+        assert_advertised(DNS_LINK_LOCAL, DNS_MAC);
+    }
+
+    #[test]
+    fn the_answer_goes_to_a_global_requester_too() {
+        let mut s = guest_up();
+        let guest = s.guest;
+        s.guest_sends(&guest.neighbor_solicit(guest.ipv6_addr(), GATEWAY));
+        let Parsed6::Ndisc { ip, .. } = the_only(s.drain_ipv6(), "neighbour advertisement") else {
+            panic!("expected a neighbour advertisement");
+        };
+        assert_eq!((ip.src_addr, ip.dst_addr), (GATEWAY, guest.ipv6_addr()));
+    }
+
+    #[test]
+    fn nobody_else_answers() {
+        let mut s = guest_up();
+        let guest = s.guest;
+        for target in [
+            Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 4),
+            Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1),
+            Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1),
+            guest.ipv6_addr(),
+            REMOTE,
+        ] {
+            s.guest_sends(&guest.neighbor_solicit(guest.link_local(), target));
+            assert_eq!(s.drain_ipv6(), vec![], "no advertisement for {target}");
+        }
+        assert_eq!(s.host.calls(), &[]);
+    }
+
+    #[test]
+    fn duplicate_address_detection_is_not_disturbed() {
+        let mut s = guest_up();
+        let guest = s.guest;
+        for tentative in [guest.link_local(), guest.ipv6_addr()] {
+            let probe = guest.neighbor_solicit(Ipv6Addr::UNSPECIFIED, tentative);
+            s.guest_sends(&probe);
+            assert_eq!(
+                s.drain_ipv6(),
+                vec![],
+                "the guest's DAD probe for {tentative} gets no answer"
+            );
+        }
+    }
+
+    #[test]
+    fn solicitations_go_to_the_solicited_node_group() {
+        // The builder itself, so the tests above send what a kernel sends.
+        let guest = with_ipv6().guest;
+        let frame = guest.neighbor_solicit(guest.link_local(), GATEWAY);
+        assert_eq!(&frame[..6], &[0x33, 0x33, 0xff, 0, 0, 2]);
+        assert_eq!(
+            solicited_node(GATEWAY),
+            "ff02::1:ff00:2".parse::<Ipv6Addr>().unwrap()
+        );
+    }
+}
+
+mod echo {
+    use super::*;
+
+    #[test]
+    fn gateway_and_dns_answer_ping_themselves() {
+        let mut s = guest_up();
+        let guest = s.guest;
+        for (target, seq_no) in [(GATEWAY, 1), (DNS, 2)] {
+            s.guest_sends(&guest.icmpv6_echo(target, 0x1234, seq_no, b"are you there?"));
+            assert_eq!(
+                the_only(s.drain_ipv6(), "echo reply"),
+                Parsed6::Echo {
+                    src: target,
+                    dst: guest.ipv6_addr(),
+                    reply: true,
+                    ident: 0x1234,
+                    seq_no,
+                    payload: b"are you there?".to_vec(),
+                }
+            );
+        }
+        assert_eq!(s.host.calls(), &[], "local pings never reach the host");
+    }
+
+    #[test]
+    fn remote_ping_goes_through_a_host_ping_socket_and_back() {
+        let mut s = guest_up();
+        let guest = s.guest;
+        s.guest_sends(&guest.icmpv6_echo(REMOTE, 0x1234, 7, b"hello, world"));
+
+        let (flow, target) = the_only(s.host.ping_opens(), "ping_open");
+        assert_eq!(target, IpAddr::V6(REMOTE));
+        let request = parse_echo6_message(&the_only(s.host.ping_sent(flow), "ping_send"))
+            .expect("ping_send carries an ICMPv6 echo request");
+        assert!(!request.reply);
+        assert_eq!(
+            (request.seq_no, &request.payload[..]),
+            (7, &b"hello, world"[..])
+        );
+        assert_eq!(
+            s.drain_ipv6(),
+            vec![],
+            "nothing for the guest before the reply"
+        );
+
+        // The host kernel answers with the ping socket's own identifier.
+        let socket_ident = s.host.socket(flow).expect("the ping socket").ping_ident;
+        let reply = echo6_message(true, socket_ident, 7, b"hello, world");
+        s.deliver_datagram(flow, &reply);
+        assert_eq!(
+            the_only(s.drain_ipv6(), "echo reply"),
+            Parsed6::Echo {
+                src: REMOTE,
+                dst: guest.ipv6_addr(),
+                reply: true,
+                ident: 0x1234,
+                seq_no: 7,
+                payload: b"hello, world".to_vec(),
+            },
+            "the guest sees its own identifier again"
+        );
+    }
+}
+
+mod tcp {
+    use super::*;
+
+    /// The guest sends a SYN; the stack must ask the host for exactly one connect.
+    fn syn_and_connect(s: &mut Scenario, conn: &mut GuestTcp6) -> (FlowId, SocketAddr) {
+        let before = s.host.connects().len();
+        s.guest_sends(&conn.syn());
+        let connects = s.host.connects();
+        assert_eq!(connects.len(), before + 1, "one host connect per SYN");
+        connects[before]
+    }
+
+    /// Lets frames and time flow (10 ms steps, at most 30 virtual seconds) until `done`.
+    fn run_until(
+        s: &mut Scenario,
+        conn: &mut GuestTcp6,
+        what: &str,
+        done: impl Fn(&GuestTcp6) -> bool,
+    ) {
+        for _ in 0..3_000 {
+            let unclaimed = s.exchange_ipv6(std::slice::from_mut(conn));
+            assert!(
+                unclaimed.is_empty(),
+                "unexpected frames while waiting for {what}: {unclaimed:?}"
+            );
+            if done(conn) {
+                return;
+            }
+            s.advance(Duration::from_millis(10));
+        }
+        panic!("{what} did not happen within 30 virtual seconds");
+    }
+
+    #[test]
+    fn gateway_port_is_host_loopback_and_syn_ack_waits_for_the_connect() {
+        let mut s = guest_up();
+        let mut conn = s.guest_tcp6(40000, v6(GATEWAY, 8080));
+        let (flow, target) = syn_and_connect(&mut s, &mut conn);
+        assert_eq!(
+            target,
+            host_loopback6(8080),
+            "[fd00::2]:8080 is host [::1]:8080"
+        );
+        assert_eq!(s.drain_ipv6(), vec![], "no SYN-ACK while the host connects");
+
+        s.advance(secs(1));
+        s.guest_sends(&conn.syn());
+        assert_eq!(
+            s.host.connects().len(),
+            1,
+            "a retransmitted SYN is the same flow"
+        );
+        assert_eq!(s.drain_ipv6(), vec![], "still no SYN-ACK");
+
+        s.complete_connect(flow);
+        let frame = the_only(s.drain_ipv6(), "SYN-ACK");
+        let (ip, syn_ack) = frame.tcp().expect("a TCP segment");
+        assert_eq!((ip.src_addr, ip.dst_addr), (GATEWAY, s.guest.ipv6_addr()));
+        assert!(syn_ack.is_syn_ack(), "got {}", syn_ack.flags());
+        assert_eq!((syn_ack.src_port, syn_ack.dst_port), (8080, 40000));
+        assert_eq!(syn_ack.ack, Some(conn.isn().wrapping_add(1)));
+        let mss = syn_ack.mss.expect("the SYN-ACK carries an MSS option");
+        assert!(
+            (536..=1440).contains(&mss),
+            "MSS {mss} fits a 1500-byte MTU with a 40-byte IPv6 header"
+        );
+    }
+
+    #[test]
+    fn data_flows_both_ways() {
+        let mut s = guest_up();
+        let (mut conn, flow) = s.open_tcp6(40000, v6(GATEWAY, 8080));
+
+        let request = b"GET / HTTP/1.0\r\n\r\n";
+        let frame = conn.send(request);
+        s.guest_sends(&frame);
+        run_until(&mut s, &mut conn, "the ACK of the request", |c| {
+            c.all_acked()
+        });
+        assert_eq!(s.take_sent(flow), request);
+
+        let response: Vec<u8> = (0..100_000).map(|i| (i * 7 + i / 253) as u8).collect();
+        s.peer_send(flow, &response);
+        run_until(&mut s, &mut conn, "the whole response", |c| {
+            c.received().len() >= response.len()
+        });
+        assert!(
+            conn.received() == response,
+            "response arrived intact and in order"
+        );
+
+        s.peer_close(flow);
+        run_until(&mut s, &mut conn, "the FIN", |c| c.peer_fin());
+        let fin = conn.fin();
+        s.guest_sends(&fin);
+        run_until(&mut s, &mut conn, "the ACK of the guest's FIN", |c| {
+            c.all_acked()
+        });
+        s.advance(secs(120));
+        assert!(s.host.close_mode(flow).is_some(), "host socket closed");
+        assert_eq!(s.stats().tcp_flows, 0);
+    }
+
+    #[test]
+    fn refused_connect_resets_the_guest() {
+        let mut s = guest_up();
+        let mut conn = s.guest_tcp6(40000, v6(GATEWAY, 81));
+        let (flow, _) = syn_and_connect(&mut s, &mut conn);
+        s.fail_connect(flow, HostError::ConnectionRefused);
+        let frame = the_only(s.drain_ipv6(), "RST");
+        let (ip, rst) = frame.tcp().expect("a TCP segment");
+        assert_eq!(ip.src_addr, GATEWAY, "from the address the guest called");
+        assert!(rst.rst && !rst.syn, "got {}", rst.flags());
+        assert_eq!((rst.src_port, rst.dst_port), (81, 40000));
+        assert_eq!(
+            rst.ack,
+            Some(conn.isn().wrapping_add(1)),
+            "RST|ACK of the SYN"
+        );
+        assert!(s.host.close_mode(flow).is_some(), "host socket closed");
+        assert_eq!(s.stats().tcp_flows, 0);
+    }
+
+    #[test]
+    fn remote_addresses_are_connected_as_they_are() {
+        let mut s = guest_up();
+        let (conn, flow) = s.open_tcp6(40000, v6(REMOTE, 443));
+        assert!(conn.established());
+        let socket = s.host.socket(flow).expect("a host socket");
+        assert_eq!(socket.remote, SocketAddr::V6(v6(REMOTE, 443)));
+    }
+
+    #[test]
+    fn without_host_loopback_the_gateway_is_no_route() {
+        let mut s = Scenario::with_config(Config {
+            enable_ipv6: true,
+            disable_host_loopback: true,
+            ..Config::default()
+        });
+        let mut conn = s.guest_tcp6(40000, v6(GATEWAY, 8080));
+        let syn = conn.syn();
+        s.guest_sends(&syn);
+        assert_eq!(s.host.connects(), vec![], "no host connect");
+        let Parsed6::Unreachable {
+            src,
+            dst,
+            code,
+            original,
+        } = the_only(s.drain_ipv6(), "ICMPv6 error")
+        else {
+            panic!("expected ICMPv6 destination unreachable");
+        };
+        assert_eq!((src, dst), (GATEWAY, s.guest.ipv6_addr()));
+        assert_eq!(code, 0, "no route to destination");
+        // RFC 4443: as much of the invoking packet as fits; at least header and ports.
+        let header_and_8 = &syn[ETH..ETH + IPV6_HEADER + 8];
+        assert!(
+            original.starts_with(header_and_8),
+            "the error quotes the SYN's IPv6 header and ports"
+        );
+    }
+}
+
+mod udp {
+    use super::*;
+
+    #[test]
+    fn gateway_port_reaches_host_loopback_and_replies_come_back() {
+        let mut s = guest_up();
+        let guest = s.guest;
+        s.guest_sends(&guest.udp6(5000, v6(GATEWAY, 7), b"first"));
+        let (flow, target) = the_only(s.host.udp_opens(), "udp_open");
+        assert_eq!(target, host_loopback6(7));
+        assert_eq!(s.host.udp_sent(flow), vec![b"first".to_vec()]);
+
+        s.deliver_datagram(flow, b"echo");
+        assert_eq!(
+            the_only(s.drain_ipv6(), "UDP reply"),
+            Parsed6::Udp {
+                src: v6(GATEWAY, 7),
+                dst: v6(guest.ipv6_addr(), 5000),
+                payload: b"echo".to_vec(),
+            }
+        );
+    }
+
+    #[test]
+    fn dns_queries_go_to_the_upstream_and_answers_come_from_fd00_3() {
+        for upstream in [
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+        ] {
+            let mut s = guest_up();
+            s.stack.set_dns_upstream(Some(upstream));
+            let guest = s.guest;
+            s.guest_sends(&guest.udp6(5353, v6(DNS, 53), b"query"));
+            let (flow, target) = the_only(s.host.udp_opens(), "udp_open");
+            assert_eq!(target, SocketAddr::new(upstream, 53), "upstream {upstream}");
+            assert_eq!(s.host.udp_sent(flow), vec![b"query".to_vec()]);
+
+            s.deliver_datagram(flow, b"answer");
+            assert_eq!(
+                the_only(s.drain_ipv6(), "DNS answer"),
+                Parsed6::Udp {
+                    src: v6(DNS, 53),
+                    dst: v6(guest.ipv6_addr(), 5353),
+                    payload: b"answer".to_vec(),
+                },
+                "upstream {upstream}"
+            );
+        }
+    }
+}
+
+mod disabled {
+    use super::*;
+
+    #[test]
+    fn without_enable_ipv6_frames_are_dropped_quietly_and_counted() {
+        let mut s = Scenario::new();
+        let guest = s.guest;
+        assert_eq!(s.stack.poll_at(), None, "no advertisements are scheduled");
+        let frames = [
+            guest.router_solicit(),
+            guest.neighbor_solicit(guest.link_local(), GATEWAY),
+            guest.icmpv6_echo(GATEWAY, 1, 1, b"ping"),
+            guest.udp6(5000, v6(GATEWAY, 7), b"udp"),
+        ];
+        for (i, frame) in frames.iter().enumerate() {
+            s.guest_sends(frame);
+            assert_eq!(
+                s.stats().rx_dropped,
+                i as u64 + 1,
+                "frame {i} counted as dropped"
+            );
+        }
+        s.advance(secs(300));
+        assert_eq!(
+            s.drain_raw(),
+            Vec::<Vec<u8>>::new(),
+            "not a single frame out"
+        );
+        assert_eq!(s.host.calls(), &[], "nothing reached the host");
+        assert_eq!(s.stats().rx_errors, 0, "dropped, not malformed");
+    }
+}

@@ -1,0 +1,327 @@
+//! End-to-end: IPv6 with `-c -6`. The guest autoconfigures from rslirp's router
+//! advertisements (an fd00::/64 SLAAC address, a default route via fe80::2), pings the
+//! gateway fd00::2, reaches the host namespace's [::1] through it over TCP and UDP, asks the
+//! test's DNS server through fd00::3, and serves a host client through an IPv6 port forward.
+
+#[macro_use]
+mod common;
+
+use common::api::{id_reply, Api};
+use common::dns::{self, Dnsmasq, Record, TYPE_A};
+use common::net::{self, Pattern, Server};
+use common::process::wait_for;
+use common::{Env, Mode, Rslirp, STEP_TIMEOUT, TAP};
+use std::io::{self, Write};
+use std::net::{
+    IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, TcpListener, TcpStream, UdpSocket,
+};
+use std::sync::mpsc;
+use std::time::Duration;
+
+both_modes!(
+    guest_autoconfigures_address_and_default_route,
+    ping_gateway,
+    tcp_via_gateway_reaches_host_loopback,
+    udp_echo_via_gateway_to_host_loopback,
+    dns_via_fd00_3,
+    port_forward_to_the_guest_ipv6_address,
+);
+
+const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+const DNS6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 3);
+/// From rslirp's start: its first advertisement comes after 1 s, then the guest's duplicate
+/// address detection takes about another second.
+const SLAAC_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// UDP payload sizes up to the largest that fits a 1500-byte MTU behind 48 header bytes.
+const UDP_SIZES: [usize; 4] = [1, 100, 1400, 1452];
+
+fn v6(ip: Ipv6Addr, port: u16) -> SocketAddr {
+    SocketAddr::V6(SocketAddrV6::new(ip, port, 0, 0))
+}
+
+/// rslirp with `-c -6`, and the guest's SLAAC address once it is usable.
+fn start_with_ipv6(env: &Env) -> (Rslirp, Ipv6Addr) {
+    let rslirp = env.rslirp().arg("-6").start();
+    let addr = await_slaac(env);
+    (rslirp, addr)
+}
+
+/// Waits until the guest has a global fd00::/64 address that finished duplicate address
+/// detection, and a default route via fe80::2 on the tap; returns the address.
+fn await_slaac(env: &Env) -> Ipv6Addr {
+    let addr = wait_for(
+        "an fd00::/64 SLAAC address on the tap",
+        SLAAC_TIMEOUT,
+        || slaac_address(&guest_global_addrs(env)),
+    );
+    let route = wait_for("a default route via fe80::2", SLAAC_TIMEOUT, || {
+        let routes = env.guest_ok(&["ip", "-6", "route", "show", "default"]);
+        routes
+            .lines()
+            .find(|line| line.starts_with(&format!("default via fe80::2 dev {TAP} ")))
+            .map(str::to_string)
+    });
+    assert!(
+        route.contains("proto ra"),
+        "learnt from an advertisement: {route}"
+    );
+    addr
+}
+
+/// The tap's global IPv6 addresses as `ip -6 -o addr` lists them, one a line, e.g.
+/// `2: tap0    inet6 fd00::8c3b:1ff:fe2a:9d4e/64 scope global dynamic mngtmpaddr \
+/// valid_lft 86398sec preferred_lft 14398sec`.
+fn guest_global_addrs(env: &Env) -> String {
+    env.guest_ok(&[
+        "ip", "-6", "-o", "addr", "show", "dev", TAP, "scope", "global",
+    ])
+}
+
+/// The first usable (not tentative) fd00::/64 address in [`guest_global_addrs`] output.
+fn slaac_address(ip_output: &str) -> Option<Ipv6Addr> {
+    ip_output
+        .lines()
+        .filter(|line| !line.contains("tentative"))
+        .filter_map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let at = words.iter().position(|word| *word == "inet6")?;
+            let (addr, prefix_len) = words.get(at + 1)?.split_once('/')?;
+            let addr: Ipv6Addr = addr.parse().ok()?;
+            (prefix_len == "64" && addr.segments()[..4] == [0xfd00, 0, 0, 0]).then_some(addr)
+        })
+        .next()
+}
+
+fn guest_autoconfigures_address_and_default_route(mode: Mode) {
+    let env = Env::new(mode);
+    let (_rslirp, addr) = start_with_ipv6(&env);
+    assert!(
+        !addr.is_unspecified() && addr != GATEWAY6 && addr != DNS6,
+        "a guest address of its own: {addr}"
+    );
+    // The prefix's lifetimes (1 day valid, 4 h preferred), a few seconds used up.
+    let addrs = guest_global_addrs(&env);
+    let line = addrs
+        .lines()
+        .find(|line| line.contains(&format!(" {addr}/64 ")))
+        .unwrap_or_else(|| panic!("{addr} not listed: {addrs}"));
+    let lifetime = |name: &str| -> u32 {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        words
+            .iter()
+            .position(|word| *word == name)
+            .and_then(|at| words.get(at + 1)?.strip_suffix("sec")?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {line}"))
+    };
+    assert!(
+        (86_300..=86_400).contains(&lifetime("valid_lft")),
+        "valid lifetime from the advertised prefix: {line}"
+    );
+    assert!(
+        (14_300..=14_400).contains(&lifetime("preferred_lft")),
+        "preferred lifetime from the advertised prefix: {line}"
+    );
+}
+
+fn ping_gateway(mode: Mode) {
+    let env = Env::new(mode);
+    let (_rslirp, _) = start_with_ipv6(&env);
+    let out = env.guest_ok(&["ping", "-6", "-c", "3", "-W", "2", &GATEWAY6.to_string()]);
+    assert!(
+        out.contains("3 packets transmitted, 3 received"),
+        "every ping answered: {out}"
+    );
+}
+
+/// A TCP echo server on [::1] in the host namespace that reports each client's address.
+fn host_loopback6_echo_server(env: &Env) -> (Server, mpsc::Receiver<SocketAddr>) {
+    let listener = env
+        .in_host("host [::1] listener", || {
+            TcpListener::bind((Ipv6Addr::LOCALHOST, 0))
+        })
+        .wait(STEP_TIMEOUT)
+        .expect("bind [::1] in the host namespace");
+    let (peers, peers_seen) = mpsc::channel();
+    let server = net::tcp_server(listener, move |stream| {
+        if let Ok(peer) = stream.peer_addr() {
+            let _ = peers.send(peer);
+        }
+        net::echo(stream);
+    });
+    (server, peers_seen)
+}
+
+/// A TCP connection from the guest (I/O timeouts set), or the connect error.
+fn guest_connect(env: &Env, to: SocketAddr) -> io::Result<TcpStream> {
+    env.in_guest("guest connect", move || {
+        let stream = TcpStream::connect_timeout(&to, CONNECT_TIMEOUT)?;
+        net::set_timeouts(&stream);
+        Ok(stream)
+    })
+    .wait(CONNECT_TIMEOUT + STEP_TIMEOUT)
+}
+
+fn tcp_via_gateway_reaches_host_loopback(mode: Mode) {
+    let env = Env::new(mode);
+    let (_rslirp, _) = start_with_ipv6(&env);
+    let (server, peers_seen) = host_loopback6_echo_server(&env);
+    let to = v6(GATEWAY6, server.port());
+    let stream = guest_connect(&env, to).unwrap_or_else(|e| panic!("connect to {to}: {e}"));
+    let payload = Pattern::bytes(6, 1_000_000);
+    let reply = net::exchange(&stream, &payload).expect("echo over IPv6");
+    assert_eq!(net::digest(&reply), net::digest(&payload), "echo via {to}");
+    let peer = peers_seen
+        .recv_timeout(STEP_TIMEOUT)
+        .expect("the server saw a connection");
+    assert_eq!(
+        peer.ip(),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+        "rslirp connects from host loopback"
+    );
+}
+
+fn udp_echo_via_gateway_to_host_loopback(mode: Mode) {
+    let env = Env::new(mode);
+    let (_rslirp, _) = start_with_ipv6(&env);
+    let server_socket = env
+        .in_host("host [::1] udp socket", || {
+            UdpSocket::bind((Ipv6Addr::LOCALHOST, 0))
+        })
+        .wait(STEP_TIMEOUT)
+        .expect("bind UDP [::1] in the host namespace");
+    let server = net::udp_echo_server(server_socket);
+    let socket = env
+        .in_guest("guest udp socket", || {
+            UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0))
+        })
+        .wait(STEP_TIMEOUT)
+        .expect("bind UDP [::] in the guest");
+    let to = v6(GATEWAY6, server.port());
+    for (i, size) in UDP_SIZES.into_iter().enumerate() {
+        let payload = Pattern::bytes(i as u64, size);
+        let reply = net::udp_roundtrip(&socket, to, &payload)
+            .unwrap_or_else(|e| panic!("no echo of {size} bytes from {to}: {e}"));
+        assert!(reply == payload, "echo of {size} bytes differs");
+    }
+}
+
+/// One UDP DNS query from the guest to [fd00::3]:53 (a new socket each time); the answer
+/// with the query's id, or an error after `timeout`.
+fn guest_udp_query6(env: &Env, query: Vec<u8>, timeout: Duration) -> io::Result<dns::Answer> {
+    let msg = env
+        .in_guest(
+            "guest DNS query over IPv6",
+            move || -> io::Result<Vec<u8>> {
+                let socket = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0))?;
+                socket.set_read_timeout(Some(timeout))?;
+                socket.send_to(&query, v6(DNS6, 53))?;
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    let (len, from) = socket.recv_from(&mut buf)?;
+                    if from == v6(DNS6, 53) && buf[..len].starts_with(&query[..2]) {
+                        return Ok(buf[..len].to_vec());
+                    }
+                }
+            },
+        )
+        .wait(timeout + STEP_TIMEOUT)?;
+    dns::parse(&msg).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+fn dns_via_fd00_3(mode: Mode) {
+    const NAME: &str = "over-ipv6.rslirp.test";
+    const ADDRESS: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 66);
+    let env = Env::new(mode);
+    // The test's resolv.conf names the host namespace's 127.0.0.1 (see common::resolv):
+    // only this server can answer, and nothing leaves the machine.
+    let server = Dnsmasq::start(&env, Ipv4Addr::LOCALHOST, &[Record::A(NAME, ADDRESS)]);
+    let (_rslirp, _) = start_with_ipv6(&env);
+
+    // UDP, retried with a new query (and source port) in case the first one was lost.
+    let answer = (0x600u16..0x603)
+        .find_map(|id| {
+            guest_udp_query6(
+                &env,
+                dns::query(id, NAME, TYPE_A, None),
+                Duration::from_secs(2),
+            )
+            .ok()
+        })
+        .unwrap_or_else(|| panic!("no UDP answer from [{DNS6}]:53"));
+    assert_eq!(answer.a(), [ADDRESS], "UDP answer from the test's server");
+
+    let to = v6(DNS6, 53);
+    let mut stream = guest_connect(&env, to).unwrap_or_else(|e| panic!("connect to {to}: {e}"));
+    let answers = dns::tcp_exchange(&mut stream, &[dns::query(0x700, NAME, TYPE_A, None)])
+        .unwrap_or_else(|e| panic!("DNS over TCP via {to}: {e}"));
+    let answer = dns::parse(&answers[0]).expect("a DNS answer");
+    assert_eq!(answer.a(), [ADDRESS], "TCP answer from the test's server");
+    assert!(
+        server.queries_for(NAME) >= 2,
+        "the test's server answered both:\n{}",
+        server.log()
+    );
+}
+
+/// A TCP server in the guest on [::]:`port`: to each client it first writes
+/// `peer <address it sees>\n`, then echoes everything until EOF.
+fn guest_peer_echo_server(env: &Env, port: u16) -> Server {
+    let listener = env
+        .in_guest("guest [::] listener", move || {
+            TcpListener::bind((Ipv6Addr::UNSPECIFIED, port))
+        })
+        .wait(STEP_TIMEOUT)
+        .unwrap_or_else(|e| panic!("bind [::]:{port} in the guest: {e}"));
+    net::tcp_server(listener, |mut stream| {
+        let Ok(peer) = stream.peer_addr() else {
+            return;
+        };
+        if writeln!(stream, "peer {}", peer.ip()).is_ok() {
+            net::echo(stream);
+        }
+    })
+}
+
+fn port_forward_to_the_guest_ipv6_address(mode: Mode) {
+    const HOST_PORT: u16 = 8086;
+    const GUEST_PORT: u16 = 80;
+    let env = Env::new(mode);
+    let api = Api::new(&env);
+    let _rslirp = api.launch(&env).arg("-6").start();
+    let guest_addr = await_slaac(&env);
+    let _server = guest_peer_echo_server(&env, GUEST_PORT);
+
+    let add = format!(
+        r#"{{"execute":"add_hostfwd","arguments":{{"proto":"tcp","host_addr":"::1","host_port":{HOST_PORT},"guest_addr":"{guest_addr}","guest_port":{GUEST_PORT}}}}}"#
+    );
+    assert_eq!(api.request(&add), id_reply(1), "add_hostfwd {add}");
+
+    let to = v6(Ipv6Addr::LOCALHOST, HOST_PORT);
+    let payload = Pattern::bytes(86, 100_000);
+    let sent = payload.clone();
+    let reply = env
+        .in_host(
+            "host client of the forward",
+            move || -> io::Result<Vec<u8>> {
+                let stream = TcpStream::connect_timeout(&to, CONNECT_TIMEOUT)?;
+                net::set_timeouts(&stream);
+                net::exchange(&stream, &sent)
+            },
+        )
+        .wait(STEP_TIMEOUT)
+        .unwrap_or_else(|e| panic!("through the forward at {to}: {e}"));
+
+    let expected_head = format!("peer {GATEWAY6}\n");
+    assert!(
+        reply.starts_with(expected_head.as_bytes()),
+        "the guest must see the loopback client as {GATEWAY6}; it said {:?}",
+        String::from_utf8_lossy(&reply[..reply.len().min(60)])
+    );
+    let echoed = &reply[expected_head.len()..];
+    assert_eq!(
+        net::digest(echoed),
+        net::digest(&payload),
+        "data both ways through the forward"
+    );
+}
