@@ -26,7 +26,8 @@
 //!    directory), the symlinks on the way are recreated and the directory holding the file
 //!    is bound too, so that re-reading "/etc/resolv.conf" after a change reads the host's
 //!    current file. The resolver's inotify watch, made before, follows inodes and so keeps
-//!    working. The bind sources are opened as fds first: /tmp may be where they live.
+//!    working. The bind sources are opened as fds before the tmpfs goes on /tmp, where
+//!    they may live (and after step 1: a bind source must be a mount of our namespace).
 //! 4. pivot_root into it, then detach the old root. Every mount of the old root is a slave
 //!    (step 2), and unmounting a slave never propagates, so the caller's mounts stay mounted.
 //! 5. The whole new tree is made read-only (mount_setattr recursively where the kernel has
@@ -34,7 +35,8 @@
 //! 6. no_new_privs, then every capability is dropped from every set, except
 //!    CAP_NET_BIND_SERVICE when we had it at the start (root: port forwards below 1024 must
 //!    still bind). A rootless run ends with empty sets: its capabilities were only ever
-//!    those of the private user namespace of step 1, which owns no network namespace.
+//!    those of the private user namespace of step 1, which owns no network namespace. (So
+//!    does root without CAP_SYS_ADMIN, which needs that user namespace too, with a warning.)
 //!
 //! `--enable-seccomp` then installs, last, an allow-list of the system calls the running
 //! loop makes ([`allowed_syscalls`]); anything else fails with EPERM.
@@ -116,8 +118,18 @@ pub fn apply(enable_sandbox: bool, enable_seccomp: bool) -> Result<(), SandboxEr
 
 fn enter_sandbox() -> Result<(), SandboxError> {
     // Decided before step 1, which may hand us a full set inside a private user namespace.
-    let keep_bind_service = has_effective_capability(CAP_NET_BIND_SERVICE)?;
-    new_mount_namespace()?;
+    let had_bind_service = has_effective_capability(CAP_NET_BIND_SERVICE)?;
+    let own_user_namespace = new_mount_namespace()?;
+    if had_bind_service && own_user_namespace {
+        // Root without CAP_SYS_ADMIN (a restricted service or container): its capabilities
+        // on the host's network namespace do not follow it into the new user namespace.
+        log::warn!(
+            "sandbox: no CAP_SYS_ADMIN for a mount namespace, so rslirp runs in a user \
+             namespace of its own and loses CAP_NET_BIND_SERVICE: port forwards below 1024 \
+             will fail"
+        );
+    }
+    let keep_bind_service = had_bind_service && !own_user_namespace;
     mount(
         None::<&str>,
         "/",
@@ -161,10 +173,10 @@ fn enter_sandbox() -> Result<(), SandboxError> {
 }
 
 /// Step 1: `unshare(CLONE_NEWNS)`, or, without the privilege for it, a user namespace of
-/// our own mapping just our ids, with the mount namespace inside it.
-fn new_mount_namespace() -> Result<(), SandboxError> {
+/// our own mapping just our ids, with the mount namespace inside it. True in the latter case.
+fn new_mount_namespace() -> Result<bool, SandboxError> {
     match unshare(CloneFlags::CLONE_NEWNS) {
-        Ok(()) => return Ok(()),
+        Ok(()) => return Ok(false),
         Err(Errno::EPERM) => {}
         Err(errno) => return Err(failed("unshare(CLONE_NEWNS)")(errno)),
     }
@@ -184,7 +196,7 @@ fn new_mount_namespace() -> Result<(), SandboxError> {
         .map_err(io_failed("write /proc/self/uid_map"))?;
     fs::write("/proc/self/gid_map", format!("{gid} {gid} 1"))
         .map_err(io_failed("write /proc/self/gid_map"))?;
-    Ok(())
+    Ok(true)
 }
 
 /// How a path resolves: the symlinks passed on the way (where each lives, what it says)
