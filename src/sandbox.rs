@@ -906,6 +906,21 @@ mod tests {
     }
 
     #[test]
+    fn failures_read_as_one_line_naming_the_step() {
+        let err = failed("pivot_root")(Errno::EPERM);
+        assert_eq!(
+            err.to_string(),
+            "sandbox: pivot_root: Operation not permitted"
+        );
+        let err =
+            io_failed("write /proc/self/uid_map")(std::io::Error::from_raw_os_error(libc::EINVAL));
+        assert_eq!(
+            err.to_string(),
+            "sandbox: write /proc/self/uid_map: Invalid argument"
+        );
+    }
+
+    #[test]
     fn kept_dirs_and_new_root_paths() {
         assert!(in_kept_dirs(Path::new("/etc/resolv.conf")));
         assert!(in_kept_dirs(Path::new(
