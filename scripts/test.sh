@@ -22,11 +22,13 @@ fi
 cd "$(dirname "$0")/.."
 
 # Everything the tests and tools around them use. slirp4netns and passt are there to
-# compare against (RSLIRP_BIN=/usr/bin/slirp4netns, the benches); gcc/libc6-dev link Rust.
+# compare against (RSLIRP_BIN=/usr/bin/slirp4netns, the benches); rootlesskit (with uidmap
+# and busybox for its test) is a real client of the control socket; gcc/libc6-dev link Rust.
 PACKAGES=(
     iproute2 iputils-ping procps util-linux passwd
     ncat socat iperf3 jq udhcpc curl python3
     slirp4netns passt
+    rootlesskit uidmap busybox
     gcc libc6-dev pkg-config ca-certificates
 )
 if [[ ${RSLIRP_SKIP_APT:-0} != 1 ]]; then

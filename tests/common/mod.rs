@@ -11,6 +11,7 @@
 // Each tests/e2e_*.rs compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
 
+pub mod api;
 pub mod net;
 pub mod ns;
 pub mod process;
@@ -160,7 +161,7 @@ fn ensure_test_user() {
 /// would fork and stay in between), so the pid we spawn is the pid of the program itself:
 /// signals reach it and its exit status is ours to check. Changing the uid clears the
 /// parent-death signal Proc::spawn set, so setpriv sets it again afterwards.
-const AS_TEST_USER: [&str; 9] = [
+pub const AS_TEST_USER: [&str; 9] = [
     "setpriv",
     "--reuid",
     TEST_USER,
@@ -370,7 +371,8 @@ impl Env {
         }
     }
 
-    fn binary_for_mode(&self) -> PathBuf {
+    /// The binary under test as this mode runs it (a world-executable copy if needed).
+    pub fn binary_for_mode(&self) -> PathBuf {
         let bin = binary_under_test();
         if self.mode == Mode::Rootful || prereqs().user_can_exec_binary {
             return bin;
