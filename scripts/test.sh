@@ -26,7 +26,7 @@ cd "$(dirname "$0")/.."
 # and busybox for its test) is a real client of the control socket; gcc/libc6-dev link Rust.
 PACKAGES=(
     iproute2 iputils-ping procps util-linux passwd
-    ncat socat iperf3 jq udhcpc curl python3
+    ncat socat iperf3 jq udhcpc dnsmasq-base curl python3
     slirp4netns passt
     rootlesskit uidmap busybox
     gcc libc6-dev pkg-config ca-certificates

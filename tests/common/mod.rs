@@ -12,9 +12,11 @@
 #![allow(dead_code)]
 
 pub mod api;
+pub mod dns;
 pub mod net;
 pub mod ns;
 pub mod process;
+pub mod resolv;
 pub mod sandbox;
 
 use std::fs::{self, File};
@@ -368,6 +370,7 @@ impl Env {
             target: None,
             configure: true,
             exit_fd: false,
+            resolv: resolv::Layout::default(),
         }
     }
 
@@ -428,6 +431,8 @@ pub struct Launch<'a> {
     target: Option<String>,
     configure: bool,
     exit_fd: bool,
+    /// How the test's resolv.conf replaces /etc/resolv.conf (see [`resolv`]).
+    resolv: resolv::Layout,
 }
 
 impl Launch<'_> {
@@ -492,6 +497,8 @@ impl Launch<'_> {
     fn command(&self) -> Command {
         let env = self.env;
         let mut cmd = command("ip", &["netns", "exec", &env.host.name]);
+        // Never the machine's resolver: the test's own resolv.conf, in a mount namespace.
+        resolv::private_resolv_conf(&mut cmd, env, self.resolv);
         if env.mode == Mode::Rootless {
             cmd.args(AS_TEST_USER);
         }

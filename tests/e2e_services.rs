@@ -1,0 +1,544 @@
+//! End-to-end: the guest services and the options that shape them — DHCP (also with
+//! `--cidr`), the DNS forwarder over UDP and TCP with a test DNS server (dnsmasq) on the
+//! host namespace's loopback, resolv.conf changes without restart, `--disable-dns`,
+//! `--outbound-addr` and `--macaddress`.
+//!
+//! No DNS query ever leaves the test's namespaces: the binary under test always sees a
+//! resolv.conf of the test's own (see common::resolv), naming servers on the host
+//! namespace's loopback.
+
+#[macro_use]
+mod common;
+
+use common::dns::{self, Answer, Dnsmasq, Record, DNS, TYPE_A, TYPE_TXT};
+use common::net;
+use common::{assert_gateway_answers_ping, assert_traffic_works, Env, Mode, GATEWAY, TAP};
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Read};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, UdpSocket};
+use std::os::unix::fs::PermissionsExt;
+use std::thread;
+use std::time::Duration;
+
+both_modes!(
+    dhcp_default_network,
+    dhcp_with_cidr,
+    configure_with_cidr,
+    dns_udp,
+    dns_tcp_several_queries_per_connection,
+    dns_large_answers,
+    dns_follows_resolv_conf_symlink_write_and_rename,
+    dns_follows_bind_mounted_resolv_conf_write,
+    disable_dns_n3_goes_to_the_host_network,
+    disable_dns_n3_is_forwarded_like_any_address,
+    outbound_addr_address,
+    outbound_addr_interface,
+    macaddress_sets_tap_mac,
+);
+
+/// A positive DNS answer must come well within this.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// A resolv.conf change must be in effect for new queries within this (acceptance list).
+const SWITCH_WITHIN: Duration = Duration::from_secs(2);
+/// How long a query that must not be answered is given.
+const SILENCE: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+const ONE: &str = "one.test";
+const TWO: &str = "two.test";
+/// TXT records of 250 bytes each: 5 make an answer of about 1.3 kB (more than 512 bytes,
+/// but one unfragmented datagram at MTU 1500), 40 one of about 10 kB (TCP only).
+const BIG: &str = "big.test";
+const BIG_RECORDS: usize = 5;
+const HUGE: &str = "huge.test";
+const HUGE_RECORDS: usize = 40;
+/// Answers of the first server (resolv.conf's default 127.0.0.1) and of the second one.
+const FIRST_ONE: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 1);
+const FIRST_TWO: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 2);
+const SECOND_ONE: Ipv4Addr = Ipv4Addr::new(10, 2, 2, 2);
+const SECOND_SERVER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+
+// ---------------------------------------------------------------------------------------
+// DHCP
+
+/// What udhcpc passed its script on `bound`: ip, subnet, router, dns, mtu, lease, ...
+struct Lease(BTreeMap<String, String>);
+
+impl Lease {
+    fn get(&self, key: &str) -> &str {
+        self.0
+            .get(key)
+            .unwrap_or_else(|| panic!("udhcpc passed no {key:?}; lease: {:?}", self.0))
+    }
+
+    fn assert(&self, expected: &[(&str, &str)]) {
+        for (key, value) in expected {
+            assert_eq!(self.get(key), *value, "{key}; lease: {:?}", self.0);
+        }
+    }
+
+    fn prefix_len(&self) -> u32 {
+        let mask: Ipv4Addr = self.get("subnet").parse().expect("subnet is an address");
+        u32::from(mask).count_ones()
+    }
+}
+
+/// rootlesskit's way: the tap exists and is up, with no address; rslirp starts without -c.
+fn create_tap_up(env: &Env) {
+    env.guest_ok(&["ip", "tuntap", "add", "dev", TAP, "mode", "tap"]);
+    env.guest_ok(&["ip", "link", "set", TAP, "up"]);
+}
+
+/// Runs udhcpc on the guest's tap (asking for the MTU option too) and returns the lease.
+fn udhcpc(env: &Env) -> Lease {
+    let record = env.tmp.path.join("udhcpc.env");
+    let script = env.tmp.path.join("udhcpc.sh");
+    fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n# udhcpc calls this with the event; keep what it passes on bound.\n\
+             [ \"$1\" = bound ] && env > '{}'\nexit 0\n",
+            record.display()
+        ),
+    )
+    .expect("write udhcpc script");
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let script = script.to_string_lossy();
+    let args = ["udhcpc", "-i", TAP, "-q", "-n", "-f", "-t", "5", "-T", "1"];
+    let mut cmd = args.to_vec();
+    cmd.extend(["-O", "mtu", "-s", &script]);
+    env.guest_ok(&cmd);
+    let text = fs::read_to_string(&record).expect("udhcpc reported no lease");
+    // udhcpc's variables are the lower-case ones; the rest is the inherited environment.
+    let is_udhcpc_var = |key: &str| {
+        key.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    };
+    Lease(
+        text.lines()
+            .filter_map(|line| line.split_once('='))
+            .filter(|(key, _)| is_udhcpc_var(key))
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect(),
+    )
+}
+
+/// The lease is usable: with its address on the tap, the router answers ping.
+fn assert_lease_works(env: &Env, lease: &Lease) {
+    let cidr = format!("{}/{}", lease.get("ip"), lease.prefix_len());
+    env.guest_ok(&["ip", "addr", "add", &cidr, "dev", TAP]);
+    env.guest_ok(&["ping", "-c", "1", "-W", "2", lease.get("router")]);
+}
+
+fn dhcp_default_network(mode: Mode) {
+    let env = Env::new(mode);
+    create_tap_up(&env);
+    let _rslirp = env.rslirp().no_configure().arg("--mtu=1400").start();
+    let lease = udhcpc(&env);
+    lease.assert(&[
+        ("ip", "10.0.2.15"),
+        ("subnet", "255.255.255.0"),
+        ("router", "10.0.2.2"),
+        ("dns", "10.0.2.3"),
+        ("serverid", "10.0.2.2"),
+        ("mtu", "1400"),
+        ("lease", "86400"),
+    ]);
+    assert_lease_works(&env, &lease);
+}
+
+fn dhcp_with_cidr(mode: Mode) {
+    let env = Env::new(mode);
+    create_tap_up(&env);
+    let _rslirp = env
+        .rslirp()
+        .no_configure()
+        .arg("--cidr=10.0.135.128/25")
+        .start();
+    let lease = udhcpc(&env);
+    lease.assert(&[
+        ("ip", "10.0.135.143"),
+        ("subnet", "255.255.255.128"),
+        ("router", "10.0.135.130"),
+        ("dns", "10.0.135.131"),
+        ("mtu", "1500"),
+    ]);
+    assert_lease_works(&env, &lease);
+}
+
+/// `-c --cidr`: guest N+100, default route via N+2, and the DNS forwarder at N+3.
+fn configure_with_cidr(mode: Mode) {
+    let env = Env::new(mode);
+    let _server = first_server(&env);
+    let _rslirp = env.rslirp().arg("--cidr").arg("10.0.135.128/25").start();
+    let addrs = env.guest_ok(&["ip", "-o", "-4", "addr", "show", "dev", TAP]);
+    assert!(
+        addrs.contains("inet 10.0.135.228/25 "),
+        "guest address: {addrs}"
+    );
+    let routes = env.guest_ok(&["ip", "-4", "route", "show", "default"]);
+    assert!(
+        routes.contains(&format!("default via 10.0.135.130 dev {TAP}")),
+        "default route: {routes}"
+    );
+    env.guest_ok(&["ping", "-c", "1", "-W", "2", "10.0.135.130"]);
+    let dns = Ipv4Addr::new(10, 0, 135, 131);
+    let answer = guest_udp_query(&env, dns, 7, ONE, TYPE_A);
+    assert_eq!(answer.a(), [FIRST_ONE], "{ONE} via {dns}");
+}
+
+// ---------------------------------------------------------------------------------------
+// DNS
+
+/// 250 bytes of text, different for each record (letters and digits only: dnsmasq's
+/// command line gives commas and quotes a meaning).
+fn txt_text(name: &str, i: usize) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut text = format!("{}{i:03}", name.split('.').next().unwrap_or(name));
+    text.extend((0..250 - text.len()).map(|j| char::from(ALPHABET[(i * 7 + j) % ALPHABET.len()])));
+    text
+}
+
+fn txt_texts(name: &str, count: usize) -> Vec<String> {
+    (0..count).map(|i| txt_text(name, i)).collect()
+}
+
+/// The server resolv.conf names by default (127.0.0.1 of the host namespace).
+fn first_server(env: &Env) -> Dnsmasq {
+    let mut records = vec![Record::A(ONE, FIRST_ONE), Record::A(TWO, FIRST_TWO)];
+    for (name, count) in [(BIG, BIG_RECORDS), (HUGE, HUGE_RECORDS)] {
+        records.extend(
+            txt_texts(name, count)
+                .into_iter()
+                .map(|t| Record::Txt(name, t)),
+        );
+    }
+    Dnsmasq::start(env, Ipv4Addr::LOCALHOST, &records)
+}
+
+/// Another server, on 127.0.0.2, with another answer for ONE.
+fn second_server(env: &Env) -> Dnsmasq {
+    dns::add_loopback_addr(env, SECOND_SERVER);
+    Dnsmasq::start(env, SECOND_SERVER, &[Record::A(ONE, SECOND_ONE)])
+}
+
+/// A UDP query from the guest that must be answered, with its id and without error.
+fn guest_udp_query(env: &Env, to: Ipv4Addr, id: u16, name: &str, qtype: u16) -> Answer {
+    let answer = env
+        .guest_dns_udp(to, dns::query(id, name, qtype, None), ANSWER_TIMEOUT)
+        .unwrap_or_else(|e| panic!("UDP query for {name} to {to}: {e}"));
+    assert_eq!((answer.id, answer.rcode), (id, 0), "answer for {name}");
+    answer
+}
+
+/// Queries over one TCP connection from the guest to `to`:53, all sent before any answer
+/// is read; checks the ids and returns the answers.
+fn guest_tcp_queries(env: &Env, to: Ipv4Addr, queries: &[(u16, &str, u16)]) -> Vec<Answer> {
+    let mut stream = env
+        .guest_connect(SocketAddrV4::new(to, 53), CONNECT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("TCP connect to {to}:53: {e}"));
+    guest_tcp_exchange(&mut stream, queries)
+}
+
+fn guest_tcp_exchange(
+    stream: &mut std::net::TcpStream,
+    queries: &[(u16, &str, u16)],
+) -> Vec<Answer> {
+    let messages: Vec<Vec<u8>> = queries
+        .iter()
+        .map(|(id, name, qtype)| dns::query(*id, name, *qtype, None))
+        .collect();
+    let answers = dns::tcp_exchange(stream, &messages).expect("DNS over TCP");
+    answers
+        .iter()
+        .zip(queries)
+        .map(|(msg, (id, name, _))| {
+            let answer = dns::parse(msg).unwrap_or_else(|e| panic!("answer for {name}: {e}"));
+            assert_eq!((answer.id, answer.rcode), (*id, 0), "answer for {name}");
+            answer
+        })
+        .collect()
+}
+
+fn sorted(mut texts: Vec<String>) -> Vec<String> {
+    texts.sort();
+    texts
+}
+
+/// A query to N+3 is answered by the server resolv.conf names; N+3 answers ping itself.
+fn dns_udp(mode: Mode) {
+    let env = Env::new(mode);
+    let server = first_server(&env);
+    let _rslirp = env.rslirp().start();
+    let answer = guest_udp_query(&env, DNS, 0x1234, ONE, TYPE_A);
+    assert_eq!(answer.a(), [FIRST_ONE]);
+    assert_eq!(server.queries_for(ONE), 1, "the test server saw the query");
+    env.guest_ok(&["ping", "-c", "1", "-W", "2", &DNS.to_string()]);
+}
+
+fn dns_tcp_several_queries_per_connection(mode: Mode) {
+    let env = Env::new(mode);
+    let _server = first_server(&env);
+    let _rslirp = env.rslirp().start();
+    let mut stream = env
+        .guest_connect(SocketAddrV4::new(DNS, 53), CONNECT_TIMEOUT)
+        .expect("TCP connect to the DNS forwarder");
+    // Two queries sent together, then one more after their answers, on the same connection.
+    let answers = guest_tcp_exchange(&mut stream, &[(1, ONE, TYPE_A), (2, TWO, TYPE_A)]);
+    assert_eq!(answers[0].a(), [FIRST_ONE]);
+    assert_eq!(answers[1].a(), [FIRST_TWO]);
+    let answers = guest_tcp_exchange(&mut stream, &[(3, ONE, TYPE_A)]);
+    assert_eq!(answers[0].a(), [FIRST_ONE]);
+}
+
+/// An answer larger than 512 bytes: over plain UDP it comes truncated (TC, the client's cue
+/// to use TCP); over UDP with EDNS0 and over TCP it arrives complete, also at 10 kB.
+fn dns_large_answers(mode: Mode) {
+    let env = Env::new(mode);
+    let _server = first_server(&env);
+    let _rslirp = env.rslirp().start();
+    let big = sorted(txt_texts(BIG, BIG_RECORDS));
+
+    let plain = guest_udp_query(&env, DNS, 10, BIG, TYPE_TXT);
+    assert!(plain.truncated && plain.len <= 512, "plain UDP: {plain:?}");
+
+    let query = dns::query(11, BIG, TYPE_TXT, Some(4096));
+    let edns = env
+        .guest_dns_udp(DNS, query, ANSWER_TIMEOUT)
+        .expect("UDP query with EDNS0");
+    assert!(!edns.truncated && edns.len > 1000, "EDNS0 answer: {edns:?}");
+    assert_eq!(sorted(edns.txt()), big, "EDNS0 answer over UDP");
+
+    let answers = guest_tcp_queries(&env, DNS, &[(12, BIG, TYPE_TXT), (13, HUGE, TYPE_TXT)]);
+    assert!(!answers[0].truncated && answers[0].len > 1000);
+    assert_eq!(sorted(answers[0].txt()), big, "{BIG} over TCP");
+    assert!(answers[1].len > 10_000, "{HUGE}: {} bytes", answers[1].len);
+    assert_eq!(
+        sorted(answers[1].txt()),
+        sorted(txt_texts(HUGE, HUGE_RECORDS)),
+        "{HUGE} over TCP"
+    );
+}
+
+/// resolv.conf as a symlink (systemd-resolved style): rewritten in place to name another
+/// server, then replaced by rename to name the first again. Each change must hold for new
+/// queries within 2 s, without restarting rslirp.
+fn dns_follows_resolv_conf_symlink_write_and_rename(mode: Mode) {
+    let env = Env::new(mode);
+    let _first = first_server(&env);
+    let second = second_server(&env);
+    let mut rslirp = env.rslirp().start();
+    env.await_guest_dns_a(DNS, ONE, FIRST_ONE, ANSWER_TIMEOUT);
+
+    env.write_resolv_conf_in_place(&format!("nameserver {SECOND_SERVER}\n"));
+    env.await_guest_dns_a(DNS, ONE, SECOND_ONE, SWITCH_WITHIN);
+    let over_tcp = guest_tcp_queries(&env, DNS, &[(1, ONE, TYPE_A)]);
+    assert_eq!(over_tcp[0].a(), [SECOND_ONE], "TCP after the change");
+    assert!(
+        second.queries_for(ONE) >= 2,
+        "the second server saw UDP and TCP"
+    );
+
+    env.replace_resolv_conf_by_rename("nameserver 127.0.0.1\n");
+    env.await_guest_dns_a(DNS, ONE, FIRST_ONE, SWITCH_WITHIN);
+    rslirp.assert_running();
+}
+
+/// resolv.conf bind-mounted (as container engines and `ip netns exec` do): an in-place
+/// write through the mount must be noticed too.
+fn dns_follows_bind_mounted_resolv_conf_write(mode: Mode) {
+    let env = Env::new(mode);
+    let _first = first_server(&env);
+    let _second = second_server(&env);
+    let _rslirp = env.rslirp().resolv_conf_bind_mounted().start();
+    env.await_guest_dns_a(DNS, ONE, FIRST_ONE, ANSWER_TIMEOUT);
+    env.write_resolv_conf_in_place(&format!("nameserver {SECOND_SERVER}\n"));
+    env.await_guest_dns_a(DNS, ONE, SECOND_ONE, SWITCH_WITHIN);
+    env.write_resolv_conf_in_place("nameserver 127.0.0.1\n");
+    env.await_guest_dns_a(DNS, ONE, FIRST_ONE, SWITCH_WITHIN);
+}
+
+/// The interface the harness gives the host namespace (see setup_host_netns): a dummy,
+/// where routed packets vanish without an answer.
+const HOST_SINK: &str = "d0";
+
+/// `--disable-dns`: N+3 is no service any more. With the host namespace routing 10.0.2.3
+/// into a sink, a query to it is never answered, the resolv.conf server never sees it,
+/// and N+3 no longer answers ping itself.
+fn disable_dns_n3_goes_to_the_host_network(mode: Mode) {
+    let env = Env::new(mode);
+    let server = first_server(&env);
+    env.host
+        .ip(&["route", "add", &format!("{DNS}/32"), "dev", HOST_SINK]);
+    let _rslirp = env.rslirp().arg("--disable-dns").start();
+    // So that silence below cannot come from a guest without a working network.
+    assert_gateway_answers_ping(&env);
+    match env.guest_dns_udp(DNS, dns::query(1, ONE, TYPE_A, None), SILENCE) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) => {}
+        other => panic!("a query to {DNS} with --disable-dns must go unanswered: {other:?}"),
+    }
+    assert_eq!(
+        server.queries_for(ONE),
+        0,
+        "the resolv.conf server was asked"
+    );
+    let ping = env.guest_cmd(&["ping", "-c", "1", "-W", "2", &DNS.to_string()]);
+    assert!(
+        !ping.status.success(),
+        "{DNS} still answers ping with --disable-dns: {}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+}
+
+/// `--disable-dns`: N+3 is forwarded like any other address. Here the host namespace has
+/// 10.0.2.3 itself, with UDP and TCP echo servers on port 53: the guest's query comes back
+/// as sent, not answered.
+fn disable_dns_n3_is_forwarded_like_any_address(mode: Mode) {
+    let env = Env::new(mode);
+    env.host
+        .ip(&["addr", "add", &format!("{DNS}/32"), "dev", HOST_SINK]);
+    let to = SocketAddrV4::new(DNS, 53);
+    let udp = env
+        .in_host("udp :53", move || UdpSocket::bind(to))
+        .wait(CONNECT_TIMEOUT)
+        .expect("bind UDP 10.0.2.3:53 in the host namespace");
+    let _udp_echo = net::udp_echo_server(udp);
+    let tcp = env
+        .in_host("tcp :53", move || TcpListener::bind(to))
+        .wait(CONNECT_TIMEOUT)
+        .expect("bind TCP 10.0.2.3:53 in the host namespace");
+    let _tcp_echo = net::tcp_server(tcp, net::echo);
+    let _rslirp = env.rslirp().arg("--disable-dns").start();
+
+    let query = dns::query(1, ONE, TYPE_A, None);
+    let socket = env.guest_udp_socket();
+    let reply =
+        net::udp_roundtrip(&socket, SocketAddr::V4(to), &query).expect("UDP to 10.0.2.3:53");
+    assert_eq!(reply, query, "the host's UDP echo on 10.0.2.3:53");
+    let stream = env
+        .guest_connect(to, CONNECT_TIMEOUT)
+        .expect("TCP to 10.0.2.3:53");
+    let reply = net::exchange(&stream, &query).expect("TCP echo");
+    assert_eq!(reply, query, "the host's TCP echo on 10.0.2.3:53");
+}
+
+// ---------------------------------------------------------------------------------------
+// --outbound-addr
+
+/// The address a TCP server on `server_ip` (host namespace) sees when the guest connects
+/// to it at `dest_ip`.
+fn tcp_peer_seen_by_host(env: &Env, server_ip: Ipv4Addr, dest_ip: Ipv4Addr) -> IpAddr {
+    let server = net::tcp_server(env.host_tcp_listener(server_ip), |mut stream| {
+        if let Ok(peer) = stream.peer_addr() {
+            let _ = io::Write::write_all(&mut stream, peer.ip().to_string().as_bytes());
+        }
+    });
+    let mut stream = env
+        .guest_connect(SocketAddrV4::new(dest_ip, server.port()), CONNECT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("connect to {dest_ip}: {e}"));
+    let mut seen = String::new();
+    stream.read_to_string(&mut seen).expect("read peer address");
+    seen.parse()
+        .unwrap_or_else(|_| panic!("server sent {seen:?}"))
+}
+
+/// The address a UDP server on `server_ip` (host namespace) sees a guest datagram from.
+fn udp_peer_seen_by_host(env: &Env, server_ip: Ipv4Addr, dest_ip: Ipv4Addr) -> IpAddr {
+    let server = env
+        .in_host("udp peer server", move || UdpSocket::bind((server_ip, 0)))
+        .wait(CONNECT_TIMEOUT)
+        .expect("bind host UDP socket");
+    let port = server.local_addr().expect("local_addr").port();
+    // Answers every datagram with its source address; ends after 3 s without one.
+    thread::spawn(move || {
+        server
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        let mut buf = [0u8; 1500];
+        while let Ok((_, peer)) = server.recv_from(&mut buf) {
+            let _ = server.send_to(peer.ip().to_string().as_bytes(), peer);
+        }
+    });
+    let socket = env.guest_udp_socket();
+    let to = SocketAddr::V4(SocketAddrV4::new(dest_ip, port));
+    let reply = net::udp_roundtrip(&socket, to, b"who am I").expect("UDP peer server");
+    let seen = String::from_utf8_lossy(&reply);
+    seen.parse()
+        .unwrap_or_else(|_| panic!("server sent {seen:?}"))
+}
+
+/// The host namespace's address with the last octet replaced (same /24, on its sink).
+fn host_neighbour(env: &Env, last: u8) -> Ipv4Addr {
+    let [a, b, c, _] = env.host_addr.octets();
+    Ipv4Addr::new(a, b, c, last)
+}
+
+/// Host sockets are bound to `--outbound-addr`: a server on the host namespace's address
+/// sees that address instead of its own (the kernel's choice without the option). Loopback
+/// traffic (via the gateway) is not affected.
+fn outbound_addr_address(mode: Mode) {
+    let env = Env::new(mode);
+    let outbound = host_neighbour(&env, 7);
+    env.host
+        .ip(&["addr", "add", &format!("{outbound}/24"), "dev", HOST_SINK]);
+    let _rslirp = env
+        .rslirp()
+        .arg(&format!("--outbound-addr={outbound}"))
+        .start();
+    let host_addr = env.host_addr;
+    assert_eq!(tcp_peer_seen_by_host(&env, host_addr, host_addr), outbound);
+    assert_eq!(udp_peer_seen_by_host(&env, host_addr, host_addr), outbound);
+    // Unlike slirp4netns, which binds these too (and so fails here).
+    let loopback = Ipv4Addr::LOCALHOST;
+    let unbound = "connections to host loopback are not bound to --outbound-addr";
+    assert_eq!(
+        tcp_peer_seen_by_host(&env, loopback, GATEWAY),
+        loopback,
+        "{unbound}"
+    );
+    assert_eq!(
+        udp_peer_seen_by_host(&env, loopback, GATEWAY),
+        loopback,
+        "{unbound}"
+    );
+}
+
+/// `--outbound-addr=IFNAME`: the interface's first IPv4 address is used.
+fn outbound_addr_interface(mode: Mode) {
+    const IFNAME: &str = "ob0";
+    let env = Env::new(mode);
+    if !env.host.try_ip(&["link", "add", IFNAME, "type", "dummy"]) {
+        env.host.ip(&["link", "add", IFNAME, "type", "bridge"]);
+    }
+    let first = Ipv4Addr::new(10, 98, 0, 7);
+    for addr in [first, Ipv4Addr::new(10, 98, 0, 8)] {
+        env.host
+            .ip(&["addr", "add", &format!("{addr}/24"), "dev", IFNAME]);
+    }
+    env.host.ip(&["link", "set", IFNAME, "up"]);
+    let _rslirp = env.rslirp().arg("--outbound-addr").arg(IFNAME).start();
+    let host_addr = env.host_addr;
+    assert_eq!(tcp_peer_seen_by_host(&env, host_addr, host_addr), first);
+    assert_eq!(udp_peer_seen_by_host(&env, host_addr, host_addr), first);
+}
+
+// ---------------------------------------------------------------------------------------
+// --macaddress
+
+fn macaddress_sets_tap_mac(mode: Mode) {
+    const MAC: &str = "02:11:22:33:44:55";
+    let env = Env::new(mode);
+    let _rslirp = env.rslirp().arg(&format!("--macaddress={MAC}")).start();
+    let link = env.guest_ok(&["ip", "-o", "link", "show", "dev", TAP]);
+    assert!(
+        link.contains(&format!("link/ether {MAC} ")),
+        "tap MAC: {link}"
+    );
+    // rslirp learns the guest's MAC from its frames: traffic works with this one.
+    assert_traffic_works(&env);
+}
