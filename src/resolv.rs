@@ -5,7 +5,7 @@
 //! symlink as with systemd-resolved, on the target's directory too), so both in-place writes
 //! and replacement by rename are seen, and an idle rslirp still never wakes up on its own.
 
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -34,10 +34,14 @@ pub fn read_upstream(path: &Path) -> Option<IpAddr> {
         .and_then(|text| parse_upstream(&text))
 }
 
-/// Watches resolv.conf; readable when something in its directory changed.
+/// Watches resolv.conf; readable when something in its directory changed, or the file
+/// itself did. The file watch matters when resolv.conf is a bind-mounted file (container
+/// engines, `ip netns exec`): writes to it raise events on the file and on its original
+/// directory only, never on /etc.
 pub struct ResolvWatch {
     inotify: Inotify,
     path: PathBuf,
+    file_watch: Option<WatchDescriptor>,
 }
 
 impl ResolvWatch {
@@ -64,10 +68,28 @@ impl ResolvWatch {
                 );
             }
         }
-        Ok(ResolvWatch {
+        let mut watch = ResolvWatch {
             inotify,
             path: path.to_path_buf(),
-        })
+            file_watch: None,
+        };
+        watch.watch_file();
+        Ok(watch)
+    }
+
+    /// (Re-)watch the file itself: a rename replacement gives the path a new inode, whose
+    /// changes the old watch would not see. The path is followed if it is a symlink.
+    fn watch_file(&mut self) {
+        if let Some(old) = self.file_watch.take() {
+            // Already gone if the old inode was deleted; nothing to undo then.
+            let _ = self.inotify.rm_watch(old);
+        }
+        let flags = AddWatchFlags::IN_MODIFY
+            | AddWatchFlags::IN_CLOSE_WRITE
+            | AddWatchFlags::IN_ATTRIB
+            | AddWatchFlags::IN_DELETE_SELF
+            | AddWatchFlags::IN_MOVE_SELF;
+        self.file_watch = self.inotify.add_watch(&self.path, flags).ok();
     }
 
     pub fn fd(&self) -> RawFd {
@@ -77,6 +99,7 @@ impl ResolvWatch {
     /// Drain pending notifications and read the resolver again.
     pub fn reload(&mut self) -> Option<IpAddr> {
         while matches!(self.inotify.read_events(), Ok(events) if !events.is_empty()) {}
+        self.watch_file();
         read_upstream(&self.path)
     }
 }
@@ -112,5 +135,25 @@ mod tests {
         assert!(watch.inotify.read_events().is_ok_and(|e| !e.is_empty()));
         assert_eq!(watch.reload(), Some("127.0.0.2".parse().unwrap()));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn reload_follows_in_place_writes_through_a_symlink_elsewhere() {
+        // resolv.conf as a symlink to a file in another directory, rewritten in place: only
+        // the file watch sees that (the directory of the link does not change).
+        let base = std::env::temp_dir().join(format!("rslirp-resolv-ln-{}", std::process::id()));
+        let (etc, run) = (base.join("etc"), base.join("run"));
+        std::fs::create_dir_all(&etc).unwrap();
+        std::fs::create_dir_all(&run).unwrap();
+        let target = run.join("resolv.conf");
+        std::fs::write(&target, "nameserver 127.0.0.1\n").unwrap();
+        let link = etc.join("resolv.conf");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let mut watch = ResolvWatch::new(&link).unwrap();
+        assert_eq!(watch.reload(), Some("127.0.0.1".parse().unwrap()));
+        std::fs::write(&target, "nameserver 127.0.0.3\n").unwrap();
+        assert!(watch.inotify.read_events().is_ok_and(|e| !e.is_empty()));
+        assert_eq!(watch.reload(), Some("127.0.0.3".parse().unwrap()));
+        std::fs::remove_dir_all(&base).unwrap();
     }
 }

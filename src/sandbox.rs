@@ -647,6 +647,9 @@ pub fn allowed_syscalls() -> Result<Rules, seccompiler::BackendError> {
         )?],
     );
     allow(libc::SYS_statx, vec![]);
+    // After a change the resolver's file watch is re-armed (a rename gives a new inode).
+    allow(libc::SYS_inotify_add_watch, vec![]);
+    allow(libc::SYS_inotify_rm_watch, vec![]);
     // The allocator: flow buffers are mmap'd (see tune_allocator). Never executable memory,
     // so a hijacked process cannot map code of its own.
     allow(
