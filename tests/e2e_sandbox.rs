@@ -255,10 +255,14 @@ fn status_field(status: &str, name: &str) -> String {
         .to_string()
 }
 
+/// The mount points of a mountinfo text, less those that other tests running at the same
+/// time add and remove on the machine and that reach the caller's namespace (a slave of the
+/// machine's) on their own: network namespace files and other tests' temporary directories.
 fn mount_points(mountinfo: &str) -> BTreeSet<String> {
     mountinfo
         .lines()
         .filter_map(|line| line.split(' ').nth(4))
+        .filter(|point| !point.starts_with("/run/netns/") && !point.starts_with("/tmp/rse2e-"))
         .map(str::to_string)
         .collect()
 }
