@@ -33,6 +33,8 @@ pub enum Request {
     },
     /// Ours (SPEC §5): interface counters and flow counts.
     GetStats,
+    /// Ours: every active flow with its endpoints, state, bytes and age.
+    ListFlows,
 }
 
 /// Why a request was refused. `Display` is the text after `bad request: ` in the reply,
@@ -111,6 +113,7 @@ pub fn parse_request(bytes: &[u8], guest_default: Ipv4Addr) -> Result<Request, A
         "list_hostfwd" => Ok(Request::ListHostfwd),
         "remove_hostfwd" => parse_remove_hostfwd(arguments),
         "get_stats" => Ok(Request::GetStats),
+        "list_flows" => Ok(Request::ListFlows),
         _ => Err(ApiError::UnknownExecute),
     }
 }
@@ -414,6 +417,34 @@ struct Counters {
     host_socket_errors: u64,
 }
 
+/// One active flow, as `list_flows` reports it. `rx_bytes` came from the guest, `tx_bytes`
+/// went to it (the interface counters' convention); `host` is the host-side peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FlowEntry {
+    pub id: u64,
+    pub proto: &'static str,
+    pub guest: String,
+    pub remote: String,
+    pub host: String,
+    pub state: String,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub age_ms: u64,
+}
+
+#[derive(Serialize)]
+struct FlowsBody<'a> {
+    flows: &'a [FlowEntry],
+}
+
+/// `{"return":{"flows":[{"id":…,"proto":"tcp","guest":"10.0.2.100:40000",…}]}}`, the reply
+/// to our own `list_flows`.
+pub fn flows_reply(flows: &[FlowEntry]) -> Vec<u8> {
+    to_json(&Return {
+        value: FlowsBody { flows },
+    })
+}
+
 /// `{"return":{"interfaces":{"tap":{"rx_bytes":…}},"flows":{"tcp":…},"counters":{…}}}`,
 /// the reply to our own `get_stats` (SPEC §5).
 pub fn stats_reply(stats: &Stats) -> Vec<u8> {
@@ -629,7 +660,7 @@ mod tests {
             &br#"{"execute":"add_hostfwds"}"#[..],
             br#"{"execute":"LIST_HOSTFWD"}"#,
             br#"{"execute":""}"#,
-            br#"{"execute":"list_flows"}"#,
+            br#"{"execute":"list_flow"}"#,
         ] {
             assert_eq!(reply_to(bytes), error_text("unknown execute"));
         }
@@ -727,6 +758,10 @@ mod tests {
             Ok(Request::ListHostfwd)
         );
         assert_eq!(parse(br#"{"execute":"get_stats"}"#), Ok(Request::GetStats));
+        assert_eq!(
+            parse(br#"{"execute":"list_flows"}"#),
+            Ok(Request::ListFlows)
+        );
         assert_eq!(
             parse(br#"{"execute":"remove_hostfwd","arguments":{"id":1}}"#),
             Ok(Request::RemoveHostfwd { id: 1 })
@@ -1008,6 +1043,29 @@ mod tests {
         assert_eq!(
             String::from_utf8_lossy(&list_reply(&[fwd])),
             r#"{"entries":[{"id":2,"proto":"tcp","host_addr":"2001:db8::1","host_port":80,"guest_addr":"fd00::100","guest_port":8080}]}"#
+        );
+    }
+
+    #[test]
+    fn flows_reply_bytes() {
+        let flow = FlowEntry {
+            id: 7,
+            proto: "tcp",
+            guest: "10.0.2.100:40000".into(),
+            remote: "10.0.2.2:80".into(),
+            host: "127.0.0.1:80".into(),
+            state: "Established".into(),
+            rx_bytes: 1,
+            tx_bytes: 2,
+            age_ms: 3,
+        };
+        assert_eq!(
+            String::from_utf8(flows_reply(&[flow])).unwrap(),
+            r#"{"return":{"flows":[{"id":7,"proto":"tcp","guest":"10.0.2.100:40000","remote":"10.0.2.2:80","host":"127.0.0.1:80","state":"Established","rx_bytes":1,"tx_bytes":2,"age_ms":3}]}}"#
+        );
+        assert_eq!(
+            String::from_utf8(flows_reply(&[])).unwrap(),
+            r#"{"return":{"flows":[]}}"#
         );
     }
 

@@ -496,7 +496,9 @@ impl Stack {
             self.stats.rx_dropped += 1;
             return;
         };
-        let id = self.flows.insert(key, Flow::Tcp(Box::new(flow)));
+        let mut flow = Box::new(flow);
+        flow.counters.host = Some(target);
+        let id = self.flows.insert(key, Flow::Tcp(flow));
         self.half_open += 1;
         self.stats.tcp_flows += 1;
         self.stats.tcp_flows_opened += 1;
@@ -695,7 +697,9 @@ impl Stack {
                 } else {
                     self.config.timeouts.udp_idle
                 };
-                let flow = Flow::Udp(UdpFlow::new(now, idle, quote.clone()));
+                let mut flow = UdpFlow::new(now, idle, quote.clone());
+                flow.counters.host = Some(target);
+                let flow = Flow::Udp(flow);
                 let Some(id) =
                     self.open_datagram_flow(key, flow, host, |host, id| host.udp_open(id, target))
                 else {
@@ -709,6 +713,7 @@ impl Stack {
         };
         udp.last_active = now;
         udp.quote = quote;
+        udp.counters.from_guest += data.len() as u64;
         if let Some((forward, peer)) = udp.forward {
             if let Err(err) = host.udp_send_to(forward, peer, data) {
                 log::debug!("{id:?}: reply through forward {forward} failed: {err}");
@@ -863,7 +868,9 @@ impl Stack {
         let id = match self.flows.lookup(&key) {
             Some(id) => id,
             None => {
-                let flow = Flow::Icmp(IcmpFlow::new(now, self.config.timeouts.icmp_idle));
+                let mut flow = IcmpFlow::new(now, self.config.timeouts.icmp_idle);
+                flow.counters.host = Some(SocketAddr::new(dst, 0));
+                let flow = Flow::Icmp(flow);
                 let Some(id) =
                     self.open_datagram_flow(key, flow, host, |host, id| host.ping_open(id, dst))
                 else {
@@ -874,6 +881,7 @@ impl Stack {
         };
         if let Some(Flow::Icmp(icmp)) = self.flows.get_mut(id) {
             icmp.last_active = now;
+            icmp.counters.from_guest += message.len() as u64;
         }
         if let Err(err) = host.ping_send(id, message) {
             log::debug!("{id:?}: ping send failed: {err}");
@@ -898,12 +906,43 @@ impl Stack {
                 self.remove_forward(id, host).map(|()| api::remove_reply())
             }
             Ok(Request::GetStats) => Ok(api::stats_reply(&self.stats())),
+            Ok(Request::ListFlows) => Ok(api::flows_reply(&self.flow_entries(now))),
             Err(err) => Err(err),
         };
         result.unwrap_or_else(|err| {
             log::debug!("API request refused: {err}");
             api::error_reply(&err)
         })
+    }
+
+    /// Every active flow, in id order, for `list_flows`.
+    fn flow_entries(&self, now: Instant) -> Vec<api::FlowEntry> {
+        let mut ids: Vec<FlowId> = self.flows.ids().collect();
+        ids.sort();
+        ids.into_iter()
+            .filter_map(|id| {
+                let key = self.flows.key(id)?;
+                let (proto, state, counters) = match self.flows.get(id)? {
+                    Flow::Tcp(tcp) if tcp.is_connecting() => {
+                        ("tcp", "Connecting".to_string(), tcp.counters)
+                    }
+                    Flow::Tcp(tcp) => ("tcp", format!("{:?}", tcp.state()), tcp.counters),
+                    Flow::Udp(udp) => ("udp", "Open".to_string(), udp.counters),
+                    Flow::Icmp(icmp) => ("icmp", "Open".to_string(), icmp.counters),
+                };
+                Some(api::FlowEntry {
+                    id: id.to_u64(),
+                    proto,
+                    guest: key.guest.to_string(),
+                    remote: key.remote.to_string(),
+                    host: counters.host.map_or_else(String::new, |h| h.to_string()),
+                    state,
+                    rx_bytes: counters.from_guest,
+                    tx_bytes: counters.to_guest,
+                    age_ms: (now - counters.created.min(now)).total_millis(),
+                })
+            })
+            .collect()
     }
 
     /// The forwards currently published.
@@ -1029,7 +1068,9 @@ impl Stack {
                 host.close(id, CloseMode::Abort);
                 continue;
             };
-            let inserted = self.flows.insert(key, Flow::Tcp(Box::new(flow)));
+            let mut flow = Box::new(flow);
+            flow.counters.host = Some(peer);
+            let inserted = self.flows.insert(key, Flow::Tcp(flow));
             debug_assert_eq!(inserted, id);
             self.stats.tcp_flows += 1;
             self.stats.tcp_flows_opened += 1;
@@ -1100,6 +1141,7 @@ impl Stack {
                 };
                 let mut flow = UdpFlow::new(now, self.config.timeouts.udp_idle, quote);
                 flow.forward = Some((forward, peer));
+                flow.counters.host = Some(peer);
                 // Such a flow has no host socket of its own: nothing to open.
                 if self
                     .open_datagram_flow(key, Flow::Udp(flow), host, |_, _| Ok(()))
@@ -1114,6 +1156,8 @@ impl Stack {
                     // Replies go to whoever sent last through whichever forward is current
                     // (a forward removed and added again gets a new id).
                     udp.forward = Some((forward, peer));
+                    udp.counters.host = Some(peer);
+                    udp.counters.to_guest += len as u64;
                 }
             }
             self.ask_guest_mac(guest.ip());

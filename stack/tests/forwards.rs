@@ -769,3 +769,41 @@ mod stats {
         assert_eq!(count(&after, &["counters", "tcp_flows_opened"]), 1);
     }
 }
+
+mod flows {
+    use super::*;
+    use serde_json::Value;
+
+    #[test]
+    fn list_flows_shows_endpoints_state_and_bytes() {
+        let mut s = Scenario::new();
+        let remote = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 8080);
+        let (mut conn, flow) = s.open_tcp(40000, remote);
+        let frame = conn.send(b"hello");
+        s.guest_sends(&frame);
+        s.exchange(std::slice::from_mut(&mut conn));
+        assert_eq!(s.take_sent(flow), b"hello");
+        s.peer_send(flow, b"world!");
+        s.exchange(std::slice::from_mut(&mut conn));
+        s.advance(Duration::from_secs(2));
+
+        let reply = s.api(r#"{"execute":"list_flows"}"#);
+        let parsed: Value = serde_json::from_str(&reply).expect("list_flows replies JSON");
+        let flows = parsed["return"]["flows"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no flows array in {reply}"));
+        assert_eq!(flows.len(), 1, "{reply}");
+        let entry = &flows[0];
+        assert_eq!(entry["proto"], "tcp");
+        assert_eq!(entry["guest"], "10.0.2.100:40000");
+        assert_eq!(entry["remote"], "10.0.2.2:8080");
+        assert_eq!(entry["host"], "127.0.0.1:8080");
+        assert_eq!(entry["state"], "Established");
+        assert_eq!(entry["rx_bytes"], 5);
+        assert_eq!(entry["tx_bytes"], 6);
+        assert!(
+            entry["age_ms"].as_u64().is_some_and(|ms| ms >= 2000),
+            "{reply}"
+        );
+    }
+}

@@ -4,7 +4,7 @@
 
 use crate::io::{FlowId, HostError, HostIo};
 use crate::link::TxQueue;
-use crate::nat::{checksum_caps, send_ip};
+use crate::nat::{checksum_caps, send_ip, FlowCounters};
 use crate::stats::Stats;
 use core::net::IpAddr;
 use smoltcp::time::{Duration, Instant};
@@ -14,6 +14,7 @@ pub struct IcmpFlow {
     pub last_active: Instant,
     pub idle_timeout: Duration,
     pub host_readable: bool,
+    pub counters: FlowCounters,
 }
 
 impl IcmpFlow {
@@ -22,6 +23,7 @@ impl IcmpFlow {
             last_active: now,
             idle_timeout,
             host_readable: false,
+            counters: FlowCounters::new(now),
         }
     }
 
@@ -59,6 +61,7 @@ impl IcmpFlow {
                 continue;
             };
             self.last_active = now;
+            self.counters.to_guest += data.len() as u64;
             send_echo_reply(tx, stats, remote, guest.0, guest.1, seq_no, data);
         }
     }

@@ -30,6 +30,28 @@ pub struct Ctx<'a, H> {
     pub stats: &'a mut Stats,
 }
 
+/// What `list_flows` reports about a flow besides its key and state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowCounters {
+    pub created: Instant,
+    /// The host-side peer: the address connected to, or the forward's client.
+    pub host: Option<core::net::SocketAddr>,
+    /// Payload bytes from the guest and to the guest.
+    pub from_guest: u64,
+    pub to_guest: u64,
+}
+
+impl FlowCounters {
+    pub fn new(created: Instant) -> FlowCounters {
+        FlowCounters {
+            created,
+            host: None,
+            from_guest: 0,
+            to_guest: 0,
+        }
+    }
+}
+
 /// TTL of packets we originate towards the guest.
 pub const HOP_LIMIT: u8 = 64;
 /// Hop limit of IPv6 packets we originate: NDP messages must carry 255 (RFC 4861 checks it

@@ -16,7 +16,7 @@
 
 use crate::io::{CloseMode, FlowId, HostError, HostEvent, HostIo};
 use crate::link::TxQueue;
-use crate::nat::{checksum_caps, Quote};
+use crate::nat::{checksum_caps, FlowCounters, Quote};
 use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use smoltcp::socket::tcp::{Socket, SocketBuffer, State};
@@ -82,6 +82,7 @@ pub struct TcpFlow {
     host_closed: bool,
     /// The last drive wanted to send but the transmit queue was full.
     starved: bool,
+    pub counters: FlowCounters,
 }
 
 /// The smoltcp device of one flow: at most one packet in (the one being handled), and
@@ -278,6 +279,7 @@ impl TcpFlow {
             host_write_shut: false,
             host_closed: false,
             starved: false,
+            counters: FlowCounters::new(now),
         }
     }
 
@@ -449,7 +451,7 @@ impl TcpFlow {
                 Err(err) => (0, Err(err)),
             });
             match sent {
-                Ok(Ok(_)) => {}
+                Ok(Ok(n)) => self.counters.from_guest += n as u64,
                 Ok(Err(HostError::WouldBlock)) => self.host_writable = false,
                 Ok(Err(err)) => return Err(err),
                 Err(_) => break,
@@ -476,7 +478,7 @@ impl TcpFlow {
                     // Queues our FIN behind the data already buffered.
                     socket.close();
                 }
-                Ok(Ok(_)) => {}
+                Ok(Ok(n)) => self.counters.to_guest += n as u64,
                 Ok(Err(HostError::WouldBlock)) => self.host_readable = false,
                 Ok(Err(err)) => return Err(err),
                 Err(_) => break,

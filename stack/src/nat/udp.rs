@@ -3,7 +3,7 @@
 
 use crate::io::{FlowId, HostError, HostIo};
 use crate::link::TxQueue;
-use crate::nat::{checksum_caps, send_ip, FlowKey, Quote};
+use crate::nat::{checksum_caps, send_ip, FlowCounters, FlowKey, Quote};
 use crate::stats::Stats;
 use core::net::SocketAddr;
 use smoltcp::time::{Duration, Instant};
@@ -20,6 +20,7 @@ pub struct UdpFlow {
     /// client's real address. Such a flow has no socket of its own; the guest's replies
     /// leave through the forward's socket.
     pub forward: Option<(u64, SocketAddr)>,
+    pub counters: FlowCounters,
 }
 
 /// What happened when the host side was read.
@@ -41,6 +42,7 @@ impl UdpFlow {
             quote,
             host_readable: false,
             forward: None,
+            counters: FlowCounters::new(now),
         }
     }
 
@@ -79,6 +81,7 @@ impl UdpFlow {
                 }
             };
             self.last_active = now;
+            self.counters.to_guest += len as u64;
             let payload = &scratch[..len];
             let headers = if key.guest.is_ipv4() { 28 } else { 48 };
             if len + headers > mtu {
