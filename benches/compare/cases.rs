@@ -1,0 +1,474 @@
+//! What is measured, and how. Each case gets a freshly started helper in a fresh world;
+//! iperf3 does the bulk transfers, the rest is small clients and servers on threads here
+//! (no interpreter between the sockets, so the latency is the helper's, not ours).
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use socket2::SockRef;
+
+use crate::helper::{Forward, Options, Running};
+use crate::sys::{self, Proc};
+use crate::world::World;
+
+/// The gateway as the container sees it; it reaches the host namespace's 127.0.0.1.
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+const IPERF_PORT: u16 = 5201;
+/// Host→guest: this host port is published to the container's iperf3 port.
+const FORWARD: Forward = Forward {
+    host_port: 15201,
+    guest_port: IPERF_PORT,
+};
+/// The MTU of the cases that are not about bulk throughput (slirp4netns's default).
+const DEFAULT_MTU: usize = 1500;
+/// Round trips before the measured ones (connection warm-up, caches, CPU clocks).
+const WARMUP_ROUND_TRIPS: usize = 100;
+/// Time for memory to settle before VmRSS is read.
+const RSS_SETTLE: Duration = Duration::from_millis(500);
+/// No single socket operation of a client or server waits longer than this.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connection failures tolerated in the connection-rate loop before the case fails.
+const MAX_CONNECT_ERRORS: u32 = 10;
+
+/// Sizes of the run, from the environment (see main.rs).
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub iperf_secs: u32,
+    pub round_trips: usize,
+    pub conn_rate_secs: u32,
+    pub flows: usize,
+}
+
+/// One row of the result table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Metric {
+    GuestToHost1500,
+    GuestToHost65520,
+    HostToGuest1500,
+    HostToGuest65520,
+    LatencyP50,
+    LatencyP99,
+    ConnRate,
+    Ready,
+    IdleRss,
+    FlowsRss,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 10] = [
+        Metric::GuestToHost1500,
+        Metric::GuestToHost65520,
+        Metric::HostToGuest1500,
+        Metric::HostToGuest65520,
+        Metric::LatencyP50,
+        Metric::LatencyP99,
+        Metric::ConnRate,
+        Metric::Ready,
+        Metric::IdleRss,
+        Metric::FlowsRss,
+    ];
+
+    pub fn label(self, settings: &Settings) -> String {
+        match self {
+            Metric::GuestToHost1500 => "iperf3 guest→host, MTU 1500 (Gbit/s)".into(),
+            Metric::GuestToHost65520 => "iperf3 guest→host, MTU 65520 (Gbit/s)".into(),
+            Metric::HostToGuest1500 => "iperf3 host→guest via forward, MTU 1500 (Gbit/s)".into(),
+            Metric::HostToGuest65520 => "iperf3 host→guest via forward, MTU 65520 (Gbit/s)".into(),
+            Metric::LatencyP50 => "TCP 1-byte round trip p50 (µs)".into(),
+            Metric::LatencyP99 => "TCP 1-byte round trip p99 (µs)".into(),
+            Metric::ConnRate => "TCP connections/s (connect, 1 byte each way, close)".into(),
+            Metric::Ready => "start to ready signal (ms)".into(),
+            Metric::IdleRss => "RSS idle (KiB)".into(),
+            Metric::FlowsRss => format!("RSS with {} open TCP flows (KiB)", settings.flows),
+        }
+    }
+
+    pub fn higher_is_better(self) -> bool {
+        matches!(
+            self,
+            Metric::GuestToHost1500
+                | Metric::GuestToHost65520
+                | Metric::HostToGuest1500
+                | Metric::HostToGuest65520
+                | Metric::ConnRate
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// The container's iperf3 client to a server on the host's 127.0.0.1 via 10.0.2.2.
+    GuestToHost,
+    /// A host iperf3 client to the container's server through a published port.
+    HostToGuest,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Case {
+    Throughput { direction: Direction, mtu: usize },
+    Latency,
+    ConnRate,
+    Memory,
+}
+
+impl Case {
+    pub const ALL: [Case; 7] = [
+        Case::Throughput {
+            direction: Direction::GuestToHost,
+            mtu: 1500,
+        },
+        Case::Throughput {
+            direction: Direction::GuestToHost,
+            mtu: 65520,
+        },
+        Case::Throughput {
+            direction: Direction::HostToGuest,
+            mtu: 1500,
+        },
+        Case::Throughput {
+            direction: Direction::HostToGuest,
+            mtu: 65520,
+        },
+        Case::Latency,
+        Case::ConnRate,
+        Case::Memory,
+    ];
+
+    pub fn name(&self) -> String {
+        match self {
+            Case::Throughput {
+                direction: Direction::GuestToHost,
+                mtu,
+            } => format!("guest-to-host-{mtu}"),
+            Case::Throughput {
+                direction: Direction::HostToGuest,
+                mtu,
+            } => format!("host-to-guest-{mtu}"),
+            Case::Latency => "latency".into(),
+            Case::ConnRate => "conn-rate".into(),
+            Case::Memory => "memory".into(),
+        }
+    }
+
+    /// How the helper must be started for this case.
+    pub fn options(&self) -> Options {
+        match *self {
+            Case::Throughput { direction, mtu } => Options {
+                mtu,
+                forward: (direction == Direction::HostToGuest).then_some(FORWARD),
+            },
+            _ => Options {
+                mtu: DEFAULT_MTU,
+                forward: None,
+            },
+        }
+    }
+
+    /// Runs the case against a started helper; returns what it measured.
+    pub fn run(
+        &self,
+        world: &World,
+        helper: &mut Running,
+        settings: &Settings,
+    ) -> Result<Vec<(Metric, f64)>, String> {
+        let results = match *self {
+            Case::Throughput { direction, mtu } => {
+                let metric = match (direction, mtu) {
+                    (Direction::GuestToHost, 1500) => Metric::GuestToHost1500,
+                    (Direction::GuestToHost, _) => Metric::GuestToHost65520,
+                    (Direction::HostToGuest, 1500) => Metric::HostToGuest1500,
+                    (Direction::HostToGuest, _) => Metric::HostToGuest65520,
+                };
+                vec![(metric, iperf3(world, direction, settings.iperf_secs)?)]
+            }
+            Case::Latency => {
+                let (p50, p99) = latency(world, settings.round_trips)?;
+                vec![(Metric::LatencyP50, p50), (Metric::LatencyP99, p99)]
+            }
+            Case::ConnRate => vec![(Metric::ConnRate, conn_rate(world, settings)?)],
+            Case::Memory => memory(world, helper.pid(), settings.flows)?,
+        };
+        // A helper that crashed during the case would make its numbers meaningless.
+        helper.check_alive()?;
+        Ok(results)
+    }
+}
+
+/// Where a command runs: the host namespace or the container's.
+#[derive(Clone, Copy)]
+enum Side {
+    Host,
+    Guest,
+}
+
+fn cmd_in(world: &World, side: Side, args: &[&str]) -> Command {
+    match side {
+        Side::Host => world.host_cmd(args),
+        Side::Guest => world.guest_cmd(args),
+    }
+}
+
+/// Throughput in Gbit/s as iperf3's receiver counted it.
+fn iperf3(world: &World, direction: Direction, secs: u32) -> Result<f64, String> {
+    let (server_side, client_side, target, port) = match direction {
+        Direction::GuestToHost => (Side::Host, Side::Guest, GATEWAY, IPERF_PORT),
+        Direction::HostToGuest => (Side::Guest, Side::Host, world.host_addr, FORWARD.host_port),
+    };
+    let port_arg = IPERF_PORT.to_string();
+    let mut server_args = vec!["iperf3", "--server", "--port", &port_arg];
+    if let Side::Host = server_side {
+        server_args.extend(["--bind", "127.0.0.1"]);
+    }
+    let mut server = cmd_in(world, server_side, &server_args);
+    server
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _server = Proc::spawn(&mut server).map_err(|e| format!("start iperf3 server: {e}"))?;
+    wait_listening(world, server_side, IPERF_PORT)?;
+
+    let timeout = Duration::from_secs(u64::from(secs) + 30);
+    let (target, port, secs) = (target.to_string(), port.to_string(), secs.to_string());
+    #[rustfmt::skip]
+    let mut client = cmd_in(world, client_side, &[
+        "iperf3", "--client", &target, "--port", &port,
+        "--time", &secs, "--omit", "1", "--json",
+    ]);
+    // With --json, iperf3 reports its errors in the JSON too (and exits non-zero).
+    let out = sys::run(&mut client, timeout)?;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        format!(
+            "iperf3 ({}) gave no JSON ({e}): {}",
+            out.status,
+            stderr.trim()
+        )
+    })?;
+    if let Some(error) = report.get("error").and_then(|e| e.as_str()) {
+        return Err(format!("iperf3: {error}"));
+    }
+    report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .map(|bps| bps / 1e9)
+        .ok_or_else(|| "iperf3 JSON without end.sum_received.bits_per_second".to_string())
+}
+
+/// Waits until something listens on TCP `port` on `side` (the server is up).
+fn wait_listening(world: &World, side: Side, port: u16) -> Result<(), String> {
+    let filter = format!("sport = :{port}");
+    sys::wait_for("the iperf3 server", Duration::from_secs(10), || {
+        let mut ss = cmd_in(world, side, &["ss", "-Hltn", &filter]);
+        let out = sys::run(&mut ss, Duration::from_secs(5)).ok()?;
+        (!out.stdout.is_empty()).then_some(())
+    })
+}
+
+/// A server thread on the host namespace's 127.0.0.1; `serve` gets the listener and
+/// returns what the case needs back.
+struct HostServer<T> {
+    port: u16,
+    /// A second handle on the listening socket, to wake a blocked `accept` when done.
+    listener: TcpListener,
+    thread: JoinHandle<T>,
+}
+
+impl<T: Send + 'static> HostServer<T> {
+    fn start(
+        world: &World,
+        serve: impl FnOnce(TcpListener) -> T + Send + 'static,
+    ) -> Result<HostServer<T>, String> {
+        let listener = sys::in_netns(world.host.path(), "host listener", || {
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| e.to_string())
+        })
+        .wait(IO_TIMEOUT)?;
+        let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+        let handle = listener.try_clone().map_err(|e| e.to_string())?;
+        let thread = thread::spawn(move || serve(listener));
+        Ok(HostServer {
+            port,
+            listener: handle,
+            thread,
+        })
+    }
+
+    /// Gives the thread `grace` to end by itself, then stops accepting (shutdown(2) on a
+    /// listening socket makes a blocked `accept` fail, which ends every serve loop) and
+    /// returns the thread's result.
+    fn finish(self, grace: Duration) -> Result<T, String> {
+        let ended = |deadline: Instant| {
+            while !self.thread.is_finished() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(1));
+            }
+            self.thread.is_finished()
+        };
+        if !ended(Instant::now() + grace) {
+            let _ = SockRef::from(&self.listener).shutdown(std::net::Shutdown::Both);
+            if !ended(Instant::now() + IO_TIMEOUT) {
+                return Err("host server thread did not stop".into());
+            }
+        }
+        self.thread
+            .join()
+            .map_err(|_| "host server thread panicked".to_string())
+    }
+}
+
+fn accept(listener: &TcpListener) -> Option<TcpStream> {
+    let (stream, _) = listener.accept().ok()?;
+    stream.set_nodelay(true).ok()?;
+    stream.set_read_timeout(Some(IO_TIMEOUT)).ok()?;
+    stream.set_write_timeout(Some(IO_TIMEOUT)).ok()?;
+    Some(stream)
+}
+
+/// A client connection from the container through the gateway to the host's `port`.
+fn connect_via_gateway(port: u16) -> Result<TcpStream, String> {
+    let addr = SocketAddr::V4(SocketAddrV4::new(GATEWAY, port));
+    let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(IO_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    Ok(stream)
+}
+
+/// Runs `client` on a thread in the container's network namespace.
+fn in_guest<T: Send + 'static>(
+    world: &World,
+    what: &str,
+    timeout: Duration,
+    client: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    sys::in_netns(world.guest_netns(), what, client).wait(timeout)
+}
+
+/// 1-byte ping-pong over one connection; p50 and p99 of the round trip in µs.
+fn latency(world: &World, round_trips: usize) -> Result<(f64, f64), String> {
+    let server = HostServer::start(world, |listener| {
+        let Some(mut stream) = accept(&listener) else {
+            return;
+        };
+        let mut byte = [0u8; 1];
+        while stream.read_exact(&mut byte).is_ok() && stream.write_all(&byte).is_ok() {}
+    })?;
+    let port = server.port;
+    let rtts = in_guest(
+        world,
+        "latency client",
+        Duration::from_secs(120),
+        move || {
+            let mut stream = connect_via_gateway(port)?;
+            let mut byte = [7u8; 1];
+            let mut rtts = Vec::with_capacity(round_trips);
+            for i in 0..WARMUP_ROUND_TRIPS + round_trips {
+                let start = Instant::now();
+                stream.write_all(&byte).map_err(|e| e.to_string())?;
+                stream.read_exact(&mut byte).map_err(|e| e.to_string())?;
+                if i >= WARMUP_ROUND_TRIPS {
+                    rtts.push(start.elapsed().as_secs_f64() * 1e6);
+                }
+            }
+            Ok(rtts)
+        },
+    );
+    // The server ends at the client's EOF.
+    server.finish(IO_TIMEOUT)?;
+    let mut rtts = rtts?;
+    rtts.sort_by(f64::total_cmp);
+    Ok((percentile(&rtts, 50.0), percentile(&rtts, 99.0)))
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Short connections per second: connect, send a byte, read the reply, close; in a loop
+/// for the configured time, one at a time.
+fn conn_rate(world: &World, settings: &Settings) -> Result<f64, String> {
+    let server = HostServer::start(world, |listener| {
+        while let Some(mut stream) = accept(&listener) {
+            let mut byte = [0u8; 1];
+            if stream.read_exact(&mut byte).is_ok() && stream.write_all(&byte).is_ok() {
+                // Until the client's close, so that the client's side ends first.
+                let _ = stream.read(&mut byte);
+            }
+        }
+    })?;
+    let port = server.port;
+    let duration = Duration::from_secs(u64::from(settings.conn_rate_secs));
+    let rate = in_guest(
+        world,
+        "connection client",
+        duration + IO_TIMEOUT * 2,
+        move || {
+            let start = Instant::now();
+            let (mut done, mut errors) = (0u64, 0u32);
+            while start.elapsed() < duration {
+                let exchange = || -> Result<(), String> {
+                    let mut stream = connect_via_gateway(port)?;
+                    let mut byte = [1u8; 1];
+                    stream.write_all(&byte).map_err(|e| e.to_string())?;
+                    stream.read_exact(&mut byte).map_err(|e| e.to_string())
+                };
+                match exchange() {
+                    Ok(()) => done += 1,
+                    Err(e) if errors >= MAX_CONNECT_ERRORS => {
+                        return Err(format!("{errors} failed connections, the last: {e}"))
+                    }
+                    Err(_) => errors += 1,
+                }
+            }
+            Ok(done as f64 / start.elapsed().as_secs_f64())
+        },
+    );
+    server.finish(Duration::ZERO)?;
+    rate
+}
+
+/// VmRSS of the helper right after start, and with `flows` TCP connections from the
+/// container to the host held open.
+fn memory(world: &World, pid: u32, flows: usize) -> Result<Vec<(Metric, f64)>, String> {
+    thread::sleep(RSS_SETTLE);
+    let idle = sys::rss_kib(pid).ok_or("the helper is gone")?;
+    let server = HostServer::start(world, move |listener| {
+        let mut held = Vec::with_capacity(flows);
+        while held.len() < flows {
+            match accept(&listener) {
+                Some(stream) => held.push(stream),
+                None => break,
+            }
+        }
+        held
+    })?;
+    let port = server.port;
+    let clients = in_guest(world, "flow opener", Duration::from_secs(120), move || {
+        (0..flows)
+            .map(|_| connect_via_gateway(port))
+            .collect::<Result<Vec<_>, _>>()
+    });
+    // Once all are accepted the server ends by itself (the helper may still be passing the
+    // last ones on when the client is done); if the clients failed, it is woken.
+    let grace = if clients.is_ok() {
+        IO_TIMEOUT
+    } else {
+        Duration::ZERO
+    };
+    let accepted = server.finish(grace)?;
+    let clients = clients?;
+    if accepted.len() != flows {
+        return Err(format!("{} of {flows} flows accepted", accepted.len()));
+    }
+    thread::sleep(RSS_SETTLE);
+    let with_flows = sys::rss_kib(pid).ok_or("the helper is gone")?;
+    drop((clients, accepted));
+    Ok(vec![
+        (Metric::IdleRss, idle as f64),
+        (Metric::FlowsRss, with_flows as f64),
+    ])
+}
