@@ -124,8 +124,13 @@ fn run(options: Options) -> Result<Exit, String> {
         .map_err(|e| format!("event loop: {e}"))?;
 
     // Last step before ready: from here on only the running loop's needs are allowed.
-    rslirp::sandbox::apply(options.enable_sandbox, options.enable_seccomp)
-        .map_err(|e| e.to_string())?;
+    // Held to the end of the run: dropping it removes the control socket's file.
+    let _confinement = rslirp::sandbox::apply(
+        options.enable_sandbox,
+        options.enable_seccomp,
+        options.api_socket.as_deref(),
+    )
+    .map_err(|e| e.to_string())?;
     log::info!(
         "ready: network {}, gateway {}, guest {}, MTU {}",
         config.network,

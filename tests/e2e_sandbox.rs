@@ -274,6 +274,8 @@ fn confinement_shows_in_proc_and_leaves_the_caller_alone(mode: Mode) {
     let api_path = api_socket_path(&env);
     let mut rslirp = start(&env, &caller, &CONFINED, &api_path);
     let pid = rslirp.pid();
+    // The helper that removes the socket file at exit holds no copy of the ready fd.
+    rslirp.assert_ready_fd_closed();
 
     let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     assert_eq!(status_field(&status, "Seccomp"), "2", "filter mode");
@@ -351,6 +353,12 @@ fn confinement_shows_in_proc_and_leaves_the_caller_alone(mode: Mode) {
         },
     );
     rslirp.assert_running();
+
+    // SIGTERM: status 0, and the control socket's file is gone by then, though neither the
+    // sandbox nor the filter lets rslirp remove it itself.
+    rslirp.signal(libc::SIGTERM);
+    assert!(rslirp.wait_exit(common::EXIT_TIMEOUT).success());
+    assert!(!api_path.exists(), "{} left behind", api_path.display());
 }
 
 fn syscalls_outside_the_list_are_refused(mode: Mode) {
@@ -432,6 +440,7 @@ fn each_flag_works_alone(mode: Mode) {
     });
     rslirp.signal(libc::SIGTERM);
     assert!(rslirp.wait_exit(common::EXIT_TIMEOUT).success());
+    assert!(!api_path.exists(), "{} left behind", api_path.display());
 
     let mut rslirp = start(&env, &caller, &["--enable-sandbox"], &api_path);
     let status = fs::read_to_string(format!("/proc/{}/status", rslirp.pid())).expect("status");
