@@ -50,7 +50,7 @@ pub enum NetnsType {
 
 impl NetnsType {
     /// The `--netns-type` value, as in [`NETNS_TYPES`].
-    fn name(&self) -> &'static str {
+    pub fn name(&self) -> &'static str {
         match self {
             NetnsType::Pid => "pid",
             NetnsType::Path => "path",
@@ -94,6 +94,10 @@ pub struct Options {
     pub disable_dns: bool,
     /// `--macaddress` (only with `-c`).
     pub mac_address: Option<[u8; 6]>,
+    /// `--pcap FILE`: capture every tap frame there (ours, not the reference's).
+    pub pcap: Option<PathBuf>,
+    /// `--pcap-size BYTES`: the capture file's size bound, header included.
+    pub pcap_size: u64,
 }
 
 impl Options {
@@ -171,6 +175,8 @@ enum Opt {
     DisableDns,
     MacAddress,
     TargetType,
+    Pcap,
+    PcapSize,
     Help,
     Version,
 }
@@ -404,6 +410,27 @@ const OPTIONS: &[OptSpec] = &[
         value_name: Some("TYPE"),
         help: "specify the target type ({values})",
         values: TARGET_TYPES,
+        supported: true,
+    },
+    // Ours from here on (the reference has no capture).
+    OptSpec {
+        opt: Opt::Pcap,
+        short: None,
+        long: "pcap",
+        aliases: &[],
+        value_name: Some("FILE"),
+        help: "write every frame crossing the tap to FILE (pcap format, for tcpdump/wireshark)",
+        values: &[],
+        supported: true,
+    },
+    OptSpec {
+        opt: Opt::PcapSize,
+        short: None,
+        long: "pcap-size",
+        aliases: &[],
+        value_name: Some("BYTES"),
+        help: "stop capturing when FILE would exceed BYTES (suffix K, M or G; default=100M)",
+        values: &[],
         supported: true,
     },
     OptSpec {
@@ -683,6 +710,8 @@ struct Collected {
     disable_dns: bool,
     mac_address: Option<OsString>,
     target_type: Option<OsString>,
+    pcap: Option<PathBuf>,
+    pcap_size: Option<u64>,
     operands: Vec<OsString>,
     /// The first option given that rslirp does not implement, rejected once all is validated.
     first_unsupported: Option<&'static OptSpec>,
@@ -734,6 +763,17 @@ impl Collected {
             Opt::DisableDns => self.disable_dns = true,
             Opt::MacAddress => self.mac_address = Some(value),
             Opt::TargetType => self.target_type = Some(value),
+            Opt::Pcap => self.pcap = Some(value.into()),
+            Opt::PcapSize => {
+                self.pcap_size = Some(parse_size(&value).ok_or_else(|| {
+                    CliError::plain(format!(
+                        "--pcap-size must be a number of bytes of at least {}, optionally \
+                         followed by K, M or G: {}",
+                        crate::pcap::FILE_HEADER_LEN,
+                        value.to_string_lossy()
+                    ))
+                })?)
+            }
             // Answered by `parse` before they get here; nothing to record.
             Opt::Help | Opt::Version => {}
         }
@@ -789,6 +829,10 @@ impl Collected {
             .map(|addr| check_outbound(addr, AddrFamily::V6))
             .transpose()?;
 
+        if self.pcap_size.is_some() && self.pcap.is_none() {
+            return Err(CliError::plain("--pcap-size needs --pcap FILE"));
+        }
+
         // Everything is valid; now refuse what we cannot do yet.
         if let Some(spec) = self.first_unsupported {
             return Err(not_supported(&format!("--{}", spec.long)));
@@ -821,6 +865,8 @@ impl Collected {
             outbound_addr6,
             disable_dns: self.disable_dns,
             mac_address,
+            pcap: self.pcap,
+            pcap_size: self.pcap_size.unwrap_or(crate::pcap::DEFAULT_SIZE_LIMIT),
         })
     }
 }
@@ -932,6 +978,26 @@ fn parse_mtu(value: &OsStr) -> Option<u32> {
         .and_then(parse_c_integer)
         .and_then(|n| u32::try_from(n).ok())
         .filter(|n| (1..=MAX_MTU).contains(n))
+}
+
+/// `--pcap-size`: a byte count with an optional binary suffix (`64K`, `100M`, `1g`), at
+/// least the pcap header's size so that the file is always valid.
+fn parse_size(value: &OsStr) -> Option<u64> {
+    let text = value.to_str()?;
+    let (digits, shift) = match text.char_indices().last()? {
+        (at, 'k' | 'K') => (&text[..at], 10),
+        (at, 'm' | 'M') => (&text[..at], 20),
+        (at, 'g' | 'G') => (&text[..at], 30),
+        _ => (text, 0),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits
+        .parse::<u64>()
+        .ok()?
+        .checked_mul(1 << shift)
+        .filter(|&bytes| bytes >= crate::pcap::FILE_HEADER_LEN)
 }
 
 /// `XX:XX:XX:XX:XX:XX` with one or two hex digits per byte, as `ether_aton` reads it.
@@ -1528,6 +1594,60 @@ mod tests {
     }
 
     #[test]
+    fn pcap_file_and_size() {
+        let o = run(&["1"]);
+        assert_eq!((o.pcap, o.pcap_size), (None, 100 * 1024 * 1024));
+        let o = run(&["--pcap", "/tmp/x.pcap", "1"]);
+        assert_eq!(o.pcap, Some(PathBuf::from("/tmp/x.pcap")));
+        assert_eq!(o.pcap_size, crate::pcap::DEFAULT_SIZE_LIMIT);
+        for (size, bytes) in [
+            ("24", 24),
+            ("65536", 65536),
+            ("64k", 64 << 10),
+            ("64K", 64 << 10),
+            ("100M", 100 << 20),
+            ("2g", 2 << 30),
+        ] {
+            let o = run(&["--pcap=/tmp/x.pcap", "--pcap-size", size, "1"]);
+            assert_eq!(o.pcap_size, bytes, "{size}");
+        }
+        // getopt prefixes: `--pcap` is exact, a longer prefix picks --pcap-size.
+        assert_eq!(
+            run(&["--pcap-s=1k", "--pcap=f", "1"]).pcap_size,
+            1024,
+            "prefix of --pcap-size"
+        );
+        assert_eq!(
+            error_with_usage(&["--pc=f", "1"]),
+            "rslirp: option '--pc=f' is ambiguous; possibilities: '--pcap' '--pcap-size'"
+        );
+        for bad in [
+            "",
+            "0",
+            "23",
+            "k",
+            "1.5M",
+            "-1",
+            "10KB",
+            " 10",
+            "99999999999G",
+        ] {
+            assert_eq!(
+                error_without_usage(&["--pcap=f", "--pcap-size", bad, "1"]),
+                format!(
+                    "--pcap-size must be a number of bytes of at least 24, optionally \
+                     followed by K, M or G: {bad}"
+                ),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            error_without_usage(&["--pcap-size=1M", "1"]),
+            "--pcap-size needs --pcap FILE"
+        );
+    }
+
+    #[test]
     fn errors_come_in_the_reference_order() {
         assert_eq!(
             error_with_usage(&[&format!("--userns-path={MISSING_PATH}"), "-m", "0", "1"]),
@@ -1592,6 +1712,8 @@ mod tests {
             "--outbound-addr6=IPv6 ",
             "--disable-dns ",
             "--macaddress=MAC ",
+            "--pcap=FILE ",
+            "--pcap-size=BYTES ",
             "-h, --help ",
             "-v, --version ",
         ];

@@ -7,6 +7,7 @@
 
 use crate::api_socket::{self, ApiServer};
 use crate::host::{token_flow, token_forward, RealHost};
+use crate::pcap::PcapWriter;
 use crate::resolv::ResolvWatch;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
@@ -72,6 +73,8 @@ pub struct Sources {
     pub api: Option<ApiServer>,
     /// Watches resolv.conf for the DNS forwarder (absent with --disable-dns).
     pub resolv: Option<ResolvWatch>,
+    /// `--pcap`: records every frame read from or written to the tap.
+    pub pcap: Option<PcapWriter>,
 }
 
 pub struct EventLoop {
@@ -84,6 +87,7 @@ pub struct EventLoop {
     host: RealHost,
     api: Option<ApiServer>,
     resolv: Option<ResolvWatch>,
+    pcap: Option<PcapWriter>,
     /// The last tap read stopped at the batch limit: more frames may be waiting.
     tap_backlog: bool,
     frame: Vec<u8>,
@@ -104,6 +108,7 @@ impl EventLoop {
             exit_fd,
             api,
             resolv,
+            pcap,
         } = sources;
         let registry = poll.registry();
         registry.register(
@@ -132,6 +137,7 @@ impl EventLoop {
             host,
             api,
             resolv,
+            pcap,
             tap_backlog: false,
             frame: vec![0u8; MAX_FRAME],
         })
@@ -146,6 +152,11 @@ impl EventLoop {
         let mut events = Events::with_capacity(1024);
         loop {
             let timeout = self.timeout();
+            // Captured frames reach the file before we sleep, so a capture read while we
+            // run is complete up to now (no system call when nothing was captured).
+            if let Some(pcap) = &mut self.pcap {
+                pcap.flush();
+            }
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -239,6 +250,9 @@ impl EventLoop {
             match nix::unistd::read(&self.tap, &mut self.frame) {
                 Ok(0) => return Err(LoopError::Tap(Errno::ENODEV)),
                 Ok(len) => {
+                    if let Some(pcap) = &mut self.pcap {
+                        pcap.frame(&self.frame[..len]);
+                    }
                     self.stack
                         .handle_frame(now, &self.frame[..len], &mut self.host);
                     // Keep the guest's queue moving while we read a long burst.
@@ -258,10 +272,16 @@ impl EventLoop {
     /// Write queued frames until the tap pushes back; the rest waits for writability.
     fn write_tap(&mut self) -> Result<(), LoopError> {
         let tap = &self.tap;
+        let pcap = &mut self.pcap;
         let mut fatal = None;
         self.stack.poll_transmit(|frame| loop {
             match nix::unistd::write(tap, frame) {
-                Ok(_) => return true,
+                Ok(_) => {
+                    if let Some(pcap) = pcap {
+                        pcap.frame(frame);
+                    }
+                    return true;
+                }
                 Err(Errno::EINTR) => continue,
                 Err(Errno::EAGAIN) => return false,
                 // The guest has not brought the link up (EIO): the frame has nowhere to go.

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod event_loop;
 pub mod host;
 pub mod netns;
+pub mod pcap;
 pub mod resolv;
 pub mod sandbox;
 

@@ -11,6 +11,7 @@ use rslirp::cli::{self, Command, NetnsType, Options};
 use rslirp::event_loop::{Clock, EventLoop, Exit, Sources};
 use rslirp::host::{Outbound, RealHost};
 use rslirp::netns::{self, NetnsTarget, TapConfig, TapRequest};
+use rslirp::pcap::PcapWriter;
 use rslirp::resolv::{self, ResolvWatch};
 use rslirp_stack::Stack;
 use std::fs::File;
@@ -43,6 +44,13 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp(None)
         .init();
+    log::info!(
+        "rslirp {} starting: {} {}, tap {}",
+        env!("CARGO_PKG_VERSION"),
+        options.netns_type.name(),
+        options.target,
+        options.tap_name
+    );
     match run(options) {
         Ok(exit) => {
             log::info!("exiting ({exit:?})");
@@ -82,6 +90,14 @@ fn run(options: Options) -> Result<Exit, String> {
         rslirp::set_nonblocking(fd).map_err(|e| format!("exit-fd: {e}"))?;
     }
 
+    // Before the tap, so that a bad path fails before any side effect, and long before the
+    // sandbox hides the file system.
+    let pcap = options
+        .pcap
+        .as_deref()
+        .map(|path| PcapWriter::create(path, options.pcap_size))
+        .transpose()
+        .map_err(|e| e.to_string())?;
     let tap = open_tap(&options)?;
     let config = options.stack_config();
     let clock = Clock::new();
@@ -119,6 +135,7 @@ fn run(options: Options) -> Result<Exit, String> {
         exit_fd,
         api,
         resolv: resolv.flatten(),
+        pcap,
     };
     let mut event_loop = EventLoop::new(poll, clock, sources, stack, host)
         .map_err(|e| format!("event loop: {e}"))?;
