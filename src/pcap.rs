@@ -77,7 +77,7 @@ impl PcapWriter<File> {
             .map_err(error)?;
         let writer = PcapWriter::new(file, path.display().to_string(), limit).map_err(error)?;
         log::info!(
-            "capturing every tap frame to {} (up to {limit} bytes)",
+            "pcap: capturing every tap frame to {} (up to {limit} bytes)",
             path.display()
         );
         Ok(writer)
