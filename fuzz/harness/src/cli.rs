@@ -1,0 +1,89 @@
+//! Target `cli`: command lines into [`rslirp::cli::parse`], which must answer every one
+//! with a command or an error, never a panic.
+//!
+//! Input: the arguments after argv0, separated by NUL bytes (as in /proc/PID/cmdline);
+//! they need not be UTF-8, as real arguments need not be.
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
+
+/// More words than any caller passes; bounds the work of one input.
+const MAX_WORDS: usize = 64;
+
+pub fn run(data: &[u8]) {
+    let words: Vec<OsString> = data
+        .split(|&byte| byte == 0)
+        .take(MAX_WORDS)
+        .map(|word| OsString::from_vec(word.to_vec()))
+        .collect();
+    match rslirp::cli::parse("slirp4netns", words) {
+        // What main does next with a valid command line, minus the OS.
+        Ok(rslirp::cli::Command::Run(options)) => drop(options.stack_config()),
+        Ok(_) => {}
+        Err(err) => drop(err.to_string()),
+    }
+}
+
+pub fn seeds() -> crate::Seeds {
+    let line = |words: &[&str]| words.join("\0").into_bytes();
+    vec![
+        // How rootlesskit starts it.
+        (
+            "rootlesskit",
+            line(&[
+                "--mtu",
+                "65520",
+                "-r",
+                "3",
+                "--disable-host-loopback",
+                "--enable-sandbox",
+                "--enable-seccomp",
+                "-c",
+                "-e",
+                "4",
+                "--api-socket",
+                "/run/user/1000/slirp.sock",
+                "12345",
+                "tap0",
+            ]),
+        ),
+        // How podman starts it.
+        (
+            "podman",
+            line(&[
+                "--disable-host-loopback",
+                "--mtu=65520",
+                "--enable-sandbox",
+                "--enable-seccomp",
+                "--enable-ipv6",
+                "-c",
+                "-r",
+                "3",
+                "--netns-type=path",
+                "/run/user/1000/netns/netns-1",
+                "tap0",
+            ]),
+        ),
+        (
+            "cidr-outbound",
+            line(&[
+                "--configure",
+                "--cidr=10.0.135.128/25",
+                "--outbound-addr=eth0",
+                "--outbound-addr6=::1",
+                "--disable-dns",
+                "--macaddress",
+                "02:00:00:00:00:01",
+                "--userns-path=/proc/1/ns/user",
+                "1",
+            ]),
+        ),
+        (
+            "tapfd",
+            line(&["--netns-type", "tapfd", "--target-type=netns", "5"]),
+        ),
+        ("clustered", line(&["-c6r3", "-m1500", "--ena", "--", "-1"])),
+        ("help", line(&["--help"])),
+        ("version", line(&["-v", "--bogus"])),
+    ]
+}

@@ -1,0 +1,950 @@
+//! Target `frames`: a guest and the host peers talking to a [`rslirp_stack::Stack`].
+//!
+//! Input: a flags byte (see [`config`]), then steps, each an [`Op`] byte and its fields.
+//! Steps are guest frames (raw bytes, or built from fields so that checksums and lengths
+//! are right and the fuzzer spends its time past the parsers), host events on the sockets
+//! the stack opened, port forwards, a full tap, and clock steps. Every frame the stack
+//! emits is checked by [`Sim`]; the guest can answer the last TCP segments with the right
+//! sequence numbers ([`Op::TcpReply`]), which is how inputs reach established connections,
+//! retransmission, FIN and RST handling.
+
+use crate::sim::{SentTcp, Sim};
+use crate::{clock_step, Encoder, Input, HOST_ERRORS};
+use rslirp_stack::config::{IPV6_DNS, IPV6_GATEWAY};
+use rslirp_stack::testing::frames::{Guest, TcpSegment};
+use rslirp_stack::testing::ipv6::{ALL_NODES, ALL_ROUTERS};
+use rslirp_stack::testing::SocketKind;
+use rslirp_stack::testing::SocketState;
+use rslirp_stack::{Config, Duration, Limits, VirtualNetwork};
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{
+    DhcpMessageType, EthernetAddress, Icmpv6Repr, IpAddress, IpProtocol, TcpControl, TcpPacket,
+    TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
+};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
+
+/// Steps per input. One step can open a flow, so this bounds an input's memory and time
+/// (libFuzzer's `-max_len` only bounds its bytes).
+const MAX_STEPS: usize = 400;
+/// How long the clock runs after the last step, so that every input also exercises the
+/// idle timeouts (connect 60 s, UDP 240 s) of whatever it left open.
+const FINAL_ADVANCE: Duration = Duration::from_secs(300);
+
+pub const FLAG_IPV6: u8 = 1;
+/// Small tables and buffers, so that inputs reach every limit and eviction.
+pub const FLAG_TINY_LIMITS: u8 = 2;
+pub const FLAG_DISABLE_DNS: u8 = 4;
+pub const FLAG_DISABLE_HOST_LOOPBACK: u8 = 8;
+/// The IPv6 minimum MTU instead of 1500.
+pub const FLAG_MTU_1280: u8 = 16;
+/// 10.0.135.128/25 instead of 10.0.2.0/24.
+pub const FLAG_OTHER_CIDR: u8 = 32;
+/// No DNS upstream (the host has no usable nameserver); otherwise 127.0.0.53.
+pub const FLAG_NO_DNS_UPSTREAM: u8 = 64;
+
+pub fn config(flags: u8) -> Config {
+    let mut config = Config {
+        enable_ipv6: flags & FLAG_IPV6 != 0,
+        disable_dns: flags & FLAG_DISABLE_DNS != 0,
+        disable_host_loopback: flags & FLAG_DISABLE_HOST_LOOPBACK != 0,
+        mtu: if flags & FLAG_MTU_1280 != 0 {
+            1280
+        } else {
+            1500
+        },
+        ..Config::default()
+    };
+    if flags & FLAG_OTHER_CIDR != 0 {
+        config.network = VirtualNetwork::parse("10.0.135.128/25").expect("a valid CIDR");
+    }
+    if flags & FLAG_TINY_LIMITS != 0 {
+        config.limits = Limits {
+            max_tcp_flows: 4,
+            max_half_open: 2,
+            max_udp_flows: 2,
+            max_icmp_flows: 2,
+            max_tx_queue_frames: 8,
+            max_forwards: 2,
+            tcp_rx_buffer: 4096,
+            tcp_tx_buffer: 4096,
+        };
+    }
+    config
+}
+
+/// One step. The op byte is taken modulo the number of ops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// `bytes`: any frame.
+    RawFrame,
+    /// src, dst, protocol byte, `bytes` as payload: an IPv4 packet with a valid header.
+    Ipv4Packet,
+    /// src6, dst6, next header byte, hop limit byte, `bytes`: an IPv6 packet.
+    Ipv6Packet,
+    /// family, dst, src port, dst port, flags, seq u32, ack u32, window u16, `bytes`.
+    TcpSegment,
+    /// family, dst, src port, dst port, isn u32: a SYN as Linux sends it.
+    TcpSyn,
+    /// which recent segment (0: the newest), flags, seq offset (i8), window byte, `bytes`: the guest's
+    /// answer to a segment the stack sent, with matching ports and sequence numbers.
+    TcpReply,
+    /// family, dst, src port, dst port, `bytes`.
+    Udp,
+    /// family, dst, ident u16, seq u16, `bytes`.
+    IcmpEcho,
+    /// kind, target: an ARP request, or the guest's reply to the stack's ARP request.
+    Arp,
+    /// MAC byte, message type, xid u32, ciaddr, requested address, server id, broadcast.
+    Dhcp,
+    /// kind, src6, target6: router or neighbour solicitation.
+    Ndp,
+    /// Toggle a full tap.
+    Stall,
+    /// socket: the host connect succeeds.
+    CompleteConnect,
+    /// socket, error: the host connect fails.
+    FailConnect,
+    /// socket, `bytes`: the host peer sends.
+    PeerSend,
+    /// socket: the host peer closes its side.
+    PeerClose,
+    /// socket: the host peer resets.
+    PeerReset,
+    /// socket, seq u16, `bytes`: a datagram (UDP payload, or ping reply) from the remote.
+    Datagram,
+    /// socket: the host peer reads what the stack wrote (and the socket turns writable).
+    TakeSent,
+    /// socket, u16: resize the socket's send buffer.
+    SendWindow,
+    /// socket, error: an asynchronous socket error.
+    SetError,
+    /// socket: report the socket's current readiness again (spurious wake-up).
+    Poke,
+    /// error: the next host socket open fails.
+    FailNextOpen,
+    /// udp?, host port, host addr, guest addr, guest port: `add_hostfwd`.
+    AddForward,
+    /// id byte: `remove_hostfwd`.
+    RemoveForward,
+    /// forward, client, port u16: a host client connects to a TCP forward.
+    ClientConnects,
+    /// forward, client, port u16, `bytes`: a host client sends to a UDP forward.
+    ClientSends,
+    /// clock step (see [`clock_step`]).
+    Advance,
+}
+
+pub const OPS: [Op; 28] = [
+    Op::RawFrame,
+    Op::Ipv4Packet,
+    Op::Ipv6Packet,
+    Op::TcpSegment,
+    Op::TcpSyn,
+    Op::TcpReply,
+    Op::Udp,
+    Op::IcmpEcho,
+    Op::Arp,
+    Op::Dhcp,
+    Op::Ndp,
+    Op::Stall,
+    Op::CompleteConnect,
+    Op::FailConnect,
+    Op::PeerSend,
+    Op::PeerClose,
+    Op::PeerReset,
+    Op::Datagram,
+    Op::TakeSent,
+    Op::SendWindow,
+    Op::SetError,
+    Op::Poke,
+    Op::FailNextOpen,
+    Op::AddForward,
+    Op::RemoveForward,
+    Op::ClientConnects,
+    Op::ClientSends,
+    Op::Advance,
+];
+
+impl Op {
+    pub fn code(self) -> u8 {
+        OPS.iter()
+            .position(|&op| op == self)
+            .expect("every op is in OPS") as u8
+    }
+}
+
+/// TCP flag bits of [`Op::TcpSegment`] and [`Op::TcpReply`].
+pub const SYN: u8 = 1;
+pub const FIN: u8 = 2;
+pub const RST: u8 = 4;
+pub const PSH: u8 = 8;
+pub const ACK: u8 = 16;
+/// MSS, window scale and SACK-permitted options (what Linux puts in a SYN).
+pub const OPTIONS: u8 = 32;
+
+pub fn run(data: &[u8]) {
+    let mut input = Input::new(data);
+    let flags = input.byte();
+    let config = config(flags);
+    let mut fuzz = Fuzz {
+        guest: Guest::new(&config.network),
+        sim: Sim::new(config),
+    };
+    if flags & FLAG_NO_DNS_UPSTREAM == 0 {
+        let upstream = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 53));
+        fuzz.sim.stack.set_dns_upstream(Some(upstream));
+    }
+    for _ in 0..MAX_STEPS {
+        if input.is_empty() {
+            break;
+        }
+        fuzz.step(&mut input);
+        fuzz.sim.check_no_leaks();
+    }
+    fuzz.sim.stalled = false;
+    fuzz.sim.settle();
+    fuzz.sim.advance(FINAL_ADVANCE);
+    fuzz.sim.check_no_leaks();
+}
+
+struct Fuzz {
+    sim: Sim,
+    guest: Guest,
+}
+
+impl Fuzz {
+    fn step(&mut self, input: &mut Input) {
+        let op = input.pick(&OPS);
+        if crate::tracing() {
+            eprintln!("{op:?} at {}", self.sim.now);
+        }
+        match op {
+            Op::RawFrame => {
+                let frame = input.bytes();
+                self.sim.guest_sends(frame);
+            }
+            Op::Ipv4Packet => {
+                let src = self.ipv4(input);
+                let dst = self.ipv4(input);
+                let protocol = IpProtocol::from(input.byte());
+                let payload = input.bytes();
+                let guest = Guest {
+                    ip: src,
+                    ..self.guest
+                };
+                let frame = guest.ipv4(dst, protocol, payload.len(), |buf, _, _| {
+                    buf.copy_from_slice(payload)
+                });
+                self.sim.guest_sends(&frame);
+            }
+            Op::Ipv6Packet => {
+                let src = self.ipv6(input);
+                let dst = self.ipv6(input);
+                let protocol = IpProtocol::from(input.byte());
+                let hop_limit = input.byte();
+                let payload = input.bytes();
+                let frame = self.guest.ipv6_frame(
+                    src,
+                    dst,
+                    self.guest.gateway_mac,
+                    protocol,
+                    hop_limit,
+                    payload.len(),
+                    |buf, _, _| buf.copy_from_slice(payload),
+                );
+                self.sim.guest_sends(&frame);
+            }
+            Op::TcpSegment => {
+                let (src, dst) = self.addresses(input);
+                let (src_port, dst_port) = (port(input), port(input));
+                let (flags, seq, ack, window) =
+                    (input.byte(), input.u32(), input.u32(), input.u16());
+                let segment = TcpSegment {
+                    src_port,
+                    dst_port,
+                    payload: input.bytes().to_vec(),
+                    ..segment(flags, seq, Some(ack), window)
+                };
+                self.send_tcp(src, dst, &segment);
+            }
+            Op::TcpSyn => {
+                let (src, dst) = self.addresses(input);
+                let (src_port, dst_port) = (port(input), port(input));
+                let segment = TcpSegment {
+                    src_port,
+                    dst_port,
+                    ..segment(SYN | OPTIONS, input.u32(), None, 64240)
+                };
+                self.send_tcp(src, dst, &segment);
+            }
+            Op::TcpReply => self.tcp_reply(input),
+            Op::Udp => {
+                let (src, dst) = self.addresses(input);
+                let (src_port, dst_port) = (port(input), port(input));
+                let payload = input.bytes();
+                let frame = self.udp_frame(src_port, dst_port, src, dst, payload);
+                self.sim.guest_sends(&frame);
+            }
+            Op::IcmpEcho => {
+                let (src, dst) = self.addresses(input);
+                let (ident, seq_no) = (input.u16(), input.u16());
+                let data = input.bytes();
+                let frame = match (src, dst) {
+                    (IpAddr::V4(src), IpAddr::V4(dst)) => Guest {
+                        ip: src,
+                        ..self.guest
+                    }
+                    .icmp_echo(dst, ident, seq_no, data),
+                    (IpAddr::V6(src), IpAddr::V6(dst)) => {
+                        let message = Icmpv6Repr::EchoRequest {
+                            ident,
+                            seq_no,
+                            data,
+                        };
+                        self.guest
+                            .icmpv6(src, dst, self.guest.gateway_mac, &message)
+                    }
+                    _ => return,
+                };
+                self.sim.guest_sends(&frame);
+            }
+            Op::Arp => {
+                let reply = input.bool();
+                let target = self.ipv4(input);
+                let frame = if reply {
+                    // What the guest says when the stack asks for it (before a forward's
+                    // first SYN): its address, to the gateway.
+                    let network = self.sim.config.network;
+                    Guest {
+                        ip: target,
+                        ..self.guest
+                    }
+                    .arp_reply(self.guest.gateway_mac, network.gateway())
+                } else {
+                    self.guest.arp_request(target)
+                };
+                self.sim.guest_sends(&frame);
+            }
+            Op::Dhcp => self.dhcp(input),
+            Op::Ndp => {
+                let kind = input.byte();
+                let (src, target) = (self.ipv6(input), self.ipv6(input));
+                let frame = if kind & 1 == 0 {
+                    self.guest.router_solicit()
+                } else {
+                    self.guest.neighbor_solicit(src, target)
+                };
+                self.sim.guest_sends(&frame);
+            }
+            Op::Stall => {
+                self.sim.stalled = !self.sim.stalled;
+                self.sim.settle();
+            }
+            Op::CompleteConnect | Op::FailConnect => {
+                let pick = input.byte();
+                let error = input.pick(&HOST_ERRORS);
+                let connecting = |s: &rslirp_stack::testing::SimSocket| {
+                    s.kind == SocketKind::Tcp && s.state == SocketState::Connecting
+                };
+                if let Some(flow) = self.sim.socket(pick, connecting) {
+                    let event = if op == Op::CompleteConnect {
+                        self.sim.host.complete_connect(flow)
+                    } else {
+                        self.sim.host.fail_connect(flow, error)
+                    };
+                    self.sim.host_event(event);
+                }
+            }
+            Op::PeerSend | Op::PeerClose | Op::PeerReset => {
+                let pick = input.byte();
+                let data = if op == Op::PeerSend {
+                    input.bytes()
+                } else {
+                    &[]
+                };
+                // A peer that closed its side can still reset, but not send.
+                let open = |s: &rslirp_stack::testing::SimSocket| {
+                    s.kind == SocketKind::Tcp
+                        && s.state == SocketState::Connected
+                        && !(op == Op::PeerSend && s.eof_from_peer)
+                };
+                if let Some(flow) = self.sim.socket(pick, open) {
+                    let event = match op {
+                        Op::PeerSend => self.sim.host.peer_send(flow, data),
+                        Op::PeerClose => self.sim.host.peer_close(flow),
+                        _ => self.sim.host.peer_reset(flow),
+                    };
+                    self.sim.host_event(event);
+                }
+            }
+            Op::Datagram => {
+                let pick = input.byte();
+                let seq_no = input.u16();
+                let data = input.bytes();
+                let datagram = |s: &rslirp_stack::testing::SimSocket| {
+                    matches!(s.kind, SocketKind::Udp | SocketKind::Ping)
+                };
+                if let Some(flow) = self.sim.socket(pick, datagram) {
+                    let kind = self.sim.host.socket(flow).map(|s| s.kind);
+                    let event = if kind == Some(SocketKind::Ping) && seq_no & 1 == 0 {
+                        // A well-formed echo reply half the time; raw bytes otherwise.
+                        self.sim.host.ping_reply(flow, seq_no, data)
+                    } else {
+                        self.sim.host.deliver_datagram(flow, data)
+                    };
+                    self.sim.host_event(event);
+                }
+            }
+            Op::TakeSent | Op::SendWindow => {
+                let pick = input.byte();
+                let window = usize::from(input.u16());
+                if let Some(flow) = self.sim.socket(pick, |s| s.kind == SocketKind::Tcp) {
+                    let event = if op == Op::TakeSent {
+                        self.sim.host.take_sent(flow);
+                        self.sim.host.writable_edge(flow)
+                    } else {
+                        self.sim.host.set_send_window(flow, window)
+                    };
+                    if let Some(event) = event {
+                        self.sim.host_event(event);
+                    }
+                }
+            }
+            Op::SetError | Op::Poke => {
+                let pick = input.byte();
+                let error = input.pick(&HOST_ERRORS);
+                if let Some(flow) = self.sim.socket(pick, |_| true) {
+                    let event = if op == Op::SetError {
+                        self.sim.host.set_error(flow, error)
+                    } else {
+                        self.sim.host.event(flow)
+                    };
+                    self.sim.host_event(event);
+                }
+            }
+            Op::FailNextOpen => {
+                let error = input.pick(&HOST_ERRORS);
+                self.sim.host.fail_next_open(error);
+            }
+            Op::AddForward => {
+                let request = add_forward_request(input);
+                self.sim.api(request.as_bytes());
+            }
+            Op::RemoveForward => {
+                let id = input.byte();
+                let request =
+                    format!(r#"{{"execute":"remove_hostfwd","arguments":{{"id":{id}}}}}"#);
+                self.sim.api(request.as_bytes());
+            }
+            Op::ClientConnects | Op::ClientSends => {
+                let udp = op == Op::ClientSends;
+                let pick = input.byte();
+                let client = SocketAddr::new(client_addr(input), input.u16());
+                let payload = if udp { input.bytes() } else { &[] };
+                if let Some(forward) = live_forward(&self.sim, pick, udp) {
+                    if udp {
+                        self.sim.host.client_sends(forward, client, payload);
+                    } else {
+                        self.sim.host.client_connects(forward, client);
+                    }
+                    self.sim.forward_event(forward);
+                }
+            }
+            Op::Advance => {
+                let by = clock_step(input);
+                self.sim.advance(by);
+            }
+        }
+    }
+
+    fn tcp_reply(&mut self, input: &mut Input) {
+        let pick = input.byte();
+        let flags = input.byte();
+        let seq_offset = i32::from(input.byte() as i8);
+        let window = u16::from(input.byte()) << 8;
+        let payload = input.bytes().to_vec();
+        // 0 is the newest segment, 1 the one before...
+        let recent = self.sim.recent_tcp.len();
+        let Some(index) = (recent > 0).then(|| recent - 1 - usize::from(pick) % recent) else {
+            return;
+        };
+        let SentTcp { src, dst, segment } = self.sim.recent_tcp[index].clone();
+        // Flags 0 means "a plain ACK", the common answer.
+        let flags = if flags & (SYN | FIN | RST | PSH | ACK) == 0 {
+            ACK
+        } else {
+            flags
+        };
+        let ack = segment.seq.wrapping_add(segment.seq_len());
+        let seq = segment.ack.unwrap_or(0).wrapping_add_signed(seq_offset);
+        let reply = TcpSegment {
+            src_port: segment.dst_port,
+            dst_port: segment.src_port,
+            payload,
+            ..self::segment(flags, seq, Some(ack), window)
+        };
+        self.send_tcp(dst, src, &reply);
+    }
+
+    fn dhcp(&mut self, input: &mut Input) {
+        const TYPES: [DhcpMessageType; 8] = [
+            DhcpMessageType::Discover,
+            DhcpMessageType::Request,
+            DhcpMessageType::Release,
+            DhcpMessageType::Decline,
+            DhcpMessageType::Inform,
+            DhcpMessageType::Offer,
+            DhcpMessageType::Ack,
+            DhcpMessageType::Nak,
+        ];
+        let mac = guest_mac(input.byte());
+        let message_type = input.pick(&TYPES);
+        let xid = input.u32();
+        let client_ip = self.ipv4(input);
+        let requested = self.ipv4(input);
+        let server = self.ipv4(input);
+        let options = input.byte();
+        let guest = Guest { mac, ..self.guest };
+        let mut message = guest.dhcp_message(message_type, xid);
+        message.client_ip = client_ip;
+        message.requested_ip = (options & 1 != 0).then_some(requested);
+        message.server_identifier = (options & 2 != 0).then_some(server);
+        message.broadcast = options & 4 != 0;
+        let frame = guest.dhcp(&message);
+        self.sim.guest_sends(&frame);
+    }
+
+    /// An IPv4 address the guest might use: ours, its own, the network's edges, the
+    /// outside, and the special ones; or any four bytes.
+    fn ipv4(&self, input: &mut Input) -> Ipv4Addr {
+        let network = self.sim.config.network;
+        let choices = [
+            network.gateway(),
+            network.dns(),
+            Ipv4Addr::new(10, 99, 0, 1),
+            network.guest(),
+            network.dhcp_first(),
+            network.host(50),
+            network.network_addr(),
+            network.broadcast(),
+            Ipv4Addr::BROADCAST,
+            Ipv4Addr::LOCALHOST,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::new(224, 0, 0, 251),
+            Ipv4Addr::new(192, 0, 2, 1),
+        ];
+        match input.index(choices.len() + 1) {
+            Some(i) if i < choices.len() => choices[i],
+            _ => Ipv4Addr::from(input.u32()),
+        }
+    }
+
+    fn ipv6(&self, input: &mut Input) -> Ipv6Addr {
+        let choices = [
+            IPV6_GATEWAY,
+            IPV6_DNS,
+            Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1),
+            self.guest.ipv6_addr(),
+            self.guest.link_local(),
+            Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 2),
+            Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 3),
+            Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x99),
+            Ipv6Addr::LOCALHOST,
+            Ipv6Addr::UNSPECIFIED,
+            ALL_NODES,
+            ALL_ROUTERS,
+            Ipv4Addr::new(10, 99, 0, 1).to_ipv6_mapped(),
+        ];
+        match input.index(choices.len() + 1) {
+            Some(i) if i < choices.len() => choices[i],
+            _ => Ipv6Addr::from(u128::from(input.u32()) << 96 | u128::from(input.u32())),
+        }
+    }
+
+    /// A family byte, then the destination; the source is the guest's own address (or,
+    /// for IPv4 with the family byte's bit 1, any address the input names).
+    fn addresses(&self, input: &mut Input) -> (IpAddr, IpAddr) {
+        let family = input.byte();
+        if family & 1 == 0 {
+            let src = if family & 2 != 0 {
+                self.ipv4(input)
+            } else {
+                self.guest.ip
+            };
+            (IpAddr::V4(src), IpAddr::V4(self.ipv4(input)))
+        } else {
+            let src = if family & 2 != 0 {
+                self.ipv6(input)
+            } else {
+                self.guest.ipv6_addr()
+            };
+            (IpAddr::V6(src), IpAddr::V6(self.ipv6(input)))
+        }
+    }
+
+    fn send_tcp(&mut self, src: IpAddr, dst: IpAddr, segment: &TcpSegment) {
+        let frame = match (src, dst) {
+            (IpAddr::V4(src), IpAddr::V4(dst)) => Guest {
+                ip: src,
+                ..self.guest
+            }
+            .tcp(dst, segment),
+            (IpAddr::V6(src), IpAddr::V6(dst)) => tcp6_frame(&self.guest, src, dst, segment),
+            _ => return,
+        };
+        self.sim.guest_sends(&frame);
+    }
+
+    fn udp_frame(
+        &self,
+        src_port: u16,
+        dst_port: u16,
+        src: IpAddr,
+        dst: IpAddr,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        match (src, dst) {
+            (IpAddr::V4(src), IpAddr::V4(dst)) => Guest {
+                ip: src,
+                ..self.guest
+            }
+            .udp(src_port, SocketAddrV4::new(dst, dst_port), payload),
+            (IpAddr::V6(src), IpAddr::V6(dst)) => {
+                udp6_frame(&self.guest, (src, src_port), (dst, dst_port), payload)
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// A segment with `flags` (the bits above), as the guest would send it.
+fn segment(flags: u8, seq: u32, ack: Option<u32>, window: u16) -> TcpSegment {
+    let options = flags & OPTIONS != 0;
+    TcpSegment {
+        seq,
+        ack: ack.filter(|_| flags & ACK != 0),
+        syn: flags & SYN != 0,
+        fin: flags & FIN != 0,
+        rst: flags & RST != 0,
+        psh: flags & PSH != 0,
+        window,
+        mss: options.then_some(1460),
+        window_scale: options.then_some(7),
+        sack_permitted: options,
+        ..TcpSegment::default()
+    }
+}
+
+/// A port: a few that services and flows share (so that steps meet each other's flows),
+/// or any.
+fn port(input: &mut Input) -> u16 {
+    const PORTS: [u16; 8] = [40000, 40001, 80, 53, 67, 68, 22, 0];
+    match input.index(PORTS.len() + 1) {
+        Some(i) if i < PORTS.len() => PORTS[i],
+        _ => input.u16(),
+    }
+}
+
+/// The scenario guest's MAC, a few other unicast ones, broadcast and multicast.
+fn guest_mac(byte: u8) -> EthernetAddress {
+    match byte % 4 {
+        0 => rslirp_stack::testing::GUEST_MAC,
+        1 => EthernetAddress([0x02, 0, 0, 0, 0, byte]),
+        2 => EthernetAddress::BROADCAST,
+        _ => EthernetAddress([0x01, 0, 0x5e, 0, 0, byte]),
+    }
+}
+
+fn client_addr(input: &mut Input) -> IpAddr {
+    let choices = [
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+        IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
+        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 7)),
+        IpAddr::V4(Ipv4Addr::new(10, 0, 2, 50)),
+        IpAddr::V6(Ipv4Addr::new(192, 0, 2, 8).to_ipv6_mapped()),
+    ];
+    input.pick(&choices)
+}
+
+/// `add_hostfwd` with fields the input picks from values that parse (the `api` target
+/// fuzzes the JSON itself).
+pub fn add_forward_request(input: &mut Input) -> String {
+    let proto = if input.bool() { "udp" } else { "tcp" };
+    let host_port = input.pick(&[8080u16, 8081, 53, 1]);
+    let host_addr = input.pick(&["127.0.0.1", "0.0.0.0", "::1", "::"]);
+    let guest_addr = input.pick(&["", "10.0.2.100", "10.0.2.50", "fd00::ff:fe00:1"]);
+    let guest_port = input.pick(&[80u16, 22, 53, 8080]);
+    format!(
+        r#"{{"execute":"add_hostfwd","arguments":{{"proto":"{proto}","host_addr":"{host_addr}","host_port":{host_port},"guest_addr":"{guest_addr}","guest_port":{guest_port}}}}}"#
+    )
+}
+
+/// A forward the host still listens on, of the given kind, chosen by `pick`.
+pub fn live_forward(sim: &Sim, pick: u8, udp: bool) -> Option<u64> {
+    let live: Vec<u64> = sim
+        .stack
+        .forwards()
+        .map(|forward| forward.id)
+        .filter(|&id| {
+            sim.host
+                .forward(id)
+                .is_some_and(|f| !f.closed && f.udp == udp)
+        })
+        .collect();
+    (!live.is_empty()).then(|| live[usize::from(pick) % live.len()])
+}
+
+/// A TCP segment from any IPv6 source (`Guest::tcp6` always uses the guest's SLAAC address).
+fn tcp6_frame(guest: &Guest, src: Ipv6Addr, dst: Ipv6Addr, segment: &TcpSegment) -> Vec<u8> {
+    let repr = TcpRepr {
+        src_port: segment.src_port,
+        dst_port: segment.dst_port,
+        control: TcpControl::None,
+        seq_number: TcpSeqNumber(segment.seq as i32),
+        ack_number: segment.ack.map(|ack| TcpSeqNumber(ack as i32)),
+        window_len: segment.window,
+        window_scale: segment.window_scale,
+        max_seg_size: segment.mss,
+        sack_permitted: segment.sack_permitted,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload: &segment.payload,
+    };
+    guest.ipv6_frame(
+        src,
+        dst,
+        guest.gateway_mac,
+        IpProtocol::Tcp,
+        64,
+        repr.buffer_len(),
+        |buf, src, dst| {
+            let mut packet = TcpPacket::new_unchecked(buf);
+            repr.emit(&mut packet, src, dst, &ChecksumCapabilities::default());
+            // TcpRepr has one control flag; set them all, then checksum again.
+            packet.set_syn(segment.syn);
+            packet.set_fin(segment.fin);
+            packet.set_rst(segment.rst);
+            packet.set_psh(segment.psh);
+            packet.fill_checksum(src, dst);
+        },
+    )
+}
+
+fn udp6_frame(
+    guest: &Guest,
+    (src, src_port): (Ipv6Addr, u16),
+    (dst, dst_port): (Ipv6Addr, u16),
+    payload: &[u8],
+) -> Vec<u8> {
+    let repr = UdpRepr { src_port, dst_port };
+    let len = repr.header_len() + payload.len();
+    guest.ipv6_frame(
+        src,
+        dst,
+        guest.gateway_mac,
+        IpProtocol::Udp,
+        64,
+        len,
+        |buf, src: &IpAddress, dst: &IpAddress| {
+            repr.emit(
+                &mut UdpPacket::new_unchecked(buf),
+                src,
+                dst,
+                payload.len(),
+                |out| out.copy_from_slice(payload),
+                &ChecksumCapabilities::default(),
+            )
+        },
+    )
+}
+
+/// The seed corpus: one input per kind of traffic, each deep enough to be worth mutating.
+pub fn seeds() -> crate::Seeds {
+    let op = |e: &mut Encoder, op: Op| {
+        e.byte(op.code());
+    };
+    let mut seeds = Vec::new();
+    let network = VirtualNetwork::default();
+    let guest = Guest::new(&network);
+
+    // A raw ARP request, exactly as a Linux guest sends it.
+    let mut e = Encoder::new();
+    e.byte(0);
+    op(&mut e, Op::RawFrame);
+    e.bytes(&guest.arp_request(network.gateway()));
+    seeds.push(("arp-request", e.finish()));
+
+    // TCP to 10.99.0.1:80: SYN, connect completes, handshake, data both ways, FINs.
+    for (name, flags) in [("tcp-session", 0), ("tcp-session-tiny", FLAG_TINY_LIMITS)] {
+        let mut e = Encoder::new();
+        e.byte(flags);
+        op(&mut e, Op::TcpSyn);
+        // family v4 from the guest, dst index 2 (10.99.0.1), ports 40000 -> 80, isn.
+        e.byte(0).byte(2).byte(0).byte(2).u32(0x1000_0000);
+        op(&mut e, Op::CompleteConnect);
+        e.byte(0).byte(0);
+        op(&mut e, Op::TcpReply);
+        e.byte(0).byte(ACK).byte(0).byte(8).bytes(b"");
+        op(&mut e, Op::TcpReply);
+        e.byte(0)
+            .byte(ACK | PSH)
+            .byte(0)
+            .byte(8)
+            .bytes(b"GET / HTTP/1.0\r\n\r\n");
+        op(&mut e, Op::PeerSend);
+        e.byte(0).bytes(b"HTTP/1.0 200 OK\r\n\r\nhello");
+        op(&mut e, Op::TcpReply);
+        e.byte(0).byte(ACK).byte(0).byte(8).bytes(b"");
+        op(&mut e, Op::TakeSent);
+        e.byte(0).u16(0);
+        op(&mut e, Op::PeerClose);
+        e.byte(0);
+        op(&mut e, Op::TcpReply);
+        e.byte(0).byte(ACK | FIN).byte(0).byte(8).bytes(b"");
+        op(&mut e, Op::Advance);
+        e.byte(5);
+        seeds.push((name, e.finish()));
+    }
+
+    // A connect that the host refuses, and one that times out.
+    let mut e = Encoder::new();
+    e.byte(0);
+    op(&mut e, Op::TcpSyn);
+    e.byte(0).byte(0).byte(0).byte(6).u32(1);
+    op(&mut e, Op::FailConnect);
+    e.byte(0).byte(0);
+    op(&mut e, Op::TcpSyn);
+    e.byte(0).byte(2).byte(1).byte(2).u32(2);
+    op(&mut e, Op::Advance);
+    e.byte(9);
+    seeds.push(("tcp-refused", e.finish()));
+
+    // UDP to the outside and back, DNS to 10.0.2.3, and ICMP echo out and back.
+    let mut e = Encoder::new();
+    e.byte(0);
+    op(&mut e, Op::Udp);
+    e.byte(0).byte(2).byte(0).byte(8).u16(9999).bytes(b"ping");
+    op(&mut e, Op::Datagram);
+    e.byte(0).u16(1).bytes(b"pong");
+    op(&mut e, Op::IcmpEcho);
+    e.byte(0).byte(2).u16(7).u16(1).bytes(b"abcdefgh");
+    op(&mut e, Op::Datagram);
+    e.byte(1).u16(2).bytes(b"abcdefgh");
+    op(&mut e, Op::IcmpEcho);
+    e.byte(0).byte(0).u16(7).u16(2).bytes(b"to the gateway");
+    op(&mut e, Op::Advance);
+    e.byte(11);
+    seeds.push(("udp-icmp", e.finish()));
+
+    // DHCP: discover, request.
+    let mut e = Encoder::new();
+    e.byte(0);
+    op(&mut e, Op::Dhcp);
+    e.byte(0)
+        .byte(0)
+        .u32(0x1234)
+        .byte(10)
+        .byte(0)
+        .byte(0)
+        .byte(0);
+    op(&mut e, Op::Dhcp);
+    e.byte(0)
+        .byte(1)
+        .u32(0x1234)
+        .byte(10)
+        .byte(4)
+        .byte(0)
+        .byte(3);
+    seeds.push(("dhcp", e.finish()));
+
+    // IPv6: router and neighbour solicitation, echo, TCP and UDP.
+    let mut e = Encoder::new();
+    e.byte(FLAG_IPV6);
+    op(&mut e, Op::Ndp);
+    e.byte(0).byte(0).byte(0);
+    op(&mut e, Op::Ndp);
+    e.byte(1).byte(3).byte(0);
+    op(&mut e, Op::IcmpEcho);
+    e.byte(1).byte(0).u16(1).u16(1).bytes(b"v6 echo");
+    op(&mut e, Op::TcpSyn);
+    e.byte(1).byte(2).byte(0).byte(2).u32(77);
+    op(&mut e, Op::CompleteConnect);
+    e.byte(0).byte(0);
+    op(&mut e, Op::TcpReply);
+    e.byte(0)
+        .byte(ACK | PSH)
+        .byte(0)
+        .byte(8)
+        .bytes(b"hello over v6");
+    op(&mut e, Op::Udp);
+    e.byte(1).byte(1).byte(0).byte(3).bytes(
+        b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07example\x03com\x00\x00\x01\x00\x01",
+    );
+    op(&mut e, Op::Advance);
+    e.byte(10);
+    seeds.push(("ipv6", e.finish()));
+
+    // A TCP port forward: add it, a client connects, the guest answers ARP and the SYN.
+    let mut e = Encoder::new();
+    e.byte(0);
+    op(&mut e, Op::AddForward);
+    e.byte(0).byte(0).byte(0).byte(0).byte(0);
+    op(&mut e, Op::ClientConnects);
+    e.byte(0).byte(0).u16(50000);
+    op(&mut e, Op::Arp);
+    e.byte(1).byte(3);
+    op(&mut e, Op::TcpReply);
+    e.byte(0)
+        .byte(SYN | ACK | OPTIONS)
+        .byte(0)
+        .byte(8)
+        .bytes(b"");
+    op(&mut e, Op::PeerSend);
+    e.byte(0).bytes(b"to the guest");
+    op(&mut e, Op::TcpReply);
+    e.byte(0).byte(ACK).byte(0).byte(8).bytes(b"");
+    op(&mut e, Op::AddForward);
+    e.byte(1).byte(2).byte(0).byte(0).byte(2);
+    op(&mut e, Op::ClientSends);
+    e.byte(0).byte(0).u16(50001).bytes(b"datagram");
+    seeds.push(("forwards", e.finish()));
+
+    // A full tap with tiny limits: many SYNs and UDP flows while stalled.
+    let mut e = Encoder::new();
+    e.byte(FLAG_TINY_LIMITS);
+    op(&mut e, Op::Stall);
+    for port in 0..6u16 {
+        op(&mut e, Op::TcpSyn);
+        e.byte(0)
+            .byte(2)
+            .byte(8)
+            .u16(1000 + port)
+            .byte(2)
+            .u32(u32::from(port));
+        op(&mut e, Op::Udp);
+        e.byte(0)
+            .byte(2)
+            .byte(8)
+            .u16(2000 + port)
+            .byte(8)
+            .u16(7)
+            .bytes(b"x");
+    }
+    op(&mut e, Op::Stall);
+    op(&mut e, Op::CompleteConnect);
+    e.byte(0).byte(0);
+    seeds.push(("stalled-tiny", e.finish()));
+
+    // Raw IPv4 with a valid header: a TCP segment with odd options to the gateway.
+    let mut e = Encoder::new();
+    e.byte(0);
+    op(&mut e, Op::Ipv4Packet);
+    e.byte(3).byte(0).byte(6).bytes(&[
+        0x9c, 0x40, 0x00, 0x50, 0, 0, 0, 1, 0, 0, 0, 0, 0xa0, 0x02, 0xfa, 0xf0, 0, 0, 0, 0, 2, 4,
+        5, 0xb4, 1, 3, 3, 7, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0,
+    ]);
+    seeds.push(("ipv4-options", e.finish()));
+
+    seeds
+}
