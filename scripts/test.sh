@@ -23,10 +23,11 @@ cd "$(dirname "$0")/.."
 
 # Everything the tests and tools around them use. slirp4netns and passt are there to
 # compare against (RSLIRP_BIN=/usr/bin/slirp4netns, the benches); rootlesskit (with uidmap
-# and busybox for its test) is a real client of the control socket; gcc/libc6-dev link Rust.
+# and busybox for its test) is a real client of the control socket; tcpdump reads the
+# --pcap captures back; gcc/libc6-dev link Rust.
 PACKAGES=(
     iproute2 iputils-ping procps util-linux passwd
-    ncat socat iperf3 jq udhcpc dnsmasq-base curl python3
+    ncat socat iperf3 jq udhcpc dnsmasq-base curl python3 tcpdump
     slirp4netns passt
     rootlesskit uidmap busybox
     gcc libc6-dev pkg-config ca-certificates

@@ -12,9 +12,11 @@
 #![allow(dead_code)]
 
 pub mod api;
+pub mod ctl;
 pub mod dns;
 pub mod net;
 pub mod ns;
+pub mod pcap;
 pub mod process;
 pub mod resolv;
 pub mod sandbox;
@@ -462,6 +464,27 @@ impl Launch<'_> {
     /// Starts rslirp in the host namespace (as TEST_USER when rootless) and waits for the
     /// ready byte on fd 3. Panics, with rslirp's output, if it is not `1` within 10 s.
     pub fn start(self) -> Rslirp {
+        let mut rslirp = self.spawn();
+        rslirp.await_ready_byte();
+        rslirp
+    }
+
+    /// Starts rslirp expecting it to fail at start-up: waits for it to exit and returns its
+    /// status and output. Panics if it becomes ready or is still running after `timeout`.
+    pub fn start_expecting_exit(self, timeout: Duration) -> (ExitStatus, String) {
+        let mut rslirp = self.spawn();
+        let status = rslirp.wait_exit(timeout);
+        let mut byte = [0u8; 1];
+        assert_eq!(
+            rslirp.ready.read(&mut byte).ok(),
+            Some(0),
+            "rslirp wrote a ready byte before exiting ({status})"
+        );
+        (status, rslirp.output())
+    }
+
+    /// Spawns rslirp as [`Launch::start`] describes, without waiting.
+    fn spawn(self) -> Rslirp {
         let env = self.env;
         let n = env.launches.fetch_add(1, Ordering::SeqCst);
         let log_path = env.tmp.path.join(format!("rslirp-{n}.log"));
@@ -483,14 +506,12 @@ impl Launch<'_> {
         // Our copies must go, or EOF on the ready pipe (rslirp died) would never be seen.
         drop(ready_write);
         drop(exit_read);
-        let mut rslirp = Rslirp {
+        Rslirp {
             proc,
             log_path,
             ready: ready_read,
             exit_write,
-        };
-        rslirp.await_ready_byte();
-        rslirp
+        }
     }
 
     /// `ip netns exec HOST [setpriv ...] BIN [-c] ARGS... -r 3 [-e 4] TARGET tap0`
