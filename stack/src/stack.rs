@@ -1052,6 +1052,7 @@ impl Stack {
                 }
                 log::debug!("forward {forward}: refusing {peer} (flow limit or 4-tuple in use)");
                 host.close(id, CloseMode::Abort);
+                self.flows.skip_id(id);
                 continue;
             }
             // Learn the guest's MAC first: the SYN below goes out at once, and a Linux
@@ -1066,6 +1067,7 @@ impl Stack {
                 &mut self.tx,
             ) else {
                 host.close(id, CloseMode::Abort);
+                self.flows.skip_id(id);
                 continue;
             };
             let mut flow = Box::new(flow);

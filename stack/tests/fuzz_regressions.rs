@@ -44,7 +44,6 @@ fn socket_ids(s: &Scenario) -> HashSet<FlowId> {
 /// again"); the fuzz harness renames such ids to get past it (fuzz/harness/src/sim.rs,
 /// `TOLERATE_FLOW_ID_REUSE`).
 #[test]
-#[ignore = "bug: Stack::accept_forwarded reuses the FlowId of a connection it refused (same generation)"]
 fn forward_refusal_reuses_flow_id() {
     let mut s = guest_with_forward();
     let first = SocketAddr::from((Ipv4Addr::new(127, 0, 0, 1), 5000));
@@ -78,7 +77,6 @@ fn forward_refusal_reuses_flow_id() {
 /// the guest, so the stack closes its socket; the forward is removed; then the guest
 /// connects out, and that flow's host socket gets the refused socket's id.
 #[test]
-#[ignore = "bug: Stack::accept_forwarded reuses the FlowId of a connection it refused (same generation)"]
 fn forward_refusal_then_guest_connect() {
     let mut s = guest_with_forward();
     let client = SocketAddr::from((Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 7), 0));
@@ -109,7 +107,6 @@ fn forward_refusal_then_guest_connect() {
 /// direction too). RFC 9293 (3.10.7.4, CLOSE-WAIT): "ignore the segment text". The fuzz
 /// harness answers EPIPE meanwhile (`TOLERATE_SEND_AFTER_SHUTDOWN`).
 #[test]
-#[ignore = "bug: TcpFlow::pump calls tcp_send after tcp_shutdown_write for data the guest sent after its FIN"]
 fn guest_data_after_its_fin_is_dropped() {
     let mut s = Scenario::new();
     let (mut conn, flow) = s.open_tcp(40000, SocketAddrV4::new(REMOTE, 80));

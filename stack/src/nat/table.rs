@@ -90,6 +90,25 @@ impl<T> FlowTable<T> {
         }
     }
 
+    /// Retire the id [`FlowTable::next_id`] returned without inserting a flow (the host
+    /// already used it for a socket that was then refused), so the next flow gets a new
+    /// generation and a late event for that socket cannot reach it.
+    pub fn skip_id(&mut self, id: FlowId) {
+        if id != self.next_id() {
+            return;
+        }
+        match self.slots.get_mut(id.index as usize) {
+            Some(slot) => slot.generation = id.generation,
+            None => {
+                self.slots.push(Slot {
+                    generation: id.generation,
+                    entry: None,
+                });
+                self.free.push(id.index);
+            }
+        }
+    }
+
     /// Adds a flow; the key must not be present (callers look up first).
     pub fn insert(&mut self, key: FlowKey, value: T) -> FlowId {
         let entry = Entry {
@@ -269,6 +288,19 @@ mod tests {
         let predicted = table.next_id();
         assert_eq!(table.insert(key(2), ()), predicted);
         assert_ne!(predicted, a);
+    }
+
+    #[test]
+    fn skipped_ids_are_not_handed_out_again() {
+        let mut table = FlowTable::default();
+        let skipped = table.next_id();
+        table.skip_id(skipped);
+        let a = table.insert(key(1), ());
+        assert_ne!(a, skipped);
+        table.remove(a);
+        let skipped = table.next_id();
+        table.skip_id(skipped);
+        assert_ne!(table.insert(key(2), ()), skipped);
     }
 
     #[test]

@@ -444,8 +444,12 @@ impl TcpFlow {
     /// Move bytes between the smoltcp socket and the host socket until one side blocks.
     fn pump(&mut self, id: FlowId, host: &mut impl HostIo) -> Result<(), HostError> {
         let socket = self.sockets.get_mut::<Socket>(self.handle);
-        // Guest → host.
-        while self.host_writable && socket.can_recv() {
+        // Guest → host. Text after the guest's FIN has nowhere to go once the host side is
+        // shut down for writing (RFC 9293, CLOSE-WAIT: "ignore the segment text").
+        if self.host_write_shut && socket.can_recv() {
+            let _ = socket.recv(|buf| (buf.len(), ()));
+        }
+        while self.host_writable && !self.host_write_shut && socket.can_recv() {
             let sent = socket.recv(|buf| match host.tcp_send(id, buf) {
                 Ok(n) => (n, Ok(n)),
                 Err(err) => (0, Err(err)),
