@@ -513,6 +513,11 @@ pub fn usage(argv0: &str) -> String {
         text.push_str(&spec.help_line());
         text.push('\n');
     }
+    // Where a newcomer goes next. No option names here: callers probe this text for them.
+    text.push_str(
+        "\nControl a running instance (port forwards, counters, flows) with rslirpctl.\n\
+         Manual: rslirp(1), docs/rslirp.1.md in the source tree.\n",
+    );
     text
 }
 
@@ -1736,6 +1741,15 @@ mod tests {
         ] {
             assert!(!text.contains(unsupported), "--help mentions {unsupported}");
         }
+    }
+
+    #[test]
+    fn help_points_to_the_control_tool_and_the_manual() {
+        let text = help_text(&["--help"]);
+        assert!(text.ends_with(
+            "\n\nControl a running instance (port forwards, counters, flows) with rslirpctl.\n\
+             Manual: rslirp(1), docs/rslirp.1.md in the source tree.\n"
+        ));
     }
 
     #[test]
