@@ -3,7 +3,9 @@
 //! It waits on the tap, every host socket, a signalfd (SIGTERM/SIGINT) and the exit fd,
 //! with the stack's next deadline as the timeout, so an idle rslirp sleeps in epoll_wait.
 //! Each wake-up: feed what arrived to the stack, run its timers, then write what it queued
-//! for the guest to the tap (keeping frames queued if the tap is full).
+//! for the guest to the tap (keeping frames queued if the tap is full). With `--pcap`, each
+//! frame read or written is also recorded (see `pcap.rs`), and the capture is flushed before
+//! the loop sleeps.
 
 use crate::api_socket::{self, ApiServer};
 use crate::host::{token_flow, token_forward, RealHost};

@@ -11,6 +11,7 @@ use common::api::{self, Api};
 use common::ctl::{ctl_fails, ctl_json, ctl_ok, parse_tables, Table};
 use common::net::{self, Pattern};
 use common::pcap::{count_containing, tcpdump_lines};
+use common::process::wait_for;
 use common::{Env, Mode, Rslirp, EXIT_TIMEOUT, GATEWAY, GUEST_ADDR, STEP_TIMEOUT};
 use serde_json::Value;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -304,12 +305,15 @@ fn pcap_of_pings_reads_back_with_tcpdump() {
         "the capture holds the traffic: owner only"
     );
     ping_gateway(&env);
-    // While rslirp runs, the file is already complete up to its last wake-up.
-    let lines = tcpdump_lines(&file);
-    assert_eq!(
-        count_containing(&lines, "ICMP echo request"),
-        PINGS,
-        "while running"
+    // While rslirp runs, the file is complete up to its last wake-up (it flushes before it
+    // sleeps, which may be a moment after ping saw its last reply).
+    wait_for(
+        "every ping in the capture while rslirp runs",
+        STEP_TIMEOUT,
+        || {
+            let lines = tcpdump_lines(&file);
+            (count_containing(&lines, "ICMP echo reply") == PINGS).then_some(())
+        },
     );
     let seen = frames_so_far(&api.path);
     stop(&mut rslirp);
