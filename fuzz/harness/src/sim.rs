@@ -5,13 +5,13 @@
 //! scenario guest's MAC, but a fuzzed guest sends from any MAC (and the stack answers it),
 //! and here the tap can also be full (`stalled`), which Scenario never simulates.
 
-use rslirp_stack::testing::frames::{try_parse, Parsed, TcpSegment};
+use rslirp_stack::testing::frames::{try_parse, ParseError, Parsed, TcpSegment};
 use rslirp_stack::testing::ipv6::{try_parse6, Parsed6};
 use rslirp_stack::testing::{SimHost, SimSocket};
 use rslirp_stack::{
     CloseMode, Config, Duration, FlowId, HostError, HostEvent, HostIo, HostResult, Instant, Stack,
 };
-use smoltcp::wire::{EthernetFrame, EthernetProtocol, ETHERNET_HEADER_LEN};
+use smoltcp::wire::{EthernetFrame, EthernetProtocol, Ipv4Packet, ETHERNET_HEADER_LEN};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::{Deref, DerefMut};
@@ -212,6 +212,14 @@ impl Sim {
                     segment: tcp,
                 }),
                 Ok(_) => None,
+                // `try_parse` reads any UDP from port 67 to 68 as DHCP, after checking its
+                // checksums; from anyone but our gateway it is NATed traffic (a remote's
+                // port 67 answering the guest's port 68) and may hold anything.
+                Err(
+                    ParseError::Truncated("DHCP")
+                    | ParseError::Malformed("DHCP")
+                    | ParseError::Malformed("DHCP MTU option"),
+                ) if !from_gateway(frame, self.config.network.gateway()) => None,
                 Err(err) => panic!("the stack emitted a bad frame ({err}): {frame:02x?}"),
             }
         };
@@ -275,6 +283,14 @@ impl Sim {
         flows.sort();
         (!flows.is_empty()).then(|| flows[usize::from(pick) % flows.len()])
     }
+}
+
+/// Whether an IPv4 frame comes from `gateway`.
+fn from_gateway(frame: &[u8], gateway: std::net::Ipv4Addr) -> bool {
+    let Ok(eth) = EthernetFrame::new_checked(frame) else {
+        return false;
+    };
+    Ipv4Packet::new_checked(eth.payload()).is_ok_and(|ip| ip.src_addr() == gateway)
 }
 
 /// Known bug 1 (stack/tests/fuzz_regressions.rs, `forward_refusal_reuses_flow_id`): when
