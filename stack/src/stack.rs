@@ -1106,8 +1106,7 @@ impl Stack {
                     return;
                 }
             };
-            let headers = if guest.is_ipv4() { 28 } else { 48 };
-            if len + headers > self.config.mtu {
+            if !crate::nat::udp::fits_mtu(guest, len, self.config.mtu) {
                 self.stats.tx_dropped += 1;
                 continue;
             }

@@ -83,8 +83,7 @@ impl UdpFlow {
             self.last_active = now;
             self.counters.to_guest += len as u64;
             let payload = &scratch[..len];
-            let headers = if key.guest.is_ipv4() { 28 } else { 48 };
-            if len + headers > mtu {
+            if !fits_mtu(key.guest, len, mtu) {
                 // IP fragmentation towards the guest is not implemented: such a datagram
                 // could not cross the tap anyway.
                 stats.tx_dropped += 1;
@@ -94,6 +93,13 @@ impl UdpFlow {
             send_udp(tx, stats, key.remote, key.guest, payload);
         }
     }
+}
+
+/// Whether a UDP payload of `len` bytes to `guest` fits in one IP packet of `mtu` bytes.
+/// IP fragmentation towards the guest is not implemented, so larger ones are dropped.
+pub fn fits_mtu(guest: SocketAddr, len: usize, mtu: usize) -> bool {
+    let headers = if guest.is_ipv4() { 20 + 8 } else { 40 + 8 };
+    len + headers <= mtu
 }
 
 /// Queue a UDP datagram to the guest (both endpoints of one family).
