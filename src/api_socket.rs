@@ -16,8 +16,6 @@ use std::time::{Duration, Instant};
 
 /// Requests of this many bytes or more are refused (the reference's buffer size).
 pub const MAX_REQUEST_BYTES: usize = 4096;
-/// Connected clients served at once; more are closed at once (counted).
-pub const MAX_CLIENTS: usize = 64;
 /// A client must complete its request and take its reply within this time.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -41,7 +39,9 @@ pub struct ApiServer {
     path: PathBuf,
     clients: HashMap<usize, Client>,
     next_client: usize,
-    /// Connections closed because `MAX_CLIENTS` were already being served.
+    /// Clients served at once (`Limits::max_api_clients`); more are closed at once.
+    max_clients: usize,
+    /// Connections closed because `max_clients` were already being served.
     pub rejected_clients: u64,
 }
 
@@ -54,7 +54,11 @@ pub struct ApiSocketError {
 
 impl ApiServer {
     /// Listen at `path`, replacing a stale socket file left by an earlier run.
-    pub fn bind(path: &Path, registry: &Registry) -> Result<ApiServer, ApiSocketError> {
+    pub fn bind(
+        path: &Path,
+        registry: &Registry,
+        max_clients: usize,
+    ) -> Result<ApiServer, ApiSocketError> {
         let error = |source| ApiSocketError {
             path: path.display().to_string(),
             source,
@@ -70,6 +74,7 @@ impl ApiServer {
             clients: HashMap::new(),
             // Key 0 would make the client token equal to LISTENER.
             next_client: 1,
+            max_clients,
             rejected_clients: 0,
         })
     }
@@ -122,7 +127,7 @@ impl ApiServer {
                     return;
                 }
             };
-            if self.clients.len() >= MAX_CLIENTS {
+            if self.clients.len() >= self.max_clients {
                 self.rejected_clients += 1;
                 log::debug!("API client limit reached; closing a new connection");
                 continue;

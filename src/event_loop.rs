@@ -15,7 +15,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::errno::Errno;
 use nix::sys::signalfd::SignalFd;
-use rslirp_stack::{HostEvent, Instant, Stack};
+use rslirp_stack::{HostEvent, Instant, Stack, TapWrite};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Duration;
 
@@ -193,6 +193,8 @@ impl EventLoop {
                             let mut handle =
                                 |request: &[u8]| stack.handle_api_request(now, request, host);
                             api.handle_event(token, self.poll.registry(), &mut handle);
+                            // Rejections happen in the server; `get_stats` shows them.
+                            self.stack.set_api_clients_rejected(api.rejected_clients);
                         }
                     }
                     token if token_forward(token).is_some() => {
@@ -282,15 +284,18 @@ impl EventLoop {
                     if let Some(pcap) = pcap {
                         pcap.frame(frame);
                     }
-                    return true;
+                    return TapWrite::Sent;
                 }
                 Err(Errno::EINTR) => continue,
-                Err(Errno::EAGAIN) => return false,
-                // The guest has not brought the link up (EIO): the frame has nowhere to go.
-                Err(Errno::EIO) | Err(Errno::EINVAL) | Err(Errno::ENOBUFS) => return true,
+                Err(Errno::EAGAIN) => return TapWrite::Full,
+                // The guest has not brought the link up (EIO), or the kernel had no memory
+                // for it: the frame has nowhere to go, as on a real NIC with no carrier.
+                Err(Errno::EIO) | Err(Errno::ENOBUFS) => return TapWrite::Dropped,
+                // The kernel found the frame malformed: our error, counted, not fatal.
+                Err(Errno::EINVAL) => return TapWrite::Failed,
                 Err(errno) => {
                     fatal = Some(errno);
-                    return false;
+                    return TapWrite::Full;
                 }
             }
         });

@@ -126,7 +126,10 @@ fn run(options: Options) -> Result<Exit, String> {
     };
     let host = RealHost::new(registry, outbound);
     let api = match &options.api_socket {
-        Some(path) => Some(ApiServer::bind(path, poll.registry()).map_err(|e| e.to_string())?),
+        Some(path) => Some(
+            ApiServer::bind(path, poll.registry(), config.limits.max_api_clients)
+                .map_err(|e| e.to_string())?,
+        ),
         None => None,
     };
     let sources = Sources {

@@ -221,7 +221,7 @@ impl Bench {
         }
         self.stack.poll_transmit(|frame| {
             tap(frame);
-            true
+            rslirp_stack::TapWrite::Sent
         });
     }
 

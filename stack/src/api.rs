@@ -411,8 +411,15 @@ struct Counters {
     udp_flows_opened: u64,
     icmp_flows_opened: u64,
     tcp_flow_limit_hits: u64,
+    tcp_half_open_limit_hits: u64,
     udp_flow_evictions: u64,
     icmp_flow_evictions: u64,
+    dns_flow_evictions: u64,
+    tcp_buffer_reductions: u64,
+    tcp_buffer_budget_hits: u64,
+    tcp_buffer_bytes: u64,
+    forward_limit_hits: u64,
+    api_clients_rejected: u64,
     tcp_connect_failures: u64,
     host_socket_errors: u64,
 }
@@ -472,8 +479,15 @@ pub fn stats_reply(stats: &Stats) -> Vec<u8> {
                 udp_flows_opened: stats.udp_flows_opened,
                 icmp_flows_opened: stats.icmp_flows_opened,
                 tcp_flow_limit_hits: stats.tcp_flow_limit_hits,
+                tcp_half_open_limit_hits: stats.tcp_half_open_limit_hits,
                 udp_flow_evictions: stats.udp_flow_evictions,
                 icmp_flow_evictions: stats.icmp_flow_evictions,
+                dns_flow_evictions: stats.dns_flow_evictions,
+                tcp_buffer_reductions: stats.tcp_buffer_reductions,
+                tcp_buffer_budget_hits: stats.tcp_buffer_budget_hits,
+                tcp_buffer_bytes: stats.tcp_buffer_bytes,
+                forward_limit_hits: stats.forward_limit_hits,
+                api_clients_rejected: stats.api_clients_rejected,
                 tcp_connect_failures: stats.tcp_connect_failures,
                 host_socket_errors: stats.host_socket_errors,
             },
@@ -1087,10 +1101,17 @@ mod tests {
             udp_flows_opened: 13,
             icmp_flows_opened: 14,
             tcp_flow_limit_hits: 15,
-            udp_flow_evictions: 16,
-            icmp_flow_evictions: 17,
-            tcp_connect_failures: 18,
-            host_socket_errors: 19,
+            tcp_half_open_limit_hits: 16,
+            udp_flow_evictions: 17,
+            icmp_flow_evictions: 18,
+            dns_flow_evictions: 19,
+            tcp_buffer_reductions: 20,
+            tcp_buffer_budget_hits: 21,
+            tcp_buffer_bytes: 22,
+            forward_limit_hits: 23,
+            api_clients_rejected: 24,
+            tcp_connect_failures: 25,
+            host_socket_errors: 26,
         };
         assert_eq!(
             String::from_utf8_lossy(&stats_reply(&stats)),
@@ -1099,8 +1120,11 @@ mod tests {
                 r#""tx_bytes":5,"tx_packets":6,"tx_errors":7,"tx_dropped":8}},"#,
                 r#""flows":{"tcp":9,"udp":10,"icmp":11},"#,
                 r#""counters":{"tcp_flows_opened":12,"udp_flows_opened":13,"icmp_flows_opened":14,"#,
-                r#""tcp_flow_limit_hits":15,"udp_flow_evictions":16,"icmp_flow_evictions":17,"#,
-                r#""tcp_connect_failures":18,"host_socket_errors":19}}}"#
+                r#""tcp_flow_limit_hits":15,"tcp_half_open_limit_hits":16,"#,
+                r#""udp_flow_evictions":17,"icmp_flow_evictions":18,"dns_flow_evictions":19,"#,
+                r#""tcp_buffer_reductions":20,"tcp_buffer_budget_hits":21,"tcp_buffer_bytes":22,"#,
+                r#""forward_limit_hits":23,"api_clients_rejected":24,"#,
+                r#""tcp_connect_failures":25,"host_socket_errors":26}}}"#
             )
         );
     }
@@ -1118,7 +1142,7 @@ mod tests {
             .map(str::trim)
             .filter(|name| !name.is_empty())
             .collect();
-        assert!(fields.len() >= 19, "{debug}");
+        assert!(fields.len() >= 26, "{debug}");
         let reply: Value =
             serde_json::from_slice(&stats_reply(&Stats::default())).expect("valid JSON");
         let body = &reply["return"];

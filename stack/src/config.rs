@@ -146,6 +146,17 @@ pub struct Limits {
     pub max_tx_queue_frames: usize,
     /// Port forwards published through the control socket.
     pub max_forwards: usize,
+    /// UDP flows to the DNS forwarder (queries in flight); on overflow the oldest is evicted.
+    pub max_dns_flows: usize,
+    /// Control-socket connections served at once; more are closed at once.
+    pub max_api_clients: usize,
+    /// Bytes of TCP buffer capacity (receive + send) all TCP flows may reserve together. A
+    /// flow gets `tcp_rx_buffer` + `tcp_tx_buffer` while the reservation stays within half
+    /// the budget, else `tcp_small_buffer` each way, and is refused (RST) when even that
+    /// does not fit.
+    pub tcp_buffer_budget: usize,
+    /// Each-way buffer of a TCP flow opened under memory pressure (its window).
+    pub tcp_small_buffer: usize,
     /// smoltcp receive buffer (guest → host direction) per TCP flow; sets the window.
     pub tcp_rx_buffer: usize,
     /// smoltcp send buffer (host → guest direction) per TCP flow.
@@ -161,6 +172,10 @@ impl Default for Limits {
             max_icmp_flows: 256,
             max_tx_queue_frames: 1_024,
             max_forwards: crate::forward::DEFAULT_MAX_FORWARDS,
+            max_dns_flows: 256,
+            max_api_clients: 64,
+            tcp_buffer_budget: 1 << 30,
+            tcp_small_buffer: 64 << 10,
             tcp_rx_buffer: 1 << 20,
             tcp_tx_buffer: 1 << 20,
         }

@@ -21,5 +21,5 @@ pub mod testing;
 pub use config::{Config, Limits, Timeouts, VirtualNetwork};
 pub use io::{CloseMode, FlowId, HostError, HostEvent, HostIo, HostResult};
 pub use smoltcp::time::{Duration, Instant};
-pub use stack::Stack;
+pub use stack::{Stack, TapWrite};
 pub use stats::Stats;

@@ -6,7 +6,7 @@
 
 use crate::api::{self, ApiError, Request};
 use crate::config::Config;
-use crate::forward::{Forward, ForwardProto, ForwardSpec, ForwardTable};
+use crate::forward::{Forward, ForwardError, ForwardProto, ForwardSpec, ForwardTable};
 use crate::io::{CloseMode, FlowId, HostError, HostEvent, HostIo};
 use crate::link::arp::{self, ArpOutcome};
 use crate::link::TxQueue;
@@ -15,7 +15,7 @@ use crate::nat::tcp::{TcpFlow, TcpParams, Verdict};
 use crate::nat::udp::{ReadOutcome, UdpFlow};
 use crate::nat::{refuse, FlowKey, FlowTable, Proto, Quote, Refusal};
 use crate::service::dhcp::DhcpServer;
-use crate::stats::Stats;
+use crate::stats::{LimitReports, Stats};
 use core::net::{IpAddr, Ipv4Addr, SocketAddr};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::socket::tcp::State as TcpState;
@@ -44,6 +44,15 @@ struct Inbound<'a> {
     payload: &'a [u8],
     /// Its start, for ICMP errors.
     quote: Quote,
+}
+
+/// Which flows a full limit evicts from.
+#[derive(Debug, Clone, Copy)]
+enum Eviction {
+    /// The longest-idle flow of the protocol's table.
+    Table(Proto),
+    /// The oldest query to the DNS forwarder.
+    Dns,
 }
 
 /// One NATed flow.
@@ -75,6 +84,25 @@ pub struct Stack {
     dns_upstream: Option<IpAddr>,
     /// UDP forwards whose socket still has datagrams but the transmit queue was full.
     starved_forwards: Vec<u64>,
+    /// Frames the tap refused (the guest's link is down); part of `tx_dropped`, but not a
+    /// limit hit.
+    tap_drops: u64,
+    /// UDP flows to the DNS forwarder open now (bounded by `max_dns_flows`).
+    dns_flows: usize,
+    limit_reports: LimitReports,
+}
+
+/// What became of a frame handed to the tap by [`Stack::poll_transmit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TapWrite {
+    /// Written.
+    Sent,
+    /// The tap is full: keep the frame (and the rest) for later.
+    Full,
+    /// The tap refused the frame for good (the guest's link is down): counted as dropped.
+    Dropped,
+    /// The tap rejected the frame as an error: counted as a transmit error.
+    Failed,
 }
 
 impl Stack {
@@ -98,6 +126,9 @@ impl Stack {
                 (!config.disable_dns).then(|| config.network.dns()),
             ),
             starved_forwards: Vec::new(),
+            tap_drops: 0,
+            dns_flows: 0,
+            limit_reports: LimitReports::default(),
             dns_upstream: None,
             // Soon after start, when the guest's link is likely up.
             next_router_advert: config.enable_ipv6.then(|| now + Duration::from_secs(1)),
@@ -123,9 +154,23 @@ impl Stack {
 
     /// Counters and gauges (a snapshot).
     pub fn stats(&self) -> Stats {
+        let mut stats = self.limit_stats();
+        stats.tx_dropped += self.tap_drops;
+        stats
+    }
+
+    /// The counters as the limit reports see them: `tx_dropped` without the frames a
+    /// down link refused (that is the guest's choice, not a full queue).
+    fn limit_stats(&self) -> Stats {
         let mut stats = self.stats.clone();
         stats.tx_dropped += self.tx.dropped();
         stats
+    }
+
+    /// Control-socket connections the OS ring closed at once (`max_api_clients`), so that
+    /// `get_stats` and the limit reports include them.
+    pub fn set_api_clients_rejected(&mut self, rejected: u64) {
+        self.stats.api_clients_rejected = rejected;
     }
 
     /// A frame from the guest.
@@ -205,6 +250,8 @@ impl Stack {
                 self.handle_forward_event(now, forward, host);
             }
         }
+        let stats = self.limit_stats();
+        self.limit_reports.check(now, &stats, &self.config.limits);
     }
 
     /// When [`Stack::poll`] should run next.
@@ -218,17 +265,26 @@ impl Stack {
             .min()
     }
 
-    /// Hand frames for the guest to `write` until it returns false (tap full) or none are
-    /// left. Returns how many were written.
-    pub fn poll_transmit(&mut self, mut write: impl FnMut(&[u8]) -> bool) -> usize {
+    /// Hand frames for the guest to `write` until it says the tap is full or none are
+    /// left. Returns how many were handed over (sent or dropped).
+    pub fn poll_transmit(&mut self, mut write: impl FnMut(&[u8]) -> TapWrite) -> usize {
         let stats = &mut self.stats;
-        self.tx.drain(|frame| {
-            let written = write(frame);
-            if written {
+        let tap_drops = &mut self.tap_drops;
+        self.tx.drain(|frame| match write(frame) {
+            TapWrite::Sent => {
                 stats.tx_packets += 1;
                 stats.tx_bytes += frame.len() as u64;
+                true
             }
-            written
+            TapWrite::Full => false,
+            TapWrite::Dropped => {
+                *tap_drops += 1;
+                true
+            }
+            TapWrite::Failed => {
+                stats.tx_errors += 1;
+                true
+            }
         })
     }
 
@@ -468,11 +524,17 @@ impl Stack {
             }
         };
         let limits = self.config.limits;
-        if self.stats.tcp_flows as usize >= limits.max_tcp_flows
-            || self.half_open >= limits.max_half_open
-        {
-            log::debug!("TCP flow limit reached; refusing {:?}", key);
+        let params = if self.stats.tcp_flows as usize >= limits.max_tcp_flows {
             self.stats.tcp_flow_limit_hits += 1;
+            None
+        } else if self.half_open >= limits.max_half_open {
+            self.stats.tcp_half_open_limit_hits += 1;
+            None
+        } else {
+            self.tcp_params(now)
+        };
+        let Some(params) = params else {
+            log::debug!("TCP limit reached; refusing {key:?}");
             refuse(
                 &mut self.tx,
                 &mut self.stats,
@@ -482,8 +544,7 @@ impl Stack {
                 Some(syn),
             );
             return;
-        }
-        let params = self.tcp_params(now);
+        };
         let Some(flow) = TcpFlow::open(
             now,
             inbound.src.into(),
@@ -498,10 +559,8 @@ impl Stack {
         };
         let mut flow = Box::new(flow);
         flow.counters.host = Some(target);
-        let id = self.flows.insert(key, Flow::Tcp(flow));
+        let id = self.insert_tcp(key, flow);
         self.half_open += 1;
-        self.stats.tcp_flows += 1;
-        self.stats.tcp_flows_opened += 1;
         log::debug!(
             "{id:?}: TCP {} -> {} (host {target})",
             key.guest,
@@ -577,8 +636,14 @@ impl Stack {
                     self.half_open -= 1;
                 }
                 self.stats.tcp_flows -= 1;
+                self.stats.tcp_buffer_bytes -= tcp.buffer_bytes() as u64;
             }
-            Flow::Udp(_) => self.stats.udp_flows -= 1,
+            Flow::Udp(udp) => {
+                self.stats.udp_flows -= 1;
+                if udp.dns {
+                    self.dns_flows -= 1;
+                }
+            }
             Flow::Icmp(_) => self.stats.icmp_flows -= 1,
         }
         log::debug!("{id:?}: closed ({mode:?})");
@@ -699,6 +764,7 @@ impl Stack {
                 };
                 let mut flow = UdpFlow::new(now, idle, quote.clone());
                 flow.counters.host = Some(target);
+                flow.dns = repr.dst_port == 53 && self.is_dns_service(inbound.dst);
                 let flow = Flow::Udp(flow);
                 let Some(id) =
                     self.open_datagram_flow(key, flow, host, |host, id| host.udp_open(id, target))
@@ -753,12 +819,16 @@ impl Stack {
         host: &mut H,
         open: impl FnOnce(&mut H, FlowId) -> Result<(), HostError>,
     ) -> Option<FlowId> {
+        let limits = self.config.limits;
         let (count, limit) = match key.proto {
-            Proto::Udp => (self.stats.udp_flows, self.config.limits.max_udp_flows),
-            _ => (self.stats.icmp_flows, self.config.limits.max_icmp_flows),
+            Proto::Udp => (self.stats.udp_flows, limits.max_udp_flows),
+            _ => (self.stats.icmp_flows, limits.max_icmp_flows),
         };
-        if count as usize >= limit {
-            self.evict_oldest(key.proto, host);
+        let dns = matches!(&flow, Flow::Udp(udp) if udp.dns);
+        if dns && self.dns_flows >= limits.max_dns_flows {
+            self.evict_oldest(Eviction::Dns, host);
+        } else if count as usize >= limit {
+            self.evict_oldest(Eviction::Table(key.proto), host);
         }
         let now = self.now;
         let expires_at = match &flow {
@@ -771,6 +841,7 @@ impl Stack {
             Proto::Udp => {
                 self.stats.udp_flows += 1;
                 self.stats.udp_flows_opened += 1;
+                self.dns_flows += usize::from(dns);
             }
             _ => {
                 self.stats.icmp_flows += 1;
@@ -789,26 +860,37 @@ impl Stack {
         Some(id)
     }
 
-    /// Make room in a full UDP/ICMP table by closing its longest-idle flow. This scans the
-    /// table, but only on overflow, which the limits make rare.
-    fn evict_oldest(&mut self, proto: Proto, host: &mut impl HostIo) {
+    /// Make room by closing the longest-idle flow of a full UDP/ICMP table, or the oldest
+    /// DNS query. This scans the table, but only on overflow, which the limits make rare.
+    fn evict_oldest(&mut self, which: Eviction, host: &mut impl HostIo) {
         let oldest = self
             .flows
             .ids()
-            .filter_map(|id| match self.flows.get(id)? {
-                Flow::Udp(udp) if proto == Proto::Udp => Some((udp.last_active, id)),
-                Flow::Icmp(icmp) if proto == Proto::Icmp => Some((icmp.last_active, id)),
+            .filter_map(|id| match (self.flows.get(id)?, which) {
+                (Flow::Udp(udp), Eviction::Table(Proto::Udp)) => Some((udp.last_active, id)),
+                (Flow::Udp(udp), Eviction::Dns) if udp.dns => Some((udp.last_active, id)),
+                (Flow::Icmp(icmp), Eviction::Table(Proto::Icmp)) => Some((icmp.last_active, id)),
                 _ => None,
             })
             .min();
         if let Some((_, id)) = oldest {
-            log::debug!("{id:?}: evicted ({proto:?} table full)");
-            match proto {
-                Proto::Udp => self.stats.udp_flow_evictions += 1,
-                _ => self.stats.icmp_flow_evictions += 1,
+            log::debug!("{id:?}: evicted ({which:?} limit)");
+            match which {
+                Eviction::Dns => self.stats.dns_flow_evictions += 1,
+                Eviction::Table(Proto::Udp) => self.stats.udp_flow_evictions += 1,
+                Eviction::Table(_) => self.stats.icmp_flow_evictions += 1,
             }
             self.remove_flow(id, CloseMode::Graceful, host);
         }
+    }
+
+    /// Is `dst` the virtual DNS server (the forwarder at network+3 or fd00::3)?
+    fn is_dns_service(&self, dst: IpAddr) -> bool {
+        !self.config.disable_dns
+            && match dst {
+                IpAddr::V4(dst) => dst == self.config.network.dns(),
+                IpAddr::V6(dst) => self.config.enable_ipv6 && dst == crate::config::IPV6_DNS,
+            }
     }
 
     fn handle_icmp(&mut self, now: Instant, ip: &Ipv4Repr, payload: &[u8], host: &mut impl HostIo) {
@@ -951,7 +1033,12 @@ impl Stack {
     }
 
     fn add_forward(&mut self, spec: ForwardSpec, host: &mut impl HostIo) -> Result<u64, ApiError> {
-        self.forwards.check(&spec)?;
+        if let Err(err) = self.forwards.check(&spec) {
+            if matches!(err, ForwardError::Limit { .. }) {
+                self.stats.forward_limit_hits += 1;
+            }
+            return Err(err.into());
+        }
         // An IPv6 guest address needs the IPv6 side of the virtual network.
         if spec.guest_addr.is_ipv6() && !self.config.enable_ipv6 {
             return Err(ApiError::AddFailed);
@@ -1046,19 +1133,23 @@ impl Stack {
                 remote: local,
             };
             let full = self.stats.tcp_flows as usize >= self.config.limits.max_tcp_flows;
-            if full || self.flows.lookup(&key).is_some() {
-                if full {
-                    self.stats.tcp_flow_limit_hits += 1;
-                }
-                log::debug!("forward {forward}: refusing {peer} (flow limit or 4-tuple in use)");
+            if full {
+                self.stats.tcp_flow_limit_hits += 1;
+            }
+            let params = if full || self.flows.lookup(&key).is_some() {
+                None
+            } else {
+                self.tcp_params(now)
+            };
+            let Some(params) = params else {
+                log::debug!("forward {forward}: refusing {peer} (a limit, or 4-tuple in use)");
                 host.close(id, CloseMode::Abort);
                 self.flows.skip_id(id);
                 continue;
-            }
+            };
             // Learn the guest's MAC first: the SYN below goes out at once, and a Linux
             // guest drops TCP sent to the broadcast MAC.
             self.ask_guest_mac(guest.ip());
-            let params = self.tcp_params(now);
             let Some(flow) = TcpFlow::connect_to_guest(
                 now,
                 (local.ip().into(), local.port()),
@@ -1072,10 +1163,8 @@ impl Stack {
             };
             let mut flow = Box::new(flow);
             flow.counters.host = Some(peer);
-            let inserted = self.flows.insert(key, Flow::Tcp(flow));
+            let inserted = self.insert_tcp(key, flow);
             debug_assert_eq!(inserted, id);
-            self.stats.tcp_flows += 1;
-            self.stats.tcp_flows_opened += 1;
             log::debug!("{id:?}: forward {forward}: {peer} -> guest {guest}");
             if let Some(Flow::Tcp(tcp)) = self.flows.get_mut(id) {
                 let verdict = tcp.handle_timer(now, id, &mut self.tx, host);
@@ -1179,14 +1268,36 @@ impl Stack {
         }
     }
 
-    fn tcp_params(&mut self, now: Instant) -> TcpParams {
+    /// Parameters of a new TCP flow, with buffers the memory budget allows (big ones while
+    /// the reservation stays within half of `tcp_buffer_budget`, else small ones); `None`
+    /// (counted) when even small ones would not fit.
+    fn tcp_params(&mut self, now: Instant) -> Option<TcpParams> {
         let limits = self.config.limits;
-        TcpParams {
+        let reserved = self.stats.tcp_buffer_bytes as usize;
+        let big = limits.tcp_rx_buffer + limits.tcp_tx_buffer;
+        let (rx_buffer, tx_buffer) = if reserved + big <= limits.tcp_buffer_budget / 2 {
+            (limits.tcp_rx_buffer, limits.tcp_tx_buffer)
+        } else if reserved + 2 * limits.tcp_small_buffer <= limits.tcp_buffer_budget {
+            self.stats.tcp_buffer_reductions += 1;
+            (limits.tcp_small_buffer, limits.tcp_small_buffer)
+        } else {
+            self.stats.tcp_buffer_budget_hits += 1;
+            return None;
+        };
+        Some(TcpParams {
             mtu: self.config.mtu,
-            rx_buffer: limits.tcp_rx_buffer,
-            tx_buffer: limits.tcp_tx_buffer,
+            rx_buffer,
+            tx_buffer,
             random_seed: self.next_random(),
             connect_deadline: now + self.config.timeouts.tcp_connect,
-        }
+        })
+    }
+
+    /// Enter a new TCP flow in the table and the counters (its buffers in the budget).
+    fn insert_tcp(&mut self, key: FlowKey, flow: Box<TcpFlow>) -> FlowId {
+        self.stats.tcp_flows += 1;
+        self.stats.tcp_flows_opened += 1;
+        self.stats.tcp_buffer_bytes += flow.buffer_bytes() as u64;
+        self.flows.insert(key, Flow::Tcp(flow))
     }
 }

@@ -13,7 +13,8 @@ pub struct Stats {
     pub tx_bytes: u64,
     pub tx_packets: u64,
     pub tx_errors: u64,
-    /// Frames for the guest dropped because the transmit queue was full.
+    /// Frames for the guest dropped: the transmit queue was full, or the tap refused them
+    /// because the guest's link is down.
     pub tx_dropped: u64,
 
     pub tcp_flows: u64,
@@ -22,13 +23,234 @@ pub struct Stats {
     pub tcp_flows_opened: u64,
     pub udp_flows_opened: u64,
     pub icmp_flows_opened: u64,
-    /// SYNs refused because `max_tcp_flows` or `max_half_open` was reached.
+    /// Connections refused because `max_tcp_flows` was reached.
     pub tcp_flow_limit_hits: u64,
+    /// SYNs refused because `max_half_open` host connects were already pending.
+    pub tcp_half_open_limit_hits: u64,
     /// UDP/ICMP flows evicted because their table was full.
     pub udp_flow_evictions: u64,
     pub icmp_flow_evictions: u64,
+    /// DNS flows evicted because `max_dns_flows` queries were in flight.
+    pub dns_flow_evictions: u64,
+    /// TCP flows given the small buffers because big ones would not fit the budget.
+    pub tcp_buffer_reductions: u64,
+    /// Connections refused because even small buffers would not fit `tcp_buffer_budget`.
+    pub tcp_buffer_budget_hits: u64,
+    /// Buffer capacity reserved by the open TCP flows now (a gauge, bytes).
+    pub tcp_buffer_bytes: u64,
+    /// `add_hostfwd` requests refused because `max_forwards` forwards exist.
+    pub forward_limit_hits: u64,
+    /// Control-socket connections closed at once because `MAX_CLIENTS` were being served.
+    pub api_clients_rejected: u64,
     /// Host connects that failed (refused, unreachable, timed out).
     pub tcp_connect_failures: u64,
     /// Host sockets that could not be opened (fds, ports, permissions).
     pub host_socket_errors: u64,
+}
+
+use crate::config::Limits;
+use smoltcp::time::{Duration, Instant};
+
+/// How often a limit that keeps being hit is reported again.
+pub const LIMIT_REPORT_INTERVAL: Duration = Duration::from_secs(60);
+
+/// A named limit whose hits are counted (see docs/limits.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    TcpFlows,
+    HalfOpen,
+    UdpFlows,
+    IcmpFlows,
+    DnsFlows,
+    TcpBufferReduced,
+    TcpBufferBudget,
+    TxQueue,
+    Forwards,
+    ApiClients,
+}
+
+impl Limit {
+    pub const ALL: [Limit; 10] = [
+        Limit::TcpFlows,
+        Limit::HalfOpen,
+        Limit::UdpFlows,
+        Limit::IcmpFlows,
+        Limit::DnsFlows,
+        Limit::TcpBufferReduced,
+        Limit::TcpBufferBudget,
+        Limit::TxQueue,
+        Limit::Forwards,
+        Limit::ApiClients,
+    ];
+
+    /// The `Limits` field's name, as docs/limits.md lists it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Limit::TcpFlows => "max_tcp_flows",
+            Limit::HalfOpen => "max_half_open",
+            Limit::UdpFlows => "max_udp_flows",
+            Limit::IcmpFlows => "max_icmp_flows",
+            Limit::DnsFlows => "max_dns_flows",
+            Limit::TcpBufferReduced | Limit::TcpBufferBudget => "tcp_buffer_budget",
+            Limit::TxQueue => "max_tx_queue_frames",
+            Limit::Forwards => "max_forwards",
+            Limit::ApiClients => "max_api_clients",
+        }
+    }
+
+    pub fn value(self, limits: &Limits) -> usize {
+        match self {
+            Limit::TcpFlows => limits.max_tcp_flows,
+            Limit::HalfOpen => limits.max_half_open,
+            Limit::UdpFlows => limits.max_udp_flows,
+            Limit::IcmpFlows => limits.max_icmp_flows,
+            Limit::DnsFlows => limits.max_dns_flows,
+            Limit::TcpBufferReduced | Limit::TcpBufferBudget => limits.tcp_buffer_budget,
+            Limit::TxQueue => limits.max_tx_queue_frames,
+            Limit::Forwards => limits.max_forwards,
+            Limit::ApiClients => limits.max_api_clients,
+        }
+    }
+
+    /// What the stack does on a hit.
+    pub fn effect(self) -> &'static str {
+        match self {
+            Limit::TcpFlows | Limit::HalfOpen | Limit::TcpBufferBudget => {
+                "new TCP connections refused with RST"
+            }
+            Limit::UdpFlows => "longest-idle UDP flows evicted",
+            Limit::IcmpFlows => "longest-idle ICMP echo flows evicted",
+            Limit::DnsFlows => "oldest DNS queries evicted",
+            Limit::TcpBufferReduced => "new TCP flows get small buffers",
+            Limit::TxQueue => "frames for the guest dropped",
+            Limit::Forwards => "add_hostfwd refused",
+            Limit::ApiClients => "control-socket connections closed",
+        }
+    }
+
+    /// The counter of its hits.
+    pub fn hits(self, stats: &Stats) -> u64 {
+        match self {
+            Limit::TcpFlows => stats.tcp_flow_limit_hits,
+            Limit::HalfOpen => stats.tcp_half_open_limit_hits,
+            Limit::UdpFlows => stats.udp_flow_evictions,
+            Limit::IcmpFlows => stats.icmp_flow_evictions,
+            Limit::DnsFlows => stats.dns_flow_evictions,
+            Limit::TcpBufferReduced => stats.tcp_buffer_reductions,
+            Limit::TcpBufferBudget => stats.tcp_buffer_budget_hits,
+            Limit::TxQueue => stats.tx_dropped,
+            Limit::Forwards => stats.forward_limit_hits,
+            Limit::ApiClients => stats.api_clients_rejected,
+        }
+    }
+}
+
+/// Turns the growth of limit counters into info lines an operator can act on, without
+/// flooding the log: the first hit of a limit is reported at once, later ones at most once
+/// per [`LIMIT_REPORT_INTERVAL`], with how many there were in between.
+#[derive(Debug, Default)]
+pub struct LimitReports {
+    /// Hits already reported, per limit (index in `Limit::ALL`).
+    reported: [u64; Limit::ALL.len()],
+    /// When the next report of each limit may be written.
+    quiet_until: [Option<Instant>; Limit::ALL.len()],
+}
+
+impl LimitReports {
+    /// Compare `stats` with what was reported; returns the reports written (for tests).
+    pub fn check(&mut self, now: Instant, stats: &Stats, limits: &Limits) -> usize {
+        let mut written = 0;
+        for (i, limit) in Limit::ALL.into_iter().enumerate() {
+            let hits = limit.hits(stats);
+            if hits <= self.reported[i] || self.quiet_until[i].is_some_and(|t| now < t) {
+                continue;
+            }
+            let new = hits - self.reported[i];
+            let since = if self.reported[i] == 0 {
+                String::new()
+            } else {
+                format!(" in the last {} s", LIMIT_REPORT_INTERVAL.secs())
+            };
+            log::info!(
+                "limit {}={} reached: {} ({new} time{}{since}; counted in get_stats)",
+                limit.name(),
+                limit.value(limits),
+                limit.effect(),
+                if new == 1 { "" } else { "s" },
+            );
+            self.reported[i] = hits;
+            self.quiet_until[i] = Some(now + LIMIT_REPORT_INTERVAL);
+            written += 1;
+        }
+        written
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_limit_is_reported_at_once_then_at_most_once_per_interval() {
+        let limits = Limits::default();
+        let mut reports = LimitReports::default();
+        let mut stats = Stats::default();
+        let t0 = Instant::from_secs(10);
+        assert_eq!(reports.check(t0, &stats, &limits), 0, "nothing hit yet");
+
+        stats.tcp_flow_limit_hits = 1;
+        assert_eq!(
+            reports.check(t0, &stats, &limits),
+            1,
+            "the first hit at once"
+        );
+        stats.tcp_flow_limit_hits = 500;
+        assert_eq!(
+            reports.check(t0 + Duration::from_secs(59), &stats, &limits),
+            0
+        );
+        // Another limit has its own interval.
+        stats.udp_flow_evictions = 3;
+        assert_eq!(
+            reports.check(t0 + Duration::from_secs(59), &stats, &limits),
+            1
+        );
+
+        assert_eq!(
+            reports.check(t0 + LIMIT_REPORT_INTERVAL, &stats, &limits),
+            1,
+            "the 499 later hits, once the interval is over"
+        );
+        assert_eq!(
+            reports.check(t0 + Duration::from_secs(600), &stats, &limits),
+            0
+        );
+    }
+
+    #[test]
+    fn every_limit_has_a_distinct_counter() {
+        let mut stats = Stats::default();
+        for (i, limit) in Limit::ALL.into_iter().enumerate() {
+            assert_eq!(limit.hits(&stats), 0);
+            let mut probe = stats.clone();
+            match limit {
+                Limit::TcpFlows => probe.tcp_flow_limit_hits = 1,
+                Limit::HalfOpen => probe.tcp_half_open_limit_hits = 1,
+                Limit::UdpFlows => probe.udp_flow_evictions = 1,
+                Limit::IcmpFlows => probe.icmp_flow_evictions = 1,
+                Limit::DnsFlows => probe.dns_flow_evictions = 1,
+                Limit::TcpBufferReduced => probe.tcp_buffer_reductions = 1,
+                Limit::TcpBufferBudget => probe.tcp_buffer_budget_hits = 1,
+                Limit::TxQueue => probe.tx_dropped = 1,
+                Limit::Forwards => probe.forward_limit_hits = 1,
+                Limit::ApiClients => probe.api_clients_rejected = 1,
+            }
+            let hit: Vec<Limit> = Limit::ALL
+                .into_iter()
+                .filter(|l| l.hits(&probe) == 1)
+                .collect();
+            assert_eq!(hit, vec![limit], "limit {i}");
+            stats = Stats::default();
+        }
+    }
 }

@@ -1768,6 +1768,9 @@ pub mod scenario {
         now: Instant,
         /// Frames the stack wrote to the tap, not yet drained by the test.
         tap: Vec<Vec<u8>>,
+        /// What the "tap" answers writes with: `Sent` (default), `Full` (the guest is not
+        /// reading), `Dropped` (its link is down).
+        pub tap_answer: crate::TapWrite,
     }
 
     impl Default for Scenario {
@@ -1790,6 +1793,7 @@ pub mod scenario {
                 config,
                 now: START,
                 tap: Vec::new(),
+                tap_answer: crate::TapWrite::Sent,
             }
         }
 
@@ -1885,10 +1889,12 @@ pub mod scenario {
         fn settle(&mut self) {
             for _ in 0..MAX_POLLS_PER_INSTANT {
                 self.stack.poll(self.now, &mut self.host);
-                let tap = &mut self.tap;
+                let (tap, answer) = (&mut self.tap, self.tap_answer);
                 self.stack.poll_transmit(|frame| {
-                    tap.push(frame.to_vec());
-                    true
+                    if answer == crate::TapWrite::Sent {
+                        tap.push(frame.to_vec());
+                    }
+                    answer
                 });
                 if !matches!(self.stack.poll_at(), Some(at) if at <= self.now) {
                     return;

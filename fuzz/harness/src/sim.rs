@@ -158,7 +158,7 @@ impl Sim {
             let mut frames = Vec::new();
             self.stack.poll_transmit(|frame| {
                 frames.push(frame.to_vec());
-                true
+                rslirp_stack::TapWrite::Sent
             });
             for frame in frames {
                 self.check_frame(&frame);
@@ -299,13 +299,13 @@ fn from_gateway(frame: &[u8], gateway: std::net::Ipv4Addr) -> bool {
 /// rightly panics on that; while this is true, [`Host`] gives such a reused id a fresh name
 /// inside SimHost (a generation with bit 31 set, which the stack never uses). Sockets the
 /// stack did not close are never renamed: reusing those still panics.
-pub const TOLERATE_FLOW_ID_REUSE: bool = true;
+pub const TOLERATE_FLOW_ID_REUSE: bool = false;
 
 /// Known bug 2 (`guest_data_after_its_fin_is_dropped`): smoltcp queues data a guest sends
 /// after its own FIN, and the stack then writes it to a host socket it already shut down
 /// for writing. SimHost panics on that; while this is true, [`Host`] answers as Linux does
 /// (EPIPE).
-pub const TOLERATE_SEND_AFTER_SHUTDOWN: bool = true;
+pub const TOLERATE_SEND_AFTER_SHUTDOWN: bool = false;
 
 /// EPIPE, what Linux returns for a send after shutdown(SHUT_WR).
 const EPIPE: i32 = 32;

@@ -293,6 +293,12 @@ impl TcpFlow {
         }
     }
 
+    /// Buffer capacity this flow reserves, both ways (for the stack's memory budget).
+    pub fn buffer_bytes(&self) -> usize {
+        let socket = self.socket();
+        socket.recv_capacity() + socket.send_capacity()
+    }
+
     fn socket(&self) -> &Socket<'static> {
         self.sockets.get::<Socket>(self.handle)
     }

@@ -20,6 +20,8 @@ pub struct UdpFlow {
     /// client's real address. Such a flow has no socket of its own; the guest's replies
     /// leave through the forward's socket.
     pub forward: Option<(u64, SocketAddr)>,
+    /// A query to the DNS forwarder (bounded by `max_dns_flows`).
+    pub dns: bool,
     pub counters: FlowCounters,
 }
 
@@ -42,6 +44,7 @@ impl UdpFlow {
             quote,
             host_readable: false,
             forward: None,
+            dns: false,
             counters: FlowCounters::new(now),
         }
     }

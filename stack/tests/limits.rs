@@ -1,0 +1,380 @@
+//! Every named limit of docs/limits.md, and the faults of issue #8, on the virtual clock:
+//! what the guest sees when a limit is hit, the counter `get_stats` shows, and that the
+//! table recovers once there is room again.
+
+use core::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use rslirp_stack::testing::{Parsed, Scenario, TcpSegment};
+use rslirp_stack::{CloseMode, Config, Duration, HostError, Limits, TapWrite};
+
+const DNS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 3);
+const REMOTE: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
+
+fn remote(port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(REMOTE, port)
+}
+
+fn with_limits(change: impl FnOnce(&mut Limits)) -> Scenario {
+    let mut config = Config::default();
+    change(&mut config.limits);
+    Scenario::with_config(config)
+}
+
+fn the_only_segment(frames: Vec<Parsed>, what: &str) -> TcpSegment {
+    assert_eq!(frames.len(), 1, "expected one {what}, got {frames:?}");
+    match frames.into_iter().next() {
+        Some(Parsed::Tcp { tcp, .. }) => tcp,
+        other => panic!("expected {what}, got {other:?}"),
+    }
+}
+
+/// The guest's SYN from `port` is refused with a RST and no host connect.
+fn assert_syn_refused(s: &mut Scenario, port: u16) {
+    let connects = s.host.connects().len();
+    let syn = s.guest.tcp_syn(port, remote(80), 1000);
+    s.guest_sends(&syn);
+    assert_eq!(s.host.connects().len(), connects, "no host connect");
+    let rst = the_only_segment(s.drain(), "RST");
+    assert!(rst.rst, "refused with RST, got {}", rst.flags());
+    assert_eq!(rst.dst_port, port);
+}
+
+mod tcp {
+    use super::*;
+
+    #[test]
+    fn max_tcp_flows_refuses_with_rst_and_recovers() {
+        let mut s = with_limits(|l| l.max_tcp_flows = 3);
+        let flows: Vec<_> = (0..3)
+            .map(|i| s.open_tcp(40000 + i, remote(80)).1)
+            .collect();
+        assert_syn_refused(&mut s, 40010);
+        let stats = s.stats();
+        assert_eq!((stats.tcp_flows, stats.tcp_flow_limit_hits), (3, 1));
+
+        // One goes away (the host resets it): the next SYN gets a flow.
+        s.peer_reset(flows[0]);
+        s.drain();
+        assert_eq!(s.stats().tcp_flows, 2);
+        let (conn, _) = s.open_tcp(40011, remote(80));
+        assert!(conn.established());
+        assert_eq!(s.stats().tcp_flow_limit_hits, 1);
+    }
+
+    #[test]
+    fn max_half_open_refuses_syns_while_connects_are_pending() {
+        let mut s = with_limits(|l| l.max_half_open = 2);
+        let mut pending = Vec::new();
+        for port in [40000, 40001] {
+            let syn = s.guest.tcp_syn(port, remote(80), 1000);
+            s.guest_sends(&syn);
+            pending.push(s.host.last_connect().expect("a connect").0);
+        }
+        assert_syn_refused(&mut s, 40002);
+        let stats = s.stats();
+        assert_eq!(stats.tcp_half_open_limit_hits, 1);
+        assert_eq!(stats.tcp_flow_limit_hits, 0, "the flow table is not full");
+
+        // A completed connect is no longer half-open: room for one more.
+        s.complete_connect(pending[0]);
+        s.drain();
+        let syn = s.guest.tcp_syn(40003, remote(80), 1000);
+        s.guest_sends(&syn);
+        assert_eq!(s.host.connects().len(), 3, "the SYN got a host connect");
+    }
+
+    #[test]
+    fn black_holed_connects_time_out_and_free_their_slot() {
+        let mut s = with_limits(|l| l.max_half_open = 1);
+        let syn = s.guest.tcp_syn(40000, remote(80), 1000);
+        s.guest_sends(&syn);
+        let (flow, _) = s.host.last_connect().expect("a connect");
+        // Nothing ever answers the host connect.
+        let timeout = s.config().timeouts.tcp_connect;
+        s.advance(timeout + Duration::from_secs(1));
+        assert_eq!(s.host.close_mode(flow), Some(CloseMode::Abort));
+        let stats = s.stats();
+        assert_eq!((stats.tcp_flows, stats.tcp_connect_failures), (0, 1));
+        s.drain();
+        let syn = s.guest.tcp_syn(40001, remote(80), 1000);
+        s.guest_sends(&syn);
+        assert_eq!(s.host.connects().len(), 2, "the slot is free again");
+    }
+
+    #[test]
+    fn host_peer_vanishing_mid_transfer_resets_the_guest() {
+        let mut s = Scenario::new();
+        let (mut conn, flow) = s.open_tcp(40000, remote(80));
+        s.peer_send(flow, &[7u8; 3000]);
+        let unclaimed = s.exchange(std::slice::from_mut(&mut conn));
+        assert!(unclaimed.is_empty(), "{unclaimed:?}");
+        assert_eq!(conn.received().len(), 3000);
+        s.peer_reset(flow);
+        let rst = the_only_segment(s.drain(), "RST");
+        assert!(rst.rst, "got {}", rst.flags());
+        assert_eq!(s.stats().tcp_flows, 0);
+    }
+
+    #[test]
+    fn a_guest_that_stops_reading_pushes_back_on_the_host() {
+        let (rx, tx) = (64 << 10, 64 << 10);
+        let mut s = with_limits(|l| {
+            l.tcp_rx_buffer = rx;
+            l.tcp_tx_buffer = tx;
+        });
+        let (_conn, flow) = s.open_tcp(40000, remote(80));
+        // The host offers 4 MiB; the guest takes nothing (never ACKs).
+        for _ in 0..64 {
+            s.peer_send(flow, &[1u8; 64 << 10]);
+            s.drain();
+        }
+        s.advance(Duration::from_secs(5));
+        s.drain();
+        let unread = s.host.socket(flow).expect("socket").inbound.len();
+        let taken = (4 << 20) - unread;
+        assert!(
+            taken <= tx,
+            "the stack buffered {taken} bytes for a guest that does not read (limit {tx})"
+        );
+    }
+}
+
+mod budget {
+    use super::*;
+
+    const BIG: usize = 64 << 10;
+    const SMALL: usize = 8 << 10;
+    /// Half of it holds two flows with big buffers; the rest 16 with small ones.
+    const BUDGET: usize = 8 * BIG;
+
+    fn scenario() -> Scenario {
+        with_limits(|l| {
+            l.tcp_rx_buffer = BIG;
+            l.tcp_tx_buffer = BIG;
+            l.tcp_small_buffer = SMALL;
+            l.tcp_buffer_budget = BUDGET;
+        })
+    }
+
+    #[test]
+    fn big_buffers_then_small_ones_then_rst() {
+        let mut s = scenario();
+        let mut flows = Vec::new();
+        for i in 0..2 {
+            flows.push(s.open_tcp(40000 + i, remote(80)).1);
+        }
+        assert_eq!(s.stats().tcp_buffer_bytes, 4 * BIG as u64);
+        assert_eq!(s.stats().tcp_buffer_reductions, 0);
+        for i in 2..18 {
+            flows.push(s.open_tcp(40000 + i, remote(80)).1);
+        }
+        let stats = s.stats();
+        assert_eq!(stats.tcp_buffer_reductions, 16);
+        assert_eq!(
+            stats.tcp_buffer_bytes, BUDGET as u64,
+            "the budget is used up"
+        );
+        assert_syn_refused(&mut s, 40100);
+        assert_eq!(s.stats().tcp_buffer_budget_hits, 1);
+
+        // Closing flows gives their buffers back to the budget.
+        for flow in flows {
+            s.peer_reset(flow);
+        }
+        s.drain();
+        assert_eq!(s.stats().tcp_buffer_bytes, 0);
+        assert_eq!(s.stats().tcp_flows, 0);
+        s.open_tcp(40200, remote(80));
+        assert_eq!(
+            s.stats().tcp_buffer_bytes,
+            2 * BIG as u64,
+            "big buffers again"
+        );
+    }
+
+    #[test]
+    fn a_flow_with_small_buffers_offers_a_small_window() {
+        let mut s = scenario();
+        for i in 0..2 {
+            s.open_tcp(40000 + i, remote(80));
+        }
+        let syn = s.guest.tcp_syn(40002, remote(80), 1000);
+        s.guest_sends(&syn);
+        let (flow, _) = s.host.last_connect().expect("a connect");
+        s.complete_connect(flow);
+        let syn_ack = the_only_segment(s.drain(), "SYN-ACK");
+        let window = usize::from(syn_ack.window) << syn_ack.window_scale.unwrap_or(0);
+        assert!(window <= SMALL, "window {window} of a small-buffer flow");
+    }
+}
+
+mod datagrams {
+    use super::*;
+
+    #[test]
+    fn max_udp_flows_evicts_the_longest_idle() {
+        let mut s = with_limits(|l| l.max_udp_flows = 2);
+        let guest = s.guest;
+        s.guest_sends(&guest.udp(5000, remote(9000), b"a"));
+        s.advance(Duration::from_secs(1));
+        s.guest_sends(&guest.udp(5001, remote(9000), b"b"));
+        s.advance(Duration::from_secs(1));
+        // Flow 5000 was idle longest, although 5001 was opened later: touch 5000 first.
+        s.guest_sends(&guest.udp(5000, remote(9000), b"a again"));
+        s.guest_sends(&guest.udp(5002, remote(9000), b"c"));
+        let opens = s.host.udp_opens();
+        assert_eq!(opens.len(), 3);
+        assert_eq!(s.host.close_mode(opens[0].0), None, "recently used");
+        assert!(
+            s.host.close_mode(opens[1].0).is_some(),
+            "longest idle: evicted"
+        );
+        let stats = s.stats();
+        assert_eq!((stats.udp_flows, stats.udp_flow_evictions), (2, 1));
+    }
+
+    #[test]
+    fn max_icmp_flows_evicts_the_longest_idle() {
+        let mut s = with_limits(|l| l.max_icmp_flows = 1);
+        let guest = s.guest;
+        s.guest_sends(&guest.icmp_echo(REMOTE, 1, 1, b"ping"));
+        s.advance(Duration::from_secs(1));
+        s.guest_sends(&guest.icmp_echo(REMOTE, 2, 1, b"ping"));
+        let opens = s.host.ping_opens();
+        assert_eq!(opens.len(), 2);
+        assert!(s.host.close_mode(opens[0].0).is_some());
+        let stats = s.stats();
+        assert_eq!((stats.icmp_flows, stats.icmp_flow_evictions), (1, 1));
+    }
+
+    #[test]
+    fn max_dns_flows_evicts_the_oldest_query_only() {
+        let mut s = with_limits(|l| l.max_dns_flows = 2);
+        s.stack
+            .set_dns_upstream(Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 53))));
+        let guest = s.guest;
+        s.guest_sends(&guest.udp(6000, remote(9000), b"not DNS"));
+        for port in [5000, 5001, 5002] {
+            s.guest_sends(&guest.udp(port, SocketAddrV4::new(DNS, 53), b"query"));
+            s.advance(Duration::from_millis(100));
+        }
+        let opens = s.host.udp_opens();
+        assert_eq!(opens.len(), 4);
+        assert_eq!(
+            s.host.close_mode(opens[0].0),
+            None,
+            "other UDP is untouched"
+        );
+        assert!(
+            s.host.close_mode(opens[1].0).is_some(),
+            "oldest query evicted"
+        );
+        assert_eq!(s.host.close_mode(opens[3].0), None);
+        let stats = s.stats();
+        assert_eq!((stats.udp_flows, stats.dns_flow_evictions), (3, 1));
+        assert_eq!(stats.udp_flow_evictions, 0);
+    }
+}
+
+mod tap {
+    use super::*;
+
+    #[test]
+    fn a_full_queue_drops_datagrams_and_counts_them_but_holds_tcp() {
+        let mut s = with_limits(|l| l.max_tx_queue_frames = 4);
+        let (_conn, flow) = s.open_tcp(40000, remote(80));
+        s.tap_answer = TapWrite::Full;
+        let guest = s.guest;
+        for seq in 0..10 {
+            s.guest_sends(&guest.icmp_echo(Ipv4Addr::new(10, 0, 2, 2), 1, seq, b"ping"));
+        }
+        assert!(s.stats().tx_dropped >= 6, "{:?}", s.stats());
+        // TCP data from the host waits in the flow instead of being dropped.
+        s.peer_send(flow, &[5u8; 20_000]);
+        let dropped = s.stats().tx_dropped;
+        s.tap_answer = TapWrite::Sent;
+        s.advance(Duration::from_millis(200));
+        let frames = s.drain();
+        assert_eq!(s.stats().tx_dropped, dropped, "TCP is held, not dropped");
+        let tcp_bytes: usize = frames
+            .iter()
+            .map(|f| match f {
+                Parsed::Tcp { tcp, .. } => tcp.payload.len(),
+                _ => 0,
+            })
+            .sum();
+        assert!(tcp_bytes > 0, "the flow resumed once the tap took frames");
+    }
+
+    #[test]
+    fn frames_a_down_link_refuses_count_as_dropped_not_sent() {
+        let mut s = Scenario::new();
+        let guest = s.guest;
+        s.guest_sends(&guest.icmp_echo(Ipv4Addr::new(10, 0, 2, 2), 1, 1, b"ping"));
+        s.drain();
+        let before = s.stats();
+        s.tap_answer = TapWrite::Dropped;
+        s.guest_sends(&guest.icmp_echo(Ipv4Addr::new(10, 0, 2, 2), 1, 2, b"ping"));
+        let after = s.stats();
+        assert_eq!(after.tx_packets, before.tx_packets, "not counted as sent");
+        assert_eq!(after.tx_dropped, before.tx_dropped + 1);
+        s.tap_answer = TapWrite::Failed;
+        s.guest_sends(&guest.icmp_echo(Ipv4Addr::new(10, 0, 2, 2), 1, 3, b"ping"));
+        assert_eq!(s.stats().tx_errors, before.tx_errors + 1);
+    }
+}
+
+mod control {
+    use super::*;
+
+    #[test]
+    fn max_forwards_refuses_add_hostfwd_and_counts_it() {
+        let mut s = with_limits(|l| l.max_forwards = 1);
+        let add = |port: u16| {
+            format!(
+                r#"{{"execute":"add_hostfwd","arguments":{{"proto":"tcp","host_addr":"127.0.0.1","host_port":{port},"guest_port":80}}}}"#
+            )
+        };
+        assert_eq!(s.api(&add(8080)), r#"{"return":{"id":1}}"#);
+        assert_eq!(
+            s.api(&add(8081)),
+            r#"{"error":{"desc":"bad request: add_hostfwd: slirp_add_hostfwd failed"}}"#
+        );
+        assert_eq!(s.stats().forward_limit_hits, 1);
+        // The first forward is untouched and still listed.
+        assert!(s
+            .api(r#"{"execute":"list_hostfwd"}"#)
+            .contains(r#""host_port":8080"#));
+    }
+
+    #[test]
+    fn get_stats_shows_the_limit_counters() {
+        let mut s = with_limits(|l| l.max_tcp_flows = 0);
+        let syn = s.guest.tcp_syn(40000, remote(80), 1000);
+        s.guest_sends(&syn);
+        let reply = s.api(r#"{"execute":"get_stats"}"#);
+        assert!(reply.contains(r#""tcp_flow_limit_hits":1"#), "{reply}");
+        for counter in [
+            "tcp_half_open_limit_hits",
+            "dns_flow_evictions",
+            "tcp_buffer_budget_hits",
+            "tcp_buffer_bytes",
+            "forward_limit_hits",
+            "api_clients_rejected",
+        ] {
+            assert!(reply.contains(counter), "{counter} in {reply}");
+        }
+    }
+}
+
+#[test]
+fn a_host_socket_that_cannot_be_opened_is_counted_and_answered() {
+    let mut s = Scenario::new();
+    s.host.fail_next_open(HostError::Exhausted);
+    let syn = s.guest.tcp_syn(40000, remote(80), 1000);
+    s.guest_sends(&syn);
+    let stats = s.stats();
+    assert_eq!(stats.host_socket_errors, 1);
+    assert_eq!(stats.tcp_flows, 0);
+    let answer = s.drain();
+    assert_eq!(answer.len(), 1, "the SYN is answered: {answer:?}");
+}
