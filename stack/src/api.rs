@@ -411,6 +411,7 @@ struct Counters {
     udp_flows_opened: u64,
     icmp_flows_opened: u64,
     tcp_flow_limit_hits: u64,
+    tcp_time_wait_evictions: u64,
     tcp_half_open_limit_hits: u64,
     udp_flow_evictions: u64,
     icmp_flow_evictions: u64,
@@ -479,6 +480,7 @@ pub fn stats_reply(stats: &Stats) -> Vec<u8> {
                 udp_flows_opened: stats.udp_flows_opened,
                 icmp_flows_opened: stats.icmp_flows_opened,
                 tcp_flow_limit_hits: stats.tcp_flow_limit_hits,
+                tcp_time_wait_evictions: stats.tcp_time_wait_evictions,
                 tcp_half_open_limit_hits: stats.tcp_half_open_limit_hits,
                 udp_flow_evictions: stats.udp_flow_evictions,
                 icmp_flow_evictions: stats.icmp_flow_evictions,
@@ -1101,17 +1103,18 @@ mod tests {
             udp_flows_opened: 13,
             icmp_flows_opened: 14,
             tcp_flow_limit_hits: 15,
-            tcp_half_open_limit_hits: 16,
-            udp_flow_evictions: 17,
-            icmp_flow_evictions: 18,
-            dns_flow_evictions: 19,
-            tcp_buffer_reductions: 20,
-            tcp_buffer_budget_hits: 21,
-            tcp_buffer_bytes: 22,
-            forward_limit_hits: 23,
-            api_clients_rejected: 24,
-            tcp_connect_failures: 25,
-            host_socket_errors: 26,
+            tcp_time_wait_evictions: 16,
+            tcp_half_open_limit_hits: 17,
+            udp_flow_evictions: 18,
+            icmp_flow_evictions: 19,
+            dns_flow_evictions: 20,
+            tcp_buffer_reductions: 21,
+            tcp_buffer_budget_hits: 22,
+            tcp_buffer_bytes: 23,
+            forward_limit_hits: 24,
+            api_clients_rejected: 25,
+            tcp_connect_failures: 26,
+            host_socket_errors: 27,
         };
         assert_eq!(
             String::from_utf8_lossy(&stats_reply(&stats)),
@@ -1120,11 +1123,12 @@ mod tests {
                 r#""tx_bytes":5,"tx_packets":6,"tx_errors":7,"tx_dropped":8}},"#,
                 r#""flows":{"tcp":9,"udp":10,"icmp":11},"#,
                 r#""counters":{"tcp_flows_opened":12,"udp_flows_opened":13,"icmp_flows_opened":14,"#,
-                r#""tcp_flow_limit_hits":15,"tcp_half_open_limit_hits":16,"#,
-                r#""udp_flow_evictions":17,"icmp_flow_evictions":18,"dns_flow_evictions":19,"#,
-                r#""tcp_buffer_reductions":20,"tcp_buffer_budget_hits":21,"tcp_buffer_bytes":22,"#,
-                r#""forward_limit_hits":23,"api_clients_rejected":24,"#,
-                r#""tcp_connect_failures":25,"host_socket_errors":26}}}"#
+                r#""tcp_flow_limit_hits":15,"tcp_time_wait_evictions":16,"#,
+                r#""tcp_half_open_limit_hits":17,"#,
+                r#""udp_flow_evictions":18,"icmp_flow_evictions":19,"dns_flow_evictions":20,"#,
+                r#""tcp_buffer_reductions":21,"tcp_buffer_budget_hits":22,"tcp_buffer_bytes":23,"#,
+                r#""forward_limit_hits":24,"api_clients_rejected":25,"#,
+                r#""tcp_connect_failures":26,"host_socket_errors":27}}}"#
             )
         );
     }
@@ -1142,7 +1146,7 @@ mod tests {
             .map(str::trim)
             .filter(|name| !name.is_empty())
             .collect();
-        assert!(fields.len() >= 26, "{debug}");
+        assert!(fields.len() >= 27, "{debug}");
         let reply: Value =
             serde_json::from_slice(&stats_reply(&Stats::default())).expect("valid JSON");
         let body = &reply["return"];

@@ -24,7 +24,7 @@ use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, Icmpv4Packet, Icmpv4Repr, IpProtocol,
     Ipv4Address, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, UdpPacket, UdpRepr,
 };
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 
 mod ipv6;
 
@@ -89,6 +89,10 @@ pub struct Stack {
     tap_drops: u64,
     /// UDP flows to the DNS forwarder open now (bounded by `max_dns_flows`).
     dns_flows: usize,
+    /// TCP flows that entered TIME-WAIT, oldest first: evicted first when the flow table
+    /// is full (as Linux drops TIME-WAIT buckets). Entries of flows already gone are pruned
+    /// from the front; TIME-WAIT lasts the same for all, so they gather there.
+    time_wait: VecDeque<FlowId>,
     limit_reports: LimitReports,
 }
 
@@ -128,6 +132,7 @@ impl Stack {
             starved_forwards: Vec::new(),
             tap_drops: 0,
             dns_flows: 0,
+            time_wait: VecDeque::new(),
             limit_reports: LimitReports::default(),
             dns_upstream: None,
             // Soon after start, when the guest's link is likely up.
@@ -524,14 +529,11 @@ impl Stack {
             }
         };
         let limits = self.config.limits;
-        let params = if self.stats.tcp_flows as usize >= limits.max_tcp_flows {
-            self.stats.tcp_flow_limit_hits += 1;
-            None
-        } else if self.half_open >= limits.max_half_open {
+        let params = if self.half_open >= limits.max_half_open {
             self.stats.tcp_half_open_limit_hits += 1;
             None
         } else {
-            self.tcp_params(now)
+            self.tcp_room(host).then(|| self.tcp_params(now)).flatten()
         };
         let Some(params) = params else {
             log::debug!("TCP limit reached; refusing {key:?}");
@@ -606,6 +608,7 @@ impl Stack {
     ) {
         match verdict {
             Verdict::Keep { due } => {
+                self.note_time_wait(id);
                 let starved = matches!(self.flows.get(id), Some(Flow::Tcp(t)) if t.is_starved());
                 if starved {
                     self.starved.push(id);
@@ -626,6 +629,52 @@ impl Stack {
         }
     }
 
+    /// A flow that just entered TIME-WAIT only re-ACKs a retransmitted FIN from now on: its
+    /// buffers leave the memory budget, and it queues for eviction under a full table.
+    fn note_time_wait(&mut self, id: FlowId) {
+        let Some(Flow::Tcp(tcp)) = self.flows.get_mut(id) else {
+            return;
+        };
+        if tcp.lingering || tcp.state() != TcpState::TimeWait {
+            return;
+        }
+        tcp.lingering = true;
+        self.stats.tcp_buffer_bytes -= tcp.buffer_bytes() as u64;
+        while let Some(&oldest) = self.time_wait.front() {
+            if matches!(self.flows.get(oldest), Some(Flow::Tcp(t)) if t.lingering) {
+                break;
+            }
+            self.time_wait.pop_front();
+        }
+        self.time_wait.push_back(id);
+    }
+
+    /// Make room in a full TCP table by dropping the oldest flow in TIME-WAIT; false when
+    /// there is none (every flow is in use).
+    fn evict_time_wait(&mut self, host: &mut impl HostIo) -> bool {
+        while let Some(oldest) = self.time_wait.pop_front() {
+            if matches!(self.flows.get(oldest), Some(Flow::Tcp(t)) if t.lingering) {
+                log::debug!("{oldest:?}: evicted from TIME-WAIT (TCP table full)");
+                self.stats.tcp_time_wait_evictions += 1;
+                self.remove_flow(oldest, CloseMode::Graceful, host);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Is there room for one more TCP flow (after evicting one in TIME-WAIT if need be)?
+    /// A refusal is counted.
+    fn tcp_room(&mut self, host: &mut impl HostIo) -> bool {
+        if (self.stats.tcp_flows as usize) < self.config.limits.max_tcp_flows
+            || self.evict_time_wait(host)
+        {
+            return true;
+        }
+        self.stats.tcp_flow_limit_hits += 1;
+        false
+    }
+
     fn remove_flow(&mut self, id: FlowId, mode: CloseMode, host: &mut impl HostIo) {
         let Some(flow) = self.flows.remove(id) else {
             return;
@@ -636,7 +685,9 @@ impl Stack {
                     self.half_open -= 1;
                 }
                 self.stats.tcp_flows -= 1;
-                self.stats.tcp_buffer_bytes -= tcp.buffer_bytes() as u64;
+                if !tcp.lingering {
+                    self.stats.tcp_buffer_bytes -= tcp.buffer_bytes() as u64;
+                }
             }
             Flow::Udp(udp) => {
                 self.stats.udp_flows -= 1;
@@ -1132,11 +1183,7 @@ impl Stack {
                 guest,
                 remote: local,
             };
-            let full = self.stats.tcp_flows as usize >= self.config.limits.max_tcp_flows;
-            if full {
-                self.stats.tcp_flow_limit_hits += 1;
-            }
-            let params = if full || self.flows.lookup(&key).is_some() {
+            let params = if self.flows.lookup(&key).is_some() || !self.tcp_room(host) {
                 None
             } else {
                 self.tcp_params(now)

@@ -25,6 +25,8 @@ pub struct Stats {
     pub icmp_flows_opened: u64,
     /// Connections refused because `max_tcp_flows` was reached.
     pub tcp_flow_limit_hits: u64,
+    /// Flows in TIME-WAIT dropped to make room for a new one in a full TCP table.
+    pub tcp_time_wait_evictions: u64,
     /// SYNs refused because `max_half_open` host connects were already pending.
     pub tcp_half_open_limit_hits: u64,
     /// UDP/ICMP flows evicted because their table was full.

@@ -3,8 +3,8 @@
 //! table recovers once there is room again.
 
 use core::net::{IpAddr, Ipv4Addr, SocketAddrV4};
-use rslirp_stack::testing::{Parsed, Scenario, TcpSegment};
-use rslirp_stack::{CloseMode, Config, Duration, HostError, Limits, TapWrite};
+use rslirp_stack::testing::{GuestTcp, Parsed, Scenario, TcpSegment};
+use rslirp_stack::{CloseMode, Config, Duration, FlowId, HostError, Limits, TapWrite};
 
 const DNS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 3);
 const REMOTE: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
@@ -58,6 +58,46 @@ mod tcp {
         let (conn, _) = s.open_tcp(40011, remote(80));
         assert!(conn.established());
         assert_eq!(s.stats().tcp_flow_limit_hits, 1);
+    }
+
+    /// The host closes first, so the stack's side ends in TIME-WAIT.
+    fn close_from_the_host(s: &mut Scenario, conn: &mut GuestTcp, flow: FlowId) {
+        s.peer_close(flow);
+        s.exchange(std::slice::from_mut(conn));
+        assert!(conn.peer_fin, "the host's FIN reached the guest");
+        let fin = conn.fin();
+        s.guest_sends(&fin);
+        s.exchange(std::slice::from_mut(conn));
+        assert!(conn.all_acked());
+    }
+
+    #[test]
+    fn a_full_table_evicts_time_wait_before_refusing() {
+        let mut s = with_limits(|l| l.max_tcp_flows = 2);
+        let (mut a, flow_a) = s.open_tcp(40000, remote(80));
+        let (mut b, flow_b) = s.open_tcp(40001, remote(80));
+        close_from_the_host(&mut s, &mut a, flow_a);
+        let stats = s.stats();
+        assert_eq!(stats.tcp_flows, 2, "flow a lingers in TIME-WAIT");
+        let per_flow = stats.tcp_buffer_bytes;
+        assert!(per_flow > 0, "only flow b still counts in the budget");
+
+        // The table is full, but flow a only lingers: it makes room.
+        let (c, _) = s.open_tcp(40002, remote(80));
+        assert!(c.established());
+        let stats = s.stats();
+        assert_eq!(
+            (stats.tcp_time_wait_evictions, stats.tcp_flow_limit_hits),
+            (1, 0)
+        );
+        assert_eq!(stats.tcp_buffer_bytes, 2 * per_flow);
+
+        // Flows b and c are in use: no room without a refusal.
+        assert_syn_refused(&mut s, 40003);
+        assert_eq!(s.stats().tcp_flow_limit_hits, 1);
+        close_from_the_host(&mut s, &mut b, flow_b);
+        s.advance(Duration::from_secs(30));
+        assert_eq!(s.stats().tcp_flows, 1, "TIME-WAIT ends by itself too");
     }
 
     #[test]

@@ -82,6 +82,9 @@ pub struct TcpFlow {
     host_closed: bool,
     /// The last drive wanted to send but the transmit queue was full.
     starved: bool,
+    /// In TIME-WAIT and accounted as such by the stack: its buffers no longer count in
+    /// the memory budget, and it may be evicted when the flow table is full.
+    pub lingering: bool,
     pub counters: FlowCounters,
 }
 
@@ -279,6 +282,7 @@ impl TcpFlow {
             host_write_shut: false,
             host_closed: false,
             starved: false,
+            lingering: false,
             counters: FlowCounters::new(now),
         }
     }
