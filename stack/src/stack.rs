@@ -31,6 +31,10 @@ mod ipv6;
 /// How often a flow that cannot send (full queue, unknown guest MAC) is polled anyway.
 const STARVED_RETRY: Duration = Duration::from_millis(100);
 
+/// Finished TCP flows kept to be renewed: enough for a burst of short connections, few
+/// enough that what their buffers keep resident stays small next to the flows in use.
+const SPARE_TCP_FLOWS: usize = 8;
+
 /// Largest datagram a host socket can hand us.
 const SCRATCH_LEN: usize = 65_536;
 
@@ -93,6 +97,10 @@ pub struct Stack {
     /// is full (as Linux drops TIME-WAIT buckets). Entries of flows already gone are pruned
     /// from the front; TIME-WAIT lasts the same for all, so they gather there.
     time_wait: VecDeque<FlowId>,
+    /// Finished TCP flows kept for renewal (at most `SPARE_TCP_FLOWS`), see `TcpFlow::new`.
+    /// Boxed as in `Flow::Tcp`, so a flow moves between the two without being copied.
+    #[allow(clippy::vec_box)]
+    spare_tcp: Vec<Box<TcpFlow>>,
     limit_reports: LimitReports,
 }
 
@@ -133,6 +141,7 @@ impl Stack {
             tap_drops: 0,
             dns_flows: 0,
             time_wait: VecDeque::new(),
+            spare_tcp: Vec::new(),
             limit_reports: LimitReports::default(),
             dns_upstream: None,
             // Soon after start, when the guest's link is likely up.
@@ -547,6 +556,7 @@ impl Stack {
             );
             return;
         };
+        let spare = self.spare_flow(&params);
         let Some(flow) = TcpFlow::open(
             now,
             inbound.src.into(),
@@ -555,11 +565,12 @@ impl Stack {
             quote,
             params,
             &mut self.tx,
+            spare,
         ) else {
             self.stats.rx_dropped += 1;
             return;
         };
-        let mut flow = Box::new(flow);
+        let mut flow = flow;
         flow.counters.host = Some(target);
         let id = self.insert_tcp(key, flow);
         self.half_open += 1;
@@ -687,6 +698,12 @@ impl Stack {
                 self.stats.tcp_flows -= 1;
                 if !tcp.lingering {
                     self.stats.tcp_buffer_bytes -= tcp.buffer_bytes() as u64;
+                }
+                let limits = &self.config.limits;
+                if self.spare_tcp.len() < SPARE_TCP_FLOWS
+                    && tcp.is_reusable(limits.tcp_rx_buffer, limits.tcp_tx_buffer)
+                {
+                    self.spare_tcp.push(tcp);
                 }
             }
             Flow::Udp(udp) => {
@@ -1197,18 +1214,20 @@ impl Stack {
             // Learn the guest's MAC first: the SYN below goes out at once, and a Linux
             // guest drops TCP sent to the broadcast MAC.
             self.ask_guest_mac(guest.ip());
+            let spare = self.spare_flow(&params);
             let Some(flow) = TcpFlow::connect_to_guest(
                 now,
                 (local.ip().into(), local.port()),
                 (guest.ip().into(), guest.port()),
                 params,
                 &mut self.tx,
+                spare,
             ) else {
                 host.close(id, CloseMode::Abort);
                 self.flows.skip_id(id);
                 continue;
             };
-            let mut flow = Box::new(flow);
+            let mut flow = flow;
             flow.counters.host = Some(peer);
             let inserted = self.insert_tcp(key, flow);
             debug_assert_eq!(inserted, id);
@@ -1312,6 +1331,18 @@ impl Stack {
         // An IPv6 guest has always spoken first (router solicitation, DAD).
         if let IpAddr::V4(guest) = guest {
             arp::send_request(&mut self.tx, self.config.network.gateway(), guest);
+        }
+    }
+
+    /// A finished flow to renew for a new one with `params`, if one with buffers of that
+    /// size is kept.
+    fn spare_flow(&mut self, params: &TcpParams) -> Option<Box<TcpFlow>> {
+        let limits = &self.config.limits;
+        let full = (limits.tcp_rx_buffer, limits.tcp_tx_buffer);
+        if (params.rx_buffer, params.tx_buffer) == full {
+            self.spare_tcp.pop()
+        } else {
+            None
         }
     }
 

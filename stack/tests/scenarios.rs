@@ -645,6 +645,47 @@ mod scale {
     }
 }
 
+mod short_connections {
+    use super::*;
+
+    /// One whole short connection: data both ways, the guest closes first (so the stack's
+    /// socket ends CLOSED and the flow may be renewed for the next one).
+    fn one_connection(s: &mut Scenario, i: usize) {
+        let (mut conn, flow) = s.open_tcp(20_000 + i as u16, remote(80));
+        let (up, down) = (pattern(i, 100 + i), pattern(i + 1000, 3000 + 7 * i));
+        let frame = conn.send(&up);
+        s.guest_sends(&frame);
+        s.peer_send(flow, &down);
+        let conns = std::slice::from_mut(&mut conn);
+        run_until(s, conns, "the exchange", |_, c| {
+            c[0].all_acked() && c[0].received().len() >= down.len()
+        });
+        assert_eq!(s.take_sent(flow), up, "upload of connection {i}");
+        assert_eq!(conn.received(), down, "download of connection {i}");
+        let fin = conn.fin();
+        s.guest_sends(&fin);
+        s.peer_close(flow);
+        let conns = std::slice::from_mut(&mut conn);
+        run_until(s, conns, "the close", |s, c| {
+            c[0].peer_fin && c[0].all_acked() && s.stats().tcp_flows == 0
+        });
+        assert_eq!(s.host.close_mode(flow), Some(CloseMode::Graceful));
+    }
+
+    /// Finished flows are renewed for the next connections (no new buffers): every one of
+    /// them must behave as a new flow, with its own sequence numbers and data.
+    #[test]
+    fn a_hundred_in_a_row_each_as_good_as_the_first() {
+        let mut s = Scenario::new();
+        for i in 0..100 {
+            one_connection(&mut s, i);
+        }
+        assert_eq!(s.stats().tcp_flows_opened, 100);
+        assert_eq!(s.stats().tcp_buffer_bytes, 0);
+        assert_eq!(s.host.open_count(), 0);
+    }
+}
+
 mod malformed {
     use super::*;
 

@@ -166,6 +166,7 @@ impl TcpFlow {
     /// A flow for a guest SYN `syn_packet` (the whole IP packet) from `guest` to `remote`:
     /// the socket listens as `remote` with the SYN-ACK paused, and has seen the SYN.
     /// Returns `None` when smoltcp does not take the SYN (it then answered it itself).
+    #[allow(clippy::too_many_arguments)]
     pub fn open(
         now: Instant,
         guest: IpAddress,
@@ -174,11 +175,12 @@ impl TcpFlow {
         syn_quote: Quote,
         params: TcpParams,
         tx: &mut TxQueue,
-    ) -> Option<TcpFlow> {
+        spare: Option<Box<TcpFlow>>,
+    ) -> Option<Box<TcpFlow>> {
         let phase = Phase::Connecting {
             deadline: params.connect_deadline,
         };
-        let mut flow = TcpFlow::new(now, remote.0, guest, params, phase, tx);
+        let mut flow = TcpFlow::new(now, remote.0, guest, params, phase, tx, spare);
         flow.syn_quote = Some(syn_quote);
         let socket = flow.sockets.get_mut::<Socket>(flow.handle);
         socket.pause_synack(true);
@@ -204,8 +206,9 @@ impl TcpFlow {
         guest: (IpAddress, u16),
         params: TcpParams,
         tx: &mut TxQueue,
-    ) -> Option<TcpFlow> {
-        let mut flow = TcpFlow::new(now, local.0, guest.0, params, Phase::Open, tx);
+        spare: Option<Box<TcpFlow>>,
+    ) -> Option<Box<TcpFlow>> {
+        let mut flow = TcpFlow::new(now, local.0, guest.0, params, Phase::Open, tx, spare);
         flow.host_writable = true;
         flow.guest_connect_pending = true;
         let socket = flow.sockets.get_mut::<Socket>(flow.handle);
@@ -219,7 +222,9 @@ impl TcpFlow {
     }
 
     /// An interface answering as `local`, routing everything else to `guest`, with one
-    /// socket (neither listening nor connected yet).
+    /// socket (neither listening nor connected yet). A `spare` flow (see
+    /// [`TcpFlow::is_reusable`]) is renewed instead of building one: a short connection then
+    /// costs no allocation, and above all no mapping and unmapping of its two buffers.
     fn new(
         now: Instant,
         local: IpAddress,
@@ -227,11 +232,16 @@ impl TcpFlow {
         params: TcpParams,
         phase: Phase,
         tx: &mut TxQueue,
-    ) -> TcpFlow {
+        spare: Option<Box<TcpFlow>>,
+    ) -> Box<TcpFlow> {
         let ethertype = match local {
             IpAddress::Ipv4(_) => EthernetProtocol::Ipv4,
             IpAddress::Ipv6(_) => EthernetProtocol::Ipv6,
         };
+        if let Some(mut flow) = spare {
+            flow.renew(now, local, guest, params, phase, ethertype);
+            return flow;
+        }
         let mut device = FlowDevice {
             rx: None,
             tx,
@@ -267,7 +277,7 @@ impl TcpFlow {
         socket.set_ack_delay(None);
         let mut sockets = SocketSet::new(Vec::with_capacity(1));
         let handle = sockets.add(socket);
-        TcpFlow {
+        Box::new(TcpFlow {
             iface,
             sockets,
             handle,
@@ -284,7 +294,63 @@ impl TcpFlow {
             starved: false,
             lingering: false,
             counters: FlowCounters::new(now),
-        }
+        })
+    }
+
+    /// Can this (finished) flow be renewed for another connection with `params`? Only a
+    /// socket that closed normally qualifies (one still in TIME-WAIT would need a RST).
+    pub fn is_reusable(&self, params_rx: usize, params_tx: usize) -> bool {
+        let socket = self.socket();
+        socket.state() == State::Closed
+            && socket.recv_capacity() == params_rx
+            && socket.send_capacity() == params_tx
+    }
+
+    /// Make a finished flow as new: its interface answers as `local` towards `guest`, its
+    /// socket has every setting a new one gets (smoltcp's `listen`/`connect` reset the
+    /// rest, buffers included, when the caller opens it).
+    fn renew(
+        &mut self,
+        now: Instant,
+        local: IpAddress,
+        guest: IpAddress,
+        params: TcpParams,
+        phase: Phase,
+        ethertype: EthernetProtocol,
+    ) {
+        let prefix = match local {
+            IpAddress::Ipv4(_) => 32,
+            IpAddress::Ipv6(_) => 128,
+        };
+        self.iface.update_ip_addrs(|addrs| {
+            addrs.clear();
+            let _ = addrs.push(IpCidr::new(local, prefix));
+        });
+        self.iface.routes_mut().update(|routes| routes.clear());
+        let routed = match guest {
+            IpAddress::Ipv4(addr) => self.iface.routes_mut().add_default_ipv4_route(addr).is_ok(),
+            IpAddress::Ipv6(addr) => self.iface.routes_mut().add_default_ipv6_route(addr).is_ok(),
+        };
+        debug_assert!(routed);
+        let socket = self.sockets.get_mut::<Socket>(self.handle);
+        socket.set_timeout(None);
+        socket.pause_synack(false);
+        // A fresh controller: the last connection's window says nothing about this one.
+        let congestion = socket.congestion_control();
+        socket.set_congestion_control(congestion);
+        self.phase = phase;
+        self.mtu = params.mtu;
+        self.ethertype = ethertype;
+        self.syn_quote = None;
+        self.guest_connect_pending = false;
+        self.host_readable = false;
+        self.host_writable = false;
+        self.host_eof = false;
+        self.host_write_shut = false;
+        self.host_closed = false;
+        self.starved = false;
+        self.lingering = false;
+        self.counters = FlowCounters::new(now);
     }
 
     fn device<'a>(&self, rx: Option<&'a [u8]>, tx: &'a mut TxQueue) -> FlowDevice<'a> {
