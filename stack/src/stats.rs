@@ -22,7 +22,8 @@ pub struct Stats {
     pub tcp_flows_opened: u64,
     pub udp_flows_opened: u64,
     pub icmp_flows_opened: u64,
-    /// SYNs refused because `max_tcp_flows` or `max_half_open` was reached.
+    /// SYNs refused because `max_tcp_flows` was reached, and the oldest half-open connects
+    /// given up to admit a new SYN because `max_half_open` was.
     pub tcp_flow_limit_hits: u64,
     /// UDP/ICMP flows evicted because their table was full.
     pub udp_flow_evictions: u64,
