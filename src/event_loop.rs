@@ -1,7 +1,8 @@
 //! The mio event loop: the one thread that runs the data path.
 //!
-//! It waits on the tap, every host socket, a signalfd (SIGTERM/SIGINT) and the exit fd,
-//! with the stack's next deadline as the timeout, so an idle rslirp sleeps in epoll_wait.
+//! It waits on the tap, every host socket, a signalfd (SIGTERM/SIGINT), the exit fd and a
+//! pidfd of the target process, with the stack's next deadline as the timeout, so an idle
+//! rslirp sleeps in epoll_wait.
 //! Each wake-up: feed what arrived to the stack, run its timers, then write what it queued
 //! for the guest to the tap (keeping frames queued if the tap is full). With `--pcap`, each
 //! frame read or written is also recorded (see `pcap.rs`), and the capture is flushed before
@@ -25,6 +26,7 @@ const TAP: Token = Token(u32::MAX as usize);
 const SIGNAL: Token = Token(u32::MAX as usize - 1);
 const EXIT_FD: Token = Token(u32::MAX as usize - 2);
 const RESOLV: Token = Token(u32::MAX as usize - 3);
+const TARGET: Token = Token(u32::MAX as usize - 4);
 
 /// Frames read from the tap per wake-up before the loop turns to other sources.
 const TAP_READ_BATCH: usize = 256;
@@ -38,6 +40,11 @@ pub enum LoopError {
     Poll(std::io::Error),
     #[error("tap device failed: {0} (was the network namespace destroyed?)")]
     Tap(Errno),
+    #[error(
+        "target process {0} exited: the container is gone, and its network namespace with \
+         tap device {1} only lives on because rslirp holds the tap"
+    )]
+    TargetExited(i32, String),
 }
 
 /// Why the loop ended normally.
@@ -77,6 +84,47 @@ pub struct Sources {
     pub resolv: Option<ResolvWatch>,
     /// `--pcap`: records every frame read from or written to the tap.
     pub pcap: Option<PcapWriter>,
+    /// A pidfd of the target process (PID operand), readable once it has exited.
+    pub target: Option<TargetWatch>,
+}
+
+/// The target process given as PID, watched so that rslirp ends with the container.
+///
+/// Why: the tap fd we hold keeps the container's network namespace alive (tun takes a
+/// reference on the namespace it was opened in), so when the container's last process
+/// exits the tap never goes away, reads on it never fail, and rslirp would idle forever
+/// holding an orphaned namespace. slirp4netns behaves that way and relies on its caller's
+/// exit fd or signal; a caller that forgets leaks both. The target's exit is the one event
+/// we can see, and a pidfd reports it without polling.
+pub struct TargetWatch {
+    pub pid: i32,
+    pub tap_name: String,
+    pub pidfd: OwnedFd,
+}
+
+impl TargetWatch {
+    /// `None` if the kernel has no pidfd_open (before 5.3): then there is nothing to watch
+    /// with, and rslirp runs until its exit fd or a signal, as slirp4netns does.
+    pub fn open(pid: i32, tap_name: &str) -> Result<Option<TargetWatch>, String> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory
+        // is passed.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::ENOSYS) {
+                log::warn!("pidfd_open is not available: rslirp will not notice the target exit");
+                return Ok(None);
+            }
+            return Err(format!("cannot watch target process {pid}: {err}"));
+        }
+        // SAFETY: `fd` was just returned by pidfd_open and is owned by nobody else.
+        let pidfd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+        Ok(Some(TargetWatch {
+            pid,
+            tap_name: tap_name.to_string(),
+            pidfd,
+        }))
+    }
 }
 
 pub struct EventLoop {
@@ -90,6 +138,7 @@ pub struct EventLoop {
     api: Option<ApiServer>,
     resolv: Option<ResolvWatch>,
     pcap: Option<PcapWriter>,
+    target: Option<TargetWatch>,
     /// The last tap read stopped at the batch limit: more frames may be waiting.
     tap_backlog: bool,
     frame: Vec<u8>,
@@ -111,6 +160,7 @@ impl EventLoop {
             api,
             resolv,
             pcap,
+            target,
         } = sources;
         let registry = poll.registry();
         registry.register(
@@ -129,6 +179,13 @@ impl EventLoop {
         if let Some(watch) = &resolv {
             registry.register(&mut SourceFd(&watch.fd()), RESOLV, Interest::READABLE)?;
         }
+        if let Some(watch) = &target {
+            registry.register(
+                &mut SourceFd(&watch.pidfd.as_raw_fd()),
+                TARGET,
+                Interest::READABLE,
+            )?;
+        }
         Ok(EventLoop {
             poll,
             clock,
@@ -140,6 +197,7 @@ impl EventLoop {
             api,
             resolv,
             pcap,
+            target,
             tap_backlog: false,
             frame: vec![0u8; MAX_FRAME],
         })
@@ -180,6 +238,11 @@ impl EventLoop {
                     RESOLV => {
                         if let Some(watch) = &mut self.resolv {
                             self.stack.set_dns_upstream(watch.reload());
+                        }
+                    }
+                    TARGET => {
+                        if let Some(watch) = &self.target {
+                            return Err(LoopError::TargetExited(watch.pid, watch.tap_name.clone()));
                         }
                     }
                     EXIT_FD => {

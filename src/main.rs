@@ -8,7 +8,7 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use rslirp::api_socket::ApiServer;
 use rslirp::cli::{self, Command, NetnsType, Options};
-use rslirp::event_loop::{Clock, EventLoop, Exit, Sources};
+use rslirp::event_loop::{Clock, EventLoop, Exit, Sources, TargetWatch};
 use rslirp::host::{Outbound, RealHost};
 use rslirp::netns::{self, NetnsTarget, TapConfig, TapRequest};
 use rslirp::pcap::PcapWriter;
@@ -98,6 +98,12 @@ fn run(options: Options) -> Result<Exit, String> {
         .map(|path| PcapWriter::create(path, options.pcap_size))
         .transpose()
         .map_err(|e| e.to_string())?;
+    // Before the tap: the process watched is then the one whose namespace we join (had the
+    // pid been recycled in between, the pidfd reports an exit at once, which is the truth).
+    let target = match (&options.netns_type, options.pid) {
+        (NetnsType::Pid, Some(pid)) => TargetWatch::open(pid, &options.tap_name)?,
+        _ => None,
+    };
     let tap = open_tap(&options)?;
     let config = options.stack_config();
     let clock = Clock::new();
@@ -139,6 +145,7 @@ fn run(options: Options) -> Result<Exit, String> {
         api,
         resolv: resolv.flatten(),
         pcap,
+        target,
     };
     let mut event_loop = EventLoop::new(poll, clock, sources, stack, host)
         .map_err(|e| format!("event loop: {e}"))?;

@@ -11,7 +11,7 @@
 mod common;
 
 use common::api::{
-    self, error_reply, id_reply, list_reply, remove_request, Api, Framing, Fwd, ALL_FRAMINGS,
+    self, error_reply, id_reply, list_reply, remove_request, stat, Api, Framing, Fwd, ALL_FRAMINGS,
     LIST_REQUEST, OK_REPLY,
 };
 use common::net::{self, Pattern};
@@ -523,14 +523,6 @@ fn podman_style_start(mode: Mode) {
     assert!(!api.path.exists(), "{:?} still there after exit", api.path);
 }
 
-/// A counter from get_stats' reply, e.g. `["interfaces", "tap", "rx_bytes"]`.
-fn stat(reply: &serde_json::Value, path: &[&str]) -> u64 {
-    path.iter()
-        .fold(&reply["return"], |value, key| &value[*key])
-        .as_u64()
-        .unwrap_or_else(|| panic!("no number at return.{} in {reply}", path.join(".")))
-}
-
 /// Ours (SPEC §5): after a request through a forward, the tap counters show traffic both
 /// ways and the flow counts are there.
 fn get_stats_counts_forwarded_traffic(mode: Mode) {
@@ -541,9 +533,7 @@ fn get_stats_counts_forwarded_traffic(mode: Mode) {
     api.add(&fwd);
     api::peer_seen_by_guest(&env, fwd.host_target());
 
-    let reply = api.request(r#"{"execute":"get_stats"}"#);
-    let reply: serde_json::Value =
-        serde_json::from_str(&reply).unwrap_or_else(|e| panic!("get_stats: {e}: {reply}"));
+    let reply = api.stats();
     for direction in ["rx", "tx"] {
         for counter in ["bytes", "packets"] {
             let name = format!("{direction}_{counter}");

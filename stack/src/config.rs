@@ -136,7 +136,8 @@ pub const IPV6_DNS: Ipv6Address = Ipv6Address::new(0xfd00, 0, 0, 0, 0, 0, 0, 3);
 pub struct Limits {
     /// Concurrent TCP flows (any state, including half-open connects).
     pub max_tcp_flows: usize,
-    /// TCP flows whose host connect has not completed yet.
+    /// TCP flows whose host connect has not completed yet; a new SYN beyond it gives up the
+    /// oldest of them.
     pub max_half_open: usize,
     /// Concurrent UDP flows; on overflow the flow idle the longest is evicted.
     pub max_udp_flows: usize,

@@ -77,6 +77,9 @@ pub struct Stack {
     /// there (see `TcpFlow::take_segment`). A set: a burst of one flow counts once.
     dirty: BTreeSet<FlowId>,
     half_open: usize,
+    /// Half-open TCP flows, oldest first (entries of flows that have since connected or
+    /// gone are skipped when met, and compacted away before they can pile up).
+    half_open_order: VecDeque<FlowId>,
     rng: u64,
     now: Instant,
     scratch: Vec<u8>,
@@ -127,6 +130,7 @@ impl Stack {
             starved: Vec::new(),
             dirty: BTreeSet::new(),
             half_open: 0,
+            half_open_order: VecDeque::new(),
             // xorshift needs a non-zero state.
             rng: random_seed | 1,
             now,
@@ -196,14 +200,19 @@ impl Stack {
             self.stats.rx_errors += 1;
             return;
         };
-        self.tx.learn_guest_mac(eth.src_addr());
+        // The guest's MAC is learned only from frames that prove to be the guest's (a valid
+        // ARP packet, an IP packet from a guest address): a malformed or spoofed frame from
+        // another MAC must not redirect what we send, or a forwarded connection to a guest
+        // that stays silent would go to that MAC and die.
         match eth.ethertype() {
-            EthernetProtocol::Arp => match arp::handle(&self.config, eth.payload(), &mut self.tx) {
-                ArpOutcome::Replied => {}
-                ArpOutcome::Ignored => self.stats.rx_dropped += 1,
-                ArpOutcome::Malformed => self.stats.rx_errors += 1,
-                ArpOutcome::QueueFull => self.stats.tx_dropped += 1,
-            },
+            EthernetProtocol::Arp => {
+                match arp::handle(&self.config, eth.src_addr(), eth.payload(), &mut self.tx) {
+                    ArpOutcome::Replied => {}
+                    ArpOutcome::Ignored => self.stats.rx_dropped += 1,
+                    ArpOutcome::Malformed => self.stats.rx_errors += 1,
+                    ArpOutcome::QueueFull => self.stats.tx_dropped += 1,
+                }
+            }
             EthernetProtocol::Ipv4 => self.handle_ipv4(now, eth.src_addr(), eth.payload(), host),
             EthernetProtocol::Ipv6 if self.config.enable_ipv6 => {
                 self.handle_ipv6(now, eth.src_addr(), eth.payload(), host)
@@ -351,6 +360,7 @@ impl Stack {
             self.stats.rx_dropped += 1;
             return;
         }
+        self.tx.learn_guest_mac(src_mac);
         // The exact packet, without any Ethernet padding after it.
         let packet_bytes = &bytes[..usize::from(packet.total_len())];
         let payload = packet.payload();
@@ -387,6 +397,8 @@ impl Stack {
         if packet.dst_port() != 67 || !to_us {
             return false;
         }
+        // A client without an address yet: its DHCP request is its first valid frame.
+        self.tx.learn_guest_mac(src_mac);
         let Some(reply) = self.dhcp.handle(now, src_mac, packet.payload()) else {
             self.stats.rx_dropped += 1;
             return true;
@@ -538,8 +550,12 @@ impl Stack {
             }
         };
         let limits = self.config.limits;
-        let params = if self.half_open >= limits.max_half_open {
-            self.stats.tcp_half_open_limit_hits += 1;
+        // A full half-open table gives up its oldest connect rather than the new one: else
+        // SYNs to a black hole (a scan, a flood, a dead host) would hold every slot for the
+        // whole connect timeout and lock the guest out of all new connections.
+        let half_open_full =
+            self.half_open >= limits.max_half_open && !self.evict_oldest_half_open(host);
+        let params = if half_open_full {
             None
         } else {
             self.tcp_room(host).then(|| self.tcp_params(now)).flatten()
@@ -574,6 +590,7 @@ impl Stack {
         flow.counters.host = Some(target);
         let id = self.insert_tcp(key, flow);
         self.half_open += 1;
+        self.remember_half_open(id);
         log::debug!(
             "{id:?}: TCP {} -> {} (host {target})",
             key.guest,
@@ -583,6 +600,35 @@ impl Stack {
             Ok(()) => self.flows.schedule(id, Some(params.connect_deadline)),
             Err(err) => self.fail_tcp(id, err, host),
         }
+    }
+
+    fn is_half_open(&self, id: FlowId) -> bool {
+        matches!(self.flows.get(id), Some(Flow::Tcp(tcp)) if tcp.is_connecting())
+    }
+
+    fn remember_half_open(&mut self, id: FlowId) {
+        // Stale entries (connected or closed since) are dropped once they outnumber the
+        // live ones, so the queue stays within twice the limit at amortised O(1).
+        if self.half_open_order.len() >= 2 * self.config.limits.max_half_open.max(1) {
+            let mut order = core::mem::take(&mut self.half_open_order);
+            order.retain(|&old| self.is_half_open(old));
+            self.half_open_order = order;
+        }
+        self.half_open_order.push_back(id);
+    }
+
+    /// Gives up the oldest half-open connect (the guest hears a timeout) to make room;
+    /// false if there is none. Counted as a limit hit.
+    fn evict_oldest_half_open(&mut self, host: &mut impl HostIo) -> bool {
+        while let Some(id) = self.half_open_order.pop_front() {
+            if self.is_half_open(id) {
+                log::debug!("{id:?}: half-open limit reached; giving up the oldest connect");
+                self.stats.tcp_half_open_limit_hits += 1;
+                self.fail_tcp(id, HostError::TimedOut, host);
+                return true;
+            }
+        }
+        false
     }
 
     /// The host connect of a TCP flow failed: answer the guest's SYN and drop the flow.

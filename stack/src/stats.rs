@@ -27,7 +27,8 @@ pub struct Stats {
     pub tcp_flow_limit_hits: u64,
     /// Flows in TIME-WAIT dropped to make room for a new one in a full TCP table.
     pub tcp_time_wait_evictions: u64,
-    /// SYNs refused because `max_half_open` host connects were already pending.
+    /// Oldest half-open connects given up (the guest hears host unreachable) to admit a
+    /// new SYN because `max_half_open` connects were pending.
     pub tcp_half_open_limit_hits: u64,
     /// UDP/ICMP flows evicted because their table was full.
     pub udp_flow_evictions: u64,
@@ -117,9 +118,8 @@ impl Limit {
     /// What the stack does on a hit.
     pub fn effect(self) -> &'static str {
         match self {
-            Limit::TcpFlows | Limit::HalfOpen | Limit::TcpBufferBudget => {
-                "new TCP connections refused with RST"
-            }
+            Limit::TcpFlows | Limit::TcpBufferBudget => "new TCP connections refused with RST",
+            Limit::HalfOpen => "the oldest pending connects given up (ICMP host unreachable)",
             Limit::UdpFlows => "longest-idle UDP flows evicted",
             Limit::IcmpFlows => "longest-idle ICMP echo flows evicted",
             Limit::DnsFlows => "oldest DNS queries evicted",

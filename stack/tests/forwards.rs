@@ -807,3 +807,53 @@ mod flows {
         );
     }
 }
+
+/// The guest's MAC is learned only from frames that prove to be the guest's: a malformed
+/// or foreign frame must not redirect what the stack sends (issue #8: after garbage on the
+/// tap, a forward's SYN to the silent guest went to the garbage's source MAC and died).
+mod guest_mac {
+    use super::*;
+
+    const FOREIGN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x64];
+
+    /// An Ethernet frame from `src` to the gateway's MAC with `payload` after `ethertype`.
+    fn frame_from(src: [u8; 6], ethertype: [u8; 2], payload: &[u8]) -> Vec<u8> {
+        let mut frame = vec![0x52, 0x55, 10, 0, 2, 2];
+        frame.extend_from_slice(&src);
+        frame.extend_from_slice(&ethertype);
+        frame.extend_from_slice(payload);
+        frame
+    }
+
+    #[test]
+    fn garbage_from_another_mac_does_not_redirect_a_forward() {
+        let mut s = guest_is_up();
+        add(&mut s, "tcp", 8080, 80, 1);
+        let before = s.stats();
+        // A truncated IPv4 header, a truncated ARP packet, an unknown ethertype.
+        s.guest_sends(&frame_from(FOREIGN_MAC, [0x08, 0x00], &[0x45, 0x00]));
+        s.guest_sends(&frame_from(FOREIGN_MAC, [0x08, 0x06], &[0x00, 0x01, 0x08]));
+        s.guest_sends(&frame_from(FOREIGN_MAC, [0x88, 0xb5], &[1, 2, 3, 4]));
+        let after = s.stats();
+        assert_eq!(after.rx_errors - before.rx_errors, 2);
+        assert_eq!(after.rx_dropped - before.rx_dropped, 1);
+
+        s.client_connects(1, loopback(40000));
+        // `drain` checks that the SYN is addressed to the guest's own MAC.
+        the_syn(&mut s);
+    }
+
+    #[test]
+    fn a_valid_packet_from_a_new_mac_is_followed() {
+        let mut s = guest_is_up();
+        add(&mut s, "tcp", 8080, 80, 1);
+        // The guest changed its MAC (ip link set tap0 address ...) and speaks again.
+        s.guest.mac = EthernetAddress(FOREIGN_MAC);
+        let guest = s.guest;
+        s.guest_sends(&guest.arp_request(GATEWAY));
+        the_only(s.drain(), "ARP reply");
+
+        s.client_connects(1, loopback(40000));
+        the_syn(&mut s);
+    }
+}

@@ -100,27 +100,7 @@ mod tcp {
         assert_eq!(s.stats().tcp_flows, 1, "TIME-WAIT ends by itself too");
     }
 
-    #[test]
-    fn max_half_open_refuses_syns_while_connects_are_pending() {
-        let mut s = with_limits(|l| l.max_half_open = 2);
-        let mut pending = Vec::new();
-        for port in [40000, 40001] {
-            let syn = s.guest.tcp_syn(port, remote(80), 1000);
-            s.guest_sends(&syn);
-            pending.push(s.host.last_connect().expect("a connect").0);
-        }
-        assert_syn_refused(&mut s, 40002);
-        let stats = s.stats();
-        assert_eq!(stats.tcp_half_open_limit_hits, 1);
-        assert_eq!(stats.tcp_flow_limit_hits, 0, "the flow table is not full");
-
-        // A completed connect is no longer half-open: room for one more.
-        s.complete_connect(pending[0]);
-        s.drain();
-        let syn = s.guest.tcp_syn(40003, remote(80), 1000);
-        s.guest_sends(&syn);
-        assert_eq!(s.host.connects().len(), 3, "the SYN got a host connect");
-    }
+    // `max_half_open`: scenarios.rs, `a_full_half_open_table_gives_up_its_oldest_connect`.
 
     #[test]
     fn black_holed_connects_time_out_and_free_their_slot() {

@@ -571,6 +571,40 @@ mod udp {
 mod scale {
     use super::*;
 
+    /// Issue #8: SYNs to a black hole filled the half-open table, and every new connect was
+    /// refused until they timed out (60 s). Now the oldest half-open connect gives way.
+    #[test]
+    fn a_full_half_open_table_gives_up_its_oldest_connect() {
+        let mut config = Config::default();
+        config.limits.max_half_open = 2;
+        let mut s = Scenario::with_config(config);
+        let mut oldest = s.guest_tcp(40000, remote(80));
+        let (oldest_flow, _) = syn_and_connect(&mut s, &mut oldest);
+        let mut second = s.guest_tcp(40001, remote(81));
+        syn_and_connect(&mut s, &mut second);
+        assert_eq!(s.drain(), vec![], "both connects still pending");
+
+        // A third connect, to a host that answers, is admitted...
+        let mut third = s.guest_tcp(40002, gateway(8080));
+        let (third_flow, _) = syn_and_connect(&mut s, &mut third);
+        // ...and the oldest is given up as timed out: host socket closed, guest told.
+        assert_eq!(s.host.close_mode(oldest_flow), Some(CloseMode::Abort));
+        let Parsed::IcmpUnreachable { code, .. } = the_only(s.drain(), "ICMP for the oldest")
+        else {
+            panic!("expected ICMP destination unreachable for the given-up connect");
+        };
+        assert_eq!(code, 1, "host unreachable, as for a connect timeout");
+
+        s.complete_connect(third_flow);
+        let syn_ack = the_only_segment(s.drain(), "SYN-ACK");
+        assert!(syn_ack.is_syn_ack(), "got {}", syn_ack.flags());
+        assert_eq!(syn_ack.dst_port, 40002);
+        let stats = s.stats();
+        assert_eq!(stats.tcp_half_open_limit_hits, 1);
+        assert_eq!(stats.tcp_flow_limit_hits, 0, "the flow table is not full");
+        assert_eq!(stats.tcp_flows, 2);
+    }
+
     const FLOWS: usize = 1000;
 
     fn upload(i: usize) -> Vec<u8> {

@@ -50,6 +50,15 @@ pub fn remove_request(id: u64) -> String {
 }
 
 pub const LIST_REQUEST: &str = r#"{"execute":"list_hostfwd"}"#;
+pub const STATS_REQUEST: &str = r#"{"execute":"get_stats"}"#;
+
+/// A counter from get_stats' reply, e.g. `["interfaces", "tap", "rx_bytes"]`.
+pub fn stat(reply: &serde_json::Value, path: &[&str]) -> u64 {
+    path.iter()
+        .fold(&reply["return"], |value, key| &value[*key])
+        .as_u64()
+        .unwrap_or_else(|| panic!("no number at return.{} in {reply}", path.join(".")))
+}
 
 /// One port forward as the API describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -211,6 +220,12 @@ impl Api {
 
     pub fn list(&self) -> String {
         self.request(LIST_REQUEST)
+    }
+
+    /// The get_stats reply, parsed (read counters with [`stat`]).
+    pub fn stats(&self) -> serde_json::Value {
+        let reply = self.request(STATS_REQUEST);
+        serde_json::from_str(&reply).unwrap_or_else(|e| panic!("get_stats: {e}: {reply}"))
     }
 
     pub fn remove(&self, id: u64) {

@@ -290,6 +290,42 @@ impl Env {
             .expect("only rootful guests have a named netns")
     }
 
+    /// An address on the host namespace's dummy subnet that nobody answers: a connect to it
+    /// from the host namespace goes nowhere (a dummy drops everything it is given, a
+    /// port-less bridge finds no neighbour), never off the machine.
+    pub fn black_hole_addr(&self) -> Ipv4Addr {
+        let [a, b, c, _] = self.host_addr.octets();
+        Ipv4Addr::new(a, b, c, 77)
+    }
+
+    /// Takes the container away: kills the process that holds its namespace (the `sleep`,
+    /// or the rootless `unshare`'s) and, when rootful, removes the `ip netns add` name too.
+    pub fn destroy_guest(&mut self) {
+        self.guest.signal(libc::SIGKILL);
+        assert!(
+            self.guest.wait_timeout(SETUP_TIMEOUT).is_some(),
+            "the guest process survived SIGKILL"
+        );
+        drop(self.guest_netns.take());
+    }
+
+    /// Starts `args` as a process of its own in the host namespace (as root); killed on drop.
+    pub fn host_process(&self, what: &str, args: &[&str]) -> Proc {
+        let mut cmd = command("ip", &["netns", "exec", &self.host.name]);
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null());
+        Proc::spawn(&mut cmd, what)
+    }
+
+    /// Waits until something listens on TCP `port` in the host namespace (without
+    /// connecting to it: a one-shot server would take the probe for its client).
+    pub fn wait_host_tcp_listening(&self, port: u16) {
+        let filter = format!("sport = :{port}");
+        wait_for(&format!("a listener on port {port}"), SETUP_TIMEOUT, || {
+            let out = self.host.ip_netns_exec(&["ss", "-Hltn", &filter]);
+            (!out.trim().is_empty()).then_some(())
+        });
+    }
+
     /// Runs a command as root inside the guest's network namespace.
     pub fn guest_cmd(&self, args: &[&str]) -> Output {
         let pid = self.guest_pid().to_string();
@@ -574,6 +610,17 @@ pub struct Rslirp {
 impl Rslirp {
     pub fn pid(&self) -> u32 {
         self.proc.pid()
+    }
+
+    /// Resident memory (VmRSS of /proc/PID/status) in KiB.
+    pub fn vm_rss_kib(&self) -> u64 {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .unwrap_or_else(|e| panic!("rslirp's /proc status: {e}\n{}", self.output()));
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS in {status}"))
     }
 
     /// What rslirp wrote to stdout and stderr so far.

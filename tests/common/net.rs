@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use super::process::wait_readable;
+
 /// Longest a single read or write may block before the test gives up on the connection.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often server loops look at their stop flag.
@@ -50,22 +52,48 @@ pub fn tcp_server<H>(listener: TcpListener, handler: H) -> Server
 where
     H: Fn(TcpStream) + Send + Sync + 'static,
 {
+    let handler = Arc::new(handler);
+    accept_loop(listener, move |stream| {
+        let handler = handler.clone();
+        thread::spawn(move || handler(stream));
+    })
+}
+
+/// Like [`tcp_server`], but serves each connection on the accepting thread, one after
+/// another: for many short connections, where a thread each would cost more than the
+/// connection. Several of these may share one listener (`try_clone`).
+pub fn tcp_server_inline<H>(listener: TcpListener, handler: H) -> Server
+where
+    H: Fn(TcpStream) + Send + 'static,
+{
+    accept_loop(listener, handler)
+}
+
+/// Accepts until the server is stopped, handing each connection (blocking, with
+/// timeouts) to `serve`.
+fn accept_loop<F>(listener: TcpListener, serve: F) -> Server
+where
+    F: Fn(TcpStream) + Send + 'static,
+{
     let addr = listener.local_addr().expect("local_addr");
     // Non-blocking accept so that the loop can notice the stop flag.
     listener.set_nonblocking(true).expect("nonblocking");
     let stop = Arc::new(AtomicBool::new(false));
-    let handler = Arc::new(handler);
     let stop_flag = stop.clone();
     let thread = thread::spawn(move || {
         while !stop_flag.load(Ordering::SeqCst) {
+            // Waiting in poll (not sleeping) takes a connection the moment it arrives.
+            if !wait_readable(&listener, STOP_POLL) {
+                continue;
+            }
             match listener.accept() {
                 Ok((stream, _)) => {
                     stream.set_nonblocking(false).expect("blocking");
                     set_timeouts(&stream);
-                    let handler = handler.clone();
-                    thread::spawn(move || handler(stream));
+                    serve(stream);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => thread::sleep(STOP_POLL),
+                // Another acceptor on the same listener was quicker.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => panic!("accept on {addr}: {e}"),
             }
         }

@@ -39,6 +39,13 @@ impl Netns {
         run_ok(&mut cmd, IP_TIMEOUT)
     }
 
+    /// Runs `ip netns exec NAME args...` and returns its stdout; panics if it fails.
+    pub fn ip_netns_exec(&self, args: &[&str]) -> String {
+        let mut cmd = command("ip", &["netns", "exec", &self.name]);
+        cmd.args(args);
+        run_ok(&mut cmd, IP_TIMEOUT)
+    }
+
     /// Like [`Netns::ip`] but returns whether it worked (for feature probes).
     pub fn try_ip(&self, args: &[&str]) -> bool {
         let mut cmd = command("ip", &["-n", &self.name]);

@@ -16,13 +16,20 @@ pub enum ArpOutcome {
     QueueFull,
 }
 
-pub fn handle(config: &Config, payload: &[u8], tx: &mut TxQueue) -> ArpOutcome {
+/// An ARP packet from the guest, sent from `src_mac` (whose MAC is learned if it is valid ARP).
+pub fn handle(
+    config: &Config,
+    src_mac: EthernetAddress,
+    payload: &[u8],
+    tx: &mut TxQueue,
+) -> ArpOutcome {
     let Ok(packet) = ArpPacket::new_checked(payload) else {
         return ArpOutcome::Malformed;
     };
     let Ok(repr) = ArpRepr::parse(&packet) else {
         return ArpOutcome::Malformed;
     };
+    tx.learn_guest_mac(src_mac);
     let ArpRepr::EthernetIpv4 {
         operation: ArpOperation::Request,
         source_hardware_addr,

@@ -58,6 +58,7 @@ impl Stack {
             self.stats.rx_errors += 1;
             return;
         };
+        self.tx.learn_guest_mac(src_mac);
         let packet_bytes = &bytes[..ip.buffer_len() + ip.payload_len];
         let payload = packet.payload();
         match ip.next_header {
