@@ -31,6 +31,12 @@ const TARGET: Token = Token(u32::MAX as usize - 4);
 /// Frames read from the tap per wake-up before the loop turns to other sources.
 const TAP_READ_BATCH: usize = 256;
 
+/// How often the loop looks whether many flows went away since the last look; if so it
+/// returns the freed memory to the kernel (see `rslirp::release_free_memory`).
+const TRIM_INTERVAL: Duration = Duration::from_secs(10);
+/// Flows that must have gone since the last look for a trim to be worth its heap walk.
+const TRIM_AFTER_FLOWS_GONE: u64 = 256;
+
 /// Largest frame we read: the maximal MTU plus an Ethernet header (and a VLAN tag).
 const MAX_FRAME: usize = 65_536 + 18;
 
@@ -141,6 +147,9 @@ pub struct EventLoop {
     target: Option<TargetWatch>,
     /// The last tap read stopped at the batch limit: more frames may be waiting.
     tap_backlog: bool,
+    /// When `trim_memory` looks next, and how many flows were open at its last look.
+    trim_at: Instant,
+    flows_at_trim_check: u64,
     frame: Vec<u8>,
 }
 
@@ -199,6 +208,8 @@ impl EventLoop {
             pcap,
             target,
             tap_backlog: false,
+            trim_at: Instant::ZERO,
+            flows_at_trim_check: 0,
             frame: vec![0u8; MAX_FRAME],
         })
     }
@@ -286,7 +297,24 @@ impl EventLoop {
             }
             self.stack.poll(now, &mut self.host);
             self.write_tap()?;
+            self.trim_memory(now);
         }
+    }
+
+    /// After a burst of flows has gone (a peak of short connections, say), give the memory
+    /// they freed back, so that the resident size follows the flows open, not their peak.
+    /// Looks at most every `TRIM_INTERVAL`; a trim only follows a large drop.
+    fn trim_memory(&mut self, now: Instant) {
+        if now < self.trim_at {
+            return;
+        }
+        self.trim_at = now + rslirp_stack::Duration::from_micros(TRIM_INTERVAL.as_micros() as u64);
+        let stats = self.stack.stats();
+        let flows = stats.tcp_flows + stats.udp_flows + stats.icmp_flows;
+        if flows + TRIM_AFTER_FLOWS_GONE <= self.flows_at_trim_check {
+            crate::release_free_memory();
+        }
+        self.flows_at_trim_check = flows;
     }
 
     /// Zero while work is pending, else until the stack's next deadline.
@@ -299,16 +327,20 @@ impl EventLoop {
             .as_ref()
             .and_then(ApiServer::next_deadline)
             .map(|at| at.saturating_duration_since(std::time::Instant::now()));
-        let stack_wait = self.stack.poll_at().map(|deadline| {
-            let now = self.clock.now();
-            let micros = (deadline - now.min(deadline)).total_micros();
-            // At least 1 µs: epoll rounds a zero timeout down to a busy poll.
-            Duration::from_micros(micros).max(Duration::from_micros(1))
-        });
-        match (api_wait, stack_wait) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        // A trim can only be due while enough flows were open at the last look; an idle
+        // rslirp without flows never wakes for it.
+        let trim = (self.flows_at_trim_check >= TRIM_AFTER_FLOWS_GONE).then_some(self.trim_at);
+        let now = self.clock.now();
+        let stack_wait = [self.stack.poll_at(), trim]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|deadline| {
+                let micros = (deadline - now.min(deadline)).total_micros();
+                // At least 1 µs: epoll rounds a zero timeout down to a busy poll.
+                Duration::from_micros(micros).max(Duration::from_micros(1))
+            });
+        [api_wait, stack_wait].into_iter().flatten().min()
     }
 
     /// Read up to a batch of frames into the stack.

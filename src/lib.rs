@@ -25,6 +25,16 @@ pub fn tune_allocator() {
     }
 }
 
+/// Hand the allocator's free memory back to the kernel (glibc keeps what a burst of flows
+/// freed in its heap otherwise, so the resident size would stay at the burst's peak).
+pub fn release_free_memory() {
+    // SAFETY: malloc_trim only walks glibc's own heaps (under their locks) and returns free
+    // pages with brk/madvise; it touches no memory of ours and takes a plain integer.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Set O_NONBLOCK on an fd we own.
 pub fn set_nonblocking(fd: impl AsFd) -> nix::Result<()> {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};

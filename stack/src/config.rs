@@ -147,6 +147,9 @@ pub struct Limits {
     pub max_tx_queue_frames: usize,
     /// Port forwards published through the control socket.
     pub max_forwards: usize,
+    /// TCP flows lingering in TIME-WAIT (they only re-ACK a lost final FIN); on overflow the
+    /// oldest is dropped, as Linux drops TIME-WAIT buckets.
+    pub max_time_wait: usize,
     /// UDP flows to the DNS forwarder (queries in flight); on overflow the oldest is evicted.
     pub max_dns_flows: usize,
     /// Control-socket connections served at once; more are closed at once.
@@ -173,6 +176,7 @@ impl Default for Limits {
             max_icmp_flows: 256,
             max_tx_queue_frames: 1_024,
             max_forwards: crate::forward::DEFAULT_MAX_FORWARDS,
+            max_time_wait: 1_024,
             max_dns_flows: 256,
             max_api_clients: 64,
             tcp_buffer_budget: 1 << 30,

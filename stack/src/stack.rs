@@ -100,6 +100,8 @@ pub struct Stack {
     /// is full (as Linux drops TIME-WAIT buckets). Entries of flows already gone are pruned
     /// from the front; TIME-WAIT lasts the same for all, so they gather there.
     time_wait: VecDeque<FlowId>,
+    /// Flows in TIME-WAIT now (bounded by `max_time_wait`).
+    time_wait_flows: usize,
     /// Finished TCP flows kept for renewal (at most `SPARE_TCP_FLOWS`), see `TcpFlow::new`.
     /// Boxed as in `Flow::Tcp`, so a flow moves between the two without being copied.
     #[allow(clippy::vec_box)]
@@ -145,6 +147,7 @@ impl Stack {
             tap_drops: 0,
             dns_flows: 0,
             time_wait: VecDeque::new(),
+            time_wait_flows: 0,
             spare_tcp: Vec::new(),
             limit_reports: LimitReports::default(),
             dns_upstream: None,
@@ -665,7 +668,7 @@ impl Stack {
     ) {
         match verdict {
             Verdict::Keep { due } => {
-                self.note_time_wait(id);
+                self.note_time_wait(id, host);
                 let starved = matches!(self.flows.get(id), Some(Flow::Tcp(t)) if t.is_starved());
                 if starved {
                     self.starved.push(id);
@@ -687,8 +690,9 @@ impl Stack {
     }
 
     /// A flow that just entered TIME-WAIT only re-ACKs a retransmitted FIN from now on: its
-    /// buffers leave the memory budget, and it queues for eviction under a full table.
-    fn note_time_wait(&mut self, id: FlowId) {
+    /// buffers leave the memory budget, and it queues for eviction, beyond `max_time_wait`
+    /// or under a full table.
+    fn note_time_wait(&mut self, id: FlowId, host: &mut impl HostIo) {
         let Some(Flow::Tcp(tcp)) = self.flows.get_mut(id) else {
             return;
         };
@@ -697,6 +701,7 @@ impl Stack {
         }
         tcp.lingering = true;
         self.stats.tcp_buffer_bytes -= tcp.buffer_bytes() as u64;
+        self.time_wait_flows += 1;
         while let Some(&oldest) = self.time_wait.front() {
             if matches!(self.flows.get(oldest), Some(Flow::Tcp(t)) if t.lingering) {
                 break;
@@ -704,6 +709,11 @@ impl Stack {
             self.time_wait.pop_front();
         }
         self.time_wait.push_back(id);
+        // A burst of short connections closed by the host side would otherwise keep a
+        // whole flow each for the 10 s of TIME-WAIT: memory and table slots at its peak.
+        while self.time_wait_flows > self.config.limits.max_time_wait && self.evict_time_wait(host)
+        {
+        }
     }
 
     /// Make room in a full TCP table by dropping the oldest flow in TIME-WAIT; false when
@@ -711,7 +721,7 @@ impl Stack {
     fn evict_time_wait(&mut self, host: &mut impl HostIo) -> bool {
         while let Some(oldest) = self.time_wait.pop_front() {
             if matches!(self.flows.get(oldest), Some(Flow::Tcp(t)) if t.lingering) {
-                log::debug!("{oldest:?}: evicted from TIME-WAIT (TCP table full)");
+                log::debug!("{oldest:?}: dropped from TIME-WAIT early (a limit)");
                 self.stats.tcp_time_wait_evictions += 1;
                 self.remove_flow(oldest, CloseMode::Graceful, host);
                 return true;
@@ -742,7 +752,9 @@ impl Stack {
                     self.half_open -= 1;
                 }
                 self.stats.tcp_flows -= 1;
-                if !tcp.lingering {
+                if tcp.lingering {
+                    self.time_wait_flows -= 1;
+                } else {
                     self.stats.tcp_buffer_bytes -= tcp.buffer_bytes() as u64;
                 }
                 let limits = &self.config.limits;

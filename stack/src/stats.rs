@@ -25,7 +25,8 @@ pub struct Stats {
     pub icmp_flows_opened: u64,
     /// Connections refused because `max_tcp_flows` was reached.
     pub tcp_flow_limit_hits: u64,
-    /// Flows in TIME-WAIT dropped to make room for a new one in a full TCP table.
+    /// Flows in TIME-WAIT dropped early: beyond `max_time_wait`, or to make room for a new
+    /// flow in a full TCP table.
     pub tcp_time_wait_evictions: u64,
     /// Oldest half-open connects given up (the guest hears host unreachable) to admit a
     /// new SYN because `max_half_open` connects were pending.
@@ -61,6 +62,7 @@ pub const LIMIT_REPORT_INTERVAL: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {
     TcpFlows,
+    TimeWait,
     HalfOpen,
     UdpFlows,
     IcmpFlows,
@@ -73,8 +75,9 @@ pub enum Limit {
 }
 
 impl Limit {
-    pub const ALL: [Limit; 10] = [
+    pub const ALL: [Limit; 11] = [
         Limit::TcpFlows,
+        Limit::TimeWait,
         Limit::HalfOpen,
         Limit::UdpFlows,
         Limit::IcmpFlows,
@@ -90,6 +93,7 @@ impl Limit {
     pub fn name(self) -> &'static str {
         match self {
             Limit::TcpFlows => "max_tcp_flows",
+            Limit::TimeWait => "max_time_wait",
             Limit::HalfOpen => "max_half_open",
             Limit::UdpFlows => "max_udp_flows",
             Limit::IcmpFlows => "max_icmp_flows",
@@ -104,6 +108,7 @@ impl Limit {
     pub fn value(self, limits: &Limits) -> usize {
         match self {
             Limit::TcpFlows => limits.max_tcp_flows,
+            Limit::TimeWait => limits.max_time_wait,
             Limit::HalfOpen => limits.max_half_open,
             Limit::UdpFlows => limits.max_udp_flows,
             Limit::IcmpFlows => limits.max_icmp_flows,
@@ -120,6 +125,7 @@ impl Limit {
         match self {
             Limit::TcpFlows | Limit::TcpBufferBudget => "new TCP connections refused with RST",
             Limit::HalfOpen => "the oldest pending connects given up (ICMP host unreachable)",
+            Limit::TimeWait => "the oldest flows in TIME-WAIT dropped early",
             Limit::UdpFlows => "longest-idle UDP flows evicted",
             Limit::IcmpFlows => "longest-idle ICMP echo flows evicted",
             Limit::DnsFlows => "oldest DNS queries evicted",
@@ -134,6 +140,7 @@ impl Limit {
     pub fn hits(self, stats: &Stats) -> u64 {
         match self {
             Limit::TcpFlows => stats.tcp_flow_limit_hits,
+            Limit::TimeWait => stats.tcp_time_wait_evictions,
             Limit::HalfOpen => stats.tcp_half_open_limit_hits,
             Limit::UdpFlows => stats.udp_flow_evictions,
             Limit::IcmpFlows => stats.icmp_flow_evictions,
@@ -237,6 +244,7 @@ mod tests {
             let mut probe = stats.clone();
             match limit {
                 Limit::TcpFlows => probe.tcp_flow_limit_hits = 1,
+                Limit::TimeWait => probe.tcp_time_wait_evictions = 1,
                 Limit::HalfOpen => probe.tcp_half_open_limit_hits = 1,
                 Limit::UdpFlows => probe.udp_flow_evictions = 1,
                 Limit::IcmpFlows => probe.icmp_flow_evictions = 1,

@@ -100,6 +100,23 @@ mod tcp {
         assert_eq!(s.stats().tcp_flows, 1, "TIME-WAIT ends by itself too");
     }
 
+    #[test]
+    fn max_time_wait_drops_the_oldest_lingering_flow() {
+        let mut s = with_limits(|l| l.max_time_wait = 1);
+        let (mut a, flow_a) = s.open_tcp(40000, remote(80));
+        let (mut b, flow_b) = s.open_tcp(40001, remote(80));
+        close_from_the_host(&mut s, &mut a, flow_a);
+        assert_eq!(s.stats().tcp_flows, 2, "a lingers");
+        close_from_the_host(&mut s, &mut b, flow_b);
+        let stats = s.stats();
+        assert_eq!(stats.tcp_flows, 1, "only b lingers");
+        assert_eq!(stats.tcp_time_wait_evictions, 1);
+        // A retransmitted FIN of the dropped flow gets a RST, which a guest in LAST-ACK
+        // takes as the end of the connection it already considers closed.
+        s.advance(Duration::from_secs(30));
+        assert_eq!(s.stats().tcp_flows, 0);
+    }
+
     // `max_half_open`: scenarios.rs, `a_full_half_open_table_gives_up_its_oldest_connect`.
 
     #[test]

@@ -67,6 +67,7 @@ pub fn config(flags: u8) -> Config {
             max_forwards: 2,
             tcp_rx_buffer: 4096,
             tcp_tx_buffer: 4096,
+            max_time_wait: 1,
             max_dns_flows: 1,
             max_api_clients: 1,
             // One flow with big buffers, two with small ones, then the fourth is refused.
