@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::forward::{Forward, ForwardProto, ForwardSpec, ForwardTable};
 use crate::io::{CloseMode, FlowId, HostError, HostEvent, HostIo};
 use crate::link::arp::{self, ArpOutcome};
-use crate::link::TxQueue;
+use crate::link::{Offload, TxQueue};
 use crate::nat::icmp::{send_echo_reply, IcmpFlow};
 use crate::nat::tcp::{TcpFlow, TcpParams, Verdict};
 use crate::nat::udp::{ReadOutcome, UdpFlow};
@@ -79,7 +79,12 @@ pub struct Stack {
 
 impl Stack {
     pub fn new(config: Config, now: Instant, random_seed: u64) -> Stack {
-        let tx = TxQueue::new(config.limits.max_tx_queue_frames, config.gateway_mac());
+        let limits = &config.limits;
+        let tx = TxQueue::new(
+            limits.max_tx_queue_frames,
+            limits.max_tx_queue_bytes,
+            config.gateway_mac(),
+        );
         Stack {
             stats: Stats::default(),
             tx,
@@ -219,11 +224,12 @@ impl Stack {
     }
 
     /// Hand frames for the guest to `write` until it returns false (tap full) or none are
-    /// left. Returns how many were written.
-    pub fn poll_transmit(&mut self, mut write: impl FnMut(&[u8]) -> bool) -> usize {
+    /// left. Returns how many were written. Each frame comes with what the tap must be told
+    /// about it (all default unless `Config::tap_offload`).
+    pub fn poll_transmit(&mut self, mut write: impl FnMut(&[u8], Offload) -> bool) -> usize {
         let stats = &mut self.stats;
-        self.tx.drain(|frame| {
-            let written = write(frame);
+        self.tx.drain(|frame, offload| {
+            let written = write(frame, offload);
             if written {
                 stats.tx_packets += 1;
                 stats.tx_bytes += frame.len() as u64;
@@ -1183,6 +1189,7 @@ impl Stack {
         let limits = self.config.limits;
         TcpParams {
             mtu: self.config.mtu,
+            offload: self.config.tap_offload,
             rx_buffer: limits.tcp_rx_buffer,
             tx_buffer: limits.tcp_tx_buffer,
             random_seed: self.next_random(),
