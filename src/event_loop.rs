@@ -7,16 +7,25 @@
 //! for the guest to the tap (keeping frames queued if the tap is full). With `--pcap`, each
 //! frame read or written is also recorded (see `pcap.rs`), and the capture is flushed before
 //! the loop sleeps.
+//!
+//! With a virtio-net header on the tap (`Sources::vnet_hdr`, see `netns::Tap`) every frame
+//! read starts with one and every frame written gets one, built here from the stack's
+//! per-frame `Offload`: a TCP segment of up to 64 KiB for the kernel to cut, and/or a
+//! checksum to complete. The pcap records frames without the header, as the guest's
+//! `tcpdump` would see them on a device with offloads: large segments whole, checksums of
+//! such TCP frames (and of the guest's own) partial.
 
 use crate::api_socket::{self, ApiServer};
 use crate::host::{token_flow, token_forward, RealHost};
+use crate::netns::VNET_HDR_LEN;
 use crate::pcap::PcapWriter;
 use crate::resolv::ResolvWatch;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::errno::Errno;
 use nix::sys::signalfd::SignalFd;
-use rslirp_stack::{HostEvent, Instant, Stack, TapWrite};
+use rslirp_stack::{HostEvent, Instant, Offload, Stack, TapWrite};
+use std::io::IoSlice;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Duration;
 
@@ -37,8 +46,69 @@ const TRIM_INTERVAL: Duration = Duration::from_secs(10);
 /// Flows that must have gone since the last look for a trim to be worth its heap walk.
 const TRIM_AFTER_FLOWS_GONE: u64 = 256;
 
-/// Largest frame we read: the maximal MTU plus an Ethernet header (and a VLAN tag).
+/// Largest frame we read: the maximal MTU plus an Ethernet header (and a VLAN tag); also
+/// the largest offloaded TCP segment (a 65,535-byte IP packet) with its Ethernet header.
 const MAX_FRAME: usize = 65_536 + 18;
+
+/// `struct virtio_net_hdr` (linux/virtio_net.h) values we use.
+const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
+const VIRTIO_NET_HDR_GSO_TCPV4: u8 = 1;
+const VIRTIO_NET_HDR_GSO_TCPV6: u8 = 4;
+
+/// The virtio-net header for a frame the stack described. tun reads it in the guest
+/// kernel's byte order (legacy virtio: native, as we never set TUNSETVNETLE/BE).
+fn vnet_header(offload: Offload) -> [u8; VNET_HDR_LEN] {
+    let mut flags = 0u8;
+    let (mut csum_start, mut csum_offset) = (0u16, 0u16);
+    if let Some(partial) = offload.partial_checksum {
+        flags |= VIRTIO_NET_HDR_F_NEEDS_CSUM;
+        (csum_start, csum_offset) = (partial.start, partial.offset);
+    }
+    let (mut gso_type, mut hdr_len, mut gso_size) = (0u8, 0u16, 0u16);
+    if let Some(gso) = offload.gso {
+        gso_type = if gso.ipv6 {
+            VIRTIO_NET_HDR_GSO_TCPV6
+        } else {
+            VIRTIO_NET_HDR_GSO_TCPV4
+        };
+        (hdr_len, gso_size) = (gso.header_len, gso.segment_size);
+    }
+    let mut header = [0u8; VNET_HDR_LEN];
+    header[0] = flags;
+    header[1] = gso_type;
+    header[2..4].copy_from_slice(&hdr_len.to_ne_bytes());
+    header[4..6].copy_from_slice(&gso_size.to_ne_bytes());
+    header[6..8].copy_from_slice(&csum_start.to_ne_bytes());
+    header[8..10].copy_from_slice(&csum_offset.to_ne_bytes());
+    header
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rslirp_stack::{Gso, PartialChecksum};
+
+    #[test]
+    fn vnet_header_layout() {
+        assert_eq!(vnet_header(Offload::default()), [0; VNET_HDR_LEN]);
+        let offload = Offload {
+            partial_checksum: Some(PartialChecksum {
+                start: 34,
+                offset: 16,
+            }),
+            gso: Some(Gso {
+                ipv6: false,
+                segment_size: 1448,
+                header_len: 66,
+            }),
+        };
+        let header = vnet_header(offload);
+        assert_eq!(header[0], VIRTIO_NET_HDR_F_NEEDS_CSUM);
+        assert_eq!(header[1], VIRTIO_NET_HDR_GSO_TCPV4);
+        let word = |at: usize| u16::from_ne_bytes([header[at], header[at + 1]]);
+        assert_eq!((word(2), word(4), word(6), word(8)), (66, 1448, 34, 16));
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoopError {
@@ -83,6 +153,8 @@ impl Default for Clock {
 /// The fds the loop waits on besides host sockets. `tap` and `exit_fd` must be non-blocking.
 pub struct Sources {
     pub tap: OwnedFd,
+    /// Frames on the tap carry a virtio-net header (the tap was opened with IFF_VNET_HDR).
+    pub vnet_hdr: bool,
     pub signals: SignalFd,
     pub exit_fd: Option<OwnedFd>,
     pub api: Option<ApiServer>,
@@ -137,6 +209,7 @@ pub struct EventLoop {
     poll: Poll,
     clock: Clock,
     tap: OwnedFd,
+    vnet_hdr: bool,
     signals: SignalFd,
     exit_fd: Option<OwnedFd>,
     stack: Stack,
@@ -164,6 +237,7 @@ impl EventLoop {
     ) -> std::io::Result<EventLoop> {
         let Sources {
             tap,
+            vnet_hdr,
             signals,
             exit_fd,
             api,
@@ -199,6 +273,7 @@ impl EventLoop {
             poll,
             clock,
             tap,
+            vnet_hdr,
             signals,
             exit_fd,
             stack,
@@ -210,7 +285,7 @@ impl EventLoop {
             tap_backlog: false,
             trim_at: Instant::ZERO,
             flows_at_trim_check: 0,
-            frame: vec![0u8; MAX_FRAME],
+            frame: vec![0u8; VNET_HDR_LEN + MAX_FRAME],
         })
     }
 
@@ -344,16 +419,25 @@ impl EventLoop {
     }
 
     /// Read up to a batch of frames into the stack.
+    ///
+    /// The virtio-net header of a frame read needs no attention: its one flag that matters,
+    /// NEEDS_CSUM (the TCP/UDP checksum holds only the pseudo-header sum), only says what
+    /// the stack already assumes, as it never verifies the guest's transport checksums
+    /// (the guest's kernel is the only writer of this tap). Its segment size is for
+    /// splitting, which we do not: a 64 KiB segment goes to the host socket whole.
     fn read_tap(&mut self, now: Instant) -> Result<(), LoopError> {
+        let skip = if self.vnet_hdr { VNET_HDR_LEN } else { 0 };
         for _ in 0..TAP_READ_BATCH {
             match nix::unistd::read(&self.tap, &mut self.frame) {
                 Ok(0) => return Err(LoopError::Tap(Errno::ENODEV)),
                 Ok(len) => {
+                    let Some(frame) = self.frame.get(skip..len) else {
+                        continue; // shorter than its header: nothing to take
+                    };
                     if let Some(pcap) = &mut self.pcap {
-                        pcap.frame(&self.frame[..len]);
+                        pcap.frame(frame);
                     }
-                    self.stack
-                        .handle_frame(now, &self.frame[..len], &mut self.host);
+                    self.stack.handle_frame(now, frame, &mut self.host);
                     // Keep the guest's queue moving while we read a long burst.
                     self.write_tap()?;
                 }
@@ -371,10 +455,17 @@ impl EventLoop {
     /// Write queued frames until the tap pushes back; the rest waits for writability.
     fn write_tap(&mut self) -> Result<(), LoopError> {
         let tap = &self.tap;
+        let vnet_hdr = self.vnet_hdr;
         let pcap = &mut self.pcap;
         let mut fatal = None;
-        self.stack.poll_transmit(|frame| loop {
-            match nix::unistd::write(tap, frame) {
+        self.stack.poll_transmit(|frame, offload| loop {
+            let written = if vnet_hdr {
+                let header = vnet_header(offload);
+                nix::sys::uio::writev(tap, &[IoSlice::new(&header), IoSlice::new(frame)])
+            } else {
+                nix::unistd::write(tap, frame)
+            };
+            match written {
                 Ok(_) => {
                     if let Some(pcap) = pcap {
                         pcap.frame(frame);

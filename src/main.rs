@@ -105,7 +105,8 @@ fn run(options: Options) -> Result<Exit, String> {
         _ => None,
     };
     let tap = open_tap(&options)?;
-    let config = options.stack_config();
+    let mut config = options.stack_config();
+    config.tap_offload = tap.offload;
     let clock = Clock::new();
     let mut stack = Stack::new(config.clone(), clock.now(), rslirp::random_seed());
     let resolv = (!config.disable_dns).then(|| {
@@ -139,7 +140,8 @@ fn run(options: Options) -> Result<Exit, String> {
         None => None,
     };
     let sources = Sources {
-        tap,
+        tap: tap.fd,
+        vnet_hdr: tap.vnet_hdr,
         signals,
         exit_fd,
         api,
@@ -159,11 +161,12 @@ fn run(options: Options) -> Result<Exit, String> {
     )
     .map_err(|e| e.to_string())?;
     log::info!(
-        "ready: network {}, gateway {}, guest {}, MTU {}",
+        "ready: network {}, gateway {}, guest {}, MTU {}, tap offloads {}",
         config.network,
         config.network.gateway(),
         config.network.guest(),
-        config.mtu
+        config.mtu,
+        if config.tap_offload { "on" } else { "off" }
     );
     if let Some(fd) = ready_fd {
         let mut file = File::from(fd);
@@ -174,7 +177,12 @@ fn run(options: Options) -> Result<Exit, String> {
     event_loop.run().map_err(|e| e.to_string())
 }
 
-fn open_tap(options: &Options) -> Result<OwnedFd, String> {
+/// Set to `0` to open the tap as before the offloads (no virtio-net header, every frame at
+/// most the MTU): a switch for comparing the two paths and a way out should a kernel
+/// mishandle them.
+const OFFLOAD_ENV: &str = "RSLIRP_TAP_OFFLOAD";
+
+fn open_tap(options: &Options) -> Result<netns::Tap, String> {
     let target = match options.netns_type {
         NetnsType::Pid => NetnsTarget::Pid(options.pid.ok_or("PID must be a positive integer")?),
         NetnsType::Path => NetnsTarget::Path(options.target.clone().into()),
@@ -193,6 +201,7 @@ fn open_tap(options: &Options) -> Result<OwnedFd, String> {
         userns_path: options.userns_path.clone(),
         tap_name: options.tap_name.clone(),
         configure,
+        offload: std::env::var_os(OFFLOAD_ENV).is_none_or(|value| value != "0"),
     };
     netns::open_tap(&request).map_err(|e| e.to_string())
 }

@@ -63,7 +63,29 @@ pub struct TapRequest {
     pub userns_path: Option<PathBuf>,
     pub tap_name: String,
     pub configure: Option<TapConfig>,
+    /// Ask for the virtio-net header and TCP offloads (see [`Tap`]).
+    pub offload: bool,
 }
+
+/// The tap as opened. With `vnet_hdr`, every frame read starts with a `virtio_net_hdr`
+/// ([`VNET_HDR_LEN`] bytes) and every frame written must; with `offload` too, the kernel
+/// passes the guest's TCP segments unsplit (up to 64 KiB, checksum possibly partial) and
+/// takes ours the same way (TSO4/6, CSUM). `offload` without `vnet_hdr` never happens.
+#[derive(Debug)]
+pub struct Tap {
+    pub fd: OwnedFd,
+    pub vnet_hdr: bool,
+    pub offload: bool,
+}
+
+/// The virtio-net header size we set (`struct virtio_net_hdr`, tun's default): 10 bytes,
+/// which also puts the IP header of a frame read at offset 24 of our buffer, 8-aligned.
+pub const VNET_HDR_LEN: usize = 10;
+
+/// The offloads we take: checksums and TCP segmentation (ECN segments too, which we pass
+/// on as any other). Not UDP segmentation: we would have to split datagrams ourselves.
+const TAP_OFFLOADS: libc::c_uint =
+    libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_TSO_ECN;
 
 /// One configuration action done inside the namespace, for matching on [`SetupError::Configure`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,8 +124,12 @@ pub enum SetupError {
     Setns { path: PathBuf, errno: Errno },
     #[error("cannot open /dev/net/tun: {}", .errno.desc())]
     OpenTun { errno: Errno },
-    #[error("TUNSETIFF({name}, IFF_TAP|IFF_NO_PI): {}", .errno.desc())]
-    Tunsetiff { name: String, errno: Errno },
+    #[error("TUNSETIFF({name}, IFF_TAP|IFF_NO_PI{}): {}", if *.vnet_hdr { "|IFF_VNET_HDR" } else { "" }, .errno.desc())]
+    Tunsetiff {
+        name: String,
+        vnet_hdr: bool,
+        errno: Errno,
+    },
     #[error("{detail}: {}", .errno.desc())]
     Configure {
         step: ConfigStep,
@@ -128,7 +154,7 @@ pub enum SetupError {
 /// allocates (nix's `sendmsg` does), which is only sound when no other thread can be holding
 /// a lock at the moment of the fork. (The child, being single-threaded, can always join a
 /// user namespace; that restriction of setns applies to the process that calls it.)
-pub fn open_tap(req: &TapRequest) -> Result<OwnedFd, SetupError> {
+pub fn open_tap(req: &TapRequest) -> Result<Tap, SetupError> {
     let name = IfName::new(&req.tap_name)?;
     let config = req
         .configure
@@ -140,10 +166,40 @@ pub fn open_tap(req: &TapRequest) -> Result<OwnedFd, SetupError> {
         namespaces: &namespaces,
         name: &name,
         config: config.as_ref(),
+        vnet_hdr: req.offload,
     };
-    let tap = run_child(&job)?;
-    set_nonblocking(&tap)?;
-    Ok(tap)
+    let fd = run_child(&job)?;
+    set_nonblocking(&fd)?;
+    let offload = req.offload && enable_offloads(&fd);
+    Ok(Tap {
+        fd,
+        vnet_hdr: req.offload,
+        offload,
+    })
+}
+
+/// Fix the virtio-net header size and turn on the offloads of a tap opened with
+/// IFF_VNET_HDR; false (and a log line) if the kernel refuses. These ioctls act on the tun
+/// file itself, so they work from our namespace and need no capability. Without offloads
+/// the header stays (the flag cannot be undone on this fd) and only ever says "nothing".
+fn enable_offloads(tap: &OwnedFd) -> bool {
+    let size = VNET_HDR_LEN as libc::c_int;
+    // SAFETY: TUNSETVNETHDRSZ reads one int from the pointer, which is valid for the call.
+    if let Err(errno) = unsafe { ioctl::tunsetvnethdrsz(tap.as_raw_fd(), &size) } {
+        log::warn!("TUNSETVNETHDRSZ({VNET_HDR_LEN}): {}", errno.desc());
+        return false;
+    }
+    // SAFETY: TUNSETOFFLOAD takes its flags as the integer argument itself; no memory.
+    match unsafe { ioctl::tunsetoffload(tap.as_raw_fd(), TAP_OFFLOADS as libc::c_int) } {
+        Ok(_) => true,
+        Err(errno) => {
+            log::info!(
+                "TUNSETOFFLOAD: {}; the tap works without offloads",
+                errno.desc()
+            );
+            false
+        }
+    }
 }
 
 /// The tap's current MAC address, asked of the tap fd itself: tun's own ioctl handler
@@ -176,6 +232,8 @@ mod ioctl {
     nix::ioctl_readwrite_bad!(siocsifnetmask, libc::SIOCSIFNETMASK, libc::ifreq);
     nix::ioctl_readwrite_bad!(siocaddrt, libc::SIOCADDRT, super::RtEntry);
     nix::ioctl_none_bad!(ns_get_nstype, libc::NS_GET_NSTYPE);
+    nix::ioctl_write_ptr_bad!(tunsetvnethdrsz, libc::TUNSETVNETHDRSZ, libc::c_int);
+    nix::ioctl_write_int_bad!(tunsetoffload, libc::TUNSETOFFLOAD);
 }
 
 /// `struct rtentry` from <linux/route.h>; glibc's libc crate does not export it.
@@ -407,6 +465,8 @@ struct ChildJob<'a> {
     namespaces: &'a Namespaces,
     name: &'a IfName,
     config: Option<&'a PreparedConfig>,
+    /// Open with IFF_VNET_HDR (the flag can only be given in TUNSETIFF, hence here).
+    vnet_hdr: bool,
 }
 
 /// Where the child stopped; sent to the parent as a code with the errno.
@@ -502,6 +562,7 @@ fn child_error(job: &ChildJob, step: ChildStep, errno: Errno) -> SetupError {
         ChildStep::OpenTun => SetupError::OpenTun { errno },
         ChildStep::Tunsetiff => SetupError::Tunsetiff {
             name: job.name.text.clone(),
+            vnet_hdr: job.vnet_hdr,
             errno,
         },
         ChildStep::Configure(step) => SetupError::Configure {
@@ -635,7 +696,8 @@ fn child_setup(job: &ChildJob) -> ChildResult<OwnedFd> {
     )
     .map_err(|e| (ChildStep::OpenTun, e))?;
     let mut ifr = job.name.ifreq();
-    ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+    let vnet_hdr = if job.vnet_hdr { libc::IFF_VNET_HDR } else { 0 };
+    ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | vnet_hdr) as libc::c_short;
     // SAFETY: `ifr` is a valid ifreq that lives across the call; TUNSETIFF reads it and writes
     // the final name back into the same struct.
     unsafe { ioctl::tunsetiff(tun.as_raw_fd(), &mut ifr) }
@@ -907,6 +969,7 @@ mod tests {
             userns_path: None,
             tap_name: "tap0".to_owned(),
             configure: None,
+            offload: true,
         }
     }
 
@@ -994,6 +1057,7 @@ mod tests {
             namespaces: &ns,
             name: &name,
             config: Some(&config),
+            vnet_hdr: false,
         };
         let text = |step| child_error(&job, step, Errno::EPERM).to_string();
         assert_eq!(

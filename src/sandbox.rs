@@ -721,6 +721,8 @@ pub fn allowed_syscalls() -> Result<Rules, seccompiler::BackendError> {
     allow(libc::SYS_epoll_ctl, vec![]);
     allow(libc::SYS_read, vec![]);
     allow(libc::SYS_write, vec![]);
+    // Frames to a tap with a virtio-net header: the header and the frame in one call.
+    allow(libc::SYS_writev, vec![]);
     allow(libc::SYS_close, vec![]);
     // Host sockets of NAT flows (TCP, UDP, ICMP ping sockets) and of port forwards, only in
     // the two families the NAT uses: no netlink, packet or unix sockets.

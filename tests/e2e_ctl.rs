@@ -354,22 +354,23 @@ fn pcap_of_pings_reads_back_with_tcpdump() {
 
 #[test]
 fn pcap_stops_at_its_size_bound_and_traffic_goes_on() {
-    const BOUND: u64 = 64 * 1024;
-    /// The largest record at the default MTU: 16-byte header plus a 1514-byte frame.
-    const LARGEST_RECORD: u64 = 16 + 1514;
+    const BOUND: u64 = 1024 * 1024;
+    /// The largest record: 16-byte header plus the largest frame on the tap, which with
+    /// TCP segmentation offload is a 64 KiB segment (14 + 65,535 bytes), not the MTU's.
+    const LARGEST_RECORD: u64 = 16 + 14 + 65_535;
     let env = Env::new(Mode::Rootful);
     let file = pcap_path(&env);
     let mut rslirp = env
         .rslirp()
         .arg(&format!("--pcap={}", file.display()))
-        .arg("--pcap-size=64k")
+        .arg("--pcap-size=1m")
         .start();
-    // 1 MiB each way: far more than the bound.
+    // 4 MiB each way: far more than the bound.
     let server = env.host_echo_server(Ipv4Addr::LOCALHOST);
     let stream = env
         .guest_connect(SocketAddrV4::new(GATEWAY, server.port()), CONNECT_TIMEOUT)
         .expect("connect");
-    let payload = Pattern::bytes(5, 1 << 20);
+    let payload = Pattern::bytes(5, 4 << 20);
     let reply = net::exchange(&stream, &payload).expect("bulk echo");
     assert!(reply == payload, "bulk echo returned different bytes");
     let size = std::fs::metadata(&file).expect("capture file").len();
@@ -389,7 +390,7 @@ fn pcap_stops_at_its_size_bound_and_traffic_goes_on() {
     let output = rslirp.output();
     assert_eq!(
         output
-            .matches("reached its size limit of 65536 bytes")
+            .matches("reached its size limit of 1048576 bytes")
             .count(),
         1,
         "one info line when the bound is hit:\n{output}"

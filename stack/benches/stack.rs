@@ -219,7 +219,7 @@ impl Bench {
         if self.stack.poll_at().is_some_and(|at| at <= self.now) {
             self.stack.poll(self.now, &mut self.host);
         }
-        self.stack.poll_transmit(|frame| {
+        self.stack.poll_transmit(|frame, _offload| {
             tap(frame);
             rslirp_stack::TapWrite::Sent
         });

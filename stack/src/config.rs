@@ -145,6 +145,9 @@ pub struct Limits {
     pub max_icmp_flows: usize,
     /// Frames waiting for the tap; when full, TCP flows hold their data (no drops).
     pub max_tx_queue_frames: usize,
+    /// Bytes of the frames waiting for the tap (the same rule); bounds the queue when its
+    /// frames are jumbo or offloaded 64 KiB segments.
+    pub max_tx_queue_bytes: usize,
     /// Port forwards published through the control socket.
     pub max_forwards: usize,
     /// TCP flows lingering in TIME-WAIT (they only re-ACK a lost final FIN); on overflow the
@@ -175,6 +178,7 @@ impl Default for Limits {
             max_udp_flows: 4_096,
             max_icmp_flows: 256,
             max_tx_queue_frames: 1_024,
+            max_tx_queue_bytes: 8 << 20,
             max_forwards: crate::forward::DEFAULT_MAX_FORWARDS,
             max_time_wait: 1_024,
             max_dns_flows: 256,
@@ -221,6 +225,11 @@ pub struct Config {
     pub enable_ipv6: bool,
     /// `--disable-dns`: network+3 is an ordinary forwarded address.
     pub disable_dns: bool,
+    /// The tap takes TCP segmentation and checksum offload (the event loop negotiated a
+    /// virtio-net header with TSO/CSUM): TCP flows then send segments of up to 64 KiB with
+    /// only the pseudo-header checksum, described by each frame's `link::Offload`.
+    /// Receiving needs no switch: the guest's partial checksums are never verified.
+    pub tap_offload: bool,
     pub limits: Limits,
     pub timeouts: Timeouts,
 }
@@ -233,6 +242,7 @@ impl Default for Config {
             disable_host_loopback: false,
             enable_ipv6: false,
             disable_dns: false,
+            tap_offload: false,
             limits: Limits::default(),
             timeouts: Timeouts::default(),
         }

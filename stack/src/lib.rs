@@ -20,6 +20,7 @@ pub mod testing;
 
 pub use config::{Config, Limits, Timeouts, VirtualNetwork};
 pub use io::{CloseMode, FlowId, HostError, HostEvent, HostIo, HostResult};
+pub use link::{Gso, Offload, PartialChecksum};
 pub use smoltcp::time::{Duration, Instant};
 pub use stack::{Stack, TapWrite};
 pub use stats::Stats;

@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::forward::{Forward, ForwardError, ForwardProto, ForwardSpec, ForwardTable};
 use crate::io::{CloseMode, FlowId, HostError, HostEvent, HostIo};
 use crate::link::arp::{self, ArpOutcome};
-use crate::link::TxQueue;
+use crate::link::{Offload, TxQueue};
 use crate::nat::icmp::{send_echo_reply, IcmpFlow};
 use crate::nat::tcp::{TcpFlow, TcpParams, Verdict};
 use crate::nat::udp::{ReadOutcome, UdpFlow};
@@ -124,7 +124,12 @@ pub enum TapWrite {
 
 impl Stack {
     pub fn new(config: Config, now: Instant, random_seed: u64) -> Stack {
-        let tx = TxQueue::new(config.limits.max_tx_queue_frames, config.gateway_mac());
+        let limits = &config.limits;
+        let tx = TxQueue::new(
+            limits.max_tx_queue_frames,
+            limits.max_tx_queue_bytes,
+            config.gateway_mac(),
+        );
         Stack {
             stats: Stats::default(),
             tx,
@@ -292,11 +297,12 @@ impl Stack {
     }
 
     /// Hand frames for the guest to `write` until it says the tap is full or none are
-    /// left. Returns how many were handed over (sent or dropped).
-    pub fn poll_transmit(&mut self, mut write: impl FnMut(&[u8]) -> TapWrite) -> usize {
+    /// left. Returns how many were handed over (sent or dropped). Each frame comes with what
+    /// the tap must be told about it (all default unless `Config::tap_offload`).
+    pub fn poll_transmit(&mut self, mut write: impl FnMut(&[u8], Offload) -> TapWrite) -> usize {
         let stats = &mut self.stats;
         let tap_drops = &mut self.tap_drops;
-        self.tx.drain(|frame| match write(frame) {
+        self.tx.drain(|frame, offload| match write(frame, offload) {
             TapWrite::Sent => {
                 stats.tx_packets += 1;
                 stats.tx_bytes += frame.len() as u64;
@@ -1422,6 +1428,7 @@ impl Stack {
         };
         Some(TcpParams {
             mtu: self.config.mtu,
+            offload: self.config.tap_offload,
             rx_buffer,
             tx_buffer,
             random_seed: self.next_random(),

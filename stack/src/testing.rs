@@ -14,7 +14,7 @@ pub use frames::{
     ParseError, Parsed, TcpSegment, GUEST_MAC,
 };
 pub use host::{HostCall, SimHost, SimSocket, SocketKind, SocketState};
-pub use scenario::{Scenario, START};
+pub use scenario::{complete_checksum, Scenario, START};
 
 /// The in-memory host.
 pub mod host {
@@ -1278,6 +1278,11 @@ pub mod frames {
 
         /// A SYN as Linux sends it: MSS 1460, SACK permitted, window scale 7.
         pub fn tcp_syn(&self, src_port: u16, dst: SocketAddrV4, isn: u32) -> Vec<u8> {
+            self.tcp_syn_mss(src_port, dst, isn, SYN_MSS)
+        }
+
+        /// [`Guest::tcp_syn`] announcing the MSS `mss`.
+        pub fn tcp_syn_mss(&self, src_port: u16, dst: SocketAddrV4, isn: u32, mss: u16) -> Vec<u8> {
             self.tcp(
                 *dst.ip(),
                 &TcpSegment {
@@ -1286,7 +1291,7 @@ pub mod frames {
                     seq: isn,
                     syn: true,
                     window: SYN_WINDOW,
-                    mss: Some(SYN_MSS),
+                    mss: Some(mss),
                     window_scale: Some(WINDOW_SCALE),
                     sack_permitted: true,
                     ..TcpSegment::default()
@@ -1511,6 +1516,8 @@ pub mod frames {
         pub peer_window: u16,
         pub peer_mss: Option<u16>,
         pub peer_window_scale: Option<u8>,
+        /// The MSS this side announces in its SYN (1460 unless a test sets it).
+        pub mss: u16,
         received: Vec<u8>,
         pub peer_fin: bool,
         pub reset: bool,
@@ -1533,6 +1540,7 @@ pub mod frames {
                 peer_window: 0,
                 peer_mss: None,
                 peer_window_scale: None,
+                mss: SYN_MSS,
                 received: Vec::new(),
                 peer_fin: false,
                 reset: false,
@@ -1544,7 +1552,8 @@ pub mod frames {
         /// The SYN (again, if called twice: a retransmission).
         pub fn syn(&mut self) -> Vec<u8> {
             self.snd_nxt = self.isn.wrapping_add(1);
-            self.guest.tcp_syn(self.local_port, self.remote, self.isn)
+            self.guest
+                .tcp_syn_mss(self.local_port, self.remote, self.isn, self.mss)
         }
 
         /// Whether the frame is a segment of this connection (remote → guest).
@@ -1702,6 +1711,16 @@ pub mod frames {
         /// the guest accepts the stack's `syn` with its own ISN `isn`. Returns the
         /// connection, established, and the SYN-ACK to send.
         pub fn accept(guest: &Guest, syn: &Parsed, isn: u32) -> (GuestTcp, Vec<u8>) {
+            GuestTcp::accept_with_mss(guest, syn, isn, SYN_MSS)
+        }
+
+        /// [`GuestTcp::accept`] announcing the MSS `mss` in the SYN-ACK.
+        pub fn accept_with_mss(
+            guest: &Guest,
+            syn: &Parsed,
+            isn: u32,
+            mss: u16,
+        ) -> (GuestTcp, Vec<u8>) {
             let Some((ip, tcp)) = syn.tcp().filter(|(_, tcp)| tcp.syn && tcp.ack.is_none()) else {
                 panic!("test bug: GuestTcp::accept needs the stack's SYN, got {syn:?}");
             };
@@ -1712,6 +1731,7 @@ pub mod frames {
             conn.rcv_nxt = tcp.seq.wrapping_add(1);
             conn.peer_mss = tcp.mss;
             conn.peer_window_scale = tcp.window_scale;
+            conn.mss = mss;
             let syn_ack = guest.tcp(
                 *remote.ip(),
                 &TcpSegment {
@@ -1721,7 +1741,7 @@ pub mod frames {
                     ack: Some(conn.rcv_nxt),
                     syn: true,
                     window: SYN_WINDOW,
-                    mss: Some(SYN_MSS),
+                    mss: Some(mss),
                     // RFC 7323: scale only if the SYN offered it.
                     window_scale: tcp.window_scale.map(|_| WINDOW_SCALE),
                     sack_permitted: tcp.sack_permitted,
@@ -1741,10 +1761,22 @@ pub mod scenario {
     use crate::io::{FlowId, HostError, HostEvent};
     use crate::stack::Stack;
     use crate::stats::Stats;
+    use crate::Offload;
     use core::net::{SocketAddr, SocketAddrV4};
     use smoltcp::time::{Duration, Instant};
-    use smoltcp::wire::{EthernetAddress, EthernetFrame, ETHERNET_HEADER_LEN};
+    use smoltcp::wire::{checksum, EthernetAddress, EthernetFrame, ETHERNET_HEADER_LEN};
     use std::collections::{HashMap, HashSet};
+
+    /// What the guest's kernel does with a frame whose checksum was left partial: sum the
+    /// bytes from the start the tap was given into the field.
+    pub fn complete_checksum(frame: &mut [u8], offload: &Offload) {
+        if let Some(partial) = offload.partial_checksum {
+            let start = usize::from(partial.start);
+            let at = start + usize::from(partial.offset);
+            let sum = !checksum::data(&frame[start..]);
+            frame[at..at + 2].copy_from_slice(&sum.to_be_bytes());
+        }
+    }
 
     /// Where the virtual clock starts (not zero, so "time zero" bugs show).
     pub const START: Instant = Instant::from_millis_const(1_000_000);
@@ -1766,8 +1798,12 @@ pub mod scenario {
         pub guest: Guest,
         config: Config,
         now: Instant,
-        /// Frames the stack wrote to the tap, not yet drained by the test.
-        tap: Vec<Vec<u8>>,
+        /// Frames the stack wrote to the tap, not yet drained by the test, with what the
+        /// tap was told about each.
+        tap: Vec<(Vec<u8>, Offload)>,
+        /// Size and offload metadata of every frame drained so far (see
+        /// [`Scenario::take_offload_log`]).
+        offload_log: Vec<(usize, Offload)>,
         /// What the "tap" answers writes with: `Sent` (default), `Full` (the guest is not
         /// reading), `Dropped` (its link is down).
         pub tap_answer: crate::TapWrite,
@@ -1794,6 +1830,7 @@ pub mod scenario {
                 now: START,
                 tap: Vec::new(),
                 tap_answer: crate::TapWrite::Sent,
+                offload_log: Vec::new(),
             }
         }
 
@@ -1856,21 +1893,89 @@ pub mod scenario {
         }
 
         /// Like [`Scenario::drain`], the raw frames (addressing and size still checked).
+        /// Offloaded frames come as the guest's kernel takes them from the tap: checksum
+        /// completed, a segment to be cut still whole.
         pub fn drain_raw(&mut self) -> Vec<Vec<u8>> {
-            let frames = std::mem::take(&mut self.tap);
+            let frames = self.take_tap();
             for frame in &frames {
                 self.check_link(frame);
             }
             frames
         }
 
-        fn check_link(&self, frame: &[u8]) {
+        /// The frames exactly as the stack wrote them, with their offload metadata (checked
+        /// for consistency, checksums left partial).
+        pub fn drain_offloaded(&mut self) -> Vec<(Vec<u8>, Offload)> {
+            let frames = std::mem::take(&mut self.tap);
+            for (frame, offload) in &frames {
+                self.check_offload(frame, offload);
+                self.check_link(frame);
+            }
+            frames
+        }
+
+        /// Drain the tap the way the guest's kernel reads it: every frame's size and
+        /// offload metadata checked, partial checksums completed.
+        fn take_tap(&mut self) -> Vec<Vec<u8>> {
+            let frames = std::mem::take(&mut self.tap);
+            frames
+                .into_iter()
+                .map(|(mut frame, offload)| {
+                    self.check_offload(&frame, &offload);
+                    self.offload_log.push((frame.len(), offload));
+                    complete_checksum(&mut frame, &offload);
+                    frame
+                })
+                .collect()
+        }
+
+        /// Length and offload metadata of each frame drained (by any `drain*` but
+        /// [`Scenario::drain_offloaded`]) since the last call, oldest first.
+        pub fn take_offload_log(&mut self) -> Vec<(usize, Offload)> {
+            std::mem::take(&mut self.offload_log)
+        }
+
+        /// What tun's `virtio_net_hdr_to_skb` and the guest's MTU demand of a frame.
+        fn check_offload(&self, frame: &[u8], offload: &Offload) {
             let max = ETHERNET_HEADER_LEN + self.config.mtu;
             assert!(
-                frame.len() <= max,
-                "frame of {} bytes exceeds the MTU ({max} with Ethernet header)",
-                frame.len()
+                self.config.tap_offload || *offload == Offload::default(),
+                "offload metadata without tap offloads: {offload:?}"
             );
+            if let Some(partial) = offload.partial_checksum {
+                let field = usize::from(partial.start) + usize::from(partial.offset);
+                assert!(
+                    field + 2 <= frame.len(),
+                    "partial checksum field beyond the frame: {offload:?}"
+                );
+            }
+            match offload.gso {
+                None => assert!(
+                    frame.len() <= max,
+                    "frame of {} bytes exceeds the MTU ({max} with Ethernet header)",
+                    frame.len()
+                ),
+                Some(gso) => {
+                    assert!(
+                        offload.partial_checksum.is_some(),
+                        "a segment to cut must leave its checksum to the device"
+                    );
+                    let each = usize::from(gso.header_len) + usize::from(gso.segment_size);
+                    assert!(
+                        each <= max,
+                        "segments of {each} bytes would exceed the MTU ({max} with Ethernet header)"
+                    );
+                    assert!(
+                        frame.len() > each,
+                        "a frame of {} bytes marked for segmentation into {each}",
+                        frame.len()
+                    );
+                    assert!(frame.len() <= ETHERNET_HEADER_LEN + 65_535);
+                }
+            }
+        }
+
+        fn check_link(&self, frame: &[u8]) {
             let eth = EthernetFrame::new_checked(frame)
                 .unwrap_or_else(|_| panic!("the stack emitted a runt frame: {frame:02x?}"));
             // IPv6 multicast (33:33:...) reaches every node, the guest included.
@@ -1890,9 +1995,9 @@ pub mod scenario {
             for _ in 0..MAX_POLLS_PER_INSTANT {
                 self.stack.poll(self.now, &mut self.host);
                 let (tap, answer) = (&mut self.tap, self.tap_answer);
-                self.stack.poll_transmit(|frame| {
+                self.stack.poll_transmit(|frame, offload| {
                     if answer == crate::TapWrite::Sent {
-                        tap.push(frame.to_vec());
+                        tap.push((frame.to_vec(), offload));
                     }
                     answer
                 });
@@ -1996,15 +2101,9 @@ pub mod scenario {
         /// check that it is the guest's MAC: for broadcasts (the stack's ARP requests, DHCP
         /// replies to a client without an address). Sizes and checksums are still checked.
         pub fn drain_addressed(&mut self) -> Vec<(EthernetAddress, Parsed)> {
-            let max = ETHERNET_HEADER_LEN + self.config.mtu;
-            std::mem::take(&mut self.tap)
+            self.take_tap()
                 .iter()
                 .map(|frame| {
-                    assert!(
-                        frame.len() <= max,
-                        "frame of {} bytes exceeds the MTU",
-                        frame.len()
-                    );
                     let eth = EthernetFrame::new_checked(&frame[..])
                         .unwrap_or_else(|_| panic!("the stack emitted a runt frame: {frame:02x?}"));
                     (eth.dst_addr(), parse(frame))
@@ -2621,6 +2720,11 @@ pub mod ipv6 {
 
         pub fn isn(&self) -> u32 {
             self.inner.isn
+        }
+
+        /// The MSS the remote announced in its SYN-ACK.
+        pub fn peer_mss(&self) -> Option<u16> {
+            self.inner.peer_mss
         }
 
         /// The SYN (again, if called twice: a retransmission).

@@ -64,6 +64,7 @@ pub fn config(flags: u8) -> Config {
             max_udp_flows: 2,
             max_icmp_flows: 2,
             max_tx_queue_frames: 8,
+            max_tx_queue_bytes: 16 * 1024,
             max_forwards: 2,
             tcp_rx_buffer: 4096,
             tcp_tx_buffer: 4096,

@@ -5,6 +5,12 @@
 //! not allocate per packet. The queue is bounded; TCP flows check [`TxQueue::has_room`]
 //! before producing a segment and simply wait when it is full (smoltcp keeps the data),
 //! so bulk data is never dropped just because the tap was momentarily busy.
+//!
+//! With tap offloads (`Config::tap_offload`) a TCP frame may be a 64 KiB segment for the
+//! guest's kernel to split, or carry only the pseudo-header part of its checksum; each
+//! frame carries an [`Offload`] that says so, which the event loop turns into the tap's
+//! virtio-net header. The queue is bounded in bytes as well as frames, because such frames
+//! are 45 times the size of an MTU-1500 one.
 
 use smoltcp::wire::{EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr};
 use std::collections::VecDeque;
@@ -13,12 +19,56 @@ pub const ETHERNET_HEADER_LEN: usize = 14;
 
 /// Buffers kept for reuse at most; more are freed (bounds idle memory after a burst).
 const POOL_LIMIT: usize = 256;
+/// Bytes of buffer capacity kept for reuse at most (a pool of 256 jumbo buffers would
+/// otherwise hold 16 MiB after one burst).
+const POOL_BYTES_LIMIT: usize = 4 << 20;
+
+/// What the tap must be told about a frame besides its bytes. Only TCP frames of a stack
+/// with `tap_offload` carry anything; every other frame is complete as it is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Offload {
+    /// The transport checksum field holds only the pseudo-header sum; the receiver sums
+    /// the bytes from `start` on into the field at `start + offset` (or, delivering the
+    /// packet locally, trusts it as a device-checked one).
+    pub partial_checksum: Option<PartialChecksum>,
+    /// The frame is one TCP segment larger than the guest's MTU, to be cut into segments
+    /// of `segment_size` payload bytes each (the guest's MSS less the options in use).
+    pub gso: Option<Gso>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartialChecksum {
+    /// Where the checksummed bytes start, counted from the start of the Ethernet frame.
+    pub start: u16,
+    /// Where the checksum field is, counted from `start`.
+    pub offset: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gso {
+    pub ipv6: bool,
+    /// Payload bytes per segment.
+    pub segment_size: u16,
+    /// Ethernet, IP and TCP headers (with options): what each segment repeats.
+    pub header_len: u16,
+}
+
+#[derive(Debug)]
+struct Frame {
+    bytes: Vec<u8>,
+    offload: Offload,
+}
 
 #[derive(Debug)]
 pub struct TxQueue {
-    frames: VecDeque<Vec<u8>>,
+    frames: VecDeque<Frame>,
     pool: Vec<Vec<u8>>,
+    /// Capacity of the buffers in `pool`.
+    pool_bytes: usize,
     limit: usize,
+    /// Bytes of the frames in `frames`, and their bound.
+    bytes: usize,
+    byte_limit: usize,
     /// Source MAC of everything we send (the gateway's, as libslirp does).
     src_mac: EthernetAddress,
     /// The guest's MAC, learned from its frames; broadcast until we have seen one.
@@ -29,11 +79,15 @@ pub struct TxQueue {
 }
 
 impl TxQueue {
-    pub fn new(limit: usize, src_mac: EthernetAddress) -> TxQueue {
+    /// At most `limit` frames and (once one is queued) `byte_limit` bytes wait.
+    pub fn new(limit: usize, byte_limit: usize, src_mac: EthernetAddress) -> TxQueue {
         TxQueue {
             frames: VecDeque::with_capacity(limit.min(1024)),
             pool: Vec::new(),
+            pool_bytes: 0,
             limit: limit.max(1),
+            bytes: 0,
+            byte_limit,
             src_mac,
             guest_mac: EthernetAddress::BROADCAST,
             dropped: 0,
@@ -52,7 +106,7 @@ impl TxQueue {
     }
 
     pub fn has_room(&self) -> bool {
-        self.frames.len() < self.limit
+        self.frames.len() < self.limit && self.bytes < self.byte_limit
     }
 
     pub fn len(&self) -> usize {
@@ -99,13 +153,30 @@ impl TxQueue {
         payload_len: usize,
         fill: impl FnOnce(&mut [u8]) -> R,
     ) -> R {
-        if self.frames.len() >= 2 * self.limit {
+        self.push_forced_offload(ethertype, payload_len, fill, |_| Offload::default())
+    }
+
+    /// [`TxQueue::push_forced`] for a frame that may need offload metadata: `describe` sees
+    /// the filled payload (after the Ethernet header), may adjust it, and says what the tap
+    /// must be told.
+    pub fn push_forced_offload<R>(
+        &mut self,
+        ethertype: EthernetProtocol,
+        payload_len: usize,
+        fill: impl FnOnce(&mut [u8]) -> R,
+        describe: impl FnOnce(&mut [u8]) -> Offload,
+    ) -> R {
+        if self.frames.len() >= 2 * self.limit || self.bytes >= 2 * self.byte_limit {
             self.dropped += 1;
             self.scratch.clear();
             self.scratch.resize(payload_len, 0);
             return fill(&mut self.scratch);
         }
-        self.build(self.guest_mac, ethertype, payload_len, fill)
+        let result = self.build(self.guest_mac, ethertype, payload_len, fill);
+        if let Some(frame) = self.frames.back_mut() {
+            frame.offload = describe(&mut frame.bytes[ETHERNET_HEADER_LEN..]);
+        }
+        result
     }
 
     fn build<R>(
@@ -116,6 +187,7 @@ impl TxQueue {
         fill: impl FnOnce(&mut [u8]) -> R,
     ) -> R {
         let mut buf = self.pool.pop().unwrap_or_default();
+        self.pool_bytes -= buf.capacity();
         buf.clear();
         buf.resize(ETHERNET_HEADER_LEN + payload_len, 0);
         let repr = EthernetRepr {
@@ -125,7 +197,11 @@ impl TxQueue {
         };
         repr.emit(&mut EthernetFrame::new_unchecked(&mut buf[..]));
         let result = fill(&mut buf[ETHERNET_HEADER_LEN..]);
-        self.frames.push_back(buf);
+        self.bytes += buf.len();
+        self.frames.push_back(Frame {
+            bytes: buf,
+            offload: Offload::default(),
+        });
         result
     }
 
@@ -136,23 +212,26 @@ impl TxQueue {
 
     /// Hand queued frames to `write`, oldest first, until it returns false (the tap is full:
     /// that frame stays first in line) or the queue is empty. Returns the frames written.
-    pub fn drain(&mut self, mut write: impl FnMut(&[u8]) -> bool) -> usize {
+    pub fn drain(&mut self, mut write: impl FnMut(&[u8], Offload) -> bool) -> usize {
         let mut written = 0;
         while let Some(frame) = self.frames.front() {
-            if !write(frame) {
+            if !write(&frame.bytes, frame.offload) {
                 break;
             }
             written += 1;
-            if let Some(buf) = self.frames.pop_front() {
-                self.recycle(buf);
+            if let Some(frame) = self.frames.pop_front() {
+                self.bytes -= frame.bytes.len();
+                self.recycle(frame.bytes);
             }
         }
         written
     }
 
     fn recycle(&mut self, buf: Vec<u8>) {
-        // Jumbo buffers (MTU 65520) are kept too: they are exactly what bulk traffic reuses.
-        if self.pool.len() < POOL_LIMIT {
+        // Jumbo buffers (MTU 65520, offloaded segments) are kept too: they are exactly what
+        // bulk traffic reuses; the byte bound keeps a burst's worth, not all of them.
+        if self.pool.len() < POOL_LIMIT && self.pool_bytes + buf.capacity() <= POOL_BYTES_LIMIT {
+            self.pool_bytes += buf.capacity();
             self.pool.push(buf);
         }
     }
@@ -164,23 +243,40 @@ mod tests {
 
     #[test]
     fn bounded_and_ordered() {
-        let mut q = TxQueue::new(2, EthernetAddress([0x52, 0x55, 10, 0, 2, 2]));
+        let mut q = TxQueue::new(2, 1 << 20, EthernetAddress([0x52, 0x55, 10, 0, 2, 2]));
         assert!(q.push(EthernetProtocol::Ipv4, 1, |b| b[0] = 1));
         assert!(q.push(EthernetProtocol::Ipv4, 1, |b| b[0] = 2));
         assert!(!q.push(EthernetProtocol::Ipv4, 1, |b| b[0] = 3));
         let mut seen = Vec::new();
         // The tap takes one frame, then reports full: the second stays queued.
-        let n = q.drain(|f| {
+        let n = q.drain(|f, _| {
             seen.push(f[ETHERNET_HEADER_LEN]);
             seen.len() < 2
         });
         assert_eq!(n, 1);
         assert_eq!(q.len(), 1);
-        q.drain(|f| {
+        q.drain(|f, _| {
             seen.push(f[ETHERNET_HEADER_LEN]);
             true
         });
         assert_eq!(seen, vec![1, 2, 2]);
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn bounded_in_bytes_too() {
+        let mut q = TxQueue::new(100, 3000, EthernetAddress([0x52, 0x55, 10, 0, 2, 2]));
+        assert!(q.push(EthernetProtocol::Ipv4, 1500, |_| {}));
+        assert!(q.push(EthernetProtocol::Ipv4, 1500, |_| {}));
+        // 3028 bytes queued: full, though far from 100 frames.
+        assert!(!q.has_room());
+        assert!(!q.push(EthernetProtocol::Ipv4, 1, |_| {}));
+        // The forced allowance (replies smoltcp must send) stops at twice the bound.
+        q.push_forced(EthernetProtocol::Ipv4, 3000, |_| {});
+        q.push_forced(EthernetProtocol::Ipv4, 1, |_| {});
+        assert_eq!(q.len(), 3);
+        assert_eq!(q.dropped(), 1);
+        q.drain(|_, _| true);
+        assert!(q.has_room());
     }
 }

@@ -13,17 +13,38 @@
 //! error. Then bytes are pumped both ways with backpressure (we read the host only while
 //! the smoltcp send buffer has room, and the guest's window closes while the host is not
 //! writable). FINs are carried independently in each direction (half-close).
+//!
+//! With tap offloads (`TcpParams::offload`) the flow's device tells smoltcp it can segment
+//! TCP (smoltcp's `segmentation-offload`): smoltcp keeps the guest's MSS and our MTU as the
+//! segment size, but may hand out one packet of up to 64 KiB with that size as
+//! `PacketMeta::segmentation_offload_size`, and leaves the TCP checksum to the device. Our
+//! device then writes the pseudo-header sum into the checksum field and describes the frame
+//! ([`Offload`]): the guest's kernel completes the checksum and cuts the segment.
+//!
+//! IPv6 needs a detour: smoltcp 0.14 implements segmentation offload for IPv4 only (on
+//! IPv6 it drops any packet larger than the interface's IP MTU and never passes the
+//! segment size on). An IPv6 flow's interface therefore gets the largest MTU instead, so
+//! smoltcp sends up to 64 KiB cut to nothing smaller than the guest's MSS; we remember the
+//! MSS of the guest's SYN (or SYN-ACK) and derive the segment size from it and the real
+//! MTU ([`V6Offload`]); and the MSS smoltcp announces from the large MTU in its own SYN is
+//! cut back to the real MTU's on the way out ([`clamp_syn_mss`]).
 
 use crate::io::{CloseMode, FlowId, HostError, HostEvent, HostIo};
+use crate::link::tx::{Gso, Offload, PartialChecksum, ETHERNET_HEADER_LEN};
 use crate::link::TxQueue;
 use crate::nat::{checksum_caps, FlowCounters, Quote};
+use core::num::NonZeroUsize;
 use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
-use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
+use smoltcp::phy::{
+    Checksum, Device, DeviceCapabilities, Medium, PacketMeta, RxToken, SegmentationCapabilities,
+    TxToken,
+};
 use smoltcp::socket::tcp::{Socket, SocketBuffer, State};
 use smoltcp::time::Instant;
 use smoltcp::wire::{
-    EthernetProtocol, HardwareAddress, IpAddress, IpCidr, IpListenEndpoint, TcpControl, TcpRepr,
-    TcpSeqNumber,
+    checksum, EthernetProtocol, HardwareAddress, IpAddress, IpCidr, IpListenEndpoint, IpProtocol,
+    IpVersion, Ipv4Packet, Ipv6Packet, TcpControl, TcpOption, TcpPacket, TcpRepr, TcpSeqNumber,
+    IPV6_HEADER_LEN,
 };
 
 /// How long a guest may leave a forwarded connection's SYN unanswered.
@@ -49,10 +70,22 @@ enum Phase {
     Open,
 }
 
+/// Largest IP packet we let smoltcp build for the guest's kernel to segment: the most an
+/// IPv4 header's total length can say (IPv6 is held to the same for simplicity).
+const MAX_OFFLOAD_PACKET: usize = 65_535;
+
+/// The MSS of a peer that announced none (RFC 9293; smoltcp assumes the same).
+const DEFAULT_GUEST_MSS: usize = 536;
+
+/// Offset of the checksum field in a TCP header.
+const TCP_CHECKSUM_OFFSET: u16 = 16;
+
 /// Sizes and knobs of a TCP flow.
 #[derive(Debug, Clone, Copy)]
 pub struct TcpParams {
     pub mtu: usize,
+    /// The tap segments and checksums TCP for us (see the module comment).
+    pub offload: bool,
     pub rx_buffer: usize,
     pub tx_buffer: usize,
     pub random_seed: u64,
@@ -66,6 +99,9 @@ pub struct TcpFlow {
     handle: SocketHandle,
     phase: Phase,
     mtu: usize,
+    offload: bool,
+    /// The MSS of the guest's SYN or SYN-ACK; kept only where smoltcp's is not enough.
+    guest_mss: usize,
     ethertype: EthernetProtocol,
     /// The guest's SYN (passive flows only), quoted if the host connect fails.
     syn_quote: Option<Quote>,
@@ -94,6 +130,9 @@ struct FlowDevice<'a> {
     rx: Option<&'a [u8]>,
     tx: &'a mut TxQueue,
     mtu: usize,
+    offload: bool,
+    /// Set for IPv6 flows with offloads (then `offload` is too).
+    v6: Option<V6Offload>,
     ethertype: EthernetProtocol,
     starved: bool,
 }
@@ -109,11 +148,167 @@ impl RxToken for FlowRxToken<'_> {
 struct FlowTxToken<'a> {
     tx: &'a mut TxQueue,
     ethertype: EthernetProtocol,
+    offload: bool,
+    v6: Option<V6Offload>,
+    meta: PacketMeta,
+}
+
+/// What an IPv6 flow with offloads needs to describe its frames itself (see the module
+/// comment): its interface was given a larger MTU than the real one.
+#[derive(Debug, Clone, Copy)]
+struct V6Offload {
+    mtu: usize,
+    /// The guest's MSS (smoltcp's default when its SYN had none), at most what the MTU
+    /// allows: segment payload plus TCP options.
+    mss: usize,
 }
 
 impl TxToken for FlowTxToken<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        self.tx.push_forced(self.ethertype, len, f)
+        if !self.offload {
+            return self.tx.push_forced(self.ethertype, len, f);
+        }
+        let segment_size = self.meta.segmentation_offload_size;
+        let v6 = self.v6;
+        self.tx
+            .push_forced_offload(self.ethertype, len, f, |packet| {
+                describe_offload(packet, segment_size.map(|size| size.get()), v6)
+            })
+    }
+
+    fn set_meta(&mut self, meta: PacketMeta) {
+        self.meta = meta;
+    }
+}
+
+/// Finish a TCP packet smoltcp built without a checksum, for a tap with offloads: put the
+/// pseudo-header sum in the checksum field (what a device with checksum offload expects)
+/// and say where the sum goes and, for a packet smoltcp wants segmented, into what size.
+/// Anything that is not a well-formed TCP packet (smoltcp only emits those here) is left
+/// as it is, without metadata.
+fn describe_offload(
+    packet: &mut [u8],
+    segment_size: Option<u16>,
+    v6: Option<V6Offload>,
+) -> Offload {
+    let Some((ip_header_len, src, dst)) = ip_header(packet) else {
+        return Offload::default();
+    };
+    let Some(segment) = packet.get_mut(ip_header_len..) else {
+        return Offload::default();
+    };
+    let segment_len = segment.len();
+    let Ok(mut tcp) = TcpPacket::new_checked(segment) else {
+        return Offload::default();
+    };
+    let tcp_header_len = usize::from(tcp.header_len());
+    let mut segment_size = segment_size;
+    if let Some(v6) = v6 {
+        if tcp.syn() {
+            let mss = v6.mtu.saturating_sub(ip_header_len + 20);
+            clamp_syn_mss(&mut tcp, u16::try_from(mss).unwrap_or(u16::MAX));
+        }
+        // What smoltcp would have asked for: the MSS less the options every segment
+        // repeats, whenever the payload is larger.
+        let size = v6.mss.saturating_sub(tcp_header_len - 20);
+        let payload = segment_len - tcp_header_len;
+        segment_size = (size > 0 && payload > size)
+            .then(|| u16::try_from(size).ok())
+            .flatten();
+    }
+    let pseudo = checksum::pseudo_header(&src, &dst, IpProtocol::Tcp, segment_len as u32);
+    tcp.set_checksum(pseudo);
+    let start = ETHERNET_HEADER_LEN + ip_header_len;
+    let header_len = start + tcp_header_len;
+    let gso = segment_size.and_then(|segment_size| {
+        Some(Gso {
+            ipv6: src.version() == IpVersion::Ipv6,
+            segment_size,
+            header_len: u16::try_from(header_len).ok()?,
+        })
+    });
+    Offload {
+        partial_checksum: u16::try_from(start).ok().map(|start| PartialChecksum {
+            start,
+            offset: TCP_CHECKSUM_OFFSET,
+        }),
+        gso,
+    }
+}
+
+/// The IPv6 offload limits of a flow, or `None` where smoltcp's own segmentation applies.
+fn v6_offload(
+    offload: bool,
+    ethertype: EthernetProtocol,
+    mtu: usize,
+    guest_mss: usize,
+) -> Option<V6Offload> {
+    let mss_for_mtu = mtu.saturating_sub(IPV6_HEADER_LEN + 20);
+    (offload && ethertype == EthernetProtocol::Ipv6).then_some(V6Offload {
+        mtu,
+        mss: guest_mss.min(mss_for_mtu),
+    })
+}
+
+/// The MSS option of a SYN (the whole IP packet), if it is one and has it.
+fn syn_mss(packet: &[u8]) -> Option<u16> {
+    let (ip_header_len, _, _) = ip_header(packet)?;
+    let tcp = TcpPacket::new_checked(packet.get(ip_header_len..)?).ok()?;
+    if !tcp.syn() {
+        return None;
+    }
+    let mut options = tcp.options();
+    while !options.is_empty() {
+        let (rest, option) = TcpOption::parse(options).ok()?;
+        match option {
+            TcpOption::EndOfList => return None,
+            TcpOption::MaxSegmentSize(mss) if mss > 0 => return Some(mss),
+            _ => {}
+        }
+        options = rest;
+    }
+    None
+}
+
+/// Lower the MSS option of a SYN to `mss` if it says more. The checksum is set afterwards.
+fn clamp_syn_mss(tcp: &mut TcpPacket<&mut [u8]>, mss: u16) {
+    let options = tcp.options_mut();
+    let mut at = 0;
+    while at < options.len() {
+        let Ok((rest, option)) = TcpOption::parse(&options[at..]) else {
+            return;
+        };
+        let len = options.len() - at - rest.len();
+        match option {
+            TcpOption::EndOfList => return,
+            TcpOption::MaxSegmentSize(value) if value > mss => {
+                options[at + 2..at + 4].copy_from_slice(&mss.to_be_bytes());
+                return;
+            }
+            _ => {}
+        }
+        at += len.max(1);
+    }
+}
+
+/// Header length and addresses of a TCP packet smoltcp emitted (IPv6 without extension
+/// headers: smoltcp adds none to TCP).
+fn ip_header(packet: &[u8]) -> Option<(usize, IpAddress, IpAddress)> {
+    match IpVersion::of_packet(packet).ok()? {
+        IpVersion::Ipv4 => {
+            let ip = Ipv4Packet::new_checked(packet).ok()?;
+            (ip.next_header() == IpProtocol::Tcp).then(|| {
+                let (src, dst) = (ip.src_addr().into(), ip.dst_addr().into());
+                (usize::from(ip.header_len()), src, dst)
+            })
+        }
+        IpVersion::Ipv6 => {
+            let ip = Ipv6Packet::new_checked(packet).ok()?;
+            (ip.next_header() == IpProtocol::Tcp).then(|| {
+                let (src, dst) = (ip.src_addr().into(), ip.dst_addr().into());
+                (ip.header_len(), src, dst)
+            })
+        }
     }
 }
 
@@ -136,6 +331,9 @@ impl Device for FlowDevice<'_> {
             FlowTxToken {
                 tx: self.tx,
                 ethertype: self.ethertype,
+                offload: self.offload,
+                v6: self.v6,
+                meta: PacketMeta::default(),
             },
         ))
     }
@@ -150,14 +348,32 @@ impl Device for FlowDevice<'_> {
         Some(FlowTxToken {
             tx: self.tx,
             ethertype: self.ethertype,
+            offload: self.offload,
+            v6: self.v6,
+            meta: PacketMeta::default(),
         })
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ip;
-        caps.max_transmission_unit = self.mtu;
+        // The MTU stays the guest's even with offloads (but see the module comment on
+        // IPv6): smoltcp derives the MSS it advertises and the segment size it asks for
+        // from it. Received packets are not held to it (smoltcp checks no size on
+        // ingress), so the guest's 64 KiB segments pass.
+        caps.max_transmission_unit = match self.v6 {
+            Some(_) => MAX_OFFLOAD_PACKET,
+            None => self.mtu,
+        };
         caps.checksum = checksum_caps();
+        if self.offload {
+            // smoltcp requires it: a segmenting device computes the TCP checksum.
+            caps.checksum.tcp = Checksum::None;
+            caps.segmentation = SegmentationCapabilities::default();
+            let max = NonZeroUsize::new(MAX_OFFLOAD_PACKET);
+            caps.segmentation.tcpv4 = max;
+            caps.segmentation.tcpv6 = max;
+        }
         caps
     }
 }
@@ -182,6 +398,7 @@ impl TcpFlow {
         };
         let mut flow = TcpFlow::new(now, remote.0, guest, params, phase, tx, spare);
         flow.syn_quote = Some(syn_quote);
+        flow.learn_guest_mss(syn_packet);
         let socket = flow.sockets.get_mut::<Socket>(flow.handle);
         socket.pause_synack(true);
         let endpoint = IpListenEndpoint {
@@ -246,6 +463,8 @@ impl TcpFlow {
             rx: None,
             tx,
             mtu: params.mtu,
+            offload: params.offload,
+            v6: v6_offload(params.offload, ethertype, params.mtu, DEFAULT_GUEST_MSS),
             ethertype,
             starved: false,
         };
@@ -283,6 +502,8 @@ impl TcpFlow {
             handle,
             phase,
             mtu: params.mtu,
+            offload: params.offload,
+            guest_mss: DEFAULT_GUEST_MSS,
             ethertype,
             syn_quote: None,
             guest_connect_pending: false,
@@ -339,7 +560,12 @@ impl TcpFlow {
         let congestion = socket.congestion_control();
         socket.set_congestion_control(congestion);
         self.phase = phase;
+        // The interface keeps the device capabilities it was built with (MTU, offload);
+        // both come from the stack's config, the same for every flow.
+        debug_assert_eq!((self.mtu, self.offload), (params.mtu, params.offload));
         self.mtu = params.mtu;
+        self.offload = params.offload;
+        self.guest_mss = DEFAULT_GUEST_MSS;
         self.ethertype = ethertype;
         self.syn_quote = None;
         self.guest_connect_pending = false;
@@ -358,6 +584,8 @@ impl TcpFlow {
             rx,
             tx,
             mtu: self.mtu,
+            offload: self.offload,
+            v6: v6_offload(self.offload, self.ethertype, self.mtu, self.guest_mss),
             ethertype: self.ethertype,
             starved: false,
         }
@@ -367,6 +595,16 @@ impl TcpFlow {
     pub fn buffer_bytes(&self) -> usize {
         let socket = self.socket();
         socket.recv_capacity() + socket.send_capacity()
+    }
+
+    /// Remember the MSS of the guest's SYN or SYN-ACK where we need it ourselves (IPv6
+    /// with offloads, see the module comment).
+    fn learn_guest_mss(&mut self, packet: &[u8]) {
+        if self.offload && self.ethertype == EthernetProtocol::Ipv6 {
+            if let Some(mss) = syn_mss(packet) {
+                self.guest_mss = usize::from(mss);
+            }
+        }
     }
 
     fn socket(&self) -> &Socket<'static> {
@@ -425,6 +663,7 @@ impl TcpFlow {
     /// so a burst of segments costs one host write and one cumulative ACK instead of one each. Immediate answers smoltcp gives
     /// while processing (a RST, a challenge ACK) still go out now.
     pub fn take_segment(&mut self, now: Instant, packet: &[u8], tx: &mut TxQueue) {
+        self.learn_guest_mss(packet);
         let mut device = self.device(Some(packet), tx);
         self.iface
             .poll_ingress_single(now, &mut device, &mut self.sockets);
