@@ -855,3 +855,109 @@ impl TcpFlow {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{Ipv6Address, Ipv6Repr};
+
+    const GUEST: Ipv6Address = Ipv6Address::new(0xfd00, 0, 0, 0, 0, 0xff, 0xfe00, 1);
+    const GATEWAY: Ipv6Address = Ipv6Address::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+
+    /// An IPv6 TCP packet as smoltcp emits it for an offloading device (checksum 0).
+    fn packet(syn: bool, mss: Option<u16>, payload: &[u8]) -> Vec<u8> {
+        let tcp = TcpRepr {
+            src_port: 8080,
+            dst_port: 40000,
+            control: if syn {
+                TcpControl::Syn
+            } else {
+                TcpControl::None
+            },
+            seq_number: TcpSeqNumber(1),
+            ack_number: Some(TcpSeqNumber(1)),
+            window_len: 1024,
+            window_scale: syn.then_some(5),
+            max_seg_size: mss,
+            sack_permitted: syn,
+            sack_ranges: [None; 3],
+            timestamp: None,
+            payload,
+        };
+        let ip = Ipv6Repr {
+            src_addr: GATEWAY,
+            dst_addr: GUEST,
+            next_header: IpProtocol::Tcp,
+            payload_len: tcp.buffer_len(),
+            hop_limit: 64,
+        };
+        let mut bytes = vec![0; ip.buffer_len() + tcp.buffer_len()];
+        let mut packet = Ipv6Packet::new_unchecked(&mut bytes[..]);
+        ip.emit(&mut packet);
+        tcp.emit(
+            &mut TcpPacket::new_unchecked(packet.payload_mut()),
+            &GATEWAY.into(),
+            &GUEST.into(),
+            &ChecksumCapabilities::ignored(),
+        );
+        bytes
+    }
+
+    #[test]
+    fn syn_mss_reads_the_option_of_syns_only() {
+        assert_eq!(syn_mss(&packet(true, Some(1440), &[])), Some(1440));
+        assert_eq!(syn_mss(&packet(true, None, &[])), None);
+        assert_eq!(syn_mss(&packet(false, None, b"data")), None);
+        assert_eq!(syn_mss(&[0x60, 0, 0]), None);
+    }
+
+    #[test]
+    fn ipv6_syn_announces_the_real_mtus_mss_and_big_segments_are_cut_to_the_guests() {
+        let v6 = v6_offload(true, EthernetProtocol::Ipv6, 1500, 1400);
+        let mut syn = packet(true, Some(65_475), &[]);
+        let offload = describe_offload(&mut syn, None, v6);
+        assert_eq!(syn_mss(&syn), Some(1440));
+        assert_eq!(offload.gso, None);
+        assert_eq!(
+            offload.partial_checksum,
+            Some(PartialChecksum {
+                start: 14 + 40,
+                offset: 16
+            })
+        );
+
+        let mut segment = packet(false, None, &[7; 5000]);
+        let offload = describe_offload(&mut segment, None, v6);
+        let gso = offload.gso.expect("segmentation");
+        assert_eq!(
+            (gso.segment_size, gso.header_len, gso.ipv6),
+            (1400, 74, true)
+        );
+        // The checksum field holds the pseudo-header sum for the whole segment.
+        let tcp_len = segment.len() - 40;
+        let expected = checksum::pseudo_header(
+            &GATEWAY.into(),
+            &GUEST.into(),
+            IpProtocol::Tcp,
+            tcp_len as u32,
+        );
+        assert_eq!(
+            TcpPacket::new_checked(&segment[40..]).unwrap().checksum(),
+            expected
+        );
+
+        // Small enough for one segment: no segmentation asked for.
+        let mut small = packet(false, None, &[7; 1400]);
+        assert_eq!(describe_offload(&mut small, None, v6).gso, None);
+    }
+
+    #[test]
+    fn only_ipv6_flows_with_offloads_take_the_detour() {
+        assert!(v6_offload(false, EthernetProtocol::Ipv6, 1500, 1440).is_none());
+        assert!(v6_offload(true, EthernetProtocol::Ipv4, 1500, 1460).is_none());
+        // A guest announcing more than the MTU allows gets the MTU's.
+        let v6 = v6_offload(true, EthernetProtocol::Ipv6, 1500, 9000).unwrap();
+        assert_eq!(v6.mss, 1440);
+    }
+}
