@@ -116,11 +116,6 @@ pub enum LoopError {
     Poll(std::io::Error),
     #[error("tap device failed: {0} (was the network namespace destroyed?)")]
     Tap(Errno),
-    #[error(
-        "target process {0} exited: the container is gone, and its network namespace with \
-         tap device {1} only lives on because rslirp holds the tap"
-    )]
-    TargetExited(i32, String),
 }
 
 /// Why the loop ended normally.
@@ -128,6 +123,8 @@ pub enum LoopError {
 pub enum Exit {
     Signal,
     ExitFd,
+    /// The target process (PID operand) exited.
+    TargetExited,
 }
 
 /// A monotonic clock in smoltcp's terms. Starts at 1 s so that no deadline is ever 0
@@ -328,7 +325,16 @@ impl EventLoop {
                     }
                     TARGET => {
                         if let Some(watch) = &self.target {
-                            return Err(LoopError::TargetExited(watch.pid, watch.tap_name.clone()));
+                            // The container ended: a normal end, as when the caller closes
+                            // the exit fd, so status 0 (callers treat a failing helper as an
+                            // error of theirs).
+                            log::info!(
+                                "target process {} exited: the container is gone (its network \
+                                 namespace with {} would live on only because we hold the tap)",
+                                watch.pid,
+                                watch.tap_name
+                            );
+                            return Ok(Exit::TargetExited);
                         }
                     }
                     EXIT_FD => {
