@@ -1248,6 +1248,11 @@ impl Stack {
     ) {
         let guest = SocketAddr::new(spec.guest_addr, spec.guest_port);
         loop {
+            // Room first: dropping a flow from TIME-WAIT frees a slot, which changes the id
+            // the next insert gets, and the accepted socket is named by that id.
+            if self.stats.tcp_flows as usize >= self.config.limits.max_tcp_flows {
+                self.evict_time_wait(host);
+            }
             let id = self.flows.next_id();
             let peer = match host.tcp_accept(forward, id) {
                 Ok(peer) => peer,

@@ -5,7 +5,7 @@
 //! Default network 10.0.2.0/24: gateway 10.0.2.2, guest 10.0.2.100.
 
 use core::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
-use rslirp_stack::testing::{Parsed, Scenario};
+use rslirp_stack::testing::{GuestTcp, Parsed, Scenario};
 use rslirp_stack::{CloseMode, FlowId};
 use std::collections::HashSet;
 
@@ -126,4 +126,46 @@ fn guest_data_after_its_fin_is_dropped() {
     s.exchange(std::slice::from_mut(&mut conn));
     assert_eq!(conn.received(), b"still flowing");
     assert_eq!(s.host.close_mode(flow), None, "the flow was cut off");
+}
+
+/// Found by the `frames` target (crash-96b49a3e): a client connects to a forward while the
+/// flow table is full, with one flow in TIME-WAIT. The stack named the accepted socket by
+/// `FlowTable::next_id()`, then dropped the TIME-WAIT flow to make room, which freed a slot
+/// and changed the id the insert gave the new flow: host socket and flow had different ids
+/// (a debug assertion, and events of the socket lost). Room is now made before the id is
+/// chosen.
+#[test]
+fn forward_accept_under_a_full_table_keeps_its_id() {
+    let mut config = rslirp_stack::Config::default();
+    config.limits.max_tcp_flows = 1;
+    let mut s = Scenario::with_config(config);
+    let (mut conn, flow) = s.open_tcp(40000, SocketAddrV4::new(REMOTE, 80));
+    // The host closes first: the flow lingers in TIME-WAIT and fills the table.
+    s.peer_close(flow);
+    s.exchange(std::slice::from_mut(&mut conn));
+    let fin = conn.fin();
+    s.guest_sends(&fin);
+    s.exchange(std::slice::from_mut(&mut conn));
+    assert_eq!(s.stats().tcp_flows, 1);
+    assert_eq!(s.api(ADD_TCP_FORWARD), r#"{"return":{"id":1}}"#);
+
+    let client = SocketAddr::from((Ipv4Addr::new(127, 0, 0, 1), 5000));
+    let accepted = s.client_connects(1, client);
+    let stats = s.stats();
+    assert_eq!((stats.tcp_flows, stats.tcp_time_wait_evictions), (1, 1));
+    // The guest accepts; the host client's bytes must reach it: the stack's flow and the
+    // host socket must go by the same id.
+    let syn = s
+        .drain()
+        .into_iter()
+        .find(|f| matches!(f, Parsed::Tcp { tcp, .. } if tcp.syn))
+        .expect("a SYN towards the guest");
+    let guest = s.guest;
+    let (accepting, syn_ack) = GuestTcp::accept(&guest, &syn, 1);
+    s.guest_sends(&syn_ack);
+    let mut conns = [accepting];
+    s.exchange(&mut conns);
+    s.peer_send(accepted, b"hello");
+    s.exchange(&mut conns);
+    assert_eq!(conns[0].received(), b"hello");
 }
