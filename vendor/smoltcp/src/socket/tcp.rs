@@ -2208,7 +2208,12 @@ impl<'a> Socket<'a> {
             tcp_trace!("starting zero-window-probe timer for t+{}", delay);
             self.timer.set_for_zero_window_probe(cx.now(), delay);
         }
-        if self.remote_win_len != 0 && self.timer.is_zero_window_probe() {
+        // rslirp: also stop it once nothing is left to probe with. A peer that ACKs all our
+        // data with a zero window (then FIN-WAIT-2) otherwise keeps the expired timer, and
+        // every dispatch sends an empty "probe" that does not rewind it: an endless stream
+        // of ACKs (docs/architecture.md, "smoltcp patch").
+        if (self.remote_win_len != 0 || self.tx_buffer.is_empty()) && self.timer.is_zero_window_probe()
+        {
             tcp_trace!("stopping zero-window-probe timer");
             self.timer.set_for_idle(cx.now(), self.keep_alive);
         }
