@@ -183,7 +183,7 @@ impl Default for Limits {
             max_time_wait: 1_024,
             max_dns_flows: 256,
             max_api_clients: 64,
-            tcp_buffer_budget: 1 << 30,
+            tcp_buffer_budget: 4 << 30,
             tcp_small_buffer: 64 << 10,
             tcp_rx_buffer: 1 << 20,
             tcp_tx_buffer: 1 << 20,
