@@ -846,7 +846,7 @@ impl Stack {
             }
             Some(Flow::Icmp(icmp)) => {
                 let guest = (guest_ip, key.guest.port());
-                if !icmp.read_host(now, id, guest, remote_ip, host, tx, stats, scratch) {
+                if !icmp.read_host(now, id, guest, remote_ip, host, tx, stats, mtu, scratch) {
                     self.starved.push(id);
                 }
             }
