@@ -200,6 +200,27 @@ pub struct Timeouts {
     pub icmp_idle: Duration,
     /// A host connect that has not completed by then fails the guest's SYN.
     pub tcp_connect: Duration,
+    /// A guest that has not acknowledged our SYN-ACK by then (after the host connect
+    /// succeeded) is sent a RST and the host connection aborted: a kernel gives up after
+    /// tcp_synack_retries (5: about 63 s).
+    pub tcp_syn_received: Duration,
+    /// Data or a FIN towards the guest unacknowledged, and no segment from the guest, for
+    /// this long: both sides are reset (TCP_USER_TIMEOUT). Idle flows never time out, nor
+    /// does a guest that answers zero-window probes.
+    pub tcp_user: Duration,
+    /// FIN-WAIT-2 (the host side closed, the guest acknowledged our FIN) with no segment
+    /// from the guest for this long: both sides are reset (like tcp_fin_timeout).
+    pub tcp_fin_wait2: Duration,
+}
+
+impl Timeouts {
+    pub fn tcp_lifetimes(&self) -> crate::nat::tcp::TcpLifetimes {
+        crate::nat::tcp::TcpLifetimes {
+            syn_received: self.tcp_syn_received,
+            user: self.tcp_user,
+            fin_wait2: self.tcp_fin_wait2,
+        }
+    }
 }
 
 impl Default for Timeouts {
@@ -209,6 +230,9 @@ impl Default for Timeouts {
             udp_dns_idle: Duration::from_secs(10),
             icmp_idle: Duration::from_secs(60),
             tcp_connect: Duration::from_secs(60),
+            tcp_syn_received: Duration::from_secs(60),
+            tcp_user: Duration::from_secs(300),
+            tcp_fin_wait2: Duration::from_secs(60),
         }
     }
 }

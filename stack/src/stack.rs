@@ -11,7 +11,7 @@ use crate::io::{CloseMode, FlowId, HostError, HostEvent, HostIo};
 use crate::link::arp::{self, ArpOutcome};
 use crate::link::{Offload, TxQueue};
 use crate::nat::icmp::{send_echo_reply, IcmpFlow};
-use crate::nat::tcp::{TcpFlow, TcpParams, Verdict};
+use crate::nat::tcp::{Lifetime, TcpFlow, TcpParams, Verdict};
 use crate::nat::udp::{ReadOutcome, UdpFlow};
 use crate::nat::{refuse, FlowKey, FlowTable, Proto, Quote, Refusal};
 use crate::service::dhcp::DhcpServer;
@@ -506,11 +506,21 @@ impl Stack {
         };
         let is_syn = segment.control == TcpControl::Syn && segment.ack_number.is_none();
         if let Some(id) = self.flows.lookup(&key) {
-            let lingering = matches!(
-                self.flows.get(id),
-                Some(Flow::Tcp(tcp)) if matches!(tcp.state(), TcpState::TimeWait | TcpState::Closed)
-            );
-            if !(is_syn && lingering) {
+            let (finished, draining) = match self.flows.get(id) {
+                Some(Flow::Tcp(tcp)) => (
+                    tcp.is_finished(),
+                    matches!(tcp.state(), TcpState::TimeWait | TcpState::Closed),
+                ),
+                _ => (false, false),
+            };
+            if is_syn && draining && !finished {
+                // The old connection on this 4-tuple still hands the guest's last bytes to
+                // the host: the new SYN waits for the guest's retransmission.
+                log::debug!("{id:?}: SYN for a 4-tuple still draining to the host; dropped");
+                self.stats.rx_dropped += 1;
+                return;
+            }
+            if !(is_syn && finished) {
                 if let Some(Flow::Tcp(tcp)) = self.flows.get_mut(id) {
                     tcp.take_segment(now, inbound.packet, &mut self.tx);
                     self.dirty.insert(id);
@@ -692,6 +702,15 @@ impl Stack {
             }
             Verdict::Remove(mode) => self.remove_flow(id, mode, host),
             Verdict::Refused(err) => self.fail_tcp(id, err, host),
+            Verdict::Expired(lifetime) => {
+                let counter = match lifetime {
+                    Lifetime::SynReceived => &mut self.stats.tcp_syn_received_timeouts,
+                    Lifetime::User => &mut self.stats.tcp_user_timeouts,
+                    Lifetime::FinWait2 => &mut self.stats.tcp_fin_wait2_timeouts,
+                };
+                *counter += 1;
+                self.remove_flow(id, CloseMode::Abort, host);
+            }
         }
     }
 
@@ -702,7 +721,7 @@ impl Stack {
         let Some(Flow::Tcp(tcp)) = self.flows.get_mut(id) else {
             return;
         };
-        if tcp.lingering || tcp.state() != TcpState::TimeWait {
+        if tcp.lingering || !tcp.is_time_wait_only() {
             return;
         }
         tcp.lingering = true;
@@ -1438,6 +1457,7 @@ impl Stack {
             tx_buffer,
             random_seed: self.next_random(),
             connect_deadline: now + self.config.timeouts.tcp_connect,
+            lifetimes: self.config.timeouts.tcp_lifetimes(),
         })
     }
 

@@ -50,6 +50,13 @@ pub struct Stats {
     pub tcp_connect_failures: u64,
     /// Host sockets that could not be opened (fds, ports, permissions).
     pub host_socket_errors: u64,
+    /// TCP flows reset because the guest never acknowledged the SYN-ACK
+    /// (`Timeouts::tcp_syn_received`).
+    pub tcp_syn_received_timeouts: u64,
+    /// TCP flows reset because the guest stopped acknowledging data (`Timeouts::tcp_user`).
+    pub tcp_user_timeouts: u64,
+    /// TCP flows reset after FIN-WAIT-2 without the guest's FIN (`Timeouts::tcp_fin_wait2`).
+    pub tcp_fin_wait2_timeouts: u64,
 }
 
 use crate::config::Limits;

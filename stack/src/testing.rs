@@ -1523,6 +1523,9 @@ pub mod frames {
         pub reset: bool,
         /// Segments that started beyond the next expected byte (a gap).
         pub out_of_order: u32,
+        /// The window this side announces; at 0 it takes no data (a zero-window probe is
+        /// answered with an ACK that does not move).
+        pub window: u16,
         needs_ack: bool,
     }
 
@@ -1545,6 +1548,7 @@ pub mod frames {
                 peer_fin: false,
                 reset: false,
                 out_of_order: 0,
+                window: WINDOW,
                 needs_ack: false,
             }
         }
@@ -1609,6 +1613,10 @@ pub mod frames {
         }
 
         fn on_data(&mut self, tcp: &TcpSegment) {
+            if self.window == 0 && !tcp.payload.is_empty() {
+                self.needs_ack = true;
+                return;
+            }
             let offset = tcp.seq.wrapping_sub(self.rcv_nxt) as i32;
             if offset > 0 {
                 self.out_of_order += 1;
@@ -1662,14 +1670,21 @@ pub mod frames {
         }
 
         fn segment(&self, flags: &str, payload: &[u8]) -> Vec<u8> {
-            let ack = self.peer_isn.map(|_| self.rcv_nxt);
-            self.guest.tcp_segment(
-                self.local_port,
-                self.remote,
-                flags,
-                self.snd_nxt,
-                ack,
-                payload,
+            self.guest.tcp(
+                *self.remote.ip(),
+                &TcpSegment {
+                    src_port: self.local_port,
+                    dst_port: self.remote.port(),
+                    seq: self.snd_nxt,
+                    ack: self.peer_isn.map(|_| self.rcv_nxt),
+                    syn: flags.contains('S'),
+                    fin: flags.contains('F'),
+                    rst: flags.contains('R'),
+                    psh: flags.contains('P'),
+                    window: self.window,
+                    payload: payload.to_vec(),
+                    ..TcpSegment::default()
+                },
             )
         }
 

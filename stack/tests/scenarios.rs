@@ -787,3 +787,232 @@ mod malformed {
         assert_eq!(s.host.connects().len(), 1);
     }
 }
+
+/// No byte the stack acknowledged to the guest is lost, whichever side closes first and
+/// however slowly the host peer reads (issue #16 §1), and no flow is held forever by a
+/// guest that stops answering (§2).
+mod close_orders {
+    use super::*;
+
+    /// The host peer reads `per_read` bytes every `every` until it has `want` bytes or
+    /// `limit` virtual time passed; returns what it read.
+    fn slow_reader(
+        s: &mut Scenario,
+        conns: &mut [GuestTcp],
+        flow: FlowId,
+        want: usize,
+        (per_read, every, limit): (usize, Duration, Duration),
+    ) -> Vec<u8> {
+        let mut delivered = Vec::new();
+        let deadline = s.elapsed() + limit;
+        while delivered.len() < want && s.elapsed() < deadline {
+            let unclaimed = s.exchange(conns);
+            assert!(unclaimed.is_empty(), "unexpected frames: {unclaimed:?}");
+            delivered.extend(s.take_sent(flow));
+            if let Some(event) = s.host.set_send_window(flow, per_read) {
+                s.host_event(event);
+            }
+            s.advance(every);
+        }
+        delivered.extend(s.take_sent(flow));
+        delivered
+    }
+
+    /// Guest data, then its FIN, all acknowledged by the stack while the host peer has
+    /// room for only 1,000 bytes.
+    fn upload_then_fin(s: &mut Scenario, conns: &mut [GuestTcp], upload: &[u8]) {
+        for chunk in upload.chunks(1400) {
+            let frame = conns[0].send(chunk);
+            s.guest_sends(&frame);
+        }
+        let fin = conns[0].fin();
+        s.guest_sends(&fin);
+        run_until(s, conns, "the ACK of the upload and the FIN", |_, c| {
+            c[0].all_acked()
+        });
+    }
+
+    #[test]
+    fn host_closes_first_then_a_slow_reader_gets_the_whole_upload() {
+        let mut s = Scenario::new();
+        let (conn, flow) = s.open_tcp(40000, remote(80));
+        let mut conns = [conn];
+        // The host peer shuts its write side: the guest sees EOF and starts its upload.
+        s.peer_close(flow);
+        run_until(&mut s, &mut conns, "the FIN to the guest", |_, c| {
+            c[0].peer_fin
+        });
+        assert_eq!(s.host.set_send_window(flow, 1_000), None);
+
+        let upload = pattern(21, 200_000);
+        upload_then_fin(&mut s, &mut conns, &upload);
+        assert_eq!(
+            s.host.close_mode(flow),
+            None,
+            "the host socket stays open while the upload waits in the flow"
+        );
+        // Slower than TIME-WAIT lasts: 1,000 bytes a second for 200 s of virtual time.
+        let reading = (1_000, secs(1), secs(400));
+        let delivered = slow_reader(&mut s, &mut conns, flow, upload.len(), reading);
+        assert_eq!(delivered.len(), upload.len(), "every acknowledged byte");
+        assert!(delivered == upload, "in order and intact");
+        s.advance(secs(30));
+        assert_eq!(s.host.close_mode(flow), Some(CloseMode::Graceful));
+        assert_eq!(s.stats().tcp_flows, 0);
+    }
+
+    #[test]
+    fn guest_closes_first_then_the_host_eof_does_not_reset_queued_data() {
+        let mut s = Scenario::new();
+        let (conn, flow) = s.open_tcp(40000, remote(80));
+        let mut conns = [conn];
+        assert_eq!(s.host.set_send_window(flow, 1_000), None);
+
+        let upload = pattern(22, 200_000);
+        upload_then_fin(&mut s, &mut conns, &upload);
+        // The host peer closes its side before it read the upload: FIN to the guest,
+        // the guest ACKs it, the stack's socket is CLOSED with the upload still queued.
+        s.peer_close(flow);
+        run_until(&mut s, &mut conns, "the FIN to the guest", |_, c| {
+            c[0].peer_fin
+        });
+        assert_eq!(s.host.close_mode(flow), None, "not reset, not closed");
+        let reading = (1_000, secs(1), secs(400));
+        let delivered = slow_reader(&mut s, &mut conns, flow, upload.len(), reading);
+        assert_eq!(delivered.len(), upload.len(), "every acknowledged byte");
+        assert!(delivered == upload, "in order and intact");
+        s.advance(secs(1));
+        assert!(s.host.shutdown_write_called(flow) || s.host.close_mode(flow).is_some());
+        assert_eq!(s.host.close_mode(flow), Some(CloseMode::Graceful));
+        assert_eq!(s.stats().tcp_flows, 0);
+    }
+
+    #[test]
+    fn a_guest_that_never_acks_the_syn_ack_releases_the_host_connection() {
+        let mut s = Scenario::new();
+        let mut conn = s.guest_tcp(40000, remote(80));
+        s.guest_sends(&conn.syn());
+        let (flow, _) = the_only(s.host.connects(), "host connect");
+        s.complete_connect(flow);
+        let syn_acks = s.drain();
+        assert!(syn_acks
+            .iter()
+            .any(|f| f.tcp().is_some_and(|(_, t)| t.is_syn_ack())));
+        // The guest stays silent: SYN-ACKs are retransmitted for a while, like a kernel's
+        // tcp_synack_retries, then the host connection is given up.
+        s.advance(secs(30));
+        assert_eq!(s.host.close_mode(flow), None, "still trying at 30 s");
+        s.advance(secs(60));
+        assert_eq!(s.host.close_mode(flow), Some(CloseMode::Abort));
+        assert_eq!(s.stats().tcp_flows, 0);
+        assert_eq!(s.stats().tcp_syn_received_timeouts, 1);
+        let _ = conn.ack();
+    }
+
+    #[test]
+    fn a_guest_that_stops_acknowledging_data_is_reset_after_the_user_timeout() {
+        let mut s = Scenario::new();
+        let (conn, flow) = s.open_tcp(40000, remote(80));
+        let mut conns = [conn];
+        // The guest freezes: the stack's data is never acknowledged.
+        s.peer_send(flow, &pattern(23, 10_000));
+        let user_timeout = s.config().timeouts.tcp_user;
+        s.advance(user_timeout - secs(5));
+        assert_eq!(s.host.close_mode(flow), None, "retransmitting, not yet");
+        s.advance(secs(10) + secs(60));
+        assert_eq!(s.host.close_mode(flow), Some(CloseMode::Abort));
+        assert_eq!(s.stats().tcp_user_timeouts, 1);
+        assert_eq!(s.stats().tcp_flows, 0);
+        let frames = s.drain();
+        assert!(
+            frames
+                .iter()
+                .any(|f| f.tcp().is_some_and(|(_, t)| t.flags().contains('R'))),
+            "the guest is told with a RST"
+        );
+        let _ = &mut conns;
+    }
+
+    #[test]
+    fn an_idle_established_flow_is_never_timed_out() {
+        let mut s = Scenario::new();
+        let (conn, flow) = s.open_tcp(40000, remote(80));
+        let mut conns = [conn];
+        s.advance(secs(3 * 3600));
+        assert_eq!(s.host.close_mode(flow), None);
+        s.peer_send(flow, b"still here");
+        run_until(&mut s, &mut conns, "data after hours of silence", |_, c| {
+            c[0].received() == b"still here"
+        });
+    }
+
+    #[test]
+    fn a_zero_window_guest_that_answers_probes_is_kept() {
+        let mut s = Scenario::new();
+        let (conn, flow) = s.open_tcp(40000, remote(80));
+        let mut conns = [conn];
+        conns[0].window = 0;
+        let ack = conns[0].ack();
+        s.guest_sends(&ack);
+        s.peer_send(flow, &pattern(24, 5_000));
+        // The guest answers every probe with a zero window for longer than the user
+        // timeout: alive, just not reading.
+        let user_timeout = s.config().timeouts.tcp_user;
+        let until = s.elapsed() + user_timeout + secs(120);
+        while s.elapsed() < until {
+            let _ = s.exchange(&mut conns);
+            s.advance(secs(1));
+        }
+        assert_eq!(s.host.close_mode(flow), None);
+        conns[0].window = 65_535;
+        let ack = conns[0].ack();
+        s.guest_sends(&ack);
+        run_until(
+            &mut s,
+            &mut conns,
+            "the data once the window opens",
+            |_, c| c[0].received().len() == 5_000,
+        );
+    }
+
+    #[test]
+    fn fin_wait_2_without_the_guests_fin_ends_after_the_fin_timeout() {
+        let mut s = Scenario::new();
+        let (conn, flow) = s.open_tcp(40000, remote(80));
+        let mut conns = [conn];
+        s.peer_close(flow);
+        run_until(&mut s, &mut conns, "the FIN to the guest", |_, c| {
+            c[0].peer_fin
+        });
+        // The guest ACKed our FIN (FIN-WAIT-2) and then goes silent for good.
+        let fin_timeout = s.config().timeouts.tcp_fin_wait2;
+        s.advance(fin_timeout - secs(5));
+        assert_eq!(s.host.close_mode(flow), None);
+        s.advance(secs(10));
+        assert!(s.host.close_mode(flow).is_some());
+        assert_eq!(s.stats().tcp_fin_wait2_timeouts, 1);
+        assert_eq!(s.stats().tcp_flows, 0);
+    }
+
+    #[test]
+    fn fin_wait_2_with_the_guest_still_sending_is_not_timed_out() {
+        let mut s = Scenario::new();
+        let (conn, flow) = s.open_tcp(40000, remote(80));
+        let mut conns = [conn];
+        s.peer_close(flow);
+        run_until(&mut s, &mut conns, "the FIN to the guest", |_, c| {
+            c[0].peer_fin
+        });
+        let fin_timeout = s.config().timeouts.tcp_fin_wait2;
+        let mut sent = Vec::new();
+        for i in 0..4u8 {
+            s.advance(fin_timeout / 2);
+            let frame = conns[0].send(&[i; 100]);
+            s.guest_sends(&frame);
+            sent.extend_from_slice(&[i; 100]);
+        }
+        run_until(&mut s, &mut conns, "the ACKs", |_, c| c[0].all_acked());
+        assert_eq!(s.host.close_mode(flow), None);
+        assert_eq!(s.take_sent(flow), sent);
+    }
+}

@@ -40,7 +40,7 @@ use smoltcp::phy::{
     TxToken,
 };
 use smoltcp::socket::tcp::{Socket, SocketBuffer, State};
-use smoltcp::time::Instant;
+use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
     checksum, EthernetProtocol, HardwareAddress, IpAddress, IpCidr, IpListenEndpoint, IpProtocol,
     IpVersion, Ipv4Packet, Ipv6Packet, TcpControl, TcpOption, TcpPacket, TcpRepr, TcpSeqNumber,
@@ -59,6 +59,32 @@ pub enum Verdict {
     Remove(CloseMode),
     /// The host connect failed: tell the guest (see [`TcpFlow::syn_quote`]) and tear down.
     Refused(HostError),
+    /// A lifetime ran out: the guest was sent a RST; abort the host side too.
+    Expired(Lifetime),
+}
+
+/// The bounded lifetimes of a flow whose guest stopped answering (see [`TcpLifetimes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifetime {
+    /// The guest never acknowledged our SYN-ACK.
+    SynReceived,
+    /// Data (or our FIN) waited that long for the guest's acknowledgment, without a
+    /// segment from the guest.
+    User,
+    /// FIN-WAIT-2: the guest acknowledged our FIN, then said nothing for that long.
+    FinWait2,
+}
+
+/// How long a flow waits on a guest that stopped answering. Idle established flows have no
+/// lifetime: only a flow that waits for the guest does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpLifetimes {
+    /// From the SYN-ACK's release (the host connect succeeded) to the guest's ACK.
+    pub syn_received: Duration,
+    /// Data or a FIN unacknowledged and no segment from the guest (TCP_USER_TIMEOUT).
+    pub user: Duration,
+    /// No segment from the guest in FIN-WAIT-2 (tcp_fin_timeout).
+    pub fin_wait2: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +117,7 @@ pub struct TcpParams {
     pub random_seed: u64,
     /// When the host connect is given up on.
     pub connect_deadline: Instant,
+    pub lifetimes: TcpLifetimes,
 }
 
 pub struct TcpFlow {
@@ -121,6 +148,19 @@ pub struct TcpFlow {
     /// In TIME-WAIT and accounted as such by the stack: its buffers no longer count in
     /// the memory budget, and it may be evicted when the flow table is full.
     pub lingering: bool,
+    /// Bytes the guest sent (and smoltcp acknowledged) that the host has not taken yet,
+    /// moved out of the socket when smoltcp could drop them (TIME-WAIT ends in a reset of
+    /// the socket, buffers included). Empty except while such a flow drains.
+    backlog: Vec<u8>,
+    /// The guest's FIN arrived (sticky: smoltcp's state moves on to CLOSED).
+    guest_fin: bool,
+    /// When the guest last sent a segment of this flow.
+    last_guest_segment: Instant,
+    /// Since when data or our FIN has waited for the guest's acknowledgment.
+    outstanding_since: Option<Instant>,
+    /// A passive flow's SYN-ACK went out at this time and is not acknowledged yet.
+    syn_ack_since: Option<Instant>,
+    lifetimes: TcpLifetimes,
     pub counters: FlowCounters,
 }
 
@@ -514,6 +554,12 @@ impl TcpFlow {
             host_closed: false,
             starved: false,
             lingering: false,
+            backlog: Vec::new(),
+            guest_fin: false,
+            last_guest_segment: now,
+            outstanding_since: None,
+            syn_ack_since: None,
+            lifetimes: params.lifetimes,
             counters: FlowCounters::new(now),
         })
     }
@@ -576,6 +622,12 @@ impl TcpFlow {
         self.host_closed = false;
         self.starved = false;
         self.lingering = false;
+        self.backlog = Vec::new();
+        self.guest_fin = false;
+        self.last_guest_segment = now;
+        self.outstanding_since = None;
+        self.syn_ack_since = None;
+        self.lifetimes = params.lifetimes;
         self.counters = FlowCounters::new(now);
     }
 
@@ -664,6 +716,7 @@ impl TcpFlow {
     /// while processing (a RST, a challenge ACK) still go out now.
     pub fn take_segment(&mut self, now: Instant, packet: &[u8], tx: &mut TxQueue) {
         self.learn_guest_mss(packet);
+        self.last_guest_segment = now;
         let mut device = self.device(Some(packet), tx);
         self.iface
             .poll_ingress_single(now, &mut device, &mut self.sockets);
@@ -694,6 +747,7 @@ impl TcpFlow {
                 return self.verdict(now, host, id);
             }
             self.phase = Phase::Open;
+            self.syn_ack_since = Some(now);
             self.sockets
                 .get_mut::<Socket>(self.handle)
                 .pause_synack(false);
@@ -751,20 +805,112 @@ impl TcpFlow {
             if before != (self.socket().recv_queue(), self.socket().send_queue()) {
                 self.iface.poll(now, &mut device, &mut self.sockets);
             }
+            if let Some(lifetime) = self.expired(now) {
+                log::debug!("{id:?}: {lifetime:?} lifetime over; resetting both sides");
+                self.sockets.get_mut::<Socket>(self.handle).abort();
+                self.iface.poll(now, &mut device, &mut self.sockets);
+                return Verdict::Expired(lifetime);
+            }
         }
         self.starved = device.starved;
         self.verdict(now, host, id)
     }
 
+    /// Note what the guest owes us, and say which lifetime ran out, if one did.
+    fn expired(&mut self, now: Instant) -> Option<Lifetime> {
+        let state = self.socket().state();
+        if state != State::SynReceived {
+            self.syn_ack_since = None;
+        }
+        let outstanding = self.socket().send_queue() > 0
+            || matches!(state, State::FinWait1 | State::Closing | State::LastAck);
+        if !outstanding {
+            self.outstanding_since = None;
+        } else if self.outstanding_since.is_none() {
+            self.outstanding_since = Some(now);
+        }
+        let (deadline, lifetime) = self.lifetime_deadline(state)?;
+        (now >= deadline).then_some(lifetime)
+    }
+
+    /// The next lifetime deadline of this flow in `state`, if it waits for the guest.
+    fn lifetime_deadline(&self, state: State) -> Option<(Instant, Lifetime)> {
+        let lifetimes = self.lifetimes;
+        if let Some(since) = self.syn_ack_since {
+            return Some((since + lifetimes.syn_received, Lifetime::SynReceived));
+        }
+        if let Some(since) = self.outstanding_since {
+            let since = since.max(self.last_guest_segment);
+            return Some((since + lifetimes.user, Lifetime::User));
+        }
+        (state == State::FinWait2).then_some((
+            self.last_guest_segment + lifetimes.fin_wait2,
+            Lifetime::FinWait2,
+        ))
+    }
+
+    /// Guest bytes still on their way to the host (in the socket or the backlog), while
+    /// the host socket can take them.
+    fn delivering(&self) -> bool {
+        !self.host_write_shut
+            && !self.host_closed
+            && (!self.backlog.is_empty() || self.socket().recv_queue() > 0)
+    }
+
+    /// In TIME-WAIT (or CLOSED) with nothing left for the host: only re-ACKs a lost final
+    /// FIN from now on. A new SYN on its 4-tuple may replace it.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.state(), State::TimeWait | State::Closed) && !self.delivering()
+    }
+
+    /// In TIME-WAIT with the host socket closed: the stack may account it as lingering.
+    pub fn is_time_wait_only(&self) -> bool {
+        self.state() == State::TimeWait && self.host_closed
+    }
+
     /// Move bytes between the smoltcp socket and the host socket until one side blocks.
     fn pump(&mut self, id: FlowId, host: &mut impl HostIo) -> Result<(), HostError> {
         let socket = self.sockets.get_mut::<Socket>(self.handle);
+        let state = socket.state();
+        if matches!(
+            state,
+            State::CloseWait | State::LastAck | State::Closing | State::TimeWait
+        ) {
+            self.guest_fin = true;
+        }
         // Guest → host. Text after the guest's FIN has nowhere to go once the host side is
         // shut down for writing (RFC 9293, CLOSE-WAIT: "ignore the segment text").
         if self.host_write_shut && socket.can_recv() {
             let _ = socket.recv(|buf| (buf.len(), ()));
         }
-        while self.host_writable && !self.host_write_shut && socket.can_recv() {
+        // What smoltcp acknowledged must reach the host even when the socket itself ends
+        // (TIME-WAIT's timer resets it, buffers and all): move it out first. Rare (the
+        // host closed first and reads slowly), so a plain Vec does.
+        if matches!(state, State::TimeWait | State::Closed) && socket.recv_queue() > 0 {
+            while let Ok(moved) = socket.recv(|buf| {
+                self.backlog.extend_from_slice(buf);
+                (buf.len(), buf.len())
+            }) {
+                if moved == 0 {
+                    break;
+                }
+            }
+        }
+        while self.host_writable && !self.host_write_shut && !self.backlog.is_empty() {
+            match host.tcp_send(id, &self.backlog) {
+                Ok(n) => {
+                    self.counters.from_guest += n as u64;
+                    self.backlog.drain(..n);
+                }
+                Err(HostError::WouldBlock) => self.host_writable = false,
+                Err(err) => return Err(err),
+            }
+        }
+        while self.host_writable
+            && !self.host_write_shut
+            && self.backlog.is_empty()
+            && socket.can_recv()
+        {
             let sent = socket.recv(|buf| match host.tcp_send(id, buf) {
                 Ok(n) => (n, Ok(n)),
                 Err(err) => (0, Err(err)),
@@ -777,11 +923,8 @@ impl TcpFlow {
             }
         }
         // The guest's FIN goes on once everything before it has.
-        let fin_received = matches!(
-            socket.state(),
-            State::CloseWait | State::LastAck | State::Closing | State::TimeWait
-        );
-        if fin_received && !self.host_write_shut && socket.recv_queue() == 0 && !self.host_closed {
+        let all_sent = socket.recv_queue() == 0 && self.backlog.is_empty();
+        if self.guest_fin && !self.host_write_shut && all_sent && !self.host_closed {
             host.tcp_shutdown_write(id);
             self.host_write_shut = true;
         }
@@ -828,6 +971,9 @@ impl TcpFlow {
                 due: self.iface.poll_at(now, &self.sockets),
             },
             Phase::Open => match state {
+                // The guest finished (its FIN is acknowledged) but the host has not taken
+                // all it sent: wait for the host to become writable.
+                State::Closed if self.delivering() => Verdict::Keep { due: None },
                 // Listen: a RST in SYN-RECEIVED sends a listening socket back to LISTEN.
                 State::Closed | State::Listen => {
                     let graceful = self.host_eof && self.host_write_shut;
@@ -839,8 +985,9 @@ impl TcpFlow {
                 }
                 State::TimeWait => {
                     // Both directions are finished; only smoltcp's TIME-WAIT remains, to
-                    // re-ACK a retransmitted FIN. The host socket is not needed for that.
-                    if !self.host_closed {
+                    // re-ACK a retransmitted FIN. The host socket is not needed for that,
+                    // once it has taken everything the guest sent.
+                    if !self.host_closed && !self.delivering() {
                         host.close(id, CloseMode::Graceful);
                         self.host_closed = true;
                     }
@@ -848,9 +995,14 @@ impl TcpFlow {
                         due: self.iface.poll_at(now, &self.sockets),
                     }
                 }
-                _ => Verdict::Keep {
-                    due: self.iface.poll_at(now, &self.sockets),
-                },
+                _ => {
+                    let lifetime = self.lifetime_deadline(state).map(|(at, _)| at);
+                    let due = match (self.iface.poll_at(now, &self.sockets), lifetime) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    Verdict::Keep { due }
+                }
             },
         }
     }
