@@ -8,7 +8,7 @@
 #[macro_use]
 mod common;
 
-use common::api::{self, stat, Api, Fwd};
+use common::api::{self, stat, Api, ApiProbe, Fwd};
 use common::net::{self, Pattern};
 use common::{
     assert_gateway_answers_ping, assert_traffic_works, Env, Mode, Rslirp, GATEWAY, GUEST_ADDR,
@@ -62,7 +62,6 @@ const FLOOD_HEAD_START: usize = FLOOD_SYNS / 10;
 /// Large enough (about a second) that a moment of noise on a busy machine does not decide.
 const UPLOAD_BYTES: u64 = 300_000_000;
 const UPLOAD_TIMEOUT: Duration = Duration::from_secs(60);
-const API_PROBE_INTERVAL: Duration = Duration::from_millis(25);
 /// Issue #8: the control socket must answer within this during the flood.
 const API_LATENCY_BOUND: Duration = Duration::from_millis(100);
 /// `Limits::default().max_half_open`.
@@ -231,42 +230,6 @@ fn count_to_eof(stream: &mut impl Read) -> io::Result<u64> {
             0 => return Ok(total),
             n => total += n as u64,
         }
-    }
-}
-
-/// Asks the control socket (list_hostfwd and get_stats in turn) every
-/// `API_PROBE_INTERVAL` and records how long each answer took.
-struct ApiProbe {
-    stop: Arc<AtomicBool>,
-    thread: thread::JoinHandle<Vec<Duration>>,
-}
-
-impl ApiProbe {
-    fn start(api: &Api) -> ApiProbe {
-        let api = Api {
-            path: api.path.clone(),
-        };
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop_flag = stop.clone();
-        let thread = thread::spawn(move || {
-            let mut latencies = Vec::new();
-            let requests = [api::LIST_REQUEST, api::STATS_REQUEST];
-            while !stop_flag.load(Ordering::SeqCst) {
-                let request = requests[latencies.len() % 2];
-                let started = Instant::now();
-                let reply = api.request(request);
-                latencies.push(started.elapsed());
-                assert!(reply.starts_with('{'), "{request} answered {reply:?}");
-                thread::sleep(API_PROBE_INTERVAL);
-            }
-            latencies
-        });
-        ApiProbe { stop, thread }
-    }
-
-    fn stop(self) -> Vec<Duration> {
-        self.stop.store(true, Ordering::SeqCst);
-        self.thread.join().expect("API probe")
     }
 }
 

@@ -8,8 +8,10 @@ use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStr
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::net::{self, Server};
 use super::{Env, Launch, GUEST_ADDR, STEP_TIMEOUT};
@@ -19,6 +21,8 @@ pub const API_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause between the two halves of a [`Framing::TwoWrites`] request.
 const SPLIT_PAUSE: Duration = Duration::from_millis(100);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause between two requests of an [`ApiProbe`].
+const API_PROBE_INTERVAL: Duration = Duration::from_millis(25);
 
 /// How a client delimits its request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -315,4 +319,40 @@ pub fn peer_seen_by_guest(env: &Env, to: SocketAddrV4) -> SocketAddr {
     body.strip_prefix("peer ")
         .and_then(|peer| peer.parse().ok())
         .unwrap_or_else(|| panic!("unexpected body from the guest via {to}: {body:?}"))
+}
+
+/// Asks the control socket (list_hostfwd and get_stats in turn) every
+/// `API_PROBE_INTERVAL` and records how long each answer took.
+pub struct ApiProbe {
+    stop: Arc<AtomicBool>,
+    thread: thread::JoinHandle<Vec<Duration>>,
+}
+
+impl ApiProbe {
+    pub fn start(api: &Api) -> ApiProbe {
+        let api = Api {
+            path: api.path.clone(),
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_flag = stop.clone();
+        let thread = thread::spawn(move || {
+            let mut latencies = Vec::new();
+            let requests = [LIST_REQUEST, STATS_REQUEST];
+            while !stop_flag.load(Ordering::SeqCst) {
+                let request = requests[latencies.len() % 2];
+                let started = Instant::now();
+                let reply = api.request(request);
+                latencies.push(started.elapsed());
+                assert!(reply.starts_with('{'), "{request} answered {reply:?}");
+                thread::sleep(API_PROBE_INTERVAL);
+            }
+            latencies
+        });
+        ApiProbe { stop, thread }
+    }
+
+    pub fn stop(self) -> Vec<Duration> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().expect("API probe")
+    }
 }

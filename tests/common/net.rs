@@ -240,6 +240,17 @@ pub fn exchange(stream: &TcpStream, payload: &[u8]) -> io::Result<Vec<u8>> {
     })
 }
 
+/// Sends a small `payload` on a connection to an echo server and reads as many bytes back,
+/// leaving the connection open; panics (naming the failure) if the echo does not come.
+pub fn exchange_keep(stream: &TcpStream, payload: &[u8]) -> Vec<u8> {
+    let mut reply = vec![0u8; payload.len()];
+    (&*stream)
+        .write_all(payload)
+        .and_then(|()| (&*stream).read_exact(&mut reply))
+        .unwrap_or_else(|err| panic!("echo of {} bytes: {err}", payload.len()));
+    reply
+}
+
 /// Sends `payload` to `to` and returns the first datagram that comes back, retrying a few
 /// times because UDP may lose the first packet (e.g. while the guest still resolves ARP).
 pub fn udp_roundtrip(socket: &UdpSocket, to: SocketAddr, payload: &[u8]) -> io::Result<Vec<u8>> {
