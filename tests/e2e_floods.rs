@@ -6,7 +6,8 @@
 //! clients come from that namespace: nothing leaves the test's namespaces. Every wait has a
 //! deadline. The figures printed (`--nocapture`) are observations, not assertions on speed.
 
-#[macro_use]
+// Every test here is rootful, so the both-modes macro goes unused.
+#[allow(unused_macros)]
 mod common;
 
 use common::api::{stat, Api, ApiProbe, Fwd};
