@@ -423,6 +423,14 @@ struct Counters {
     api_clients_rejected: u64,
     tcp_connect_failures: u64,
     host_socket_errors: u64,
+    ip_frag_reassembled: u64,
+    ip_frag_timeouts: u64,
+    ip_frag_overlaps: u64,
+    ip_frag_datagram_evictions: u64,
+    ip_frag_byte_evictions: u64,
+    ip_frag_fragmented: u64,
+    ip_frag_pending: u64,
+    ip_frag_bytes: u64,
 }
 
 /// One active flow, as `list_flows` reports it. `rx_bytes` came from the guest, `tx_bytes`
@@ -492,6 +500,14 @@ pub fn stats_reply(stats: &Stats) -> Vec<u8> {
                 api_clients_rejected: stats.api_clients_rejected,
                 tcp_connect_failures: stats.tcp_connect_failures,
                 host_socket_errors: stats.host_socket_errors,
+                ip_frag_reassembled: stats.ip_frag_reassembled,
+                ip_frag_timeouts: stats.ip_frag_timeouts,
+                ip_frag_overlaps: stats.ip_frag_overlaps,
+                ip_frag_datagram_evictions: stats.ip_frag_datagram_evictions,
+                ip_frag_byte_evictions: stats.ip_frag_byte_evictions,
+                ip_frag_fragmented: stats.ip_frag_fragmented,
+                ip_frag_pending: stats.ip_frag_pending,
+                ip_frag_bytes: stats.ip_frag_bytes,
             },
         },
     })
@@ -1115,6 +1131,14 @@ mod tests {
             api_clients_rejected: 25,
             tcp_connect_failures: 26,
             host_socket_errors: 27,
+            ip_frag_reassembled: 28,
+            ip_frag_timeouts: 29,
+            ip_frag_overlaps: 30,
+            ip_frag_datagram_evictions: 31,
+            ip_frag_byte_evictions: 32,
+            ip_frag_fragmented: 33,
+            ip_frag_pending: 34,
+            ip_frag_bytes: 35,
         };
         assert_eq!(
             String::from_utf8_lossy(&stats_reply(&stats)),
@@ -1128,7 +1152,10 @@ mod tests {
                 r#""udp_flow_evictions":18,"icmp_flow_evictions":19,"dns_flow_evictions":20,"#,
                 r#""tcp_buffer_reductions":21,"tcp_buffer_budget_hits":22,"tcp_buffer_bytes":23,"#,
                 r#""forward_limit_hits":24,"api_clients_rejected":25,"#,
-                r#""tcp_connect_failures":26,"host_socket_errors":27}}}"#
+                r#""tcp_connect_failures":26,"host_socket_errors":27,"#,
+                r#""ip_frag_reassembled":28,"ip_frag_timeouts":29,"ip_frag_overlaps":30,"#,
+                r#""ip_frag_datagram_evictions":31,"ip_frag_byte_evictions":32,"#,
+                r#""ip_frag_fragmented":33,"ip_frag_pending":34,"ip_frag_bytes":35}}}"#
             )
         );
     }

@@ -168,6 +168,12 @@ pub struct Limits {
     pub tcp_rx_buffer: usize,
     /// smoltcp send buffer (host → guest direction) per TCP flow.
     pub tcp_tx_buffer: usize,
+    /// Fragmented guest datagrams being reassembled at once (both families); a new one
+    /// beyond it drops the oldest.
+    pub max_reassembly_datagrams: usize,
+    /// Bytes those datagrams may hold together (buffers, range lists, a fixed cost each);
+    /// growth beyond it drops the oldest others (a datagram alone too big is dropped).
+    pub max_reassembly_bytes: usize,
 }
 
 impl Default for Limits {
@@ -187,6 +193,8 @@ impl Default for Limits {
             tcp_small_buffer: 64 << 10,
             tcp_rx_buffer: 1 << 20,
             tcp_tx_buffer: 1 << 20,
+            max_reassembly_datagrams: 64,
+            max_reassembly_bytes: 1 << 20,
         }
     }
 }
@@ -200,6 +208,9 @@ pub struct Timeouts {
     pub icmp_idle: Duration,
     /// A host connect that has not completed by then fails the guest's SYN.
     pub tcp_connect: Duration,
+    /// A fragmented guest datagram not complete this long after its first fragment is
+    /// dropped (Linux's IPv4 default; RFC 8200 allows 60 s for IPv6, shorter is safe).
+    pub ip_reassembly: Duration,
 }
 
 impl Default for Timeouts {
@@ -209,6 +220,7 @@ impl Default for Timeouts {
             udp_dns_idle: Duration::from_secs(10),
             icmp_idle: Duration::from_secs(60),
             tcp_connect: Duration::from_secs(60),
+            ip_reassembly: Duration::from_secs(30),
         }
     }
 }
