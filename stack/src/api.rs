@@ -426,6 +426,14 @@ struct Counters {
     tcp_syn_received_timeouts: u64,
     tcp_user_timeouts: u64,
     tcp_fin_wait2_timeouts: u64,
+    ip_frag_reassembled: u64,
+    ip_frag_timeouts: u64,
+    ip_frag_overlaps: u64,
+    ip_frag_datagram_evictions: u64,
+    ip_frag_byte_evictions: u64,
+    ip_frag_fragmented: u64,
+    ip_frag_pending: u64,
+    ip_frag_bytes: u64,
 }
 
 /// One active flow, as `list_flows` reports it. `rx_bytes` came from the guest, `tx_bytes`
@@ -498,6 +506,14 @@ pub fn stats_reply(stats: &Stats) -> Vec<u8> {
                 tcp_syn_received_timeouts: stats.tcp_syn_received_timeouts,
                 tcp_user_timeouts: stats.tcp_user_timeouts,
                 tcp_fin_wait2_timeouts: stats.tcp_fin_wait2_timeouts,
+                ip_frag_reassembled: stats.ip_frag_reassembled,
+                ip_frag_timeouts: stats.ip_frag_timeouts,
+                ip_frag_overlaps: stats.ip_frag_overlaps,
+                ip_frag_datagram_evictions: stats.ip_frag_datagram_evictions,
+                ip_frag_byte_evictions: stats.ip_frag_byte_evictions,
+                ip_frag_fragmented: stats.ip_frag_fragmented,
+                ip_frag_pending: stats.ip_frag_pending,
+                ip_frag_bytes: stats.ip_frag_bytes,
             },
         },
     })
@@ -1124,6 +1140,14 @@ mod tests {
             tcp_syn_received_timeouts: 28,
             tcp_user_timeouts: 29,
             tcp_fin_wait2_timeouts: 30,
+            ip_frag_reassembled: 31,
+            ip_frag_timeouts: 32,
+            ip_frag_overlaps: 33,
+            ip_frag_datagram_evictions: 34,
+            ip_frag_byte_evictions: 35,
+            ip_frag_fragmented: 36,
+            ip_frag_pending: 37,
+            ip_frag_bytes: 38,
         };
         assert_eq!(
             String::from_utf8_lossy(&stats_reply(&stats)),
@@ -1138,7 +1162,10 @@ mod tests {
                 r#""tcp_buffer_reductions":21,"tcp_buffer_budget_hits":22,"tcp_buffer_bytes":23,"#,
                 r#""forward_limit_hits":24,"api_clients_rejected":25,"#,
                 r#""tcp_connect_failures":26,"host_socket_errors":27,"#,
-                r#""tcp_syn_received_timeouts":28,"tcp_user_timeouts":29,"tcp_fin_wait2_timeouts":30}}}"#
+                r#""tcp_syn_received_timeouts":28,"tcp_user_timeouts":29,"tcp_fin_wait2_timeouts":30,"#,
+                r#""ip_frag_reassembled":31,"ip_frag_timeouts":32,"ip_frag_overlaps":33,"#,
+                r#""ip_frag_datagram_evictions":34,"ip_frag_byte_evictions":35,"#,
+                r#""ip_frag_fragmented":36,"ip_frag_pending":37,"ip_frag_bytes":38}}}"#
             )
         );
     }

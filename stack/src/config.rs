@@ -168,6 +168,12 @@ pub struct Limits {
     pub tcp_rx_buffer: usize,
     /// smoltcp send buffer (host → guest direction) per TCP flow.
     pub tcp_tx_buffer: usize,
+    /// Fragmented guest datagrams being reassembled at once (both families); a new one
+    /// beyond it drops the oldest.
+    pub max_reassembly_datagrams: usize,
+    /// Bytes those datagrams may hold together (buffers, range lists, a fixed cost each);
+    /// growth beyond it drops the oldest others (a datagram alone too big is dropped).
+    pub max_reassembly_bytes: usize,
 }
 
 impl Default for Limits {
@@ -187,6 +193,8 @@ impl Default for Limits {
             tcp_small_buffer: 64 << 10,
             tcp_rx_buffer: 1 << 20,
             tcp_tx_buffer: 1 << 20,
+            max_reassembly_datagrams: 64,
+            max_reassembly_bytes: 1 << 20,
         }
     }
 }
@@ -211,6 +219,9 @@ pub struct Timeouts {
     /// FIN-WAIT-2 (the host side closed, the guest acknowledged our FIN) with no segment
     /// from the guest for this long: both sides are reset (like tcp_fin_timeout).
     pub tcp_fin_wait2: Duration,
+    /// A fragmented guest datagram not complete this long after its first fragment is
+    /// dropped (Linux's IPv4 default; RFC 8200 allows 60 s for IPv6, shorter is safe).
+    pub ip_reassembly: Duration,
 }
 
 impl Timeouts {
@@ -233,6 +244,7 @@ impl Default for Timeouts {
             tcp_syn_received: Duration::from_secs(60),
             tcp_user: Duration::from_secs(300),
             tcp_fin_wait2: Duration::from_secs(60),
+            ip_reassembly: Duration::from_secs(30),
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod api;
 pub mod config;
 pub mod forward;
 pub mod io;
+pub mod ip;
 pub mod link;
 pub mod nat;
 pub mod service;

@@ -8,6 +8,7 @@ use crate::api::{self, ApiError, Request};
 use crate::config::Config;
 use crate::forward::{Forward, ForwardError, ForwardProto, ForwardSpec, ForwardTable};
 use crate::io::{CloseMode, FlowId, HostError, HostEvent, HostIo};
+use crate::ip::{FragKey, Fragment, Reassembled, Reassembler};
 use crate::link::arp::{self, ArpOutcome};
 use crate::link::{Offload, TxQueue};
 use crate::nat::icmp::{send_echo_reply, IcmpFlow};
@@ -107,6 +108,8 @@ pub struct Stack {
     #[allow(clippy::vec_box)]
     spare_tcp: Vec<Box<TcpFlow>>,
     limit_reports: LimitReports,
+    /// The guest's fragmented datagrams being reassembled (both families).
+    reassembly: Reassembler,
 }
 
 /// What became of a frame handed to the tap by [`Stack::poll_transmit`].
@@ -125,12 +128,20 @@ pub enum TapWrite {
 impl Stack {
     pub fn new(config: Config, now: Instant, random_seed: u64) -> Stack {
         let limits = &config.limits;
-        let tx = TxQueue::new(
+        let mut tx = TxQueue::new(
             limits.max_tx_queue_frames,
             limits.max_tx_queue_bytes,
             config.gateway_mac(),
         );
+        // Fragment identifications start at a random point, as a host's would.
+        tx.set_ip_mtu(config.mtu, (random_seed >> 16) as u32);
+        let reassembly = Reassembler::new(
+            limits.max_reassembly_datagrams,
+            limits.max_reassembly_bytes,
+            config.timeouts.ip_reassembly,
+        );
         Stack {
+            reassembly,
             stats: Stats::default(),
             tx,
             flows: FlowTable::default(),
@@ -190,6 +201,8 @@ impl Stack {
     fn limit_stats(&self) -> Stats {
         let mut stats = self.stats.clone();
         stats.tx_dropped += self.tx.dropped();
+        stats.ip_frag_pending = self.reassembly.datagrams() as u64;
+        stats.ip_frag_bytes = self.reassembly.bytes() as u64;
         stats
     }
 
@@ -266,6 +279,7 @@ impl Stack {
             }
         }
         self.poll_router_advert(now);
+        self.reassembly.expire(now, &mut self.stats);
         while let Some(id) = self.flows.pop_due(now) {
             self.handle_timer(now, id, host);
         }
@@ -290,10 +304,15 @@ impl Stack {
         let waiting = !self.starved.is_empty() || !self.starved_forwards.is_empty();
         let ready = self.tx.has_room() && self.tx.guest_mac().is_unicast();
         let resume = ((waiting && ready) || !self.dirty.is_empty()).then_some(self.now);
-        [self.flows.next_due(), resume, self.next_router_advert]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.flows.next_due(),
+            resume,
+            self.next_router_advert,
+            self.reassembly.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Hand frames for the guest to `write` until it says the tap is full or none are
@@ -343,16 +362,17 @@ impl Stack {
             self.stats.rx_errors += 1;
             return;
         }
+        if packet.more_frags() || packet.frag_offset() != 0 {
+            if let Some(whole) = self.reassemble_ipv4(now, &packet) {
+                // Once: the rebuilt packet is no fragment.
+                self.handle_ipv4(now, src_mac, &whole, host);
+            }
+            return;
+        }
         let Ok(ip) = Ipv4Repr::parse(&packet, &ChecksumCapabilities::ignored()) else {
             self.stats.rx_errors += 1;
             return;
         };
-        if packet.more_frags() || packet.frag_offset() != 0 {
-            // Reassembly is not implemented; Linux guests use PMTU discovery for TCP.
-            log::debug!("dropping IPv4 fragment from {}", ip.src_addr);
-            self.stats.rx_dropped += 1;
-            return;
-        }
         if ip.next_header == IpProtocol::Udp
             && self.handle_dhcp(now, src_mac, &ip, packet.payload())
         {
@@ -385,6 +405,78 @@ impl Stack {
             IpProtocol::Udp => self.handle_udp(now, &inbound, host),
             IpProtocol::Icmp => self.handle_icmp(now, &ip, payload, host),
             _ => self.stats.rx_dropped += 1,
+        }
+    }
+
+    /// One IPv4 fragment from the guest into the reassembly; the whole packet (header
+    /// rebuilt: total length, no fragment fields, checksum) once it is complete.
+    fn reassemble_ipv4(&mut self, now: Instant, packet: &Ipv4Packet<&[u8]>) -> Option<Vec<u8>> {
+        let src = packet.src_addr();
+        let network = self.config.network;
+        // Only the guest's own datagrams are worth holding (as for unfragmented ones).
+        if !network.contains(src) || src == network.gateway() || src == network.dns() {
+            self.stats.rx_dropped += 1;
+            return None;
+        }
+        let header_len = usize::from(packet.header_len());
+        let total_len = usize::from(packet.total_len());
+        let bytes = packet.as_ref();
+        let fragment = Fragment {
+            key: FragKey {
+                src: IpAddr::V4(src),
+                dst: IpAddr::V4(packet.dst_addr()),
+                proto: packet.next_header().into(),
+                ident: u32::from(packet.ident()),
+            },
+            offset: usize::from(packet.frag_offset()),
+            more: packet.more_frags(),
+            header: &bytes[..header_len],
+            data: &bytes[header_len..total_len],
+        };
+        // The whole datagram's total length must fit its 16-bit field.
+        if fragment.offset + fragment.data.len() + header_len > crate::ip::MAX_IP_LEN {
+            self.stats.rx_errors += 1;
+            return None;
+        }
+        let Reassembled { header, data } = self.take_fragment(now, fragment)?;
+        // The first fragment's header may be longer (options) than the last one's.
+        let total = header.len() + data.len();
+        if total > crate::ip::MAX_IP_LEN {
+            self.stats.rx_errors += 1;
+            return None;
+        }
+        let mut whole = header;
+        whole.extend_from_slice(&data);
+        let mut rebuilt = Ipv4Packet::new_unchecked(&mut whole[..]);
+        rebuilt.set_total_len(total as u16);
+        rebuilt.set_more_frags(false);
+        rebuilt.set_frag_offset(0);
+        rebuilt.fill_checksum();
+        Some(whole)
+    }
+
+    /// A fragment of either family into the reassembly table, counted.
+    fn take_fragment(&mut self, now: Instant, fragment: Fragment<'_>) -> Option<Reassembled> {
+        use crate::ip::reassembly::Held;
+        match self.reassembly.insert(now, fragment, &mut self.stats) {
+            Ok(whole) => {
+                log::debug!(
+                    "reassembled a {}-byte datagram from {}",
+                    whole.data.len(),
+                    fragment.key.src
+                );
+                Some(whole)
+            }
+            Err(Held::Pending) => None,
+            Err(Held::Duplicate | Held::Dropped) => {
+                self.stats.rx_dropped += 1;
+                None
+            }
+            Err(Held::Malformed) => {
+                log::debug!("malformed IP fragment from {}", fragment.key.src);
+                self.stats.rx_errors += 1;
+                None
+            }
         }
     }
 
@@ -843,29 +935,24 @@ impl Stack {
 
     /// Drain a UDP or ICMP flow's host socket towards the guest.
     fn read_datagrams(&mut self, now: Instant, id: FlowId, key: &FlowKey, host: &mut impl HostIo) {
-        let mtu = self.config.mtu;
         let gateway = self.config.network.gateway();
         let (guest_ip, remote_ip) = (key.guest.ip(), key.remote.ip());
         let (tx, stats, scratch) = (&mut self.tx, &mut self.stats, &mut self.scratch);
         match self.flows.get_mut(id) {
-            Some(Flow::Udp(udp)) => {
-                match udp.read_host(now, id, key, host, tx, stats, mtu, scratch) {
-                    ReadOutcome::Drained => {}
-                    ReadOutcome::Starved => self.starved.push(id),
-                    ReadOutcome::Failed(err) => {
-                        let refusal = match Refusal::from_host_error(err) {
-                            Refusal::Reset if err != HostError::ConnectionRefused => {
-                                Refusal::Silent
-                            }
-                            refusal => refusal,
-                        };
-                        refuse(tx, stats, gateway, refusal, &udp.quote, None);
-                    }
+            Some(Flow::Udp(udp)) => match udp.read_host(now, id, key, host, tx, stats, scratch) {
+                ReadOutcome::Drained => {}
+                ReadOutcome::Starved => self.starved.push(id),
+                ReadOutcome::Failed(err) => {
+                    let refusal = match Refusal::from_host_error(err) {
+                        Refusal::Reset if err != HostError::ConnectionRefused => Refusal::Silent,
+                        refusal => refusal,
+                    };
+                    refuse(tx, stats, gateway, refusal, &udp.quote, None);
                 }
-            }
+            },
             Some(Flow::Icmp(icmp)) => {
                 let guest = (guest_ip, key.guest.port());
-                if !icmp.read_host(now, id, guest, remote_ip, host, tx, stats, mtu, scratch) {
+                if !icmp.read_host(now, id, guest, remote_ip, host, tx, stats, scratch) {
                     self.starved.push(id);
                 }
             }
@@ -1349,10 +1436,6 @@ impl Stack {
                     return;
                 }
             };
-            if !crate::nat::udp::fits_mtu(guest, len, self.config.mtu) {
-                self.stats.tx_dropped += 1;
-                continue;
-            }
             let local = self.guest_visible(peer, guest.ip());
             let key = FlowKey {
                 proto: Proto::Udp,

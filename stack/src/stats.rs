@@ -57,6 +57,23 @@ pub struct Stats {
     pub tcp_user_timeouts: u64,
     /// TCP flows reset after FIN-WAIT-2 without the guest's FIN (`Timeouts::tcp_fin_wait2`).
     pub tcp_fin_wait2_timeouts: u64,
+
+    /// Guest datagrams reassembled from fragments (IPv4, and IPv6's Fragment header).
+    pub ip_frag_reassembled: u64,
+    /// Datagrams given up incomplete at the reassembly timeout.
+    pub ip_frag_timeouts: u64,
+    /// Datagrams dropped whole because fragments overlapped or disagreed (RFC 5722).
+    pub ip_frag_overlaps: u64,
+    /// Incomplete datagrams dropped because `max_reassembly_datagrams` were held.
+    pub ip_frag_datagram_evictions: u64,
+    /// Incomplete datagrams dropped because `max_reassembly_bytes` were held.
+    pub ip_frag_byte_evictions: u64,
+    /// Datagrams sent to the guest in fragments (larger than its MTU).
+    pub ip_frag_fragmented: u64,
+    /// Datagrams being reassembled now (a gauge).
+    pub ip_frag_pending: u64,
+    /// Bytes the reassembly holds now, as `max_reassembly_bytes` counts them (a gauge).
+    pub ip_frag_bytes: u64,
 }
 
 use crate::config::Limits;
@@ -79,10 +96,12 @@ pub enum Limit {
     TxQueue,
     Forwards,
     ApiClients,
+    ReassemblyDatagrams,
+    ReassemblyBytes,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 11] = [
+    pub const ALL: [Limit; 13] = [
         Limit::TcpFlows,
         Limit::TimeWait,
         Limit::HalfOpen,
@@ -94,6 +113,8 @@ impl Limit {
         Limit::TxQueue,
         Limit::Forwards,
         Limit::ApiClients,
+        Limit::ReassemblyDatagrams,
+        Limit::ReassemblyBytes,
     ];
 
     /// The `Limits` field's name, as docs/limits.md lists it.
@@ -109,6 +130,8 @@ impl Limit {
             Limit::TxQueue => "max_tx_queue_frames",
             Limit::Forwards => "max_forwards",
             Limit::ApiClients => "max_api_clients",
+            Limit::ReassemblyDatagrams => "max_reassembly_datagrams",
+            Limit::ReassemblyBytes => "max_reassembly_bytes",
         }
     }
 
@@ -124,6 +147,8 @@ impl Limit {
             Limit::TxQueue => limits.max_tx_queue_frames,
             Limit::Forwards => limits.max_forwards,
             Limit::ApiClients => limits.max_api_clients,
+            Limit::ReassemblyDatagrams => limits.max_reassembly_datagrams,
+            Limit::ReassemblyBytes => limits.max_reassembly_bytes,
         }
     }
 
@@ -140,6 +165,9 @@ impl Limit {
             Limit::TxQueue => "frames for the guest dropped",
             Limit::Forwards => "add_hostfwd refused",
             Limit::ApiClients => "control-socket connections closed",
+            Limit::ReassemblyDatagrams | Limit::ReassemblyBytes => {
+                "the oldest incomplete fragmented datagrams dropped"
+            }
         }
     }
 
@@ -157,6 +185,8 @@ impl Limit {
             Limit::TxQueue => stats.tx_dropped,
             Limit::Forwards => stats.forward_limit_hits,
             Limit::ApiClients => stats.api_clients_rejected,
+            Limit::ReassemblyDatagrams => stats.ip_frag_datagram_evictions,
+            Limit::ReassemblyBytes => stats.ip_frag_byte_evictions,
         }
     }
 }
@@ -261,6 +291,8 @@ mod tests {
                 Limit::TxQueue => probe.tx_dropped = 1,
                 Limit::Forwards => probe.forward_limit_hits = 1,
                 Limit::ApiClients => probe.api_clients_rejected = 1,
+                Limit::ReassemblyDatagrams => probe.ip_frag_datagram_evictions = 1,
+                Limit::ReassemblyBytes => probe.ip_frag_byte_evictions = 1,
             }
             let hit: Vec<Limit> = Limit::ALL
                 .into_iter()

@@ -629,7 +629,7 @@ mod udp_forward {
     }
 
     #[test]
-    fn datagrams_beyond_the_mtu_are_dropped_and_counted() {
+    fn datagrams_beyond_the_mtu_reach_the_guest_in_fragments() {
         let mut s = guest_is_up();
         add(&mut s, "udp", 19000, GUEST_PORT, 1);
         // 1500 bytes of IP: 20 of IPv4 header, 8 of UDP header, 1472 of payload.
@@ -639,10 +639,21 @@ mod udp_forward {
             the_only(s.drain(), "datagram to the guest"),
             to_guest(SocketAddrV4::new(GATEWAY, 5000), &fits)
         );
-        let dropped = s.stats().tx_dropped;
-        s.client_sends(1, loopback(5000), &[7u8; 1473]);
-        assert_eq!(s.drain(), vec![], "one byte too many");
-        assert_eq!(s.stats().tx_dropped, dropped + 1);
+        assert_eq!(s.stats().ip_frag_fragmented, 0);
+        // One byte more: two fragments, whole again at the guest.
+        let big: Vec<u8> = (0..1473).map(|i| i as u8).collect();
+        s.client_sends(1, loopback(5000), &big);
+        let frames = s.drain_raw();
+        assert_eq!(frames.len(), 2, "two fragments");
+        let whole = rslirp_stack::testing::fragments::defragment(frames);
+        assert_eq!(
+            whole
+                .iter()
+                .map(|f| rslirp_stack::testing::parse(f))
+                .collect::<Vec<_>>(),
+            vec![to_guest(SocketAddrV4::new(GATEWAY, 5000), &big)]
+        );
+        assert_eq!(s.stats().ip_frag_fragmented, 1);
     }
 
     #[test]

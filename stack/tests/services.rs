@@ -241,20 +241,30 @@ mod dns {
         }
     }
 
-    /// IP fragmentation towards the guest is not implemented (slirp4netns would fragment):
-    /// an answer that does not fit the MTU is dropped and counted, never truncated.
+    /// An answer that does not fit the MTU reaches the guest in IP fragments (as
+    /// slirp4netns fragments it), never truncated.
     #[test]
-    fn answers_larger_than_the_mtu_are_dropped_and_counted() {
+    fn answers_larger_than_the_mtu_reach_the_guest_in_fragments() {
         let mut s = with_upstream([127, 0, 0, 1]);
         let guest = s.guest;
         s.guest_sends(&guest.udp(33333, dns(53), QUERY));
         let (flow, _) = the_only(s.host.udp_opens(), "udp_open");
         s.deliver_datagram(flow, &[0xab; 1472]);
-        assert_eq!(s.drain().len(), 1, "1472 bytes fit a 1500-byte MTU");
-        let dropped = s.stats().tx_dropped;
-        s.deliver_datagram(flow, &[0xab; 1473]);
-        assert_eq!(s.drain(), vec![]);
-        assert_eq!(s.stats().tx_dropped, dropped + 1);
+        assert_eq!(s.drain_raw().len(), 1, "1472 bytes fit a 1500-byte MTU");
+        let answer: Vec<u8> = (0..4000).map(|i| (i % 199) as u8).collect();
+        s.deliver_datagram(flow, &answer);
+        let frames = s.drain_raw();
+        assert_eq!(frames.len(), 3, "4,028 bytes of UDP in three fragments");
+        let whole = rslirp_stack::testing::fragments::defragment(frames);
+        assert_eq!(whole.len(), 1);
+        match rslirp_stack::testing::parse(&whole[0]) {
+            Parsed::Udp { src, payload, .. } => {
+                assert_eq!(src, dns(53));
+                assert_eq!(payload, answer);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.stats().ip_frag_fragmented, 1);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 use crate::sim::{SentTcp, Sim};
 use crate::{clock_step, Encoder, Input, HOST_ERRORS};
 use rslirp_stack::config::{IPV6_DNS, IPV6_GATEWAY};
+use rslirp_stack::testing::fragments::{ipv4_piece, ipv6_piece, payload_len};
 use rslirp_stack::testing::frames::{Guest, TcpSegment};
 use rslirp_stack::testing::ipv6::{ALL_NODES, ALL_ROUTERS};
 use rslirp_stack::testing::SocketKind;
@@ -74,6 +75,9 @@ pub fn config(flags: u8) -> Config {
             // One flow with big buffers, two with small ones, then the fourth is refused.
             tcp_buffer_budget: 16384,
             tcp_small_buffer: 2048,
+            // Two datagrams of a few fragments each.
+            max_reassembly_datagrams: 2,
+            max_reassembly_bytes: 8192,
         };
     }
     config
@@ -139,9 +143,17 @@ pub enum Op {
     ClientSends,
     /// clock step (see [`clock_step`]).
     Advance,
+    /// family, dst, kind (bit 0: echo, else UDP), src port (or ident), dst port (or seq),
+    /// ident u32, chunk byte, plan byte, `bytes`: a datagram built as [`Op::Udp`] or
+    /// [`Op::IcmpEcho`] builds it, cut into fragments of (chunk + 1) × 8 bytes, sent in
+    /// the order and with the faults the plan says (see [`Fuzz::fragments`]).
+    Fragments,
+    /// family, dst, ident u32, offset u16 (8-byte units), more, protocol byte, `bytes`: one
+    /// fragment with a valid header and any data.
+    Fragment,
 }
 
-pub const OPS: [Op; 28] = [
+pub const OPS: [Op; 30] = [
     Op::RawFrame,
     Op::Ipv4Packet,
     Op::Ipv6Packet,
@@ -170,6 +182,8 @@ pub const OPS: [Op; 28] = [
     Op::ClientConnects,
     Op::ClientSends,
     Op::Advance,
+    Op::Fragments,
+    Op::Fragment,
 ];
 
 impl Op {
@@ -461,6 +475,131 @@ impl Fuzz {
                 let by = clock_step(input);
                 self.sim.advance(by);
             }
+            Op::Fragments => self.fragments(input),
+            Op::Fragment => {
+                let (src, dst) = self.addresses(input);
+                let ident = input.u32();
+                let offset = usize::from(input.u16() & 0x1fff) * 8;
+                let more = input.bool();
+                let protocol = IpProtocol::from(input.byte());
+                let data = input.bytes();
+                // A packet whose payload is `offset` bytes of zeros and then the data, cut to
+                // just that piece.
+                let frame = self.raw_ip(src, dst, protocol, offset + data.len(), |buf| {
+                    buf[offset..].copy_from_slice(data)
+                });
+                let Some(frame) = frame else {
+                    return;
+                };
+                let piece = if src.is_ipv4() {
+                    ipv4_piece(&frame, offset, data.len(), more, ident as u16)
+                } else {
+                    ipv6_piece(&frame, offset, data.len(), more, ident)
+                };
+                self.sim.guest_sends(&piece);
+            }
+        }
+    }
+
+    /// [`Op::Fragments`]. The plan byte: bit 0 reverses the order, bit 1 sends the first
+    /// fragment again at the end, bit 2 leaves the last one out, bit 3 moves the second
+    /// one 8 bytes back (an overlap), bits 4-7 rotate the order by that much.
+    fn fragments(&mut self, input: &mut Input) {
+        let (src, dst) = self.addresses(input);
+        let echo = input.bool();
+        let (a, b) = (port(input), port(input));
+        let ident = input.u32();
+        let chunk = (usize::from(input.byte()) + 1) * 8;
+        let plan = input.byte();
+        let payload = input.bytes();
+        let frame = if echo {
+            match (src, dst) {
+                (IpAddr::V4(src), IpAddr::V4(dst)) => Guest {
+                    ip: src,
+                    ..self.guest
+                }
+                .icmp_echo(dst, a, b, payload),
+                (IpAddr::V6(src), IpAddr::V6(dst)) => {
+                    let message = Icmpv6Repr::EchoRequest {
+                        ident: a,
+                        seq_no: b,
+                        data: payload,
+                    };
+                    self.guest
+                        .icmpv6(src, dst, self.guest.gateway_mac, &message)
+                }
+                _ => return,
+            }
+        } else {
+            self.udp_frame(a, b, src, dst, payload)
+        };
+        if frame.is_empty() {
+            return;
+        }
+        let len = payload_len(&frame);
+        let mut pieces: Vec<(usize, usize, bool)> = (0..len)
+            .step_by(chunk)
+            .map(|offset| {
+                let n = chunk.min(len - offset);
+                (offset, n, offset + n < len)
+            })
+            .collect();
+        if plan & 8 != 0 && pieces.len() > 1 {
+            pieces[1].0 -= 8;
+        }
+        if plan & 4 != 0 {
+            pieces.pop();
+        }
+        if plan & 1 != 0 {
+            pieces.reverse();
+        }
+        if !pieces.is_empty() {
+            let by = usize::from(plan >> 4) % pieces.len();
+            pieces.rotate_left(by);
+        }
+        if plan & 2 != 0 {
+            if let Some(&first) = pieces.first() {
+                pieces.push(first);
+            }
+        }
+        for (offset, n, more) in pieces {
+            let piece = if src.is_ipv4() {
+                ipv4_piece(&frame, offset, n, more, ident as u16)
+            } else {
+                ipv6_piece(&frame, offset, n, more, ident)
+            };
+            self.sim.guest_sends(&piece);
+        }
+    }
+
+    /// An IP packet from `src` to `dst` with `len` bytes of payload written by `fill`
+    /// (families must agree).
+    fn raw_ip(
+        &self,
+        src: IpAddr,
+        dst: IpAddr,
+        protocol: IpProtocol,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Option<Vec<u8>> {
+        match (src, dst) {
+            (IpAddr::V4(src), IpAddr::V4(dst)) => Some(
+                Guest {
+                    ip: src,
+                    ..self.guest
+                }
+                .ipv4(dst, protocol, len, |buf, _, _| fill(buf)),
+            ),
+            (IpAddr::V6(src), IpAddr::V6(dst)) => Some(self.guest.ipv6_frame(
+                src,
+                dst,
+                self.guest.gateway_mac,
+                protocol,
+                64,
+                len,
+                |buf, _, _| fill(buf),
+            )),
+            _ => None,
         }
     }
 
@@ -952,6 +1091,66 @@ pub fn seeds() -> crate::Seeds {
         5, 0xb4, 1, 3, 3, 7, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0,
     ]);
     seeds.push(("ipv4-options", e.finish()));
+
+    // Fragments: an 8,000-byte UDP datagram to the gateway's port 7 in order, its echo
+    // back in fragments; a ping of 4,000 bytes to the gateway, reversed; an overlap; and
+    // IPv6 fragments with a duplicate.
+    for (name, flags) in [("fragments", 0), ("fragments-v6", FLAG_IPV6)] {
+        let family = if flags == FLAG_IPV6 { 1 } else { 0 };
+        let mut e = Encoder::new();
+        e.byte(flags);
+        op(&mut e, Op::Fragments);
+        // family, dst 0 (the gateway), UDP, ports 40000 -> index 8 (any: 7), ident, chunk
+        // 185 (1,480 bytes), plan 0.
+        e.byte(family)
+            .byte(0)
+            .byte(0)
+            .byte(0)
+            .byte(8)
+            .u16(7)
+            .u32(0x1234)
+            .byte(184)
+            .byte(0)
+            .bytes(&vec![0x5a; 8000]);
+        op(&mut e, Op::Datagram);
+        e.byte(0).u16(1).bytes(&vec![0xa5; 8000]);
+        op(&mut e, Op::Fragments);
+        // An echo of 4,000 bytes to the gateway, reversed, the first fragment twice.
+        e.byte(family)
+            .byte(0)
+            .byte(1)
+            .byte(8)
+            .u16(9)
+            .byte(8)
+            .u16(1)
+            .u32(0x99)
+            .byte(184)
+            .byte(3)
+            .bytes(&vec![0x33; 4000]);
+        op(&mut e, Op::Fragments);
+        // An overlap, small fragments.
+        e.byte(family)
+            .byte(2)
+            .byte(0)
+            .byte(0)
+            .byte(8)
+            .u16(53)
+            .u32(0x77)
+            .byte(7)
+            .byte(8)
+            .bytes(&[0x11; 300]);
+        op(&mut e, Op::Fragment);
+        e.byte(family)
+            .byte(0)
+            .u32(5)
+            .u16(3)
+            .byte(1)
+            .byte(17)
+            .bytes(&[1; 64]);
+        op(&mut e, Op::Advance);
+        e.byte(8);
+        seeds.push((name, e.finish()));
+    }
 
     seeds
 }

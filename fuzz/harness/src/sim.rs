@@ -161,11 +161,18 @@ impl Sim {
                 frames.push(frame.to_vec());
                 rslirp_stack::TapWrite::Sent
             });
-            for frame in frames {
-                self.check_frame(&frame);
-                if self.keep_frames {
-                    self.frames.push(frame);
+            for frame in &frames {
+                self.check_frame(frame);
+            }
+            // A datagram's fragments leave together: reassembled as the guest's kernel
+            // would, each whole datagram must decode with correct checksums.
+            if frames.len() > 1 {
+                for whole in rslirp_stack::testing::fragments::defragment(frames.clone()) {
+                    self.check_whole(&whole);
                 }
+            }
+            if self.keep_frames {
+                self.frames.extend(frames);
             }
             if !matches!(self.stack.poll_at(), Some(at) if at <= self.now) {
                 return;
@@ -233,6 +240,28 @@ impl Sim {
         self.check_limits();
     }
 
+    /// A frame as the guest's IP layer passes it on (fragments reassembled) must decode.
+    fn check_whole(&self, frame: &[u8]) {
+        let Ok(eth) = EthernetFrame::new_checked(frame) else {
+            return;
+        };
+        let result = if eth.ethertype() == EthernetProtocol::Ipv6 {
+            try_parse6(frame).map(|_| ())
+        } else {
+            try_parse(frame).map(|_| ())
+        };
+        match result {
+            Ok(()) => {}
+            // As in `check_frame`: NATed UDP between ports 67 and 68 may hold anything.
+            Err(
+                ParseError::Truncated("DHCP")
+                | ParseError::Malformed("DHCP")
+                | ParseError::Malformed("DHCP MTU option"),
+            ) if !from_gateway(frame, self.config.network.gateway()) => {}
+            Err(err) => panic!("a reassembled datagram does not decode ({err}): {frame:02x?}"),
+        }
+    }
+
     pub fn check_limits(&self) {
         let (stats, limits) = (self.stack.stats(), self.config.limits);
         assert!(
@@ -248,6 +277,14 @@ impl Sim {
             "{stats:?}"
         );
         assert!(self.stack.forwards().count() <= limits.max_forwards);
+        assert!(
+            stats.ip_frag_pending as usize <= limits.max_reassembly_datagrams,
+            "{stats:?}"
+        );
+        assert!(
+            stats.ip_frag_bytes as usize <= limits.max_reassembly_bytes,
+            "{stats:?}"
+        );
     }
 
     /// No leaks: every host socket still open belongs to a flow the stack counts (a flow

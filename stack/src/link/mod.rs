@@ -3,4 +3,4 @@
 pub mod arp;
 pub mod tx;
 
-pub use tx::{Gso, Offload, PartialChecksum, TxQueue};
+pub use tx::{Gso, IpPush, Offload, PartialChecksum, TxQueue};

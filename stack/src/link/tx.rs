@@ -12,6 +12,7 @@
 //! virtio-net header. The queue is bounded in bytes as well as frames, because such frames
 //! are 45 times the size of an MTU-1500 one.
 
+use crate::ip::{fragment, IPV4_HEADER_LEN, IPV6_FRAGMENT_HEADER_LEN, IPV6_HEADER_LEN, MAX_IP_LEN};
 use smoltcp::wire::{EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr};
 use std::collections::VecDeque;
 
@@ -53,6 +54,19 @@ pub struct Gso {
     pub header_len: u16,
 }
 
+/// What became of an IP packet handed to [`TxQueue::push_ip`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpPush {
+    /// Queued as one frame.
+    Queued,
+    /// Larger than the MTU: queued as fragments.
+    Fragmented,
+    /// The queue is full: nothing queued.
+    Full,
+    /// Larger than IP allows (or the MTU leaves no room for a fragment): nothing queued.
+    TooBig,
+}
+
 #[derive(Debug)]
 struct Frame {
     bytes: Vec<u8>,
@@ -76,6 +90,12 @@ pub struct TxQueue {
     /// Frames dropped because even the forced allowance was exhausted.
     dropped: u64,
     scratch: Vec<u8>,
+    /// IP MTU of the tap: [`TxQueue::push_ip`] fragments larger packets.
+    mtu: usize,
+    /// Identification of the last datagram fragmented (IPv4 uses its low 16 bits).
+    ident: u32,
+    /// Where a packet to be fragmented is built whole (at most 64 KiB, kept for reuse).
+    whole: Vec<u8>,
 }
 
 impl TxQueue {
@@ -92,7 +112,17 @@ impl TxQueue {
             guest_mac: EthernetAddress::BROADCAST,
             dropped: 0,
             scratch: Vec::new(),
+            mtu: usize::MAX,
+            ident: 0,
+            whole: Vec::new(),
         }
+    }
+
+    /// Fragment IP packets larger than `mtu` in [`TxQueue::push_ip`]; identifications
+    /// start after `first_ident` (random, so that they do not repeat across restarts).
+    pub fn set_ip_mtu(&mut self, mtu: usize, first_ident: u32) {
+        self.mtu = mtu;
+        self.ident = first_ident;
     }
 
     pub fn guest_mac(&self) -> EthernetAddress {
@@ -127,6 +157,61 @@ impl TxQueue {
     ) -> bool {
         let dst = self.guest_mac;
         self.push_to(dst, ethertype, payload_len, fill)
+    }
+
+    /// Queue an IP packet (IPv4 without options, or IPv6 without extension headers) of
+    /// `packet_len` bytes, written by `fill`, to the guest; cut into fragments when it is
+    /// larger than the MTU. A datagram's fragments are queued all or none, so the queue
+    /// may exceed its bound by one datagram's fragments. `fill` is not called unless the
+    /// packet is queued.
+    pub fn push_ip(
+        &mut self,
+        ethertype: EthernetProtocol,
+        packet_len: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> IpPush {
+        let (header_len, chunk) = match ethertype {
+            EthernetProtocol::Ipv4 => (0, fragment::ipv4_chunk(self.mtu)),
+            _ => (IPV6_HEADER_LEN, fragment::ipv6_chunk(self.mtu)),
+        };
+        if packet_len > header_len + MAX_IP_LEN {
+            return IpPush::TooBig;
+        }
+        if packet_len <= self.mtu {
+            return if self.push(ethertype, packet_len, fill) {
+                IpPush::Queued
+            } else {
+                IpPush::Full
+            };
+        }
+        let Some(chunk) = chunk else {
+            return IpPush::TooBig;
+        };
+        if !self.has_room() {
+            return IpPush::Full;
+        }
+        let mut whole = core::mem::take(&mut self.whole);
+        whole.clear();
+        whole.resize(packet_len, 0);
+        fill(&mut whole);
+        self.ident = self.ident.wrapping_add(1);
+        let (ident, dst) = (self.ident, self.guest_mac);
+        if ethertype == EthernetProtocol::Ipv4 {
+            for piece in fragment::pieces(packet_len - IPV4_HEADER_LEN, chunk) {
+                self.build(dst, ethertype, IPV4_HEADER_LEN + piece.1, |out| {
+                    fragment::write_ipv4(&whole, piece, ident as u16, out)
+                });
+            }
+        } else {
+            let headers = IPV6_HEADER_LEN + IPV6_FRAGMENT_HEADER_LEN;
+            for piece in fragment::pieces(packet_len - IPV6_HEADER_LEN, chunk) {
+                self.build(dst, ethertype, headers + piece.1, |out| {
+                    fragment::write_ipv6(&whole, piece, ident, out)
+                });
+            }
+        }
+        self.whole = whole;
+        IpPush::Fragmented
     }
 
     /// Like [`TxQueue::push`] with an explicit destination MAC (ARP replies).

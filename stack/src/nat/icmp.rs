@@ -6,7 +6,7 @@ use crate::io::{FlowId, HostError, HostIo};
 use crate::link::TxQueue;
 use crate::nat::{checksum_caps, send_ip, FlowCounters};
 use crate::stats::Stats;
-use core::net::{IpAddr, SocketAddr};
+use core::net::IpAddr;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr, Icmpv6Packet, Icmpv6Repr, IpProtocol};
 
@@ -43,7 +43,6 @@ impl IcmpFlow {
         host: &mut impl HostIo,
         tx: &mut TxQueue,
         stats: &mut Stats,
-        mtu: usize,
         scratch: &mut [u8],
     ) -> bool {
         self.host_readable = true;
@@ -62,14 +61,8 @@ impl IcmpFlow {
                 continue;
             };
             self.last_active = now;
-            // An echo header is 8 bytes, as a UDP header: the same bound applies. A reply
-            // larger than the guest's MTU (a remote may answer with more than was asked)
-            // could not cross the tap; fragmentation towards the guest is not implemented.
-            if !crate::nat::udp::fits_mtu(SocketAddr::new(guest.0, guest.1), data.len(), mtu) {
-                stats.tx_dropped += 1;
-                log::debug!("{id:?}: dropping an echo reply larger than the MTU");
-                continue;
-            }
+            // A reply larger than the guest's MTU (a remote may answer with more than was
+            // asked) goes in fragments (`send_ip`).
             self.counters.to_guest += data.len() as u64;
             send_echo_reply(tx, stats, remote, guest.0, guest.1, seq_no, data);
         }

@@ -8,7 +8,7 @@ pub mod tcp;
 pub mod udp;
 
 use crate::config::Config;
-use crate::link::TxQueue;
+use crate::link::{IpPush, TxQueue};
 use crate::stats::Stats;
 use core::net::IpAddr;
 use smoltcp::phy::ChecksumCapabilities;
@@ -115,6 +115,7 @@ pub fn send_ip(
 }
 
 /// Queue an IPv4 packet to the guest; `fill` writes the `payload_len` bytes after the header.
+/// Larger than the MTU, it goes in fragments (counted in `ip_frag_fragmented`).
 pub fn send_ipv4(
     tx: &mut TxQueue,
     stats: &mut Stats,
@@ -132,17 +133,29 @@ pub fn send_ipv4(
         hop_limit: HOP_LIMIT,
     };
     let total = repr.buffer_len() + payload_len;
-    let queued = tx.push(EthernetProtocol::Ipv4, total, |buf| {
+    let pushed = tx.push_ip(EthernetProtocol::Ipv4, total, |buf| {
         let mut packet = Ipv4Packet::new_unchecked(&mut buf[..]);
         repr.emit(&mut packet, &checksum_caps());
         fill(packet.payload_mut());
     });
-    if !queued {
-        stats.tx_dropped += 1;
+    count_push(stats, pushed);
+}
+
+/// Count what became of a packet for the guest.
+fn count_push(stats: &mut Stats, pushed: IpPush) {
+    match pushed {
+        IpPush::Queued => {}
+        IpPush::Fragmented => stats.ip_frag_fragmented += 1,
+        IpPush::Full => stats.tx_dropped += 1,
+        IpPush::TooBig => {
+            log::debug!("dropping a packet for the guest larger than IP allows");
+            stats.tx_dropped += 1;
+        }
     }
 }
 
 /// Queue an IPv6 packet to the guest; `fill` writes the `payload_len` bytes after the header.
+/// Larger than the MTU, it goes in fragments (counted in `ip_frag_fragmented`).
 pub fn send_ipv6(
     tx: &mut TxQueue,
     stats: &mut Stats,
@@ -160,14 +173,12 @@ pub fn send_ipv6(
         hop_limit: NDP_HOP_LIMIT,
     };
     let total = repr.buffer_len() + payload_len;
-    let queued = tx.push(EthernetProtocol::Ipv6, total, |buf| {
+    let pushed = tx.push_ip(EthernetProtocol::Ipv6, total, |buf| {
         let mut packet = Ipv6Packet::new_unchecked(&mut buf[..]);
         repr.emit(&mut packet);
         fill(packet.payload_mut());
     });
-    if !queued {
-        stats.tx_dropped += 1;
-    }
+    count_push(stats, pushed);
 }
 
 /// The start of a guest packet (its IP header and the first 8 bytes of its payload), kept

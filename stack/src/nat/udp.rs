@@ -64,7 +64,6 @@ impl UdpFlow {
         host: &mut impl HostIo,
         tx: &mut TxQueue,
         stats: &mut Stats,
-        mtu: usize,
         scratch: &mut [u8],
     ) -> ReadOutcome {
         self.host_readable = true;
@@ -85,27 +84,15 @@ impl UdpFlow {
             };
             self.last_active = now;
             self.counters.to_guest += len as u64;
+            // Larger than the guest's MTU, it goes in fragments (`send_ip`).
             let payload = &scratch[..len];
-            if !fits_mtu(key.guest, len, mtu) {
-                // IP fragmentation towards the guest is not implemented: such a datagram
-                // could not cross the tap anyway.
-                stats.tx_dropped += 1;
-                log::debug!("{id:?}: dropping {len}-byte datagram larger than the MTU");
-                continue;
-            }
             send_udp(tx, stats, key.remote, key.guest, payload);
         }
     }
 }
 
-/// Whether a UDP payload of `len` bytes to `guest` fits in one IP packet of `mtu` bytes.
-/// IP fragmentation towards the guest is not implemented, so larger ones are dropped.
-pub fn fits_mtu(guest: SocketAddr, len: usize, mtu: usize) -> bool {
-    let headers = if guest.is_ipv4() { 20 + 8 } else { 40 + 8 };
-    len + headers <= mtu
-}
-
-/// Queue a UDP datagram to the guest (both endpoints of one family).
+/// Queue a UDP datagram to the guest (both endpoints of one family); in fragments when it
+/// is larger than the guest's MTU, dropped (counted) only when larger than IP allows.
 pub fn send_udp(
     tx: &mut TxQueue,
     stats: &mut Stats,

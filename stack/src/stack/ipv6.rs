@@ -8,6 +8,10 @@
 use super::{Inbound, Stack};
 use crate::config::{service_mac, IPV6_DNS, IPV6_GATEWAY, IPV6_PREFIX};
 use crate::io::HostIo;
+use crate::ip::{
+    FragKey, Fragment, Reassembled, IPV6_FRAGMENT, IPV6_FRAGMENT_HEADER_LEN, IPV6_HEADER_LEN,
+    MAX_IP_LEN,
+};
 use crate::nat::icmp::send_echo_reply;
 use crate::nat::{checksum_caps, Quote, Refusal};
 use core::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -15,8 +19,8 @@ use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
     EthernetAddress, EthernetProtocol, Icmpv6Packet, Icmpv6Repr, IpProtocol, Ipv6Address,
-    Ipv6Packet, Ipv6Repr, NdiscNeighborFlags, NdiscPrefixInfoFlags, NdiscPrefixInformation,
-    NdiscRepr, NdiscRouterFlags, RawHardwareAddress,
+    Ipv6FragmentHeader, Ipv6Packet, Ipv6Repr, NdiscNeighborFlags, NdiscPrefixInfoFlags,
+    NdiscPrefixInformation, NdiscRepr, NdiscRouterFlags, RawHardwareAddress,
 };
 
 /// Link-local addresses of the gateway and the DNS forwarder.
@@ -61,6 +65,12 @@ impl Stack {
         self.tx.learn_guest_mac(src_mac);
         let packet_bytes = &bytes[..ip.buffer_len() + ip.payload_len];
         let payload = packet.payload();
+        if u8::from(ip.next_header) == IPV6_FRAGMENT {
+            if let Some(whole) = self.reassemble_ipv6(now, &ip, payload) {
+                self.handle_ipv6(now, src_mac, &whole, host);
+            }
+            return;
+        }
         match ip.next_header {
             IpProtocol::Icmpv6 => self.handle_icmpv6(now, src_mac, &ip, payload, host),
             IpProtocol::Tcp | IpProtocol::Udp if in_prefix(ip.src_addr) => {
@@ -77,10 +87,72 @@ impl Stack {
                     self.handle_udp(now, &inbound, host);
                 }
             }
-            // Extension headers (MLD reports come with hop-by-hop options), fragments and
+            // Other extension headers (MLD reports come with hop-by-hop options) and
             // link-local TCP/UDP have no use here.
             _ => self.stats.rx_dropped += 1,
         }
+    }
+
+    /// A packet with a Fragment header (right after the fixed header: the guest sends no
+    /// other extension headers with TCP, UDP or echo) into the reassembly; the whole packet,
+    /// the Fragment header removed, once complete.
+    fn reassemble_ipv6(&mut self, now: Instant, ip: &Ipv6Repr, payload: &[u8]) -> Option<Vec<u8>> {
+        if !(in_prefix(ip.src_addr) || is_link_local(ip.src_addr)) {
+            self.stats.rx_dropped += 1;
+            return None;
+        }
+        let (Some(ext), Some(data)) = (
+            payload.get(..IPV6_FRAGMENT_HEADER_LEN),
+            payload.get(IPV6_FRAGMENT_HEADER_LEN..),
+        ) else {
+            self.stats.rx_errors += 1;
+            return None;
+        };
+        let next_header = ext[0];
+        let Ok(header) = Ipv6FragmentHeader::new_checked(&ext[2..]) else {
+            self.stats.rx_errors += 1;
+            return None;
+        };
+        if next_header == IPV6_FRAGMENT {
+            // A fragment inside a fragment has no use, and would nest the parsing.
+            self.stats.rx_dropped += 1;
+            return None;
+        }
+        let fixed = Ipv6Repr {
+            next_header: next_header.into(),
+            payload_len: 0,
+            ..*ip
+        };
+        let mut first = [0u8; IPV6_HEADER_LEN];
+        fixed.emit(&mut Ipv6Packet::new_unchecked(&mut first[..]));
+        let offset = usize::from(header.frag_offset()) * 8;
+        let (header, data) = if offset == 0 && !header.more_frags() {
+            // An atomic fragment (RFC 6946): a whole packet, outside the table.
+            (first.to_vec(), data.to_vec())
+        } else {
+            if offset + data.len() > MAX_IP_LEN {
+                self.stats.rx_errors += 1;
+                return None;
+            }
+            let fragment = Fragment {
+                key: FragKey {
+                    src: IpAddr::V6(ip.src_addr),
+                    dst: IpAddr::V6(ip.dst_addr),
+                    proto: 0,
+                    ident: header.ident(),
+                },
+                offset,
+                more: header.more_frags(),
+                header: &first,
+                data,
+            };
+            let Reassembled { header, data } = self.take_fragment(now, fragment)?;
+            (header, data)
+        };
+        let mut whole = header;
+        whole.extend_from_slice(&data);
+        Ipv6Packet::new_unchecked(&mut whole[..]).set_payload_len(data.len() as u16);
+        Some(whole)
     }
 
     /// Where a guest IPv6 connection goes on the host (see `host_target_v4`).
