@@ -8,7 +8,12 @@ use std::process::{Command, Stdio};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use socket2::SockRef;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use socket2::{Domain, SockRef, Socket, Type};
 
 use crate::helper::{Forward, Options, Running};
 use crate::sys::{self, Proc};
@@ -55,10 +60,13 @@ pub enum Metric {
     Ready,
     IdleRss,
     FlowsRss,
+    FloodBulkShare,
+    FloodApiMax,
+    FloodSynRate,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 10] = [
+    pub const ALL: [Metric; 13] = [
         Metric::GuestToHost1500,
         Metric::GuestToHost65520,
         Metric::HostToGuest1500,
@@ -69,6 +77,9 @@ impl Metric {
         Metric::Ready,
         Metric::IdleRss,
         Metric::FlowsRss,
+        Metric::FloodBulkShare,
+        Metric::FloodApiMax,
+        Metric::FloodSynRate,
     ];
 
     pub fn label(self, settings: &Settings) -> String {
@@ -83,6 +94,11 @@ impl Metric {
             Metric::Ready => "start to ready signal (ms)".into(),
             Metric::IdleRss => "RSS idle (KiB)".into(),
             Metric::FlowsRss => format!("RSS with {} open TCP flows (KiB)", settings.flows),
+            Metric::FloodBulkShare => {
+                "SYN flood to an answering port: bulk guest→host kept (% of unflooded)".into()
+            }
+            Metric::FloodApiMax => "SYN flood: slowest control-socket reply (ms)".into(),
+            Metric::FloodSynRate => "SYN flood: SYNs the guest sent (per s)".into(),
         }
     }
 
@@ -94,6 +110,7 @@ impl Metric {
                 | Metric::HostToGuest1500
                 | Metric::HostToGuest65520
                 | Metric::ConnRate
+                | Metric::FloodBulkShare
         )
     }
 }
@@ -108,14 +125,20 @@ pub enum Direction {
 
 #[derive(Debug, Clone, Copy)]
 pub enum Case {
-    Throughput { direction: Direction, mtu: usize },
+    Throughput {
+        direction: Direction,
+        mtu: usize,
+    },
     Latency,
     ConnRate,
     Memory,
+    /// A SYN flood from the container to an answering host port while a bulk upload runs
+    /// and the control socket is polled (issue #16 §5).
+    SynFlood,
 }
 
 impl Case {
-    pub const ALL: [Case; 7] = [
+    pub const ALL: [Case; 8] = [
         Case::Throughput {
             direction: Direction::GuestToHost,
             mtu: 1500,
@@ -135,6 +158,7 @@ impl Case {
         Case::Latency,
         Case::ConnRate,
         Case::Memory,
+        Case::SynFlood,
     ];
 
     pub fn name(&self) -> String {
@@ -150,6 +174,7 @@ impl Case {
             Case::Latency => "latency".into(),
             Case::ConnRate => "conn-rate".into(),
             Case::Memory => "memory".into(),
+            Case::SynFlood => "syn-flood".into(),
         }
     }
 
@@ -159,10 +184,12 @@ impl Case {
             Case::Throughput { direction, mtu } => Options {
                 mtu,
                 forward: (direction == Direction::HostToGuest).then_some(FORWARD),
+                api: false,
             },
             _ => Options {
                 mtu: DEFAULT_MTU,
                 forward: None,
+                api: matches!(self, Case::SynFlood),
             },
         }
     }
@@ -190,6 +217,7 @@ impl Case {
             }
             Case::ConnRate => vec![(Metric::ConnRate, conn_rate(world, settings)?)],
             Case::Memory => memory(world, helper.pid(), settings.flows)?,
+            Case::SynFlood => syn_flood(world, helper.api_socket.clone(), settings)?,
         };
         // A helper that crashed during the case would make its numbers meaningless.
         helper.check_alive()?;
@@ -471,4 +499,101 @@ fn memory(world: &World, pid: u32, flows: usize) -> Result<Vec<(Metric, f64)>, S
         (Metric::IdleRss, idle as f64),
         (Metric::FlowsRss, with_flows as f64),
     ])
+}
+
+/// Pause between two control-socket requests of the flood case.
+const API_PROBE_INTERVAL: Duration = Duration::from_millis(10);
+
+/// The bulk upload's rate alone, then again while the container floods an answering host
+/// port with SYNs as fast as it can (each connect closed at once, linger 0: one SYN per
+/// socket, the helper's SYN-ACK answered by the guest kernel's RST) and the control socket
+/// is asked `list_hostfwd` every 10 ms. Gives the share of the rate kept, the slowest
+/// control-socket reply, and the SYNs per second the guest got out.
+fn syn_flood(
+    world: &World,
+    api_socket: Option<PathBuf>,
+    settings: &Settings,
+) -> Result<Vec<(Metric, f64)>, String> {
+    let answering = HostServer::start(world, |listener| {
+        while let Some(stream) = accept(&listener) {
+            drop(stream);
+        }
+    })?;
+    let unflooded = iperf3(world, Direction::GuestToHost, settings.iperf_secs)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let target = SocketAddrV4::new(GATEWAY, answering.port);
+    let flood = {
+        let stop = stop.clone();
+        sys::in_netns(world.guest_netns(), "syn flood", move || {
+            flood_until(target, &stop)
+        })
+    };
+    let probe = api_socket.map(|path| {
+        let stop = stop.clone();
+        thread::spawn(move || probe_api(&path, &stop))
+    });
+    let flooded = iperf3(world, Direction::GuestToHost, settings.iperf_secs);
+    stop.store(true, Ordering::SeqCst);
+    let (syns, flood_time) = flood.wait(IO_TIMEOUT * 2)?;
+    let slowest = probe
+        .map(|p| p.join().map_err(|_| "API probe panicked".to_string()))
+        .transpose()?
+        .transpose()?;
+    answering.finish(Duration::ZERO)?;
+    let mut samples = vec![
+        (Metric::FloodBulkShare, flooded? / unflooded * 100.0),
+        (Metric::FloodSynRate, syns as f64 / flood_time.as_secs_f64()),
+    ];
+    if let Some(slowest) = slowest {
+        samples.push((Metric::FloodApiMax, slowest.as_secs_f64() * 1e3));
+    }
+    Ok(samples)
+}
+
+/// Non-blocking connects to `target`, each closed at once, until `stop`; how many and for
+/// how long.
+fn flood_until(target: SocketAddrV4, stop: &AtomicBool) -> Result<(u64, Duration), String> {
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).map_err(|e| e.to_string())?;
+        socket.set_nonblocking(true).map_err(|e| e.to_string())?;
+        socket
+            .set_linger(Some(Duration::ZERO))
+            .map_err(|e| e.to_string())?;
+        match socket.connect(&target.into()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            // The guest's own limits (ports, buffers): the flood goes on.
+            Err(_) => continue,
+        }
+        sent += 1;
+    }
+    Ok((sent, started.elapsed()))
+}
+
+/// Asks `list_hostfwd` every `API_PROBE_INTERVAL` until `stop`; the slowest reply.
+fn probe_api(path: &Path, stop: &AtomicBool) -> Result<Duration, String> {
+    let mut slowest = Duration::ZERO;
+    while !stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        let mut stream = UnixStream::connect(path).map_err(|e| format!("API connect: {e}"))?;
+        stream
+            .set_read_timeout(Some(IO_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        stream
+            .write_all(br#"{"execute":"list_hostfwd"}"#)
+            .and_then(|()| stream.shutdown(std::net::Shutdown::Write))
+            .map_err(|e| format!("API request: {e}"))?;
+        let mut reply = Vec::new();
+        stream
+            .read_to_end(&mut reply)
+            .map_err(|e| format!("API reply: {e}"))?;
+        if !reply.starts_with(b"{") {
+            return Err(format!("API replied {:?}", String::from_utf8_lossy(&reply)));
+        }
+        slowest = slowest.max(started.elapsed());
+        thread::sleep(API_PROBE_INTERVAL);
+    }
+    Ok(slowest)
 }

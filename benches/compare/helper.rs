@@ -48,6 +48,8 @@ pub struct Forward {
 pub struct Options {
     pub mtu: usize,
     pub forward: Option<Forward>,
+    /// Start with a control socket even without a forward (for cases that poll it).
+    pub api: bool,
 }
 
 pub struct Helper {
@@ -62,6 +64,8 @@ pub struct Running {
     /// From spawning the command to the ready signal.
     pub ready: Duration,
     log: PathBuf,
+    /// The control socket, when the helper was started with one.
+    pub api_socket: Option<PathBuf>,
 }
 
 impl Running {
@@ -102,7 +106,7 @@ impl Helper {
                     &format!("--mtu={}", opts.mtu),
                     "--ready-fd=3",
                 ]);
-                if opts.forward.is_some() {
+                if opts.forward.is_some() || opts.api {
                     cmd.arg(format!("--api-socket={}", api_socket.display()));
                 }
                 cmd.args([guest_pid.as_str(), "tap0"]);
@@ -137,10 +141,12 @@ impl Helper {
         let proc = Proc::spawn(&mut cmd).map_err(|e| format!("start {}: {e}", self.kind.name()))?;
         // Our copy must go, or EOF (the helper died) would never show on the read end.
         drop(ready_write);
+        let with_api = self.kind != Kind::Pasta && (opts.forward.is_some() || opts.api);
         let mut running = Running {
             proc,
             ready: Duration::ZERO,
             log,
+            api_socket: with_api.then(|| api_socket.clone()),
         };
         match self.kind {
             Kind::Pasta => await_pid_file(&mut running, &pid_file)?,

@@ -119,6 +119,9 @@ fn short_name(metric: Metric) -> &'static str {
         Metric::Ready => "ready_ms",
         Metric::IdleRss => "idle_KiB",
         Metric::FlowsRss => "flows_KiB",
+        Metric::FloodBulkShare => "bulk_kept_%",
+        Metric::FloodApiMax => "api_max_ms",
+        Metric::FloodSynRate => "syn/s",
     }
 }
 

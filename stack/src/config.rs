@@ -164,6 +164,13 @@ pub struct Limits {
     pub tcp_buffer_budget: usize,
     /// Each-way buffer of a TCP flow opened under memory pressure (its window).
     pub tcp_small_buffer: usize,
+    /// New TCP connections the guest may open per second (a SYN costs a host socket and a
+    /// connect); SYNs beyond it are dropped, the guest's kernel retransmits them a second
+    /// later. A flood then costs a frame's parsing, and the tap's queue stays short for
+    /// the container's other traffic. 0: no limit.
+    pub max_syn_rate: u32,
+    /// SYNs admitted at once above the rate (a burst of connections after a quiet time).
+    pub syn_burst: u32,
     /// smoltcp receive buffer (guest → host direction) per TCP flow; sets the window.
     pub tcp_rx_buffer: usize,
     /// smoltcp send buffer (host → guest direction) per TCP flow.
@@ -191,6 +198,8 @@ impl Default for Limits {
             max_api_clients: 64,
             tcp_buffer_budget: 4 << 30,
             tcp_small_buffer: 64 << 10,
+            max_syn_rate: 10_000,
+            syn_burst: 2_000,
             tcp_rx_buffer: 1 << 20,
             tcp_tx_buffer: 1 << 20,
             max_reassembly_datagrams: 64,

@@ -12,6 +12,7 @@ use crate::ip::{FragKey, Fragment, Reassembled, Reassembler};
 use crate::link::arp::{self, ArpOutcome};
 use crate::link::{Offload, TxQueue};
 use crate::nat::icmp::{send_echo_reply, IcmpFlow};
+use crate::nat::rate::TokenBucket;
 use crate::nat::tcp::{Lifetime, TcpFlow, TcpParams, Verdict};
 use crate::nat::udp::{ReadOutcome, UdpFlow};
 use crate::nat::{refuse, FlowKey, FlowTable, Proto, Quote, Refusal};
@@ -110,6 +111,9 @@ pub struct Stack {
     limit_reports: LimitReports,
     /// The guest's fragmented datagrams being reassembled (both families).
     reassembly: Reassembler,
+    /// Admits the guest's new connections at `max_syn_rate` (a flood of SYNs must not
+    /// cost a host socket each).
+    syn_rate: TokenBucket,
 }
 
 /// What became of a frame handed to the tap by [`Stack::poll_transmit`].
@@ -166,6 +170,7 @@ impl Stack {
             time_wait_flows: 0,
             spare_tcp: Vec::new(),
             limit_reports: LimitReports::default(),
+            syn_rate: TokenBucket::new(limits.max_syn_rate, limits.syn_burst, now),
             dns_upstream: None,
             // Soon after start, when the guest's link is likely up.
             next_router_advert: config.enable_ipv6.then(|| now + Duration::from_secs(1)),
@@ -631,6 +636,11 @@ impl Stack {
                 &inbound.quote,
                 Some(&segment),
             );
+            return;
+        }
+        if !self.syn_rate.take(now) {
+            log::debug!("SYN rate limit reached; dropping the SYN of {key:?}");
+            self.stats.tcp_syn_rate_drops += 1;
             return;
         }
         self.open_tcp(now, key, inbound, &segment, host);

@@ -57,6 +57,8 @@ pub struct Stats {
     pub tcp_user_timeouts: u64,
     /// TCP flows reset after FIN-WAIT-2 without the guest's FIN (`Timeouts::tcp_fin_wait2`).
     pub tcp_fin_wait2_timeouts: u64,
+    /// Guest SYNs of new connections dropped beyond `max_syn_rate`.
+    pub tcp_syn_rate_drops: u64,
 
     /// Guest datagrams reassembled from fragments (IPv4, and IPv6's Fragment header).
     pub ip_frag_reassembled: u64,
@@ -98,10 +100,11 @@ pub enum Limit {
     ApiClients,
     ReassemblyDatagrams,
     ReassemblyBytes,
+    SynRate,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 13] = [
+    pub const ALL: [Limit; 14] = [
         Limit::TcpFlows,
         Limit::TimeWait,
         Limit::HalfOpen,
@@ -115,6 +118,7 @@ impl Limit {
         Limit::ApiClients,
         Limit::ReassemblyDatagrams,
         Limit::ReassemblyBytes,
+        Limit::SynRate,
     ];
 
     /// The `Limits` field's name, as docs/limits.md lists it.
@@ -132,6 +136,7 @@ impl Limit {
             Limit::ApiClients => "max_api_clients",
             Limit::ReassemblyDatagrams => "max_reassembly_datagrams",
             Limit::ReassemblyBytes => "max_reassembly_bytes",
+            Limit::SynRate => "max_syn_rate",
         }
     }
 
@@ -149,6 +154,7 @@ impl Limit {
             Limit::ApiClients => limits.max_api_clients,
             Limit::ReassemblyDatagrams => limits.max_reassembly_datagrams,
             Limit::ReassemblyBytes => limits.max_reassembly_bytes,
+            Limit::SynRate => limits.max_syn_rate as usize,
         }
     }
 
@@ -168,6 +174,7 @@ impl Limit {
             Limit::ReassemblyDatagrams | Limit::ReassemblyBytes => {
                 "the oldest incomplete fragmented datagrams dropped"
             }
+            Limit::SynRate => "new connections' SYNs dropped (the guest retransmits them)",
         }
     }
 
@@ -187,6 +194,7 @@ impl Limit {
             Limit::ApiClients => stats.api_clients_rejected,
             Limit::ReassemblyDatagrams => stats.ip_frag_datagram_evictions,
             Limit::ReassemblyBytes => stats.ip_frag_byte_evictions,
+            Limit::SynRate => stats.tcp_syn_rate_drops,
         }
     }
 }
@@ -293,6 +301,7 @@ mod tests {
                 Limit::ApiClients => probe.api_clients_rejected = 1,
                 Limit::ReassemblyDatagrams => probe.ip_frag_datagram_evictions = 1,
                 Limit::ReassemblyBytes => probe.ip_frag_byte_evictions = 1,
+                Limit::SynRate => probe.tcp_syn_rate_drops = 1,
             }
             let hit: Vec<Limit> = Limit::ALL
                 .into_iter()

@@ -415,3 +415,30 @@ fn a_host_socket_that_cannot_be_opened_is_counted_and_answered() {
     let answer = s.drain();
     assert_eq!(answer.len(), 1, "the SYN is answered: {answer:?}");
 }
+
+mod syn_rate {
+    use super::*;
+
+    /// A burst of SYNs beyond `syn_burst` costs no host connect each: the surplus is
+    /// dropped and counted, and a SYN the guest retransmits a second later is admitted.
+    #[test]
+    fn syns_beyond_the_rate_are_dropped_and_a_retransmission_gets_in() {
+        let mut s = with_limits(|l| {
+            l.max_syn_rate = 100;
+            l.syn_burst = 10;
+        });
+        for port in 0..50u16 {
+            let syn = s.guest.tcp_syn(20_000 + port, remote(80), 1000);
+            s.guest_sends(&syn);
+        }
+        assert_eq!(s.host.connects().len(), 10, "the burst, no more");
+        assert_eq!(s.stats().tcp_syn_rate_drops, 40);
+        assert!(s.drain().is_empty(), "dropped SYNs get no answer");
+
+        s.advance(Duration::from_secs(1));
+        let retransmitted = s.guest.tcp_syn(20_049, remote(80), 1000);
+        s.guest_sends(&retransmitted);
+        assert_eq!(s.host.connects().len(), 11);
+        assert_eq!(s.stats().tcp_syn_rate_drops, 40);
+    }
+}
