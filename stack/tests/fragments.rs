@@ -351,3 +351,39 @@ fn a_reassembled_datagram_to_a_refused_destination_is_refused() {
         other => panic!("{other:?}"),
     }
 }
+
+/// IPv6: an overlap drops the datagram; an atomic fragment (offset 0, no more: RFC 6946)
+/// is a whole packet; an incomplete datagram times out.
+#[test]
+fn ipv6_overlap_atomic_fragment_and_timeout() {
+    use rslirp_stack::testing::fragments::ipv6_piece;
+    let mut s = with_ipv6();
+    let guest = s.guest;
+    let data = pattern(3000, 14);
+    let frame = guest.udp6(40000, SocketAddrV6::new(GATEWAY6, 7, 0, 0), &data);
+    assert_eq!(payload_len(&frame), 3008);
+    s.guest_sends(&ipv6_piece(&frame, 0, 1448, true, 1));
+    s.guest_sends(&ipv6_piece(&frame, 1440, 1448, true, 1));
+    s.guest_sends(&ipv6_piece(&frame, 1448, 1560, false, 1));
+    assert!(s.host.udp_opens().is_empty());
+    assert_eq!(s.stats().ip_frag_overlaps, 1);
+
+    let small = guest.udp6(40001, SocketAddrV6::new(GATEWAY6, 7, 0, 0), b"atomic");
+    s.guest_sends(&ipv6_piece(&small, 0, payload_len(&small), false, 2));
+    let (flow, _) = s.host.udp_opens()[0];
+    assert_eq!(s.host.udp_sent(flow), vec![b"atomic".to_vec()]);
+
+    s.guest_sends(&ipv6_piece(&frame, 0, 1448, true, 3));
+    assert_eq!(
+        s.stats().ip_frag_pending,
+        2,
+        "the dropped one keeps its slot"
+    );
+    s.advance(Duration::from_secs(30));
+    let stats = s.stats();
+    assert_eq!((stats.ip_frag_pending, stats.ip_frag_bytes), (0, 0));
+    assert_eq!(
+        stats.ip_frag_timeouts, 1,
+        "the overlapped one is not counted again"
+    );
+}

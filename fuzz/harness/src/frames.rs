@@ -19,8 +19,8 @@ use rslirp_stack::testing::SocketState;
 use rslirp_stack::{Config, Duration, Limits, VirtualNetwork};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    DhcpMessageType, EthernetAddress, Icmpv6Repr, IpAddress, IpProtocol, TcpControl, TcpPacket,
-    TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
+    DhcpMessageType, EthernetAddress, Icmpv6Repr, IpAddress, IpProtocol, Ipv4Packet, TcpControl,
+    TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr, ETHERNET_HEADER_LEN,
 };
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 
@@ -479,22 +479,31 @@ impl Fuzz {
             Op::Fragment => {
                 let (src, dst) = self.addresses(input);
                 let ident = input.u32();
-                let offset = usize::from(input.u16() & 0x1fff) * 8;
+                let offset = input.u16() & 0x1fff;
                 let more = input.bool();
                 let protocol = IpProtocol::from(input.byte());
                 let data = input.bytes();
-                // A packet whose payload is `offset` bytes of zeros and then the data, cut to
-                // just that piece.
-                let frame = self.raw_ip(src, dst, protocol, offset + data.len(), |buf| {
-                    buf[offset..].copy_from_slice(data)
+                // A packet of just the data, cut to one fragment at offset 0, then moved to
+                // `offset` (any, even past 65,535 bytes in all: the stack must refuse those).
+                let frame = self.raw_ip(src, dst, protocol, data.len(), |buf| {
+                    buf.copy_from_slice(data)
                 });
                 let Some(frame) = frame else {
                     return;
                 };
                 let piece = if src.is_ipv4() {
-                    ipv4_piece(&frame, offset, data.len(), more, ident as u16)
+                    let mut piece = ipv4_piece(&frame, 0, data.len(), more, ident as u16);
+                    let mut ip = Ipv4Packet::new_unchecked(&mut piece[ETHERNET_HEADER_LEN..]);
+                    ip.set_frag_offset(offset * 8);
+                    ip.fill_checksum();
+                    piece
                 } else {
-                    ipv6_piece(&frame, offset, data.len(), more, ident)
+                    let mut piece = ipv6_piece(&frame, 0, data.len(), more, ident);
+                    // The offset field of the Fragment header after the fixed header.
+                    let at = ETHERNET_HEADER_LEN + 40 + 2;
+                    let field = offset << 3 | u16::from(more);
+                    piece[at..at + 2].copy_from_slice(&field.to_be_bytes());
+                    piece
                 };
                 self.sim.guest_sends(&piece);
             }
@@ -512,6 +521,10 @@ impl Fuzz {
         let chunk = (usize::from(input.byte()) + 1) * 8;
         let plan = input.byte();
         let payload = input.bytes();
+        if payload.len() > 65_000 {
+            // Not a datagram IP can carry whole (the frame builders assume it is).
+            return;
+        }
         let frame = if echo {
             match (src, dst) {
                 (IpAddr::V4(src), IpAddr::V4(dst)) => Guest {

@@ -349,6 +349,58 @@ mod tests {
     }
 
     #[test]
+    fn push_ip_fragments_above_the_mtu_all_or_none() {
+        let mac = EthernetAddress([0x52, 0x55, 10, 0, 2, 2]);
+        let mut q = TxQueue::new(4, 1 << 20, mac);
+        q.set_ip_mtu(1500, 7);
+        let ipv4 = |buf: &mut [u8]| {
+            // A header fragmentation copies: version 4, IHL 5.
+            buf[0] = 0x45;
+        };
+        assert_eq!(
+            q.push_ip(EthernetProtocol::Ipv4, 1500, ipv4),
+            IpPush::Queued
+        );
+        // 8,028 bytes of IPv4: 8,008 of payload in six fragments, beyond the 4-frame
+        // bound (one datagram may exceed it) since the queue had room.
+        assert_eq!(
+            q.push_ip(EthernetProtocol::Ipv4, 8028, ipv4),
+            IpPush::Fragmented
+        );
+        assert_eq!(q.len(), 7);
+        let mut sizes = Vec::new();
+        q.drain(|frame, _| {
+            sizes.push(frame.len() - ETHERNET_HEADER_LEN);
+            true
+        });
+        assert_eq!(sizes, vec![1500, 1500, 1500, 1500, 1500, 1500, 20 + 608]);
+        // A full queue takes no fragment at all, and never calls `fill`.
+        for _ in 0..4 {
+            assert_eq!(
+                q.push_ip(EthernetProtocol::Ipv6, 100, |_| {}),
+                IpPush::Queued
+            );
+        }
+        let full = q.push_ip(EthernetProtocol::Ipv6, 3000, |_| panic!("filled"));
+        assert_eq!(full, IpPush::Full);
+        assert_eq!(q.len(), 4);
+        // Larger than IP allows, or an MTU with no room for 8 bytes of data: too big.
+        q.drain(|_, _| true);
+        let huge = q.push_ip(EthernetProtocol::Ipv4, 65_536, |_| panic!("filled"));
+        assert_eq!(huge, IpPush::TooBig);
+        assert_eq!(
+            q.push_ip(EthernetProtocol::Ipv6, 40 + 65_536, |_| panic!("filled")),
+            IpPush::TooBig
+        );
+        q.set_ip_mtu(50, 0);
+        assert_eq!(
+            q.push_ip(EthernetProtocol::Ipv6, 100, |_| panic!("filled")),
+            IpPush::TooBig
+        );
+        assert!(q.is_empty());
+    }
+
+    #[test]
     fn bounded_in_bytes_too() {
         let mut q = TxQueue::new(100, 3000, EthernetAddress([0x52, 0x55, 10, 0, 2, 2]));
         assert!(q.push(EthernetProtocol::Ipv4, 1500, |_| {}));
