@@ -270,7 +270,9 @@ pub unsafe fn adopt_tap_fd(raw: RawFd, offload: bool) -> Result<Tap, SetupError>
             "{name} is a tun device (IFF_TUN, IP packets); rslirp needs a tap (IFF_TAP)"
         )));
     }
-    if tun_flags & libc::IFF_NO_PI == 0 {
+    let no_pi = without_packet_information(&fd, tun_flags)
+        .map_err(|errno| refuse(format!("{name}: asking for IFF_NO_PI: {}", errno.desc())))?;
+    if !no_pi {
         return Err(refuse(format!(
             "{name} was opened without IFF_NO_PI; rslirp needs frames without packet information"
         )));
@@ -297,6 +299,54 @@ pub unsafe fn adopt_tap_fd(raw: RawFd, offload: bool) -> Result<Tap, SetupError>
         offload: offloads_on,
         kind,
     })
+}
+
+/// Whether the tap's frames come without the 4-byte packet information (IFF_NO_PI).
+/// TUNGETIFF answers in one bit for two things: the device's IFF_NO_PI (0x1000), ORed with
+/// IFF_NOFILTER (0x1000 too) when this fd has no socket filter. A clear bit is a sure "with
+/// packet information"; a set bit only counts while a filter is attached. So, if no filter
+/// was ever attached to the tap (TUNGETFILTER reports an empty program), we attach an
+/// accept-all filter (no effect on traffic), ask again, and detach it. If the caller did
+/// attach one, we leave it alone and take the set bit as IFF_NO_PI (slirp4netns assumes it
+/// in every case).
+fn without_packet_information(tap: &OwnedFd, tun_flags: i32) -> Result<bool, Errno> {
+    if tun_flags & libc::IFF_NO_PI == 0 {
+        return Ok(false);
+    }
+    let mut current = libc::sock_fprog {
+        len: 0,
+        filter: std::ptr::null_mut(),
+    };
+    // SAFETY: TUNGETFILTER writes one sock_fprog (a length and a pointer value, which we
+    // never follow) to the valid, writable struct we pass.
+    unsafe { ioctl::tungetfilter(tap.as_raw_fd(), &mut current) }?;
+    if current.len != 0 {
+        log::debug!("the tap has a socket filter of the caller's: IFF_NO_PI taken as set");
+        return Ok(true);
+    }
+    let mut accept_all = [libc::sock_filter {
+        code: (libc::BPF_RET | libc::BPF_K) as u16,
+        jt: 0,
+        jf: 0,
+        k: u32::MAX,
+    }];
+    let program = libc::sock_fprog {
+        len: 1,
+        filter: accept_all.as_mut_ptr(),
+    };
+    // SAFETY: TUNATTACHFILTER copies the sock_fprog and the one instruction it points to
+    // (both live across the call) into the kernel.
+    unsafe { ioctl::tunattachfilter(tap.as_raw_fd(), &program) }?;
+    let mut ifr = zeroed_ifreq();
+    // SAFETY: `ifr` is a valid, writable ifreq for the call; TUNGETIFF fills it in.
+    let answer = unsafe { ioctl::tungetiff(tap.as_raw_fd(), &mut ifr) };
+    // SAFETY: TUNDETACHFILTER reads nothing through its argument; it gets a valid pointer.
+    let detached = unsafe { ioctl::tundetachfilter(tap.as_raw_fd(), &program) };
+    answer?;
+    detached?;
+    // SAFETY: TUNGETIFF filled in `ifru_flags`; any c_short is a valid value.
+    let flags = i32::from(unsafe { ifr.ifr_ifru.ifru_flags }) & 0xffff;
+    Ok(flags & libc::IFF_NO_PI != 0)
 }
 
 /// A socket that keeps message boundaries, so that one message can be one frame.
@@ -371,6 +421,9 @@ pub fn tap_mac(fd: BorrowedFd) -> Result<[u8; 6], SetupError> {
 mod ioctl {
     nix::ioctl_readwrite_bad!(tunsetiff, libc::TUNSETIFF, libc::ifreq);
     nix::ioctl_readwrite_bad!(tungetiff, libc::TUNGETIFF, libc::ifreq);
+    nix::ioctl_write_ptr_bad!(tunattachfilter, libc::TUNATTACHFILTER, libc::sock_fprog);
+    nix::ioctl_write_ptr_bad!(tundetachfilter, libc::TUNDETACHFILTER, libc::sock_fprog);
+    nix::ioctl_read_bad!(tungetfilter, libc::TUNGETFILTER, libc::sock_fprog);
     nix::ioctl_readwrite_bad!(siocgifflags, libc::SIOCGIFFLAGS, libc::ifreq);
     nix::ioctl_readwrite_bad!(siocsifflags, libc::SIOCSIFFLAGS, libc::ifreq);
     nix::ioctl_readwrite_bad!(siocsifhwaddr, libc::SIOCSIFHWADDR, libc::ifreq);
