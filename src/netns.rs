@@ -1283,6 +1283,66 @@ mod tests {
         );
     }
 
+    /// `adopt_tap_fd` on an fd we just made and hand over whole.
+    fn adopt(fd: OwnedFd) -> Result<Tap, SetupError> {
+        use std::os::fd::IntoRawFd;
+        // SAFETY: `into_raw_fd` gives up our ownership; adopt_tap_fd takes it over.
+        unsafe { adopt_tap_fd(fd.into_raw_fd(), true) }
+    }
+
+    #[test]
+    fn tapfd_may_be_a_seqpacket_or_datagram_socket() {
+        for kind in [SockType::SeqPacket, SockType::Datagram] {
+            let (ours, theirs) =
+                socketpair(AddressFamily::Unix, kind, None, SockFlag::empty()).unwrap();
+            let tap = adopt(ours).unwrap();
+            assert_eq!(tap.kind, LinkKind::Socket);
+            assert!(!tap.vnet_hdr && !tap.offload);
+            let flags = OFlag::from_bits_retain(fcntl(&tap.fd, FcntlArg::F_GETFL).unwrap());
+            assert!(flags.contains(OFlag::O_NONBLOCK));
+            let fd_flags = fcntl(&tap.fd, FcntlArg::F_GETFD).unwrap();
+            assert!(nix::fcntl::FdFlag::from_bits_retain(fd_flags)
+                .contains(nix::fcntl::FdFlag::FD_CLOEXEC));
+            drop(theirs);
+        }
+    }
+
+    #[test]
+    fn tapfd_without_frames_is_refused() {
+        let (ours, _theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::Stream,
+            None,
+            SockFlag::empty(),
+        )
+        .unwrap();
+        let raw = ours.as_raw_fd();
+        let err = adopt(ours).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "TAPFD {raw}: a socket of type Stream; frames need message boundaries (a \
+                 datagram or seqpacket socket)"
+            )
+        );
+        let null = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        let raw = null.as_raw_fd();
+        assert_eq!(
+            adopt(null).unwrap_err().to_string(),
+            format!("TAPFD {raw}: neither a tap device nor a socket")
+        );
+        // A number no process has open (far above any fd limit), so no other test's fd.
+        // SAFETY: not open, so nothing owns it; adopt_tap_fd only looks it up.
+        let err = unsafe { adopt_tap_fd(i32::MAX, true) }.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "TAPFD {}: not an open file descriptor (Bad file number)",
+                i32::MAX
+            )
+        );
+    }
+
     #[test]
     fn oversized_mtu_is_a_config_error() {
         let err = PreparedConfig::new(&TapConfig {
