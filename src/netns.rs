@@ -6,6 +6,9 @@
 //! opens or creates the tap there, optionally configures it, and passes the tap fd back over a
 //! socketpair with `SCM_RIGHTS`. The parent never changes namespace.
 //!
+//! With `--netns-type=tapfd` none of that happens: the caller did it and passes the tap fd
+//! down; [`adopt_tap_fd`] only asks the fd what it is.
+//!
 //! The child reports failure as a step code plus an errno rather than as text: the parent
 //! knows the paths, names and addresses involved and builds the typed [`SetupError`] itself.
 //!
