@@ -229,7 +229,9 @@ fn read_available(client: &mut Client) -> io::Result<bool> {
     }
 }
 
-fn remove_stale_socket(path: &Path) -> io::Result<()> {
+/// Makes room for a new socket at `path`: a socket file there is removed, anything else
+/// is an error (a mistyped path must not delete a file).
+pub(crate) fn remove_stale_socket(path: &Path) -> io::Result<()> {
     use std::os::unix::fs::FileTypeExt;
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path),

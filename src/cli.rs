@@ -27,6 +27,8 @@ use std::path::{Path, PathBuf};
 use rslirp_stack::VirtualNetwork;
 
 /// What the command line asks for.
+// One value per process: its size does not matter, and boxing would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Command {
     /// Set up the network and run.
@@ -59,6 +61,27 @@ impl NetnsType {
     }
 }
 
+/// What rslirp serves (`--target-type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetType {
+    /// A tap in a network namespace (or an inherited tap fd): the default.
+    Netns,
+    /// A BESS peer (User Mode Linux's `vec0:transport=bess`): rslirp listens on a
+    /// SOCK_SEQPACKET Unix socket, accepts one peer and carries one Ethernet frame per
+    /// message.
+    Bess,
+}
+
+impl TargetType {
+    /// The `--target-type` value, as in [`TARGET_TYPES`].
+    pub fn name(&self) -> &'static str {
+        match self {
+            TargetType::Netns => "netns",
+            TargetType::Bess => "bess",
+        }
+    }
+}
+
 /// A validated command line for [`Command::Run`].
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -77,12 +100,19 @@ pub struct Options {
     /// `--cidr`, default 10.0.2.0/24.
     pub network: VirtualNetwork,
     pub disable_host_loopback: bool,
+    pub target_type: TargetType,
+    /// Meaningful with [`TargetType::Netns`] only (`--netns-type` conflicts with bess).
     pub netns_type: NetnsType,
-    /// The `PID|PATH|FD` operand as given.
+    /// The `PID|PATH|FD` operand (the socket path with bess) as given.
     pub target: String,
     /// The operand parsed as a process id, for [`NetnsType::Pid`] only.
     pub pid: Option<i32>,
-    /// The `TAPNAME` operand, `tap0` when absent.
+    /// The operand parsed as an fd, for [`NetnsType::TapFd`] only.
+    pub tap_fd: Option<i32>,
+    /// The socket to listen on, for [`TargetType::Bess`] only.
+    pub bess_socket: Option<PathBuf>,
+    /// The `TAPNAME` operand: `tap0` when absent with `pid` and `path`; with `tapfd` as
+    /// given or empty (unused: the fd's own name comes from TUNGETIFF); empty with bess.
     pub tap_name: String,
     pub userns_path: Option<PathBuf>,
     pub enable_sandbox: bool,
@@ -221,7 +251,7 @@ const NETNS_TYPES: &[ValueSpec] = &[
     },
     ValueSpec {
         name: "tapfd",
-        supported: false,
+        supported: true,
         default: false,
     },
 ];
@@ -234,7 +264,7 @@ const TARGET_TYPES: &[ValueSpec] = &[
     },
     ValueSpec {
         name: "bess",
-        supported: false,
+        supported: true,
         default: false,
     },
 ];
@@ -792,26 +822,44 @@ impl Collected {
                 "--macaddr cannot be specified when --configure or -c is not specified",
             ));
         }
-        check_target_type(self.target_type.as_deref())?;
-        let netns_type = parse_netns_type(self.netns_type.as_deref())?;
-
-        let mut operands = self.operands.into_iter();
-        let target = operands
-            .next()
-            .ok_or_else(|| CliError::with_usage(format!("{argv0}: missing PID|PATH|FD operand")))?;
-        let tap_name = operands.next();
-        if operands.next().is_some() {
-            return Err(CliError::plain("too many arguments"));
-        }
-        let (target, pid) = check_target(&netns_type, target)?;
-        let tap_name = match tap_name {
-            None => DEFAULT_TAP_NAME.to_string(),
-            Some(name) => name.into_string().map_err(|name| {
-                CliError::plain(format!(
-                    "TAPNAME must be valid UTF-8: {}",
-                    name.to_string_lossy()
-                ))
-            })?,
+        let target_type = parse_target_type(self.target_type.as_deref())?;
+        let (netns_type, target, pid, tap_fd, bess_socket, tap_name) = match target_type {
+            TargetType::Bess => {
+                let path = self.check_bess(argv0)?;
+                let target = path.to_string_lossy().into_owned();
+                (
+                    NetnsType::Pid,
+                    target,
+                    None,
+                    None,
+                    Some(path),
+                    String::new(),
+                )
+            }
+            TargetType::Netns => {
+                let netns_type = parse_netns_type(self.netns_type.as_deref())?;
+                let mut operands = self.operands.into_iter();
+                let target = operands.next().ok_or_else(|| {
+                    CliError::with_usage(format!("{argv0}: missing PID|PATH|FD operand"))
+                })?;
+                let tap_name = operands.next();
+                if operands.next().is_some() {
+                    return Err(CliError::plain("too many arguments"));
+                }
+                let (target, pid, tap_fd) = check_target(&netns_type, target)?;
+                let tap_name = match tap_name {
+                    // With tapfd the fd names its own interface; TAPNAME is optional.
+                    None if netns_type == NetnsType::TapFd => String::new(),
+                    None => DEFAULT_TAP_NAME.to_string(),
+                    Some(name) => name.into_string().map_err(|name| {
+                        CliError::plain(format!(
+                            "TAPNAME must be valid UTF-8: {}",
+                            name.to_string_lossy()
+                        ))
+                    })?,
+                };
+                (netns_type, target, pid, tap_fd, None, tap_name)
+            }
         };
 
         let network = match &self.cidr {
@@ -837,6 +885,14 @@ impl Collected {
         if self.pcap_size.is_some() && self.pcap.is_none() {
             return Err(CliError::plain("--pcap-size needs --pcap FILE"));
         }
+        // The inherited fds are ours to own and close; one fd cannot be two of them.
+        if let Some(fd) = tap_fd {
+            if self.ready_fd == Some(fd) || self.exit_fd == Some(fd) {
+                return Err(CliError::plain(format!(
+                    "TAPFD {fd} is also the ready-fd or the exit-fd"
+                )));
+            }
+        }
 
         // Everything is valid; now refuse what we cannot do yet.
         if let Some(spec) = self.first_unsupported {
@@ -859,9 +915,12 @@ impl Collected {
             api_socket: self.api_socket,
             network,
             disable_host_loopback: self.disable_host_loopback,
+            target_type,
             netns_type,
             target,
             pid,
+            tap_fd,
+            bess_socket,
             tap_name,
             userns_path: self.userns_path,
             enable_sandbox: self.enable_sandbox,
@@ -876,22 +935,61 @@ impl Collected {
     }
 }
 
+impl Collected {
+    /// `--target-type=bess`: one operand, the socket path, and none of the options that
+    /// only make sense with a namespace; the reference's checks, texts and order.
+    fn check_bess(&self, argv0: &str) -> Result<PathBuf, CliError> {
+        let path = match self.operands.as_slice() {
+            [] => {
+                return Err(CliError::with_usage(format!(
+                    "{argv0}: missing PATH operand"
+                )))
+            }
+            [path] => PathBuf::from(path),
+            _ => return Err(CliError::with_usage("too many arguments")),
+        };
+        if self.configure {
+            return Err(CliError::with_usage(
+                "--configure conflicts with --target-type=bess",
+            ));
+        }
+        if self.netns_type.is_some() {
+            return Err(CliError::with_usage(
+                "--netns-type conflicts with --target-type=bess",
+            ));
+        }
+        if self.userns_path.is_some() {
+            return Err(CliError::with_usage(
+                "--userns-path conflicts with --target-type=bess",
+            ));
+        }
+        // The reference finds this only when it binds (in its child, without the usage).
+        if path.as_os_str().len() >= SUN_PATH_MAX {
+            return Err(CliError::plain(format!(
+                "the specified BESS socket path is too long (>= {SUN_PATH_MAX})"
+            )));
+        }
+        Ok(path)
+    }
+}
+
 fn not_supported(what: &str) -> CliError {
     CliError::plain(format!("{what} is not supported yet"))
 }
 
-/// `netns` is the default and the only mode we run; `bess` changes what the operands mean
-/// (one socket path, no namespace), so it is refused here, before the operands are read.
-fn check_target_type(value: Option<&OsStr>) -> Result<(), CliError> {
+/// `--target-type`: `netns` (the default) or `bess`, which changes what the operands mean
+/// (one socket path, no namespace).
+fn parse_target_type(value: Option<&OsStr>) -> Result<TargetType, CliError> {
     let Some(value) = value else {
-        return Ok(());
+        return Ok(TargetType::Netns);
     };
     match TARGET_TYPES.iter().find(|v| value == OsStr::new(v.name)) {
         None => Err(CliError::with_usage(
             "--target-type must be either \"netns\" or \"bess\"",
         )),
         Some(v) if !v.supported => Err(not_supported(&format!("--target-type={}", v.name))),
-        Some(_) => Ok(()),
+        Some(v) if v.name == "bess" => Ok(TargetType::Bess),
+        Some(_) => Ok(TargetType::Netns),
     }
 }
 
@@ -911,11 +1009,11 @@ fn parse_netns_type(value: Option<&OsStr>) -> Result<NetnsType, CliError> {
 }
 
 /// Validate the `PID|PATH|FD` operand for its `--netns-type`; returns it as text and, for
-/// a pid, parsed.
+/// a pid or an fd, parsed.
 fn check_target(
     netns_type: &NetnsType,
     target: OsString,
-) -> Result<(String, Option<i32>), CliError> {
+) -> Result<(String, Option<i32>, Option<i32>), CliError> {
     match netns_type {
         NetnsType::Pid => {
             let pid = target
@@ -924,7 +1022,7 @@ fn check_target(
                 .and_then(|n| i32::try_from(n).ok())
                 .filter(|&n| n > 0)
                 .ok_or_else(|| CliError::with_usage("PID must be a positive integer"))?;
-            Ok((target.to_string_lossy().into_owned(), Some(pid)))
+            Ok((target.to_string_lossy().into_owned(), Some(pid), None))
         }
         NetnsType::Path => {
             // The reference's access(F_OK) check and perror() text.
@@ -940,12 +1038,13 @@ fn check_target(
                     path.to_string_lossy()
                 ))
             })?;
-            Ok((target, None))
+            Ok((target, None, None))
         }
         NetnsType::TapFd => {
-            parse_fd(&target)
-                .ok_or_else(|| CliError::with_usage("FD must be a non-negative integer"))?;
-            Ok((target.to_string_lossy().into_owned(), None))
+            // The reference's text, its missing "be" included: scripts match it.
+            let fd = parse_fd(&target)
+                .ok_or_else(|| CliError::with_usage("TAPFD must a file descriptor"))?;
+            Ok((target.to_string_lossy().into_owned(), None, Some(fd)))
         }
     }
 }
@@ -1464,13 +1563,49 @@ mod tests {
             error_with_usage(&["--netns-type=foo", "1"]),
             "--netns-type must be either \"pid\", \"path\" or \"tapfd\""
         );
+    }
+
+    #[test]
+    fn netns_type_tapfd() {
+        let o = run(&["--netns-type=tapfd", "3"]);
+        assert_eq!(o.netns_type, NetnsType::TapFd);
+        assert_eq!((o.tap_fd, o.pid, o.target.as_str()), (Some(3), None, "3"));
+        assert_eq!(o.target_type, TargetType::Netns);
+        // TAPNAME is optional: the fd knows its interface.
+        assert_eq!(o.tap_name, "");
         assert_eq!(
-            error_without_usage(&["--netns-type=tapfd", "3"]),
-            "--netns-type=tapfd is not supported yet"
+            run(&["--netns-type", "tapfd", "0", "tap1"]).tap_name,
+            "tap1"
+        );
+        assert_eq!(run(&["--netns-type=tapfd", " 7"]).tap_fd, Some(7));
+        // Accepted as by the reference, which then ignores it (no namespace to configure).
+        assert!(run(&["--netns-type=tapfd", "-c", "3"]).configure);
+        for bad in ["foo", "2x", "", "99999999999"] {
+            assert_eq!(
+                error_with_usage(&["--netns-type=tapfd", bad]),
+                "TAPFD must a file descriptor",
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            error_with_usage(&["--netns-type=tapfd", "--", "-1"]),
+            "TAPFD must a file descriptor"
         );
         assert_eq!(
-            error_with_usage(&["--netns-type=tapfd", "x"]),
-            "FD must be a non-negative integer"
+            error_with_usage(&["--netns-type=tapfd"]),
+            "rslirp: missing PID|PATH|FD operand"
+        );
+        assert_eq!(
+            error_without_usage(&["--netns-type=tapfd", "3", "tap0", "extra"]),
+            "too many arguments"
+        );
+        assert_eq!(
+            error_without_usage(&["--netns-type=tapfd", "-r", "3", "3"]),
+            "TAPFD 3 is also the ready-fd or the exit-fd"
+        );
+        assert_eq!(
+            error_without_usage(&["--netns-type=tapfd", "-e4", "4"]),
+            "TAPFD 4 is also the ready-fd or the exit-fd"
         );
     }
 
@@ -1521,10 +1656,95 @@ mod tests {
             error_with_usage(&["--target-type=foo", "1"]),
             "--target-type must be either \"netns\" or \"bess\""
         );
-        // Refused before the operands, whose meaning bess would change.
+        let o = run(&["--target-type=netns", "1"]);
+        assert_eq!((o.target_type, o.bess_socket), (TargetType::Netns, None));
+    }
+
+    #[test]
+    fn target_type_bess() {
+        let o = run(&[
+            "--target-type=bess",
+            "/run/bess.sock",
+            "-r",
+            "3",
+            "-a",
+            "/tmp/a",
+        ]);
+        assert_eq!(o.target_type, TargetType::Bess);
+        assert_eq!(o.bess_socket, Some(PathBuf::from("/run/bess.sock")));
         assert_eq!(
-            error_without_usage(&["--target-type=bess", "/run/bess.sock"]),
-            "--target-type=bess is not supported yet"
+            (o.target.as_str(), o.pid, o.tap_fd),
+            ("/run/bess.sock", None, None)
+        );
+        assert_eq!(o.tap_name, "");
+        assert_eq!(o.ready_fd, Some(3));
+        // A bare number is a path here, not a pid.
+        assert_eq!(
+            run(&["--target-type", "bess", "42"]).bess_socket,
+            Some("42".into())
+        );
+        assert_eq!(
+            error_with_usage(&["--target-type=bess"]),
+            "rslirp: missing PATH operand"
+        );
+        assert_eq!(
+            error_with_usage(&["--target-type=bess", "a", "b"]),
+            "too many arguments"
+        );
+        assert_eq!(
+            error_with_usage(&["--target-type=bess", "-c", "x"]),
+            "--configure conflicts with --target-type=bess"
+        );
+        // Any --netns-type, even the default and even an unknown one, conflicts.
+        for netns_type in ["pid", "path", "tapfd", "foo"] {
+            assert_eq!(
+                error_with_usage(&["--target-type=bess", "--netns-type", netns_type, "x"]),
+                "--netns-type conflicts with --target-type=bess"
+            );
+        }
+        let userns = existing_path();
+        assert_eq!(
+            error_with_usage(&["--target-type=bess", "--userns-path", &userns, "x"]),
+            "--userns-path conflicts with --target-type=bess"
+        );
+        let long = format!("/tmp/{}", "b".repeat(SUN_PATH_MAX - 5));
+        assert_eq!(
+            error_without_usage(&["--target-type=bess", &long]),
+            "the specified BESS socket path is too long (>= 108)"
+        );
+        let fits = format!("/tmp/{}", "b".repeat(SUN_PATH_MAX - 6));
+        assert_eq!(
+            run(&["--target-type=bess", &fits]).bess_socket,
+            Some(PathBuf::from(fits))
+        );
+    }
+
+    #[test]
+    fn bess_checks_come_in_the_reference_order() {
+        // The operand count first, then -c, then --netns-type, then --userns-path.
+        assert_eq!(
+            error_with_usage(&["--target-type=bess", "-c", "--netns-type=pid"]),
+            "rslirp: missing PATH operand"
+        );
+        assert_eq!(
+            error_with_usage(&["--target-type=bess", "-c", "--netns-type=pid", "x"]),
+            "--configure conflicts with --target-type=bess"
+        );
+        let userns = existing_path();
+        assert_eq!(
+            error_with_usage(&[
+                "--target-type=bess",
+                "--userns-path",
+                &userns,
+                "--netns-type=pid",
+                "x"
+            ]),
+            "--netns-type conflicts with --target-type=bess"
+        );
+        // --macaddress without -c is checked before the target type.
+        assert_eq!(
+            error_with_usage(&["--target-type=bess", "--macaddress=52:54:00:12:34:56", "x"]),
+            "--macaddr cannot be specified when --configure or -c is not specified"
         );
     }
 
@@ -1695,7 +1915,11 @@ mod tests {
             Some("Usage: rslirp [OPTION]... PID|PATH|FD [TAPNAME]")
         );
         assert!(text.contains(
-            "--netns-type=TYPE        specify network namespace type ([path|pid], default=pid)\n"
+            "--netns-type=TYPE        specify network namespace type ([path|pid|tapfd], \
+             default=pid)\n"
+        ));
+        assert!(text.contains(
+            "--target-type=TYPE       specify the target type ([netns|bess], default=netns)\n"
         ));
         assert!(text.contains("-m, --mtu=MTU            specify MTU (default=1500, max=65521)\n"));
         assert!(text.contains(&format!("(default={})", VirtualNetwork::DEFAULT)));
@@ -1717,6 +1941,7 @@ mod tests {
             "--outbound-addr6=IPv6 ",
             "--disable-dns ",
             "--macaddress=MAC ",
+            "--target-type=TYPE ",
             "--pcap=FILE ",
             "--pcap-size=BYTES ",
             "-h, --help ",
@@ -1732,13 +1957,7 @@ mod tests {
             assert_eq!(line.as_bytes().get(23..25), Some(&b"  "[..]), "{line:?}");
             assert_ne!(line.as_bytes().get(25), Some(&b' '), "{line:?}");
         }
-        for unsupported in [
-            "--target-type",
-            "tapfd",
-            "bess",
-            "--no-host-loopback",
-            "--create-sandbox",
-        ] {
+        for unsupported in ["--no-host-loopback", "--create-sandbox"] {
             assert!(!text.contains(unsupported), "--help mentions {unsupported}");
         }
     }

@@ -17,7 +17,7 @@
 
 use crate::api_socket::{self, ApiServer};
 use crate::host::{token_flow, token_forward, RealHost};
-use crate::netns::VNET_HDR_LEN;
+use crate::netns::{LinkKind, VNET_HDR_LEN};
 use crate::pcap::PcapWriter;
 use crate::resolv::ResolvWatch;
 use mio::unix::SourceFd;
@@ -149,7 +149,9 @@ impl Default for Clock {
 
 /// The fds the loop waits on besides host sockets. `tap` and `exit_fd` must be non-blocking.
 pub struct Sources {
+    /// The tap, or the socket that stands in for it (see `link`).
     pub tap: OwnedFd,
+    pub link: LinkKind,
     /// Frames on the tap carry a virtio-net header (the tap was opened with IFF_VNET_HDR).
     pub vnet_hdr: bool,
     pub signals: SignalFd,
@@ -206,6 +208,10 @@ pub struct EventLoop {
     poll: Poll,
     clock: Clock,
     tap: OwnedFd,
+    link: LinkKind,
+    /// The socket peer went away (`link_lost`): nothing is read any more, and every frame
+    /// for the guest is dropped.
+    link_lost: bool,
     vnet_hdr: bool,
     signals: SignalFd,
     exit_fd: Option<OwnedFd>,
@@ -234,6 +240,7 @@ impl EventLoop {
     ) -> std::io::Result<EventLoop> {
         let Sources {
             tap,
+            link,
             vnet_hdr,
             signals,
             exit_fd,
@@ -270,6 +277,8 @@ impl EventLoop {
             poll,
             clock,
             tap,
+            link,
+            link_lost: false,
             vnet_hdr,
             signals,
             exit_fd,
@@ -338,7 +347,7 @@ impl EventLoop {
                         }
                     }
                     EXIT_FD => {
-                        if self.exit_fd_closed() {
+                        if self.exit_fd.as_ref().is_some_and(exit_fd_closed) {
                             return Ok(Exit::ExitFd);
                         }
                     }
@@ -434,7 +443,12 @@ impl EventLoop {
     fn read_tap(&mut self, now: Instant) -> Result<(), LoopError> {
         let skip = if self.vnet_hdr { VNET_HDR_LEN } else { 0 };
         for _ in 0..TAP_READ_BATCH {
+            if self.link_lost {
+                self.tap_backlog = false;
+                return Ok(());
+            }
             match nix::unistd::read(&self.tap, &mut self.frame) {
+                Ok(0) if self.link == LinkKind::Socket => self.lose_link("hung up"),
                 Ok(0) => return Err(LoopError::Tap(Errno::ENODEV)),
                 Ok(len) => {
                     let Some(frame) = self.frame.get(skip..len) else {
@@ -452,19 +466,55 @@ impl EventLoop {
                     return Ok(());
                 }
                 Err(Errno::EINTR) => {}
+                Err(errno) if self.link == LinkKind::Socket && peer_gone(errno) => {
+                    self.lose_link(errno.desc())
+                }
                 Err(errno) => return Err(LoopError::Tap(errno)),
             }
         }
         Ok(())
     }
 
+    /// The socket peer that stood in for the tap went away (UML exited, say). slirp4netns
+    /// carries on then, with no link, until its exit fd or a signal ends it (spinning on the
+    /// hung-up socket meanwhile); callers stop it as they always do. We carry on too, the
+    /// control socket still answering, but stop watching the dead socket, and drop what the
+    /// stack still has for the guest (counted as tx_dropped) until the flows time out.
+    fn lose_link(&mut self, why: &str) {
+        if self.link_lost {
+            return;
+        }
+        self.link_lost = true;
+        self.tap_backlog = false;
+        if let Err(err) = self
+            .poll
+            .registry()
+            .deregister(&mut SourceFd(&self.tap.as_raw_fd()))
+        {
+            log::debug!("epoll: cannot deregister the frame socket: {err}");
+        }
+        log::info!(
+            "the peer of the frame socket {why}: no link from now on; rslirp runs on until \
+             its exit fd or a signal ends it, as slirp4netns does"
+        );
+    }
+
     /// Write queued frames until the tap pushes back; the rest waits for writability.
     fn write_tap(&mut self) -> Result<(), LoopError> {
+        if self.link_lost {
+            self.stack.poll_transmit(|_, _| TapWrite::Dropped);
+            return Ok(());
+        }
         let tap = &self.tap;
         let vnet_hdr = self.vnet_hdr;
+        let socket = self.link == LinkKind::Socket;
         let pcap = &mut self.pcap;
         let mut fatal = None;
+        let mut lost = None;
         self.stack.poll_transmit(|frame, offload| loop {
+            if lost.is_some() {
+                return TapWrite::Dropped;
+            }
             let written = if vnet_hdr {
                 let header = vnet_header(offload);
                 nix::sys::uio::writev(tap, &[IoSlice::new(&header), IoSlice::new(frame)])
@@ -485,32 +535,47 @@ impl EventLoop {
                 Err(Errno::EIO) | Err(Errno::ENOBUFS) => return TapWrite::Dropped,
                 // The kernel found the frame malformed: our error, counted, not fatal.
                 Err(Errno::EINVAL) => return TapWrite::Failed,
+                Err(errno) if socket && peer_gone(errno) => {
+                    lost = Some(errno);
+                    return TapWrite::Dropped;
+                }
+                // A frame larger than the socket can ever carry (its send buffer).
+                Err(Errno::EMSGSIZE) if socket => return TapWrite::Failed,
                 Err(errno) => {
                     fatal = Some(errno);
                     return TapWrite::Full;
                 }
             }
         });
+        if let Some(errno) = lost {
+            self.lose_link(errno.desc());
+        }
         match fatal {
             Some(errno) => Err(LoopError::Tap(errno)),
             None => Ok(()),
         }
     }
+}
 
-    /// The exit fd reports EOF/hang-up once the caller closed the write end.
-    fn exit_fd_closed(&mut self) -> bool {
-        let Some(fd) = &self.exit_fd else {
-            return false;
-        };
-        let mut buf = [0u8; 64];
-        loop {
-            match nix::unistd::read(fd, &mut buf) {
-                Ok(0) => return true,
-                Ok(_) => continue, // data is not a request to exit; drain it
-                Err(Errno::EINTR) => continue,
-                Err(Errno::EAGAIN) => return false,
-                Err(_) => return true,
-            }
+/// Errors of a connected datagram or seqpacket socket that mean its peer is gone for good.
+fn peer_gone(errno: Errno) -> bool {
+    matches!(
+        errno,
+        Errno::EPIPE | Errno::ECONNRESET | Errno::ENOTCONN | Errno::ECONNREFUSED
+    )
+}
+
+/// The exit fd reports EOF/hang-up once the caller closed the write end. The fd must be
+/// non-blocking.
+pub fn exit_fd_closed(fd: &OwnedFd) -> bool {
+    let mut buf = [0u8; 64];
+    loop {
+        match nix::unistd::read(fd, &mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue, // data is not a request to exit; drain it
+            Err(Errno::EINTR) => continue,
+            Err(Errno::EAGAIN) => return false,
+            Err(_) => return true,
         }
     }
 }

@@ -3,6 +3,7 @@
 //! container's namespaces, opens the tap, runs the mio event loop and owns the host sockets.
 
 pub mod api_socket;
+pub mod bess;
 pub mod cli;
 pub mod event_loop;
 pub mod host;

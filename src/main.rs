@@ -7,10 +7,11 @@
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use rslirp::api_socket::ApiServer;
-use rslirp::cli::{self, Command, NetnsType, Options};
+use rslirp::bess::{self, Accepted};
+use rslirp::cli::{self, Command, NetnsType, Options, TargetType};
 use rslirp::event_loop::{Clock, EventLoop, Exit, Sources, TargetWatch};
 use rslirp::host::{Outbound, RealHost};
-use rslirp::netns::{self, NetnsTarget, TapConfig, TapRequest};
+use rslirp::netns::{self, LinkKind, NetnsTarget, Tap, TapConfig, TapRequest};
 use rslirp::pcap::PcapWriter;
 use rslirp::resolv::{self, ResolvWatch};
 use rslirp_stack::Stack;
@@ -44,13 +45,17 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp(None)
         .init();
-    log::info!(
-        "rslirp {} starting: {} {}, tap {}",
-        env!("CARGO_PKG_VERSION"),
-        options.netns_type.name(),
-        options.target,
-        options.tap_name
-    );
+    let what = match (options.target_type, &options.netns_type) {
+        (TargetType::Bess, _) => format!("bess socket {}", options.target),
+        (TargetType::Netns, NetnsType::TapFd) => format!("tapfd {}", options.target),
+        (TargetType::Netns, netns_type) => format!(
+            "{} {}, tap {}",
+            netns_type.name(),
+            options.target,
+            options.tap_name
+        ),
+    };
+    log::info!("rslirp {} starting: {what}", env!("CARGO_PKG_VERSION"));
     match run(options) {
         Ok(exit) => {
             log::info!("exiting ({exit:?})");
@@ -104,7 +109,25 @@ fn run(options: Options) -> Result<Exit, String> {
         (NetnsType::Pid, Some(pid)) => TargetWatch::open(pid, &options.tap_name)?,
         _ => None,
     };
-    let tap = open_tap(&options)?;
+    let tap = match options.target_type {
+        TargetType::Netns => open_tap(&options)?,
+        TargetType::Bess => {
+            let path = options
+                .bess_socket
+                .as_deref()
+                .ok_or("no BESS socket path")?;
+            match bess::accept_peer(path, &signals, exit_fd.as_ref()).map_err(|e| e.to_string())? {
+                Accepted::Peer(fd) => Tap {
+                    fd,
+                    vnet_hdr: false,
+                    offload: false,
+                    kind: LinkKind::Socket,
+                },
+                // Asked to stop before anyone connected: nothing was set up, nothing to undo.
+                Accepted::Exit(exit) => return Ok(exit),
+            }
+        }
+    };
     let mut config = options.stack_config();
     config.tap_offload = tap.offload;
     let clock = Clock::new();
@@ -141,6 +164,7 @@ fn run(options: Options) -> Result<Exit, String> {
     };
     let sources = Sources {
         tap: tap.fd,
+        link: tap.kind,
         vnet_hdr: tap.vnet_hdr,
         signals,
         exit_fd,
@@ -183,10 +207,25 @@ fn run(options: Options) -> Result<Exit, String> {
 const OFFLOAD_ENV: &str = "RSLIRP_TAP_OFFLOAD";
 
 fn open_tap(options: &Options) -> Result<netns::Tap, String> {
+    let offload = std::env::var_os(OFFLOAD_ENV).is_none_or(|value| value != "0");
     let target = match options.netns_type {
         NetnsType::Pid => NetnsTarget::Pid(options.pid.ok_or("PID must be a positive integer")?),
         NetnsType::Path => NetnsTarget::Path(options.target.clone().into()),
-        NetnsType::TapFd => return Err("--netns-type=tapfd is not supported yet".into()),
+        NetnsType::TapFd => {
+            let fd = options.tap_fd.ok_or("TAPFD must a file descriptor")?;
+            // As slirp4netns, these are accepted and have no effect: no namespace is
+            // entered, the caller set the interface up.
+            if options.configure {
+                log::warn!("--configure has no effect with --netns-type=tapfd");
+            }
+            if options.userns_path.is_some() {
+                log::warn!("--userns-path has no effect with --netns-type=tapfd");
+            }
+            // SAFETY: the caller passed this number as an fd for us alone; nothing else in
+            // this process owns it (the CLI refused it if it is also the ready or exit fd,
+            // which we own too).
+            return unsafe { netns::adopt_tap_fd(fd, offload) }.map_err(|e| e.to_string());
+        }
     };
     let network = options.network;
     let configure = options.configure.then(|| TapConfig {
@@ -201,7 +240,7 @@ fn open_tap(options: &Options) -> Result<netns::Tap, String> {
         userns_path: options.userns_path.clone(),
         tap_name: options.tap_name.clone(),
         configure,
-        offload: std::env::var_os(OFFLOAD_ENV).is_none_or(|value| value != "0"),
+        offload,
     };
     netns::open_tap(&request).map_err(|e| e.to_string())
 }

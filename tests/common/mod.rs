@@ -20,11 +20,12 @@ pub mod pcap;
 pub mod process;
 pub mod resolv;
 pub mod sandbox;
+pub mod tap;
 
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -409,6 +410,8 @@ impl Env {
             configure: true,
             exit_fd: false,
             resolv: resolv::Layout::default(),
+            operands: None,
+            fds: Vec::new(),
         }
     }
 
@@ -471,6 +474,10 @@ pub struct Launch<'a> {
     exit_fd: bool,
     /// How the test's resolv.conf replaces /etc/resolv.conf (see [`resolv`]).
     resolv: resolv::Layout,
+    /// The operands instead of `TARGET tap0` (see [`Launch::operands`]).
+    operands: Option<Vec<String>>,
+    /// Further fds the child inherits: (ours, its number in the child).
+    fds: Vec<(OwnedFd, RawFd)>,
 }
 
 impl Launch<'_> {
@@ -482,6 +489,23 @@ impl Launch<'_> {
     /// The operand instead of the guest pid (e.g. a netns path with `--netns-type=path`).
     pub fn target(mut self, target: &Path) -> Self {
         self.target = Some(target.to_string_lossy().into_owned());
+        self
+    }
+
+    /// Exactly these operands instead of `TARGET tap0` (a tap fd number with
+    /// `--netns-type=tapfd`, a socket path with `--target-type=bess`).
+    pub fn operands(mut self, operands: &[&str]) -> Self {
+        self.operands = Some(operands.iter().map(|o| o.to_string()).collect());
+        self
+    }
+
+    /// The child inherits `fd` as fd `number` (5 or more: 3 and 4 are the ready and exit fds).
+    pub fn pass_fd(mut self, fd: OwnedFd, number: RawFd) -> Self {
+        assert!(
+            (5..10).contains(&number),
+            "fd {number} would clash with the harness's"
+        );
+        self.fds.push((process::high_fd(fd), number));
         self
     }
 
@@ -519,8 +543,9 @@ impl Launch<'_> {
         (status, rslirp.output())
     }
 
-    /// Spawns rslirp as [`Launch::start`] describes, without waiting.
-    fn spawn(self) -> Rslirp {
+    /// Spawns rslirp as [`Launch::start`] describes, without waiting (then
+    /// [`Rslirp::await_ready_byte`]).
+    pub fn spawn(self) -> Rslirp {
         let env = self.env;
         let n = env.launches.fetch_add(1, Ordering::SeqCst);
         let log_path = env.tmp.path.join(format!("rslirp-{n}.log"));
@@ -538,10 +563,31 @@ impl Launch<'_> {
             .stdout(log.try_clone().expect("dup"))
             .stderr(log);
         pass_fds(&mut cmd, &ready_write, exit_read.as_ref());
+        let extra: Vec<(RawFd, RawFd)> = self
+            .fds
+            .iter()
+            .map(|(fd, number)| (fd.as_raw_fd(), *number))
+            .collect();
+        if !extra.is_empty() {
+            // SAFETY: runs between fork and exec and only calls dup2 (async-signal-safe).
+            // Our copies are >= 10 (`pass_fd`), the targets 5..=9, so none clobbers another;
+            // the dup2 copies lack CLOEXEC and survive exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    for &(fd, number) in &extra {
+                        if libc::dup2(fd, number) < 0 {
+                            return Err(io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        }
         let proc = Proc::spawn(&mut cmd, "rslirp");
         // Our copies must go, or EOF on the ready pipe (rslirp died) would never be seen.
         drop(ready_write);
         drop(exit_read);
+        drop(self.fds);
         Rslirp {
             proc,
             log_path,
@@ -566,6 +612,10 @@ impl Launch<'_> {
         cmd.args(&self.args).args(["-r", "3"]);
         if self.exit_fd {
             cmd.args(["-e", "4"]);
+        }
+        if let Some(operands) = &self.operands {
+            cmd.args(operands);
+            return cmd;
         }
         let target = match &self.target {
             Some(target) => target.clone(),
@@ -628,7 +678,13 @@ impl Rslirp {
         fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
-    fn await_ready_byte(&mut self) {
+    /// Whether the ready fd has something to read (a byte, or EOF) within `timeout`.
+    pub fn ready_fd_readable_within(&self, timeout: Duration) -> bool {
+        process::wait_readable(&self.ready, timeout)
+    }
+
+    /// Waits for the ready byte `1` (see [`Launch::start`]).
+    pub fn await_ready_byte(&mut self) {
         if !process::wait_readable(&self.ready, READY_TIMEOUT) {
             panic!(
                 "no ready byte within {READY_TIMEOUT:?}; output:\n{}",

@@ -149,7 +149,8 @@ pub fn pipe() -> (File, File) {
     (File::from(high_fd(read)), File::from(high_fd(write)))
 }
 
-fn high_fd(fd: OwnedFd) -> OwnedFd {
+/// `fd` moved to a close-on-exec number of 10 or above (see [`pipe`]).
+pub fn high_fd(fd: OwnedFd) -> OwnedFd {
     // SAFETY: F_DUPFD_CLOEXEC only reads the fd number we own and returns a new fd.
     let dup = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
     assert!(dup >= 10, "fcntl: {}", std::io::Error::last_os_error());
