@@ -66,6 +66,8 @@ fn main() -> ExitCode {
 /// Everything after parsing; any `Err` is fatal and becomes one line on stderr.
 fn run(options: Options) -> Result<Exit, String> {
     rslirp::tune_allocator();
+    // Every flow holds a host socket: take all the descriptors we may (see `fds`).
+    let nofile = rslirp::fds::raise_nofile_limit();
     // Block the exit signals before anything else so they queue for the signalfd; the
     // forked setup child inherits the mask and never needs them.
     let mut mask = SigSet::empty();
@@ -107,6 +109,18 @@ fn run(options: Options) -> Result<Exit, String> {
     let tap = open_tap(&options)?;
     let mut config = options.stack_config();
     config.tap_offload = tap.offload;
+    // The flow tables fit the descriptors left once the reserve is kept back, so a guest
+    // can never take the ones the control socket and the forwards need.
+    let fd_plan = rslirp::fds::plan(
+        &config.limits,
+        usize::try_from(nofile.soft).unwrap_or(usize::MAX),
+        rslirp::fds::open_fds(),
+    );
+    log::info!(
+        "{}",
+        rslirp::fds::describe(&nofile, &fd_plan, &config.limits)
+    );
+    config.limits = fd_plan.limits;
     let clock = Clock::new();
     let mut stack = Stack::new(config.clone(), clock.now(), rslirp::random_seed());
     let resolv = (!config.disable_dns).then(|| {

@@ -191,6 +191,40 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// Host sockets the flow tables can hold at once: one per TCP, UDP and ICMP flow (a
+    /// UDP flow of a port forward has none, but is counted as if it had: the bound is
+    /// conservative).
+    pub fn flow_fds(&self) -> usize {
+        self.max_tcp_flows + self.max_udp_flows + self.max_icmp_flows
+    }
+
+    /// These limits with the flow tables shrunk, each in proportion, so that all flows
+    /// together never hold more than `fds` host sockets (every table keeps at least one
+    /// flow); the limits within a table (`max_half_open`, `max_time_wait`,
+    /// `max_dns_flows`) follow theirs. Unchanged when they already fit.
+    ///
+    /// Why: a guest that opens more flows than the process has file descriptors would
+    /// otherwise take the last ones, and then the control socket, port forwards and new
+    /// connections all fail with EMFILE. With the tables within the fds, a full table
+    /// evicts or refuses by its own rule, and the rest of the fds stay for the others.
+    pub fn within_fds(&self, fds: usize) -> Limits {
+        let total = self.flow_fds();
+        if total <= fds {
+            return *self;
+        }
+        let share = |limit: usize| ((fds as u128 * limit as u128 / total as u128) as usize).max(1);
+        let mut fitted = *self;
+        fitted.max_tcp_flows = share(self.max_tcp_flows);
+        fitted.max_udp_flows = share(self.max_udp_flows);
+        fitted.max_icmp_flows = share(self.max_icmp_flows);
+        fitted.max_half_open = self.max_half_open.min(fitted.max_tcp_flows);
+        fitted.max_time_wait = self.max_time_wait.min(fitted.max_tcp_flows);
+        fitted.max_dns_flows = self.max_dns_flows.min(fitted.max_udp_flows);
+        fitted
+    }
+}
+
 /// Timers the stack applies (virtual time; the event loop supplies `now`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
@@ -269,6 +303,35 @@ mod tests {
         assert_eq!(
             service_mac(n.gateway()),
             EthernetAddress([0x52, 0x55, 10, 0, 2, 2])
+        );
+    }
+
+    #[test]
+    fn flow_tables_shrink_in_proportion_to_the_fds() {
+        let limits = Limits::default();
+        assert_eq!(limits.within_fds(limits.flow_fds()), limits, "they fit");
+        assert_eq!(limits.within_fds(1 << 20), limits);
+        let fitted = limits.within_fds(863);
+        assert!(fitted.flow_fds() <= 863, "{fitted:?}");
+        assert_eq!(
+            (
+                fitted.max_tcp_flows,
+                fitted.max_udp_flows,
+                fitted.max_icmp_flows
+            ),
+            (681, 170, 10)
+        );
+        assert_eq!(fitted.max_half_open, 681);
+        assert_eq!(fitted.max_time_wait, 681);
+        assert_eq!(fitted.max_dns_flows, 170);
+        // Nothing else changes.
+        assert_eq!(fitted.tcp_buffer_budget, limits.tcp_buffer_budget);
+        assert_eq!(fitted.max_api_clients, limits.max_api_clients);
+        // A table never drops to zero.
+        let tiny = limits.within_fds(3);
+        assert_eq!(
+            (tiny.max_tcp_flows, tiny.max_udp_flows, tiny.max_icmp_flows),
+            (2, 1, 1)
         );
     }
 

@@ -35,6 +35,11 @@ const STARVED_RETRY: Duration = Duration::from_millis(100);
 /// enough that what their buffers keep resident stays small next to the flows in use.
 const SPARE_TCP_FLOWS: usize = 8;
 
+/// A port forward whose accept (or receive) failed for lack of host resources is tried
+/// again after this long: its socket is edge-triggered, so no new readiness would come for
+/// the connections already waiting in its backlog.
+const FORWARD_RETRY: Duration = Duration::from_millis(100);
+
 /// Largest datagram a host socket can hand us.
 const SCRATCH_LEN: usize = 65_536;
 
@@ -91,6 +96,9 @@ pub struct Stack {
     dns_upstream: Option<IpAddr>,
     /// UDP forwards whose socket still has datagrams but the transmit queue was full.
     starved_forwards: Vec<u64>,
+    /// Forwards whose accept or receive failed (out of fds, say), retried at the instant.
+    retry_forwards: Vec<u64>,
+    retry_forwards_at: Option<Instant>,
     /// Frames the tap refused (the guest's link is down); part of `tx_dropped`, but not a
     /// limit hit.
     tap_drops: u64,
@@ -149,6 +157,8 @@ impl Stack {
                 (!config.disable_dns).then(|| config.network.dns()),
             ),
             starved_forwards: Vec::new(),
+            retry_forwards: Vec::new(),
+            retry_forwards_at: None,
             tap_drops: 0,
             dns_flows: 0,
             time_wait: VecDeque::new(),
@@ -281,6 +291,15 @@ impl Stack {
                 self.handle_forward_event(now, forward, host);
             }
         }
+        if self.retry_forwards_at.is_some_and(|at| at <= now) {
+            self.retry_forwards_at = None;
+            let mut retry = core::mem::take(&mut self.retry_forwards);
+            retry.sort_unstable();
+            retry.dedup();
+            for forward in retry {
+                self.handle_forward_event(now, forward, host);
+            }
+        }
         let stats = self.limit_stats();
         self.limit_reports.check(now, &stats, &self.config.limits);
     }
@@ -290,10 +309,15 @@ impl Stack {
         let waiting = !self.starved.is_empty() || !self.starved_forwards.is_empty();
         let ready = self.tx.has_room() && self.tx.guest_mac().is_unicast();
         let resume = ((waiting && ready) || !self.dirty.is_empty()).then_some(self.now);
-        [self.flows.next_due(), resume, self.next_router_advert]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.flows.next_due(),
+            resume,
+            self.next_router_advert,
+            self.retry_forwards_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Hand frames for the guest to `write` until it says the tap is full or none are
@@ -647,6 +671,9 @@ impl Stack {
         if matches!(err, HostError::Exhausted | HostError::Other(_)) {
             self.stats.host_socket_errors += 1;
         }
+        if err == HostError::Exhausted {
+            self.stats.host_exhausted += 1;
+        }
         if let Some(Flow::Tcp(tcp)) = self.flows.get(id) {
             let Some(quote) = tcp.syn_quote().cloned() else {
                 self.remove_flow(id, CloseMode::Abort, host);
@@ -985,6 +1012,24 @@ impl Stack {
             if err != HostError::PermissionDenied {
                 self.stats.host_socket_errors += 1;
             }
+            if err == HostError::Exhausted {
+                // Out of fds (or ports): the guest hears it at once, as for a refused
+                // connect, rather than waiting for a reply that cannot come. A ping is
+                // dropped, as an overloaded router drops it.
+                self.stats.host_exhausted += 1;
+                if let Some(Flow::Udp(udp)) = self.flows.get(id) {
+                    let gateway = self.config.network.gateway();
+                    let refusal = Refusal::from_host_error(err);
+                    refuse(
+                        &mut self.tx,
+                        &mut self.stats,
+                        gateway,
+                        refusal,
+                        &udp.quote,
+                        None,
+                    );
+                }
+            }
             self.remove_flow(id, CloseMode::Abort, host);
             return None;
         }
@@ -1201,6 +1246,7 @@ impl Stack {
         self.forwards.remove(id)?;
         host.forward_close(id);
         self.starved_forwards.retain(|&forward| forward != id);
+        self.retry_forwards.retain(|&forward| forward != id);
         log::info!("forward {id} removed");
         Ok(())
     }
@@ -1257,9 +1303,12 @@ impl Stack {
             let peer = match host.tcp_accept(forward, id) {
                 Ok(peer) => peer,
                 Err(HostError::WouldBlock) => return,
+                // ECONNABORTED: that client gave up while queued; the next may be there.
+                Err(HostError::ConnectionReset) => continue,
                 Err(err) => {
                     log::debug!("forward {forward}: accept failed: {err}");
                     self.stats.host_socket_errors += 1;
+                    self.retry_forward(now, forward, err);
                     return;
                 }
             };
@@ -1308,6 +1357,20 @@ impl Stack {
         }
     }
 
+    /// A forward's socket failed before it was drained (EMFILE on accept, say): what waits
+    /// in it would get no new edge-triggered readiness, so it is tried again shortly.
+    fn retry_forward(&mut self, now: Instant, forward: u64, err: HostError) {
+        if err == HostError::Exhausted {
+            self.stats.host_exhausted += 1;
+        }
+        if !self.retry_forwards.contains(&forward) {
+            self.retry_forwards.push(forward);
+        }
+        if self.retry_forwards_at.is_none() {
+            self.retry_forwards_at = Some(now + FORWARD_RETRY);
+        }
+    }
+
     /// Carry datagrams from a UDP forward's socket to the guest, one flow per client.
     fn receive_forwarded(
         &mut self,
@@ -1327,6 +1390,7 @@ impl Stack {
                 Err(HostError::WouldBlock) => return,
                 Err(err) => {
                     log::debug!("forward {forward}: receive failed: {err}");
+                    self.retry_forward(now, forward, err);
                     return;
                 }
             };

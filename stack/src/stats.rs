@@ -50,6 +50,10 @@ pub struct Stats {
     pub tcp_connect_failures: u64,
     /// Host sockets that could not be opened (fds, ports, permissions).
     pub host_socket_errors: u64,
+    /// Host calls that failed for lack of file descriptors, ports or memory (EMFILE,
+    /// ENFILE, ENOBUFS, ENOMEM, EADDRNOTAVAIL): a new guest flow refused (RST, ICMP port
+    /// unreachable, a ping dropped) or a port forward's accept postponed and retried.
+    pub host_exhausted: u64,
 }
 
 use crate::config::Limits;
@@ -72,10 +76,12 @@ pub enum Limit {
     TxQueue,
     Forwards,
     ApiClients,
+    /// Not a limit of ours: the host's (file descriptors, ports, memory).
+    HostExhausted,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 11] = [
+    pub const ALL: [Limit; 12] = [
         Limit::TcpFlows,
         Limit::TimeWait,
         Limit::HalfOpen,
@@ -87,6 +93,7 @@ impl Limit {
         Limit::TxQueue,
         Limit::Forwards,
         Limit::ApiClients,
+        Limit::HostExhausted,
     ];
 
     /// The `Limits` field's name, as docs/limits.md lists it.
@@ -102,6 +109,7 @@ impl Limit {
             Limit::TxQueue => "max_tx_queue_frames",
             Limit::Forwards => "max_forwards",
             Limit::ApiClients => "max_api_clients",
+            Limit::HostExhausted => "host resources",
         }
     }
 
@@ -117,6 +125,7 @@ impl Limit {
             Limit::TxQueue => limits.max_tx_queue_frames,
             Limit::Forwards => limits.max_forwards,
             Limit::ApiClients => limits.max_api_clients,
+            Limit::HostExhausted => 0,
         }
     }
 
@@ -133,6 +142,9 @@ impl Limit {
             Limit::TxQueue => "frames for the guest dropped",
             Limit::Forwards => "add_hostfwd refused",
             Limit::ApiClients => "control-socket connections closed",
+            Limit::HostExhausted => {
+                "new flows refused (RST / ICMP), forward accepts retried shortly"
+            }
         }
     }
 
@@ -150,6 +162,7 @@ impl Limit {
             Limit::TxQueue => stats.tx_dropped,
             Limit::Forwards => stats.forward_limit_hits,
             Limit::ApiClients => stats.api_clients_rejected,
+            Limit::HostExhausted => stats.host_exhausted,
         }
     }
 }
@@ -180,10 +193,15 @@ impl LimitReports {
             } else {
                 format!(" in the last {} s", LIMIT_REPORT_INTERVAL.secs())
             };
+            let what = match limit {
+                Limit::HostExhausted => {
+                    "host out of file descriptors, ports or memory (EMFILE/ENFILE/ENOBUFS)"
+                        .to_string()
+                }
+                _ => format!("limit {}={} reached", limit.name(), limit.value(limits)),
+            };
             log::info!(
-                "limit {}={} reached: {} ({new} time{}{since}; counted in get_stats)",
-                limit.name(),
-                limit.value(limits),
+                "{what}: {} ({new} time{}{since}; counted in get_stats)",
                 limit.effect(),
                 if new == 1 { "" } else { "s" },
             );
@@ -254,6 +272,7 @@ mod tests {
                 Limit::TxQueue => probe.tx_dropped = 1,
                 Limit::Forwards => probe.forward_limit_hits = 1,
                 Limit::ApiClients => probe.api_clients_rejected = 1,
+                Limit::HostExhausted => probe.host_exhausted = 1,
             }
             let hit: Vec<Limit> = Limit::ALL
                 .into_iter()

@@ -412,6 +412,61 @@ fn a_host_socket_that_cannot_be_opened_is_counted_and_answered() {
     let stats = s.stats();
     assert_eq!(stats.host_socket_errors, 1);
     assert_eq!(stats.tcp_flows, 0);
+    assert_eq!(stats.host_exhausted, 1);
+    let rst = the_only_segment(s.drain(), "RST");
+    assert!(rst.rst, "the SYN is answered with RST, got {}", rst.flags());
+}
+
+/// Out of fds for a UDP flow: the guest hears ICMP port unreachable (not silence), the
+/// refusal is counted, and the next datagram, once fds are back, opens its flow.
+#[test]
+fn a_udp_flow_the_host_has_no_fd_for_is_refused_with_icmp() {
+    let mut s = Scenario::new();
+    let guest = s.guest;
+    s.host.fail_next_open(HostError::Exhausted);
+    s.guest_sends(&guest.udp(5000, remote(9000), b"a"));
+    let stats = s.stats();
+    assert_eq!((stats.udp_flows, stats.host_exhausted), (0, 1));
     let answer = s.drain();
-    assert_eq!(answer.len(), 1, "the SYN is answered: {answer:?}");
+    assert_eq!(answer.len(), 1, "one ICMP error: {answer:?}");
+    assert!(
+        matches!(&answer[0], Parsed::IcmpUnreachable { code: 3, .. }),
+        "ICMP port unreachable, got {answer:?}"
+    );
+    s.guest_sends(&guest.udp(5000, remote(9000), b"again"));
+    assert_eq!(s.stats().udp_flows, 1);
+}
+
+/// accept(2) of a port forward failing with EMFILE leaves the client in the backlog, and
+/// the listener is edge-triggered: the stack must try again by itself, or the client (and
+/// every later one) would wait until yet another client arrives.
+#[test]
+fn a_forward_accept_out_of_fds_is_retried() {
+    let mut s = Scenario::new();
+    // The guest has spoken (its MAC is known), as once it is up.
+    let guest = s.guest;
+    s.guest_sends(&guest.arp_request(Ipv4Addr::new(10, 0, 2, 2)));
+    s.drain();
+    let reply = s.api(
+        r#"{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_addr":"127.0.0.1","host_port":8080,"guest_port":80}}"#,
+    );
+    assert_eq!(reply, r#"{"return":{"id":1}}"#);
+    s.host.fail_next_accept(HostError::Exhausted);
+    s.host
+        .client_connects(1, "127.0.0.1:40000".parse().expect("address"));
+    s.forward_event(1);
+    assert_eq!(s.stats().tcp_flows, 0, "the accept failed");
+    assert_eq!(s.stats().host_exhausted, 1);
+    // No new event comes; the stack's own timer brings the client in.
+    s.advance(Duration::from_millis(200));
+    assert_eq!(s.stats().tcp_flows, 1, "accepted on the retry");
+    let syn = s
+        .drain()
+        .into_iter()
+        .find_map(|frame| match frame {
+            Parsed::Tcp { tcp, .. } if tcp.syn => Some(tcp),
+            _ => None,
+        })
+        .expect("a SYN to the guest");
+    assert_eq!(syn.dst_port, 80);
 }

@@ -409,6 +409,7 @@ impl Env {
             configure: true,
             exit_fd: false,
             resolv: resolv::Layout::default(),
+            nofile: None,
         }
     }
 
@@ -471,6 +472,8 @@ pub struct Launch<'a> {
     exit_fd: bool,
     /// How the test's resolv.conf replaces /etc/resolv.conf (see [`resolv`]).
     resolv: resolv::Layout,
+    /// RLIMIT_NOFILE (soft, hard) rslirp starts with.
+    nofile: Option<(u64, u64)>,
 }
 
 impl Launch<'_> {
@@ -488,6 +491,12 @@ impl Launch<'_> {
     /// Without `-c`.
     pub fn no_configure(mut self) -> Self {
         self.configure = false;
+        self
+    }
+
+    /// Starts rslirp with this RLIMIT_NOFILE (soft, hard), as a shell's `ulimit -n` would.
+    pub fn nofile(mut self, soft: u64, hard: u64) -> Self {
+        self.nofile = Some((soft, hard));
         self
     }
 
@@ -538,6 +547,9 @@ impl Launch<'_> {
             .stdout(log.try_clone().expect("dup"))
             .stderr(log);
         pass_fds(&mut cmd, &ready_write, exit_read.as_ref());
+        if let Some((soft, hard)) = self.nofile {
+            set_nofile(&mut cmd, soft, hard);
+        }
         let proc = Proc::spawn(&mut cmd, "rslirp");
         // Our copies must go, or EOF on the ready pipe (rslirp died) would never be seen.
         drop(ready_write);
@@ -593,6 +605,24 @@ fn pass_fds(cmd: &mut Command, ready: &File, exit: Option<&File>) {
                 if libc::dup2(fd, 4) < 0 {
                     return Err(io::Error::last_os_error());
                 }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The child starts with RLIMIT_NOFILE (soft, hard); exec and setpriv keep it.
+fn set_nofile(cmd: &mut Command, soft: u64, hard: u64) {
+    // SAFETY: the closure runs between fork and exec and only calls setrlimit, which is
+    // async-signal-safe, on a limit value built before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) < 0 {
+                return Err(io::Error::last_os_error());
             }
             Ok(())
         });
