@@ -269,6 +269,44 @@ mod datagrams {
         assert_eq!((stats.udp_flows, stats.udp_flow_evictions), (2, 1));
     }
 
+    /// A full table of 4,096 flows: each new flow evicts exactly the flow idle the longest
+    /// (from an ordered structure, not a scan of the table), whatever order the flows were
+    /// opened and used in.
+    #[test]
+    fn a_full_table_of_4096_flows_evicts_in_idle_order() {
+        const FLOWS: u16 = 4096;
+        let mut s = with_limits(|l| l.max_udp_flows = usize::from(FLOWS));
+        let guest = s.guest;
+        for i in 0..FLOWS {
+            s.guest_sends(&guest.udp(10_000 + i, remote(9000), b"open"));
+            s.advance(Duration::from_millis(1));
+        }
+        // The first 100 are used again (from the guest, or from the host for odd ones): the
+        // longest idle are now 100, 101, ...
+        let opens = s.host.udp_opens();
+        for i in 0..100u16 {
+            if i % 2 == 0 {
+                s.guest_sends(&guest.udp(10_000 + i, remote(9000), b"again"));
+            } else {
+                s.deliver_datagram(opens[usize::from(i)].0, b"reply");
+            }
+            s.advance(Duration::from_millis(1));
+        }
+        s.drain();
+        for i in 0..200u16 {
+            s.guest_sends(&guest.udp(30_000 + i, remote(9000), b"new"));
+        }
+        let stats = s.stats();
+        assert_eq!(
+            (stats.udp_flows, stats.udp_flow_evictions),
+            (u64::from(FLOWS), 200)
+        );
+        for (i, (flow, _)) in opens.iter().enumerate() {
+            let evicted = s.host.close_mode(*flow).is_some();
+            assert_eq!(evicted, (100..300).contains(&i), "flow {i}");
+        }
+    }
+
     #[test]
     fn max_icmp_flows_evicts_the_longest_idle() {
         let mut s = with_limits(|l| l.max_icmp_flows = 1);
