@@ -5,7 +5,7 @@
 //! `poll_at` says when `poll` is due next, and `poll_transmit` hands out frames for the tap.
 
 use crate::api::{self, ApiError, Request};
-use crate::config::Config;
+use crate::config::{BufferTier, Config};
 use crate::forward::{Forward, ForwardError, ForwardProto, ForwardSpec, ForwardTable};
 use crate::io::{CloseMode, FlowId, HostError, HostEvent, HostIo};
 use crate::link::arp::{self, ArpOutcome};
@@ -1529,22 +1529,20 @@ impl Stack {
         }
     }
 
-    /// Parameters of a new TCP flow, with buffers the memory budget allows (big ones while
-    /// the reservation stays within half of `tcp_buffer_budget`, else small ones); `None`
-    /// (counted) when even small ones would not fit.
+    /// Parameters of a new TCP flow, with buffers the memory budget allows (see
+    /// `Limits::tcp_buffers`); `None` (counted) when even the minimum ones would not fit.
     fn tcp_params(&mut self, now: Instant) -> Option<TcpParams> {
         let limits = self.config.limits;
         let reserved = self.stats.tcp_buffer_bytes as usize;
-        let big = limits.tcp_rx_buffer + limits.tcp_tx_buffer;
-        let (rx_buffer, tx_buffer) = if reserved + big <= limits.tcp_buffer_budget / 2 {
-            (limits.tcp_rx_buffer, limits.tcp_tx_buffer)
-        } else if reserved + 2 * limits.tcp_small_buffer <= limits.tcp_buffer_budget {
-            self.stats.tcp_buffer_reductions += 1;
-            (limits.tcp_small_buffer, limits.tcp_small_buffer)
-        } else {
+        // Flows in TIME-WAIT hold no buffers and are evicted for new ones when need be.
+        let open = (self.stats.tcp_flows as usize).saturating_sub(self.time_wait_flows);
+        let Some((rx_buffer, tx_buffer, tier)) = limits.tcp_buffers(reserved, open) else {
             self.stats.tcp_buffer_budget_hits += 1;
             return None;
         };
+        if tier != BufferTier::Full {
+            self.stats.tcp_buffer_reductions += 1;
+        }
         Some(TcpParams {
             mtu: self.config.mtu,
             offload: self.config.tap_offload,

@@ -180,7 +180,10 @@ mod budget {
 
     const BIG: usize = 64 << 10;
     const SMALL: usize = 8 << 10;
-    /// Half of it holds two flows with big buffers; the rest 16 with small ones.
+    const MIN: usize = 4 << 10;
+    const FLOWS: usize = 40;
+    /// A quarter of it holds one flow with big buffers; the minimum for the 39 others
+    /// (312 KiB) is kept, which leaves room for 9 flows with small buffers.
     const BUDGET: usize = 8 * BIG;
 
     fn scenario() -> Scenario {
@@ -188,30 +191,43 @@ mod budget {
             l.tcp_rx_buffer = BIG;
             l.tcp_tx_buffer = BIG;
             l.tcp_small_buffer = SMALL;
+            l.tcp_min_buffer = MIN;
             l.tcp_buffer_budget = BUDGET;
+            l.max_tcp_flows = FLOWS;
         })
     }
 
     #[test]
-    fn big_buffers_then_small_ones_then_rst() {
+    fn big_buffers_then_small_ones_then_the_minimum_for_every_flow_the_table_allows() {
         let mut s = scenario();
-        let mut flows = Vec::new();
-        for i in 0..2 {
+        let mut flows = vec![s.open_tcp(40000, remote(80)).1];
+        assert_eq!(s.stats().tcp_buffer_bytes, 2 * BIG as u64);
+        assert_eq!(s.stats().tcp_buffer_reductions, 0);
+        for i in 1..10 {
             flows.push(s.open_tcp(40000 + i, remote(80)).1);
         }
-        assert_eq!(s.stats().tcp_buffer_bytes, 4 * BIG as u64);
-        assert_eq!(s.stats().tcp_buffer_reductions, 0);
-        for i in 2..18 {
+        assert_eq!(
+            s.stats().tcp_buffer_bytes,
+            (2 * BIG + 9 * 2 * SMALL) as u64,
+            "then small buffers"
+        );
+        for i in 10..FLOWS as u16 {
             flows.push(s.open_tcp(40000 + i, remote(80)).1);
         }
         let stats = s.stats();
-        assert_eq!(stats.tcp_buffer_reductions, 16);
+        assert_eq!(stats.tcp_buffer_reductions, FLOWS as u64 - 1);
         assert_eq!(
             stats.tcp_buffer_bytes, BUDGET as u64,
-            "the budget is used up"
+            "the budget is used up, and never passed"
         );
+        assert_eq!(stats.tcp_buffer_budget_hits, 0, "the budget refused nobody");
+        // The next SYN meets the table's limit, not the budget's.
         assert_syn_refused(&mut s, 40100);
-        assert_eq!(s.stats().tcp_buffer_budget_hits, 1);
+        let stats = s.stats();
+        assert_eq!(
+            (stats.tcp_flow_limit_hits, stats.tcp_buffer_budget_hits),
+            (1, 0)
+        );
 
         // Closing flows gives their buffers back to the budget.
         for flow in flows {
@@ -228,12 +244,26 @@ mod budget {
         );
     }
 
+    /// A budget too small for `max_tcp_flows` flows of minimum buffers refuses with RST
+    /// once even those do not fit (and counts it).
+    #[test]
+    fn a_budget_too_small_for_the_table_refuses_with_rst() {
+        let mut s = with_limits(|l| {
+            l.tcp_min_buffer = MIN;
+            l.tcp_buffer_budget = 4 * 2 * MIN;
+        });
+        for i in 0..4 {
+            s.open_tcp(40000 + i, remote(80));
+        }
+        assert_eq!(s.stats().tcp_buffer_bytes, (4 * 2 * MIN) as u64);
+        assert_syn_refused(&mut s, 40100);
+        assert_eq!(s.stats().tcp_buffer_budget_hits, 1);
+    }
+
     #[test]
     fn a_flow_with_small_buffers_offers_a_small_window() {
         let mut s = scenario();
-        for i in 0..2 {
-            s.open_tcp(40000 + i, remote(80));
-        }
+        s.open_tcp(40000, remote(80));
         let syn = s.guest.tcp_syn(40002, remote(80), 1000);
         s.guest_sends(&syn);
         let (flow, _) = s.host.last_connect().expect("a connect");

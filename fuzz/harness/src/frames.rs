@@ -71,9 +71,11 @@ pub fn config(flags: u8) -> Config {
             max_time_wait: 1,
             max_dns_flows: 1,
             max_api_clients: 1,
-            // One flow with big buffers, two with small ones, then the fourth is refused.
-            tcp_buffer_budget: 16384,
+            // One flow with big buffers (a quarter of the budget would not hold one: none
+            // then), small ones while the minimum for the rest fits, then the minimum.
+            tcp_buffer_budget: 32768,
             tcp_small_buffer: 2048,
+            tcp_min_buffer: 1024,
         };
     }
     config
