@@ -420,6 +420,7 @@ struct Counters {
     tcp_buffer_budget_hits: u64,
     tcp_buffer_bytes: u64,
     forward_limit_hits: u64,
+    forward_flow_limit_hits: u64,
     api_clients_rejected: u64,
     tcp_connect_failures: u64,
     host_socket_errors: u64,
@@ -490,6 +491,7 @@ pub fn stats_reply(stats: &Stats) -> Vec<u8> {
                 tcp_buffer_budget_hits: stats.tcp_buffer_budget_hits,
                 tcp_buffer_bytes: stats.tcp_buffer_bytes,
                 forward_limit_hits: stats.forward_limit_hits,
+                forward_flow_limit_hits: stats.forward_flow_limit_hits,
                 api_clients_rejected: stats.api_clients_rejected,
                 tcp_connect_failures: stats.tcp_connect_failures,
                 host_socket_errors: stats.host_socket_errors,
@@ -1114,6 +1116,7 @@ mod tests {
             tcp_buffer_budget_hits: 22,
             tcp_buffer_bytes: 23,
             forward_limit_hits: 24,
+            forward_flow_limit_hits: 29,
             api_clients_rejected: 25,
             tcp_connect_failures: 26,
             host_socket_errors: 27,
@@ -1130,7 +1133,7 @@ mod tests {
                 r#""tcp_half_open_limit_hits":17,"#,
                 r#""udp_flow_evictions":18,"icmp_flow_evictions":19,"dns_flow_evictions":20,"#,
                 r#""tcp_buffer_reductions":21,"tcp_buffer_budget_hits":22,"tcp_buffer_bytes":23,"#,
-                r#""forward_limit_hits":24,"api_clients_rejected":25,"#,
+                r#""forward_limit_hits":24,"forward_flow_limit_hits":29,"api_clients_rejected":25,"#,
                 r#""tcp_connect_failures":26,"host_socket_errors":27,"host_exhausted":28}}}"#
             )
         );

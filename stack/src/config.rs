@@ -150,6 +150,15 @@ pub struct Limits {
     pub max_tx_queue_bytes: usize,
     /// Port forwards published through the control socket.
     pub max_forwards: usize,
+    /// TCP flows of port forwards' host clients, all forwards together: clients of a
+    /// published port cannot take the flows the container needs for its own connections.
+    pub max_forward_flows: usize,
+    /// TCP flows of one forward's host clients: one busy port cannot take every other
+    /// forward's share.
+    pub max_flows_per_forward: usize,
+    /// TCP flows the container's own connections leave free for forwards' clients: the
+    /// guest cannot make a published port unreachable by opening connections.
+    pub tcp_forward_reserve: usize,
     /// TCP flows lingering in TIME-WAIT (they only re-ACK a lost final FIN); on overflow the
     /// oldest is dropped, as Linux drops TIME-WAIT buckets.
     pub max_time_wait: usize,
@@ -185,6 +194,9 @@ impl Default for Limits {
             max_tx_queue_frames: 1_024,
             max_tx_queue_bytes: 8 << 20,
             max_forwards: crate::forward::DEFAULT_MAX_FORWARDS,
+            max_forward_flows: 8_192,
+            max_flows_per_forward: 4_096,
+            tcp_forward_reserve: 1_024,
             max_time_wait: 1_024,
             max_dns_flows: 256,
             max_api_clients: 64,
@@ -270,6 +282,18 @@ impl Limits {
         fitted.max_half_open = self.max_half_open.min(fitted.max_tcp_flows);
         fitted.max_time_wait = self.max_time_wait.min(fitted.max_tcp_flows);
         fitted.max_dns_flows = self.max_dns_flows.min(fitted.max_udp_flows);
+        // The shares between the guest and forwards' clients keep their proportions.
+        let tcp_share = |limit: usize| {
+            ((fitted.max_tcp_flows as u128 * limit as u128 / self.max_tcp_flows.max(1) as u128)
+                as usize)
+                .max(1)
+        };
+        fitted.max_forward_flows = tcp_share(self.max_forward_flows).min(self.max_forward_flows);
+        fitted.max_flows_per_forward =
+            tcp_share(self.max_flows_per_forward).min(self.max_flows_per_forward);
+        fitted.tcp_forward_reserve = tcp_share(self.tcp_forward_reserve)
+            .min(self.tcp_forward_reserve)
+            .min(fitted.max_tcp_flows.saturating_sub(1));
         fitted
     }
 }

@@ -25,7 +25,7 @@ use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, Icmpv4Packet, Icmpv4Repr, IpProtocol,
     Ipv4Address, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, UdpPacket, UdpRepr,
 };
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 mod ipv6;
 
@@ -126,6 +126,10 @@ pub struct Stack {
     time_wait: VecDeque<FlowId>,
     /// Flows in TIME-WAIT now (bounded by `max_time_wait`).
     time_wait_flows: usize,
+    /// TCP flows of forwards' host clients: the forward of each, and how many each forward
+    /// has (`max_flows_per_forward`; all together `max_forward_flows`).
+    forward_of: HashMap<FlowId, u64>,
+    flows_per_forward: HashMap<u64, usize>,
     /// Finished TCP flows kept for renewal (at most `SPARE_TCP_FLOWS`), see `TcpFlow::new`.
     /// Boxed as in `Flow::Tcp`, so a flow moves between the two without being copied.
     #[allow(clippy::vec_box)]
@@ -182,6 +186,8 @@ impl Stack {
             dns_idle: IdleOrder::default(),
             time_wait: VecDeque::new(),
             time_wait_flows: 0,
+            forward_of: HashMap::new(),
+            flows_per_forward: HashMap::new(),
             spare_tcp: Vec::new(),
             limit_reports: LimitReports::default(),
             dns_upstream: None,
@@ -607,7 +613,7 @@ impl Stack {
         // whole connect timeout and lock the guest out of all new connections.
         let half_open_full =
             self.half_open >= limits.max_half_open && !self.evict_oldest_half_open(host);
-        let params = if half_open_full {
+        let params = if half_open_full || !self.guest_tcp_room(host) {
             None
         } else {
             self.tcp_room(host).then(|| self.tcp_params(now)).flatten()
@@ -794,10 +800,51 @@ impl Stack {
         false
     }
 
+    /// May the guest open one more TCP flow of its own? While a port is published it leaves
+    /// `tcp_forward_reserve` flows (at most half the table) to forwards' clients (after evicting flows in TIME-WAIT if need be). A refusal
+    /// is counted as a `max_tcp_flows` hit: it is the guest's part of that table.
+    fn guest_tcp_room(&mut self, host: &mut impl HostIo) -> bool {
+        let limits = self.config.limits;
+        // Only while a TCP port is published, and never more than half the table.
+        let reserve = if self.forwards.is_empty() {
+            0
+        } else {
+            limits.tcp_forward_reserve.min(limits.max_tcp_flows / 2)
+        };
+        let guest_max = limits.max_tcp_flows - reserve;
+        while (self.stats.tcp_flows as usize).saturating_sub(self.forward_of.len()) >= guest_max {
+            if !self.evict_time_wait(host) {
+                self.stats.tcp_flow_limit_hits += 1;
+                return false;
+            }
+        }
+        true
+    }
+
+    /// May `forward` take one more host client? Within its own limit and the forwards'
+    /// share of the TCP table; a refusal is counted.
+    fn forward_room(&mut self, forward: u64) -> bool {
+        let limits = &self.config.limits;
+        let own = self.flows_per_forward.get(&forward).copied().unwrap_or(0);
+        if own < limits.max_flows_per_forward && self.forward_of.len() < limits.max_forward_flows {
+            return true;
+        }
+        self.stats.forward_flow_limit_hits += 1;
+        false
+    }
+
     fn remove_flow(&mut self, id: FlowId, mode: CloseMode, host: &mut impl HostIo) {
         let Some(flow) = self.flows.remove(id) else {
             return;
         };
+        if let Some(forward) = self.forward_of.remove(&id) {
+            if let Some(count) = self.flows_per_forward.get_mut(&forward) {
+                *count -= 1;
+                if *count == 0 {
+                    self.flows_per_forward.remove(&forward);
+                }
+            }
+        }
         match flow {
             Flow::Tcp(tcp) => {
                 if tcp.is_connecting() {
@@ -1368,7 +1415,10 @@ impl Stack {
                 guest,
                 remote: local,
             };
-            let params = if self.flows.lookup(&key).is_some() || !self.tcp_room(host) {
+            let params = if self.flows.lookup(&key).is_some()
+                || !self.forward_room(forward)
+                || !self.tcp_room(host)
+            {
                 None
             } else {
                 self.tcp_params(now)
@@ -1399,6 +1449,8 @@ impl Stack {
             flow.counters.host = Some(peer);
             let inserted = self.insert_tcp(key, flow);
             debug_assert_eq!(inserted, id);
+            self.forward_of.insert(id, forward);
+            *self.flows_per_forward.entry(forward).or_insert(0) += 1;
             log::debug!("{id:?}: forward {forward}: {peer} -> guest {guest}");
             if let Some(Flow::Tcp(tcp)) = self.flows.get_mut(id) {
                 let verdict = tcp.handle_timer(now, id, &mut self.tx, host);

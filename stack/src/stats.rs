@@ -23,7 +23,8 @@ pub struct Stats {
     pub tcp_flows_opened: u64,
     pub udp_flows_opened: u64,
     pub icmp_flows_opened: u64,
-    /// Connections refused because `max_tcp_flows` was reached.
+    /// Connections refused because `max_tcp_flows` was reached (for the guest's own
+    /// connections: `max_tcp_flows` less `tcp_forward_reserve`).
     pub tcp_flow_limit_hits: u64,
     /// Flows in TIME-WAIT dropped early: beyond `max_time_wait`, or to make room for a new
     /// flow in a full TCP table.
@@ -44,6 +45,9 @@ pub struct Stats {
     pub tcp_buffer_bytes: u64,
     /// `add_hostfwd` requests refused because `max_forwards` forwards exist.
     pub forward_limit_hits: u64,
+    /// Host clients of port forwards closed at once because forwards' clients already held
+    /// `max_forward_flows` TCP flows, or this forward `max_flows_per_forward`.
+    pub forward_flow_limit_hits: u64,
     /// Control-socket connections closed at once because `MAX_CLIENTS` were being served.
     pub api_clients_rejected: u64,
     /// Host connects that failed (refused, unreachable, timed out).
@@ -75,13 +79,14 @@ pub enum Limit {
     TcpBufferBudget,
     TxQueue,
     Forwards,
+    ForwardFlows,
     ApiClients,
     /// Not a limit of ours: the host's (file descriptors, ports, memory).
     HostExhausted,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 12] = [
+    pub const ALL: [Limit; 13] = [
         Limit::TcpFlows,
         Limit::TimeWait,
         Limit::HalfOpen,
@@ -92,6 +97,7 @@ impl Limit {
         Limit::TcpBufferBudget,
         Limit::TxQueue,
         Limit::Forwards,
+        Limit::ForwardFlows,
         Limit::ApiClients,
         Limit::HostExhausted,
     ];
@@ -108,6 +114,7 @@ impl Limit {
             Limit::TcpBufferReduced | Limit::TcpBufferBudget => "tcp_buffer_budget",
             Limit::TxQueue => "max_tx_queue_frames",
             Limit::Forwards => "max_forwards",
+            Limit::ForwardFlows => "max_forward_flows",
             Limit::ApiClients => "max_api_clients",
             Limit::HostExhausted => "host resources",
         }
@@ -124,6 +131,7 @@ impl Limit {
             Limit::TcpBufferReduced | Limit::TcpBufferBudget => limits.tcp_buffer_budget,
             Limit::TxQueue => limits.max_tx_queue_frames,
             Limit::Forwards => limits.max_forwards,
+            Limit::ForwardFlows => limits.max_forward_flows,
             Limit::ApiClients => limits.max_api_clients,
             Limit::HostExhausted => 0,
         }
@@ -141,6 +149,9 @@ impl Limit {
             Limit::TcpBufferReduced => "new TCP flows get small buffers",
             Limit::TxQueue => "frames for the guest dropped",
             Limit::Forwards => "add_hostfwd refused",
+            Limit::ForwardFlows => {
+                "forwards' host clients closed (the forwards' share or one forward's)"
+            }
             Limit::ApiClients => "control-socket connections closed",
             Limit::HostExhausted => {
                 "new flows refused (RST / ICMP), forward accepts retried shortly"
@@ -161,6 +172,7 @@ impl Limit {
             Limit::TcpBufferBudget => stats.tcp_buffer_budget_hits,
             Limit::TxQueue => stats.tx_dropped,
             Limit::Forwards => stats.forward_limit_hits,
+            Limit::ForwardFlows => stats.forward_flow_limit_hits,
             Limit::ApiClients => stats.api_clients_rejected,
             Limit::HostExhausted => stats.host_exhausted,
         }
@@ -271,6 +283,7 @@ mod tests {
                 Limit::TcpBufferBudget => probe.tcp_buffer_budget_hits = 1,
                 Limit::TxQueue => probe.tx_dropped = 1,
                 Limit::Forwards => probe.forward_limit_hits = 1,
+                Limit::ForwardFlows => probe.forward_flow_limit_hits = 1,
                 Limit::ApiClients => probe.api_clients_rejected = 1,
                 Limit::HostExhausted => probe.host_exhausted = 1,
             }

@@ -464,10 +464,95 @@ mod control {
             "tcp_buffer_budget_hits",
             "tcp_buffer_bytes",
             "forward_limit_hits",
+            "forward_flow_limit_hits",
+            "host_exhausted",
             "api_clients_rejected",
         ] {
             assert!(reply.contains(counter), "{counter} in {reply}");
         }
+    }
+}
+
+mod forward_share {
+    use super::*;
+    use core::net::SocketAddr;
+
+    fn loopback(port: u16) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+    }
+
+    /// max_tcp_flows 8: forwards' clients may hold 4 (3 for one forward), the guest's own
+    /// connections leave 2 free.
+    fn scenario() -> Scenario {
+        let mut s = with_limits(|l| {
+            l.max_tcp_flows = 8;
+            l.max_forward_flows = 4;
+            l.max_flows_per_forward = 3;
+            l.tcp_forward_reserve = 2;
+        });
+        let guest = s.guest;
+        s.guest_sends(&guest.arp_request(Ipv4Addr::new(10, 0, 2, 2)));
+        s.drain();
+        for port in [8080, 8081] {
+            let reply = s.api(&format!(
+                r#"{{"execute":"add_hostfwd","arguments":{{"proto":"tcp","host_addr":"127.0.0.1","host_port":{port},"guest_port":80}}}}"#
+            ));
+            assert!(reply.starts_with(r#"{"return":{"id":"#), "{reply}");
+        }
+        s
+    }
+
+    /// One busy forward takes at most its own limit, all forwards together at most their
+    /// share: the refused clients are closed and counted, and the guest's own connections
+    /// still find room.
+    #[test]
+    fn forwards_clients_stay_within_their_share() {
+        let mut s = scenario();
+        for port in 40000..40004 {
+            s.host.client_connects(1, loopback(port));
+        }
+        s.forward_event(1);
+        let stats = s.stats();
+        assert_eq!(
+            (stats.tcp_flows, stats.forward_flow_limit_hits),
+            (3, 1),
+            "forward 1 holds its 3"
+        );
+        for port in 40010..40012 {
+            s.host.client_connects(2, loopback(port));
+        }
+        s.forward_event(2);
+        let stats = s.stats();
+        assert_eq!(
+            (stats.tcp_flows, stats.forward_flow_limit_hits),
+            (4, 2),
+            "the forwards' share is 4"
+        );
+        s.drain();
+        // The container's own connections take the rest of the table.
+        for port in 0..4 {
+            let (conn, _) = s.open_tcp(50000 + port, remote(80));
+            assert!(conn.established());
+        }
+        assert_eq!(s.stats().tcp_flows, 8);
+        assert_eq!(s.stats().tcp_flow_limit_hits, 0);
+    }
+
+    /// The guest's own connections leave `tcp_forward_reserve` flows free: a published port
+    /// stays reachable however many connections the container opens.
+    #[test]
+    fn the_guest_leaves_a_reserve_for_forwards_clients() {
+        let mut s = scenario();
+        for port in 0..6 {
+            s.open_tcp(50000 + port, remote(80));
+        }
+        assert_syn_refused(&mut s, 50010);
+        let stats = s.stats();
+        assert_eq!((stats.tcp_flows, stats.tcp_flow_limit_hits), (6, 1));
+        s.client_connects(1, loopback(40000));
+        s.client_connects(2, loopback(40001));
+        let stats = s.stats();
+        assert_eq!((stats.tcp_flows, stats.forward_flow_limit_hits), (8, 0));
     }
 }
 
