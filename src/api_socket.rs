@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 pub const MAX_REQUEST_BYTES: usize = 4096;
 /// A client must complete its request and take its reply within this time.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// After an accept failed (out of fds, say) it is tried again this soon: the listener is
+/// edge-triggered, so the clients waiting in its backlog bring no new event.
+pub const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 /// Token space of the API: bit 63 (never set in flow tokens) plus bit 62.
 const API_BIT: usize = 3 << 62;
@@ -43,6 +46,10 @@ pub struct ApiServer {
     max_clients: usize,
     /// Connections closed because `max_clients` were already being served.
     pub rejected_clients: u64,
+    /// An accept failed: when to try again.
+    accept_retry_at: Option<Instant>,
+    /// Accepts that failed (EMFILE, ENFILE, ...); the first is logged at info.
+    pub accept_failures: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,16 +83,23 @@ impl ApiServer {
             next_client: 1,
             max_clients,
             rejected_clients: 0,
+            accept_retry_at: None,
+            accept_failures: 0,
         })
     }
 
-    /// The earliest client deadline, for the loop's timeout.
+    /// The earliest client deadline (or accept retry), for the loop's timeout.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.clients.values().map(|c| c.deadline).min()
+        let clients = self.clients.values().map(|c| c.deadline).min();
+        [clients, self.accept_retry_at].into_iter().flatten().min()
     }
 
-    /// Drop clients that ran out of time.
+    /// Drop clients that ran out of time, and retry a failed accept when due.
     pub fn expire(&mut self, now: Instant, registry: &Registry) {
+        if self.accept_retry_at.is_some_and(|at| at <= now) {
+            self.accept_retry_at = None;
+            self.accept(registry);
+        }
         let expired: Vec<usize> = self
             .clients
             .iter()
@@ -121,9 +135,22 @@ impl ApiServer {
                 Ok(conn) => conn,
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                // That client gave up while queued; the next may be there.
+                Err(err) if err.kind() == io::ErrorKind::ConnectionAborted => continue,
                 Err(err) => {
-                    // EMFILE and friends: try again on the next event rather than spin.
-                    log::warn!("API socket accept failed: {err}");
+                    // EMFILE and friends leave the client in the backlog, and no new event
+                    // would come for it: try again shortly rather than spin or give up.
+                    self.accept_failures += 1;
+                    if self.accept_failures == 1 {
+                        log::info!(
+                            "control socket: accept failed: {err}; retrying every {} ms \
+                             (later failures are logged at debug)",
+                            ACCEPT_RETRY.as_millis()
+                        );
+                    } else {
+                        log::debug!("control socket: accept failed: {err}");
+                    }
+                    self.accept_retry_at = Some(Instant::now() + ACCEPT_RETRY);
                     return;
                 }
             };

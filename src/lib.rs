@@ -6,6 +6,7 @@ pub mod api_socket;
 pub mod bess;
 pub mod cli;
 pub mod event_loop;
+pub mod fds;
 pub mod host;
 pub mod netns;
 pub mod pcap;

@@ -71,6 +71,10 @@ fn main() -> ExitCode {
 /// Everything after parsing; any `Err` is fatal and becomes one line on stderr.
 fn run(options: Options) -> Result<Exit, String> {
     rslirp::tune_allocator();
+    // Every flow holds a host socket: take all the descriptors we may (see `fds`).
+    let nofile = rslirp::fds::raise_nofile_limit();
+    // Checked before any side effect.
+    let budget = tcp_buffer_budget()?;
     // Block the exit signals before anything else so they queue for the signalfd; the
     // forked setup child inherits the mask and never needs them.
     let mut mask = SigSet::empty();
@@ -130,6 +134,25 @@ fn run(options: Options) -> Result<Exit, String> {
     };
     let mut config = options.stack_config();
     config.tap_offload = tap.offload;
+    if let Some(budget) = budget {
+        config.limits.tcp_buffer_budget = budget;
+    }
+    log::info!(
+        "TCP buffers: at most {} MiB in all (set with {BUDGET_ENV}=MiB)",
+        config.limits.tcp_buffer_budget >> 20
+    );
+    // The flow tables fit the descriptors left once the reserve is kept back, so a guest
+    // can never take the ones the control socket and the forwards need.
+    let fd_plan = rslirp::fds::plan(
+        &config.limits,
+        usize::try_from(nofile.soft).unwrap_or(usize::MAX),
+        rslirp::fds::open_fds(),
+    );
+    log::info!(
+        "{}",
+        rslirp::fds::describe(&nofile, &fd_plan, &config.limits)
+    );
+    config.limits = fd_plan.limits;
     let clock = Clock::new();
     let mut stack = Stack::new(config.clone(), clock.now(), rslirp::random_seed());
     let resolv = (!config.disable_dns).then(|| {
@@ -205,6 +228,23 @@ fn run(options: Options) -> Result<Exit, String> {
 /// most the MTU): a switch for comparing the two paths and a way out should a kernel
 /// mishandle them.
 const OFFLOAD_ENV: &str = "RSLIRP_TAP_OFFLOAD";
+
+/// The TCP buffer budget in MiB (`Limits::tcp_buffer_budget`): the most buffer memory a
+/// guest can make rslirp hold. Raise it for big windows on many flows at once.
+const BUDGET_ENV: &str = "RSLIRP_TCP_BUFFER_BUDGET";
+
+fn tcp_buffer_budget() -> Result<Option<usize>, String> {
+    let Some(value) = std::env::var_os(BUDGET_ENV) else {
+        return Ok(None);
+    };
+    let text = value.to_string_lossy();
+    match text.trim().parse::<usize>() {
+        Ok(mib) if (1..=1 << 20).contains(&mib) => Ok(Some(mib << 20)),
+        _ => Err(format!(
+            "{BUDGET_ENV} must be a number of MiB from 1 to 1048576, not \"{text}\""
+        )),
+    }
+}
 
 fn open_tap(options: &Options) -> Result<netns::Tap, String> {
     let offload = std::env::var_os(OFFLOAD_ENV).is_none_or(|value| value != "0");

@@ -1,6 +1,7 @@
 //! End-to-end robustness (issue #8): a SYN flood beside a bulk transfer, 100,000 short
 //! connections against a memory bound, garbage frames, a host peer killed mid-transfer, and
-//! the container taken away under a running rslirp.
+//! the container taken away under a running rslirp; (issue #16) more UDP flows than file
+//! descriptors.
 //!
 //! Every connect the NAT makes stays in the test's own host namespace (its loopback, or a
 //! black-holed address on its dummy subnet); every wait has a deadline.
@@ -29,6 +30,8 @@ both_modes!(
     killed_host_client_ends_the_guest_connection,
     container_gone_ends_rslirp,
     tap_deleted_ends_rslirp,
+    udp_flood_within_1024_fds_leaves_api_and_tcp_working,
+    udp_flood_with_fd_limit_raised_leaves_api_and_tcp_working,
 );
 
 /// The two heavy tests run rootful only: the data path they load is the same in both
@@ -819,4 +822,125 @@ fn wait_exit(rslirp: &mut Rslirp) -> (std::process::ExitStatus, String) {
         output.lines().last().unwrap_or_default()
     );
     (status, output)
+}
+
+// ---- more flows than file descriptors (issue #16) ------------------------------------------
+
+/// UDP flows the guest opens, each from a port of its own: more than `ulimit -n 1024`.
+const FD_FLOOD_FLOWS: u16 = 1_500;
+const FD_FLOOD_FIRST_PORT: u16 = 20_000;
+/// Issue #16: after the flood the control socket and a new TCP connect answer within this.
+const AFTER_FLOOD_BOUND: Duration = Duration::from_secs(1);
+
+/// `ulimit -n 1024` with the hard limit at 1024 too: nothing to raise, so the reserve must
+/// keep the control socket's descriptors from the guest's flows.
+fn udp_flood_within_1024_fds_leaves_api_and_tcp_working(mode: Mode) {
+    udp_flood_leaves_api_and_tcp_working(mode, 1024, 1024);
+}
+
+/// `ulimit -n 1024` under a hard limit of 4096: rslirp raises its soft limit to 4096.
+fn udp_flood_with_fd_limit_raised_leaves_api_and_tcp_working(mode: Mode) {
+    udp_flood_leaves_api_and_tcp_working(mode, 1024, 4096);
+}
+
+/// rslirp started with RLIMIT_NOFILE (soft, hard); the guest opens 1,500 UDP flows (one
+/// datagram each, from distinct ports) to a host echo server; then `add_hostfwd` must
+/// answer, and a new TCP connect from the guest succeed, each within a second. The UDP
+/// table must have stayed within the limit rslirp logged at start (it evicts instead).
+fn udp_flood_leaves_api_and_tcp_working(mode: Mode, soft: u64, hard: u64) {
+    let env = Env::new(mode);
+    let api = Api::new(&env);
+    let mut rslirp = api.launch(&env).nofile(soft, hard).start();
+    assert_eq!(
+        nofile_soft_limit(rslirp.pid()),
+        hard,
+        "rslirp raises its soft limit to the hard one"
+    );
+    let max_udp_flows = logged_limit(&rslirp.output(), "max_udp_flows");
+    assert!(
+        max_udp_flows + 64 < soft.max(hard),
+        "the UDP table leaves descriptors to the rest: max_udp_flows {max_udp_flows}"
+    );
+    let echo = env.host_udp_echo_server(Ipv4Addr::LOCALHOST);
+    let target = SocketAddrV4::new(GATEWAY, echo.port());
+    env.in_guest("UDP flow flood", move || udp_flows(target))
+        .wait(STEP_TIMEOUT)
+        .expect("guest UDP flood");
+    // Let rslirp take in the last datagrams (it reads the tap in batches).
+    thread::sleep(Duration::from_millis(300));
+
+    let fwd = Fwd::tcp(Ipv4Addr::LOCALHOST, 8080, 80);
+    let started = Instant::now();
+    let reply = api.try_request(fwd.add_request().as_bytes(), api::Framing::HalfClose);
+    let took = started.elapsed();
+    let reply =
+        reply.unwrap_or_else(|e| panic!("add_hostfwd after the flood: {e}\n{}", rslirp.output()));
+    assert_eq!(String::from_utf8_lossy(&reply), api::id_reply(1));
+    assert!(took <= AFTER_FLOOD_BOUND, "add_hostfwd took {took:?}");
+
+    let tcp_echo = env.host_echo_server(Ipv4Addr::LOCALHOST);
+    let started = Instant::now();
+    let stream = env
+        .guest_connect(
+            SocketAddrV4::new(GATEWAY, tcp_echo.port()),
+            AFTER_FLOOD_BOUND,
+        )
+        .unwrap_or_else(|e| panic!("a new TCP connect after the flood: {e}"));
+    let took = started.elapsed();
+    assert!(took <= AFTER_FLOOD_BOUND, "the TCP connect took {took:?}");
+    let payload = Pattern::bytes(16, 1000);
+    assert!(net::exchange(&stream, &payload).expect("echo") == payload);
+
+    let stats = api.stats();
+    let udp_flows = stat(&stats, &["flows", "udp"]);
+    let opened = stat(&stats, &["counters", "udp_flows_opened"]);
+    let evicted = stat(&stats, &["counters", "udp_flow_evictions"]);
+    assert!(udp_flows <= max_udp_flows, "{stats}");
+    assert!(
+        opened > max_udp_flows && evicted > 0,
+        "the flood went beyond the UDP table, which evicted: {stats}"
+    );
+    assert_eq!(
+        stat(&stats, &["counters", "host_exhausted"]),
+        0,
+        "no host call ran out of descriptors: {stats}"
+    );
+    rslirp.assert_running();
+}
+
+/// One datagram from each of `FD_FLOOD_FLOWS` guest ports to `target`, paced in bursts of
+/// 50 so that the guest's tap queue (500 frames) does not overflow.
+fn udp_flows(target: SocketAddrV4) -> io::Result<()> {
+    for i in 0..FD_FLOOD_FLOWS {
+        let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, FD_FLOOD_FIRST_PORT + i))?;
+        socket.send_to(b"one flow", target)?;
+        if i % 50 == 49 {
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+    Ok(())
+}
+
+/// The soft "Max open files" of /proc/PID/limits.
+fn nofile_soft_limit(pid: u32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    limits
+        .lines()
+        .find_map(|line| line.strip_prefix("Max open files"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|soft| soft.parse().ok())
+        .unwrap_or_else(|| panic!("no Max open files in {limits}"))
+}
+
+/// The value rslirp logged at start for `name` ("file descriptors: ... NAME N, ...").
+fn logged_limit(output: &str, name: &str) -> u64 {
+    output
+        .lines()
+        .filter(|line| line.contains("file descriptors:"))
+        .find_map(|line| {
+            let rest = &line[line.find(&format!("{name} "))? + name.len() + 1..];
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no {name} in rslirp's start log:\n{output}"))
 }

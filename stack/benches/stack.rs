@@ -8,6 +8,8 @@
 //! - `per_packet`: one small segment with 10 and 10,000 established flows; the cost must
 //!   not grow with the number of flows.
 //! - `api`: control-socket requests through `handle_api_request`.
+//! - `udp_eviction`: a datagram opening a new flow in a full UDP table (256 and 4,096
+//!   flows), which evicts the longest idle one; the cost must not grow with the table.
 //!
 //! Only the stack's calls are timed (`iter_custom`): building the guest's frames and its
 //! ACKs happens outside the clock. The host is [`BenchHost`], not `testing::SimHost`:
@@ -77,11 +79,11 @@ impl HostIo for BenchHost {
     }
 
     fn udp_open(&mut self, _flow: FlowId, _remote: SocketAddr) -> HostResult<()> {
-        Err(HostError::Exhausted)
+        Ok(())
     }
 
     fn udp_send(&mut self, _flow: FlowId, _data: &[u8]) -> HostResult<()> {
-        Err(HostError::Exhausted)
+        Ok(())
     }
 
     fn udp_recv(&mut self, _flow: FlowId, _buf: &mut [u8]) -> HostResult<usize> {
@@ -497,6 +499,56 @@ fn add_request(host_port: u16) -> String {
     )
 }
 
+/// A full UDP table: every datagram comes from a new guest port, so it opens a flow and
+/// the flow idle the longest is evicted. This was a scan of every flow (O(n) per datagram).
+fn udp_eviction(c: &mut Criterion) {
+    let mut group = c.benchmark_group("udp_eviction");
+    group.throughput(Throughput::Elements(1));
+    for flows in [256usize, 4096] {
+        let mut config = Config::default();
+        config.limits.max_udp_flows = flows;
+        let guest = Guest::new(&config.network);
+        let mut stack = Stack::new(config, START, 1);
+        let mut host = BenchHost::default();
+        let mut now = START;
+        let mut next = 0u32;
+        // A new (guest port, remote port) pair for each datagram.
+        let frame = |n: u32| {
+            let port = 1024 + u16::try_from(n % 60_000).expect("below 60,000");
+            let remote = 9000 + u16::try_from(n / 60_000 % 50_000).expect("below 50,000");
+            guest.udp(
+                port,
+                SocketAddrV4::new(Ipv4Addr::new(10, 99, 0, 1), remote),
+                b"x",
+            )
+        };
+        for _ in 0..flows {
+            stack.handle_frame(now, &frame(next), &mut host);
+            next += 1;
+            now += TICK;
+        }
+        assert_eq!(stack.stats().udp_flows, flows as u64, "the table is full");
+        group.bench_function(BenchmarkId::new("new_flow", flows), |b| {
+            b.iter_custom(|iters| {
+                let frames: Vec<Vec<u8>> = (0..iters)
+                    .map(|_| {
+                        next = next.wrapping_add(1);
+                        frame(next)
+                    })
+                    .collect();
+                let started = StdInstant::now();
+                for f in &frames {
+                    stack.handle_frame(now, f, &mut host);
+                    now += TICK;
+                }
+                started.elapsed()
+            })
+        });
+        assert_eq!(stack.stats().udp_flows, flows as u64);
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     // Short runs: the whole suite stays at about a minute on two shared cores.
@@ -504,6 +556,6 @@ criterion_group! {
         .sample_size(20)
         .warm_up_time(StdDuration::from_secs(1))
         .measurement_time(StdDuration::from_secs(3));
-    targets = guest_to_host, host_to_guest, per_packet, api
+    targets = guest_to_host, host_to_guest, per_packet, api, udp_eviction
 }
 criterion_main!(benches);

@@ -420,6 +420,7 @@ struct Counters {
     tcp_buffer_budget_hits: u64,
     tcp_buffer_bytes: u64,
     forward_limit_hits: u64,
+    forward_flow_limit_hits: u64,
     api_clients_rejected: u64,
     tcp_connect_failures: u64,
     host_socket_errors: u64,
@@ -435,6 +436,7 @@ struct Counters {
     ip_frag_fragmented: u64,
     ip_frag_pending: u64,
     ip_frag_bytes: u64,
+    host_exhausted: u64,
 }
 
 /// One active flow, as `list_flows` reports it. `rx_bytes` came from the guest, `tx_bytes`
@@ -501,6 +503,7 @@ pub fn stats_reply(stats: &Stats) -> Vec<u8> {
                 tcp_buffer_budget_hits: stats.tcp_buffer_budget_hits,
                 tcp_buffer_bytes: stats.tcp_buffer_bytes,
                 forward_limit_hits: stats.forward_limit_hits,
+                forward_flow_limit_hits: stats.forward_flow_limit_hits,
                 api_clients_rejected: stats.api_clients_rejected,
                 tcp_connect_failures: stats.tcp_connect_failures,
                 host_socket_errors: stats.host_socket_errors,
@@ -516,6 +519,7 @@ pub fn stats_reply(stats: &Stats) -> Vec<u8> {
                 ip_frag_fragmented: stats.ip_frag_fragmented,
                 ip_frag_pending: stats.ip_frag_pending,
                 ip_frag_bytes: stats.ip_frag_bytes,
+                host_exhausted: stats.host_exhausted,
             },
         },
     })
@@ -1136,6 +1140,7 @@ mod tests {
             tcp_buffer_budget_hits: 22,
             tcp_buffer_bytes: 23,
             forward_limit_hits: 24,
+            forward_flow_limit_hits: 41,
             api_clients_rejected: 25,
             tcp_connect_failures: 26,
             host_socket_errors: 27,
@@ -1151,6 +1156,7 @@ mod tests {
             ip_frag_fragmented: 36,
             ip_frag_pending: 37,
             ip_frag_bytes: 38,
+            host_exhausted: 40,
         };
         assert_eq!(
             String::from_utf8_lossy(&stats_reply(&stats)),
@@ -1163,12 +1169,12 @@ mod tests {
                 r#""tcp_half_open_limit_hits":17,"#,
                 r#""udp_flow_evictions":18,"icmp_flow_evictions":19,"dns_flow_evictions":20,"#,
                 r#""tcp_buffer_reductions":21,"tcp_buffer_budget_hits":22,"tcp_buffer_bytes":23,"#,
-                r#""forward_limit_hits":24,"api_clients_rejected":25,"#,
+                r#""forward_limit_hits":24,"forward_flow_limit_hits":41,"api_clients_rejected":25,"#,
                 r#""tcp_connect_failures":26,"host_socket_errors":27,"#,
                 r#""tcp_syn_received_timeouts":28,"tcp_user_timeouts":29,"tcp_fin_wait2_timeouts":30,"tcp_syn_rate_drops":39,"#,
                 r#""ip_frag_reassembled":31,"ip_frag_timeouts":32,"ip_frag_overlaps":33,"#,
                 r#""ip_frag_datagram_evictions":34,"ip_frag_byte_evictions":35,"#,
-                r#""ip_frag_fragmented":36,"ip_frag_pending":37,"ip_frag_bytes":38}}}"#
+                r#""ip_frag_fragmented":36,"ip_frag_pending":37,"ip_frag_bytes":38,"host_exhausted":40}}}"#
             )
         );
     }

@@ -150,6 +150,15 @@ pub struct Limits {
     pub max_tx_queue_bytes: usize,
     /// Port forwards published through the control socket.
     pub max_forwards: usize,
+    /// TCP flows of port forwards' host clients, all forwards together: clients of a
+    /// published port cannot take the flows the container needs for its own connections.
+    pub max_forward_flows: usize,
+    /// TCP flows of one forward's host clients: one busy port cannot take every other
+    /// forward's share.
+    pub max_flows_per_forward: usize,
+    /// TCP flows the container's own connections leave free for forwards' clients: the
+    /// guest cannot make a published port unreachable by opening connections.
+    pub tcp_forward_reserve: usize,
     /// TCP flows lingering in TIME-WAIT (they only re-ACK a lost final FIN); on overflow the
     /// oldest is dropped, as Linux drops TIME-WAIT buckets.
     pub max_time_wait: usize,
@@ -157,12 +166,13 @@ pub struct Limits {
     pub max_dns_flows: usize,
     /// Control-socket connections served at once; more are closed at once.
     pub max_api_clients: usize,
-    /// Bytes of TCP buffer capacity (receive + send) all TCP flows may reserve together. A
-    /// flow gets `tcp_rx_buffer` + `tcp_tx_buffer` while the reservation stays within half
-    /// the budget, else `tcp_small_buffer` each way, and is refused (RST) when even that
-    /// does not fit.
+    /// Bytes of TCP buffer capacity (receive + send) all TCP flows may reserve together:
+    /// the most buffer memory a guest can make rslirp hold (uploads to a server that never
+    /// reads, downloads the guest never reads). See [`Limits::tcp_buffers`] for how a new
+    /// flow's buffers are chosen within it.
     pub tcp_buffer_budget: usize,
-    /// Each-way buffer of a TCP flow opened under memory pressure (its window).
+    /// Each-way buffer of a TCP flow opened once the full-size buffers of the first flows
+    /// have used their share of the budget (its window).
     pub tcp_small_buffer: usize,
     /// New TCP connections the guest may open per second (a SYN costs a host socket and a
     /// connect); SYNs beyond it are dropped, the guest's kernel retransmits them a second
@@ -171,6 +181,10 @@ pub struct Limits {
     pub max_syn_rate: u32,
     /// SYNs admitted at once above the rate (a burst of connections after a quiet time).
     pub syn_burst: u32,
+    /// Each-way buffer every TCP flow is sure to get: the budget always keeps this much for
+    /// each flow `max_tcp_flows` still allows, so it never refuses a flow before the table
+    /// is full (as long as `max_tcp_flows` such flows fit the budget).
+    pub tcp_min_buffer: usize,
     /// smoltcp receive buffer (guest → host direction) per TCP flow; sets the window.
     pub tcp_rx_buffer: usize,
     /// smoltcp send buffer (host → guest direction) per TCP flow.
@@ -193,18 +207,111 @@ impl Default for Limits {
             max_tx_queue_frames: 1_024,
             max_tx_queue_bytes: 8 << 20,
             max_forwards: crate::forward::DEFAULT_MAX_FORWARDS,
+            max_forward_flows: 8_192,
+            max_flows_per_forward: 4_096,
+            tcp_forward_reserve: 1_024,
             max_time_wait: 1_024,
             max_dns_flows: 256,
             max_api_clients: 64,
-            tcp_buffer_budget: 4 << 30,
+            tcp_buffer_budget: DEFAULT_TCP_BUFFER_BUDGET,
             tcp_small_buffer: 64 << 10,
             max_syn_rate: 10_000,
             syn_burst: 2_000,
+            tcp_min_buffer: 4 << 10,
             tcp_rx_buffer: 1 << 20,
             tcp_tx_buffer: 1 << 20,
             max_reassembly_datagrams: 64,
             max_reassembly_bytes: 1 << 20,
         }
+    }
+}
+
+/// The default `tcp_buffer_budget`, 256 MiB: room for 32 flows with full 1 MiB buffers
+/// each way (a quarter), about 500 with 64 KiB ones, and 4 KiB ones for all 16,384 flows
+/// `max_tcp_flows` allows (half). See docs/limits.md for why this size.
+pub const DEFAULT_TCP_BUFFER_BUDGET: usize = 256 << 20;
+
+/// Which buffers a new TCP flow gets (see [`Limits::tcp_buffers`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BufferTier {
+    /// `tcp_rx_buffer` / `tcp_tx_buffer`.
+    Full,
+    /// `tcp_small_buffer` each way.
+    Small,
+    /// `tcp_min_buffer` each way.
+    Min,
+}
+
+impl Limits {
+    /// The buffers (receive, send) of a new TCP flow when the open flows (`open`, not
+    /// counting the new one) reserve `reserved` bytes, or `None` when even the minimum
+    /// ones do not fit the budget.
+    ///
+    /// The budget is split so that the worst case stays within it and no flow is refused
+    /// before `max_tcp_flows`: every flow the table may still take keeps `tcp_min_buffer`
+    /// each way in reserve; full-size buffers go to new flows while the reservation stays
+    /// within a quarter of the budget (a few bulk transfers at full speed);
+    /// `tcp_small_buffer` ones to flows after that, as long as they leave the reserve.
+    pub fn tcp_buffers(&self, reserved: usize, open: usize) -> Option<(usize, usize, BufferTier)> {
+        let later = self.max_tcp_flows.saturating_sub(open + 1);
+        let floor = later.saturating_mul(2 * self.tcp_min_buffer);
+        let fits = |bytes: usize| {
+            reserved.saturating_add(bytes).saturating_add(floor) <= self.tcp_buffer_budget
+        };
+        let full = self.tcp_rx_buffer + self.tcp_tx_buffer;
+        if reserved + full <= self.tcp_buffer_budget / 4 && fits(full) {
+            return Some((self.tcp_rx_buffer, self.tcp_tx_buffer, BufferTier::Full));
+        }
+        let small = self.tcp_small_buffer;
+        if fits(2 * small) {
+            return Some((small, small, BufferTier::Small));
+        }
+        let min = self.tcp_min_buffer;
+        (reserved + 2 * min <= self.tcp_buffer_budget).then_some((min, min, BufferTier::Min))
+    }
+
+    /// Host sockets the flow tables can hold at once: one per TCP, UDP and ICMP flow (a
+    /// UDP flow of a port forward has none, but is counted as if it had: the bound is
+    /// conservative).
+    pub fn flow_fds(&self) -> usize {
+        self.max_tcp_flows + self.max_udp_flows + self.max_icmp_flows
+    }
+
+    /// These limits with the flow tables shrunk, each in proportion, so that all flows
+    /// together never hold more than `fds` host sockets (every table keeps at least one
+    /// flow); the limits within a table (`max_half_open`, `max_time_wait`,
+    /// `max_dns_flows`) follow theirs. Unchanged when they already fit.
+    ///
+    /// Why: a guest that opens more flows than the process has file descriptors would
+    /// otherwise take the last ones, and then the control socket, port forwards and new
+    /// connections all fail with EMFILE. With the tables within the fds, a full table
+    /// evicts or refuses by its own rule, and the rest of the fds stay for the others.
+    pub fn within_fds(&self, fds: usize) -> Limits {
+        let total = self.flow_fds();
+        if total <= fds {
+            return *self;
+        }
+        let share = |limit: usize| ((fds as u128 * limit as u128 / total as u128) as usize).max(1);
+        let mut fitted = *self;
+        fitted.max_tcp_flows = share(self.max_tcp_flows);
+        fitted.max_udp_flows = share(self.max_udp_flows);
+        fitted.max_icmp_flows = share(self.max_icmp_flows);
+        fitted.max_half_open = self.max_half_open.min(fitted.max_tcp_flows);
+        fitted.max_time_wait = self.max_time_wait.min(fitted.max_tcp_flows);
+        fitted.max_dns_flows = self.max_dns_flows.min(fitted.max_udp_flows);
+        // The shares between the guest and forwards' clients keep their proportions.
+        let tcp_share = |limit: usize| {
+            ((fitted.max_tcp_flows as u128 * limit as u128 / self.max_tcp_flows.max(1) as u128)
+                as usize)
+                .max(1)
+        };
+        fitted.max_forward_flows = tcp_share(self.max_forward_flows).min(self.max_forward_flows);
+        fitted.max_flows_per_forward =
+            tcp_share(self.max_flows_per_forward).min(self.max_flows_per_forward);
+        fitted.tcp_forward_reserve = tcp_share(self.tcp_forward_reserve)
+            .min(self.tcp_forward_reserve)
+            .min(fitted.max_tcp_flows.saturating_sub(1));
+        fitted
     }
 }
 
@@ -314,6 +421,92 @@ mod tests {
         assert_eq!(
             service_mac(n.gateway()),
             EthernetAddress([0x52, 0x55, 10, 0, 2, 2])
+        );
+    }
+
+    /// Filling the table with the default limits: the first flows get full buffers, then
+    /// small ones, then the minimum; every flow up to `max_tcp_flows` is admitted, and the
+    /// reservation never passes the budget.
+    #[test]
+    fn default_buffer_tiers_admit_every_flow_within_the_budget() {
+        let limits = Limits::default();
+        let mut reserved = 0;
+        let mut tiers = Vec::new();
+        for open in 0..limits.max_tcp_flows {
+            let (rx, tx, tier) = limits
+                .tcp_buffers(reserved, open)
+                .unwrap_or_else(|| panic!("flow {open} refused at {reserved} bytes"));
+            reserved += rx + tx;
+            assert!(reserved <= limits.tcp_buffer_budget, "flow {open}");
+            tiers.push(tier);
+        }
+        let count = |tier| tiers.iter().filter(|&&t| t == tier).count();
+        assert_eq!(
+            count(BufferTier::Full),
+            32,
+            "a single bulk flow gets 1 MiB each way"
+        );
+        assert_eq!(tiers[0], BufferTier::Full);
+        assert!(
+            count(BufferTier::Small) >= 500,
+            "{}",
+            count(BufferTier::Small)
+        );
+        assert_eq!(
+            count(BufferTier::Full) + count(BufferTier::Small) + count(BufferTier::Min),
+            16_384
+        );
+        // Flows going away give their share back: after every flow is gone, full again.
+        assert_eq!(
+            limits.tcp_buffers(0, 0).map(|(_, _, tier)| tier),
+            Some(BufferTier::Full)
+        );
+    }
+
+    /// A bigger budget (for users who want big windows everywhere) scales the tiers.
+    #[test]
+    fn a_bigger_budget_gives_more_flows_full_buffers() {
+        let limits = Limits {
+            tcp_buffer_budget: 4 << 30,
+            ..Limits::default()
+        };
+        let mut reserved = 0;
+        let mut full = 0;
+        for open in 0..limits.max_tcp_flows {
+            let (rx, tx, tier) = limits.tcp_buffers(reserved, open).expect("admitted");
+            reserved += rx + tx;
+            full += usize::from(tier == BufferTier::Full);
+        }
+        assert_eq!(full, 512);
+        assert!(reserved <= limits.tcp_buffer_budget);
+    }
+
+    #[test]
+    fn flow_tables_shrink_in_proportion_to_the_fds() {
+        let limits = Limits::default();
+        assert_eq!(limits.within_fds(limits.flow_fds()), limits, "they fit");
+        assert_eq!(limits.within_fds(1 << 20), limits);
+        let fitted = limits.within_fds(863);
+        assert!(fitted.flow_fds() <= 863, "{fitted:?}");
+        assert_eq!(
+            (
+                fitted.max_tcp_flows,
+                fitted.max_udp_flows,
+                fitted.max_icmp_flows
+            ),
+            (681, 170, 10)
+        );
+        assert_eq!(fitted.max_half_open, 681);
+        assert_eq!(fitted.max_time_wait, 681);
+        assert_eq!(fitted.max_dns_flows, 170);
+        // Nothing else changes.
+        assert_eq!(fitted.tcp_buffer_budget, limits.tcp_buffer_budget);
+        assert_eq!(fitted.max_api_clients, limits.max_api_clients);
+        // A table never drops to zero.
+        let tiny = limits.within_fds(3);
+        assert_eq!(
+            (tiny.max_tcp_flows, tiny.max_udp_flows, tiny.max_icmp_flows),
+            (2, 1, 1)
         );
     }
 

@@ -19,7 +19,7 @@ pub mod stack;
 pub mod stats;
 pub mod testing;
 
-pub use config::{Config, Limits, Timeouts, VirtualNetwork};
+pub use config::{BufferTier, Config, Limits, Timeouts, VirtualNetwork, DEFAULT_TCP_BUFFER_BUDGET};
 pub use io::{CloseMode, FlowId, HostError, HostEvent, HostIo, HostResult};
 pub use link::{Gso, Offload, PartialChecksum};
 pub use smoltcp::time::{Duration, Instant};

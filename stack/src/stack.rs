@@ -5,13 +5,14 @@
 //! `poll_at` says when `poll` is due next, and `poll_transmit` hands out frames for the tap.
 
 use crate::api::{self, ApiError, Request};
-use crate::config::Config;
+use crate::config::{BufferTier, Config};
 use crate::forward::{Forward, ForwardError, ForwardProto, ForwardSpec, ForwardTable};
 use crate::io::{CloseMode, FlowId, HostError, HostEvent, HostIo};
 use crate::ip::{FragKey, Fragment, Reassembled, Reassembler};
 use crate::link::arp::{self, ArpOutcome};
 use crate::link::{Offload, TxQueue};
 use crate::nat::icmp::{send_echo_reply, IcmpFlow};
+use crate::nat::idle::IdleOrder;
 use crate::nat::rate::TokenBucket;
 use crate::nat::tcp::{Lifetime, TcpFlow, TcpParams, Verdict};
 use crate::nat::udp::{ReadOutcome, UdpFlow};
@@ -26,7 +27,7 @@ use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, Icmpv4Packet, Icmpv4Repr, IpProtocol,
     Ipv4Address, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, UdpPacket, UdpRepr,
 };
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 mod ipv6;
 
@@ -36,6 +37,11 @@ const STARVED_RETRY: Duration = Duration::from_millis(100);
 /// Finished TCP flows kept to be renewed: enough for a burst of short connections, few
 /// enough that what their buffers keep resident stays small next to the flows in use.
 const SPARE_TCP_FLOWS: usize = 8;
+
+/// A port forward whose accept (or receive) failed for lack of host resources is tried
+/// again after this long: its socket is edge-triggered, so no new readiness would come for
+/// the connections already waiting in its backlog.
+const FORWARD_RETRY: Duration = Duration::from_millis(100);
 
 /// Largest datagram a host socket can hand us.
 const SCRATCH_LEN: usize = 65_536;
@@ -68,6 +74,16 @@ enum Flow {
     Icmp(IcmpFlow),
 }
 
+/// Is `flow` one that a full `which` evicts from?
+fn serves(flow: &Flow, which: Eviction) -> bool {
+    match (flow, which) {
+        (Flow::Udp(_), Eviction::Table(Proto::Udp)) => true,
+        (Flow::Udp(udp), Eviction::Dns) => udp.dns,
+        (Flow::Icmp(_), Eviction::Table(Proto::Icmp)) => true,
+        _ => false,
+    }
+}
+
 pub struct Stack {
     config: Config,
     stats: Stats,
@@ -93,17 +109,29 @@ pub struct Stack {
     dns_upstream: Option<IpAddr>,
     /// UDP forwards whose socket still has datagrams but the transmit queue was full.
     starved_forwards: Vec<u64>,
+    /// Forwards whose accept or receive failed (out of fds, say), retried at the instant.
+    retry_forwards: Vec<u64>,
+    retry_forwards_at: Option<Instant>,
     /// Frames the tap refused (the guest's link is down); part of `tx_dropped`, but not a
     /// limit hit.
     tap_drops: u64,
     /// UDP flows to the DNS forwarder open now (bounded by `max_dns_flows`).
     dns_flows: usize,
+    /// UDP flows, ICMP flows and DNS queries by idle time: a full table evicts its longest
+    /// idle flow in O(log n) instead of scanning the table (see `IdleOrder`).
+    udp_idle: IdleOrder,
+    icmp_idle: IdleOrder,
+    dns_idle: IdleOrder,
     /// TCP flows that entered TIME-WAIT, oldest first: evicted first when the flow table
     /// is full (as Linux drops TIME-WAIT buckets). Entries of flows already gone are pruned
     /// from the front; TIME-WAIT lasts the same for all, so they gather there.
     time_wait: VecDeque<FlowId>,
     /// Flows in TIME-WAIT now (bounded by `max_time_wait`).
     time_wait_flows: usize,
+    /// TCP flows of forwards' host clients: the forward of each, and how many each forward
+    /// has (`max_flows_per_forward`; all together `max_forward_flows`).
+    forward_of: HashMap<FlowId, u64>,
+    flows_per_forward: HashMap<u64, usize>,
     /// Finished TCP flows kept for renewal (at most `SPARE_TCP_FLOWS`), see `TcpFlow::new`.
     /// Boxed as in `Flow::Tcp`, so a flow moves between the two without being copied.
     #[allow(clippy::vec_box)]
@@ -164,10 +192,17 @@ impl Stack {
                 (!config.disable_dns).then(|| config.network.dns()),
             ),
             starved_forwards: Vec::new(),
+            retry_forwards: Vec::new(),
+            retry_forwards_at: None,
             tap_drops: 0,
             dns_flows: 0,
+            udp_idle: IdleOrder::default(),
+            icmp_idle: IdleOrder::default(),
+            dns_idle: IdleOrder::default(),
             time_wait: VecDeque::new(),
             time_wait_flows: 0,
+            forward_of: HashMap::new(),
+            flows_per_forward: HashMap::new(),
             spare_tcp: Vec::new(),
             limit_reports: LimitReports::default(),
             syn_rate: TokenBucket::new(limits.max_syn_rate, limits.syn_burst, now),
@@ -300,6 +335,15 @@ impl Stack {
                 self.handle_forward_event(now, forward, host);
             }
         }
+        if self.retry_forwards_at.is_some_and(|at| at <= now) {
+            self.retry_forwards_at = None;
+            let mut retry = core::mem::take(&mut self.retry_forwards);
+            retry.sort_unstable();
+            retry.dedup();
+            for forward in retry {
+                self.handle_forward_event(now, forward, host);
+            }
+        }
         let stats = self.limit_stats();
         self.limit_reports.check(now, &stats, &self.config.limits);
     }
@@ -314,6 +358,7 @@ impl Stack {
             resume,
             self.next_router_advert,
             self.reassembly.next_deadline(),
+            self.retry_forwards_at,
         ]
         .into_iter()
         .flatten()
@@ -676,7 +721,7 @@ impl Stack {
         // whole connect timeout and lock the guest out of all new connections.
         let half_open_full =
             self.half_open >= limits.max_half_open && !self.evict_oldest_half_open(host);
-        let params = if half_open_full {
+        let params = if half_open_full || !self.guest_tcp_room(host) {
             None
         } else {
             self.tcp_room(host).then(|| self.tcp_params(now)).flatten()
@@ -758,6 +803,9 @@ impl Stack {
         self.stats.tcp_connect_failures += 1;
         if matches!(err, HostError::Exhausted | HostError::Other(_)) {
             self.stats.host_socket_errors += 1;
+        }
+        if err == HostError::Exhausted {
+            self.stats.host_exhausted += 1;
         }
         if let Some(Flow::Tcp(tcp)) = self.flows.get(id) {
             let Some(quote) = tcp.syn_quote().cloned() else {
@@ -869,10 +917,51 @@ impl Stack {
         false
     }
 
+    /// May the guest open one more TCP flow of its own? While a port is published it leaves
+    /// `tcp_forward_reserve` flows (at most half the table) to forwards' clients (after evicting flows in TIME-WAIT if need be). A refusal
+    /// is counted as a `max_tcp_flows` hit: it is the guest's part of that table.
+    fn guest_tcp_room(&mut self, host: &mut impl HostIo) -> bool {
+        let limits = self.config.limits;
+        // Only while a TCP port is published, and never more than half the table.
+        let reserve = if self.forwards.is_empty() {
+            0
+        } else {
+            limits.tcp_forward_reserve.min(limits.max_tcp_flows / 2)
+        };
+        let guest_max = limits.max_tcp_flows - reserve;
+        while (self.stats.tcp_flows as usize).saturating_sub(self.forward_of.len()) >= guest_max {
+            if !self.evict_time_wait(host) {
+                self.stats.tcp_flow_limit_hits += 1;
+                return false;
+            }
+        }
+        true
+    }
+
+    /// May `forward` take one more host client? Within its own limit and the forwards'
+    /// share of the TCP table; a refusal is counted.
+    fn forward_room(&mut self, forward: u64) -> bool {
+        let limits = &self.config.limits;
+        let own = self.flows_per_forward.get(&forward).copied().unwrap_or(0);
+        if own < limits.max_flows_per_forward && self.forward_of.len() < limits.max_forward_flows {
+            return true;
+        }
+        self.stats.forward_flow_limit_hits += 1;
+        false
+    }
+
     fn remove_flow(&mut self, id: FlowId, mode: CloseMode, host: &mut impl HostIo) {
         let Some(flow) = self.flows.remove(id) else {
             return;
         };
+        if let Some(forward) = self.forward_of.remove(&id) {
+            if let Some(count) = self.flows_per_forward.get_mut(&forward) {
+                *count -= 1;
+                if *count == 0 {
+                    self.flows_per_forward.remove(&forward);
+                }
+            }
+        }
         match flow {
             Flow::Tcp(tcp) => {
                 if tcp.is_connecting() {
@@ -1096,10 +1185,29 @@ impl Stack {
                 self.stats.icmp_flows_opened += 1;
             }
         }
+        self.order_by_idle(now, id, key.proto, dns);
         if let Err(err) = open(host, id) {
             log::debug!("{id:?}: cannot open host socket for {key:?}: {err}");
             if err != HostError::PermissionDenied {
                 self.stats.host_socket_errors += 1;
+            }
+            if err == HostError::Exhausted {
+                // Out of fds (or ports): the guest hears it at once, as for a refused
+                // connect, rather than waiting for a reply that cannot come. A ping is
+                // dropped, as an overloaded router drops it.
+                self.stats.host_exhausted += 1;
+                if let Some(Flow::Udp(udp)) = self.flows.get(id) {
+                    let gateway = self.config.network.gateway();
+                    let refusal = Refusal::from_host_error(err);
+                    refuse(
+                        &mut self.tx,
+                        &mut self.stats,
+                        gateway,
+                        refusal,
+                        &udp.quote,
+                        None,
+                    );
+                }
             }
             self.remove_flow(id, CloseMode::Abort, host);
             return None;
@@ -1108,20 +1216,50 @@ impl Stack {
         Some(id)
     }
 
+    /// Enter a new datagram flow in the idle order of its table (and of the DNS queries).
+    fn order_by_idle(&mut self, now: Instant, id: FlowId, proto: Proto, dns: bool) {
+        let flows = &self.flows;
+        let live =
+            |which: Eviction| move |id: FlowId| flows.get(id).is_some_and(|f| serves(f, which));
+        match proto {
+            Proto::Udp => {
+                let udp = Eviction::Table(Proto::Udp);
+                let count = self.stats.udp_flows as usize;
+                self.udp_idle.insert(now, id, count, live(udp));
+                if dns {
+                    self.dns_idle
+                        .insert(now, id, self.dns_flows, live(Eviction::Dns));
+                }
+            }
+            _ => {
+                let icmp = Eviction::Table(Proto::Icmp);
+                let count = self.stats.icmp_flows as usize;
+                self.icmp_idle.insert(now, id, count, live(icmp));
+            }
+        }
+    }
+
     /// Make room by closing the longest-idle flow of a full UDP/ICMP table, or the oldest
-    /// DNS query. This scans the table, but only on overflow, which the limits make rare.
+    /// DNS query: O(log n) amortised, from the table's `IdleOrder`.
     fn evict_oldest(&mut self, which: Eviction, host: &mut impl HostIo) {
-        let oldest = self
-            .flows
-            .ids()
-            .filter_map(|id| match (self.flows.get(id)?, which) {
-                (Flow::Udp(udp), Eviction::Table(Proto::Udp)) => Some((udp.last_active, id)),
-                (Flow::Udp(udp), Eviction::Dns) if udp.dns => Some((udp.last_active, id)),
-                (Flow::Icmp(icmp), Eviction::Table(Proto::Icmp)) => Some((icmp.last_active, id)),
-                _ => None,
-            })
-            .min();
-        if let Some((_, id)) = oldest {
+        let order = match which {
+            Eviction::Dns => &mut self.dns_idle,
+            Eviction::Table(Proto::Udp) => &mut self.udp_idle,
+            Eviction::Table(_) => &mut self.icmp_idle,
+        };
+        let flows = &self.flows;
+        let oldest = order.pop_oldest(|id| {
+            let flow = flows.get(id)?;
+            if !serves(flow, which) {
+                return None;
+            }
+            match flow {
+                Flow::Udp(udp) => Some(udp.last_active),
+                Flow::Icmp(icmp) => Some(icmp.last_active),
+                Flow::Tcp(_) => None,
+            }
+        });
+        if let Some(id) = oldest {
             log::debug!("{id:?}: evicted ({which:?} limit)");
             match which {
                 Eviction::Dns => self.stats.dns_flow_evictions += 1,
@@ -1317,6 +1455,7 @@ impl Stack {
         self.forwards.remove(id)?;
         host.forward_close(id);
         self.starved_forwards.retain(|&forward| forward != id);
+        self.retry_forwards.retain(|&forward| forward != id);
         log::info!("forward {id} removed");
         Ok(())
     }
@@ -1373,9 +1512,12 @@ impl Stack {
             let peer = match host.tcp_accept(forward, id) {
                 Ok(peer) => peer,
                 Err(HostError::WouldBlock) => return,
+                // ECONNABORTED: that client gave up while queued; the next may be there.
+                Err(HostError::ConnectionReset) => continue,
                 Err(err) => {
                     log::debug!("forward {forward}: accept failed: {err}");
                     self.stats.host_socket_errors += 1;
+                    self.retry_forward(now, forward, err);
                     return;
                 }
             };
@@ -1385,7 +1527,10 @@ impl Stack {
                 guest,
                 remote: local,
             };
-            let params = if self.flows.lookup(&key).is_some() || !self.tcp_room(host) {
+            let params = if self.flows.lookup(&key).is_some()
+                || !self.forward_room(forward)
+                || !self.tcp_room(host)
+            {
                 None
             } else {
                 self.tcp_params(now)
@@ -1416,11 +1561,27 @@ impl Stack {
             flow.counters.host = Some(peer);
             let inserted = self.insert_tcp(key, flow);
             debug_assert_eq!(inserted, id);
+            self.forward_of.insert(id, forward);
+            *self.flows_per_forward.entry(forward).or_insert(0) += 1;
             log::debug!("{id:?}: forward {forward}: {peer} -> guest {guest}");
             if let Some(Flow::Tcp(tcp)) = self.flows.get_mut(id) {
                 let verdict = tcp.handle_timer(now, id, &mut self.tx, host);
                 self.apply_tcp_verdict(now, id, verdict, host);
             }
+        }
+    }
+
+    /// A forward's socket failed before it was drained (EMFILE on accept, say): what waits
+    /// in it would get no new edge-triggered readiness, so it is tried again shortly.
+    fn retry_forward(&mut self, now: Instant, forward: u64, err: HostError) {
+        if err == HostError::Exhausted {
+            self.stats.host_exhausted += 1;
+        }
+        if !self.retry_forwards.contains(&forward) {
+            self.retry_forwards.push(forward);
+        }
+        if self.retry_forwards_at.is_none() {
+            self.retry_forwards_at = Some(now + FORWARD_RETRY);
         }
     }
 
@@ -1443,6 +1604,7 @@ impl Stack {
                 Err(HostError::WouldBlock) => return,
                 Err(err) => {
                     log::debug!("forward {forward}: receive failed: {err}");
+                    self.retry_forward(now, forward, err);
                     return;
                 }
             };
@@ -1527,22 +1689,20 @@ impl Stack {
         }
     }
 
-    /// Parameters of a new TCP flow, with buffers the memory budget allows (big ones while
-    /// the reservation stays within half of `tcp_buffer_budget`, else small ones); `None`
-    /// (counted) when even small ones would not fit.
+    /// Parameters of a new TCP flow, with buffers the memory budget allows (see
+    /// `Limits::tcp_buffers`); `None` (counted) when even the minimum ones would not fit.
     fn tcp_params(&mut self, now: Instant) -> Option<TcpParams> {
         let limits = self.config.limits;
         let reserved = self.stats.tcp_buffer_bytes as usize;
-        let big = limits.tcp_rx_buffer + limits.tcp_tx_buffer;
-        let (rx_buffer, tx_buffer) = if reserved + big <= limits.tcp_buffer_budget / 2 {
-            (limits.tcp_rx_buffer, limits.tcp_tx_buffer)
-        } else if reserved + 2 * limits.tcp_small_buffer <= limits.tcp_buffer_budget {
-            self.stats.tcp_buffer_reductions += 1;
-            (limits.tcp_small_buffer, limits.tcp_small_buffer)
-        } else {
+        // Flows in TIME-WAIT hold no buffers and are evicted for new ones when need be.
+        let open = (self.stats.tcp_flows as usize).saturating_sub(self.time_wait_flows);
+        let Some((rx_buffer, tx_buffer, tier)) = limits.tcp_buffers(reserved, open) else {
             self.stats.tcp_buffer_budget_hits += 1;
             return None;
         };
+        if tier != BufferTier::Full {
+            self.stats.tcp_buffer_reductions += 1;
+        }
         Some(TcpParams {
             mtu: self.config.mtu,
             offload: self.config.tap_offload,

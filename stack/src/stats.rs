@@ -23,7 +23,8 @@ pub struct Stats {
     pub tcp_flows_opened: u64,
     pub udp_flows_opened: u64,
     pub icmp_flows_opened: u64,
-    /// Connections refused because `max_tcp_flows` was reached.
+    /// Connections refused because `max_tcp_flows` was reached (for the guest's own
+    /// connections: `max_tcp_flows` less `tcp_forward_reserve`).
     pub tcp_flow_limit_hits: u64,
     /// Flows in TIME-WAIT dropped early: beyond `max_time_wait`, or to make room for a new
     /// flow in a full TCP table.
@@ -44,6 +45,9 @@ pub struct Stats {
     pub tcp_buffer_bytes: u64,
     /// `add_hostfwd` requests refused because `max_forwards` forwards exist.
     pub forward_limit_hits: u64,
+    /// Host clients of port forwards closed at once because forwards' clients already held
+    /// `max_forward_flows` TCP flows, or this forward `max_flows_per_forward`.
+    pub forward_flow_limit_hits: u64,
     /// Control-socket connections closed at once because `MAX_CLIENTS` were being served.
     pub api_clients_rejected: u64,
     /// Host connects that failed (refused, unreachable, timed out).
@@ -76,6 +80,10 @@ pub struct Stats {
     pub ip_frag_pending: u64,
     /// Bytes the reassembly holds now, as `max_reassembly_bytes` counts them (a gauge).
     pub ip_frag_bytes: u64,
+    /// Host calls that failed for lack of file descriptors, ports or memory (EMFILE,
+    /// ENFILE, ENOBUFS, ENOMEM, EADDRNOTAVAIL): a new guest flow refused (RST, ICMP port
+    /// unreachable, a ping dropped) or a port forward's accept postponed and retried.
+    pub host_exhausted: u64,
 }
 
 use crate::config::Limits;
@@ -97,14 +105,17 @@ pub enum Limit {
     TcpBufferBudget,
     TxQueue,
     Forwards,
+    ForwardFlows,
     ApiClients,
     ReassemblyDatagrams,
     ReassemblyBytes,
     SynRate,
+    /// Not a limit of ours: the host's (file descriptors, ports, memory).
+    HostExhausted,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 14] = [
+    pub const ALL: [Limit; 16] = [
         Limit::TcpFlows,
         Limit::TimeWait,
         Limit::HalfOpen,
@@ -115,10 +126,12 @@ impl Limit {
         Limit::TcpBufferBudget,
         Limit::TxQueue,
         Limit::Forwards,
+        Limit::ForwardFlows,
         Limit::ApiClients,
         Limit::ReassemblyDatagrams,
         Limit::ReassemblyBytes,
         Limit::SynRate,
+        Limit::HostExhausted,
     ];
 
     /// The `Limits` field's name, as docs/limits.md lists it.
@@ -133,10 +146,12 @@ impl Limit {
             Limit::TcpBufferReduced | Limit::TcpBufferBudget => "tcp_buffer_budget",
             Limit::TxQueue => "max_tx_queue_frames",
             Limit::Forwards => "max_forwards",
+            Limit::ForwardFlows => "max_forward_flows",
             Limit::ApiClients => "max_api_clients",
             Limit::ReassemblyDatagrams => "max_reassembly_datagrams",
             Limit::ReassemblyBytes => "max_reassembly_bytes",
             Limit::SynRate => "max_syn_rate",
+            Limit::HostExhausted => "host resources",
         }
     }
 
@@ -151,10 +166,12 @@ impl Limit {
             Limit::TcpBufferReduced | Limit::TcpBufferBudget => limits.tcp_buffer_budget,
             Limit::TxQueue => limits.max_tx_queue_frames,
             Limit::Forwards => limits.max_forwards,
+            Limit::ForwardFlows => limits.max_forward_flows,
             Limit::ApiClients => limits.max_api_clients,
             Limit::ReassemblyDatagrams => limits.max_reassembly_datagrams,
             Limit::ReassemblyBytes => limits.max_reassembly_bytes,
             Limit::SynRate => limits.max_syn_rate as usize,
+            Limit::HostExhausted => 0,
         }
     }
 
@@ -170,11 +187,17 @@ impl Limit {
             Limit::TcpBufferReduced => "new TCP flows get small buffers",
             Limit::TxQueue => "frames for the guest dropped",
             Limit::Forwards => "add_hostfwd refused",
+            Limit::ForwardFlows => {
+                "forwards' host clients closed (the forwards' share or one forward's)"
+            }
             Limit::ApiClients => "control-socket connections closed",
             Limit::ReassemblyDatagrams | Limit::ReassemblyBytes => {
                 "the oldest incomplete fragmented datagrams dropped"
             }
             Limit::SynRate => "new connections' SYNs dropped (the guest retransmits them)",
+            Limit::HostExhausted => {
+                "new flows refused (RST / ICMP), forward accepts retried shortly"
+            }
         }
     }
 
@@ -191,10 +214,12 @@ impl Limit {
             Limit::TcpBufferBudget => stats.tcp_buffer_budget_hits,
             Limit::TxQueue => stats.tx_dropped,
             Limit::Forwards => stats.forward_limit_hits,
+            Limit::ForwardFlows => stats.forward_flow_limit_hits,
             Limit::ApiClients => stats.api_clients_rejected,
             Limit::ReassemblyDatagrams => stats.ip_frag_datagram_evictions,
             Limit::ReassemblyBytes => stats.ip_frag_byte_evictions,
             Limit::SynRate => stats.tcp_syn_rate_drops,
+            Limit::HostExhausted => stats.host_exhausted,
         }
     }
 }
@@ -225,10 +250,15 @@ impl LimitReports {
             } else {
                 format!(" in the last {} s", LIMIT_REPORT_INTERVAL.secs())
             };
+            let what = match limit {
+                Limit::HostExhausted => {
+                    "host out of file descriptors, ports or memory (EMFILE/ENFILE/ENOBUFS)"
+                        .to_string()
+                }
+                _ => format!("limit {}={} reached", limit.name(), limit.value(limits)),
+            };
             log::info!(
-                "limit {}={} reached: {} ({new} time{}{since}; counted in get_stats)",
-                limit.name(),
-                limit.value(limits),
+                "{what}: {} ({new} time{}{since}; counted in get_stats)",
                 limit.effect(),
                 if new == 1 { "" } else { "s" },
             );
@@ -298,10 +328,12 @@ mod tests {
                 Limit::TcpBufferBudget => probe.tcp_buffer_budget_hits = 1,
                 Limit::TxQueue => probe.tx_dropped = 1,
                 Limit::Forwards => probe.forward_limit_hits = 1,
+                Limit::ForwardFlows => probe.forward_flow_limit_hits = 1,
                 Limit::ApiClients => probe.api_clients_rejected = 1,
                 Limit::ReassemblyDatagrams => probe.ip_frag_datagram_evictions = 1,
                 Limit::ReassemblyBytes => probe.ip_frag_byte_evictions = 1,
                 Limit::SynRate => probe.tcp_syn_rate_drops = 1,
+                Limit::HostExhausted => probe.host_exhausted = 1,
             }
             let hit: Vec<Limit> = Limit::ALL
                 .into_iter()

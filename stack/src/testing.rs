@@ -197,6 +197,7 @@ pub mod host {
     pub struct SimHost {
         forwards: HashMap<u64, SimForward>,
         listen_failures: VecDeque<HostError>,
+        accept_failures: VecDeque<HostError>,
         sockets: HashMap<FlowId, SimSocket>,
         calls: Vec<HostCall>,
         open_failures: VecDeque<HostError>,
@@ -210,6 +211,7 @@ pub mod host {
             SimHost {
                 forwards: HashMap::new(),
                 listen_failures: VecDeque::new(),
+                accept_failures: VecDeque::new(),
                 sockets: HashMap::new(),
                 calls: Vec::new(),
                 open_failures: VecDeque::new(),
@@ -391,6 +393,12 @@ pub mod host {
         /// The next `tcp_listen`/`udp_bind` fails with `error` (e.g. the port is taken).
         pub fn fail_next_listen(&mut self, error: HostError) {
             self.listen_failures.push_back(error);
+        }
+
+        /// The next `tcp_accept` fails with `error` and leaves the client waiting in the
+        /// backlog, as accept(2) does on EMFILE. Queued like `fail_next_open`.
+        pub fn fail_next_accept(&mut self, error: HostError) {
+            self.accept_failures.push_back(error);
         }
 
         pub fn forward(&self, forward: u64) -> Option<&SimForward> {
@@ -809,6 +817,11 @@ pub mod host {
         }
 
         fn tcp_accept(&mut self, forward: u64, flow: FlowId) -> HostResult<SocketAddr> {
+            if !self.live_forward(forward).pending.is_empty() {
+                if let Some(error) = self.accept_failures.pop_front() {
+                    return Err(error);
+                }
+            }
             let client = self
                 .live_forward(forward)
                 .pending

@@ -180,7 +180,10 @@ mod budget {
 
     const BIG: usize = 64 << 10;
     const SMALL: usize = 8 << 10;
-    /// Half of it holds two flows with big buffers; the rest 16 with small ones.
+    const MIN: usize = 4 << 10;
+    const FLOWS: usize = 40;
+    /// A quarter of it holds one flow with big buffers; the minimum for the 39 others
+    /// (312 KiB) is kept, which leaves room for 9 flows with small buffers.
     const BUDGET: usize = 8 * BIG;
 
     fn scenario() -> Scenario {
@@ -188,30 +191,43 @@ mod budget {
             l.tcp_rx_buffer = BIG;
             l.tcp_tx_buffer = BIG;
             l.tcp_small_buffer = SMALL;
+            l.tcp_min_buffer = MIN;
             l.tcp_buffer_budget = BUDGET;
+            l.max_tcp_flows = FLOWS;
         })
     }
 
     #[test]
-    fn big_buffers_then_small_ones_then_rst() {
+    fn big_buffers_then_small_ones_then_the_minimum_for_every_flow_the_table_allows() {
         let mut s = scenario();
-        let mut flows = Vec::new();
-        for i in 0..2 {
+        let mut flows = vec![s.open_tcp(40000, remote(80)).1];
+        assert_eq!(s.stats().tcp_buffer_bytes, 2 * BIG as u64);
+        assert_eq!(s.stats().tcp_buffer_reductions, 0);
+        for i in 1..10 {
             flows.push(s.open_tcp(40000 + i, remote(80)).1);
         }
-        assert_eq!(s.stats().tcp_buffer_bytes, 4 * BIG as u64);
-        assert_eq!(s.stats().tcp_buffer_reductions, 0);
-        for i in 2..18 {
+        assert_eq!(
+            s.stats().tcp_buffer_bytes,
+            (2 * BIG + 9 * 2 * SMALL) as u64,
+            "then small buffers"
+        );
+        for i in 10..FLOWS as u16 {
             flows.push(s.open_tcp(40000 + i, remote(80)).1);
         }
         let stats = s.stats();
-        assert_eq!(stats.tcp_buffer_reductions, 16);
+        assert_eq!(stats.tcp_buffer_reductions, FLOWS as u64 - 1);
         assert_eq!(
             stats.tcp_buffer_bytes, BUDGET as u64,
-            "the budget is used up"
+            "the budget is used up, and never passed"
         );
+        assert_eq!(stats.tcp_buffer_budget_hits, 0, "the budget refused nobody");
+        // The next SYN meets the table's limit, not the budget's.
         assert_syn_refused(&mut s, 40100);
-        assert_eq!(s.stats().tcp_buffer_budget_hits, 1);
+        let stats = s.stats();
+        assert_eq!(
+            (stats.tcp_flow_limit_hits, stats.tcp_buffer_budget_hits),
+            (1, 0)
+        );
 
         // Closing flows gives their buffers back to the budget.
         for flow in flows {
@@ -228,12 +244,26 @@ mod budget {
         );
     }
 
+    /// A budget too small for `max_tcp_flows` flows of minimum buffers refuses with RST
+    /// once even those do not fit (and counts it).
+    #[test]
+    fn a_budget_too_small_for_the_table_refuses_with_rst() {
+        let mut s = with_limits(|l| {
+            l.tcp_min_buffer = MIN;
+            l.tcp_buffer_budget = 4 * 2 * MIN;
+        });
+        for i in 0..4 {
+            s.open_tcp(40000 + i, remote(80));
+        }
+        assert_eq!(s.stats().tcp_buffer_bytes, (4 * 2 * MIN) as u64);
+        assert_syn_refused(&mut s, 40100);
+        assert_eq!(s.stats().tcp_buffer_budget_hits, 1);
+    }
+
     #[test]
     fn a_flow_with_small_buffers_offers_a_small_window() {
         let mut s = scenario();
-        for i in 0..2 {
-            s.open_tcp(40000 + i, remote(80));
-        }
+        s.open_tcp(40000, remote(80));
         let syn = s.guest.tcp_syn(40002, remote(80), 1000);
         s.guest_sends(&syn);
         let (flow, _) = s.host.last_connect().expect("a connect");
@@ -267,6 +297,44 @@ mod datagrams {
         );
         let stats = s.stats();
         assert_eq!((stats.udp_flows, stats.udp_flow_evictions), (2, 1));
+    }
+
+    /// A full table of 4,096 flows: each new flow evicts exactly the flow idle the longest
+    /// (from an ordered structure, not a scan of the table), whatever order the flows were
+    /// opened and used in.
+    #[test]
+    fn a_full_table_of_4096_flows_evicts_in_idle_order() {
+        const FLOWS: u16 = 4096;
+        let mut s = with_limits(|l| l.max_udp_flows = usize::from(FLOWS));
+        let guest = s.guest;
+        for i in 0..FLOWS {
+            s.guest_sends(&guest.udp(10_000 + i, remote(9000), b"open"));
+            s.advance(Duration::from_millis(1));
+        }
+        // The first 100 are used again (from the guest, or from the host for odd ones): the
+        // longest idle are now 100, 101, ...
+        let opens = s.host.udp_opens();
+        for i in 0..100u16 {
+            if i % 2 == 0 {
+                s.guest_sends(&guest.udp(10_000 + i, remote(9000), b"again"));
+            } else {
+                s.deliver_datagram(opens[usize::from(i)].0, b"reply");
+            }
+            s.advance(Duration::from_millis(1));
+        }
+        s.drain();
+        for i in 0..200u16 {
+            s.guest_sends(&guest.udp(30_000 + i, remote(9000), b"new"));
+        }
+        let stats = s.stats();
+        assert_eq!(
+            (stats.udp_flows, stats.udp_flow_evictions),
+            (u64::from(FLOWS), 200)
+        );
+        for (i, (flow, _)) in opens.iter().enumerate() {
+            let evicted = s.host.close_mode(*flow).is_some();
+            assert_eq!(evicted, (100..300).contains(&i), "flow {i}");
+        }
     }
 
     #[test]
@@ -396,10 +464,95 @@ mod control {
             "tcp_buffer_budget_hits",
             "tcp_buffer_bytes",
             "forward_limit_hits",
+            "forward_flow_limit_hits",
+            "host_exhausted",
             "api_clients_rejected",
         ] {
             assert!(reply.contains(counter), "{counter} in {reply}");
         }
+    }
+}
+
+mod forward_share {
+    use super::*;
+    use core::net::SocketAddr;
+
+    fn loopback(port: u16) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+    }
+
+    /// max_tcp_flows 8: forwards' clients may hold 4 (3 for one forward), the guest's own
+    /// connections leave 2 free.
+    fn scenario() -> Scenario {
+        let mut s = with_limits(|l| {
+            l.max_tcp_flows = 8;
+            l.max_forward_flows = 4;
+            l.max_flows_per_forward = 3;
+            l.tcp_forward_reserve = 2;
+        });
+        let guest = s.guest;
+        s.guest_sends(&guest.arp_request(Ipv4Addr::new(10, 0, 2, 2)));
+        s.drain();
+        for port in [8080, 8081] {
+            let reply = s.api(&format!(
+                r#"{{"execute":"add_hostfwd","arguments":{{"proto":"tcp","host_addr":"127.0.0.1","host_port":{port},"guest_port":80}}}}"#
+            ));
+            assert!(reply.starts_with(r#"{"return":{"id":"#), "{reply}");
+        }
+        s
+    }
+
+    /// One busy forward takes at most its own limit, all forwards together at most their
+    /// share: the refused clients are closed and counted, and the guest's own connections
+    /// still find room.
+    #[test]
+    fn forwards_clients_stay_within_their_share() {
+        let mut s = scenario();
+        for port in 40000..40004 {
+            s.host.client_connects(1, loopback(port));
+        }
+        s.forward_event(1);
+        let stats = s.stats();
+        assert_eq!(
+            (stats.tcp_flows, stats.forward_flow_limit_hits),
+            (3, 1),
+            "forward 1 holds its 3"
+        );
+        for port in 40010..40012 {
+            s.host.client_connects(2, loopback(port));
+        }
+        s.forward_event(2);
+        let stats = s.stats();
+        assert_eq!(
+            (stats.tcp_flows, stats.forward_flow_limit_hits),
+            (4, 2),
+            "the forwards' share is 4"
+        );
+        s.drain();
+        // The container's own connections take the rest of the table.
+        for port in 0..4 {
+            let (conn, _) = s.open_tcp(50000 + port, remote(80));
+            assert!(conn.established());
+        }
+        assert_eq!(s.stats().tcp_flows, 8);
+        assert_eq!(s.stats().tcp_flow_limit_hits, 0);
+    }
+
+    /// The guest's own connections leave `tcp_forward_reserve` flows free: a published port
+    /// stays reachable however many connections the container opens.
+    #[test]
+    fn the_guest_leaves_a_reserve_for_forwards_clients() {
+        let mut s = scenario();
+        for port in 0..6 {
+            s.open_tcp(50000 + port, remote(80));
+        }
+        assert_syn_refused(&mut s, 50010);
+        let stats = s.stats();
+        assert_eq!((stats.tcp_flows, stats.tcp_flow_limit_hits), (6, 1));
+        s.client_connects(1, loopback(40000));
+        s.client_connects(2, loopback(40001));
+        let stats = s.stats();
+        assert_eq!((stats.tcp_flows, stats.forward_flow_limit_hits), (8, 0));
     }
 }
 
@@ -412,8 +565,63 @@ fn a_host_socket_that_cannot_be_opened_is_counted_and_answered() {
     let stats = s.stats();
     assert_eq!(stats.host_socket_errors, 1);
     assert_eq!(stats.tcp_flows, 0);
+    assert_eq!(stats.host_exhausted, 1);
+    let rst = the_only_segment(s.drain(), "RST");
+    assert!(rst.rst, "the SYN is answered with RST, got {}", rst.flags());
+}
+
+/// Out of fds for a UDP flow: the guest hears ICMP port unreachable (not silence), the
+/// refusal is counted, and the next datagram, once fds are back, opens its flow.
+#[test]
+fn a_udp_flow_the_host_has_no_fd_for_is_refused_with_icmp() {
+    let mut s = Scenario::new();
+    let guest = s.guest;
+    s.host.fail_next_open(HostError::Exhausted);
+    s.guest_sends(&guest.udp(5000, remote(9000), b"a"));
+    let stats = s.stats();
+    assert_eq!((stats.udp_flows, stats.host_exhausted), (0, 1));
     let answer = s.drain();
-    assert_eq!(answer.len(), 1, "the SYN is answered: {answer:?}");
+    assert_eq!(answer.len(), 1, "one ICMP error: {answer:?}");
+    assert!(
+        matches!(&answer[0], Parsed::IcmpUnreachable { code: 3, .. }),
+        "ICMP port unreachable, got {answer:?}"
+    );
+    s.guest_sends(&guest.udp(5000, remote(9000), b"again"));
+    assert_eq!(s.stats().udp_flows, 1);
+}
+
+/// accept(2) of a port forward failing with EMFILE leaves the client in the backlog, and
+/// the listener is edge-triggered: the stack must try again by itself, or the client (and
+/// every later one) would wait until yet another client arrives.
+#[test]
+fn a_forward_accept_out_of_fds_is_retried() {
+    let mut s = Scenario::new();
+    // The guest has spoken (its MAC is known), as once it is up.
+    let guest = s.guest;
+    s.guest_sends(&guest.arp_request(Ipv4Addr::new(10, 0, 2, 2)));
+    s.drain();
+    let reply = s.api(
+        r#"{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_addr":"127.0.0.1","host_port":8080,"guest_port":80}}"#,
+    );
+    assert_eq!(reply, r#"{"return":{"id":1}}"#);
+    s.host.fail_next_accept(HostError::Exhausted);
+    s.host
+        .client_connects(1, "127.0.0.1:40000".parse().expect("address"));
+    s.forward_event(1);
+    assert_eq!(s.stats().tcp_flows, 0, "the accept failed");
+    assert_eq!(s.stats().host_exhausted, 1);
+    // No new event comes; the stack's own timer brings the client in.
+    s.advance(Duration::from_millis(200));
+    assert_eq!(s.stats().tcp_flows, 1, "accepted on the retry");
+    let syn = s
+        .drain()
+        .into_iter()
+        .find_map(|frame| match frame {
+            Parsed::Tcp { tcp, .. } if tcp.syn => Some(tcp),
+            _ => None,
+        })
+        .expect("a SYN to the guest");
+    assert_eq!(syn.dst_port, 80);
 }
 
 mod syn_rate {

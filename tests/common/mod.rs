@@ -412,6 +412,7 @@ impl Env {
             resolv: resolv::Layout::default(),
             operands: None,
             fds: Vec::new(),
+            nofile: None,
         }
     }
 
@@ -478,6 +479,8 @@ pub struct Launch<'a> {
     operands: Option<Vec<String>>,
     /// Further fds the child inherits: (ours, its number in the child).
     fds: Vec<(OwnedFd, RawFd)>,
+    /// RLIMIT_NOFILE (soft, hard) rslirp starts with.
+    nofile: Option<(u64, u64)>,
 }
 
 impl Launch<'_> {
@@ -512,6 +515,12 @@ impl Launch<'_> {
     /// Without `-c`.
     pub fn no_configure(mut self) -> Self {
         self.configure = false;
+        self
+    }
+
+    /// Starts rslirp with this RLIMIT_NOFILE (soft, hard), as a shell's `ulimit -n` would.
+    pub fn nofile(mut self, soft: u64, hard: u64) -> Self {
+        self.nofile = Some((soft, hard));
         self
     }
 
@@ -583,6 +592,9 @@ impl Launch<'_> {
                 });
             }
         }
+        if let Some((soft, hard)) = self.nofile {
+            set_nofile(&mut cmd, soft, hard);
+        }
         let proc = Proc::spawn(&mut cmd, "rslirp");
         // Our copies must go, or EOF on the ready pipe (rslirp died) would never be seen.
         drop(ready_write);
@@ -643,6 +655,24 @@ fn pass_fds(cmd: &mut Command, ready: &File, exit: Option<&File>) {
                 if libc::dup2(fd, 4) < 0 {
                     return Err(io::Error::last_os_error());
                 }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The child starts with RLIMIT_NOFILE (soft, hard); exec and setpriv keep it.
+fn set_nofile(cmd: &mut Command, soft: u64, hard: u64) {
+    // SAFETY: the closure runs between fork and exec and only calls setrlimit, which is
+    // async-signal-safe, on a limit value built before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) < 0 {
+                return Err(io::Error::last_os_error());
             }
             Ok(())
         });

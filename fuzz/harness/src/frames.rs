@@ -67,17 +67,22 @@ pub fn config(flags: u8) -> Config {
             max_tx_queue_frames: 8,
             max_tx_queue_bytes: 16 * 1024,
             max_forwards: 2,
+            max_forward_flows: 2,
+            max_flows_per_forward: 1,
+            tcp_forward_reserve: 1,
             tcp_rx_buffer: 4096,
             tcp_tx_buffer: 4096,
             max_time_wait: 1,
             max_dns_flows: 1,
             max_api_clients: 1,
-            // One flow with big buffers, two with small ones, then the fourth is refused.
-            tcp_buffer_budget: 16384,
+            // One flow with big buffers (a quarter of the budget would not hold one: none
+            // then), small ones while the minimum for the rest fits, then the minimum.
+            tcp_buffer_budget: 32768,
             tcp_small_buffer: 2048,
             // Two datagrams of a few fragments each.
             max_reassembly_datagrams: 2,
             max_reassembly_bytes: 8192,
+            tcp_min_buffer: 1024,
         };
     }
     config
