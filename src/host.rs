@@ -7,7 +7,7 @@
 
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
-use rslirp_stack::{CloseMode, FlowId, HostError, HostIo, HostResult};
+use rslirp_stack::{CloseMode, FlowId, HostError, HostIo, HostResult, SourceAddr};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::collections::HashMap;
 use std::io::{self, Read};
@@ -143,13 +143,15 @@ impl RealHost {
         Ok(())
     }
 
-    /// Create a non-blocking socket, bind it to the outbound address, register it.
+    /// Create a non-blocking socket, bind it to the outbound address (unless `source`
+    /// says otherwise), register it.
     fn open(
         &mut self,
         flow: FlowId,
         family: IpAddr,
         kind: Type,
         protocol: Option<Protocol>,
+        source: SourceAddr,
     ) -> HostResult<&Socket> {
         let domain = match family {
             IpAddr::V4(_) => Domain::IPV4,
@@ -157,10 +159,13 @@ impl RealHost {
         };
         let socket =
             Socket::new(domain, kind.nonblocking().cloexec(), protocol).map_err(host_error)?;
-        let bind = match family {
-            IpAddr::V4(addr) if !addr.is_loopback() => self.outbound.v4.map(IpAddr::V4),
-            IpAddr::V6(addr) if !addr.is_loopback() => self.outbound.v6.map(IpAddr::V6),
-            _ => None,
+        // As slirp4netns: host loopback destinations too (a server there then sees the
+        // outbound address as the peer). Only the DNS forwarder's loopback resolver is left
+        // to the kernel's choice (`SourceAddr::Kernel`, decided by the stack).
+        let bind = match (family, source) {
+            (_, SourceAddr::Kernel) => None,
+            (IpAddr::V4(_), SourceAddr::Outbound) => self.outbound.v4.map(IpAddr::V4),
+            (IpAddr::V6(_), SourceAddr::Outbound) => self.outbound.v6.map(IpAddr::V6),
         };
         if let Some(addr) = bind {
             socket
@@ -264,8 +269,13 @@ impl HostIo for RealHost {
         }
     }
 
-    fn tcp_connect(&mut self, flow: FlowId, remote: SocketAddr) -> HostResult<()> {
-        let socket = self.open(flow, remote.ip(), Type::STREAM, None)?;
+    fn tcp_connect(
+        &mut self,
+        flow: FlowId,
+        remote: SocketAddr,
+        source: SourceAddr,
+    ) -> HostResult<()> {
+        let socket = self.open(flow, remote.ip(), Type::STREAM, None, source)?;
         // Small guest writes go out at once, as on the guest side (no Nagle on either end).
         let _ = socket.set_tcp_nodelay(true);
         match socket.connect(&SockAddr::from(remote)) {
@@ -305,8 +315,8 @@ impl HostIo for RealHost {
         }
     }
 
-    fn udp_open(&mut self, flow: FlowId, remote: SocketAddr) -> HostResult<()> {
-        let socket = self.open(flow, remote.ip(), Type::DGRAM, None)?;
+    fn udp_open(&mut self, flow: FlowId, remote: SocketAddr, source: SourceAddr) -> HostResult<()> {
+        let socket = self.open(flow, remote.ip(), Type::DGRAM, None, source)?;
         socket.connect(&SockAddr::from(remote)).map_err(host_error)
     }
 
@@ -325,7 +335,13 @@ impl HostIo for RealHost {
         };
         // The kernel allows these only to groups in net.ipv4.ping_group_range; EACCES
         // becomes PermissionDenied and the stack then drops pings quietly.
-        let socket = self.open(flow, remote, Type::DGRAM, Some(protocol))?;
+        let socket = self.open(
+            flow,
+            remote,
+            Type::DGRAM,
+            Some(protocol),
+            SourceAddr::Outbound,
+        )?;
         socket
             .connect(&SockAddr::from(SocketAddr::new(remote, 0)))
             .map_err(host_error)

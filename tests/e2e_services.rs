@@ -33,6 +33,8 @@ both_modes!(
     disable_dns_n3_goes_to_the_host_network,
     disable_dns_n3_is_forwarded_like_any_address,
     outbound_addr_address,
+    outbound_addr_loopback,
+    outbound_addr_keeps_a_loopback_resolver_working,
     outbound_addr_interface,
     macaddress_sets_tap_mac,
 );
@@ -478,14 +480,76 @@ fn host_neighbour(env: &Env, last: u8) -> Ipv4Addr {
     Ipv4Addr::new(a, b, c, last)
 }
 
-/// Host sockets are bound to `--outbound-addr`: a server on the host namespace's address
-/// sees that address instead of its own (the kernel's choice without the option). Loopback
-/// traffic (via the gateway) is not affected.
+/// The source address of the guest's ping to `dest_ip` as the host namespace sees it: a
+/// raw ICMP socket there gets a copy of every echo request delivered locally.
+fn ping_source_seen_by_host(env: &Env, dest_ip: Ipv4Addr) -> Ipv4Addr {
+    let raw = env
+        .in_host("raw ICMP socket", || {
+            // SAFETY: plain socket(2); the descriptor is owned by the File made just below.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: fd is a fresh descriptor nobody else owns.
+            let file = unsafe { <fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            // Reads give up after 5 s, so the reader below always ends.
+            let timeout = libc::timeval {
+                tv_sec: 5,
+                tv_usec: 0,
+            };
+            // SAFETY: fd is open; the option value is a timeval of the size passed.
+            let rc = unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVTIMEO,
+                    (&timeout as *const libc::timeval).cast(),
+                    std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+                )
+            };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(file)
+        })
+        .wait(CONNECT_TIMEOUT)
+        .expect("raw ICMP socket in the host namespace");
+    let reader = thread::spawn(move || {
+        let mut raw = raw;
+        let mut buf = [0u8; 2048];
+        // Bounded: a few packets at most are expected, and each read times out.
+        for _ in 0..64 {
+            let Ok(n) = io::Read::read(&mut raw, &mut buf) else {
+                return None;
+            };
+            if n < 28 {
+                continue;
+            }
+            let ihl = usize::from(buf[0] & 0x0f) * 4;
+            let dst = Ipv4Addr::new(buf[16], buf[17], buf[18], buf[19]);
+            if n > ihl && buf[ihl] == 8 && dst == dest_ip {
+                return Some(Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]));
+            }
+        }
+        None
+    });
+    let target = dest_ip.to_string();
+    env.guest_ok(&["ping", "-c", "1", "-W", "5", &target]);
+    reader
+        .join()
+        .expect("raw reader")
+        .expect("the host saw the echo request")
+}
+
+/// As slirp4netns (its tests/test-slirp4netns-outbound-addr.sh): every host socket is bound
+/// to `--outbound-addr`, host loopback (reached through the gateway) included, so a server
+/// sees that address instead of the kernel's choice; TCP, UDP and ping alike.
 fn outbound_addr_address(mode: Mode) {
     let env = Env::new(mode);
     let outbound = host_neighbour(&env, 7);
     env.host
         .ip(&["addr", "add", &format!("{outbound}/24"), "dev", HOST_SINK]);
+    env.allow_ping_sockets();
     let _rslirp = env
         .rslirp()
         .arg(&format!("--outbound-addr={outbound}"))
@@ -493,18 +557,70 @@ fn outbound_addr_address(mode: Mode) {
     let host_addr = env.host_addr;
     assert_eq!(tcp_peer_seen_by_host(&env, host_addr, host_addr), outbound);
     assert_eq!(udp_peer_seen_by_host(&env, host_addr, host_addr), outbound);
-    // Unlike slirp4netns, which binds these too (and so fails here).
+    assert_eq!(ping_source_seen_by_host(&env, host_addr), outbound);
     let loopback = Ipv4Addr::LOCALHOST;
-    let unbound = "connections to host loopback are not bound to --outbound-addr";
+    let bound = "connections to host loopback are bound to --outbound-addr too";
     assert_eq!(
         tcp_peer_seen_by_host(&env, loopback, GATEWAY),
-        loopback,
-        "{unbound}"
+        outbound,
+        "{bound}"
     );
     assert_eq!(
         udp_peer_seen_by_host(&env, loopback, GATEWAY),
-        loopback,
-        "{unbound}"
+        outbound,
+        "{bound}"
+    );
+}
+
+/// The reference test's first case: `--outbound-addr=127.0.0.1`. A server on the host
+/// namespace's address then sees 127.0.0.1 (the kernel would choose that address itself).
+fn outbound_addr_loopback(mode: Mode) {
+    let env = Env::new(mode);
+    let loopback = Ipv4Addr::LOCALHOST;
+    let _rslirp = env.rslirp().arg("--outbound-addr=127.0.0.1").start();
+    let host_addr = env.host_addr;
+    assert_eq!(tcp_peer_seen_by_host(&env, host_addr, host_addr), loopback);
+    assert_eq!(udp_peer_seen_by_host(&env, host_addr, host_addr), loopback);
+    assert_eq!(tcp_peer_seen_by_host(&env, loopback, GATEWAY), loopback);
+    assert_eq!(udp_peer_seen_by_host(&env, loopback, GATEWAY), loopback);
+}
+
+/// Where slirp4netns breaks: with `--outbound-addr` a NIC address, its DNS queries to a
+/// local stub resolver (127.0.0.53) come from that address, which stub resolvers do not
+/// answer. rslirp's forwarder keeps a loopback source for a loopback resolver (over UDP and
+/// TCP), while the guest's own traffic to host loopback is still bound.
+fn outbound_addr_keeps_a_loopback_resolver_working(mode: Mode) {
+    const STUB: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 53);
+    let env = Env::new(mode);
+    dns::add_loopback_addr(&env, STUB);
+    let server = Dnsmasq::start(&env, STUB, &[Record::A(ONE, FIRST_ONE)]);
+    env.write_resolv_conf_in_place(&format!("nameserver {STUB}\n"));
+    let outbound = host_neighbour(&env, 7);
+    env.host
+        .ip(&["addr", "add", &format!("{outbound}/24"), "dev", HOST_SINK]);
+    let _rslirp = env
+        .rslirp()
+        .arg(&format!("--outbound-addr={outbound}"))
+        .start();
+    let answer = guest_udp_query(&env, DNS, 0x5353, ONE, TYPE_A);
+    assert_eq!(answer.a(), [FIRST_ONE]);
+    let answers = guest_tcp_queries(&env, DNS, &[(0x5354, ONE, TYPE_A)]);
+    assert_eq!(answers[0].a(), [FIRST_ONE]);
+    let log = server.log();
+    let sources: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("query[") && line.contains(&format!("] {ONE} from ")))
+        .filter_map(|line| line.rsplit(" from ").next())
+        .collect();
+    assert_eq!(sources.len(), 2, "both queries reached the resolver: {log}");
+    for source in sources {
+        let ip: Ipv4Addr = source.trim().parse().expect("source address");
+        assert!(ip.is_loopback(), "the resolver saw the query from {ip}");
+    }
+    // The guest's own traffic to host loopback is bound as usual.
+    assert_eq!(
+        tcp_peer_seen_by_host(&env, Ipv4Addr::LOCALHOST, GATEWAY),
+        outbound
     );
 }
 

@@ -21,7 +21,8 @@ use std::time::{Duration as StdDuration, Instant as StdInstant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rslirp_stack::testing::{parse, Guest, GuestTcp, TcpSegment, START};
 use rslirp_stack::{
-    CloseMode, Config, Duration, FlowId, HostError, HostEvent, HostIo, HostResult, Instant, Stack,
+    CloseMode, Config, Duration, FlowId, HostError, HostEvent, HostIo, HostResult, Instant,
+    SourceAddr, Stack,
 };
 
 /// The gateway: TCP to it reaches the host's loopback, as iperf3 to 10.0.2.2 does.
@@ -51,7 +52,12 @@ struct BenchHost {
 }
 
 impl HostIo for BenchHost {
-    fn tcp_connect(&mut self, flow: FlowId, _remote: SocketAddr) -> HostResult<()> {
+    fn tcp_connect(
+        &mut self,
+        flow: FlowId,
+        _remote: SocketAddr,
+        _source: SourceAddr,
+    ) -> HostResult<()> {
         self.last_connect = Some(flow);
         Ok(())
     }
@@ -76,7 +82,12 @@ impl HostIo for BenchHost {
         None
     }
 
-    fn udp_open(&mut self, _flow: FlowId, _remote: SocketAddr) -> HostResult<()> {
+    fn udp_open(
+        &mut self,
+        _flow: FlowId,
+        _remote: SocketAddr,
+        _source: SourceAddr,
+    ) -> HostResult<()> {
         Err(HostError::Exhausted)
     }
 

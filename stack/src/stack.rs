@@ -7,7 +7,7 @@
 use crate::api::{self, ApiError, Request};
 use crate::config::Config;
 use crate::forward::{Forward, ForwardError, ForwardProto, ForwardSpec, ForwardTable};
-use crate::io::{CloseMode, FlowId, HostError, HostEvent, HostIo};
+use crate::io::{CloseMode, FlowId, HostError, HostEvent, HostIo, SourceAddr};
 use crate::link::arp::{self, ArpOutcome};
 use crate::link::{Offload, TxQueue};
 use crate::nat::icmp::{send_echo_reply, IcmpFlow};
@@ -605,7 +605,8 @@ impl Stack {
             key.guest,
             key.remote
         );
-        match host.tcp_connect(id, target) {
+        let source = self.source_for(inbound.dst, target);
+        match host.tcp_connect(id, target, source) {
             Ok(()) => self.flows.schedule(id, Some(params.connect_deadline)),
             Err(err) => self.fail_tcp(id, err, host),
         }
@@ -897,10 +898,11 @@ impl Stack {
                 let mut flow = UdpFlow::new(now, idle, quote.clone());
                 flow.counters.host = Some(target);
                 flow.dns = repr.dst_port == 53 && self.is_dns_service(inbound.dst);
+                let source = self.source_for(inbound.dst, target);
                 let flow = Flow::Udp(flow);
-                let Some(id) =
-                    self.open_datagram_flow(key, flow, host, |host, id| host.udp_open(id, target))
-                else {
+                let Some(id) = self.open_datagram_flow(key, flow, host, |host, id| {
+                    host.udp_open(id, target, source)
+                }) else {
                     return;
                 };
                 id
@@ -1013,6 +1015,18 @@ impl Stack {
                 Eviction::Table(_) => self.stats.icmp_flow_evictions += 1,
             }
             self.remove_flow(id, CloseMode::Graceful, host);
+        }
+    }
+
+    /// The source address of a host socket the guest's packets to `dst` leave by towards
+    /// `target`: the outbound address (`--outbound-addr`, loopback targets included, as in
+    /// slirp4netns), except for the DNS forwarder's queries to a resolver on host loopback,
+    /// which a local stub resolver answers only from a loopback source.
+    fn source_for(&self, dst: IpAddr, target: SocketAddr) -> SourceAddr {
+        if self.is_dns_service(dst) && target.ip().is_loopback() {
+            SourceAddr::Kernel
+        } else {
+            SourceAddr::Outbound
         }
     }
 

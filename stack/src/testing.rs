@@ -18,7 +18,7 @@ pub use scenario::{complete_checksum, Scenario, START};
 
 /// The in-memory host.
 pub mod host {
-    use crate::io::{CloseMode, FlowId, HostError, HostEvent, HostIo, HostResult};
+    use crate::io::{CloseMode, FlowId, HostError, HostEvent, HostIo, HostResult, SourceAddr};
     use core::net::{IpAddr, SocketAddr};
     use std::collections::{HashMap, VecDeque};
 
@@ -72,6 +72,8 @@ pub mod host {
         pub bytes_written: u64,
         /// Ping sockets: the identifier the host kernel puts in place of the guest's.
         pub ping_ident: u16,
+        /// The source address the stack asked for (ping sockets: always `Outbound`).
+        pub source: SourceAddr,
     }
 
     impl SimSocket {
@@ -91,6 +93,7 @@ pub mod host {
                 pending_error: None,
                 bytes_written: 0,
                 ping_ident: 0,
+                source: SourceAddr::Outbound,
             }
         }
 
@@ -651,8 +654,16 @@ pub mod host {
     }
 
     impl HostIo for SimHost {
-        fn tcp_connect(&mut self, flow: FlowId, remote: SocketAddr) -> HostResult<()> {
+        fn tcp_connect(
+            &mut self,
+            flow: FlowId,
+            remote: SocketAddr,
+            source: SourceAddr,
+        ) -> HostResult<()> {
             let result = self.open(flow, SocketKind::Tcp, remote, SocketState::Connecting);
+            if let Some(socket) = self.sockets.get_mut(&flow) {
+                socket.source = source;
+            }
             self.calls.push(HostCall::TcpConnect {
                 flow,
                 remote,
@@ -742,8 +753,16 @@ pub mod host {
             result
         }
 
-        fn udp_open(&mut self, flow: FlowId, remote: SocketAddr) -> HostResult<()> {
+        fn udp_open(
+            &mut self,
+            flow: FlowId,
+            remote: SocketAddr,
+            source: SourceAddr,
+        ) -> HostResult<()> {
             let result = self.open(flow, SocketKind::Udp, remote, SocketState::Connected);
+            if let Some(socket) = self.sockets.get_mut(&flow) {
+                socket.source = source;
+            }
             self.calls.push(HostCall::UdpOpen {
                 flow,
                 remote,
@@ -2897,7 +2916,7 @@ pub mod ipv6 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::io::{CloseMode, FlowId, HostError, HostIo};
+    use crate::io::{CloseMode, FlowId, HostError, HostIo, SourceAddr};
     use core::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
     use smoltcp::wire::{
         ArpOperation, ArpRepr, EthernetAddress, Icmpv4DstUnreachable, Icmpv4Repr, IpProtocol,
@@ -3153,7 +3172,8 @@ mod tests {
     fn sim_host_connect_and_stream() {
         let mut host = SimHost::new();
         let remote = SocketAddr::V4(REMOTE);
-        host.tcp_connect(flow(1), remote).unwrap();
+        host.tcp_connect(flow(1), remote, SourceAddr::Outbound)
+            .unwrap();
         assert_eq!(host.last_connect(), Some((flow(1), remote)));
         let mut buf = [0; 8];
         assert_eq!(host.tcp_recv(flow(1), &mut buf), Err(HostError::WouldBlock));
@@ -3185,7 +3205,8 @@ mod tests {
     fn sim_host_backpressure() {
         let mut host = SimHost::new();
         host.set_default_send_window(4);
-        host.tcp_connect(flow(1), SocketAddr::V4(REMOTE)).unwrap();
+        host.tcp_connect(flow(1), SocketAddr::V4(REMOTE), SourceAddr::Outbound)
+            .unwrap();
         host.complete_connect(flow(1));
         assert_eq!(host.tcp_send(flow(1), b"abcdef"), Ok(4));
         assert_eq!(host.tcp_send(flow(1), b"ef"), Err(HostError::WouldBlock));
@@ -3203,13 +3224,15 @@ mod tests {
     #[test]
     fn sim_host_errors_are_reported_once() {
         let mut host = SimHost::new();
-        host.tcp_connect(flow(1), SocketAddr::V4(REMOTE)).unwrap();
+        host.tcp_connect(flow(1), SocketAddr::V4(REMOTE), SourceAddr::Outbound)
+            .unwrap();
         let event = host.fail_connect(flow(1), HostError::ConnectionRefused);
         assert!(event.error);
         assert_eq!(host.take_error(flow(1)), Some(HostError::ConnectionRefused));
         assert_eq!(host.take_error(flow(1)), None);
 
-        host.tcp_connect(flow(2), SocketAddr::V4(REMOTE)).unwrap();
+        host.tcp_connect(flow(2), SocketAddr::V4(REMOTE), SourceAddr::Outbound)
+            .unwrap();
         host.complete_connect(flow(2));
         host.peer_send(flow(2), b"lost");
         host.peer_reset(flow(2));
@@ -3226,9 +3249,12 @@ mod tests {
         let mut host = SimHost::new();
         host.fail_next_open(HostError::Exhausted);
         let remote = SocketAddr::V4(REMOTE);
-        assert_eq!(host.udp_open(flow(1), remote), Err(HostError::Exhausted));
+        assert_eq!(
+            host.udp_open(flow(1), remote, SourceAddr::Outbound),
+            Err(HostError::Exhausted)
+        );
         assert!(host.socket(flow(1)).is_none());
-        assert_eq!(host.udp_open(flow(2), remote), Ok(()));
+        assert_eq!(host.udp_open(flow(2), remote, SourceAddr::Outbound), Ok(()));
 
         host.set_ping_allowed(false);
         let target = remote.ip();
@@ -3242,7 +3268,8 @@ mod tests {
     #[test]
     fn sim_host_datagrams_and_pings() {
         let mut host = SimHost::new();
-        host.udp_open(flow(1), SocketAddr::V4(REMOTE)).unwrap();
+        host.udp_open(flow(1), SocketAddr::V4(REMOTE), SourceAddr::Outbound)
+            .unwrap();
         host.udp_send(flow(1), b"one").unwrap();
         host.udp_send(flow(1), b"two").unwrap();
         assert_eq!(
@@ -3279,7 +3306,8 @@ mod tests {
     #[should_panic(expected = "after closing it")]
     fn sim_host_rejects_use_after_close() {
         let mut host = SimHost::new();
-        host.udp_open(flow(1), SocketAddr::V4(REMOTE)).unwrap();
+        host.udp_open(flow(1), SocketAddr::V4(REMOTE), SourceAddr::Outbound)
+            .unwrap();
         host.close(flow(1), CloseMode::Graceful);
         let _ = host.udp_send(flow(1), b"late");
     }
@@ -3288,9 +3316,10 @@ mod tests {
     #[should_panic(expected = "opened flow#1.1 again")]
     fn sim_host_rejects_reopening_a_flow_id() {
         let mut host = SimHost::new();
-        host.udp_open(flow(1), SocketAddr::V4(REMOTE)).unwrap();
+        host.udp_open(flow(1), SocketAddr::V4(REMOTE), SourceAddr::Outbound)
+            .unwrap();
         host.close(flow(1), CloseMode::Graceful);
-        let _ = host.udp_open(flow(1), SocketAddr::V4(REMOTE));
+        let _ = host.udp_open(flow(1), SocketAddr::V4(REMOTE), SourceAddr::Outbound);
     }
 
     #[test]

@@ -312,6 +312,37 @@ mod dns {
         assert_eq!(socket.remote, resolver([127, 0, 0, 2]));
     }
 
+    /// `--outbound-addr` binds every host socket, host loopback included (as slirp4netns),
+    /// except the DNS forwarder's sockets to a resolver on loopback: a local stub resolver
+    /// (127.0.0.53) answers only loopback clients.
+    #[test]
+    fn only_the_forwarders_loopback_resolver_keeps_the_kernels_source() {
+        use rslirp_stack::SourceAddr;
+        let source = |s: &Scenario, flow| s.host.socket(flow).expect("a host socket").source;
+        let mut s = with_upstream([127, 0, 0, 53]);
+        let guest = s.guest;
+        s.guest_sends(&guest.udp(33333, dns(53), QUERY));
+        let (dns_udp, _) = the_only(s.host.udp_opens(), "udp_open");
+        assert_eq!(source(&s, dns_udp), SourceAddr::Kernel);
+        let (_, dns_tcp) = s.open_tcp(40000, dns(53));
+        assert_eq!(source(&s, dns_tcp), SourceAddr::Kernel);
+
+        // The gateway is host loopback too, but that is the guest's own traffic.
+        s.guest_sends(&guest.udp(33334, SocketAddrV4::new(GATEWAY, 53), QUERY));
+        let (gw_udp, target) = s.host.udp_opens()[1];
+        assert_eq!(target, resolver([127, 0, 0, 1]));
+        assert_eq!(source(&s, gw_udp), SourceAddr::Outbound);
+        let (_, gw_tcp) = s.open_tcp(40001, SocketAddrV4::new(GATEWAY, 80));
+        assert_eq!(source(&s, gw_tcp), SourceAddr::Outbound);
+
+        // A resolver on a real address is reached from the outbound address.
+        s.stack
+            .set_dns_upstream(Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 53))));
+        s.guest_sends(&guest.udp(33335, dns(53), QUERY));
+        let (real, _) = s.host.udp_opens()[2];
+        assert_eq!(source(&s, real), SourceAddr::Outbound);
+    }
+
     #[test]
     fn dns_flows_expire_after_10_seconds() {
         let mut s = with_upstream([127, 0, 0, 1]);

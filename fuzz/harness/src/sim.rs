@@ -9,7 +9,8 @@ use rslirp_stack::testing::frames::{try_parse, ParseError, Parsed, TcpSegment};
 use rslirp_stack::testing::ipv6::{try_parse6, Parsed6};
 use rslirp_stack::testing::{SimHost, SimSocket};
 use rslirp_stack::{
-    CloseMode, Config, Duration, FlowId, HostError, HostEvent, HostIo, HostResult, Instant, Stack,
+    CloseMode, Config, Duration, FlowId, HostError, HostEvent, HostIo, HostResult, Instant,
+    SourceAddr, Stack,
 };
 use smoltcp::wire::{EthernetFrame, EthernetProtocol, Ipv4Packet, ETHERNET_HEADER_LEN};
 use std::collections::HashMap;
@@ -366,9 +367,14 @@ impl Host {
 }
 
 impl HostIo for Host {
-    fn tcp_connect(&mut self, flow: FlowId, remote: SocketAddr) -> HostResult<()> {
+    fn tcp_connect(
+        &mut self,
+        flow: FlowId,
+        remote: SocketAddr,
+        source: SourceAddr,
+    ) -> HostResult<()> {
         let name = self.name_for_open(flow);
-        self.sim.tcp_connect(name, remote)
+        self.sim.tcp_connect(name, remote, source)
     }
     fn tcp_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<usize> {
         self.sim.tcp_recv(self.name(flow), buf)
@@ -390,9 +396,14 @@ impl HostIo for Host {
     fn take_error(&mut self, flow: FlowId) -> Option<HostError> {
         self.sim.take_error(self.name(flow))
     }
-    fn udp_open(&mut self, flow: FlowId, remote: SocketAddr) -> HostResult<()> {
+    fn udp_open(
+        &mut self,
+        flow: FlowId,
+        remote: SocketAddr,
+        source: SourceAddr,
+    ) -> HostResult<()> {
         let name = self.name_for_open(flow);
-        self.sim.udp_open(name, remote)
+        self.sim.udp_open(name, remote, source)
     }
     fn udp_send(&mut self, flow: FlowId, data: &[u8]) -> HostResult<()> {
         self.sim.udp_send(self.name(flow), data)
