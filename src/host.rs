@@ -320,6 +320,19 @@ impl HostIo for RealHost {
         socket.connect(&SockAddr::from(remote)).map_err(host_error)
     }
 
+    fn udp_reconnect(
+        &mut self,
+        flow: FlowId,
+        remote: SocketAddr,
+        source: SourceAddr,
+    ) -> HostResult<()> {
+        // A new socket rather than a second connect(): the source address may have to
+        // change with the remote (loopback or not), and a late answer of the old remote
+        // must not be taken for the new one's.
+        self.close(flow, CloseMode::Graceful);
+        self.udp_open(flow, remote, source)
+    }
+
     fn udp_send(&mut self, flow: FlowId, data: &[u8]) -> HostResult<()> {
         send(self.socket(flow)?, data).map(|_| ())
     }

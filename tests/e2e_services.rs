@@ -29,6 +29,7 @@ both_modes!(
     dns_tcp_several_queries_per_connection,
     dns_large_answers,
     dns_follows_resolv_conf_symlink_write_and_rename,
+    dns_falls_back_to_the_next_nameserver,
     dns_follows_bind_mounted_resolv_conf_write,
     disable_dns_n3_goes_to_the_host_network,
     disable_dns_n3_is_forwarded_like_any_address,
@@ -359,6 +360,51 @@ fn dns_follows_bind_mounted_resolv_conf_write(mode: Mode) {
     env.await_guest_dns_a(DNS, ONE, SECOND_ONE, SWITCH_WITHIN);
     env.write_resolv_conf_in_place("nameserver 127.0.0.1\n");
     env.await_guest_dns_a(DNS, ONE, FIRST_ONE, SWITCH_WITHIN);
+}
+
+/// Beyond libslirp (which only ever asks the first nameserver): resolv.conf names a silent
+/// server first (a UDP socket on 127.0.0.1:53 that never answers) and dnsmasq second. A
+/// guest query is answered after about one retry timeout (1 s), and the next query goes
+/// straight to the server that answered.
+fn dns_falls_back_to_the_next_nameserver(mode: Mode) {
+    let env = Env::new(mode);
+    let silent = env
+        .in_host("silent DNS server", || {
+            UdpSocket::bind((Ipv4Addr::LOCALHOST, 53))
+        })
+        .wait(CONNECT_TIMEOUT)
+        .expect("bind 127.0.0.1:53 in the host namespace");
+    let server = second_server(&env);
+    env.write_resolv_conf_in_place(&format!(
+        "nameserver 127.0.0.1\nnameserver {SECOND_SERVER}\n"
+    ));
+    let _rslirp = env.rslirp().start();
+
+    let started = std::time::Instant::now();
+    let answer = guest_udp_query(&env, DNS, 0x0a01, ONE, TYPE_A);
+    let first = started.elapsed();
+    assert_eq!(answer.a(), [SECOND_ONE], "answered by the second server");
+    assert!(
+        first >= Duration::from_millis(800) && first < Duration::from_secs(3),
+        "answered after one retry timeout, took {first:?}"
+    );
+    let started = std::time::Instant::now();
+    let answer = guest_udp_query(&env, DNS, 0x0a02, ONE, TYPE_A);
+    let second = started.elapsed();
+    assert_eq!(answer.a(), [SECOND_ONE]);
+    assert!(
+        second < Duration::from_millis(700),
+        "the second query goes straight to the answering server, took {second:?}"
+    );
+    println!("DNS fallback: first query {first:?}, second {second:?}");
+    assert_eq!(server.queries_for(ONE), 2);
+    silent.set_nonblocking(true).expect("nonblocking");
+    let mut buf = [0u8; 512];
+    let mut heard = 0;
+    while silent.recv_from(&mut buf).is_ok() {
+        heard += 1;
+    }
+    assert_eq!(heard, 1, "the silent server got only the first query");
 }
 
 /// The interface the harness gives the host namespace (see setup_host_netns): a dummy,

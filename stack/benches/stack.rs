@@ -91,6 +91,15 @@ impl HostIo for BenchHost {
         Err(HostError::Exhausted)
     }
 
+    fn udp_reconnect(
+        &mut self,
+        _flow: FlowId,
+        _remote: SocketAddr,
+        _source: SourceAddr,
+    ) -> HostResult<()> {
+        Err(HostError::Exhausted)
+    }
+
     fn udp_send(&mut self, _flow: FlowId, _data: &[u8]) -> HostResult<()> {
         Err(HostError::Exhausted)
     }

@@ -423,6 +423,8 @@ struct Counters {
     api_clients_rejected: u64,
     tcp_connect_failures: u64,
     host_socket_errors: u64,
+    dns_retries: u64,
+    dns_retry_forgotten: u64,
 }
 
 /// One active flow, as `list_flows` reports it. `rx_bytes` came from the guest, `tx_bytes`
@@ -492,6 +494,8 @@ pub fn stats_reply(stats: &Stats) -> Vec<u8> {
                 api_clients_rejected: stats.api_clients_rejected,
                 tcp_connect_failures: stats.tcp_connect_failures,
                 host_socket_errors: stats.host_socket_errors,
+                dns_retries: stats.dns_retries,
+                dns_retry_forgotten: stats.dns_retry_forgotten,
             },
         },
     })
@@ -1115,6 +1119,8 @@ mod tests {
             api_clients_rejected: 25,
             tcp_connect_failures: 26,
             host_socket_errors: 27,
+            dns_retries: 28,
+            dns_retry_forgotten: 29,
         };
         assert_eq!(
             String::from_utf8_lossy(&stats_reply(&stats)),
@@ -1128,7 +1134,8 @@ mod tests {
                 r#""udp_flow_evictions":18,"icmp_flow_evictions":19,"dns_flow_evictions":20,"#,
                 r#""tcp_buffer_reductions":21,"tcp_buffer_budget_hits":22,"tcp_buffer_bytes":23,"#,
                 r#""forward_limit_hits":24,"api_clients_rejected":25,"#,
-                r#""tcp_connect_failures":26,"host_socket_errors":27}}}"#
+                r#""tcp_connect_failures":26,"host_socket_errors":27,"#,
+                r#""dns_retries":28,"dns_retry_forgotten":29}}}"#
             )
         );
     }

@@ -157,6 +157,12 @@ pub struct Limits {
     pub max_dns_flows: usize,
     /// Control-socket connections served at once; more are closed at once.
     pub max_api_clients: usize,
+    /// Nameservers of resolv.conf the DNS forwarder falls back between (glibc's MAXNS);
+    /// later ones are ignored.
+    pub max_dns_upstreams: usize,
+    /// Queries per DNS forwarder flow remembered for a retry with the next nameserver;
+    /// beyond it the oldest is forgotten (not retried; the guest's resolver retries).
+    pub max_dns_retry_queries: usize,
     /// Bytes of TCP buffer capacity (receive + send) all TCP flows may reserve together. A
     /// flow gets `tcp_rx_buffer` + `tcp_tx_buffer` while the reservation stays within half
     /// the budget, else `tcp_small_buffer` each way, and is refused (RST) when even that
@@ -183,6 +189,8 @@ impl Default for Limits {
             max_time_wait: 1_024,
             max_dns_flows: 256,
             max_api_clients: 64,
+            max_dns_upstreams: 3,
+            max_dns_retry_queries: 8,
             tcp_buffer_budget: 4 << 30,
             tcp_small_buffer: 64 << 10,
             tcp_rx_buffer: 1 << 20,
@@ -200,6 +208,8 @@ pub struct Timeouts {
     pub icmp_idle: Duration,
     /// A host connect that has not completed by then fails the guest's SYN.
     pub tcp_connect: Duration,
+    /// A DNS query unanswered for this long goes to the next nameserver (when there is one).
+    pub dns_retry: Duration,
 }
 
 impl Default for Timeouts {
@@ -209,6 +219,7 @@ impl Default for Timeouts {
             udp_dns_idle: Duration::from_secs(10),
             icmp_idle: Duration::from_secs(60),
             tcp_connect: Duration::from_secs(60),
+            dns_retry: Duration::from_secs(1),
         }
     }
 }

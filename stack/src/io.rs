@@ -119,6 +119,14 @@ pub trait HostIo {
 
     /// Open a UDP socket connected to `remote` (one per guest 4-tuple).
     fn udp_open(&mut self, flow: FlowId, remote: SocketAddr, source: SourceAddr) -> HostResult<()>;
+    /// Point the flow's UDP socket at another remote (the DNS forwarder's fallback to the
+    /// next nameserver). The host may replace the socket; datagrams not read yet are lost.
+    fn udp_reconnect(
+        &mut self,
+        flow: FlowId,
+        remote: SocketAddr,
+        source: SourceAddr,
+    ) -> HostResult<()>;
     fn udp_send(&mut self, flow: FlowId, data: &[u8]) -> HostResult<()>;
     /// Receive one datagram's payload.
     fn udp_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<usize>;

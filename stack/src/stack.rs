@@ -15,6 +15,7 @@ use crate::nat::tcp::{TcpFlow, TcpParams, Verdict};
 use crate::nat::udp::{ReadOutcome, UdpFlow};
 use crate::nat::{refuse, FlowKey, FlowTable, Proto, Quote, Refusal};
 use crate::service::dhcp::DhcpServer;
+use crate::service::dns::DnsRetry;
 use crate::stats::{LimitReports, Stats};
 use core::net::{IpAddr, Ipv4Addr, SocketAddr};
 use smoltcp::phy::ChecksumCapabilities;
@@ -87,8 +88,11 @@ pub struct Stack {
     dhcp: DhcpServer,
     /// When the next unsolicited router advertisement is due (with `--enable-ipv6`).
     next_router_advert: Option<Instant>,
-    /// Where DNS queries to network+3 go (the host's first nameserver); `None`: refused.
-    dns_upstream: Option<IpAddr>,
+    /// The host's nameservers (resolv.conf order, at most `max_dns_upstreams`); empty:
+    /// DNS queries to network+3 are refused.
+    dns_upstreams: Vec<IpAddr>,
+    /// The one new DNS queries go to: the first, until it fails to answer and another does.
+    dns_preferred: usize,
     /// UDP forwards whose socket still has datagrams but the transmit queue was full.
     starved_forwards: Vec<u64>,
     /// Frames the tap refused (the guest's link is down); part of `tx_dropped`, but not a
@@ -155,7 +159,8 @@ impl Stack {
             time_wait_flows: 0,
             spare_tcp: Vec::new(),
             limit_reports: LimitReports::default(),
-            dns_upstream: None,
+            dns_upstreams: Vec::new(),
+            dns_preferred: 0,
             // Soon after start, when the guest's link is likely up.
             next_router_advert: config.enable_ipv6.then(|| now + Duration::from_secs(1)),
             config,
@@ -166,16 +171,42 @@ impl Stack {
         &self.config
     }
 
-    /// The resolver DNS queries are forwarded to (the host's first usable nameserver). New
-    /// queries use it at once; flows already open finish with the old one.
+    /// The resolver DNS queries are forwarded to: one nameserver, or none.
     pub fn set_dns_upstream(&mut self, upstream: Option<IpAddr>) {
-        if self.dns_upstream != upstream {
+        self.set_dns_upstreams(upstream.into_iter().collect());
+    }
+
+    /// The host's nameservers, in resolv.conf order (beyond `max_dns_upstreams` ignored).
+    /// New queries go to the first at once; flows already open finish with the old list.
+    /// A query the first leaves unanswered for `Timeouts::dns_retry` (or refuses) goes to
+    /// the next, and the one that answers is preferred for new queries until the list
+    /// changes.
+    pub fn set_dns_upstreams(&mut self, mut upstreams: Vec<IpAddr>) {
+        let mut seen = Vec::new();
+        upstreams.retain(|ip| {
+            let new = !seen.contains(ip);
+            seen.push(*ip);
+            new
+        });
+        upstreams.truncate(self.config.limits.max_dns_upstreams);
+        if self.dns_upstreams != upstreams {
+            let list: Vec<String> = upstreams.iter().map(ToString::to_string).collect();
             log::info!(
                 "DNS upstream: {}",
-                upstream.map_or("none".to_string(), |ip| ip.to_string())
+                if list.is_empty() {
+                    "none".to_string()
+                } else {
+                    list.join(", then ")
+                }
             );
-            self.dns_upstream = upstream;
+            self.dns_upstreams = upstreams;
+            self.dns_preferred = 0;
         }
+    }
+
+    /// Where new DNS queries go.
+    fn dns_upstream(&self) -> Option<IpAddr> {
+        self.dns_upstreams.get(self.dns_preferred).copied()
     }
 
     /// Counters and gauges (a snapshot).
@@ -470,7 +501,7 @@ impl Stack {
             // The DNS service is a forwarder: TCP and UDP port 53 are NATed to the host's
             // resolver (which may well be on host loopback, e.g. 127.0.0.53), so big
             // answers, TCP fallback and several queries per connection just work.
-            return match self.dns_upstream {
+            return match self.dns_upstream() {
                 Some(upstream) if port == 53 => Ok(SocketAddr::new(upstream, 53)),
                 _ => Err(Refusal::Reset),
             };
@@ -791,13 +822,22 @@ impl Stack {
                 self.apply_tcp_verdict(now, id, verdict, host);
                 return;
             }
-            Some(Flow::Udp(udp)) => udp.expires_at(),
-            Some(Flow::Icmp(icmp)) => icmp.expires_at(),
+            Some(Flow::Udp(udp)) => {
+                if udp.dns_retry.as_ref().is_some_and(|r| r.is_due(now)) {
+                    self.retry_dns(now, id, host);
+                }
+                match self.flows.get(id) {
+                    Some(Flow::Udp(udp)) => (udp.expires_at(), udp.next_due()),
+                    _ => return,
+                }
+            }
+            Some(Flow::Icmp(icmp)) => (icmp.expires_at(), icmp.expires_at()),
         };
+        let (expires_at, next_due) = expires_at;
         if now >= expires_at {
             self.remove_flow(id, CloseMode::Graceful, host);
         } else {
-            self.flows.schedule(id, Some(expires_at));
+            self.flows.schedule(id, Some(next_due));
         }
     }
 
@@ -829,11 +869,37 @@ impl Stack {
         let gateway = self.config.network.gateway();
         let (guest_ip, remote_ip) = (key.guest.ip(), key.remote.ip());
         let (tx, stats, scratch) = (&mut self.tx, &mut self.stats, &mut self.scratch);
+        let upstreams = self.dns_upstreams.len();
         match self.flows.get_mut(id) {
             Some(Flow::Udp(udp)) => {
-                match udp.read_host(now, id, key, host, tx, stats, mtu, scratch) {
+                let outcome = udp.read_host(now, id, key, host, tx, stats, mtu, scratch, upstreams);
+                if let Some(retry) = udp.dns_retry.as_deref_mut() {
+                    if core::mem::take(&mut retry.answered) && retry.upstream != self.dns_preferred
+                    {
+                        if let Some(answering) = self.dns_upstreams.get(retry.upstream) {
+                            log::info!(
+                                "DNS upstream {} did not answer; using {answering} for new queries",
+                                self.dns_upstreams
+                                    .get(self.dns_preferred)
+                                    .map_or("?".to_string(), ToString::to_string)
+                            );
+                            self.dns_preferred = retry.upstream;
+                        }
+                    }
+                }
+                match outcome {
                     ReadOutcome::Drained => {}
                     ReadOutcome::Starved => self.starved.push(id),
+                    ReadOutcome::RetryDns => self.retry_dns(now, id, host),
+                    ReadOutcome::Failed(HostError::ConnectionRefused)
+                        if udp
+                            .dns_retry
+                            .as_ref()
+                            .is_some_and(|r| r.pending.iter().any(|p| p.tries < upstreams)) =>
+                    {
+                        // Nothing listens at this nameserver: try the next one.
+                        self.retry_dns(now, id, host)
+                    }
                     ReadOutcome::Failed(err) => {
                         let refusal = match Refusal::from_host_error(err) {
                             Refusal::Reset if err != HostError::ConnectionRefused => {
@@ -898,6 +964,9 @@ impl Stack {
                 let mut flow = UdpFlow::new(now, idle, quote.clone());
                 flow.counters.host = Some(target);
                 flow.dns = repr.dst_port == 53 && self.is_dns_service(inbound.dst);
+                if flow.dns && self.dns_upstreams.len() > 1 {
+                    flow.dns_retry = Some(Box::new(DnsRetry::new(self.dns_preferred)));
+                }
                 let source = self.source_for(inbound.dst, target);
                 let flow = Flow::Udp(flow);
                 let Some(id) = self.open_datagram_flow(key, flow, host, |host, id| {
@@ -921,8 +990,20 @@ impl Stack {
             }
             return;
         }
-        match host.udp_send(id, data) {
+        let sent = host.udp_send(id, data);
+        let mut dns_due = None;
+        if let Some(retry) = udp.dns_retry.as_deref_mut() {
+            let deadline = now + self.config.timeouts.dns_retry;
+            if retry.track(data, deadline, self.config.limits.max_dns_retry_queries) {
+                self.stats.dns_retry_forgotten += 1;
+            }
+            dns_due = Some(udp.next_due());
+        }
+        // An earlier query learnt that nothing listens at this nameserver: the next one.
+        let retry_now = dns_due.is_some() && sent == Err(HostError::ConnectionRefused);
+        match sent {
             Ok(()) => {}
+            Err(_) if retry_now => {}
             Err(HostError::WouldBlock) => self.stats.rx_dropped += 1,
             Err(err) => {
                 log::debug!("{id:?}: UDP send failed: {err}");
@@ -942,6 +1023,61 @@ impl Stack {
                 );
             }
         }
+        if retry_now {
+            self.retry_dns(now, id, host);
+        } else if let Some(due) = dns_due {
+            self.flows.schedule(id, Some(due));
+        }
+    }
+
+    /// Send a DNS flow's unanswered queries to the next nameserver (each query at most once
+    /// to each); the flow's socket moves there.
+    fn retry_dns(&mut self, now: Instant, id: FlowId, host: &mut impl HostIo) {
+        let upstreams = self.dns_upstreams.len();
+        let timeout = self.config.timeouts.dns_retry;
+        let Some(Flow::Udp(udp)) = self.flows.get_mut(id) else {
+            return;
+        };
+        let Some(retry) = udp.dns_retry.as_deref_mut() else {
+            return;
+        };
+        // A query every nameserver had is given up: the guest's resolver retries itself.
+        retry.pending.retain(|p| p.tries < upstreams);
+        if retry.pending.is_empty() {
+            let due = udp.next_due();
+            self.flows.schedule(id, Some(due));
+            return;
+        }
+        let next = (retry.upstream + 1) % upstreams;
+        let upstream = self.dns_upstreams[next];
+        let target = SocketAddr::new(upstream, 53);
+        let source = if upstream.is_loopback() {
+            SourceAddr::Kernel
+        } else {
+            SourceAddr::Outbound
+        };
+        log::debug!(
+            "{id:?}: DNS upstream {:?} did not answer in time or refused; asking {upstream}",
+            udp.counters.host
+        );
+        if let Err(err) = host.udp_reconnect(id, target, source) {
+            log::debug!("{id:?}: cannot reach DNS upstream {upstream}: {err}");
+            self.stats.host_socket_errors += 1;
+            self.remove_flow(id, CloseMode::Abort, host);
+            return;
+        }
+        retry.upstream = next;
+        udp.counters.host = Some(target);
+        for pending in retry.pending.iter_mut() {
+            pending.tries += 1;
+            pending.deadline = now + timeout;
+            self.stats.dns_retries += 1;
+            if let Err(err) = host.udp_send(id, &pending.query) {
+                log::debug!("{id:?}: DNS retry to {upstream} failed: {err}");
+            }
+        }
+        let due = udp.next_due();
+        self.flows.schedule(id, Some(due));
     }
 
     /// Add a UDP or ICMP flow, evicting the longest-idle one of its kind when the table is

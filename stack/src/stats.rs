@@ -50,6 +50,12 @@ pub struct Stats {
     pub tcp_connect_failures: u64,
     /// Host sockets that could not be opened (fds, ports, permissions).
     pub host_socket_errors: u64,
+    /// DNS queries sent again to the next nameserver (the first did not answer in time,
+    /// refused, or failed).
+    pub dns_retries: u64,
+    /// DNS queries not remembered for a retry because `max_dns_retry_queries` of their
+    /// flow were in flight.
+    pub dns_retry_forgotten: u64,
 }
 
 use crate::config::Limits;

@@ -142,6 +142,10 @@ pub mod host {
             remote: SocketAddr,
             result: HostResult<()>,
         },
+        UdpReconnect {
+            flow: FlowId,
+            remote: SocketAddr,
+        },
         UdpSend {
             flow: FlowId,
             len: usize,
@@ -476,6 +480,17 @@ pub mod host {
                 .collect()
         }
 
+        /// Every `udp_reconnect` call: flow and new remote address.
+        pub fn udp_reconnects(&self) -> Vec<(FlowId, SocketAddr)> {
+            self.calls
+                .iter()
+                .filter_map(|call| match call {
+                    HostCall::UdpReconnect { flow, remote } => Some((*flow, *remote)),
+                    _ => None,
+                })
+                .collect()
+        }
+
         /// Every `ping_open` call: flow and remote address.
         pub fn ping_opens(&self) -> Vec<(FlowId, IpAddr)> {
             self.calls
@@ -769,6 +784,22 @@ pub mod host {
                 result,
             });
             result
+        }
+
+        fn udp_reconnect(
+            &mut self,
+            flow: FlowId,
+            remote: SocketAddr,
+            source: SourceAddr,
+        ) -> HostResult<()> {
+            let socket = self.live(flow, SocketKind::Udp, "udp_reconnect");
+            // A new socket: what the old one held is gone.
+            socket.remote = remote;
+            socket.source = source;
+            socket.inbound_datagrams.clear();
+            socket.pending_error = None;
+            self.calls.push(HostCall::UdpReconnect { flow, remote });
+            Ok(())
         }
 
         fn udp_send(&mut self, flow: FlowId, data: &[u8]) -> HostResult<()> {

@@ -71,6 +71,8 @@ pub fn config(flags: u8) -> Config {
             max_time_wait: 1,
             max_dns_flows: 1,
             max_api_clients: 1,
+            max_dns_upstreams: 2,
+            max_dns_retry_queries: 1,
             // One flow with big buffers, two with small ones, then the fourth is refused.
             tcp_buffer_budget: 16384,
             tcp_small_buffer: 2048,

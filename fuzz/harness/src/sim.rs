@@ -405,6 +405,14 @@ impl HostIo for Host {
         let name = self.name_for_open(flow);
         self.sim.udp_open(name, remote, source)
     }
+    fn udp_reconnect(
+        &mut self,
+        flow: FlowId,
+        remote: SocketAddr,
+        source: SourceAddr,
+    ) -> HostResult<()> {
+        self.sim.udp_reconnect(self.name(flow), remote, source)
+    }
     fn udp_send(&mut self, flow: FlowId, data: &[u8]) -> HostResult<()> {
         self.sim.udp_send(self.name(flow), data)
     }

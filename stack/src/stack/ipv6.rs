@@ -92,7 +92,7 @@ impl Stack {
             return Ok(SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port));
         }
         if dst == IPV6_DNS && !self.config.disable_dns {
-            return match self.dns_upstream {
+            return match self.dns_upstream() {
                 Some(upstream) if port == 53 => Ok(SocketAddr::new(upstream, 53)),
                 _ => Err(Refusal::Reset),
             };
