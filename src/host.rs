@@ -62,6 +62,10 @@ impl ForwardSocket {
 struct Slot {
     generation: u32,
     socket: Socket,
+    /// An IPv6 socket (IPV6_UNICAST_HOPS rather than IP_TTL).
+    v6: bool,
+    /// The TTL / hop limit last set on the socket; 0 until the first datagram.
+    hop_limit: u8,
 }
 
 pub struct RealHost {
@@ -172,11 +176,33 @@ impl RealHost {
                 .bind(&SockAddr::from(SocketAddr::new(addr, 0)))
                 .map_err(host_error)?;
         }
-        self.adopt(flow, socket)
+        self.adopt(flow, socket, family.is_ipv6())
+    }
+
+    /// Send a datagram on the flow's socket with `hop_limit` as its TTL / hop limit. The
+    /// socket option is set only when it changes (a guest sends most datagrams of a flow
+    /// with one TTL), so the common path stays one system call.
+    fn send_with_hop_limit(&mut self, flow: FlowId, data: &[u8], hop_limit: u8) -> HostResult<()> {
+        // TTL 0 is no valid socket setting (a guest that sends it gets the least we can).
+        let hop_limit = hop_limit.max(1);
+        let slot = match self.slots.get_mut(flow.index as usize) {
+            Some(Some(slot)) if slot.generation == flow.generation => slot,
+            _ => return Err(HostError::ConnectionReset),
+        };
+        if slot.hop_limit != hop_limit {
+            let set = if slot.v6 {
+                slot.socket.set_unicast_hops_v6(u32::from(hop_limit))
+            } else {
+                slot.socket.set_ttl_v4(u32::from(hop_limit))
+            };
+            set.map_err(host_error)?;
+            slot.hop_limit = hop_limit;
+        }
+        send(&slot.socket, data).map(|_| ())
     }
 
     /// Register `socket` as the host socket of `flow`.
-    fn adopt(&mut self, flow: FlowId, socket: Socket) -> HostResult<&Socket> {
+    fn adopt(&mut self, flow: FlowId, socket: Socket, v6: bool) -> HostResult<&Socket> {
         self.registry
             .register(
                 &mut SourceFd(&socket.as_raw_fd()),
@@ -191,6 +217,8 @@ impl RealHost {
         let slot = self.slots[index].insert(Slot {
             generation: flow.generation,
             socket,
+            v6,
+            hop_limit: 0,
         });
         Ok(&slot.socket)
     }
@@ -235,7 +263,7 @@ impl HostIo for RealHost {
         };
         stream.set_nonblocking(true).map_err(host_error)?;
         let _ = stream.set_nodelay(true);
-        self.adopt(flow, Socket::from(stream))?;
+        self.adopt(flow, Socket::from(stream), peer.is_ipv6())?;
         Ok(peer)
     }
 
@@ -333,8 +361,8 @@ impl HostIo for RealHost {
         self.udp_open(flow, remote, source)
     }
 
-    fn udp_send(&mut self, flow: FlowId, data: &[u8]) -> HostResult<()> {
-        send(self.socket(flow)?, data).map(|_| ())
+    fn udp_send(&mut self, flow: FlowId, data: &[u8], hop_limit: u8) -> HostResult<()> {
+        self.send_with_hop_limit(flow, data, hop_limit)
     }
 
     fn udp_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<usize> {
@@ -360,8 +388,8 @@ impl HostIo for RealHost {
             .map_err(host_error)
     }
 
-    fn ping_send(&mut self, flow: FlowId, message: &[u8]) -> HostResult<()> {
-        send(self.socket(flow)?, message).map(|_| ())
+    fn ping_send(&mut self, flow: FlowId, message: &[u8], hop_limit: u8) -> HostResult<()> {
+        self.send_with_hop_limit(flow, message, hop_limit)
     }
 
     fn ping_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<usize> {

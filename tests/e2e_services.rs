@@ -35,6 +35,7 @@ both_modes!(
     disable_dns_n3_is_forwarded_like_any_address,
     outbound_addr_address,
     outbound_addr_loopback,
+    ttl_is_carried_to_the_host,
     outbound_addr_keeps_a_loopback_resolver_working,
     outbound_addr_interface,
     macaddress_sets_tap_mac,
@@ -529,10 +530,26 @@ fn host_neighbour(env: &Env, last: u8) -> Ipv4Addr {
 /// The source address of the guest's ping to `dest_ip` as the host namespace sees it: a
 /// raw ICMP socket there gets a copy of every echo request delivered locally.
 fn ping_source_seen_by_host(env: &Env, dest_ip: Ipv4Addr) -> Ipv4Addr {
+    let target = dest_ip.to_string();
+    packet_seen_by_host(env, libc::IPPROTO_ICMP, dest_ip, || {
+        env.guest_ok(&["ping", "-c", "1", "-W", "5", &target]);
+    })
+    .0
+}
+
+/// Source address and TTL of the first packet of `protocol` (for ICMP: an echo request)
+/// to `dest_ip` that reaches the host namespace while `send` runs, as a raw socket there
+/// sees it (it gets a copy of every packet delivered locally).
+fn packet_seen_by_host(
+    env: &Env,
+    protocol: libc::c_int,
+    dest_ip: Ipv4Addr,
+    send: impl FnOnce(),
+) -> (Ipv4Addr, u8) {
     let raw = env
-        .in_host("raw ICMP socket", || {
+        .in_host("raw socket", move || {
             // SAFETY: plain socket(2); the descriptor is owned by the File made just below.
-            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, protocol) };
             if fd < 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -559,7 +576,7 @@ fn ping_source_seen_by_host(env: &Env, dest_ip: Ipv4Addr) -> Ipv4Addr {
             Ok(file)
         })
         .wait(CONNECT_TIMEOUT)
-        .expect("raw ICMP socket in the host namespace");
+        .expect("raw socket in the host namespace");
     let reader = thread::spawn(move || {
         let mut raw = raw;
         let mut buf = [0u8; 2048];
@@ -573,18 +590,43 @@ fn ping_source_seen_by_host(env: &Env, dest_ip: Ipv4Addr) -> Ipv4Addr {
             }
             let ihl = usize::from(buf[0] & 0x0f) * 4;
             let dst = Ipv4Addr::new(buf[16], buf[17], buf[18], buf[19]);
-            if n > ihl && buf[ihl] == 8 && dst == dest_ip {
-                return Some(Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]));
+            let echo_request = protocol != libc::IPPROTO_ICMP || buf[ihl] == 8;
+            if n > ihl && echo_request && dst == dest_ip {
+                return Some((Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]), buf[8]));
             }
         }
         None
     });
-    let target = dest_ip.to_string();
-    env.guest_ok(&["ping", "-c", "1", "-W", "5", &target]);
+    send();
     reader
         .join()
         .expect("raw reader")
-        .expect("the host saw the echo request")
+        .expect("the host saw the packet")
+}
+
+/// The guest's TTL travels with its UDP datagrams and echo requests (traceroute and
+/// `ping -t` work through rslirp): local delivery in the host namespace does not decrement
+/// it, so a raw socket there sees exactly what the guest set.
+fn ttl_is_carried_to_the_host(mode: Mode) {
+    let env = Env::new(mode);
+    env.allow_ping_sockets();
+    let _rslirp = env.rslirp().start();
+    let host_addr = env.host_addr;
+    for ttl in [9u8, 3] {
+        let (_, seen) = packet_seen_by_host(&env, libc::IPPROTO_UDP, host_addr, || {
+            let socket = env.guest_udp_socket();
+            socket.set_ttl(u32::from(ttl)).expect("IP_TTL");
+            socket
+                .send_to(b"probe", (host_addr, 33434))
+                .expect("send from the guest");
+        });
+        assert_eq!(seen, ttl, "UDP TTL seen by the host");
+    }
+    let target = host_addr.to_string();
+    let (_, seen) = packet_seen_by_host(&env, libc::IPPROTO_ICMP, host_addr, || {
+        env.guest_ok(&["ping", "-c", "1", "-W", "5", "-t", "7", &target]);
+    });
+    assert_eq!(seen, 7, "ICMP echo TTL seen by the host");
 }
 
 /// As slirp4netns (its tests/test-slirp4netns-outbound-addr.sh): every host socket is bound

@@ -100,7 +100,7 @@ impl HostIo for BenchHost {
         Err(HostError::Exhausted)
     }
 
-    fn udp_send(&mut self, _flow: FlowId, _data: &[u8]) -> HostResult<()> {
+    fn udp_send(&mut self, _flow: FlowId, _data: &[u8], _hop_limit: u8) -> HostResult<()> {
         Err(HostError::Exhausted)
     }
 
@@ -112,7 +112,7 @@ impl HostIo for BenchHost {
         Err(HostError::PermissionDenied)
     }
 
-    fn ping_send(&mut self, _flow: FlowId, _message: &[u8]) -> HostResult<()> {
+    fn ping_send(&mut self, _flow: FlowId, _message: &[u8], _hop_limit: u8) -> HostResult<()> {
         Err(HostError::PermissionDenied)
     }
 

@@ -127,7 +127,9 @@ pub trait HostIo {
         remote: SocketAddr,
         source: SourceAddr,
     ) -> HostResult<()>;
-    fn udp_send(&mut self, flow: FlowId, data: &[u8]) -> HostResult<()>;
+    /// Send one datagram with the guest's TTL / hop limit (so traceroute works through
+    /// us); the host changes the socket's setting only when it differs from the last.
+    fn udp_send(&mut self, flow: FlowId, data: &[u8], hop_limit: u8) -> HostResult<()>;
     /// Receive one datagram's payload.
     fn udp_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<usize>;
 
@@ -135,7 +137,7 @@ pub trait HostIo {
     fn ping_open(&mut self, flow: FlowId, remote: IpAddr) -> HostResult<()>;
     /// Send one ICMP echo request message (header + payload); the host kernel
     /// replaces the identifier with the socket's own.
-    fn ping_send(&mut self, flow: FlowId, message: &[u8]) -> HostResult<()>;
+    fn ping_send(&mut self, flow: FlowId, message: &[u8], hop_limit: u8) -> HostResult<()>;
     /// Receive one ICMP message (an echo reply, header + payload).
     fn ping_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<usize>;
 

@@ -990,7 +990,7 @@ impl Stack {
             }
             return;
         }
-        let sent = host.udp_send(id, data);
+        let sent = host.udp_send(id, data, inbound.quote.hop_limit());
         let mut dns_due = None;
         if let Some(retry) = udp.dns_retry.as_deref_mut() {
             let deadline = now + self.config.timeouts.dns_retry;
@@ -1068,11 +1068,12 @@ impl Stack {
         }
         retry.upstream = next;
         udp.counters.host = Some(target);
+        let hop_limit = udp.quote.hop_limit();
         for pending in retry.pending.iter_mut() {
             pending.tries += 1;
             pending.deadline = now + timeout;
             self.stats.dns_retries += 1;
-            if let Err(err) = host.udp_send(id, &pending.query) {
+            if let Err(err) = host.udp_send(id, &pending.query, hop_limit) {
                 log::debug!("{id:?}: DNS retry to {upstream} failed: {err}");
             }
         }
@@ -1206,11 +1207,12 @@ impl Stack {
             return;
         }
         let (src, dst) = (IpAddr::V4(ip.src_addr), IpAddr::V4(ip.dst_addr));
-        self.forward_echo(now, src, dst, ident, payload, host);
+        self.forward_echo(now, src, dst, ident, payload, ip.hop_limit, host);
     }
 
     /// Carry a guest's echo request (`message`: the whole ICMP/ICMPv6 message) through a
     /// host ping socket, one flow per guest identifier and destination.
+    #[allow(clippy::too_many_arguments)]
     fn forward_echo(
         &mut self,
         now: Instant,
@@ -1218,6 +1220,7 @@ impl Stack {
         dst: IpAddr,
         ident: u16,
         message: &[u8],
+        hop_limit: u8,
         host: &mut impl HostIo,
     ) {
         if self.host_target(dst, 0).is_err() {
@@ -1247,7 +1250,7 @@ impl Stack {
             icmp.last_active = now;
             icmp.counters.from_guest += message.len() as u64;
         }
-        if let Err(err) = host.ping_send(id, message) {
+        if let Err(err) = host.ping_send(id, message, hop_limit) {
             log::debug!("{id:?}: ping send failed: {err}");
         }
     }

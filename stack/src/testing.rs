@@ -74,6 +74,8 @@ pub mod host {
         pub ping_ident: u16,
         /// The source address the stack asked for (ping sockets: always `Outbound`).
         pub source: SourceAddr,
+        /// The TTL / hop limit of each datagram sent, in order (not taken by `udp_sent`).
+        pub sent_hop_limits: Vec<u8>,
     }
 
     impl SimSocket {
@@ -94,6 +96,7 @@ pub mod host {
                 bytes_written: 0,
                 ping_ident: 0,
                 source: SourceAddr::Outbound,
+                sent_hop_limits: Vec::new(),
             }
         }
 
@@ -802,8 +805,11 @@ pub mod host {
             Ok(())
         }
 
-        fn udp_send(&mut self, flow: FlowId, data: &[u8]) -> HostResult<()> {
+        fn udp_send(&mut self, flow: FlowId, data: &[u8], hop_limit: u8) -> HostResult<()> {
             let result = self.send_datagram(flow, SocketKind::Udp, "udp_send", data);
+            if result.is_ok() {
+                self.expect_mut(flow).sent_hop_limits.push(hop_limit);
+            }
             self.calls.push(HostCall::UdpSend {
                 flow,
                 len: data.len(),
@@ -829,8 +835,11 @@ pub mod host {
             result
         }
 
-        fn ping_send(&mut self, flow: FlowId, message: &[u8]) -> HostResult<()> {
+        fn ping_send(&mut self, flow: FlowId, message: &[u8], hop_limit: u8) -> HostResult<()> {
             let result = self.send_datagram(flow, SocketKind::Ping, "ping_send", message);
+            if result.is_ok() {
+                self.expect_mut(flow).sent_hop_limits.push(hop_limit);
+            }
             self.calls.push(HostCall::PingSend {
                 flow,
                 len: message.len(),
@@ -3301,8 +3310,8 @@ mod tests {
         let mut host = SimHost::new();
         host.udp_open(flow(1), SocketAddr::V4(REMOTE), SourceAddr::Outbound)
             .unwrap();
-        host.udp_send(flow(1), b"one").unwrap();
-        host.udp_send(flow(1), b"two").unwrap();
+        host.udp_send(flow(1), b"one", 64).unwrap();
+        host.udp_send(flow(1), b"two", 64).unwrap();
         assert_eq!(
             host.udp_sent(flow(1)),
             vec![b"one".to_vec(), b"two".to_vec()]
@@ -3321,7 +3330,7 @@ mod tests {
 
         host.ping_open(flow(2), REMOTE.ip().to_owned().into())
             .unwrap();
-        host.ping_send(flow(2), &echo_message(false, 77, 1, b"abc"))
+        host.ping_send(flow(2), &echo_message(false, 77, 1, b"abc"), 64)
             .unwrap();
         let sent = parse_echo_message(&host.ping_sent(flow(2))[0]).unwrap();
         host.ping_reply(flow(2), sent.seq_no, &sent.payload);
@@ -3340,7 +3349,7 @@ mod tests {
         host.udp_open(flow(1), SocketAddr::V4(REMOTE), SourceAddr::Outbound)
             .unwrap();
         host.close(flow(1), CloseMode::Graceful);
-        let _ = host.udp_send(flow(1), b"late");
+        let _ = host.udp_send(flow(1), b"late", 64);
     }
 
     #[test]

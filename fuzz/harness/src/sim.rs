@@ -413,8 +413,8 @@ impl HostIo for Host {
     ) -> HostResult<()> {
         self.sim.udp_reconnect(self.name(flow), remote, source)
     }
-    fn udp_send(&mut self, flow: FlowId, data: &[u8]) -> HostResult<()> {
-        self.sim.udp_send(self.name(flow), data)
+    fn udp_send(&mut self, flow: FlowId, data: &[u8], hop_limit: u8) -> HostResult<()> {
+        self.sim.udp_send(self.name(flow), data, hop_limit)
     }
     fn udp_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<usize> {
         self.sim.udp_recv(self.name(flow), buf)
@@ -423,8 +423,8 @@ impl HostIo for Host {
         let name = self.name_for_open(flow);
         self.sim.ping_open(name, remote)
     }
-    fn ping_send(&mut self, flow: FlowId, message: &[u8]) -> HostResult<()> {
-        self.sim.ping_send(self.name(flow), message)
+    fn ping_send(&mut self, flow: FlowId, message: &[u8], hop_limit: u8) -> HostResult<()> {
+        self.sim.ping_send(self.name(flow), message, hop_limit)
     }
     fn ping_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<usize> {
         self.sim.ping_recv(self.name(flow), buf)
