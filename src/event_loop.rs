@@ -329,7 +329,7 @@ impl EventLoop {
                     }
                     RESOLV => {
                         if let Some(watch) = &mut self.resolv {
-                            self.stack.set_dns_upstream(watch.reload());
+                            self.stack.set_dns_upstreams(watch.reload());
                         }
                     }
                     TARGET => {

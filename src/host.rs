@@ -7,7 +7,7 @@
 
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
-use rslirp_stack::{CloseMode, FlowId, HostError, HostIo, HostResult};
+use rslirp_stack::{CloseMode, FlowId, HostError, HostIo, HostResult, SourceAddr};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::collections::HashMap;
 use std::io::{self, Read};
@@ -62,6 +62,10 @@ impl ForwardSocket {
 struct Slot {
     generation: u32,
     socket: Socket,
+    /// An IPv6 socket (IPV6_UNICAST_HOPS rather than IP_TTL).
+    v6: bool,
+    /// The TTL / hop limit last set on the socket; 0 until the first datagram.
+    hop_limit: u8,
 }
 
 pub struct RealHost {
@@ -143,13 +147,15 @@ impl RealHost {
         Ok(())
     }
 
-    /// Create a non-blocking socket, bind it to the outbound address, register it.
+    /// Create a non-blocking socket, bind it to the outbound address (unless `source`
+    /// says otherwise), register it.
     fn open(
         &mut self,
         flow: FlowId,
         family: IpAddr,
         kind: Type,
         protocol: Option<Protocol>,
+        source: SourceAddr,
     ) -> HostResult<&Socket> {
         let domain = match family {
             IpAddr::V4(_) => Domain::IPV4,
@@ -157,21 +163,46 @@ impl RealHost {
         };
         let socket =
             Socket::new(domain, kind.nonblocking().cloexec(), protocol).map_err(host_error)?;
-        let bind = match family {
-            IpAddr::V4(addr) if !addr.is_loopback() => self.outbound.v4.map(IpAddr::V4),
-            IpAddr::V6(addr) if !addr.is_loopback() => self.outbound.v6.map(IpAddr::V6),
-            _ => None,
+        // As slirp4netns: host loopback destinations too (a server there then sees the
+        // outbound address as the peer). Only the DNS forwarder's loopback resolver is left
+        // to the kernel's choice (`SourceAddr::Kernel`, decided by the stack).
+        let bind = match (family, source) {
+            (_, SourceAddr::Kernel) => None,
+            (IpAddr::V4(_), SourceAddr::Outbound) => self.outbound.v4.map(IpAddr::V4),
+            (IpAddr::V6(_), SourceAddr::Outbound) => self.outbound.v6.map(IpAddr::V6),
         };
         if let Some(addr) = bind {
             socket
                 .bind(&SockAddr::from(SocketAddr::new(addr, 0)))
                 .map_err(host_error)?;
         }
-        self.adopt(flow, socket)
+        self.adopt(flow, socket, family.is_ipv6())
+    }
+
+    /// Send a datagram on the flow's socket with `hop_limit` as its TTL / hop limit. The
+    /// socket option is set only when it changes (a guest sends most datagrams of a flow
+    /// with one TTL), so the common path stays one system call.
+    fn send_with_hop_limit(&mut self, flow: FlowId, data: &[u8], hop_limit: u8) -> HostResult<()> {
+        // TTL 0 is no valid socket setting (a guest that sends it gets the least we can).
+        let hop_limit = hop_limit.max(1);
+        let slot = match self.slots.get_mut(flow.index as usize) {
+            Some(Some(slot)) if slot.generation == flow.generation => slot,
+            _ => return Err(HostError::ConnectionReset),
+        };
+        if slot.hop_limit != hop_limit {
+            let set = if slot.v6 {
+                slot.socket.set_unicast_hops_v6(u32::from(hop_limit))
+            } else {
+                slot.socket.set_ttl_v4(u32::from(hop_limit))
+            };
+            set.map_err(host_error)?;
+            slot.hop_limit = hop_limit;
+        }
+        send(&slot.socket, data).map(|_| ())
     }
 
     /// Register `socket` as the host socket of `flow`.
-    fn adopt(&mut self, flow: FlowId, socket: Socket) -> HostResult<&Socket> {
+    fn adopt(&mut self, flow: FlowId, socket: Socket, v6: bool) -> HostResult<&Socket> {
         self.registry
             .register(
                 &mut SourceFd(&socket.as_raw_fd()),
@@ -186,6 +217,8 @@ impl RealHost {
         let slot = self.slots[index].insert(Slot {
             generation: flow.generation,
             socket,
+            v6,
+            hop_limit: 0,
         });
         Ok(&slot.socket)
     }
@@ -230,7 +263,7 @@ impl HostIo for RealHost {
         };
         stream.set_nonblocking(true).map_err(host_error)?;
         let _ = stream.set_nodelay(true);
-        self.adopt(flow, Socket::from(stream))?;
+        self.adopt(flow, Socket::from(stream), peer.is_ipv6())?;
         Ok(peer)
     }
 
@@ -264,8 +297,13 @@ impl HostIo for RealHost {
         }
     }
 
-    fn tcp_connect(&mut self, flow: FlowId, remote: SocketAddr) -> HostResult<()> {
-        let socket = self.open(flow, remote.ip(), Type::STREAM, None)?;
+    fn tcp_connect(
+        &mut self,
+        flow: FlowId,
+        remote: SocketAddr,
+        source: SourceAddr,
+    ) -> HostResult<()> {
+        let socket = self.open(flow, remote.ip(), Type::STREAM, None, source)?;
         // Small guest writes go out at once, as on the guest side (no Nagle on either end).
         let _ = socket.set_tcp_nodelay(true);
         match socket.connect(&SockAddr::from(remote)) {
@@ -305,13 +343,26 @@ impl HostIo for RealHost {
         }
     }
 
-    fn udp_open(&mut self, flow: FlowId, remote: SocketAddr) -> HostResult<()> {
-        let socket = self.open(flow, remote.ip(), Type::DGRAM, None)?;
+    fn udp_open(&mut self, flow: FlowId, remote: SocketAddr, source: SourceAddr) -> HostResult<()> {
+        let socket = self.open(flow, remote.ip(), Type::DGRAM, None, source)?;
         socket.connect(&SockAddr::from(remote)).map_err(host_error)
     }
 
-    fn udp_send(&mut self, flow: FlowId, data: &[u8]) -> HostResult<()> {
-        send(self.socket(flow)?, data).map(|_| ())
+    fn udp_reconnect(
+        &mut self,
+        flow: FlowId,
+        remote: SocketAddr,
+        source: SourceAddr,
+    ) -> HostResult<()> {
+        // A new socket rather than a second connect(): the source address may have to
+        // change with the remote (loopback or not), and a late answer of the old remote
+        // must not be taken for the new one's.
+        self.close(flow, CloseMode::Graceful);
+        self.udp_open(flow, remote, source)
+    }
+
+    fn udp_send(&mut self, flow: FlowId, data: &[u8], hop_limit: u8) -> HostResult<()> {
+        self.send_with_hop_limit(flow, data, hop_limit)
     }
 
     fn udp_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<usize> {
@@ -325,14 +376,20 @@ impl HostIo for RealHost {
         };
         // The kernel allows these only to groups in net.ipv4.ping_group_range; EACCES
         // becomes PermissionDenied and the stack then drops pings quietly.
-        let socket = self.open(flow, remote, Type::DGRAM, Some(protocol))?;
+        let socket = self.open(
+            flow,
+            remote,
+            Type::DGRAM,
+            Some(protocol),
+            SourceAddr::Outbound,
+        )?;
         socket
             .connect(&SockAddr::from(SocketAddr::new(remote, 0)))
             .map_err(host_error)
     }
 
-    fn ping_send(&mut self, flow: FlowId, message: &[u8]) -> HostResult<()> {
-        send(self.socket(flow)?, message).map(|_| ())
+    fn ping_send(&mut self, flow: FlowId, message: &[u8], hop_limit: u8) -> HostResult<()> {
+        self.send_with_hop_limit(flow, message, hop_limit)
     }
 
     fn ping_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<usize> {

@@ -1,5 +1,6 @@
-//! The host's resolver, for the DNS forwarder: the first usable `nameserver` of
-//! /etc/resolv.conf, re-read whenever the file changes.
+//! The host's resolvers, for the DNS forwarder: the usable `nameserver`s of
+//! /etc/resolv.conf in order (the stack uses the first and falls back to the next ones),
+//! re-read whenever the file changes.
 //!
 //! Changes are noticed with inotify on the file's directory (and, when resolv.conf is a
 //! symlink as with systemd-resolved, on the target's directory too), so both in-place writes
@@ -12,26 +13,28 @@ use std::path::{Path, PathBuf};
 
 pub const RESOLV_CONF: &str = "/etc/resolv.conf";
 
-/// The first `nameserver` line with an address we can use. IPv6 link-local addresses need
-/// a scope (`%eth0`) that does not survive the trip through `IpAddr`, so they are skipped.
-pub fn parse_upstream(text: &str) -> Option<IpAddr> {
+/// The `nameserver` lines with an address we can use, in order. IPv6 link-local addresses
+/// need a scope (`%eth0`) that does not survive the trip through `IpAddr`, so they are
+/// skipped. (The stack keeps at most `Limits::max_dns_upstreams` of them.)
+pub fn parse_upstreams(text: &str) -> Vec<IpAddr> {
     text.lines()
         .filter_map(|line| {
             let mut words = line.split_whitespace();
             (words.next()? == "nameserver").then(|| words.next())?
         })
         .filter_map(|addr| addr.parse::<IpAddr>().ok())
-        .find(|ip| !ip.is_unspecified() && !is_link_local_v6(ip))
+        .filter(|ip| !ip.is_unspecified() && !is_link_local_v6(ip))
+        .collect()
 }
 
 fn is_link_local_v6(ip: &IpAddr) -> bool {
     matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
 }
 
-pub fn read_upstream(path: &Path) -> Option<IpAddr> {
+pub fn read_upstreams(path: &Path) -> Vec<IpAddr> {
     std::fs::read_to_string(path)
-        .ok()
-        .and_then(|text| parse_upstream(&text))
+        .map(|text| parse_upstreams(&text))
+        .unwrap_or_default()
 }
 
 /// Watches resolv.conf; readable when something in its directory changed, or the file
@@ -97,10 +100,10 @@ impl ResolvWatch {
     }
 
     /// Drain pending notifications and read the resolver again.
-    pub fn reload(&mut self) -> Option<IpAddr> {
+    pub fn reload(&mut self) -> Vec<IpAddr> {
         while matches!(self.inotify.read_events(), Ok(events) if !events.is_empty()) {}
         self.watch_file();
-        read_upstream(&self.path)
+        read_upstreams(&self.path)
     }
 }
 
@@ -112,13 +115,14 @@ mod tests {
     fn first_usable_nameserver() {
         let text = "# comment\nsearch example\nnameserver fe80::1%eth0\nnameserver bogus\n\
                     nameserver 127.0.0.53\nnameserver 10.1.1.1\n";
-        assert_eq!(parse_upstream(text), Some("127.0.0.53".parse().unwrap()));
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         assert_eq!(
-            parse_upstream("nameserver ::1\n"),
-            Some("::1".parse().unwrap())
+            parse_upstreams(text),
+            vec![ip("127.0.0.53"), ip("10.1.1.1")]
         );
-        assert_eq!(parse_upstream("options ndots:2\n"), None);
-        assert_eq!(parse_upstream("nameserver 0.0.0.0\n"), None);
+        assert_eq!(parse_upstreams("nameserver ::1\n"), vec![ip("::1")]);
+        assert!(parse_upstreams("options ndots:2\n").is_empty());
+        assert!(parse_upstreams("nameserver 0.0.0.0\n").is_empty());
     }
 
     #[test]
@@ -128,12 +132,12 @@ mod tests {
         let path = dir.join("resolv.conf");
         std::fs::write(&path, "nameserver 127.0.0.1\n").unwrap();
         let mut watch = ResolvWatch::new(&path).unwrap();
-        assert_eq!(watch.reload(), Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(watch.reload(), vec!["127.0.0.1".parse::<IpAddr>().unwrap()]);
         let staged = dir.join("resolv.conf.new");
         std::fs::write(&staged, "nameserver 127.0.0.2\n").unwrap();
         std::fs::rename(&staged, &path).unwrap();
         assert!(watch.inotify.read_events().is_ok_and(|e| !e.is_empty()));
-        assert_eq!(watch.reload(), Some("127.0.0.2".parse().unwrap()));
+        assert_eq!(watch.reload(), vec!["127.0.0.2".parse::<IpAddr>().unwrap()]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -150,10 +154,10 @@ mod tests {
         let link = etc.join("resolv.conf");
         std::os::unix::fs::symlink(&target, &link).unwrap();
         let mut watch = ResolvWatch::new(&link).unwrap();
-        assert_eq!(watch.reload(), Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(watch.reload(), vec!["127.0.0.1".parse::<IpAddr>().unwrap()]);
         std::fs::write(&target, "nameserver 127.0.0.3\n").unwrap();
         assert!(watch.inotify.read_events().is_ok_and(|e| !e.is_empty()));
-        assert_eq!(watch.reload(), Some("127.0.0.3".parse().unwrap()));
+        assert_eq!(watch.reload(), vec!["127.0.0.3".parse::<IpAddr>().unwrap()]);
         std::fs::remove_dir_all(&base).unwrap();
     }
 }

@@ -25,6 +25,7 @@ both_modes!(
     udp_echo_via_gateway_to_host_loopback,
     dns_via_fd00_3,
     port_forward_to_the_guest_ipv6_address,
+    outbound_addr6_binds_host_loopback_traffic_too,
 );
 
 const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
@@ -179,6 +180,62 @@ fn tcp_via_gateway_reaches_host_loopback(mode: Mode) {
         IpAddr::V6(Ipv6Addr::LOCALHOST),
         "rslirp connects from host loopback"
     );
+}
+
+/// `--outbound-addr6` as slirp4netns: host sockets are bound to it whatever the
+/// destination, host loopback included; a server on [::1] sees it as the peer (TCP and UDP).
+fn outbound_addr6_binds_host_loopback_traffic_too(mode: Mode) {
+    let outbound: Ipv6Addr = "fd99::7".parse().unwrap();
+    let env = Env::new(mode);
+    env.host
+        .ip(&["-6", "addr", "add", "fd99::7/64", "dev", "d0", "nodad"]);
+    let rslirp = env
+        .rslirp()
+        .arg("-6")
+        .arg("--outbound-addr6=fd99::7")
+        .start();
+    let _ = await_slaac(&env);
+    let (server, peers_seen) = host_loopback6_echo_server(&env);
+    let to = v6(GATEWAY6, server.port());
+    let stream = guest_connect(&env, to).unwrap_or_else(|e| panic!("connect to {to}: {e}"));
+    let reply = net::exchange(&stream, b"hello").expect("echo over IPv6");
+    assert_eq!(reply, b"hello");
+    let peer = peers_seen
+        .recv_timeout(STEP_TIMEOUT)
+        .expect("the server saw a connection");
+    assert_eq!(peer.ip(), IpAddr::V6(outbound), "TCP from --outbound-addr6");
+
+    let server_socket = env
+        .in_host("host [::1] udp socket", || {
+            UdpSocket::bind((Ipv6Addr::LOCALHOST, 0))
+        })
+        .wait(STEP_TIMEOUT)
+        .expect("bind UDP [::1] in the host namespace");
+    let port = server_socket.local_addr().expect("local_addr").port();
+    // Answers each datagram with the address it came from; ends after 3 s without one.
+    std::thread::spawn(move || {
+        server_socket
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        let mut buf = [0u8; 1500];
+        while let Ok((_, peer)) = server_socket.recv_from(&mut buf) {
+            let _ = server_socket.send_to(peer.ip().to_string().as_bytes(), peer);
+        }
+    });
+    let socket = env
+        .in_guest("guest udp socket", || {
+            UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0))
+        })
+        .wait(STEP_TIMEOUT)
+        .expect("bind UDP [::] in the guest");
+    let reply = net::udp_roundtrip(&socket, v6(GATEWAY6, port), b"who am I")
+        .expect("UDP peer server over IPv6");
+    assert_eq!(
+        String::from_utf8_lossy(&reply),
+        outbound.to_string(),
+        "UDP from --outbound-addr6"
+    );
+    drop(rslirp);
 }
 
 fn udp_echo_via_gateway_to_host_loopback(mode: Mode) {

@@ -29,10 +29,14 @@ both_modes!(
     dns_tcp_several_queries_per_connection,
     dns_large_answers,
     dns_follows_resolv_conf_symlink_write_and_rename,
+    dns_falls_back_to_the_next_nameserver,
     dns_follows_bind_mounted_resolv_conf_write,
     disable_dns_n3_goes_to_the_host_network,
     disable_dns_n3_is_forwarded_like_any_address,
     outbound_addr_address,
+    outbound_addr_loopback,
+    ttl_is_carried_to_the_host,
+    outbound_addr_keeps_a_loopback_resolver_working,
     outbound_addr_interface,
     macaddress_sets_tap_mac,
 );
@@ -359,6 +363,51 @@ fn dns_follows_bind_mounted_resolv_conf_write(mode: Mode) {
     env.await_guest_dns_a(DNS, ONE, FIRST_ONE, SWITCH_WITHIN);
 }
 
+/// Beyond libslirp (which only ever asks the first nameserver): resolv.conf names a silent
+/// server first (a UDP socket on 127.0.0.1:53 that never answers) and dnsmasq second. A
+/// guest query is answered after about one retry timeout (1 s), and the next query goes
+/// straight to the server that answered.
+fn dns_falls_back_to_the_next_nameserver(mode: Mode) {
+    let env = Env::new(mode);
+    let silent = env
+        .in_host("silent DNS server", || {
+            UdpSocket::bind((Ipv4Addr::LOCALHOST, 53))
+        })
+        .wait(CONNECT_TIMEOUT)
+        .expect("bind 127.0.0.1:53 in the host namespace");
+    let server = second_server(&env);
+    env.write_resolv_conf_in_place(&format!(
+        "nameserver 127.0.0.1\nnameserver {SECOND_SERVER}\n"
+    ));
+    let _rslirp = env.rslirp().start();
+
+    let started = std::time::Instant::now();
+    let answer = guest_udp_query(&env, DNS, 0x0a01, ONE, TYPE_A);
+    let first = started.elapsed();
+    assert_eq!(answer.a(), [SECOND_ONE], "answered by the second server");
+    assert!(
+        first >= Duration::from_millis(800) && first < Duration::from_secs(3),
+        "answered after one retry timeout, took {first:?}"
+    );
+    let started = std::time::Instant::now();
+    let answer = guest_udp_query(&env, DNS, 0x0a02, ONE, TYPE_A);
+    let second = started.elapsed();
+    assert_eq!(answer.a(), [SECOND_ONE]);
+    assert!(
+        second < Duration::from_millis(700),
+        "the second query goes straight to the answering server, took {second:?}"
+    );
+    println!("DNS fallback: first query {first:?}, second {second:?}");
+    assert_eq!(server.queries_for(ONE), 2);
+    silent.set_nonblocking(true).expect("nonblocking");
+    let mut buf = [0u8; 512];
+    let mut heard = 0;
+    while silent.recv_from(&mut buf).is_ok() {
+        heard += 1;
+    }
+    assert_eq!(heard, 1, "the silent server got only the first query");
+}
+
 /// The interface the harness gives the host namespace (see setup_host_netns): a dummy,
 /// where routed packets vanish without an answer.
 const HOST_SINK: &str = "d0";
@@ -478,14 +527,117 @@ fn host_neighbour(env: &Env, last: u8) -> Ipv4Addr {
     Ipv4Addr::new(a, b, c, last)
 }
 
-/// Host sockets are bound to `--outbound-addr`: a server on the host namespace's address
-/// sees that address instead of its own (the kernel's choice without the option). Loopback
-/// traffic (via the gateway) is not affected.
+/// The source address of the guest's ping to `dest_ip` as the host namespace sees it: a
+/// raw ICMP socket there gets a copy of every echo request delivered locally.
+fn ping_source_seen_by_host(env: &Env, dest_ip: Ipv4Addr) -> Ipv4Addr {
+    let target = dest_ip.to_string();
+    packet_seen_by_host(env, libc::IPPROTO_ICMP, dest_ip, || {
+        env.guest_ok(&["ping", "-c", "1", "-W", "5", &target]);
+    })
+    .0
+}
+
+/// Source address and TTL of the first packet of `protocol` (for ICMP: an echo request)
+/// to `dest_ip` that reaches the host namespace while `send` runs, as a raw socket there
+/// sees it (it gets a copy of every packet delivered locally).
+fn packet_seen_by_host(
+    env: &Env,
+    protocol: libc::c_int,
+    dest_ip: Ipv4Addr,
+    send: impl FnOnce(),
+) -> (Ipv4Addr, u8) {
+    let raw = env
+        .in_host("raw socket", move || {
+            // SAFETY: plain socket(2); the descriptor is owned by the File made just below.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, protocol) };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: fd is a fresh descriptor nobody else owns.
+            let file = unsafe { <fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            // Reads give up after 5 s, so the reader below always ends.
+            let timeout = libc::timeval {
+                tv_sec: 5,
+                tv_usec: 0,
+            };
+            // SAFETY: fd is open; the option value is a timeval of the size passed.
+            let rc = unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVTIMEO,
+                    (&timeout as *const libc::timeval).cast(),
+                    std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+                )
+            };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(file)
+        })
+        .wait(CONNECT_TIMEOUT)
+        .expect("raw socket in the host namespace");
+    let reader = thread::spawn(move || {
+        let mut raw = raw;
+        let mut buf = [0u8; 2048];
+        // Bounded: a few packets at most are expected, and each read times out.
+        for _ in 0..64 {
+            let Ok(n) = io::Read::read(&mut raw, &mut buf) else {
+                return None;
+            };
+            if n < 28 {
+                continue;
+            }
+            let ihl = usize::from(buf[0] & 0x0f) * 4;
+            let dst = Ipv4Addr::new(buf[16], buf[17], buf[18], buf[19]);
+            let echo_request = protocol != libc::IPPROTO_ICMP || buf[ihl] == 8;
+            if n > ihl && echo_request && dst == dest_ip {
+                return Some((Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]), buf[8]));
+            }
+        }
+        None
+    });
+    send();
+    reader
+        .join()
+        .expect("raw reader")
+        .expect("the host saw the packet")
+}
+
+/// The guest's TTL travels with its UDP datagrams and echo requests (traceroute and
+/// `ping -t` work through rslirp): local delivery in the host namespace does not decrement
+/// it, so a raw socket there sees exactly what the guest set.
+fn ttl_is_carried_to_the_host(mode: Mode) {
+    let env = Env::new(mode);
+    env.allow_ping_sockets();
+    let _rslirp = env.rslirp().start();
+    let host_addr = env.host_addr;
+    for ttl in [9u8, 3] {
+        let (_, seen) = packet_seen_by_host(&env, libc::IPPROTO_UDP, host_addr, || {
+            let socket = env.guest_udp_socket();
+            socket.set_ttl(u32::from(ttl)).expect("IP_TTL");
+            socket
+                .send_to(b"probe", (host_addr, 33434))
+                .expect("send from the guest");
+        });
+        assert_eq!(seen, ttl, "UDP TTL seen by the host");
+    }
+    let target = host_addr.to_string();
+    let (_, seen) = packet_seen_by_host(&env, libc::IPPROTO_ICMP, host_addr, || {
+        env.guest_ok(&["ping", "-c", "1", "-W", "5", "-t", "7", &target]);
+    });
+    assert_eq!(seen, 7, "ICMP echo TTL seen by the host");
+}
+
+/// As slirp4netns (its tests/test-slirp4netns-outbound-addr.sh): every host socket is bound
+/// to `--outbound-addr`, host loopback (reached through the gateway) included, so a server
+/// sees that address instead of the kernel's choice; TCP, UDP and ping alike.
 fn outbound_addr_address(mode: Mode) {
     let env = Env::new(mode);
     let outbound = host_neighbour(&env, 7);
     env.host
         .ip(&["addr", "add", &format!("{outbound}/24"), "dev", HOST_SINK]);
+    env.allow_ping_sockets();
     let _rslirp = env
         .rslirp()
         .arg(&format!("--outbound-addr={outbound}"))
@@ -493,18 +645,70 @@ fn outbound_addr_address(mode: Mode) {
     let host_addr = env.host_addr;
     assert_eq!(tcp_peer_seen_by_host(&env, host_addr, host_addr), outbound);
     assert_eq!(udp_peer_seen_by_host(&env, host_addr, host_addr), outbound);
-    // Unlike slirp4netns, which binds these too (and so fails here).
+    assert_eq!(ping_source_seen_by_host(&env, host_addr), outbound);
     let loopback = Ipv4Addr::LOCALHOST;
-    let unbound = "connections to host loopback are not bound to --outbound-addr";
+    let bound = "connections to host loopback are bound to --outbound-addr too";
     assert_eq!(
         tcp_peer_seen_by_host(&env, loopback, GATEWAY),
-        loopback,
-        "{unbound}"
+        outbound,
+        "{bound}"
     );
     assert_eq!(
         udp_peer_seen_by_host(&env, loopback, GATEWAY),
-        loopback,
-        "{unbound}"
+        outbound,
+        "{bound}"
+    );
+}
+
+/// The reference test's first case: `--outbound-addr=127.0.0.1`. A server on the host
+/// namespace's address then sees 127.0.0.1 (the kernel would choose that address itself).
+fn outbound_addr_loopback(mode: Mode) {
+    let env = Env::new(mode);
+    let loopback = Ipv4Addr::LOCALHOST;
+    let _rslirp = env.rslirp().arg("--outbound-addr=127.0.0.1").start();
+    let host_addr = env.host_addr;
+    assert_eq!(tcp_peer_seen_by_host(&env, host_addr, host_addr), loopback);
+    assert_eq!(udp_peer_seen_by_host(&env, host_addr, host_addr), loopback);
+    assert_eq!(tcp_peer_seen_by_host(&env, loopback, GATEWAY), loopback);
+    assert_eq!(udp_peer_seen_by_host(&env, loopback, GATEWAY), loopback);
+}
+
+/// Where slirp4netns breaks: with `--outbound-addr` a NIC address, its DNS queries to a
+/// local stub resolver (127.0.0.53) come from that address, which stub resolvers do not
+/// answer. rslirp's forwarder keeps a loopback source for a loopback resolver (over UDP and
+/// TCP), while the guest's own traffic to host loopback is still bound.
+fn outbound_addr_keeps_a_loopback_resolver_working(mode: Mode) {
+    const STUB: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 53);
+    let env = Env::new(mode);
+    dns::add_loopback_addr(&env, STUB);
+    let server = Dnsmasq::start(&env, STUB, &[Record::A(ONE, FIRST_ONE)]);
+    env.write_resolv_conf_in_place(&format!("nameserver {STUB}\n"));
+    let outbound = host_neighbour(&env, 7);
+    env.host
+        .ip(&["addr", "add", &format!("{outbound}/24"), "dev", HOST_SINK]);
+    let _rslirp = env
+        .rslirp()
+        .arg(&format!("--outbound-addr={outbound}"))
+        .start();
+    let answer = guest_udp_query(&env, DNS, 0x5353, ONE, TYPE_A);
+    assert_eq!(answer.a(), [FIRST_ONE]);
+    let answers = guest_tcp_queries(&env, DNS, &[(0x5354, ONE, TYPE_A)]);
+    assert_eq!(answers[0].a(), [FIRST_ONE]);
+    let log = server.log();
+    let sources: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("query[") && line.contains(&format!("] {ONE} from ")))
+        .filter_map(|line| line.rsplit(" from ").next())
+        .collect();
+    assert_eq!(sources.len(), 2, "both queries reached the resolver: {log}");
+    for source in sources {
+        let ip: Ipv4Addr = source.trim().parse().expect("source address");
+        assert!(ip.is_loopback(), "the resolver saw the query from {ip}");
+    }
+    // The guest's own traffic to host loopback is bound as usual.
+    assert_eq!(
+        tcp_peer_seen_by_host(&env, Ipv4Addr::LOCALHOST, GATEWAY),
+        outbound
     );
 }
 

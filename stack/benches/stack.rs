@@ -23,7 +23,8 @@ use std::time::{Duration as StdDuration, Instant as StdInstant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rslirp_stack::testing::{parse, Guest, GuestTcp, TcpSegment, START};
 use rslirp_stack::{
-    CloseMode, Config, Duration, FlowId, HostError, HostEvent, HostIo, HostResult, Instant, Stack,
+    CloseMode, Config, Duration, FlowId, HostError, HostEvent, HostIo, HostResult, Instant,
+    SourceAddr, Stack,
 };
 
 /// The gateway: TCP to it reaches the host's loopback, as iperf3 to 10.0.2.2 does.
@@ -53,7 +54,12 @@ struct BenchHost {
 }
 
 impl HostIo for BenchHost {
-    fn tcp_connect(&mut self, flow: FlowId, _remote: SocketAddr) -> HostResult<()> {
+    fn tcp_connect(
+        &mut self,
+        flow: FlowId,
+        _remote: SocketAddr,
+        _source: SourceAddr,
+    ) -> HostResult<()> {
         self.last_connect = Some(flow);
         Ok(())
     }
@@ -78,11 +84,25 @@ impl HostIo for BenchHost {
         None
     }
 
-    fn udp_open(&mut self, _flow: FlowId, _remote: SocketAddr) -> HostResult<()> {
+    fn udp_open(
+        &mut self,
+        _flow: FlowId,
+        _remote: SocketAddr,
+        _source: SourceAddr,
+    ) -> HostResult<()> {
         Ok(())
     }
 
-    fn udp_send(&mut self, _flow: FlowId, _data: &[u8]) -> HostResult<()> {
+    fn udp_reconnect(
+        &mut self,
+        _flow: FlowId,
+        _remote: SocketAddr,
+        _source: SourceAddr,
+    ) -> HostResult<()> {
+        Ok(())
+    }
+
+    fn udp_send(&mut self, _flow: FlowId, _data: &[u8], _hop_limit: u8) -> HostResult<()> {
         Ok(())
     }
 
@@ -94,7 +114,7 @@ impl HostIo for BenchHost {
         Err(HostError::PermissionDenied)
     }
 
-    fn ping_send(&mut self, _flow: FlowId, _message: &[u8]) -> HostResult<()> {
+    fn ping_send(&mut self, _flow: FlowId, _message: &[u8], _hop_limit: u8) -> HostResult<()> {
         Err(HostError::PermissionDenied)
     }
 

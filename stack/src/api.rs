@@ -437,6 +437,8 @@ struct Counters {
     ip_frag_pending: u64,
     ip_frag_bytes: u64,
     host_exhausted: u64,
+    dns_retries: u64,
+    dns_retry_forgotten: u64,
 }
 
 /// One active flow, as `list_flows` reports it. `rx_bytes` came from the guest, `tx_bytes`
@@ -520,6 +522,8 @@ pub fn stats_reply(stats: &Stats) -> Vec<u8> {
                 ip_frag_pending: stats.ip_frag_pending,
                 ip_frag_bytes: stats.ip_frag_bytes,
                 host_exhausted: stats.host_exhausted,
+                dns_retries: stats.dns_retries,
+                dns_retry_forgotten: stats.dns_retry_forgotten,
             },
         },
     })
@@ -1157,6 +1161,8 @@ mod tests {
             ip_frag_pending: 37,
             ip_frag_bytes: 38,
             host_exhausted: 40,
+            dns_retries: 42,
+            dns_retry_forgotten: 43,
         };
         assert_eq!(
             String::from_utf8_lossy(&stats_reply(&stats)),
@@ -1174,7 +1180,8 @@ mod tests {
                 r#""tcp_syn_received_timeouts":28,"tcp_user_timeouts":29,"tcp_fin_wait2_timeouts":30,"tcp_syn_rate_drops":39,"#,
                 r#""ip_frag_reassembled":31,"ip_frag_timeouts":32,"ip_frag_overlaps":33,"#,
                 r#""ip_frag_datagram_evictions":34,"ip_frag_byte_evictions":35,"#,
-                r#""ip_frag_fragmented":36,"ip_frag_pending":37,"ip_frag_bytes":38,"host_exhausted":40}}}"#
+                r#""ip_frag_fragmented":36,"ip_frag_pending":37,"ip_frag_bytes":38,"host_exhausted":40,"#,
+                r#""dns_retries":42,"dns_retry_forgotten":43}}}"#
             )
         );
     }

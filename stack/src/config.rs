@@ -166,6 +166,12 @@ pub struct Limits {
     pub max_dns_flows: usize,
     /// Control-socket connections served at once; more are closed at once.
     pub max_api_clients: usize,
+    /// Nameservers of resolv.conf the DNS forwarder falls back between (glibc's MAXNS);
+    /// later ones are ignored.
+    pub max_dns_upstreams: usize,
+    /// Queries per DNS forwarder flow remembered for a retry with the next nameserver;
+    /// beyond it the oldest is forgotten (not retried; the guest's resolver retries).
+    pub max_dns_retry_queries: usize,
     /// Bytes of TCP buffer capacity (receive + send) all TCP flows may reserve together:
     /// the most buffer memory a guest can make rslirp hold (uploads to a server that never
     /// reads, downloads the guest never reads). See [`Limits::tcp_buffers`] for how a new
@@ -213,6 +219,8 @@ impl Default for Limits {
             max_time_wait: 1_024,
             max_dns_flows: 256,
             max_api_clients: 64,
+            max_dns_upstreams: 3,
+            max_dns_retry_queries: 8,
             tcp_buffer_budget: DEFAULT_TCP_BUFFER_BUDGET,
             tcp_small_buffer: 64 << 10,
             max_syn_rate: 10_000,
@@ -338,6 +346,8 @@ pub struct Timeouts {
     /// A fragmented guest datagram not complete this long after its first fragment is
     /// dropped (Linux's IPv4 default; RFC 8200 allows 60 s for IPv6, shorter is safe).
     pub ip_reassembly: Duration,
+    /// A DNS query unanswered for this long goes to the next nameserver (when there is one).
+    pub dns_retry: Duration,
 }
 
 impl Timeouts {
@@ -361,6 +371,7 @@ impl Default for Timeouts {
             tcp_user: Duration::from_secs(300),
             tcp_fin_wait2: Duration::from_secs(60),
             ip_reassembly: Duration::from_secs(30),
+            dns_retry: Duration::from_secs(1),
         }
     }
 }

@@ -75,6 +75,18 @@ pub enum CloseMode {
     Abort,
 }
 
+/// Which source address a new host socket takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceAddr {
+    /// `--outbound-addr` / `--outbound-addr6` when given, whatever the destination (host
+    /// loopback included, as slirp4netns does); else the kernel's choice.
+    Outbound,
+    /// Always the kernel's choice: the DNS forwarder's queries to a resolver on host
+    /// loopback (a local stub resolver such as 127.0.0.53 answers only local clients, so a
+    /// NIC address as source would break DNS).
+    Kernel,
+}
+
 /// Readiness of one flow's host socket, as the event loop saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HostEvent {
@@ -90,7 +102,12 @@ pub struct HostEvent {
 pub trait HostIo {
     /// Start a non-blocking TCP connect to `remote`. Completion is reported as a writable
     /// (or error) event, after which the stack calls [`HostIo::take_error`].
-    fn tcp_connect(&mut self, flow: FlowId, remote: SocketAddr) -> HostResult<()>;
+    fn tcp_connect(
+        &mut self,
+        flow: FlowId,
+        remote: SocketAddr,
+        source: SourceAddr,
+    ) -> HostResult<()>;
     /// Read stream bytes; `Ok(0)` means the peer closed its sending side (EOF).
     fn tcp_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<usize>;
     /// Write stream bytes; may accept fewer than offered.
@@ -101,8 +118,18 @@ pub trait HostIo {
     fn take_error(&mut self, flow: FlowId) -> Option<HostError>;
 
     /// Open a UDP socket connected to `remote` (one per guest 4-tuple).
-    fn udp_open(&mut self, flow: FlowId, remote: SocketAddr) -> HostResult<()>;
-    fn udp_send(&mut self, flow: FlowId, data: &[u8]) -> HostResult<()>;
+    fn udp_open(&mut self, flow: FlowId, remote: SocketAddr, source: SourceAddr) -> HostResult<()>;
+    /// Point the flow's UDP socket at another remote (the DNS forwarder's fallback to the
+    /// next nameserver). The host may replace the socket; datagrams not read yet are lost.
+    fn udp_reconnect(
+        &mut self,
+        flow: FlowId,
+        remote: SocketAddr,
+        source: SourceAddr,
+    ) -> HostResult<()>;
+    /// Send one datagram with the guest's TTL / hop limit (so traceroute works through
+    /// us); the host changes the socket's setting only when it differs from the last.
+    fn udp_send(&mut self, flow: FlowId, data: &[u8], hop_limit: u8) -> HostResult<()>;
     /// Receive one datagram's payload.
     fn udp_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<usize>;
 
@@ -110,7 +137,7 @@ pub trait HostIo {
     fn ping_open(&mut self, flow: FlowId, remote: IpAddr) -> HostResult<()>;
     /// Send one ICMP echo request message (header + payload); the host kernel
     /// replaces the identifier with the socket's own.
-    fn ping_send(&mut self, flow: FlowId, message: &[u8]) -> HostResult<()>;
+    fn ping_send(&mut self, flow: FlowId, message: &[u8], hop_limit: u8) -> HostResult<()>;
     /// Receive one ICMP message (an echo reply, header + payload).
     fn ping_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<usize>;
 

@@ -7,7 +7,7 @@
 use crate::api::{self, ApiError, Request};
 use crate::config::{BufferTier, Config};
 use crate::forward::{Forward, ForwardError, ForwardProto, ForwardSpec, ForwardTable};
-use crate::io::{CloseMode, FlowId, HostError, HostEvent, HostIo};
+use crate::io::{CloseMode, FlowId, HostError, HostEvent, HostIo, SourceAddr};
 use crate::ip::{FragKey, Fragment, Reassembled, Reassembler};
 use crate::link::arp::{self, ArpOutcome};
 use crate::link::{Offload, TxQueue};
@@ -18,6 +18,7 @@ use crate::nat::tcp::{Lifetime, TcpFlow, TcpParams, Verdict};
 use crate::nat::udp::{ReadOutcome, UdpFlow};
 use crate::nat::{refuse, FlowKey, FlowTable, Proto, Quote, Refusal};
 use crate::service::dhcp::DhcpServer;
+use crate::service::dns::DnsRetry;
 use crate::stats::{LimitReports, Stats};
 use core::net::{IpAddr, Ipv4Addr, SocketAddr};
 use smoltcp::phy::ChecksumCapabilities;
@@ -105,8 +106,11 @@ pub struct Stack {
     dhcp: DhcpServer,
     /// When the next unsolicited router advertisement is due (with `--enable-ipv6`).
     next_router_advert: Option<Instant>,
-    /// Where DNS queries to network+3 go (the host's first nameserver); `None`: refused.
-    dns_upstream: Option<IpAddr>,
+    /// The host's nameservers (resolv.conf order, at most `max_dns_upstreams`); empty:
+    /// DNS queries to network+3 are refused.
+    dns_upstreams: Vec<IpAddr>,
+    /// The one new DNS queries go to: the first, until it fails to answer and another does.
+    dns_preferred: usize,
     /// UDP forwards whose socket still has datagrams but the transmit queue was full.
     starved_forwards: Vec<u64>,
     /// Forwards whose accept or receive failed (out of fds, say), retried at the instant.
@@ -206,7 +210,8 @@ impl Stack {
             spare_tcp: Vec::new(),
             limit_reports: LimitReports::default(),
             syn_rate: TokenBucket::new(limits.max_syn_rate, limits.syn_burst, now),
-            dns_upstream: None,
+            dns_upstreams: Vec::new(),
+            dns_preferred: 0,
             // Soon after start, when the guest's link is likely up.
             next_router_advert: config.enable_ipv6.then(|| now + Duration::from_secs(1)),
             config,
@@ -217,16 +222,42 @@ impl Stack {
         &self.config
     }
 
-    /// The resolver DNS queries are forwarded to (the host's first usable nameserver). New
-    /// queries use it at once; flows already open finish with the old one.
+    /// The resolver DNS queries are forwarded to: one nameserver, or none.
     pub fn set_dns_upstream(&mut self, upstream: Option<IpAddr>) {
-        if self.dns_upstream != upstream {
+        self.set_dns_upstreams(upstream.into_iter().collect());
+    }
+
+    /// The host's nameservers, in resolv.conf order (beyond `max_dns_upstreams` ignored).
+    /// New queries go to the first at once; flows already open finish with the old list.
+    /// A query the first leaves unanswered for `Timeouts::dns_retry` (or refuses) goes to
+    /// the next, and the one that answers is preferred for new queries until the list
+    /// changes.
+    pub fn set_dns_upstreams(&mut self, mut upstreams: Vec<IpAddr>) {
+        let mut seen = Vec::new();
+        upstreams.retain(|ip| {
+            let new = !seen.contains(ip);
+            seen.push(*ip);
+            new
+        });
+        upstreams.truncate(self.config.limits.max_dns_upstreams);
+        if self.dns_upstreams != upstreams {
+            let list: Vec<String> = upstreams.iter().map(ToString::to_string).collect();
             log::info!(
                 "DNS upstream: {}",
-                upstream.map_or("none".to_string(), |ip| ip.to_string())
+                if list.is_empty() {
+                    "none".to_string()
+                } else {
+                    list.join(", then ")
+                }
             );
-            self.dns_upstream = upstream;
+            self.dns_upstreams = upstreams;
+            self.dns_preferred = 0;
         }
+    }
+
+    /// Where new DNS queries go.
+    fn dns_upstream(&self) -> Option<IpAddr> {
+        self.dns_upstreams.get(self.dns_preferred).copied()
     }
 
     /// Counters and gauges (a snapshot).
@@ -612,7 +643,7 @@ impl Stack {
             // The DNS service is a forwarder: TCP and UDP port 53 are NATed to the host's
             // resolver (which may well be on host loopback, e.g. 127.0.0.53), so big
             // answers, TCP fallback and several queries per connection just work.
-            return match self.dns_upstream {
+            return match self.dns_upstream() {
                 Some(upstream) if port == 53 => Ok(SocketAddr::new(upstream, 53)),
                 _ => Err(Refusal::Reset),
             };
@@ -762,7 +793,8 @@ impl Stack {
             key.guest,
             key.remote
         );
-        match host.tcp_connect(id, target) {
+        let source = self.source_for(inbound.dst, target);
+        match host.tcp_connect(id, target, source) {
             Ok(()) => self.flows.schedule(id, Some(params.connect_deadline)),
             Err(err) => self.fail_tcp(id, err, host),
         }
@@ -1000,13 +1032,22 @@ impl Stack {
                 self.apply_tcp_verdict(now, id, verdict, host);
                 return;
             }
-            Some(Flow::Udp(udp)) => udp.expires_at(),
-            Some(Flow::Icmp(icmp)) => icmp.expires_at(),
+            Some(Flow::Udp(udp)) => {
+                if udp.dns_retry.as_ref().is_some_and(|r| r.is_due(now)) {
+                    self.retry_dns(now, id, host);
+                }
+                match self.flows.get(id) {
+                    Some(Flow::Udp(udp)) => (udp.expires_at(), udp.next_due()),
+                    _ => return,
+                }
+            }
+            Some(Flow::Icmp(icmp)) => (icmp.expires_at(), icmp.expires_at()),
         };
+        let (expires_at, next_due) = expires_at;
         if now >= expires_at {
             self.remove_flow(id, CloseMode::Graceful, host);
         } else {
-            self.flows.schedule(id, Some(expires_at));
+            self.flows.schedule(id, Some(next_due));
         }
     }
 
@@ -1037,18 +1078,48 @@ impl Stack {
         let gateway = self.config.network.gateway();
         let (guest_ip, remote_ip) = (key.guest.ip(), key.remote.ip());
         let (tx, stats, scratch) = (&mut self.tx, &mut self.stats, &mut self.scratch);
+        let upstreams = self.dns_upstreams.len();
         match self.flows.get_mut(id) {
-            Some(Flow::Udp(udp)) => match udp.read_host(now, id, key, host, tx, stats, scratch) {
-                ReadOutcome::Drained => {}
-                ReadOutcome::Starved => self.starved.push(id),
-                ReadOutcome::Failed(err) => {
-                    let refusal = match Refusal::from_host_error(err) {
-                        Refusal::Reset if err != HostError::ConnectionRefused => Refusal::Silent,
-                        refusal => refusal,
-                    };
-                    refuse(tx, stats, gateway, refusal, &udp.quote, None);
+            Some(Flow::Udp(udp)) => {
+                let outcome = udp.read_host(now, id, key, host, tx, stats, scratch, upstreams);
+                if let Some(retry) = udp.dns_retry.as_deref_mut() {
+                    if core::mem::take(&mut retry.answered) && retry.upstream != self.dns_preferred
+                    {
+                        if let Some(answering) = self.dns_upstreams.get(retry.upstream) {
+                            log::info!(
+                                "DNS upstream {} did not answer; using {answering} for new queries",
+                                self.dns_upstreams
+                                    .get(self.dns_preferred)
+                                    .map_or("?".to_string(), ToString::to_string)
+                            );
+                            self.dns_preferred = retry.upstream;
+                        }
+                    }
                 }
-            },
+                match outcome {
+                    ReadOutcome::Drained => {}
+                    ReadOutcome::Starved => self.starved.push(id),
+                    ReadOutcome::RetryDns => self.retry_dns(now, id, host),
+                    ReadOutcome::Failed(HostError::ConnectionRefused)
+                        if udp
+                            .dns_retry
+                            .as_ref()
+                            .is_some_and(|r| r.pending.iter().any(|p| p.tries < upstreams)) =>
+                    {
+                        // Nothing listens at this nameserver: try the next one.
+                        self.retry_dns(now, id, host)
+                    }
+                    ReadOutcome::Failed(err) => {
+                        let refusal = match Refusal::from_host_error(err) {
+                            Refusal::Reset if err != HostError::ConnectionRefused => {
+                                Refusal::Silent
+                            }
+                            refusal => refusal,
+                        };
+                        refuse(tx, stats, gateway, refusal, &udp.quote, None);
+                    }
+                }
+            }
             Some(Flow::Icmp(icmp)) => {
                 let guest = (guest_ip, key.guest.port());
                 if !icmp.read_host(now, id, guest, remote_ip, host, tx, stats, scratch) {
@@ -1102,10 +1173,14 @@ impl Stack {
                 let mut flow = UdpFlow::new(now, idle, quote.clone());
                 flow.counters.host = Some(target);
                 flow.dns = repr.dst_port == 53 && self.is_dns_service(inbound.dst);
+                if flow.dns && self.dns_upstreams.len() > 1 {
+                    flow.dns_retry = Some(Box::new(DnsRetry::new(self.dns_preferred)));
+                }
+                let source = self.source_for(inbound.dst, target);
                 let flow = Flow::Udp(flow);
-                let Some(id) =
-                    self.open_datagram_flow(key, flow, host, |host, id| host.udp_open(id, target))
-                else {
+                let Some(id) = self.open_datagram_flow(key, flow, host, |host, id| {
+                    host.udp_open(id, target, source)
+                }) else {
                     return;
                 };
                 id
@@ -1124,8 +1199,20 @@ impl Stack {
             }
             return;
         }
-        match host.udp_send(id, data) {
+        let sent = host.udp_send(id, data, inbound.quote.hop_limit());
+        let mut dns_due = None;
+        if let Some(retry) = udp.dns_retry.as_deref_mut() {
+            let deadline = now + self.config.timeouts.dns_retry;
+            if retry.track(data, deadline, self.config.limits.max_dns_retry_queries) {
+                self.stats.dns_retry_forgotten += 1;
+            }
+            dns_due = Some(udp.next_due());
+        }
+        // An earlier query learnt that nothing listens at this nameserver: the next one.
+        let retry_now = dns_due.is_some() && sent == Err(HostError::ConnectionRefused);
+        match sent {
             Ok(()) => {}
+            Err(_) if retry_now => {}
             Err(HostError::WouldBlock) => self.stats.rx_dropped += 1,
             Err(err) => {
                 log::debug!("{id:?}: UDP send failed: {err}");
@@ -1145,6 +1232,62 @@ impl Stack {
                 );
             }
         }
+        if retry_now {
+            self.retry_dns(now, id, host);
+        } else if let Some(due) = dns_due {
+            self.flows.schedule(id, Some(due));
+        }
+    }
+
+    /// Send a DNS flow's unanswered queries to the next nameserver (each query at most once
+    /// to each); the flow's socket moves there.
+    fn retry_dns(&mut self, now: Instant, id: FlowId, host: &mut impl HostIo) {
+        let upstreams = self.dns_upstreams.len();
+        let timeout = self.config.timeouts.dns_retry;
+        let Some(Flow::Udp(udp)) = self.flows.get_mut(id) else {
+            return;
+        };
+        let Some(retry) = udp.dns_retry.as_deref_mut() else {
+            return;
+        };
+        // A query every nameserver had is given up: the guest's resolver retries itself.
+        retry.pending.retain(|p| p.tries < upstreams);
+        if retry.pending.is_empty() {
+            let due = udp.next_due();
+            self.flows.schedule(id, Some(due));
+            return;
+        }
+        let next = (retry.upstream + 1) % upstreams;
+        let upstream = self.dns_upstreams[next];
+        let target = SocketAddr::new(upstream, 53);
+        let source = if upstream.is_loopback() {
+            SourceAddr::Kernel
+        } else {
+            SourceAddr::Outbound
+        };
+        log::debug!(
+            "{id:?}: DNS upstream {:?} did not answer in time or refused; asking {upstream}",
+            udp.counters.host
+        );
+        if let Err(err) = host.udp_reconnect(id, target, source) {
+            log::debug!("{id:?}: cannot reach DNS upstream {upstream}: {err}");
+            self.stats.host_socket_errors += 1;
+            self.remove_flow(id, CloseMode::Abort, host);
+            return;
+        }
+        retry.upstream = next;
+        udp.counters.host = Some(target);
+        let hop_limit = udp.quote.hop_limit();
+        for pending in retry.pending.iter_mut() {
+            pending.tries += 1;
+            pending.deadline = now + timeout;
+            self.stats.dns_retries += 1;
+            if let Err(err) = host.udp_send(id, &pending.query, hop_limit) {
+                log::debug!("{id:?}: DNS retry to {upstream} failed: {err}");
+            }
+        }
+        let due = udp.next_due();
+        self.flows.schedule(id, Some(due));
     }
 
     /// Add a UDP or ICMP flow, evicting the longest-idle one of its kind when the table is
@@ -1270,6 +1413,18 @@ impl Stack {
         }
     }
 
+    /// The source address of a host socket the guest's packets to `dst` leave by towards
+    /// `target`: the outbound address (`--outbound-addr`, loopback targets included, as in
+    /// slirp4netns), except for the DNS forwarder's queries to a resolver on host loopback,
+    /// which a local stub resolver answers only from a loopback source.
+    fn source_for(&self, dst: IpAddr, target: SocketAddr) -> SourceAddr {
+        if self.is_dns_service(dst) && target.ip().is_loopback() {
+            SourceAddr::Kernel
+        } else {
+            SourceAddr::Outbound
+        }
+    }
+
     /// Is `dst` the virtual DNS server (the forwarder at network+3 or fd00::3)?
     fn is_dns_service(&self, dst: IpAddr) -> bool {
         !self.config.disable_dns
@@ -1310,11 +1465,12 @@ impl Stack {
             return;
         }
         let (src, dst) = (IpAddr::V4(ip.src_addr), IpAddr::V4(ip.dst_addr));
-        self.forward_echo(now, src, dst, ident, payload, host);
+        self.forward_echo(now, src, dst, ident, payload, ip.hop_limit, host);
     }
 
     /// Carry a guest's echo request (`message`: the whole ICMP/ICMPv6 message) through a
     /// host ping socket, one flow per guest identifier and destination.
+    #[allow(clippy::too_many_arguments)]
     fn forward_echo(
         &mut self,
         now: Instant,
@@ -1322,6 +1478,7 @@ impl Stack {
         dst: IpAddr,
         ident: u16,
         message: &[u8],
+        hop_limit: u8,
         host: &mut impl HostIo,
     ) {
         if self.host_target(dst, 0).is_err() {
@@ -1351,7 +1508,7 @@ impl Stack {
             icmp.last_active = now;
             icmp.counters.from_guest += message.len() as u64;
         }
-        if let Err(err) = host.ping_send(id, message) {
+        if let Err(err) = host.ping_send(id, message, hop_limit) {
             log::debug!("{id:?}: ping send failed: {err}");
         }
     }

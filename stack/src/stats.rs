@@ -84,6 +84,12 @@ pub struct Stats {
     /// ENFILE, ENOBUFS, ENOMEM, EADDRNOTAVAIL): a new guest flow refused (RST, ICMP port
     /// unreachable, a ping dropped) or a port forward's accept postponed and retried.
     pub host_exhausted: u64,
+    /// DNS queries sent again to the next nameserver (the first did not answer in time,
+    /// refused, or failed).
+    pub dns_retries: u64,
+    /// DNS queries not remembered for a retry because `max_dns_retry_queries` of their
+    /// flow were in flight.
+    pub dns_retry_forgotten: u64,
 }
 
 use crate::config::Limits;

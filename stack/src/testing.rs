@@ -18,7 +18,7 @@ pub use scenario::{complete_checksum, Scenario, START};
 
 /// The in-memory host.
 pub mod host {
-    use crate::io::{CloseMode, FlowId, HostError, HostEvent, HostIo, HostResult};
+    use crate::io::{CloseMode, FlowId, HostError, HostEvent, HostIo, HostResult, SourceAddr};
     use core::net::{IpAddr, SocketAddr};
     use std::collections::{HashMap, VecDeque};
 
@@ -72,6 +72,10 @@ pub mod host {
         pub bytes_written: u64,
         /// Ping sockets: the identifier the host kernel puts in place of the guest's.
         pub ping_ident: u16,
+        /// The source address the stack asked for (ping sockets: always `Outbound`).
+        pub source: SourceAddr,
+        /// The TTL / hop limit of each datagram sent, in order (not taken by `udp_sent`).
+        pub sent_hop_limits: Vec<u8>,
     }
 
     impl SimSocket {
@@ -91,6 +95,8 @@ pub mod host {
                 pending_error: None,
                 bytes_written: 0,
                 ping_ident: 0,
+                source: SourceAddr::Outbound,
+                sent_hop_limits: Vec::new(),
             }
         }
 
@@ -138,6 +144,10 @@ pub mod host {
             flow: FlowId,
             remote: SocketAddr,
             result: HostResult<()>,
+        },
+        UdpReconnect {
+            flow: FlowId,
+            remote: SocketAddr,
         },
         UdpSend {
             flow: FlowId,
@@ -481,6 +491,17 @@ pub mod host {
                 .collect()
         }
 
+        /// Every `udp_reconnect` call: flow and new remote address.
+        pub fn udp_reconnects(&self) -> Vec<(FlowId, SocketAddr)> {
+            self.calls
+                .iter()
+                .filter_map(|call| match call {
+                    HostCall::UdpReconnect { flow, remote } => Some((*flow, *remote)),
+                    _ => None,
+                })
+                .collect()
+        }
+
         /// Every `ping_open` call: flow and remote address.
         pub fn ping_opens(&self) -> Vec<(FlowId, IpAddr)> {
             self.calls
@@ -659,8 +680,16 @@ pub mod host {
     }
 
     impl HostIo for SimHost {
-        fn tcp_connect(&mut self, flow: FlowId, remote: SocketAddr) -> HostResult<()> {
+        fn tcp_connect(
+            &mut self,
+            flow: FlowId,
+            remote: SocketAddr,
+            source: SourceAddr,
+        ) -> HostResult<()> {
             let result = self.open(flow, SocketKind::Tcp, remote, SocketState::Connecting);
+            if let Some(socket) = self.sockets.get_mut(&flow) {
+                socket.source = source;
+            }
             self.calls.push(HostCall::TcpConnect {
                 flow,
                 remote,
@@ -750,8 +779,16 @@ pub mod host {
             result
         }
 
-        fn udp_open(&mut self, flow: FlowId, remote: SocketAddr) -> HostResult<()> {
+        fn udp_open(
+            &mut self,
+            flow: FlowId,
+            remote: SocketAddr,
+            source: SourceAddr,
+        ) -> HostResult<()> {
             let result = self.open(flow, SocketKind::Udp, remote, SocketState::Connected);
+            if let Some(socket) = self.sockets.get_mut(&flow) {
+                socket.source = source;
+            }
             self.calls.push(HostCall::UdpOpen {
                 flow,
                 remote,
@@ -760,8 +797,27 @@ pub mod host {
             result
         }
 
-        fn udp_send(&mut self, flow: FlowId, data: &[u8]) -> HostResult<()> {
+        fn udp_reconnect(
+            &mut self,
+            flow: FlowId,
+            remote: SocketAddr,
+            source: SourceAddr,
+        ) -> HostResult<()> {
+            let socket = self.live(flow, SocketKind::Udp, "udp_reconnect");
+            // A new socket: what the old one held is gone.
+            socket.remote = remote;
+            socket.source = source;
+            socket.inbound_datagrams.clear();
+            socket.pending_error = None;
+            self.calls.push(HostCall::UdpReconnect { flow, remote });
+            Ok(())
+        }
+
+        fn udp_send(&mut self, flow: FlowId, data: &[u8], hop_limit: u8) -> HostResult<()> {
             let result = self.send_datagram(flow, SocketKind::Udp, "udp_send", data);
+            if result.is_ok() {
+                self.expect_mut(flow).sent_hop_limits.push(hop_limit);
+            }
             self.calls.push(HostCall::UdpSend {
                 flow,
                 len: data.len(),
@@ -787,8 +843,11 @@ pub mod host {
             result
         }
 
-        fn ping_send(&mut self, flow: FlowId, message: &[u8]) -> HostResult<()> {
+        fn ping_send(&mut self, flow: FlowId, message: &[u8], hop_limit: u8) -> HostResult<()> {
             let result = self.send_datagram(flow, SocketKind::Ping, "ping_send", message);
+            if result.is_ok() {
+                self.expect_mut(flow).sent_hop_limits.push(hop_limit);
+            }
             self.calls.push(HostCall::PingSend {
                 flow,
                 len: message.len(),
@@ -3224,7 +3283,7 @@ pub mod fragments {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::io::{CloseMode, FlowId, HostError, HostIo};
+    use crate::io::{CloseMode, FlowId, HostError, HostIo, SourceAddr};
     use core::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
     use smoltcp::wire::{
         ArpOperation, ArpRepr, EthernetAddress, Icmpv4DstUnreachable, Icmpv4Repr, IpProtocol,
@@ -3480,7 +3539,8 @@ mod tests {
     fn sim_host_connect_and_stream() {
         let mut host = SimHost::new();
         let remote = SocketAddr::V4(REMOTE);
-        host.tcp_connect(flow(1), remote).unwrap();
+        host.tcp_connect(flow(1), remote, SourceAddr::Outbound)
+            .unwrap();
         assert_eq!(host.last_connect(), Some((flow(1), remote)));
         let mut buf = [0; 8];
         assert_eq!(host.tcp_recv(flow(1), &mut buf), Err(HostError::WouldBlock));
@@ -3512,7 +3572,8 @@ mod tests {
     fn sim_host_backpressure() {
         let mut host = SimHost::new();
         host.set_default_send_window(4);
-        host.tcp_connect(flow(1), SocketAddr::V4(REMOTE)).unwrap();
+        host.tcp_connect(flow(1), SocketAddr::V4(REMOTE), SourceAddr::Outbound)
+            .unwrap();
         host.complete_connect(flow(1));
         assert_eq!(host.tcp_send(flow(1), b"abcdef"), Ok(4));
         assert_eq!(host.tcp_send(flow(1), b"ef"), Err(HostError::WouldBlock));
@@ -3530,13 +3591,15 @@ mod tests {
     #[test]
     fn sim_host_errors_are_reported_once() {
         let mut host = SimHost::new();
-        host.tcp_connect(flow(1), SocketAddr::V4(REMOTE)).unwrap();
+        host.tcp_connect(flow(1), SocketAddr::V4(REMOTE), SourceAddr::Outbound)
+            .unwrap();
         let event = host.fail_connect(flow(1), HostError::ConnectionRefused);
         assert!(event.error);
         assert_eq!(host.take_error(flow(1)), Some(HostError::ConnectionRefused));
         assert_eq!(host.take_error(flow(1)), None);
 
-        host.tcp_connect(flow(2), SocketAddr::V4(REMOTE)).unwrap();
+        host.tcp_connect(flow(2), SocketAddr::V4(REMOTE), SourceAddr::Outbound)
+            .unwrap();
         host.complete_connect(flow(2));
         host.peer_send(flow(2), b"lost");
         host.peer_reset(flow(2));
@@ -3553,9 +3616,12 @@ mod tests {
         let mut host = SimHost::new();
         host.fail_next_open(HostError::Exhausted);
         let remote = SocketAddr::V4(REMOTE);
-        assert_eq!(host.udp_open(flow(1), remote), Err(HostError::Exhausted));
+        assert_eq!(
+            host.udp_open(flow(1), remote, SourceAddr::Outbound),
+            Err(HostError::Exhausted)
+        );
         assert!(host.socket(flow(1)).is_none());
-        assert_eq!(host.udp_open(flow(2), remote), Ok(()));
+        assert_eq!(host.udp_open(flow(2), remote, SourceAddr::Outbound), Ok(()));
 
         host.set_ping_allowed(false);
         let target = remote.ip();
@@ -3569,9 +3635,10 @@ mod tests {
     #[test]
     fn sim_host_datagrams_and_pings() {
         let mut host = SimHost::new();
-        host.udp_open(flow(1), SocketAddr::V4(REMOTE)).unwrap();
-        host.udp_send(flow(1), b"one").unwrap();
-        host.udp_send(flow(1), b"two").unwrap();
+        host.udp_open(flow(1), SocketAddr::V4(REMOTE), SourceAddr::Outbound)
+            .unwrap();
+        host.udp_send(flow(1), b"one", 64).unwrap();
+        host.udp_send(flow(1), b"two", 64).unwrap();
         assert_eq!(
             host.udp_sent(flow(1)),
             vec![b"one".to_vec(), b"two".to_vec()]
@@ -3590,7 +3657,7 @@ mod tests {
 
         host.ping_open(flow(2), REMOTE.ip().to_owned().into())
             .unwrap();
-        host.ping_send(flow(2), &echo_message(false, 77, 1, b"abc"))
+        host.ping_send(flow(2), &echo_message(false, 77, 1, b"abc"), 64)
             .unwrap();
         let sent = parse_echo_message(&host.ping_sent(flow(2))[0]).unwrap();
         host.ping_reply(flow(2), sent.seq_no, &sent.payload);
@@ -3606,18 +3673,20 @@ mod tests {
     #[should_panic(expected = "after closing it")]
     fn sim_host_rejects_use_after_close() {
         let mut host = SimHost::new();
-        host.udp_open(flow(1), SocketAddr::V4(REMOTE)).unwrap();
+        host.udp_open(flow(1), SocketAddr::V4(REMOTE), SourceAddr::Outbound)
+            .unwrap();
         host.close(flow(1), CloseMode::Graceful);
-        let _ = host.udp_send(flow(1), b"late");
+        let _ = host.udp_send(flow(1), b"late", 64);
     }
 
     #[test]
     #[should_panic(expected = "opened flow#1.1 again")]
     fn sim_host_rejects_reopening_a_flow_id() {
         let mut host = SimHost::new();
-        host.udp_open(flow(1), SocketAddr::V4(REMOTE)).unwrap();
+        host.udp_open(flow(1), SocketAddr::V4(REMOTE), SourceAddr::Outbound)
+            .unwrap();
         host.close(flow(1), CloseMode::Graceful);
-        let _ = host.udp_open(flow(1), SocketAddr::V4(REMOTE));
+        let _ = host.udp_open(flow(1), SocketAddr::V4(REMOTE), SourceAddr::Outbound);
     }
 
     #[test]

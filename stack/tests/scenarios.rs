@@ -494,6 +494,33 @@ mod tcp {
 mod udp {
     use super::*;
 
+    /// A guest frame (Ethernet + IPv4) with its TTL changed, header checksum redone.
+    fn with_ttl(mut frame: Vec<u8>, ttl: u8) -> Vec<u8> {
+        let mut ip = Ipv4Packet::new_unchecked(&mut frame[14..]);
+        ip.set_hop_limit(ttl);
+        ip.fill_checksum();
+        frame
+    }
+
+    /// The guest's TTL goes with each datagram (and echo request) to the host socket, so
+    /// traceroute's probes expire where they should.
+    #[test]
+    fn the_guests_ttl_is_carried_to_the_host_socket() {
+        let mut s = Scenario::new();
+        let guest = s.guest;
+        s.guest_sends(&with_ttl(guest.udp(5000, remote(33434), b"probe"), 1));
+        s.guest_sends(&with_ttl(guest.udp(5000, remote(33434), b"probe"), 8));
+        s.guest_sends(&guest.udp(5000, remote(33434), b"plain"));
+        let (flow, _) = the_only(s.host.udp_opens(), "udp_open");
+        let socket = s.host.socket(flow).expect("a host socket");
+        assert_eq!(socket.sent_hop_limits, vec![1, 8, 64]);
+
+        s.guest_sends(&with_ttl(guest.icmp_echo(REMOTE, 7, 1, b"ping"), 1));
+        let (ping, _) = the_only(s.host.ping_opens(), "ping_open");
+        let socket = s.host.socket(ping).expect("a ping socket");
+        assert_eq!(socket.sent_hop_limits, vec![1]);
+    }
+
     #[test]
     fn gateway_port_reaches_host_loopback_and_replies_come_back() {
         let mut s = Scenario::new();

@@ -322,6 +322,173 @@ mod dns {
         assert_eq!(socket.remote, resolver([127, 0, 0, 2]));
     }
 
+    /// `--outbound-addr` binds every host socket, host loopback included (as slirp4netns),
+    /// except the DNS forwarder's sockets to a resolver on loopback: a local stub resolver
+    /// (127.0.0.53) answers only loopback clients.
+    #[test]
+    fn only_the_forwarders_loopback_resolver_keeps_the_kernels_source() {
+        use rslirp_stack::SourceAddr;
+        let source = |s: &Scenario, flow| s.host.socket(flow).expect("a host socket").source;
+        let mut s = with_upstream([127, 0, 0, 53]);
+        let guest = s.guest;
+        s.guest_sends(&guest.udp(33333, dns(53), QUERY));
+        let (dns_udp, _) = the_only(s.host.udp_opens(), "udp_open");
+        assert_eq!(source(&s, dns_udp), SourceAddr::Kernel);
+        let (_, dns_tcp) = s.open_tcp(40000, dns(53));
+        assert_eq!(source(&s, dns_tcp), SourceAddr::Kernel);
+
+        // The gateway is host loopback too, but that is the guest's own traffic.
+        s.guest_sends(&guest.udp(33334, SocketAddrV4::new(GATEWAY, 53), QUERY));
+        let (gw_udp, target) = s.host.udp_opens()[1];
+        assert_eq!(target, resolver([127, 0, 0, 1]));
+        assert_eq!(source(&s, gw_udp), SourceAddr::Outbound);
+        let (_, gw_tcp) = s.open_tcp(40001, SocketAddrV4::new(GATEWAY, 80));
+        assert_eq!(source(&s, gw_tcp), SourceAddr::Outbound);
+
+        // A resolver on a real address is reached from the outbound address.
+        s.stack
+            .set_dns_upstream(Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 53))));
+        s.guest_sends(&guest.udp(33335, dns(53), QUERY));
+        let (real, _) = s.host.udp_opens()[2];
+        assert_eq!(source(&s, real), SourceAddr::Outbound);
+    }
+
+    /// resolv.conf names two nameservers: 127.0.0.1 first, 127.0.0.2 second.
+    fn with_two_upstreams() -> Scenario {
+        let mut s = Scenario::new();
+        s.stack.set_dns_upstreams(vec![
+            IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)),
+            IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)),
+        ]);
+        s
+    }
+
+    fn answer_with_rcode(rcode: u8) -> Vec<u8> {
+        let mut msg = ANSWER.to_vec();
+        msg[3] = (msg[3] & 0xf0) | rcode;
+        msg
+    }
+
+    /// Beyond libslirp: a silent first nameserver costs one retry timeout (1 s), the query
+    /// is sent again to the second, its answer reaches the guest, and new queries go
+    /// straight to the second.
+    #[test]
+    fn a_silent_first_upstream_is_skipped_after_a_second_and_the_answering_one_preferred() {
+        let mut s = with_two_upstreams();
+        let guest = s.guest;
+        s.guest_sends(&guest.udp(33333, dns(53), QUERY));
+        let (flow, target) = the_only(s.host.udp_opens(), "udp_open");
+        assert_eq!(target, resolver([127, 0, 0, 1]));
+        assert_eq!(s.host.udp_sent(flow), vec![QUERY.to_vec()]);
+        s.advance(Duration::from_millis(900));
+        assert_eq!(s.host.udp_reconnects(), vec![], "no retry before 1 s");
+        s.advance(Duration::from_millis(200));
+        assert_eq!(
+            s.host.udp_reconnects(),
+            vec![(flow, resolver([127, 0, 0, 2]))]
+        );
+        assert_eq!(s.host.udp_sent(flow), vec![QUERY.to_vec()], "sent again");
+        assert_eq!(s.stats().dns_retries, 1);
+
+        s.deliver_datagram(flow, ANSWER);
+        assert_eq!(
+            the_only(s.drain(), "DNS answer"),
+            Parsed::Udp {
+                src: dns(53),
+                dst: SocketAddrV4::new(GUEST, 33333),
+                payload: ANSWER.to_vec(),
+            }
+        );
+        // A new query (new source port): straight to the one that answered.
+        s.guest_sends(&guest.udp(33334, dns(53), QUERY));
+        assert_eq!(s.host.udp_opens()[1].1, resolver([127, 0, 0, 2]));
+        // Answered at once: no retry timer is left running.
+        let second = s.host.udp_opens()[1].0;
+        s.deliver_datagram(second, ANSWER);
+        assert_eq!(s.drain().len(), 1);
+        s.advance(secs(3));
+        assert_eq!(s.host.udp_reconnects().len(), 1);
+        assert_eq!(s.stats().dns_retries, 1);
+    }
+
+    #[test]
+    fn refused_or_servfail_goes_to_the_next_upstream_and_the_last_answer_is_passed_on() {
+        let mut s = with_two_upstreams();
+        let guest = s.guest;
+        s.guest_sends(&guest.udp(33333, dns(53), QUERY));
+        let (flow, _) = the_only(s.host.udp_opens(), "udp_open");
+        s.host.udp_sent(flow);
+        s.deliver_datagram(flow, &answer_with_rcode(5));
+        assert_eq!(
+            s.drain(),
+            vec![],
+            "REFUSED is not passed on while another may answer"
+        );
+        assert_eq!(
+            s.host.udp_reconnects(),
+            vec![(flow, resolver([127, 0, 0, 2]))]
+        );
+        assert_eq!(s.host.udp_sent(flow), vec![QUERY.to_vec()]);
+        // The second fails too: nobody is left, so the guest gets that answer.
+        s.deliver_datagram(flow, &answer_with_rcode(2));
+        match the_only(s.drain(), "SERVFAIL answer") {
+            Parsed::Udp { payload, .. } => assert_eq!(payload, answer_with_rcode(2)),
+            other => panic!("expected the answer, got {other:?}"),
+        }
+        s.advance(secs(3));
+        assert_eq!(s.host.udp_reconnects().len(), 1, "no endless round");
+        // No server answered for real: the first stays preferred.
+        s.guest_sends(&guest.udp(33334, dns(53), QUERY));
+        assert_eq!(s.host.udp_opens()[1].1, resolver([127, 0, 0, 1]));
+    }
+
+    #[test]
+    fn port_unreachable_at_the_first_upstream_goes_to_the_next() {
+        let mut s = with_two_upstreams();
+        let guest = s.guest;
+        s.guest_sends(&guest.udp(33333, dns(53), QUERY));
+        let (flow, _) = the_only(s.host.udp_opens(), "udp_open");
+        s.host.udp_sent(flow);
+        let event = s
+            .host
+            .set_error(flow, rslirp_stack::HostError::ConnectionRefused);
+        s.host_event(event);
+        assert_eq!(
+            s.drain(),
+            vec![],
+            "no ICMP error while another server may answer"
+        );
+        assert_eq!(
+            s.host.udp_reconnects(),
+            vec![(flow, resolver([127, 0, 0, 2]))]
+        );
+        assert_eq!(s.host.udp_sent(flow), vec![QUERY.to_vec()]);
+    }
+
+    #[test]
+    fn when_no_upstream_answers_each_gets_the_query_once() {
+        let mut s = with_two_upstreams();
+        let guest = s.guest;
+        s.guest_sends(&guest.udp(33333, dns(53), QUERY));
+        let (flow, _) = the_only(s.host.udp_opens(), "udp_open");
+        s.advance(secs(9));
+        assert_eq!(s.host.udp_reconnects().len(), 1);
+        assert_eq!(s.host.udp_sent(flow).len(), 2, "once to each");
+        s.advance(secs(2));
+        assert!(s.host.close_mode(flow).is_some(), "expired as usual");
+    }
+
+    #[test]
+    fn with_one_upstream_nothing_is_retried() {
+        let mut s = with_upstream([127, 0, 0, 1]);
+        let guest = s.guest;
+        s.guest_sends(&guest.udp(33333, dns(53), QUERY));
+        let (flow, _) = the_only(s.host.udp_opens(), "udp_open");
+        s.advance(secs(5));
+        assert_eq!(s.host.udp_reconnects(), vec![]);
+        assert_eq!(s.host.udp_sent(flow).len(), 1);
+    }
+
     #[test]
     fn dns_flows_expire_after_10_seconds() {
         let mut s = with_upstream([127, 0, 0, 1]);

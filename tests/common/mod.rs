@@ -291,6 +291,14 @@ impl Env {
             .expect("only rootful guests have a named netns")
     }
 
+    /// Lets every group open ping sockets in the host namespace (a new namespace allows
+    /// none), so rslirp can carry the guest's ICMP echo.
+    pub fn allow_ping_sockets(&self) {
+        let mut cmd = command("ip", &["netns", "exec", &self.host.name]);
+        cmd.args(["sysctl", "-qw", "net.ipv4.ping_group_range=0 2147483647"]);
+        run_ok(&mut cmd, STEP_TIMEOUT);
+    }
+
     /// An address on the host namespace's dummy subnet that nobody answers: a connect to it
     /// from the host namespace goes nowhere (a dummy drops everything it is given, a
     /// port-less bridge finds no neighbour), never off the machine.

@@ -9,7 +9,8 @@ use rslirp_stack::testing::frames::{try_parse, ParseError, Parsed, TcpSegment};
 use rslirp_stack::testing::ipv6::{try_parse6, Parsed6};
 use rslirp_stack::testing::{SimHost, SimSocket};
 use rslirp_stack::{
-    CloseMode, Config, Duration, FlowId, HostError, HostEvent, HostIo, HostResult, Instant, Stack,
+    CloseMode, Config, Duration, FlowId, HostError, HostEvent, HostIo, HostResult, Instant,
+    SourceAddr, Stack,
 };
 use smoltcp::wire::{EthernetFrame, EthernetProtocol, Ipv4Packet, ETHERNET_HEADER_LEN};
 use std::collections::HashMap;
@@ -403,9 +404,14 @@ impl Host {
 }
 
 impl HostIo for Host {
-    fn tcp_connect(&mut self, flow: FlowId, remote: SocketAddr) -> HostResult<()> {
+    fn tcp_connect(
+        &mut self,
+        flow: FlowId,
+        remote: SocketAddr,
+        source: SourceAddr,
+    ) -> HostResult<()> {
         let name = self.name_for_open(flow);
-        self.sim.tcp_connect(name, remote)
+        self.sim.tcp_connect(name, remote, source)
     }
     fn tcp_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<usize> {
         self.sim.tcp_recv(self.name(flow), buf)
@@ -427,12 +433,25 @@ impl HostIo for Host {
     fn take_error(&mut self, flow: FlowId) -> Option<HostError> {
         self.sim.take_error(self.name(flow))
     }
-    fn udp_open(&mut self, flow: FlowId, remote: SocketAddr) -> HostResult<()> {
+    fn udp_open(
+        &mut self,
+        flow: FlowId,
+        remote: SocketAddr,
+        source: SourceAddr,
+    ) -> HostResult<()> {
         let name = self.name_for_open(flow);
-        self.sim.udp_open(name, remote)
+        self.sim.udp_open(name, remote, source)
     }
-    fn udp_send(&mut self, flow: FlowId, data: &[u8]) -> HostResult<()> {
-        self.sim.udp_send(self.name(flow), data)
+    fn udp_reconnect(
+        &mut self,
+        flow: FlowId,
+        remote: SocketAddr,
+        source: SourceAddr,
+    ) -> HostResult<()> {
+        self.sim.udp_reconnect(self.name(flow), remote, source)
+    }
+    fn udp_send(&mut self, flow: FlowId, data: &[u8], hop_limit: u8) -> HostResult<()> {
+        self.sim.udp_send(self.name(flow), data, hop_limit)
     }
     fn udp_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<usize> {
         self.sim.udp_recv(self.name(flow), buf)
@@ -441,8 +460,8 @@ impl HostIo for Host {
         let name = self.name_for_open(flow);
         self.sim.ping_open(name, remote)
     }
-    fn ping_send(&mut self, flow: FlowId, message: &[u8]) -> HostResult<()> {
-        self.sim.ping_send(self.name(flow), message)
+    fn ping_send(&mut self, flow: FlowId, message: &[u8], hop_limit: u8) -> HostResult<()> {
+        self.sim.ping_send(self.name(flow), message, hop_limit)
     }
     fn ping_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<usize> {
         self.sim.ping_recv(self.name(flow), buf)

@@ -234,6 +234,14 @@ impl Quote {
         }
     }
 
+    /// The TTL / hop limit the guest sent the packet with.
+    pub fn hop_limit(&self) -> u8 {
+        match self.header {
+            QuotedHeader::V4(h) => h.hop_limit,
+            QuotedHeader::V6(h) => h.hop_limit,
+        }
+    }
+
     pub fn head(&self) -> &[u8] {
         &self.head[..usize::from(self.head_len)]
     }

@@ -4,6 +4,7 @@
 use crate::io::{FlowId, HostError, HostIo};
 use crate::link::TxQueue;
 use crate::nat::{checksum_caps, send_ip, FlowCounters, FlowKey, Quote};
+use crate::service::dns::DnsRetry;
 use crate::stats::Stats;
 use core::net::SocketAddr;
 use smoltcp::time::{Duration, Instant};
@@ -22,6 +23,9 @@ pub struct UdpFlow {
     pub forward: Option<(u64, SocketAddr)>,
     /// A query to the DNS forwarder (bounded by `max_dns_flows`).
     pub dns: bool,
+    /// For a DNS query flow when resolv.conf names more than one nameserver: what a
+    /// fallback to the next one needs.
+    pub dns_retry: Option<Box<DnsRetry>>,
     pub counters: FlowCounters,
 }
 
@@ -34,6 +38,8 @@ pub enum ReadOutcome {
     Starved,
     /// The host reported an error for the last datagram sent (e.g. port unreachable).
     Failed(HostError),
+    /// DNS: the upstream refused a query another nameserver may answer; reading stopped.
+    RetryDns,
 }
 
 impl UdpFlow {
@@ -45,12 +51,19 @@ impl UdpFlow {
             host_readable: false,
             forward: None,
             dns: false,
+            dns_retry: None,
             counters: FlowCounters::new(now),
         }
     }
 
     pub fn expires_at(&self) -> Instant {
         self.last_active + self.idle_timeout
+    }
+
+    /// When the flow's timer must run: its expiry, or a DNS retry before it.
+    pub fn next_due(&self) -> Instant {
+        let retry = self.dns_retry.as_ref().and_then(|r| r.next_deadline());
+        retry.map_or(self.expires_at(), |at| at.min(self.expires_at()))
     }
 
     /// Read datagrams from the host and pass them to the guest as coming from the address
@@ -65,6 +78,7 @@ impl UdpFlow {
         tx: &mut TxQueue,
         stats: &mut Stats,
         scratch: &mut [u8],
+        dns_upstreams: usize,
     ) -> ReadOutcome {
         self.host_readable = true;
         loop {
@@ -86,6 +100,12 @@ impl UdpFlow {
             self.counters.to_guest += len as u64;
             // Larger than the guest's MTU, it goes in fragments (`send_ip`).
             let payload = &scratch[..len];
+            if let Some(retry) = self.dns_retry.as_deref_mut() {
+                if !retry.on_answer(payload, dns_upstreams) {
+                    self.host_readable = false;
+                    return ReadOutcome::RetryDns;
+                }
+            }
             send_udp(tx, stats, key.remote, key.guest, payload);
         }
     }

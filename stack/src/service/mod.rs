@@ -1,3 +1,4 @@
 //! Services the virtual network itself offers to the guest (as opposed to NAT to the host).
 
 pub mod dhcp;
+pub mod dns;

@@ -164,7 +164,7 @@ impl Stack {
             return Ok(SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port));
         }
         if dst == IPV6_DNS && !self.config.disable_dns {
-            return match self.dns_upstream {
+            return match self.dns_upstream() {
                 Some(upstream) if port == 53 => Ok(SocketAddr::new(upstream, 53)),
                 _ => Err(Refusal::Reset),
             };
@@ -236,7 +236,7 @@ impl Stack {
                 if local {
                     send_echo_reply(&mut self.tx, &mut self.stats, dst, src, ident, seq_no, data);
                 } else if in_prefix(ip.src_addr) {
-                    self.forward_echo(now, src, dst, ident, payload, host);
+                    self.forward_echo(now, src, dst, ident, payload, ip.hop_limit, host);
                 } else {
                     self.stats.rx_dropped += 1;
                 }
