@@ -85,6 +85,9 @@ pub fn config(flags: u8) -> Config {
             max_reassembly_datagrams: 2,
             max_reassembly_bytes: 8192,
             tcp_min_buffer: 1024,
+            // Two new connections at once, then one every 10 ms of virtual time.
+            max_syn_rate: 100,
+            syn_burst: 2,
         };
     }
     config

@@ -433,12 +433,7 @@ impl HostIo for Host {
     fn take_error(&mut self, flow: FlowId) -> Option<HostError> {
         self.sim.take_error(self.name(flow))
     }
-    fn udp_open(
-        &mut self,
-        flow: FlowId,
-        remote: SocketAddr,
-        source: SourceAddr,
-    ) -> HostResult<()> {
+    fn udp_open(&mut self, flow: FlowId, remote: SocketAddr, source: SourceAddr) -> HostResult<()> {
         let name = self.name_for_open(flow);
         self.sim.udp_open(name, remote, source)
     }
