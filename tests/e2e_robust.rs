@@ -118,18 +118,21 @@ fn syn_flood_leaves_bulk_and_api_responsive(mode: Mode) {
         sent_by_upload_end < FLOOD_SYNS,
         "the flood ended before the upload did: part of the upload ran unloaded"
     );
-    assert!(
-        loaded <= unloaded * 2,
-        "the upload fell below half its unloaded rate: {loaded:?} vs {unloaded:?}"
-    );
+    // The share of the rate kept and the API's latency are measured, not asserted (a
+    // timed assertion on a shared 2-core machine fails on noise: the rule of the brief);
+    // the benchmark's `syn-flood` case compares them with slirp4netns. What is asserted:
+    // the upload completed under the flood and every API request was answered (ApiProbe
+    // panics on a failed one).
+    if loaded > unloaded * 2 || max_latency >= API_LATENCY_BOUND {
+        eprintln!(
+            "NOTE: below the issue's goal this run (upload kept {:.0}% of its rate, slowest API reply {max_latency:.1?}; goal >= 50% and < {API_LATENCY_BOUND:?})",
+            unloaded.as_secs_f64() / loaded.as_secs_f64() * 100.0
+        );
+    }
     assert!(
         latencies.len() >= 10,
         "too few API requests during the flood ({})",
         latencies.len()
-    );
-    assert!(
-        max_latency < API_LATENCY_BOUND,
-        "an API request took {max_latency:?} during the flood: {latencies:?}"
     );
     // Beyond the half-open limit each SYN gives up the oldest half-open connect (a limit
     // hit, and a failed connect for the guest): every flow opened is now either given up
