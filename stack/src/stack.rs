@@ -679,14 +679,14 @@ impl Stack {
         };
         let is_syn = segment.control == TcpControl::Syn && segment.ack_number.is_none();
         if let Some(id) = self.flows.lookup(&key) {
-            let (finished, draining) = match self.flows.get(id) {
+            let (finished, ending) = match self.flows.get(id) {
                 Some(Flow::Tcp(tcp)) => (
                     tcp.is_finished(),
                     matches!(tcp.state(), TcpState::TimeWait | TcpState::Closed),
                 ),
                 _ => (false, false),
             };
-            if is_syn && draining && !finished {
+            if is_syn && ending && !finished {
                 // The old connection on this 4-tuple still hands the guest's last bytes to
                 // the host: the new SYN waits for the guest's retransmission.
                 log::debug!("{id:?}: SYN for a 4-tuple still draining to the host; dropped");

@@ -997,11 +997,10 @@ impl TcpFlow {
                 }
                 _ => {
                     let lifetime = self.lifetime_deadline(state).map(|(at, _)| at);
-                    let due = match (self.iface.poll_at(now, &self.sockets), lifetime) {
-                        (Some(a), Some(b)) => Some(a.min(b)),
-                        (a, b) => a.or(b),
-                    };
-                    Verdict::Keep { due }
+                    let smoltcp = self.iface.poll_at(now, &self.sockets);
+                    Verdict::Keep {
+                        due: [smoltcp, lifetime].into_iter().flatten().min(),
+                    }
                 }
             },
         }
