@@ -59,6 +59,19 @@ where
     })
 }
 
+/// Raises `listener`'s accept backlog to `backlog` (std listens with 128). A crowd of
+/// connections beyond the backlog overflows the listener's accept queue: the kernel then
+/// drops the handshakes' last ACKs (SYN cookies, no state kept), and the connections only
+/// come to exist when their peer retransmits, with exponential backoff — tens of seconds
+/// for a crowd of thousands, in any TCP peer, rslirp or a kernel.
+pub fn deepen_backlog(listener: &TcpListener, backlog: i32) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: listen(2) on a socket fd the listener owns; calling it again on a listening
+    // socket only changes its backlog.
+    let rc = unsafe { libc::listen(listener.as_raw_fd(), backlog) };
+    assert_eq!(rc, 0, "listen: {}", io::Error::last_os_error());
+}
+
 /// Like [`tcp_server`], but serves each connection on the accepting thread, one after
 /// another: for many short connections, where a thread each would cost more than the
 /// connection. Several of these may share one listener (`try_clone`).
