@@ -39,6 +39,11 @@ const TARGET: Token = Token(u32::MAX as usize - 4);
 
 /// Frames read from the tap per wake-up before the loop turns to other sources.
 const TAP_READ_BATCH: usize = 256;
+/// Time spent reading the tap per wake-up before the loop turns to other sources, whatever
+/// the count: a frame that opens a host connection costs far more than one of a bulk
+/// transfer (a SYN flood made a batch of 256 take 10-45 ms), and the control socket, the
+/// host sockets and timers wait meanwhile.
+const TAP_READ_BUDGET: Duration = Duration::from_millis(2);
 
 /// How often the loop looks whether many flows went away since the last look; if so it
 /// returns the freed memory to the kernel (see `rslirp::release_free_memory`).
@@ -442,7 +447,11 @@ impl EventLoop {
     /// splitting, which we do not: a 64 KiB segment goes to the host socket whole.
     fn read_tap(&mut self, now: Instant) -> Result<(), LoopError> {
         let skip = if self.vnet_hdr { VNET_HDR_LEN } else { 0 };
+        let until = std::time::Instant::now() + TAP_READ_BUDGET;
         for _ in 0..TAP_READ_BATCH {
+            if std::time::Instant::now() >= until {
+                break;
+            }
             if self.link_lost {
                 self.tap_backlog = false;
                 return Ok(());
