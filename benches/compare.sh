@@ -16,17 +16,11 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 cd "$(dirname "$0")/.."
 
-# What the benchmark runs; installed only when missing, so offline re-runs work.
-need=()
-for tool in iperf3:iperf3 slirp4netns:slirp4netns pasta:passt ip:iproute2 \
-            nsenter:util-linux setpriv:util-linux ss:iproute2; do
-    command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool#*:}")
-done
-if ((${#need[@]})); then
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update
-    apt-get install -y --no-install-recommends "${need[@]}"
-fi
+# What the benchmark runs; installed only when missing, never in place of what the machine
+# has (scripts/lib/packages.sh), so offline re-runs work.
+# shellcheck source=scripts/lib/packages.sh
+source scripts/lib/packages.sh
+ensure_packages iperf3 slirp4netns passt iproute2 util-linux
 
 # The rootless side: the same account the end-to-end tests use.
 if ! id -u rslirp-e2e >/dev/null 2>&1; then

@@ -21,22 +21,21 @@ fi
 
 cd "$(dirname "$0")/.."
 
-# Everything the tests and tools around them use. slirp4netns and passt are there to
+# Everything the tests and tools around them use, installed only where missing and never in
+# place of what the machine has (scripts/lib/packages.sh). slirp4netns and passt are there to
 # compare against (RSLIRP_BIN=/usr/bin/slirp4netns, the benches); rootlesskit (with uidmap
-# and busybox for its test) is a real client of the control socket; tcpdump reads the
-# --pcap captures back; gcc/libc6-dev link Rust.
+# and a busybox for its test: the static one does as well) is a real client of the control
+# socket; tcpdump reads the --pcap captures back; gcc/libc6-dev link Rust.
 PACKAGES=(
     iproute2 iputils-ping procps util-linux passwd
-    ncat socat iperf3 jq udhcpc dnsmasq-base curl python3 tcpdump iptables
+    ncat socat iperf3 jq udhcpc "dnsmasq-base|dnsmasq-base-lua" curl python3 tcpdump iptables
     slirp4netns passt
-    rootlesskit uidmap busybox
+    rootlesskit uidmap "busybox|busybox-static"
     gcc libc6-dev pkg-config ca-certificates
 )
-if [[ ${RSLIRP_SKIP_APT:-0} != 1 ]]; then
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update
-    apt-get install -y --no-install-recommends "${PACKAGES[@]}"
-fi
+# shellcheck source=scripts/lib/packages.sh
+source scripts/lib/packages.sh
+ensure_packages "${PACKAGES[@]}"
 
 # The account the rootless end-to-end tests run rslirp and the container namespace as.
 if ! id -u rslirp-e2e >/dev/null 2>&1; then
