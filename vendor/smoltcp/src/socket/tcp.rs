@@ -8262,6 +8262,64 @@ mod test {
     }
 
     #[test]
+    fn test_last_scaled_window_used_up() {
+        // We announced 15 << 2 = 60 bytes; the peer has used 61 sequence numbers since (60
+        // bytes and a FIN, say). What is left of that announcement is nothing, not a panic.
+        let mut s = socket_established();
+        s.remote_win_shift = 2;
+        s.remote_last_win = 15;
+        s.remote_last_ack = Some(REMOTE_SEQ + 1);
+        s.remote_seq_no = REMOTE_SEQ + 1 + 61;
+        assert_eq!(s.last_scaled_window(), Some(0));
+    }
+
+    #[test]
+    fn test_zero_window_probe_stops_when_all_acked() {
+        // The peer closes its window while we have data, then takes our probes and finally
+        // ACKs everything, FIN included, still with a zero window: with nothing left to
+        // send, no probe is due any more.
+        let mut s = socket_established();
+        s.send_slice(b"a").unwrap();
+        s.close();
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                window_len: 0,
+                ..SEND_TEMPL
+            }
+        );
+        assert!(s.timer.is_zero_window_probe());
+        recv!(
+            s,
+            time 1000,
+            [TcpRepr {
+                control: TcpControl::Fin,
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload: &b"a"[..],
+                ..RECV_TEMPL
+            }]
+        );
+        send!(
+            s,
+            time 1010,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1 + 1 + 1),
+                window_len: 0,
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.state, State::FinWait2);
+        recv_nothing!(s, time 1010);
+        recv_nothing!(s, time 5000);
+        recv_nothing!(s, time 60000);
+        assert!(!s.timer.is_zero_window_probe());
+    }
+
+    #[test]
     fn test_zero_window_probe_exit() {
         let mut s = socket_established();
 
