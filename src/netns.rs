@@ -1064,15 +1064,12 @@ fn describe_status(status: WaitStatus) -> String {
     }
 }
 
+/// `rslirp::set_nonblocking`, its error as a setup error of the tap's hand-off.
 fn set_nonblocking(fd: &OwnedFd) -> Result<(), SetupError> {
-    let handoff = |errno| SetupError::Handoff {
+    crate::set_nonblocking(fd).map_err(|errno| SetupError::Handoff {
         op: "fcntl(tap fd, O_NONBLOCK)",
         errno,
-    };
-    let flags = fcntl(fd, FcntlArg::F_GETFL).map_err(handoff)?;
-    let flags = OFlag::from_bits_retain(flags) | OFlag::O_NONBLOCK;
-    fcntl(fd, FcntlArg::F_SETFL(flags)).map_err(handoff)?;
-    Ok(())
+    })
 }
 
 #[cfg(test)]
