@@ -88,6 +88,9 @@ pub fn config(flags: u8) -> Config {
             // Two new connections at once, then one every 10 ms of virtual time.
             max_syn_rate: 100,
             syn_burst: 2,
+            // Two errors at once, then one every 10 ms of virtual time.
+            max_icmp_error_rate: 100,
+            icmp_error_burst: 2,
         };
     }
     config
