@@ -27,7 +27,7 @@ cd "$(dirname "$0")/.."
 # --pcap captures back; gcc/libc6-dev link Rust.
 PACKAGES=(
     iproute2 iputils-ping procps util-linux passwd
-    ncat socat iperf3 jq udhcpc dnsmasq-base curl python3 tcpdump iptables
+    ncat socat iperf3 jq udhcpc dnsmasq-base curl python3 tcpdump iptables traceroute
     slirp4netns passt
     rootlesskit uidmap busybox
     gcc libc6-dev pkg-config ca-certificates
