@@ -15,6 +15,7 @@
 #[macro_use]
 mod common;
 
+use common::api::{stat, Api};
 use common::net::{self, Server};
 use common::ns::{spawn_in_netns, Netns};
 use common::process::wait_for;
@@ -309,15 +310,22 @@ fn guest_probe(env: &Env, to: SocketAddr, hop_limit: u32) -> Result<Vec<u8>, Gue
     .wait(ANSWER_TIMEOUT + STEP_TIMEOUT)
 }
 
-fn start(env: &Env) -> (Rslirp, FarNetwork) {
+/// rslirp (with a control socket, for its counters) and the far network.
+fn start(env: &Env) -> (Rslirp, FarNetwork, Api) {
     let network = far_network(env);
     env.allow_ping_sockets();
-    (env.rslirp().start(), network)
+    let api = Api::new(env);
+    (api.launch(env).start(), network, api)
+}
+
+/// How many ICMP errors rslirp relayed to the guest so far (get_stats).
+fn relayed(api: &Api) -> u64 {
+    stat(&api.stats(), &["counters", "icmp_errors_relayed"])
 }
 
 fn udp_probe_with_ttl_1_hears_time_exceeded_from_the_first_router(mode: Mode) {
     let env = Env::new(mode);
-    let (_rslirp, network) = start(&env);
+    let (_rslirp, network, api) = start(&env);
     let server = far_udp_echo(&network, FAR.into());
     let to = SocketAddr::new(FAR.into(), server.port());
 
@@ -330,13 +338,14 @@ fn udp_probe_with_ttl_1_hears_time_exceeded_from_the_first_router(mode: Mode) {
             offender: Some(R1.into()),
         }
     );
+    assert_eq!(relayed(&api), 1, "rslirp relayed it");
     let echo = guest_probe(&env, to, 8).expect("TTL 8 reaches the far host's echo server");
     assert_eq!(echo, b"rslirp probe");
 }
 
 fn ping_with_ttl_1_hears_time_exceeded(mode: Mode) {
     let env = Env::new(mode);
-    let (_rslirp, _network) = start(&env);
+    let (_rslirp, _network, _api) = start(&env);
     let far = FAR.to_string();
     let out = env.guest_cmd(&[
         "ping", "-n", "-c", "2", "-i", "0.5", "-W", "3", "-t", "1", &far,
@@ -353,7 +362,7 @@ fn ping_with_ttl_1_hears_time_exceeded(mode: Mode) {
 
 fn udp_to_a_closed_port_hears_port_unreachable_from_the_far_host(mode: Mode) {
     let env = Env::new(mode);
-    let (_rslirp, network) = start(&env);
+    let (_rslirp, network, _api) = start(&env);
     // A port nothing listens on: bound and closed again.
     let port = spawn_in_netns(network.far.path(), "far port", || {
         UdpSocket::bind((FAR, 0)).map(|s| s.local_addr().expect("addr").port())
@@ -374,7 +383,7 @@ fn udp_to_a_closed_port_hears_port_unreachable_from_the_far_host(mode: Mode) {
 
 fn traceroute_names_both_routers(mode: Mode) {
     let env = Env::new(mode);
-    let (_rslirp, _network) = start(&env);
+    let (_rslirp, _network, api) = start(&env);
     let out = env.guest_cmd(&["traceroute", "-n", "-w", "3", "-m", "6", &FAR.to_string()]);
     let text = String::from_utf8_lossy(&out.stdout);
     println!("traceroute from the guest:\n{text}");
@@ -395,6 +404,10 @@ fn traceroute_names_both_routers(mode: Mode) {
         !text.lines().any(|line| line.trim_start().starts_with("4 ")),
         "the far host is the last hop (its port unreachable ends the trace):\n{text}"
     );
+    // Three probes for each of the three hops at least (traceroute sends more at once).
+    let relayed = relayed(&api);
+    println!("ICMP errors relayed: {relayed}");
+    assert!(relayed >= 9, "{relayed} ICMP errors relayed");
 }
 
 fn ipv6_probe_with_hop_limit_1_hears_time_exceeded(mode: Mode) {
