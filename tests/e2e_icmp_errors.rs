@@ -31,6 +31,7 @@ both_modes!(
     udp_to_a_closed_port_hears_port_unreachable_from_the_far_host,
     traceroute_names_both_routers,
     ipv6_probe_with_hop_limit_1_hears_time_exceeded,
+    confined_rslirp_relays_errors_too,
 );
 
 const R1: Ipv4Addr = Ipv4Addr::new(172, 16, 1, 2);
@@ -459,4 +460,43 @@ fn ipv6_probe_with_hop_limit_1_hears_time_exceeded(mode: Mode) {
         text.contains(&format!("From {R1_6} icmp_seq=1 Time exceeded: Hop limit")),
         "ping -6 -t 1: {text}"
     );
+}
+
+/// `--enable-sandbox --enable-seccomp`: the error queue is read with recvmsg, which the
+/// seccomp allow-list must let through (a refused call would lose every error quietly).
+fn confined_rslirp_relays_errors_too(mode: Mode) {
+    let env = Env::new(mode);
+    let network = far_network(&env);
+    env.allow_ping_sockets();
+    let api = Api::new(&env);
+    let caller = env.caller_namespace();
+    let _rslirp = api
+        .launch(&env)
+        .arg("--enable-sandbox")
+        .arg("--enable-seccomp")
+        .start_in(&caller);
+    let server = far_udp_echo(&network, FAR.into());
+    let to = SocketAddr::new(FAR.into(), server.port());
+    let error = guest_probe(&env, to, 1).expect_err("TTL 1 ends at the first router");
+    assert_eq!(
+        (error.icmp_type, error.offender),
+        (ICMP_TIME_EXCEEDED, Some(R1.into()))
+    );
+    let out = env.guest_cmd(&[
+        "ping",
+        "-n",
+        "-c",
+        "1",
+        "-W",
+        "3",
+        "-t",
+        "1",
+        &FAR.to_string(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("From {R1} icmp_seq=1 Time to live exceeded")),
+        "ping -t 1: {text}"
+    );
+    assert_eq!(relayed(&api), 2);
 }
