@@ -562,3 +562,71 @@ fn parse_sockaddr(bytes: &[u8]) -> Option<IpAddr> {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `sock_extended_err` as Linux writes it, followed by the offender's sockaddr.
+    fn extended_err(origin: u8, icmp_type: u8, code: u8, info: u32, offender: &[u8]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&(libc::EHOSTUNREACH as u32).to_ne_bytes());
+        bytes.extend_from_slice(&[origin, icmp_type, code, 0]);
+        bytes.extend_from_slice(&info.to_ne_bytes());
+        bytes.extend_from_slice(&0u32.to_ne_bytes());
+        bytes.extend_from_slice(offender);
+        bytes
+    }
+
+    fn sockaddr_in(ip: Ipv4Addr) -> Vec<u8> {
+        let mut bytes = (libc::AF_INET as u16).to_ne_bytes().to_vec();
+        bytes.extend_from_slice(&[0, 0]);
+        bytes.extend_from_slice(&ip.octets());
+        bytes.extend_from_slice(&[0; 8]);
+        bytes
+    }
+
+    fn sockaddr_in6(ip: Ipv6Addr) -> Vec<u8> {
+        let mut bytes = (libc::AF_INET6 as u16).to_ne_bytes().to_vec();
+        bytes.extend_from_slice(&[0; 6]);
+        bytes.extend_from_slice(&ip.octets());
+        bytes.extend_from_slice(&[0; 4]);
+        bytes
+    }
+
+    #[test]
+    fn icmp_errors_are_read_with_their_offender() {
+        let router = Ipv4Addr::new(172, 16, 1, 2);
+        let data = extended_err(libc::SO_EE_ORIGIN_ICMP, 3, 4, 1400, &sockaddr_in(router));
+        assert_eq!(
+            parse_extended_err(&data, 12, false),
+            Some(IcmpReport {
+                v6: false,
+                icmp_type: 3,
+                code: 4,
+                info: 1400,
+                offender: Some(IpAddr::V4(router)),
+                len: 12,
+            })
+        );
+        let router6: Ipv6Addr = "fd01:1::2".parse().unwrap();
+        let data = extended_err(libc::SO_EE_ORIGIN_ICMP6, 3, 0, 0, &sockaddr_in6(router6));
+        let report = parse_extended_err(&data, 5, true).expect("an ICMPv6 error");
+        assert_eq!(report.offender, Some(IpAddr::V6(router6)));
+        assert_eq!((report.icmp_type, report.code), (3, 0));
+    }
+
+    #[test]
+    fn local_errors_and_unknown_offenders_are_told_apart() {
+        let local = extended_err(libc::SO_EE_ORIGIN_LOCAL, 0, 0, 1500, &[0; 16]);
+        assert_eq!(
+            parse_extended_err(&local, 0, false),
+            None,
+            "not an ICMP error"
+        );
+        let unspec = extended_err(libc::SO_EE_ORIGIN_ICMP, 11, 0, 0, &[0; 16]);
+        let report = parse_extended_err(&unspec, 0, false).expect("an ICMP error");
+        assert_eq!(report.offender, None, "AF_UNSPEC: no offender");
+        assert_eq!(parse_extended_err(&[0; 8], 0, false), None, "truncated");
+    }
+}
