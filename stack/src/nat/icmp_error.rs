@@ -57,8 +57,11 @@ pub fn udp_transport(quote: &Quote, quoted_payload: &[u8]) -> Vec<u8> {
 
 /// The transport part to quote for an echo flow: the echo request the router quoted, its
 /// identifier (the host ping socket's) put back to the guest's and the checksum adjusted
-/// to match (RFC 1624), so the guest's ping finds its own request. Shorter than an echo
-/// header (a broken router), the guest's latest request header is used instead.
+/// for that (RFC 1624), so the guest's ping finds its own request. For ICMP that restores
+/// the guest's checksum exactly; an ICMPv6 checksum also covers the source address, which
+/// was the host's, so there it stays off by that difference (no receiver checks a quoted
+/// checksum). Shorter than an echo header (a broken router), the guest's latest request
+/// header is used instead.
 pub fn echo_transport(quote: &Quote, quoted_message: &[u8], guest_ident: u16) -> Vec<u8> {
     let mut message = quoted_message.to_vec();
     let Some(header) = message.get_mut(..8) else {
