@@ -38,6 +38,7 @@ const R1: Ipv4Addr = Ipv4Addr::new(172, 16, 1, 2);
 const R2: Ipv4Addr = Ipv4Addr::new(172, 16, 2, 2);
 const FAR: Ipv4Addr = Ipv4Addr::new(172, 16, 3, 2);
 const R1_6: Ipv6Addr = Ipv6Addr::new(0xfd01, 1, 0, 0, 0, 0, 0, 2);
+const R2_6: Ipv6Addr = Ipv6Addr::new(0xfd01, 2, 0, 0, 0, 0, 0, 2);
 const FAR_6: Ipv6Addr = Ipv6Addr::new(0xfd01, 3, 0, 0, 0, 0, 0, 2);
 /// How long the guest waits for an ICMP error or an echo.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -411,6 +412,8 @@ fn traceroute_names_both_routers(mode: Mode) {
     assert!(relayed >= 9, "{relayed} ICMP errors relayed");
 }
 
+/// `-6`: a UDP probe with hop limit 1 hears ICMPv6 time exceeded from r1, hop limit 8
+/// reaches the far host; `ping -6 -t 1` and `traceroute -6` too.
 fn ipv6_probe_with_hop_limit_1_hears_time_exceeded(mode: Mode) {
     let env = Env::new(mode);
     let network = far_network(&env);
@@ -460,6 +463,28 @@ fn ipv6_probe_with_hop_limit_1_hears_time_exceeded(mode: Mode) {
         text.contains(&format!("From {R1_6} icmp_seq=1 Time exceeded: Hop limit")),
         "ping -6 -t 1: {text}"
     );
+
+    let out = env.guest_cmd(&[
+        "traceroute",
+        "-6",
+        "-n",
+        "-w",
+        "3",
+        "-m",
+        "6",
+        &FAR_6.to_string(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("traceroute -6 from the guest:\n{text}");
+    assert!(out.status.success(), "traceroute -6 failed: {out:?}");
+    let hops: Vec<&str> = text.lines().skip(1).collect();
+    assert_eq!(hops.len(), 3, "r1, r2, the far host:\n{text}");
+    for (hop, addr) in hops.iter().zip([R1_6, R2_6, FAR_6]) {
+        assert!(
+            hop.contains(&format!(" {addr} ")),
+            "{addr} in {hop:?}:\n{text}"
+        );
+    }
 }
 
 /// `--enable-sandbox --enable-seccomp`: the error queue is read with recvmsg, which the
