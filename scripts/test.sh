@@ -29,6 +29,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(
     iproute2 iputils-ping procps util-linux passwd
     ncat socat iperf3 jq udhcpc "dnsmasq-base|dnsmasq-base-lua" curl python3 tcpdump iptables
+    traceroute
     slirp4netns passt
     rootlesskit uidmap "busybox|busybox-static"
     gcc libc6-dev pkg-config ca-certificates

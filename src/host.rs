@@ -7,7 +7,7 @@
 
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
-use rslirp_stack::{CloseMode, FlowId, HostError, HostIo, HostResult, SourceAddr};
+use rslirp_stack::{CloseMode, FlowId, HostError, HostIo, HostResult, IcmpReport, SourceAddr};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::collections::HashMap;
 use std::io::{self, Read};
@@ -345,6 +345,7 @@ impl HostIo for RealHost {
 
     fn udp_open(&mut self, flow: FlowId, remote: SocketAddr, source: SourceAddr) -> HostResult<()> {
         let socket = self.open(flow, remote.ip(), Type::DGRAM, None, source)?;
+        enable_recverr(socket, remote.is_ipv6());
         socket.connect(&SockAddr::from(remote)).map_err(host_error)
     }
 
@@ -383,6 +384,7 @@ impl HostIo for RealHost {
             Some(protocol),
             SourceAddr::Outbound,
         )?;
+        enable_recverr(socket, remote.is_ipv6());
         socket
             .connect(&SockAddr::from(SocketAddr::new(remote, 0)))
             .map_err(host_error)
@@ -394,6 +396,21 @@ impl HostIo for RealHost {
 
     fn ping_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<usize> {
         self.tcp_recv(flow, buf)
+    }
+
+    fn recv_icmp_error(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<Option<IcmpReport>> {
+        let fd = self.socket(flow)?.as_raw_fd();
+        // Errors of the host's own making (a local EMSGSIZE, say) are skipped; the queue is
+        // bounded by the socket's receive buffer, so this ends.
+        loop {
+            match recv_error_queue(fd, buf) {
+                Ok(Some(report)) => return Ok(Some(report)),
+                Ok(None) => continue,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(err) => return Err(host_error(err)),
+            }
+        }
     }
 
     fn close(&mut self, flow: FlowId, mode: CloseMode) {
@@ -424,5 +441,192 @@ fn send(socket: &Socket, data: &[u8]) -> HostResult<usize> {
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
             result => return result.map_err(host_error),
         }
+    }
+}
+
+/// Ask the kernel to queue the ICMP errors the network sends about the socket's datagrams
+/// (IP_RECVERR / IPV6_RECVERR), with who sent them and what they quote, so that they can be
+/// relayed to the guest. Without it a connected socket learns only an errno, and only of
+/// some errors (not of time exceeded). Failing, the flow works on without the relay.
+fn enable_recverr(socket: &Socket, v6: bool) {
+    let (level, name) = if v6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_RECVERR)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_RECVERR)
+    };
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from `on`, a live local; the fd
+    // is open for as long as `socket` is borrowed.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        log::debug!(
+            "cannot enable ICMP error reports on a host socket: {}",
+            io::Error::last_os_error()
+        );
+    }
+}
+
+/// `struct sock_extended_err`: errno, origin, type, code, pad, info, data.
+const EXTENDED_ERR_LEN: usize = 16;
+
+/// Take one entry of the socket's error queue (recvmsg with MSG_ERRQUEUE): its quoted bytes
+/// into `buf`, and what the kernel says of it. `Ok(None)`: an entry that is no ICMP error.
+fn recv_error_queue(fd: std::os::fd::RawFd, buf: &mut [u8]) -> io::Result<Option<IcmpReport>> {
+    // Room for one cmsghdr with the extended error and an IPv6 offender address; u64s for
+    // the cmsghdr's alignment.
+    let mut control = [0u64; 16];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain old data, for which all zeroes is a valid (empty) value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: every pointer in `msg` (the iovec over `buf`, the control buffer) points to
+    // memory we own and keep alive across the call, with the lengths given; the kernel
+    // writes within them.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let len = n as usize;
+    // SAFETY: CMSG_FIRSTHDR / CMSG_NXTHDR walk the control messages the kernel wrote into
+    // `control`, bounded by `msg.msg_controllen`, and return null past the last.
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    while !cmsg.is_null() {
+        // SAFETY: `cmsg` is non-null and points to a complete cmsghdr inside `control`.
+        let header = unsafe { &*cmsg };
+        let v4 = header.cmsg_level == libc::SOL_IP && header.cmsg_type == libc::IP_RECVERR;
+        let v6 = header.cmsg_level == libc::SOL_IPV6 && header.cmsg_type == libc::IPV6_RECVERR;
+        if v4 || v6 {
+            // SAFETY: CMSG_LEN(0) is a constant computation with no memory access.
+            let data_len =
+                (header.cmsg_len as usize).saturating_sub(unsafe { libc::CMSG_LEN(0) } as usize);
+            // SAFETY: the kernel wrote `cmsg_len` bytes of this message, its data after the
+            // header; `data_len` stays within them (and within `control`).
+            let data = unsafe { std::slice::from_raw_parts(libc::CMSG_DATA(cmsg), data_len) };
+            return Ok(parse_extended_err(data, len, v6));
+        }
+        // SAFETY: as above, within `msg`'s control buffer.
+        cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
+    }
+    Ok(None)
+}
+
+/// A `sock_extended_err` (and the offender address after it, SO_EE_OFFENDER) as an
+/// [`IcmpReport`]; `None` unless it is an ICMP error (origin SO_EE_ORIGIN_ICMP[6]).
+fn parse_extended_err(data: &[u8], len: usize, v6: bool) -> Option<IcmpReport> {
+    let ee = data.get(..EXTENDED_ERR_LEN)?;
+    let origin = ee[4];
+    let icmp_origin = if v6 {
+        libc::SO_EE_ORIGIN_ICMP6
+    } else {
+        libc::SO_EE_ORIGIN_ICMP
+    };
+    if origin != icmp_origin {
+        return None;
+    }
+    let info = u32::from_ne_bytes([ee[8], ee[9], ee[10], ee[11]]);
+    let offender = data.get(EXTENDED_ERR_LEN..).and_then(parse_sockaddr);
+    Some(IcmpReport {
+        v6,
+        icmp_type: ee[5],
+        code: ee[6],
+        info,
+        offender,
+        len,
+    })
+}
+
+/// The address of a `sockaddr_in` / `sockaddr_in6` the kernel wrote (AF_UNSPEC: none).
+fn parse_sockaddr(bytes: &[u8]) -> Option<IpAddr> {
+    let family = i32::from(u16::from_ne_bytes([*bytes.first()?, *bytes.get(1)?]));
+    if family == libc::AF_INET {
+        let octets: [u8; 4] = bytes.get(4..8)?.try_into().ok()?;
+        Some(IpAddr::V4(Ipv4Addr::from(octets)))
+    } else if family == libc::AF_INET6 {
+        let octets: [u8; 16] = bytes.get(8..24)?.try_into().ok()?;
+        Some(IpAddr::V6(Ipv6Addr::from(octets)))
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `sock_extended_err` as Linux writes it, followed by the offender's sockaddr.
+    fn extended_err(origin: u8, icmp_type: u8, code: u8, info: u32, offender: &[u8]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&(libc::EHOSTUNREACH as u32).to_ne_bytes());
+        bytes.extend_from_slice(&[origin, icmp_type, code, 0]);
+        bytes.extend_from_slice(&info.to_ne_bytes());
+        bytes.extend_from_slice(&0u32.to_ne_bytes());
+        bytes.extend_from_slice(offender);
+        bytes
+    }
+
+    fn sockaddr_in(ip: Ipv4Addr) -> Vec<u8> {
+        let mut bytes = (libc::AF_INET as u16).to_ne_bytes().to_vec();
+        bytes.extend_from_slice(&[0, 0]);
+        bytes.extend_from_slice(&ip.octets());
+        bytes.extend_from_slice(&[0; 8]);
+        bytes
+    }
+
+    fn sockaddr_in6(ip: Ipv6Addr) -> Vec<u8> {
+        let mut bytes = (libc::AF_INET6 as u16).to_ne_bytes().to_vec();
+        bytes.extend_from_slice(&[0; 6]);
+        bytes.extend_from_slice(&ip.octets());
+        bytes.extend_from_slice(&[0; 4]);
+        bytes
+    }
+
+    #[test]
+    fn icmp_errors_are_read_with_their_offender() {
+        let router = Ipv4Addr::new(172, 16, 1, 2);
+        let data = extended_err(libc::SO_EE_ORIGIN_ICMP, 3, 4, 1400, &sockaddr_in(router));
+        assert_eq!(
+            parse_extended_err(&data, 12, false),
+            Some(IcmpReport {
+                v6: false,
+                icmp_type: 3,
+                code: 4,
+                info: 1400,
+                offender: Some(IpAddr::V4(router)),
+                len: 12,
+            })
+        );
+        let router6: Ipv6Addr = "fd01:1::2".parse().unwrap();
+        let data = extended_err(libc::SO_EE_ORIGIN_ICMP6, 3, 0, 0, &sockaddr_in6(router6));
+        let report = parse_extended_err(&data, 5, true).expect("an ICMPv6 error");
+        assert_eq!(report.offender, Some(IpAddr::V6(router6)));
+        assert_eq!((report.icmp_type, report.code), (3, 0));
+    }
+
+    #[test]
+    fn local_errors_and_unknown_offenders_are_told_apart() {
+        let local = extended_err(libc::SO_EE_ORIGIN_LOCAL, 0, 0, 1500, &[0; 16]);
+        assert_eq!(
+            parse_extended_err(&local, 0, false),
+            None,
+            "not an ICMP error"
+        );
+        let unspec = extended_err(libc::SO_EE_ORIGIN_ICMP, 11, 0, 0, &[0; 16]);
+        let report = parse_extended_err(&unspec, 0, false).expect("an ICMP error");
+        assert_eq!(report.offender, None, "AF_UNSPEC: no offender");
+        assert_eq!(parse_extended_err(&[0; 8], 0, false), None, "truncated");
     }
 }

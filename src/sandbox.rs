@@ -743,6 +743,8 @@ pub fn allowed_syscalls() -> Result<Rules, seccompiler::BackendError> {
         libc::SYS_setsockopt,
         libc::SYS_recvfrom,
         libc::SYS_sendto,
+        // The ICMP errors queued on UDP and ping sockets (MSG_ERRQUEUE needs recvmsg).
+        libc::SYS_recvmsg,
     ] {
         allow(nr, vec![]);
     }

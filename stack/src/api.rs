@@ -439,6 +439,9 @@ struct Counters {
     host_exhausted: u64,
     dns_retries: u64,
     dns_retry_forgotten: u64,
+    icmp_errors_relayed: u64,
+    icmp_error_rate_drops: u64,
+    icmp_errors_unrelayed: u64,
 }
 
 /// One active flow, as `list_flows` reports it. `rx_bytes` came from the guest, `tx_bytes`
@@ -524,6 +527,9 @@ pub fn stats_reply(stats: &Stats) -> Vec<u8> {
                 host_exhausted: stats.host_exhausted,
                 dns_retries: stats.dns_retries,
                 dns_retry_forgotten: stats.dns_retry_forgotten,
+                icmp_errors_relayed: stats.icmp_errors_relayed,
+                icmp_error_rate_drops: stats.icmp_error_rate_drops,
+                icmp_errors_unrelayed: stats.icmp_errors_unrelayed,
             },
         },
     })
@@ -1163,6 +1169,9 @@ mod tests {
             host_exhausted: 40,
             dns_retries: 42,
             dns_retry_forgotten: 43,
+            icmp_errors_relayed: 44,
+            icmp_error_rate_drops: 45,
+            icmp_errors_unrelayed: 46,
         };
         assert_eq!(
             String::from_utf8_lossy(&stats_reply(&stats)),
@@ -1181,7 +1190,8 @@ mod tests {
                 r#""ip_frag_reassembled":31,"ip_frag_timeouts":32,"ip_frag_overlaps":33,"#,
                 r#""ip_frag_datagram_evictions":34,"ip_frag_byte_evictions":35,"#,
                 r#""ip_frag_fragmented":36,"ip_frag_pending":37,"ip_frag_bytes":38,"host_exhausted":40,"#,
-                r#""dns_retries":42,"dns_retry_forgotten":43}}}"#
+                r#""dns_retries":42,"dns_retry_forgotten":43,"#,
+                r#""icmp_errors_relayed":44,"icmp_error_rate_drops":45,"icmp_errors_unrelayed":46}}}"#
             )
         );
     }

@@ -187,6 +187,12 @@ pub struct Limits {
     pub max_syn_rate: u32,
     /// SYNs admitted at once above the rate (a burst of connections after a quiet time).
     pub syn_burst: u32,
+    /// ICMP errors the host reports on flows' sockets (time exceeded, unreachable, packet
+    /// too big) relayed to the guest per second, all flows together; beyond it they are
+    /// dropped, as a router rate-limits the errors it sends (Linux: 1,000/s). 0: no limit.
+    pub max_icmp_error_rate: u32,
+    /// Errors relayed at once above the rate (a traceroute's burst of probes).
+    pub icmp_error_burst: u32,
     /// Each-way buffer every TCP flow is sure to get: the budget always keeps this much for
     /// each flow `max_tcp_flows` still allows, so it never refuses a flow before the table
     /// is full (as long as `max_tcp_flows` such flows fit the budget).
@@ -225,6 +231,8 @@ impl Default for Limits {
             tcp_small_buffer: 64 << 10,
             max_syn_rate: 10_000,
             syn_burst: 2_000,
+            max_icmp_error_rate: 1_000,
+            icmp_error_burst: 100,
             tcp_min_buffer: 4 << 10,
             tcp_rx_buffer: 1 << 20,
             tcp_tx_buffer: 1 << 20,

@@ -97,6 +97,26 @@ pub struct HostEvent {
     pub error: bool,
 }
 
+/// An ICMP error the host kernel queued on a flow's UDP or ping socket (IP_RECVERR /
+/// IPV6_RECVERR): a router on the path, or the remote itself, refused a datagram the flow
+/// sent. The stack relays it to the guest (see `nat::icmp_error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IcmpReport {
+    /// ICMPv6 (an IPv6 socket) rather than ICMP.
+    pub v6: bool,
+    pub icmp_type: u8,
+    pub code: u8,
+    /// The kernel's `ee_info`: the next-hop MTU of "fragmentation needed" (ICMP) or
+    /// "packet too big" (ICMPv6); 0 otherwise.
+    pub info: u32,
+    /// Who sent the error (SO_EE_OFFENDER), if the kernel says.
+    pub offender: Option<IpAddr>,
+    /// How many bytes of the quoted datagram were written to the caller's buffer: for a
+    /// UDP socket what followed the quoted UDP header, for a ping socket the quoted ICMP
+    /// message from its header on (with the host socket's identifier), as Linux returns them.
+    pub len: usize,
+}
+
 /// The host side of every flow. Implemented by `src/host.rs` with real sockets and by
 /// [`crate::testing::SimHost`] in memory.
 pub trait HostIo {
@@ -140,6 +160,16 @@ pub trait HostIo {
     fn ping_send(&mut self, flow: FlowId, message: &[u8], hop_limit: u8) -> HostResult<()>;
     /// Receive one ICMP message (an echo reply, header + payload).
     fn ping_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<usize>;
+
+    /// Take the oldest ICMP error queued on the flow's UDP or ping socket, its quoted datagram
+    /// copied into `buf` (truncated to it); `Ok(None)` when none is queued. Errors of other
+    /// origins (the host's own, e.g. a local EMSGSIZE) are skipped. Taking the last one
+    /// clears the socket's pending error (SO_ERROR) it had set, as Linux does. A host that
+    /// does not ask for ICMP errors has none.
+    fn recv_icmp_error(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<Option<IcmpReport>> {
+        let _ = (flow, buf);
+        Ok(None)
+    }
 
     /// Close and forget the flow's host socket. Idempotent.
     fn close(&mut self, flow: FlowId, mode: CloseMode);

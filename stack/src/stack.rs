@@ -7,11 +7,12 @@
 use crate::api::{self, ApiError, Request};
 use crate::config::{BufferTier, Config};
 use crate::forward::{Forward, ForwardError, ForwardProto, ForwardSpec, ForwardTable};
-use crate::io::{CloseMode, FlowId, HostError, HostEvent, HostIo, SourceAddr};
+use crate::io::{CloseMode, FlowId, HostError, HostEvent, HostIo, IcmpReport, SourceAddr};
 use crate::ip::{FragKey, Fragment, Reassembled, Reassembler};
 use crate::link::arp::{self, ArpOutcome};
 use crate::link::{Offload, TxQueue};
 use crate::nat::icmp::{send_echo_reply, IcmpFlow};
+use crate::nat::icmp_error::{echo_transport, is_port_unreachable, send_icmp_error, udp_transport};
 use crate::nat::idle::IdleOrder;
 use crate::nat::rate::TokenBucket;
 use crate::nat::tcp::{Lifetime, TcpFlow, TcpParams, Verdict};
@@ -146,6 +147,8 @@ pub struct Stack {
     /// Admits the guest's new connections at `max_syn_rate` (a flood of SYNs must not
     /// cost a host socket each).
     syn_rate: TokenBucket,
+    /// Relays the ICMP errors the host reports at `max_icmp_error_rate`.
+    icmp_error_rate: TokenBucket,
 }
 
 /// What became of a frame handed to the tap by [`Stack::poll_transmit`].
@@ -210,6 +213,11 @@ impl Stack {
             spare_tcp: Vec::new(),
             limit_reports: LimitReports::default(),
             syn_rate: TokenBucket::new(limits.max_syn_rate, limits.syn_burst, now),
+            icmp_error_rate: TokenBucket::new(
+                limits.max_icmp_error_rate,
+                limits.icmp_error_burst,
+                now,
+            ),
             dns_upstreams: Vec::new(),
             dns_preferred: 0,
             // Soon after start, when the guest's link is likely up.
@@ -333,6 +341,11 @@ impl Stack {
                 self.apply_tcp_verdict(now, id, verdict, host);
             }
             Flow::Udp(_) | Flow::Icmp(_) => {
+                if event.error {
+                    // ICMP errors the kernel queued (IP_RECVERR): relayed before any data,
+                    // which also clears the socket error they set.
+                    self.relay_icmp_errors(now, id, host);
+                }
                 if event.readable || event.error {
                     self.read_datagrams(now, id, &key, host);
                 }
@@ -1100,16 +1113,27 @@ impl Stack {
                     ReadOutcome::Drained => {}
                     ReadOutcome::Starved => self.starved.push(id),
                     ReadOutcome::RetryDns => self.retry_dns(now, id, host),
+                    ReadOutcome::Failed(_) if self.relay_icmp_errors(now, id, host) > 0 => {
+                        // The error was an ICMP error the kernel also queued in full (who
+                        // sent it, which datagram): relayed as it is; read on.
+                        self.read_datagrams(now, id, key, host);
+                    }
                     ReadOutcome::Failed(HostError::ConnectionRefused)
-                        if udp
-                            .dns_retry
-                            .as_ref()
-                            .is_some_and(|r| r.pending.iter().any(|p| p.tries < upstreams)) =>
+                        if self.flows.get(id).is_some_and(|flow| {
+                            matches!(flow, Flow::Udp(udp) if udp
+                                .dns_retry
+                                .as_ref()
+                                .is_some_and(|r| r.pending.iter().any(|p| p.tries < upstreams)))
+                        }) =>
                     {
                         // Nothing listens at this nameserver: try the next one.
                         self.retry_dns(now, id, host)
                     }
                     ReadOutcome::Failed(err) => {
+                        let Some(Flow::Udp(udp)) = self.flows.get(id) else {
+                            return;
+                        };
+                        let (tx, stats) = (&mut self.tx, &mut self.stats);
                         let refusal = match Refusal::from_host_error(err) {
                             Refusal::Reset if err != HostError::ConnectionRefused => {
                                 Refusal::Silent
@@ -1122,11 +1146,107 @@ impl Stack {
             }
             Some(Flow::Icmp(icmp)) => {
                 let guest = (guest_ip, key.guest.port());
-                if !icmp.read_host(now, id, guest, remote_ip, host, tx, stats, scratch) {
-                    self.starved.push(id);
+                match icmp.read_host(now, id, guest, remote_ip, host, tx, stats, scratch) {
+                    ReadOutcome::Starved => self.starved.push(id),
+                    ReadOutcome::Failed(_) if self.relay_icmp_errors(now, id, host) > 0 => {
+                        self.read_datagrams(now, id, key, host);
+                    }
+                    // Reading stops until the next readiness, as before the error.
+                    _ => {}
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Relay the ICMP errors queued on a UDP or echo flow's host socket to the guest,
+    /// within `max_icmp_error_rate`; returns how many the host had. A DNS query whose
+    /// nameserver does not listen goes to the next one instead (as on ECONNREFUSED).
+    fn relay_icmp_errors(&mut self, now: Instant, id: FlowId, host: &mut impl HostIo) -> usize {
+        let Some(key) = self.flows.key(id) else {
+            return 0;
+        };
+        let upstreams = self.dns_upstreams.len();
+        let mut taken = 0;
+        let mut retry_dns = false;
+        // The host's queue is bounded (by the socket's receive buffer): drained whole, as
+        // its readiness is edge-triggered.
+        loop {
+            let report = match host.recv_icmp_error(id, &mut self.scratch) {
+                Ok(Some(report)) => report,
+                Ok(None) => break,
+                Err(err) => {
+                    log::debug!("{id:?}: reading queued ICMP errors failed: {err}");
+                    break;
+                }
+            };
+            taken += 1;
+            let quoted = &self.scratch[..report.len.min(self.scratch.len())];
+            let (quote, transport, peer) = match self.flows.get(id) {
+                Some(Flow::Udp(udp)) => {
+                    let retry = udp
+                        .dns_retry
+                        .as_ref()
+                        .is_some_and(|r| r.pending.iter().any(|p| p.tries < upstreams));
+                    if retry && is_port_unreachable(&report) {
+                        retry_dns = true;
+                        continue;
+                    }
+                    let transport = udp_transport(&udp.quote, quoted);
+                    (udp.quote.clone(), transport, udp.counters.host)
+                }
+                Some(Flow::Icmp(icmp)) => {
+                    let transport = echo_transport(&icmp.quote, quoted, key.guest.port());
+                    (icmp.quote.clone(), transport, icmp.counters.host)
+                }
+                _ => break,
+            };
+            if !self.icmp_error_rate.take(now) {
+                self.stats.icmp_error_rate_drops += 1;
+                continue;
+            }
+            let from = self.icmp_error_source(&key, peer, &report);
+            let (tx, stats) = (&mut self.tx, &mut self.stats);
+            if send_icmp_error(tx, stats, from, &report, &quote, &transport) {
+                log::debug!(
+                    "{id:?}: relayed ICMP{} type {} code {} from {from} to the guest",
+                    if report.v6 { "v6" } else { "" },
+                    report.icmp_type,
+                    report.code
+                );
+                self.stats.icmp_errors_relayed += 1;
+            } else {
+                log::debug!("{id:?}: cannot relay {report:?}");
+                self.stats.icmp_errors_unrelayed += 1;
+            }
+        }
+        if retry_dns {
+            self.retry_dns(now, id, host);
+        }
+        taken
+    }
+
+    /// Where the guest sees an ICMP error about one of its flows come from: the remote
+    /// itself as the address the guest sent to (the NAT may have chosen another target:
+    /// host loopback for the gateway, a nameserver for the DNS forwarder); a router as its
+    /// own address, unless the guest could not route to it (host loopback, the virtual
+    /// network), which then appears as the gateway.
+    fn icmp_error_source(
+        &self,
+        key: &FlowKey,
+        peer: Option<SocketAddr>,
+        report: &IcmpReport,
+    ) -> IpAddr {
+        match report.offender {
+            Some(ip) if peer.is_some_and(|peer| peer.ip() == ip) => key.remote.ip(),
+            Some(ip) => self
+                .guest_visible(SocketAddr::new(ip, 0), key.guest.ip())
+                .ip(),
+            None if is_port_unreachable(report) => key.remote.ip(),
+            None => match key.guest.ip() {
+                IpAddr::V4(_) => IpAddr::V4(self.config.network.gateway()),
+                IpAddr::V6(_) => IpAddr::V6(crate::config::IPV6_GATEWAY),
+            },
         }
     }
 
@@ -1199,7 +1319,18 @@ impl Stack {
             }
             return;
         }
-        let sent = host.udp_send(id, data, inbound.quote.hop_limit());
+        let hop_limit = inbound.quote.hop_limit();
+        let mut sent = host.udp_send(id, data, hop_limit);
+        if matches!(sent, Err(err) if err != HostError::WouldBlock)
+            && self.relay_icmp_errors(now, id, host) > 0
+        {
+            // The error was the network's answer to an earlier datagram (Linux fails the
+            // next send with it once): relayed in full; this datagram goes out after all.
+            sent = host.udp_send(id, data, hop_limit);
+        }
+        let Some(Flow::Udp(udp)) = self.flows.get_mut(id) else {
+            return;
+        };
         let mut dns_due = None;
         if let Some(retry) = udp.dns_retry.as_deref_mut() {
             let deadline = now + self.config.timeouts.dns_retry;
@@ -1465,11 +1596,13 @@ impl Stack {
             return;
         }
         let (src, dst) = (IpAddr::V4(ip.src_addr), IpAddr::V4(ip.dst_addr));
-        self.forward_echo(now, src, dst, ident, payload, ip.hop_limit, host);
+        let quote = Quote::new(ip, payload);
+        self.forward_echo(now, src, dst, ident, payload, quote, host);
     }
 
-    /// Carry a guest's echo request (`message`: the whole ICMP/ICMPv6 message) through a
-    /// host ping socket, one flow per guest identifier and destination.
+    /// Carry a guest's echo request (`message`: the whole ICMP/ICMPv6 message, `quote`: its
+    /// start, for errors about it) through a host ping socket, one flow per guest
+    /// identifier and destination.
     #[allow(clippy::too_many_arguments)]
     fn forward_echo(
         &mut self,
@@ -1478,7 +1611,7 @@ impl Stack {
         dst: IpAddr,
         ident: u16,
         message: &[u8],
-        hop_limit: u8,
+        quote: Quote,
         host: &mut impl HostIo,
     ) {
         if self.host_target(dst, 0).is_err() {
@@ -1493,7 +1626,8 @@ impl Stack {
         let id = match self.flows.lookup(&key) {
             Some(id) => id,
             None => {
-                let mut flow = IcmpFlow::new(now, self.config.timeouts.icmp_idle);
+                let idle = self.config.timeouts.icmp_idle;
+                let mut flow = IcmpFlow::new(now, idle, quote.clone());
                 flow.counters.host = Some(SocketAddr::new(dst, 0));
                 let flow = Flow::Icmp(flow);
                 let Some(id) =
@@ -1504,12 +1638,22 @@ impl Stack {
                 id
             }
         };
+        let hop_limit = quote.hop_limit();
         if let Some(Flow::Icmp(icmp)) = self.flows.get_mut(id) {
             icmp.last_active = now;
             icmp.counters.from_guest += message.len() as u64;
+            icmp.quote = quote;
         }
         if let Err(err) = host.ping_send(id, message, hop_limit) {
-            log::debug!("{id:?}: ping send failed: {err}");
+            // An error the network reported about an earlier request (it failed this
+            // send, as Linux reports it once): relay it, then send this one after all.
+            if err != HostError::WouldBlock && self.relay_icmp_errors(now, id, host) > 0 {
+                if let Err(err) = host.ping_send(id, message, hop_limit) {
+                    log::debug!("{id:?}: ping send failed: {err}");
+                }
+            } else {
+                log::debug!("{id:?}: ping send failed: {err}");
+            }
         }
     }
 

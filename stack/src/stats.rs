@@ -90,6 +90,14 @@ pub struct Stats {
     /// DNS queries not remembered for a retry because `max_dns_retry_queries` of their
     /// flow were in flight.
     pub dns_retry_forgotten: u64,
+    /// ICMP errors the host reported on flows' sockets (time exceeded, unreachable, packet
+    /// too big) relayed to the guest.
+    pub icmp_errors_relayed: u64,
+    /// Such errors dropped beyond `max_icmp_error_rate`.
+    pub icmp_error_rate_drops: u64,
+    /// Such errors not relayed because ICMP has no message the guest could take for them
+    /// (e.g. parameter problem, source quench).
+    pub icmp_errors_unrelayed: u64,
 }
 
 use crate::config::Limits;
@@ -116,12 +124,13 @@ pub enum Limit {
     ReassemblyDatagrams,
     ReassemblyBytes,
     SynRate,
+    IcmpErrorRate,
     /// Not a limit of ours: the host's (file descriptors, ports, memory).
     HostExhausted,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 16] = [
+    pub const ALL: [Limit; 17] = [
         Limit::TcpFlows,
         Limit::TimeWait,
         Limit::HalfOpen,
@@ -137,6 +146,7 @@ impl Limit {
         Limit::ReassemblyDatagrams,
         Limit::ReassemblyBytes,
         Limit::SynRate,
+        Limit::IcmpErrorRate,
         Limit::HostExhausted,
     ];
 
@@ -157,6 +167,7 @@ impl Limit {
             Limit::ReassemblyDatagrams => "max_reassembly_datagrams",
             Limit::ReassemblyBytes => "max_reassembly_bytes",
             Limit::SynRate => "max_syn_rate",
+            Limit::IcmpErrorRate => "max_icmp_error_rate",
             Limit::HostExhausted => "host resources",
         }
     }
@@ -177,6 +188,7 @@ impl Limit {
             Limit::ReassemblyDatagrams => limits.max_reassembly_datagrams,
             Limit::ReassemblyBytes => limits.max_reassembly_bytes,
             Limit::SynRate => limits.max_syn_rate as usize,
+            Limit::IcmpErrorRate => limits.max_icmp_error_rate as usize,
             Limit::HostExhausted => 0,
         }
     }
@@ -201,6 +213,7 @@ impl Limit {
                 "the oldest incomplete fragmented datagrams dropped"
             }
             Limit::SynRate => "new connections' SYNs dropped (the guest retransmits them)",
+            Limit::IcmpErrorRate => "ICMP errors from the host's network not relayed to the guest",
             Limit::HostExhausted => {
                 "new flows refused (RST / ICMP), forward accepts retried shortly"
             }
@@ -225,6 +238,7 @@ impl Limit {
             Limit::ReassemblyDatagrams => stats.ip_frag_datagram_evictions,
             Limit::ReassemblyBytes => stats.ip_frag_byte_evictions,
             Limit::SynRate => stats.tcp_syn_rate_drops,
+            Limit::IcmpErrorRate => stats.icmp_error_rate_drops,
             Limit::HostExhausted => stats.host_exhausted,
         }
     }
@@ -339,6 +353,7 @@ mod tests {
                 Limit::ReassemblyDatagrams => probe.ip_frag_datagram_evictions = 1,
                 Limit::ReassemblyBytes => probe.ip_frag_byte_evictions = 1,
                 Limit::SynRate => probe.tcp_syn_rate_drops = 1,
+                Limit::IcmpErrorRate => probe.icmp_error_rate_drops = 1,
                 Limit::HostExhausted => probe.host_exhausted = 1,
             }
             let hit: Vec<Limit> = Limit::ALL

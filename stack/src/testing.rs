@@ -18,7 +18,9 @@ pub use scenario::{complete_checksum, Scenario, START};
 
 /// The in-memory host.
 pub mod host {
-    use crate::io::{CloseMode, FlowId, HostError, HostEvent, HostIo, HostResult, SourceAddr};
+    use crate::io::{
+        CloseMode, FlowId, HostError, HostEvent, HostIo, HostResult, IcmpReport, SourceAddr,
+    };
     use core::net::{IpAddr, SocketAddr};
     use std::collections::{HashMap, VecDeque};
 
@@ -76,6 +78,8 @@ pub mod host {
         pub source: SourceAddr,
         /// The TTL / hop limit of each datagram sent, in order (not taken by `udp_sent`).
         pub sent_hop_limits: Vec<u8>,
+        /// ICMP errors queued as IP_RECVERR queues them, each with its quoted bytes.
+        pub icmp_errors: VecDeque<(IcmpReport, Vec<u8>)>,
     }
 
     impl SimSocket {
@@ -97,6 +101,7 @@ pub mod host {
                 ping_ident: 0,
                 source: SourceAddr::Outbound,
                 sent_hop_limits: Vec::new(),
+                icmp_errors: VecDeque::new(),
             }
         }
 
@@ -341,6 +346,27 @@ pub mod host {
             error_event(flow)
         }
 
+        /// The network answers a datagram of the flow's UDP or ping socket with an ICMP error,
+        /// as Linux reports it with IP_RECVERR: queued with `quoted` (for UDP what followed
+        /// the UDP header, for ping the echo request with the socket's identifier), and the
+        /// socket's pending error set to its errno until the queue is read.
+        pub fn icmp_error(&mut self, flow: FlowId, report: IcmpReport, quoted: &[u8]) -> HostEvent {
+            let socket = self.expect_mut(flow);
+            assert!(
+                matches!(socket.kind, SocketKind::Udp | SocketKind::Ping) && !socket.is_closed(),
+                "test bug: icmp_error on {flow:?}, a {:?} socket in state {:?}",
+                socket.kind,
+                socket.state
+            );
+            socket.pending_error = Some(icmp_errno(&report));
+            let report = IcmpReport {
+                len: quoted.len(),
+                ..report
+            };
+            socket.icmp_errors.push_back((report, quoted.to_vec()));
+            error_event(flow)
+        }
+
         /// A UDP datagram (payload) or an ICMP message (header + payload) arrives on the
         /// flow's socket.
         pub fn deliver_datagram(&mut self, flow: FlowId, data: &[u8]) -> HostEvent {
@@ -562,7 +588,7 @@ pub mod host {
                         || socket.eof_from_peer
                         || socket.pending_error.is_some()),
                 writable: socket.state == SocketState::Connected && socket.send_room() > 0,
-                error: socket.pending_error.is_some(),
+                error: socket.pending_error.is_some() || !socket.icmp_errors.is_empty(),
             }
         }
 
@@ -679,7 +705,40 @@ pub mod host {
         }
     }
 
+    /// The errno Linux sets on a socket for an ICMP error (`icmp_err_convert`,
+    /// `icmpv6_err_convert`), as the stack sees it.
+    fn icmp_errno(report: &IcmpReport) -> HostError {
+        match (report.v6, report.icmp_type, report.code) {
+            (false, 3, 3) | (true, 1, 4) => HostError::ConnectionRefused,
+            (false, 3, 0) | (true, 1, 0) => HostError::NetworkUnreachable,
+            (false, 3, 4) | (true, 2, _) => HostError::Other(90), // EMSGSIZE
+            _ => HostError::HostUnreachable,
+        }
+    }
+
     impl HostIo for SimHost {
+        fn recv_icmp_error(
+            &mut self,
+            flow: FlowId,
+            buf: &mut [u8],
+        ) -> HostResult<Option<IcmpReport>> {
+            let socket = self.expect_mut(flow);
+            assert!(
+                matches!(socket.kind, SocketKind::Udp | SocketKind::Ping) && !socket.is_closed(),
+                "stack called recv_icmp_error on {flow:?}, a {:?} socket in state {:?}",
+                socket.kind,
+                socket.state
+            );
+            let Some((report, quoted)) = socket.icmp_errors.pop_front() else {
+                return Ok(None);
+            };
+            // As Linux: the pending error follows the next queued one, or clears.
+            socket.pending_error = socket.icmp_errors.front().map(|(next, _)| icmp_errno(next));
+            let n = quoted.len().min(buf.len());
+            buf[..n].copy_from_slice(&quoted[..n]);
+            Ok(Some(IcmpReport { len: n, ..report }))
+        }
+
         fn tcp_connect(
             &mut self,
             flow: FlowId,
@@ -2170,6 +2229,12 @@ pub mod scenario {
 
         pub fn ping_reply(&mut self, flow: FlowId, seq_no: u16, payload: &[u8]) {
             let event = self.host.ping_reply(flow, seq_no, payload);
+            self.host_event(event);
+        }
+
+        /// See [`SimHost::icmp_error`].
+        pub fn icmp_error(&mut self, flow: FlowId, report: crate::io::IcmpReport, quoted: &[u8]) {
+            let event = self.host.icmp_error(flow, report, quoted);
             self.host_event(event);
         }
 

@@ -88,6 +88,9 @@ pub fn config(flags: u8) -> Config {
             // Two new connections at once, then one every 10 ms of virtual time.
             max_syn_rate: 100,
             syn_burst: 2,
+            // Two errors at once, then one every 10 ms of virtual time.
+            max_icmp_error_rate: 100,
+            icmp_error_burst: 2,
         };
     }
     config
@@ -161,9 +164,13 @@ pub enum Op {
     /// family, dst, ident u32, offset u16 (8-byte units), more, protocol byte, `bytes`: one
     /// fragment with a valid header and any data.
     Fragment,
+    /// socket, type, code, info u16, offender (the remote, a router, loopback or none),
+    /// `bytes`: the network's ICMP error about a UDP or ping socket's datagrams, as
+    /// IP_RECVERR queues it, quoting `bytes`.
+    IcmpError,
 }
 
-pub const OPS: [Op; 30] = [
+pub const OPS: [Op; 31] = [
     Op::RawFrame,
     Op::Ipv4Packet,
     Op::Ipv6Packet,
@@ -194,6 +201,7 @@ pub const OPS: [Op; 30] = [
     Op::Advance,
     Op::Fragments,
     Op::Fragment,
+    Op::IcmpError,
 ];
 
 impl Op {
@@ -439,6 +447,46 @@ impl Fuzz {
                     if let Some(event) = event {
                         self.sim.host_event(event);
                     }
+                }
+            }
+            Op::IcmpError => {
+                let pick = input.byte();
+                let (icmp_type, code) = (input.byte(), input.byte());
+                let info = u32::from(input.u16());
+                let who = input.byte();
+                let data = input.bytes();
+                let datagram = |s: &rslirp_stack::testing::SimSocket| {
+                    matches!(s.kind, SocketKind::Udp | SocketKind::Ping)
+                };
+                let flow = self.sim.socket(pick, datagram);
+                let remote =
+                    flow.and_then(|flow| self.sim.host.socket(flow).map(|s| s.remote.ip()));
+                if let (Some(flow), Some(remote)) = (flow, remote) {
+                    let (router, loopback): (IpAddr, IpAddr) = match remote {
+                        IpAddr::V4(_) => (
+                            Ipv4Addr::new(10, 98, 0, 1).into(),
+                            Ipv4Addr::LOCALHOST.into(),
+                        ),
+                        IpAddr::V6(_) => (
+                            "2001:db8:1::1"
+                                .parse::<Ipv6Addr>()
+                                .expect("an address")
+                                .into(),
+                            Ipv6Addr::LOCALHOST.into(),
+                        ),
+                    };
+                    let offender =
+                        [Some(remote), Some(router), Some(loopback), None][usize::from(who % 4)];
+                    let report = rslirp_stack::IcmpReport {
+                        v6: remote.is_ipv6(),
+                        icmp_type,
+                        code,
+                        info,
+                        offender,
+                        len: 0,
+                    };
+                    let event = self.sim.host.icmp_error(flow, report, data);
+                    self.sim.host_event(event);
                 }
             }
             Op::SetError | Op::Poke => {
@@ -1005,6 +1053,34 @@ pub fn seeds() -> crate::Seeds {
     op(&mut e, Op::Advance);
     e.byte(11);
     seeds.push(("udp-icmp", e.finish()));
+
+    // ICMP errors from the network: time exceeded for a UDP probe (from a router), port
+    // unreachable (from the remote), frag needed with an MTU, time exceeded for an echo
+    // request (from loopback: the gateway), then the flows go on.
+    let mut e = Encoder::new();
+    e.byte(0);
+    op(&mut e, Op::Udp);
+    e.byte(0).byte(2).byte(0).byte(8).u16(33434).bytes(b"probe");
+    op(&mut e, Op::IcmpError);
+    e.byte(0).byte(11).byte(0).u16(0).byte(1).bytes(b"probe");
+    op(&mut e, Op::IcmpError);
+    e.byte(0).byte(3).byte(3).u16(0).byte(0).bytes(b"probe");
+    op(&mut e, Op::IcmpError);
+    e.byte(0).byte(3).byte(4).u16(1280).byte(3).bytes(b"pro");
+    op(&mut e, Op::IcmpEcho);
+    e.byte(0).byte(2).u16(7).u16(1).bytes(b"abcdefgh");
+    op(&mut e, Op::IcmpError);
+    e.byte(1)
+        .byte(11)
+        .byte(0)
+        .u16(0)
+        .byte(2)
+        .bytes(b"\x08\x00\x00\x00\xa0\x00\x00\x01abcdefgh");
+    op(&mut e, Op::Datagram);
+    e.byte(0).u16(1).bytes(b"pong");
+    op(&mut e, Op::Advance);
+    e.byte(11);
+    seeds.push(("icmp-errors", e.finish()));
 
     // DHCP: discover, request.
     let mut e = Encoder::new();

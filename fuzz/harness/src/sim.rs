@@ -461,6 +461,13 @@ impl HostIo for Host {
     fn ping_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<usize> {
         self.sim.ping_recv(self.name(flow), buf)
     }
+    fn recv_icmp_error(
+        &mut self,
+        flow: FlowId,
+        buf: &mut [u8],
+    ) -> HostResult<Option<rslirp_stack::IcmpReport>> {
+        self.sim.recv_icmp_error(self.name(flow), buf)
+    }
     fn close(&mut self, flow: FlowId, mode: CloseMode) {
         self.sim.close(self.name(flow), mode)
     }

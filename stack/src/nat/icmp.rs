@@ -4,7 +4,8 @@
 
 use crate::io::{FlowId, HostError, HostIo};
 use crate::link::TxQueue;
-use crate::nat::{checksum_caps, send_ip, FlowCounters};
+use crate::nat::udp::ReadOutcome;
+use crate::nat::{checksum_caps, send_ip, FlowCounters, Quote};
 use crate::stats::Stats;
 use core::net::IpAddr;
 use smoltcp::time::{Duration, Instant};
@@ -14,15 +15,19 @@ pub struct IcmpFlow {
     pub last_active: Instant,
     pub idle_timeout: Duration,
     pub host_readable: bool,
+    /// The guest's latest echo request, quoted if the host's network reports an error
+    /// about it (time exceeded for `ping -t 1`, say).
+    pub quote: Quote,
     pub counters: FlowCounters,
 }
 
 impl IcmpFlow {
-    pub fn new(now: Instant, idle_timeout: Duration) -> IcmpFlow {
+    pub fn new(now: Instant, idle_timeout: Duration, quote: Quote) -> IcmpFlow {
         IcmpFlow {
             last_active: now,
             idle_timeout,
             host_readable: false,
+            quote,
             counters: FlowCounters::new(now),
         }
     }
@@ -31,8 +36,9 @@ impl IcmpFlow {
         self.last_active + self.idle_timeout
     }
 
-    /// Pass echo replies from the host to the guest. Returns false when stopped by a full
-    /// transmit queue (resume later).
+    /// Pass echo replies from the host to the guest, until the socket is drained, the
+    /// transmit queue is full (resume later) or the socket reports an error (with
+    /// IP_RECVERR, the ICMP error it queued is then relayed by the caller).
     #[allow(clippy::too_many_arguments)]
     pub fn read_host(
         &mut self,
@@ -44,17 +50,21 @@ impl IcmpFlow {
         tx: &mut TxQueue,
         stats: &mut Stats,
         scratch: &mut [u8],
-    ) -> bool {
+    ) -> ReadOutcome {
         self.host_readable = true;
         loop {
             if !tx.has_room() {
-                return false;
+                return ReadOutcome::Starved;
             }
             let len = match host.ping_recv(id, scratch) {
                 Ok(len) => len,
-                Err(HostError::WouldBlock) | Err(_) => {
+                Err(HostError::WouldBlock) => {
                     self.host_readable = false;
-                    return true;
+                    return ReadOutcome::Drained;
+                }
+                Err(err) => {
+                    self.host_readable = false;
+                    return ReadOutcome::Failed(err);
                 }
             };
             let Some((seq_no, data)) = parse_echo_reply(remote, &scratch[..len]) else {

@@ -3,6 +3,7 @@
 //! and the frames we send when we refuse something (RST, ICMP destination unreachable).
 
 pub mod icmp;
+pub mod icmp_error;
 pub mod idle;
 pub mod rate;
 pub mod table;

@@ -236,7 +236,8 @@ impl Stack {
                 if local {
                     send_echo_reply(&mut self.tx, &mut self.stats, dst, src, ident, seq_no, data);
                 } else if in_prefix(ip.src_addr) {
-                    self.forward_echo(now, src, dst, ident, payload, ip.hop_limit, host);
+                    let quote = Quote::new_v6(ip, payload);
+                    self.forward_echo(now, src, dst, ident, payload, quote, host);
                 } else {
                     self.stats.rx_dropped += 1;
                 }

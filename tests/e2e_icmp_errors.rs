@@ -1,0 +1,527 @@
+//! End-to-end: ICMP errors from the host's network reach the guest (issue #15 §2). Two
+//! routers stand between the host namespace (where rslirp runs) and a far host, all in
+//! namespaces this test creates:
+//!
+//! ```text
+//! host ns 172.16.1.1 ── r1 172.16.1.2 | 172.16.2.1 ── r2 172.16.2.2 | 172.16.3.1 ── far 172.16.3.2
+//!         fd01:1::1        fd01:1::2  | fd01:2::1        fd01:2::2  | fd01:3::1        fd01:3::2
+//! ```
+//!
+//! The guest's TTL / hop limit is carried to the host socket, so a probe with TTL 1 expires
+//! at r1; the kernel queues r1's time exceeded on rslirp's socket (IP_RECVERR) and rslirp
+//! sends the guest the same error about its own datagram, from r1's address. traceroute
+//! from the guest then names both routers, and the far host as the last hop.
+
+#[macro_use]
+mod common;
+
+use common::api::{stat, Api};
+use common::net::{self, Server};
+use common::ns::{spawn_in_netns, Netns};
+use common::process::wait_for;
+use common::{Env, Mode, Rslirp, STEP_TIMEOUT, TAP};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+both_modes!(
+    udp_probe_with_ttl_1_hears_time_exceeded_from_the_first_router,
+    ping_with_ttl_1_hears_time_exceeded,
+    udp_to_a_closed_port_hears_port_unreachable_from_the_far_host,
+    traceroute_names_both_routers,
+    ipv6_probe_with_hop_limit_1_hears_time_exceeded,
+    confined_rslirp_relays_errors_too,
+);
+
+const R1: Ipv4Addr = Ipv4Addr::new(172, 16, 1, 2);
+const R2: Ipv4Addr = Ipv4Addr::new(172, 16, 2, 2);
+const FAR: Ipv4Addr = Ipv4Addr::new(172, 16, 3, 2);
+const R1_6: Ipv6Addr = Ipv6Addr::new(0xfd01, 1, 0, 0, 0, 0, 0, 2);
+const R2_6: Ipv6Addr = Ipv6Addr::new(0xfd01, 2, 0, 0, 0, 0, 0, 2);
+const FAR_6: Ipv6Addr = Ipv6Addr::new(0xfd01, 3, 0, 0, 0, 0, 0, 2);
+/// How long the guest waits for an ICMP error or an echo.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// ICMP types as `sock_extended_err` carries them.
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_PORT_UNREACH: u8 = 3;
+const ICMPV6_TIME_EXCEED: u8 = 3;
+
+/// The routers and the far host; their namespaces go with it.
+struct FarNetwork {
+    _r1: Netns,
+    _r2: Netns,
+    far: Netns,
+}
+
+/// One veth pair between two namespaces, with an IPv4 and an IPv6 address on each end.
+fn link(a: &Netns, a_if: &str, a_addrs: [&str; 2], b: &Netns, b_if: &str, b_addrs: [&str; 2]) {
+    a.ip(&[
+        "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name,
+    ]);
+    for (ns, ifname, addrs) in [(a, a_if, a_addrs), (b, b_if, b_addrs)] {
+        ns.ip(&["addr", "add", addrs[0], "dev", ifname]);
+        // No duplicate address detection: the addresses are usable at once.
+        ns.ip(&["-6", "addr", "add", addrs[1], "dev", ifname, "nodad"]);
+        ns.ip(&["link", "set", ifname, "up"]);
+    }
+}
+
+/// Builds the path host ns → r1 → r2 → far. Routers forward, and nobody rate-limits the
+/// ICMP errors it sends (traceroute's burst of probes would otherwise lose answers).
+fn far_network(env: &Env) -> FarNetwork {
+    let r1 = Netns::create(format!("rse2e-h-{}-r1", env.id));
+    let r2 = Netns::create(format!("rse2e-h-{}-r2", env.id));
+    let far = Netns::create(format!("rse2e-h-{}-far", env.id));
+    for ns in [&r1, &r2, &far] {
+        ns.ip(&["link", "set", "lo", "up"]);
+        for sysctl in [
+            "net.ipv4.icmp_ratelimit=0",
+            "net.ipv6.icmp.ratelimit=0",
+            "net.ipv4.ip_forward=1",
+            "net.ipv6.conf.all.forwarding=1",
+        ] {
+            ns.ip_netns_exec(&["sysctl", "-qw", sysctl]);
+        }
+    }
+    let host = &env.host;
+    link(
+        host,
+        "to-r1",
+        ["172.16.1.1/24", "fd01:1::1/64"],
+        &r1,
+        "to-host",
+        ["172.16.1.2/24", "fd01:1::2/64"],
+    );
+    link(
+        &r1,
+        "to-r2",
+        ["172.16.2.1/24", "fd01:2::1/64"],
+        &r2,
+        "to-r1",
+        ["172.16.2.2/24", "fd01:2::2/64"],
+    );
+    link(
+        &r2,
+        "to-far",
+        ["172.16.3.1/24", "fd01:3::1/64"],
+        &far,
+        "to-r2",
+        ["172.16.3.2/24", "fd01:3::2/64"],
+    );
+    let routes: [(&Netns, &str, &str); 8] = [
+        (host, "172.16.0.0/16", "172.16.1.2"),
+        (host, "fd01::/16", "fd01:1::2"),
+        (&r1, "172.16.3.0/24", "172.16.2.2"),
+        (&r1, "fd01:3::/64", "fd01:2::2"),
+        (&r2, "172.16.1.0/24", "172.16.2.1"),
+        (&r2, "fd01:1::/64", "fd01:2::1"),
+        (&far, "default", "172.16.3.1"),
+        (&far, "default", "fd01:3::1"),
+    ];
+    for (ns, to, via) in routes {
+        if via.contains(':') {
+            ns.ip(&["-6", "route", "add", to, "via", via]);
+        } else {
+            ns.ip(&["route", "add", to, "via", via]);
+        }
+    }
+    FarNetwork {
+        _r1: r1,
+        _r2: r2,
+        far,
+    }
+}
+
+/// A UDP echo server on the far host.
+fn far_udp_echo(network: &FarNetwork, ip: IpAddr) -> Server {
+    let socket = spawn_in_netns(network.far.path(), "far udp socket", move || {
+        UdpSocket::bind((ip, 0))
+    })
+    .wait(STEP_TIMEOUT)
+    .expect("bind the far host's UDP socket");
+    net::udp_echo_server(socket)
+}
+
+/// An ICMP error as the guest's kernel reported it on the guest's socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct GuestError {
+    icmp_type: u8,
+    code: u8,
+    offender: Option<IpAddr>,
+}
+
+fn setsockopt_int(socket: &UdpSocket, level: libc::c_int, name: libc::c_int, value: libc::c_int) {
+    // SAFETY: setsockopt reads a c_int from a live local; the fd is open while borrowed.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "setsockopt: {}", io::Error::last_os_error());
+}
+
+/// Waits up to `timeout` for an entry in the socket's error queue (IP_RECVERR) and returns
+/// it; `None` if none came.
+fn wait_error_queue(socket: &UdpSocket, timeout: Duration) -> Option<GuestError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        let mut poll = libc::pollfd {
+            fd: socket.as_raw_fd(),
+            events: 0, // POLLERR is always reported
+            revents: 0,
+        };
+        // SAFETY: one pollfd we own, for the call's duration.
+        let ready = unsafe { libc::poll(&mut poll, 1, left.as_millis().min(1000) as libc::c_int) };
+        if ready <= 0 || poll.revents & libc::POLLERR == 0 {
+            continue;
+        }
+        if let Some(error) = recv_error(socket) {
+            return Some(error);
+        }
+    }
+}
+
+/// One entry of the socket's error queue, if it is an ICMP error.
+fn recv_error(socket: &UdpSocket) -> Option<GuestError> {
+    let mut data = [0u8; 2048];
+    let mut control = [0u64; 32];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: data.len(),
+    };
+    // SAFETY: msghdr is plain old data; all zeroes is an empty one.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: the buffers `msg` points to are ours and live across the call.
+    let n = unsafe {
+        libc::recvmsg(
+            socket.as_raw_fd(),
+            &mut msg,
+            libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        return None;
+    }
+    // SAFETY: walking the control messages the kernel wrote, within msg_controllen.
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    while !cmsg.is_null() {
+        // SAFETY: a complete cmsghdr inside `control`.
+        let header = unsafe { &*cmsg };
+        let v4 = header.cmsg_level == libc::SOL_IP && header.cmsg_type == libc::IP_RECVERR;
+        let v6 = header.cmsg_level == libc::SOL_IPV6 && header.cmsg_type == libc::IPV6_RECVERR;
+        if v4 || v6 {
+            // SAFETY: CMSG_LEN computes a length; CMSG_DATA points inside this message,
+            // whose `cmsg_len` bytes the kernel wrote.
+            let bytes = unsafe {
+                let len = (header.cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
+                std::slice::from_raw_parts(libc::CMSG_DATA(cmsg), len)
+            };
+            let (origin, icmp_type, code) = (bytes[4], bytes[5], bytes[6]);
+            let icmp_origin = if v6 {
+                libc::SO_EE_ORIGIN_ICMP6
+            } else {
+                libc::SO_EE_ORIGIN_ICMP
+            };
+            if origin != icmp_origin {
+                return None;
+            }
+            let addr = &bytes[16..];
+            let family = i32::from(u16::from_ne_bytes([addr[0], addr[1]]));
+            let offender = if family == libc::AF_INET {
+                let octets: [u8; 4] = addr[4..8].try_into().expect("4 bytes");
+                Some(IpAddr::V4(octets.into()))
+            } else if family == libc::AF_INET6 {
+                let octets: [u8; 16] = addr[8..24].try_into().expect("16 bytes");
+                Some(IpAddr::V6(octets.into()))
+            } else {
+                None
+            };
+            return Some(GuestError {
+                icmp_type,
+                code,
+                offender,
+            });
+        }
+        // SAFETY: as above.
+        cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
+    }
+    None
+}
+
+/// From a guest UDP socket with IP_RECVERR: one probe with `hop_limit` to `to`; the error
+/// it got, or the echo it got back (`Ok`).
+fn guest_probe(env: &Env, to: SocketAddr, hop_limit: u32) -> Result<Vec<u8>, GuestError> {
+    env.in_guest("guest probe", move || {
+        let any: IpAddr = if to.is_ipv6() {
+            Ipv6Addr::UNSPECIFIED.into()
+        } else {
+            Ipv4Addr::UNSPECIFIED.into()
+        };
+        let socket = UdpSocket::bind((any, 0)).expect("bind a guest UDP socket");
+        socket.connect(to).expect("connect");
+        if to.is_ipv6() {
+            setsockopt_int(&socket, libc::IPPROTO_IPV6, libc::IPV6_RECVERR, 1);
+            setsockopt_int(
+                &socket,
+                libc::IPPROTO_IPV6,
+                libc::IPV6_UNICAST_HOPS,
+                hop_limit as libc::c_int,
+            );
+        } else {
+            setsockopt_int(&socket, libc::IPPROTO_IP, libc::IP_RECVERR, 1);
+            socket.set_ttl(hop_limit).expect("IP_TTL");
+        }
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        let probe = b"rslirp probe";
+        let deadline = Instant::now() + ANSWER_TIMEOUT;
+        // A probe every second: the first may go before the guest's ARP/NDP settled.
+        while Instant::now() < deadline {
+            let _ = socket.send(probe);
+            if let Some(error) = wait_error_queue(&socket, Duration::from_millis(800)) {
+                return Err(error);
+            }
+            let mut buf = [0u8; 1500];
+            match socket.recv(&mut buf) {
+                Ok(n) => return Ok(buf[..n].to_vec()),
+                // The error queue is read above; the errno it also set comes here first.
+                Err(_) => {
+                    if let Some(error) = recv_error(&socket) {
+                        return Err(error);
+                    }
+                }
+            }
+        }
+        panic!("neither an answer nor an ICMP error for a probe to {to} (hop limit {hop_limit})");
+    })
+    .wait(ANSWER_TIMEOUT + STEP_TIMEOUT)
+}
+
+/// rslirp (with a control socket, for its counters) and the far network.
+fn start(env: &Env) -> (Rslirp, FarNetwork, Api) {
+    let network = far_network(env);
+    env.allow_ping_sockets();
+    let api = Api::new(env);
+    (api.launch(env).start(), network, api)
+}
+
+/// How many ICMP errors rslirp relayed to the guest so far (get_stats).
+fn relayed(api: &Api) -> u64 {
+    stat(&api.stats(), &["counters", "icmp_errors_relayed"])
+}
+
+fn udp_probe_with_ttl_1_hears_time_exceeded_from_the_first_router(mode: Mode) {
+    let env = Env::new(mode);
+    let (_rslirp, network, api) = start(&env);
+    let server = far_udp_echo(&network, FAR.into());
+    let to = SocketAddr::new(FAR.into(), server.port());
+
+    let error = guest_probe(&env, to, 1).expect_err("TTL 1 ends at the first router");
+    assert_eq!(
+        error,
+        GuestError {
+            icmp_type: ICMP_TIME_EXCEEDED,
+            code: 0,
+            offender: Some(R1.into()),
+        }
+    );
+    assert_eq!(relayed(&api), 1, "rslirp relayed it");
+    let echo = guest_probe(&env, to, 8).expect("TTL 8 reaches the far host's echo server");
+    assert_eq!(echo, b"rslirp probe");
+}
+
+fn ping_with_ttl_1_hears_time_exceeded(mode: Mode) {
+    let env = Env::new(mode);
+    let (_rslirp, _network, _api) = start(&env);
+    let far = FAR.to_string();
+    let out = env.guest_cmd(&[
+        "ping", "-n", "-c", "2", "-i", "0.5", "-W", "3", "-t", "1", &far,
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("ping -t 1 from the guest:\n{text}");
+    assert!(
+        text.contains(&format!("From {R1} icmp_seq=1 Time to live exceeded")),
+        "ping -t 1: {text}"
+    );
+    let out = env.guest_ok(&["ping", "-n", "-c", "1", "-W", "3", "-t", "8", &far]);
+    assert!(out.contains("1 received"), "ping -t 8: {out}");
+}
+
+fn udp_to_a_closed_port_hears_port_unreachable_from_the_far_host(mode: Mode) {
+    let env = Env::new(mode);
+    let (_rslirp, network, _api) = start(&env);
+    // A port nothing listens on: bound and closed again.
+    let port = spawn_in_netns(network.far.path(), "far port", || {
+        UdpSocket::bind((FAR, 0)).map(|s| s.local_addr().expect("addr").port())
+    })
+    .wait(STEP_TIMEOUT)
+    .expect("a free port");
+    let error = guest_probe(&env, SocketAddr::new(FAR.into(), port), 64)
+        .expect_err("nothing listens there");
+    assert_eq!(
+        error,
+        GuestError {
+            icmp_type: ICMP_DEST_UNREACH,
+            code: ICMP_PORT_UNREACH,
+            offender: Some(FAR.into()),
+        }
+    );
+}
+
+fn traceroute_names_both_routers(mode: Mode) {
+    let env = Env::new(mode);
+    let (_rslirp, _network, api) = start(&env);
+    let out = env.guest_cmd(&["traceroute", "-n", "-w", "3", "-m", "6", &FAR.to_string()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("traceroute from the guest:\n{text}");
+    assert!(out.status.success(), "traceroute failed: {out:?}");
+    let hop = |n: usize| -> String {
+        text.lines()
+            .find(|line| line.trim_start().starts_with(&format!("{n} ")))
+            .unwrap_or_else(|| panic!("no hop {n} in:\n{text}"))
+            .to_string()
+    };
+    assert!(hop(1).contains(&R1.to_string()), "hop 1 is r1:\n{text}");
+    assert!(hop(2).contains(&R2.to_string()), "hop 2 is r2:\n{text}");
+    assert!(
+        hop(3).contains(&FAR.to_string()),
+        "hop 3 is the far host:\n{text}"
+    );
+    assert!(
+        !text.lines().any(|line| line.trim_start().starts_with("4 ")),
+        "the far host is the last hop (its port unreachable ends the trace):\n{text}"
+    );
+    // Three probes for each of the three hops at least (traceroute sends more at once).
+    let relayed = relayed(&api);
+    println!("ICMP errors relayed: {relayed}");
+    assert!(relayed >= 9, "{relayed} ICMP errors relayed");
+}
+
+/// `-6`: a UDP probe with hop limit 1 hears ICMPv6 time exceeded from r1, hop limit 8
+/// reaches the far host; `ping -6 -t 1` and `traceroute -6` too.
+fn ipv6_probe_with_hop_limit_1_hears_time_exceeded(mode: Mode) {
+    let env = Env::new(mode);
+    let network = far_network(&env);
+    env.allow_ping_sockets();
+    let _rslirp = env.rslirp().arg("-6").start();
+    // The guest's SLAAC address and its default route via fe80::2 (rslirp's first router
+    // advertisement comes after a second).
+    wait_for("an IPv6 default route in the guest", STEP_TIMEOUT, || {
+        let routes = env.guest_ok(&["ip", "-6", "route", "show", "default"]);
+        let addrs = env.guest_ok(&[
+            "ip", "-6", "-o", "addr", "show", "dev", TAP, "scope", "global",
+        ]);
+        let ready = routes.contains("via fe80::2")
+            && addrs.contains("fd00::")
+            && !addrs.contains("tentative");
+        ready.then_some(())
+    });
+    let server = far_udp_echo(&network, FAR_6.into());
+    let to = SocketAddr::new(FAR_6.into(), server.port());
+    let error = guest_probe(&env, to, 1).expect_err("hop limit 1 ends at the first router");
+    assert_eq!(
+        error,
+        GuestError {
+            icmp_type: ICMPV6_TIME_EXCEED,
+            code: 0,
+            offender: Some(R1_6.into()),
+        }
+    );
+    let echo = guest_probe(&env, to, 8).expect("hop limit 8 reaches the far host");
+    assert_eq!(echo, b"rslirp probe");
+
+    let out = env.guest_cmd(&[
+        "ping",
+        "-6",
+        "-n",
+        "-c",
+        "1",
+        "-W",
+        "3",
+        "-t",
+        "1",
+        &FAR_6.to_string(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("ping -6 -t 1 from the guest:\n{text}");
+    assert!(
+        text.contains(&format!("From {R1_6} icmp_seq=1 Time exceeded: Hop limit")),
+        "ping -6 -t 1: {text}"
+    );
+
+    let out = env.guest_cmd(&[
+        "traceroute",
+        "-6",
+        "-n",
+        "-w",
+        "3",
+        "-m",
+        "6",
+        &FAR_6.to_string(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("traceroute -6 from the guest:\n{text}");
+    assert!(out.status.success(), "traceroute -6 failed: {out:?}");
+    let hops: Vec<&str> = text.lines().skip(1).collect();
+    assert_eq!(hops.len(), 3, "r1, r2, the far host:\n{text}");
+    for (hop, addr) in hops.iter().zip([R1_6, R2_6, FAR_6]) {
+        assert!(
+            hop.contains(&format!(" {addr} ")),
+            "{addr} in {hop:?}:\n{text}"
+        );
+    }
+}
+
+/// `--enable-sandbox --enable-seccomp`: the error queue is read with recvmsg, which the
+/// seccomp allow-list must let through (a refused call would lose every error quietly).
+fn confined_rslirp_relays_errors_too(mode: Mode) {
+    let env = Env::new(mode);
+    let network = far_network(&env);
+    env.allow_ping_sockets();
+    let api = Api::new(&env);
+    let caller = env.caller_namespace();
+    let _rslirp = api
+        .launch(&env)
+        .arg("--enable-sandbox")
+        .arg("--enable-seccomp")
+        .start_in(&caller);
+    let server = far_udp_echo(&network, FAR.into());
+    let to = SocketAddr::new(FAR.into(), server.port());
+    let error = guest_probe(&env, to, 1).expect_err("TTL 1 ends at the first router");
+    assert_eq!(
+        (error.icmp_type, error.offender),
+        (ICMP_TIME_EXCEEDED, Some(R1.into()))
+    );
+    let out = env.guest_cmd(&[
+        "ping",
+        "-n",
+        "-c",
+        "1",
+        "-W",
+        "3",
+        "-t",
+        "1",
+        &FAR.to_string(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("From {R1} icmp_seq=1 Time to live exceeded")),
+        "ping -t 1: {text}"
+    );
+    assert_eq!(relayed(&api), 2);
+}
