@@ -7,10 +7,12 @@
 //!         fd01:1::1        fd01:1::2  | fd01:2::1        fd01:2::2  | fd01:3::1        fd01:3::2
 //! ```
 //!
-//! The guest's TTL / hop limit is carried to the host socket, so a probe with TTL 1 expires
-//! at r1; the kernel queues r1's time exceeded on rslirp's socket (IP_RECVERR) and rslirp
-//! sends the guest the same error about its own datagram, from r1's address. traceroute
-//! from the guest then names both routers, and the far host as the last hop.
+//! rslirp forwards like a router, as slirp4netns does: a probe with TTL 1 expires at the
+//! gateway (time exceeded from 10.0.2.2 / fd00::2); a probe with TTL 2 leaves the host
+//! socket with TTL 1 and expires at r1: the kernel queues r1's time exceeded on rslirp's
+//! socket (IP_RECVERR) and rslirp sends the guest the same error about its own datagram,
+//! from r1's address. traceroute from the guest then names the gateway, both routers, and
+//! the far host as the last hop — the lines slirp4netns gives.
 
 #[macro_use]
 mod common;
@@ -26,14 +28,17 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 both_modes!(
-    udp_probe_with_ttl_1_hears_time_exceeded_from_the_first_router,
-    ping_with_ttl_1_hears_time_exceeded,
+    udp_probes_expire_at_the_gateway_then_at_the_first_router,
+    ping_with_ttl_1_and_2_hears_time_exceeded,
     udp_to_a_closed_port_hears_port_unreachable_from_the_far_host,
     traceroute_names_both_routers,
-    ipv6_probe_with_hop_limit_1_hears_time_exceeded,
+    ipv6_probes_expire_at_the_gateway_then_at_the_first_router,
     confined_rslirp_relays_errors_too,
 );
 
+/// rslirp's gateway as the guest sees it: the first hop.
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+const GATEWAY_6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
 const R1: Ipv4Addr = Ipv4Addr::new(172, 16, 1, 2);
 const R2: Ipv4Addr = Ipv4Addr::new(172, 16, 2, 2);
 const FAR: Ipv4Addr = Ipv4Addr::new(172, 16, 3, 2);
@@ -325,13 +330,23 @@ fn relayed(api: &Api) -> u64 {
     stat(&api.stats(), &["counters", "icmp_errors_relayed"])
 }
 
-fn udp_probe_with_ttl_1_hears_time_exceeded_from_the_first_router(mode: Mode) {
+fn udp_probes_expire_at_the_gateway_then_at_the_first_router(mode: Mode) {
     let env = Env::new(mode);
     let (_rslirp, network, api) = start(&env);
     let server = far_udp_echo(&network, FAR.into());
     let to = SocketAddr::new(FAR.into(), server.port());
 
-    let error = guest_probe(&env, to, 1).expect_err("TTL 1 ends at the first router");
+    let error = guest_probe(&env, to, 1).expect_err("TTL 1 ends at the gateway");
+    assert_eq!(
+        error,
+        GuestError {
+            icmp_type: ICMP_TIME_EXCEEDED,
+            code: 0,
+            offender: Some(GATEWAY.into()),
+        }
+    );
+    assert_eq!(relayed(&api), 0, "rslirp answered that one itself");
+    let error = guest_probe(&env, to, 2).expect_err("TTL 2 ends at the first router");
     assert_eq!(
         error,
         GuestError {
@@ -340,24 +355,26 @@ fn udp_probe_with_ttl_1_hears_time_exceeded_from_the_first_router(mode: Mode) {
             offender: Some(R1.into()),
         }
     );
-    assert_eq!(relayed(&api), 1, "rslirp relayed it");
+    assert_eq!(relayed(&api), 1, "rslirp relayed r1's");
     let echo = guest_probe(&env, to, 8).expect("TTL 8 reaches the far host's echo server");
     assert_eq!(echo, b"rslirp probe");
 }
 
-fn ping_with_ttl_1_hears_time_exceeded(mode: Mode) {
+fn ping_with_ttl_1_and_2_hears_time_exceeded(mode: Mode) {
     let env = Env::new(mode);
     let (_rslirp, _network, _api) = start(&env);
     let far = FAR.to_string();
-    let out = env.guest_cmd(&[
-        "ping", "-n", "-c", "2", "-i", "0.5", "-W", "3", "-t", "1", &far,
-    ]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    println!("ping -t 1 from the guest:\n{text}");
-    assert!(
-        text.contains(&format!("From {R1} icmp_seq=1 Time to live exceeded")),
-        "ping -t 1: {text}"
-    );
+    for (ttl, from) in [("1", GATEWAY), ("2", R1)] {
+        let out = env.guest_cmd(&[
+            "ping", "-n", "-c", "2", "-i", "0.5", "-W", "3", "-t", ttl, &far,
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        println!("ping -t {ttl} from the guest:\n{text}");
+        assert!(
+            text.contains(&format!("From {from} icmp_seq=1 Time to live exceeded")),
+            "ping -t {ttl}: {text}"
+        );
+    }
     let out = env.guest_ok(&["ping", "-n", "-c", "1", "-W", "3", "-t", "8", &far]);
     assert!(out.contains("1 received"), "ping -t 8: {out}");
 }
@@ -396,14 +413,18 @@ fn traceroute_names_both_routers(mode: Mode) {
             .unwrap_or_else(|| panic!("no hop {n} in:\n{text}"))
             .to_string()
     };
-    assert!(hop(1).contains(&R1.to_string()), "hop 1 is r1:\n{text}");
-    assert!(hop(2).contains(&R2.to_string()), "hop 2 is r2:\n{text}");
     assert!(
-        hop(3).contains(&FAR.to_string()),
-        "hop 3 is the far host:\n{text}"
+        hop(1).contains(&GATEWAY.to_string()),
+        "hop 1 is the gateway:\n{text}"
+    );
+    assert!(hop(2).contains(&R1.to_string()), "hop 2 is r1:\n{text}");
+    assert!(hop(3).contains(&R2.to_string()), "hop 3 is r2:\n{text}");
+    assert!(
+        hop(4).contains(&FAR.to_string()),
+        "hop 4 is the far host:\n{text}"
     );
     assert!(
-        !text.lines().any(|line| line.trim_start().starts_with("4 ")),
+        !text.lines().any(|line| line.trim_start().starts_with("5 ")),
         "the far host is the last hop (its port unreachable ends the trace):\n{text}"
     );
     // Three probes for each of the three hops at least (traceroute sends more at once).
@@ -412,9 +433,9 @@ fn traceroute_names_both_routers(mode: Mode) {
     assert!(relayed >= 9, "{relayed} ICMP errors relayed");
 }
 
-/// `-6`: a UDP probe with hop limit 1 hears ICMPv6 time exceeded from r1, hop limit 8
-/// reaches the far host; `ping -6 -t 1` and `traceroute -6` too.
-fn ipv6_probe_with_hop_limit_1_hears_time_exceeded(mode: Mode) {
+/// `-6`: a UDP probe with hop limit 1 hears ICMPv6 time exceeded from the gateway, with 2
+/// from r1, with 8 it reaches the far host; `ping -6 -t 1`/`-t 2` and `traceroute -6` too.
+fn ipv6_probes_expire_at_the_gateway_then_at_the_first_router(mode: Mode) {
     let env = Env::new(mode);
     let network = far_network(&env);
     env.allow_ping_sockets();
@@ -433,36 +454,41 @@ fn ipv6_probe_with_hop_limit_1_hears_time_exceeded(mode: Mode) {
     });
     let server = far_udp_echo(&network, FAR_6.into());
     let to = SocketAddr::new(FAR_6.into(), server.port());
-    let error = guest_probe(&env, to, 1).expect_err("hop limit 1 ends at the first router");
-    assert_eq!(
-        error,
-        GuestError {
-            icmp_type: ICMPV6_TIME_EXCEED,
-            code: 0,
-            offender: Some(R1_6.into()),
-        }
-    );
+    for (hop_limit, from) in [(1, GATEWAY_6), (2, R1_6)] {
+        let error = guest_probe(&env, to, hop_limit).expect_err("the hop limit runs out");
+        assert_eq!(
+            error,
+            GuestError {
+                icmp_type: ICMPV6_TIME_EXCEED,
+                code: 0,
+                offender: Some(from.into()),
+            },
+            "hop limit {hop_limit}"
+        );
+    }
     let echo = guest_probe(&env, to, 8).expect("hop limit 8 reaches the far host");
     assert_eq!(echo, b"rslirp probe");
 
-    let out = env.guest_cmd(&[
-        "ping",
-        "-6",
-        "-n",
-        "-c",
-        "1",
-        "-W",
-        "3",
-        "-t",
-        "1",
-        &FAR_6.to_string(),
-    ]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    println!("ping -6 -t 1 from the guest:\n{text}");
-    assert!(
-        text.contains(&format!("From {R1_6} icmp_seq=1 Time exceeded: Hop limit")),
-        "ping -6 -t 1: {text}"
-    );
+    for (hop_limit, from) in [("1", GATEWAY_6), ("2", R1_6)] {
+        let out = env.guest_cmd(&[
+            "ping",
+            "-6",
+            "-n",
+            "-c",
+            "1",
+            "-W",
+            "3",
+            "-t",
+            hop_limit,
+            &FAR_6.to_string(),
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        println!("ping -6 -t {hop_limit} from the guest:\n{text}");
+        assert!(
+            text.contains(&format!("From {from} icmp_seq=1 Time exceeded: Hop limit")),
+            "ping -6 -t {hop_limit}: {text}"
+        );
+    }
 
     let out = env.guest_cmd(&[
         "traceroute",
@@ -478,8 +504,8 @@ fn ipv6_probe_with_hop_limit_1_hears_time_exceeded(mode: Mode) {
     println!("traceroute -6 from the guest:\n{text}");
     assert!(out.status.success(), "traceroute -6 failed: {out:?}");
     let hops: Vec<&str> = text.lines().skip(1).collect();
-    assert_eq!(hops.len(), 3, "r1, r2, the far host:\n{text}");
-    for (hop, addr) in hops.iter().zip([R1_6, R2_6, FAR_6]) {
+    assert_eq!(hops.len(), 4, "the gateway, r1, r2, the far host:\n{text}");
+    for (hop, addr) in hops.iter().zip([GATEWAY_6, R1_6, R2_6, FAR_6]) {
         assert!(
             hop.contains(&format!(" {addr} ")),
             "{addr} in {hop:?}:\n{text}"
@@ -502,7 +528,7 @@ fn confined_rslirp_relays_errors_too(mode: Mode) {
         .start_in(&caller);
     let server = far_udp_echo(&network, FAR.into());
     let to = SocketAddr::new(FAR.into(), server.port());
-    let error = guest_probe(&env, to, 1).expect_err("TTL 1 ends at the first router");
+    let error = guest_probe(&env, to, 2).expect_err("TTL 2 ends at the first router");
     assert_eq!(
         (error.icmp_type, error.offender),
         (ICMP_TIME_EXCEEDED, Some(R1.into()))
@@ -515,13 +541,13 @@ fn confined_rslirp_relays_errors_too(mode: Mode) {
         "-W",
         "3",
         "-t",
-        "1",
+        "2",
         &FAR.to_string(),
     ]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains(&format!("From {R1} icmp_seq=1 Time to live exceeded")),
-        "ping -t 1: {text}"
+        "ping -t 2: {text}"
     );
     assert_eq!(relayed(&api), 2);
 }

@@ -1261,6 +1261,11 @@ impl Stack {
             return;
         };
         let data = packet.payload();
+        let Some(hop_limit) =
+            self.forwarded_hop_limit(inbound.dst, &inbound.quote, packet.into_inner())
+        else {
+            return;
+        };
         let key = FlowKey {
             proto: Proto::Udp,
             guest: SocketAddr::new(inbound.src, repr.src_port),
@@ -1319,7 +1324,6 @@ impl Stack {
             }
             return;
         }
-        let hop_limit = inbound.quote.hop_limit();
         let mut sent = host.udp_send(id, data, hop_limit);
         if matches!(sent, Err(err) if err != HostError::WouldBlock)
             && self.relay_icmp_errors(now, id, host) > 0
@@ -1557,6 +1561,47 @@ impl Stack {
     }
 
     /// Is `dst` the virtual DNS server (the forwarder at network+3 or fd00::3)?
+    /// The hop limit a guest's UDP datagram or echo request to `dst` leaves through its host
+    /// socket with: one less, as a router forwards it — as the reference does (libslirp
+    /// decrements the TTL of the guest's UDP), so that traceroute from a container shows the
+    /// gateway as its first hop — and unchanged to rslirp's own addresses (the gateway, the
+    /// DNS forwarder: delivered there, not forwarded). `None` when it runs out: the guest
+    /// gets time exceeded from the gateway, quoting `transport` (its transport header and
+    /// data), as from a router.
+    fn forwarded_hop_limit(&mut self, dst: IpAddr, quote: &Quote, transport: &[u8]) -> Option<u8> {
+        let gateway = match dst {
+            IpAddr::V4(_) => IpAddr::V4(self.config.network.gateway()),
+            IpAddr::V6(_) => IpAddr::V6(crate::config::IPV6_GATEWAY),
+        };
+        let hop_limit = quote.hop_limit();
+        if dst == gateway || self.is_dns_service(dst) {
+            return Some(hop_limit);
+        }
+        if hop_limit > 1 {
+            return Some(hop_limit - 1);
+        }
+        let v6 = dst.is_ipv6();
+        let expired = crate::io::IcmpReport {
+            v6,
+            // Time exceeded in transit: ICMP type 11 / ICMPv6 type 3, code 0.
+            icmp_type: if v6 { 3 } else { 11 },
+            code: 0,
+            info: 0,
+            offender: Some(gateway),
+            len: transport.len(),
+        };
+        crate::nat::icmp_error::send_icmp_error(
+            &mut self.tx,
+            &mut self.stats,
+            gateway,
+            &expired,
+            quote,
+            transport,
+        );
+        self.stats.rx_dropped += 1;
+        None
+    }
+
     fn is_dns_service(&self, dst: IpAddr) -> bool {
         !self.config.disable_dns
             && match dst {
@@ -1618,6 +1663,9 @@ impl Stack {
             self.stats.rx_dropped += 1;
             return;
         }
+        let Some(hop_limit) = self.forwarded_hop_limit(dst, &quote, message) else {
+            return;
+        };
         let key = FlowKey {
             proto: Proto::Icmp,
             guest: SocketAddr::new(src, ident),
@@ -1638,7 +1686,6 @@ impl Stack {
                 id
             }
         };
-        let hop_limit = quote.hop_limit();
         if let Some(Flow::Icmp(icmp)) = self.flows.get_mut(id) {
             icmp.last_active = now;
             icmp.counters.from_guest += message.len() as u64;

@@ -90,7 +90,7 @@ fn icmp_errors(frames: Vec<Vec<u8>>) -> Vec<Error4> {
 mod udp {
     use super::*;
 
-    /// traceroute's first probe: TTL 1 expires at the first router; the guest hears time
+    /// traceroute's second probe: TTL 2 (1 past the gateway) expires at the first router; the guest hears time
     /// exceeded from that router, quoting its own probe (its addresses, TTL and ports).
     #[test]
     fn time_exceeded_quotes_the_guests_probe_from_the_router() {
@@ -98,7 +98,7 @@ mod udp {
         let guest = s.guest;
         let probe = with_ttl(
             guest.udp(40000, SocketAddrV4::new(REMOTE, 33434), b"probe"),
-            1,
+            2,
         );
         s.guest_sends(&probe);
         let (flow, _) = the_only(s.host.udp_opens(), "udp_open");
@@ -115,7 +115,7 @@ mod udp {
         // The guest's own datagram, IP header and UDP header and payload, byte for byte.
         assert_eq!(error.quoted, probe[ETH..].to_vec());
         let quoted_ip = Ipv4Packet::new_checked(&error.quoted[..]).expect("quoted IPv4");
-        assert_eq!(quoted_ip.hop_limit(), 1);
+        assert_eq!(quoted_ip.hop_limit(), 2);
         let quoted_udp = UdpPacket::new_checked(quoted_ip.payload()).expect("quoted UDP");
         assert_eq!(
             (quoted_udp.src_port(), quoted_udp.dst_port()),
@@ -329,7 +329,7 @@ mod echo {
     fn time_exceeded_quotes_the_guests_identifier() {
         let mut s = Scenario::new();
         let guest = s.guest;
-        let request = with_ttl(guest.icmp_echo(REMOTE, 0x1234, 5, b"ping data"), 1);
+        let request = with_ttl(guest.icmp_echo(REMOTE, 0x1234, 5, b"ping data"), 2);
         s.guest_sends(&request);
         let (flow, _) = the_only(s.host.ping_opens(), "ping_open");
         let socket_ident = s.host.socket(flow).expect("a ping socket").ping_ident;
@@ -383,12 +383,12 @@ mod ipv6 {
     }
 
     #[test]
-    fn hop_limit_1_hears_time_exceeded_from_the_router() {
+    fn hop_limit_2_hears_time_exceeded_from_the_first_router() {
         let mut s = guest_up();
         let guest = s.guest;
         let probe = with_hop_limit(
             guest.udp6(40000, SocketAddrV6::new(REMOTE6, 33434, 0, 0), b"probe"),
-            1,
+            2,
         );
         s.guest_sends(&probe);
         let (flow, _) = the_only(s.host.udp_opens(), "udp_open");

@@ -5,7 +5,10 @@
 use core::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use rslirp_stack::testing::{parse_echo_message, GuestTcp, Parsed, Scenario, TcpSegment};
 use rslirp_stack::{CloseMode, Config, Duration, FlowId, HostError};
-use smoltcp::wire::{ArpOperation, ArpRepr, EthernetAddress, Ipv4Packet, TcpPacket};
+use smoltcp::wire::{
+    ArpOperation, ArpRepr, EthernetAddress, Icmpv4Message, Icmpv4Packet, IpProtocol, Ipv4Packet,
+    TcpPacket,
+};
 
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
 const DNS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 3);
@@ -502,22 +505,68 @@ mod udp {
         frame
     }
 
-    /// The guest's TTL goes with each datagram (and echo request) to the host socket, so
-    /// traceroute's probes expire where they should.
+    /// The guest's TTL goes with each datagram (and echo request) to the host socket, one
+    /// less as a router forwards it (as libslirp does), so traceroute's probes expire where
+    /// they should and the gateway is the first hop.
     #[test]
-    fn the_guests_ttl_is_carried_to_the_host_socket() {
+    fn the_guests_ttl_less_one_is_carried_to_the_host_socket() {
         let mut s = Scenario::new();
         let guest = s.guest;
-        s.guest_sends(&with_ttl(guest.udp(5000, remote(33434), b"probe"), 1));
+        s.guest_sends(&with_ttl(guest.udp(5000, remote(33434), b"probe"), 2));
         s.guest_sends(&with_ttl(guest.udp(5000, remote(33434), b"probe"), 8));
         s.guest_sends(&guest.udp(5000, remote(33434), b"plain"));
         let (flow, _) = the_only(s.host.udp_opens(), "udp_open");
         let socket = s.host.socket(flow).expect("a host socket");
-        assert_eq!(socket.sent_hop_limits, vec![1, 8, 64]);
+        assert_eq!(socket.sent_hop_limits, vec![1, 7, 63]);
 
-        s.guest_sends(&with_ttl(guest.icmp_echo(REMOTE, 7, 1, b"ping"), 1));
+        s.guest_sends(&with_ttl(guest.icmp_echo(REMOTE, 7, 1, b"ping"), 2));
         let (ping, _) = the_only(s.host.ping_opens(), "ping_open");
         let socket = s.host.socket(ping).expect("a ping socket");
+        assert_eq!(socket.sent_hop_limits, vec![1]);
+    }
+
+    /// A probe with TTL 1 expires at the gateway: time exceeded from 10.0.2.2 quoting it,
+    /// and no host socket for it (traceroute's first hop, as with slirp4netns).
+    #[test]
+    fn ttl_1_expires_at_the_gateway() {
+        let mut s = Scenario::new();
+        let guest = s.guest;
+        let probe = with_ttl(guest.udp(5000, remote(33434), b"probe"), 1);
+        s.guest_sends(&probe);
+        assert!(
+            s.host.udp_opens().is_empty(),
+            "no host socket for an expired probe"
+        );
+        let frame = the_only(s.drain_raw(), "time exceeded");
+        let ip = Ipv4Packet::new_checked(&frame[14..]).expect("IPv4");
+        assert_eq!(ip.src_addr(), GATEWAY);
+        assert_eq!(ip.next_header(), IpProtocol::Icmp);
+        let icmp = Icmpv4Packet::new_checked(ip.payload()).expect("ICMP");
+        assert!(icmp.verify_checksum());
+        assert_eq!(
+            (icmp.msg_type(), icmp.msg_code()),
+            (Icmpv4Message::TimeExceeded, 0)
+        );
+        assert_eq!(&ip.payload()[8..], &probe[14..], "the probe, quoted whole");
+
+        let echo = with_ttl(guest.icmp_echo(REMOTE, 7, 1, b"ping"), 1);
+        s.guest_sends(&echo);
+        assert!(
+            s.host.ping_opens().is_empty(),
+            "no ping socket for an expired request"
+        );
+        assert_eq!(s.drain_raw().len(), 1, "time exceeded for the echo request");
+    }
+
+    /// To the gateway itself (the host's loopback) nothing is forwarded: the TTL is kept.
+    #[test]
+    fn ttl_to_the_gateway_is_kept() {
+        let mut s = Scenario::new();
+        let guest = s.guest;
+        let gateway = core::net::SocketAddrV4::new(GATEWAY, 7777);
+        s.guest_sends(&with_ttl(guest.udp(5000, gateway, b"local"), 1));
+        let (flow, _) = the_only(s.host.udp_opens(), "udp_open");
+        let socket = s.host.socket(flow).expect("a host socket");
         assert_eq!(socket.sent_hop_limits, vec![1]);
     }
 
