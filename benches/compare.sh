@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 
 # What the benchmark runs; installed only when missing, so offline re-runs work.
 need=()
-for tool in iperf3:iperf3 slirp4netns:slirp4netns pasta:passt ip:iproute2 \
+for tool in iperf3:iperf3 slirp4netns:slirp4netns pasta:passt ip:iproute2 strace:strace \
             nsenter:util-linux setpriv:util-linux ss:iproute2; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool#*:}")
 done

@@ -51,6 +51,15 @@ impl Proc {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Sends `signal` and waits up to `timeout` for the exit; false if it still runs (the
+    /// drop then stops it the hard way).
+    pub fn stop_with(&mut self, signal: libc::c_int, timeout: Duration) -> bool {
+        if self.running() {
+            self.signal(signal);
+        }
+        self.wait_timeout(timeout)
+    }
+
     fn signal(&self, signal: libc::c_int) {
         // SAFETY: kill(2) has no memory-safety preconditions; the pid is our own unreaped
         // child, so it cannot have been recycled for another process.
