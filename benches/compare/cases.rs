@@ -314,7 +314,7 @@ impl Case {
                 let amount = Amount::For(Duration::from_secs(settings.conn_rate_secs.into()));
                 vec![(Metric::ConnRateH2g, conn_rate(&h2g, amount, Gate::open())?)]
             }
-            Case::Memory => memory(world, helper.pid(), settings.flows)?,
+            Case::Memory => memory(world, helper.pid(), settings.flows, &mut details)?,
             Case::Syscalls => count_syscalls(&g2h, helper.pid(), settings, scratch, &mut details)?,
             Case::SynFlood => syn_flood(world, helper.api_socket.clone(), settings)?,
         };
@@ -838,9 +838,17 @@ fn count_syscalls(
 
 /// VmRSS of the helper right after start, and with `flows` TCP connections from the
 /// container to the host held open.
-fn memory(world: &World, pid: u32, flows: usize) -> Result<Vec<(Metric, f64)>, String> {
+/// Also notes where the memory is (smaps_rollup and the number of mappings), idle and with
+/// the flows, in `details`.
+fn memory(
+    world: &World,
+    pid: u32,
+    flows: usize,
+    details: &mut Vec<String>,
+) -> Result<Vec<(Metric, f64)>, String> {
     thread::sleep(RSS_SETTLE);
     let idle = sys::rss_kib(pid).ok_or("the helper is gone")?;
+    details.push(format!("memory idle: {}", sys::memory_map(pid)));
     let server = HostServer::start(world, move |listener| {
         let mut held = Vec::with_capacity(flows);
         while held.len() < flows {
@@ -871,6 +879,10 @@ fn memory(world: &World, pid: u32, flows: usize) -> Result<Vec<(Metric, f64)>, S
     }
     thread::sleep(RSS_SETTLE);
     let with_flows = sys::rss_kib(pid).ok_or("the helper is gone")?;
+    details.push(format!(
+        "memory with {flows} flows: {}",
+        sys::memory_map(pid)
+    ));
     drop((clients, accepted));
     Ok(vec![
         (Metric::IdleRss, idle as f64),

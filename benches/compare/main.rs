@@ -69,7 +69,7 @@ fn run() -> Result<(), String> {
             for helper in &helpers {
                 n += 1;
                 let label = format!(
-                    "[{rep}/{reps}] {:<18} {:<12}",
+                    "[{rep}/{reps}] {:<23} {:<12}",
                     case.name(),
                     helper.kind.name()
                 );
@@ -315,7 +315,7 @@ fn print_results(
     print!("{}", results.samples_text(settings));
     let details = results.details_text();
     if !details.is_empty() {
-        println!("syscall breakdowns (the helper's calls per operation, strace -c -f):");
+        println!("details (syscalls: the helper's calls per operation, strace -c -f):");
         print!("{details}");
     }
     let failures = results.failures_text();

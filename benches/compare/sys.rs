@@ -315,3 +315,29 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
 }
+
+/// Where a process's memory is: the number of mappings and smaps_rollup's resident sizes
+/// (KiB), for the detailed output.
+pub fn memory_map(pid: u32) -> String {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .map(|text| text.lines().count())
+        .unwrap_or(0);
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let fields: Vec<String> = rollup
+        .lines()
+        .filter_map(|line| {
+            let (name, rest) = line.split_once(':')?;
+            let wanted = [
+                "Rss",
+                "Anonymous",
+                "AnonHugePages",
+                "Private_Dirty",
+                "Shared_Clean",
+            ];
+            wanted
+                .contains(&name)
+                .then(|| format!("{name} {}", rest.trim().trim_end_matches(" kB")))
+        })
+        .collect();
+    format!("{maps} mappings, {} (KiB)", fields.join(", "))
+}
