@@ -125,6 +125,12 @@ impl Helper {
                 if opts.forward.is_some() || opts.api {
                     cmd.arg(format!("--api-socket={}", api_socket.display()));
                 }
+                if self.kind == Kind::Rslirp {
+                    // RSLIRP_BENCH_RSLIRP_ARGS: extra options for a look inside (e.g.
+                    // `--pcap /tmp/x.pcap`), never for the figures to quote.
+                    let extra = std::env::var("RSLIRP_BENCH_RSLIRP_ARGS").unwrap_or_default();
+                    cmd.args(extra.split_whitespace());
+                }
                 cmd.args([guest_pid.as_str(), "tap0"]);
             }
             Kind::Pasta => {

@@ -11,7 +11,8 @@
 //! RSLIRP_BENCH_ROUND_TRIPS (2000), RSLIRP_BENCH_CONN_SECS (3), RSLIRP_BENCH_FLOWS (1000),
 //! RSLIRP_BENCH_SYSCALL_OPS (1000: round trips and connections of the syscall pass),
 //! RSLIRP_BENCH_HELPERS (e.g. `slirp4netns,rslirp`), RSLIRP_BENCH_CASES (e.g.
-//! `latency,memory`; names as printed), RSLIRP_BENCH_RSLIRP (the rslirp binary).
+//! `latency,memory`; names as printed), RSLIRP_BENCH_RSLIRP (the rslirp binary),
+//! RSLIRP_BENCH_RSLIRP_ARGS (extra rslirp options, e.g. `--pcap /tmp/rslirp.pcap`).
 
 mod cases;
 mod helper;
