@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 # has (scripts/lib/packages.sh), so offline re-runs work.
 # shellcheck source=scripts/lib/packages.sh
 source scripts/lib/packages.sh
-ensure_packages iperf3 slirp4netns passt iproute2 util-linux
+ensure_packages iperf3 slirp4netns passt iproute2 util-linux strace
 
 # The rootless side: the same account the end-to-end tests use.
 if ! id -u rslirp-e2e >/dev/null 2>&1; then

@@ -3,7 +3,7 @@
 //! (no interpreter between the sockets, so the latency is the helper's, not ours).
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::process::{Command, Stdio};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -15,8 +15,9 @@ use std::sync::Arc;
 
 use socket2::{Domain, SockRef, Socket, Type};
 
-use crate::helper::{Forward, Options, Running};
+use crate::helper::{Forward, Options, Proto, Running};
 use crate::sys::{self, Proc};
+use crate::syscalls::{self, Gate};
 use crate::world::World;
 
 /// The gateway as the container sees it; it reaches the host namespace's 127.0.0.1.
@@ -24,8 +25,14 @@ const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
 const IPERF_PORT: u16 = 5201;
 /// Host→guest: this host port is published to the container's iperf3 port.
 const FORWARD: Forward = Forward {
+    proto: Proto::Tcp,
     host_port: 15201,
     guest_port: IPERF_PORT,
+};
+/// Host→guest UDP: the same ports, published for UDP.
+const UDP_FORWARD: Forward = Forward {
+    proto: Proto::Udp,
+    ..FORWARD
 };
 /// The MTU of the cases that are not about bulk throughput (slirp4netns's default).
 const DEFAULT_MTU: usize = 1500;
@@ -37,6 +44,12 @@ const RSS_SETTLE: Duration = Duration::from_millis(500);
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connection failures tolerated in the connection-rate loop before the case fails.
 const MAX_CONNECT_ERRORS: u32 = 10;
+/// A UDP request without an answer within this long counts as lost (and is not a sample).
+const UDP_REPLY_TIMEOUT: Duration = Duration::from_millis(500);
+/// Lost UDP round trips tolerated before the case fails.
+const MAX_UDP_LOSSES: u32 = 10;
+/// Connections before the counted ones in the syscall pass.
+const WARMUP_CONNECTIONS: usize = 20;
 
 /// Sizes of the run, from the environment (see main.rs).
 #[derive(Debug, Clone, Copy)]
@@ -45,6 +58,8 @@ pub struct Settings {
     pub round_trips: usize,
     pub conn_rate_secs: u32,
     pub flows: usize,
+    /// Round trips and connections of each syscall-counting pass.
+    pub syscall_ops: usize,
 }
 
 /// One row of the result table.
@@ -56,27 +71,49 @@ pub enum Metric {
     HostToGuest65520,
     LatencyP50,
     LatencyP99,
+    LatencyH2gP50,
+    LatencyH2gP99,
+    UdpP50,
+    UdpP99,
+    UdpH2gP50,
+    UdpH2gP99,
     ConnRate,
+    ConnRateH2g,
     Ready,
     IdleRss,
     FlowsRss,
+    RssPerFlow,
+    SyscallsTcpRoundTrip,
+    SyscallsUdpRoundTrip,
+    SyscallsConnection,
     FloodBulkShare,
     FloodApiMax,
     FloodSynRate,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 13] = [
+    pub const ALL: [Metric; 24] = [
         Metric::GuestToHost1500,
         Metric::GuestToHost65520,
         Metric::HostToGuest1500,
         Metric::HostToGuest65520,
         Metric::LatencyP50,
         Metric::LatencyP99,
+        Metric::LatencyH2gP50,
+        Metric::LatencyH2gP99,
+        Metric::UdpP50,
+        Metric::UdpP99,
+        Metric::UdpH2gP50,
+        Metric::UdpH2gP99,
         Metric::ConnRate,
+        Metric::ConnRateH2g,
         Metric::Ready,
         Metric::IdleRss,
         Metric::FlowsRss,
+        Metric::RssPerFlow,
+        Metric::SyscallsTcpRoundTrip,
+        Metric::SyscallsUdpRoundTrip,
+        Metric::SyscallsConnection,
         Metric::FloodBulkShare,
         Metric::FloodApiMax,
         Metric::FloodSynRate,
@@ -90,10 +127,25 @@ impl Metric {
             Metric::HostToGuest65520 => "iperf3 host→guest via forward, MTU 65520 (Gbit/s)".into(),
             Metric::LatencyP50 => "TCP 1-byte round trip p50 (µs)".into(),
             Metric::LatencyP99 => "TCP 1-byte round trip p99 (µs)".into(),
+            Metric::LatencyH2gP50 => "TCP 1-byte round trip host→guest via forward p50 (µs)".into(),
+            Metric::LatencyH2gP99 => "TCP 1-byte round trip host→guest via forward p99 (µs)".into(),
+            Metric::UdpP50 => "UDP 1-byte round trip guest→host p50 (µs)".into(),
+            Metric::UdpP99 => "UDP 1-byte round trip guest→host p99 (µs)".into(),
+            Metric::UdpH2gP50 => "UDP 1-byte round trip host→guest via forward p50 (µs)".into(),
+            Metric::UdpH2gP99 => "UDP 1-byte round trip host→guest via forward p99 (µs)".into(),
             Metric::ConnRate => "TCP connections/s (connect, 1 byte each way, close)".into(),
+            Metric::ConnRateH2g => "TCP connections/s host→guest via forward".into(),
             Metric::Ready => "start to ready signal (ms)".into(),
             Metric::IdleRss => "RSS idle (KiB)".into(),
             Metric::FlowsRss => format!("RSS with {} open TCP flows (KiB)", settings.flows),
+            Metric::RssPerFlow => "RSS per open idle TCP flow (KiB)".into(),
+            Metric::SyscallsTcpRoundTrip => {
+                "helper syscalls per TCP 1-byte round trip guest→host".into()
+            }
+            Metric::SyscallsUdpRoundTrip => {
+                "helper syscalls per UDP 1-byte round trip guest→host".into()
+            }
+            Metric::SyscallsConnection => "helper syscalls per TCP connection guest→host".into(),
             Metric::FloodBulkShare => {
                 "SYN flood to an answering port: bulk guest→host kept (% of unflooded)".into()
             }
@@ -110,6 +162,7 @@ impl Metric {
                 | Metric::HostToGuest1500
                 | Metric::HostToGuest65520
                 | Metric::ConnRate
+                | Metric::ConnRateH2g
                 | Metric::FloodBulkShare
         )
     }
@@ -130,15 +183,22 @@ pub enum Case {
         mtu: usize,
     },
     Latency,
+    /// TCP 1-byte round trips from the host namespace to the container through a forward.
+    LatencyHostToGuest,
+    UdpLatency,
+    UdpLatencyHostToGuest,
     ConnRate,
+    ConnRateHostToGuest,
     Memory,
+    /// The helper's system calls per round trip and per connection (strace, untimed).
+    Syscalls,
     /// A SYN flood from the container to an answering host port while a bulk upload runs
     /// and the control socket is polled (issue #16 §5).
     SynFlood,
 }
 
 impl Case {
-    pub const ALL: [Case; 8] = [
+    pub const ALL: [Case; 13] = [
         Case::Throughput {
             direction: Direction::GuestToHost,
             mtu: 1500,
@@ -156,8 +216,13 @@ impl Case {
             mtu: 65520,
         },
         Case::Latency,
+        Case::LatencyHostToGuest,
+        Case::UdpLatency,
+        Case::UdpLatencyHostToGuest,
         Case::ConnRate,
+        Case::ConnRateHostToGuest,
         Case::Memory,
+        Case::Syscalls,
         Case::SynFlood,
     ];
 
@@ -172,8 +237,13 @@ impl Case {
                 mtu,
             } => format!("host-to-guest-{mtu}"),
             Case::Latency => "latency".into(),
+            Case::LatencyHostToGuest => "latency-host-to-guest".into(),
+            Case::UdpLatency => "udp-latency".into(),
+            Case::UdpLatencyHostToGuest => "udp-host-to-guest".into(),
             Case::ConnRate => "conn-rate".into(),
+            Case::ConnRateHostToGuest => "conn-rate-host-to-guest".into(),
             Case::Memory => "memory".into(),
+            Case::Syscalls => "syscalls".into(),
             Case::SynFlood => "syn-flood".into(),
         }
     }
@@ -188,20 +258,29 @@ impl Case {
             },
             _ => Options {
                 mtu: DEFAULT_MTU,
-                forward: None,
+                forward: match self {
+                    Case::LatencyHostToGuest | Case::ConnRateHostToGuest => Some(FORWARD),
+                    Case::UdpLatencyHostToGuest => Some(UDP_FORWARD),
+                    _ => None,
+                },
                 api: matches!(self, Case::SynFlood),
             },
         }
     }
 
-    /// Runs the case against a started helper; returns what it measured.
+    /// Runs the case against a started helper; returns what it measured. `scratch` is a
+    /// directory for files of the run (strace's summaries).
     pub fn run(
         &self,
         world: &World,
         helper: &mut Running,
         settings: &Settings,
-    ) -> Result<Vec<(Metric, f64)>, String> {
-        let results = match *self {
+        scratch: &Path,
+    ) -> Result<Measured, String> {
+        let g2h = Route::new(world, Direction::GuestToHost);
+        let h2g = Route::new(world, Direction::HostToGuest);
+        let mut details = Vec::new();
+        let samples = match *self {
             Case::Throughput { direction, mtu } => {
                 let metric = match (direction, mtu) {
                     (Direction::GuestToHost, 1500) => Metric::GuestToHost1500,
@@ -212,16 +291,102 @@ impl Case {
                 vec![(metric, iperf3(world, direction, settings.iperf_secs)?)]
             }
             Case::Latency => {
-                let (p50, p99) = latency(world, settings.round_trips)?;
+                let (p50, p99) = tcp_round_trips(&g2h, settings.round_trips, Gate::open())?;
                 vec![(Metric::LatencyP50, p50), (Metric::LatencyP99, p99)]
             }
-            Case::ConnRate => vec![(Metric::ConnRate, conn_rate(world, settings)?)],
-            Case::Memory => memory(world, helper.pid(), settings.flows)?,
+            Case::LatencyHostToGuest => {
+                let (p50, p99) = tcp_round_trips(&h2g, settings.round_trips, Gate::open())?;
+                vec![(Metric::LatencyH2gP50, p50), (Metric::LatencyH2gP99, p99)]
+            }
+            Case::UdpLatency => {
+                let (p50, p99) = udp_round_trips(&g2h, settings.round_trips, Gate::open())?;
+                vec![(Metric::UdpP50, p50), (Metric::UdpP99, p99)]
+            }
+            Case::UdpLatencyHostToGuest => {
+                let (p50, p99) = udp_round_trips(&h2g, settings.round_trips, Gate::open())?;
+                vec![(Metric::UdpH2gP50, p50), (Metric::UdpH2gP99, p99)]
+            }
+            Case::ConnRate => {
+                let amount = Amount::For(Duration::from_secs(settings.conn_rate_secs.into()));
+                vec![(Metric::ConnRate, conn_rate(&g2h, amount, Gate::open())?)]
+            }
+            Case::ConnRateHostToGuest => {
+                let amount = Amount::For(Duration::from_secs(settings.conn_rate_secs.into()));
+                vec![(Metric::ConnRateH2g, conn_rate(&h2g, amount, Gate::open())?)]
+            }
+            Case::Memory => memory(world, helper.pid(), settings.flows, &mut details)?,
+            Case::Syscalls => count_syscalls(&g2h, helper.pid(), settings, scratch, &mut details)?,
             Case::SynFlood => syn_flood(world, helper.api_socket.clone(), settings)?,
         };
         // A helper that crashed during the case would make its numbers meaningless.
         helper.check_alive()?;
-        Ok(results)
+        Ok(Measured { samples, details })
+    }
+}
+
+/// What one case measured against one helper.
+pub struct Measured {
+    pub samples: Vec<(Metric, f64)>,
+    /// Lines for the detailed output (the syscall breakdowns).
+    pub details: Vec<String>,
+}
+
+/// Which way a request/response case goes, and where its two ends live: guest→host is a
+/// client in the container dialling 10.0.2.2 to a server on the host namespace's 127.0.0.1;
+/// host→guest is a client in the host namespace dialling its own non-loopback address at
+/// the forward's host port, to a server on the forward's port in the container.
+#[derive(Clone)]
+struct Route {
+    direction: Direction,
+    host_netns: PathBuf,
+    guest_netns: PathBuf,
+    host_addr: Ipv4Addr,
+}
+
+impl Route {
+    fn new(world: &World, direction: Direction) -> Route {
+        Route {
+            direction,
+            host_netns: world.host.path(),
+            guest_netns: world.guest_netns(),
+            host_addr: world.host_addr,
+        }
+    }
+
+    /// The server's namespace and the address it binds.
+    fn server(&self) -> (PathBuf, SocketAddrV4) {
+        match self.direction {
+            Direction::GuestToHost => (
+                self.host_netns.clone(),
+                SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0),
+            ),
+            Direction::HostToGuest => (
+                self.guest_netns.clone(),
+                SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, FORWARD.guest_port),
+            ),
+        }
+    }
+
+    /// Where the client dials, given the port the server got.
+    fn target(&self, server_port: u16) -> SocketAddrV4 {
+        match self.direction {
+            Direction::GuestToHost => SocketAddrV4::new(GATEWAY, server_port),
+            Direction::HostToGuest => SocketAddrV4::new(self.host_addr, FORWARD.host_port),
+        }
+    }
+
+    /// Runs `client` on a thread in the client's namespace.
+    fn client<T: Send + 'static>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        client: impl FnOnce() -> Result<T, String> + Send + 'static,
+    ) -> Result<T, String> {
+        let netns = match self.direction {
+            Direction::GuestToHost => self.guest_netns.clone(),
+            Direction::HostToGuest => self.host_netns.clone(),
+        };
+        sys::in_netns(netns, what, client).wait(timeout)
     }
 }
 
@@ -294,8 +459,8 @@ fn wait_listening(world: &World, side: Side, port: u16) -> Result<(), String> {
     })
 }
 
-/// A server thread on the host namespace's 127.0.0.1; `serve` gets the listener and
-/// returns what the case needs back.
+/// A server thread on the host namespace's 127.0.0.1 (or, with `start_at`, anywhere);
+/// `serve` gets the listener and returns what the case needs back.
 struct HostServer<T> {
     port: u16,
     /// A second handle on the listening socket, to wake a blocked `accept` when done.
@@ -308,8 +473,18 @@ impl<T: Send + 'static> HostServer<T> {
         world: &World,
         serve: impl FnOnce(TcpListener) -> T + Send + 'static,
     ) -> Result<HostServer<T>, String> {
-        let listener = sys::in_netns(world.host.path(), "host listener", || {
-            TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| e.to_string())
+        let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0);
+        HostServer::start_at(world.host.path(), addr, serve)
+    }
+
+    /// A server listening on `addr` in the network namespace at `netns`.
+    fn start_at(
+        netns: PathBuf,
+        addr: SocketAddrV4,
+        serve: impl FnOnce(TcpListener) -> T + Send + 'static,
+    ) -> Result<HostServer<T>, String> {
+        let listener = sys::in_netns(netns, "listener", move || {
+            TcpListener::bind(addr).map_err(|e| format!("bind {addr}: {e}"))
         })
         .wait(IO_TIMEOUT)?;
         let port = listener.local_addr().map_err(|e| e.to_string())?.port();
@@ -354,7 +529,12 @@ fn accept(listener: &TcpListener) -> Option<TcpStream> {
 
 /// A client connection from the container through the gateway to the host's `port`.
 fn connect_via_gateway(port: u16) -> Result<TcpStream, String> {
-    let addr = SocketAddr::V4(SocketAddrV4::new(GATEWAY, port));
+    connect(SocketAddrV4::new(GATEWAY, port))
+}
+
+/// A client connection to `target`, from the namespace of the calling thread.
+fn connect(target: SocketAddrV4) -> Result<TcpStream, String> {
+    let addr = SocketAddr::V4(target);
     let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
         .map_err(|e| format!("connect {addr}: {e}"))?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
@@ -374,40 +554,160 @@ fn in_guest<T: Send + 'static>(
     sys::in_netns(world.guest_netns(), what, client).wait(timeout)
 }
 
-/// 1-byte ping-pong over one connection; p50 and p99 of the round trip in µs.
-fn latency(world: &World, round_trips: usize) -> Result<(f64, f64), String> {
-    let server = HostServer::start(world, |listener| {
+/// 1-byte ping-pong over one TCP connection along `route`; p50 and p99 of the round trip
+/// in µs. The gate is passed before the measured round trips and after them.
+fn tcp_round_trips(route: &Route, round_trips: usize, gate: Gate) -> Result<(f64, f64), String> {
+    let (netns, bind) = route.server();
+    let server = HostServer::start_at(netns, bind, |listener| {
         let Some(mut stream) = accept(&listener) else {
             return;
         };
         let mut byte = [0u8; 1];
         while stream.read_exact(&mut byte).is_ok() && stream.write_all(&byte).is_ok() {}
     })?;
-    let port = server.port;
-    let rtts = in_guest(
-        world,
-        "latency client",
-        Duration::from_secs(120),
-        move || {
-            let mut stream = connect_via_gateway(port)?;
-            let mut byte = [7u8; 1];
-            let mut rtts = Vec::with_capacity(round_trips);
-            for i in 0..WARMUP_ROUND_TRIPS + round_trips {
-                let start = Instant::now();
-                stream.write_all(&byte).map_err(|e| e.to_string())?;
-                stream.read_exact(&mut byte).map_err(|e| e.to_string())?;
-                if i >= WARMUP_ROUND_TRIPS {
-                    rtts.push(start.elapsed().as_secs_f64() * 1e6);
-                }
+    let target = route.target(server.port);
+    let rtts = route.client("latency client", Duration::from_secs(120), move || {
+        let mut stream = connect(target)?;
+        let mut byte = [7u8; 1];
+        let mut rtts = Vec::with_capacity(round_trips);
+        for i in 0..WARMUP_ROUND_TRIPS + round_trips {
+            if i == WARMUP_ROUND_TRIPS {
+                gate.pass()?;
             }
-            Ok(rtts)
-        },
-    );
+            let start = Instant::now();
+            stream.write_all(&byte).map_err(|e| e.to_string())?;
+            stream.read_exact(&mut byte).map_err(|e| e.to_string())?;
+            if i >= WARMUP_ROUND_TRIPS {
+                rtts.push(start.elapsed().as_secs_f64() * 1e6);
+            }
+        }
+        gate.pass()?;
+        Ok(rtts)
+    });
     // The server ends at the client's EOF.
     server.finish(IO_TIMEOUT)?;
-    let mut rtts = rtts?;
-    rtts.sort_by(f64::total_cmp);
-    Ok((percentile(&rtts, 50.0), percentile(&rtts, 99.0)))
+    percentiles(rtts?)
+}
+
+/// p50 and p99 of the samples.
+fn percentiles(mut samples: Vec<f64>) -> Result<(f64, f64), String> {
+    if samples.is_empty() {
+        return Err("no samples".into());
+    }
+    samples.sort_by(f64::total_cmp);
+    Ok((percentile(&samples, 50.0), percentile(&samples, 99.0)))
+}
+
+/// A UDP echo server on a thread: every datagram goes back to its sender.
+struct UdpEcho {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Result<(), String>>,
+}
+
+impl UdpEcho {
+    /// How often the server looks at its stop flag.
+    const STOP_POLL: Duration = Duration::from_millis(50);
+
+    fn start(netns: PathBuf, addr: SocketAddrV4) -> Result<UdpEcho, String> {
+        let socket = sys::in_netns(netns, "UDP echo socket", move || {
+            UdpSocket::bind(addr).map_err(|e| format!("bind UDP {addr}: {e}"))
+        })
+        .wait(IO_TIMEOUT)?;
+        socket
+            .set_read_timeout(Some(UdpEcho::STOP_POLL))
+            .map_err(|e| e.to_string())?;
+        let port = socket.local_addr().map_err(|e| e.to_string())?.port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let mut buf = [0u8; 2048];
+                while !stop.load(Ordering::Relaxed) {
+                    match socket.recv_from(&mut buf) {
+                        Ok((n, from)) => {
+                            socket
+                                .send_to(&buf[..n], from)
+                                .map_err(|e| format!("UDP echo to {from}: {e}"))?;
+                        }
+                        Err(e) if is_timeout(&e) => {}
+                        Err(e) => return Err(format!("UDP echo: {e}")),
+                    }
+                }
+                Ok(())
+            })
+        };
+        Ok(UdpEcho { port, stop, thread })
+    }
+
+    fn finish(self) -> Result<(), String> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .join()
+            .map_err(|_| "UDP echo thread panicked".to_string())?
+    }
+}
+
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
+/// 1-byte UDP request/response along `route` (DNS-like: one datagram each way); p50 and
+/// p99 of the round trip in µs. A request without an answer within `UDP_REPLY_TIMEOUT` is
+/// lost: not a sample, and tolerated `MAX_UDP_LOSSES` times. Each request carries a
+/// sequence byte, so that a late answer is not taken for the next one's.
+fn udp_round_trips(route: &Route, round_trips: usize, gate: Gate) -> Result<(f64, f64), String> {
+    let (netns, bind) = route.server();
+    let echo = UdpEcho::start(netns, bind)?;
+    let target = route.target(echo.port);
+    let rtts = route.client("UDP client", Duration::from_secs(120), move || {
+        let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).map_err(|e| e.to_string())?;
+        socket.connect(target).map_err(|e| e.to_string())?;
+        socket
+            .set_read_timeout(Some(UDP_REPLY_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        let mut rtts = Vec::with_capacity(round_trips);
+        let (mut answered, mut lost, mut seq, mut measuring) = (0usize, 0u32, 0u8, false);
+        while answered < WARMUP_ROUND_TRIPS + round_trips {
+            if answered == WARMUP_ROUND_TRIPS && !measuring {
+                gate.pass()?;
+                measuring = true;
+            }
+            seq = seq.wrapping_add(1);
+            let start = Instant::now();
+            socket.send(&[seq]).map_err(|e| format!("UDP send: {e}"))?;
+            let mut reply = [0u8; 16];
+            let got = loop {
+                match socket.recv(&mut reply) {
+                    Ok(1) if reply[0] == seq => break true,
+                    // A late answer to a lost request.
+                    Ok(_) => {}
+                    Err(e) if is_timeout(&e) => break false,
+                    // An ICMP error for an earlier datagram (the helper not ready yet).
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break false,
+                    Err(e) => return Err(format!("UDP receive: {e}")),
+                }
+            };
+            if got {
+                if measuring {
+                    rtts.push(start.elapsed().as_secs_f64() * 1e6);
+                }
+                answered += 1;
+            } else {
+                lost += 1;
+                if lost > MAX_UDP_LOSSES {
+                    return Err(format!("{lost} UDP requests without an answer"));
+                }
+            }
+        }
+        gate.pass()?;
+        Ok(rtts)
+    });
+    echo.finish()?;
+    percentiles(rtts?)
 }
 
 /// Nearest-rank percentile of sorted values.
@@ -416,10 +716,20 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-/// Short connections per second: connect, send a byte, read the reply, close; in a loop
-/// for the configured time, one at a time.
-fn conn_rate(world: &World, settings: &Settings) -> Result<f64, String> {
-    let server = HostServer::start(world, |listener| {
+/// How long a connection-rate client runs.
+#[derive(Clone, Copy)]
+enum Amount {
+    /// As many connections as fit in this time (the timed case).
+    For(Duration),
+    /// `warmup` connections, the gate, `count` connections, the gate (the syscall pass).
+    Count { warmup: usize, count: usize },
+}
+
+/// Short connections per second along `route`: connect, send a byte, read the reply,
+/// close; one at a time.
+fn conn_rate(route: &Route, amount: Amount, gate: Gate) -> Result<f64, String> {
+    let (netns, bind) = route.server();
+    let server = HostServer::start_at(netns, bind, |listener| {
         while let Some(mut stream) = accept(&listener) {
             let mut byte = [0u8; 1];
             if stream.read_exact(&mut byte).is_ok() && stream.write_all(&byte).is_ok() {
@@ -428,42 +738,117 @@ fn conn_rate(world: &World, settings: &Settings) -> Result<f64, String> {
             }
         }
     })?;
-    let port = server.port;
-    let duration = Duration::from_secs(u64::from(settings.conn_rate_secs));
-    let rate = in_guest(
-        world,
-        "connection client",
-        duration + IO_TIMEOUT * 2,
-        move || {
-            let start = Instant::now();
-            let (mut done, mut errors) = (0u64, 0u32);
-            while start.elapsed() < duration {
-                let exchange = || -> Result<(), String> {
-                    let mut stream = connect_via_gateway(port)?;
-                    let mut byte = [1u8; 1];
-                    stream.write_all(&byte).map_err(|e| e.to_string())?;
-                    stream.read_exact(&mut byte).map_err(|e| e.to_string())
-                };
-                match exchange() {
-                    Ok(()) => done += 1,
-                    Err(e) if errors >= MAX_CONNECT_ERRORS => {
-                        return Err(format!("{errors} failed connections, the last: {e}"))
-                    }
-                    Err(_) => errors += 1,
+    let target = route.target(server.port);
+    let timeout = match amount {
+        Amount::For(duration) => duration + IO_TIMEOUT * 2,
+        Amount::Count { .. } => Duration::from_secs(300),
+    };
+    let rate = route.client("connection client", timeout, move || {
+        let mut errors = 0u32;
+        let mut exchange = || -> Result<bool, String> {
+            let attempt = || -> Result<(), String> {
+                let mut stream = connect(target)?;
+                let mut byte = [1u8; 1];
+                stream.write_all(&byte).map_err(|e| e.to_string())?;
+                stream.read_exact(&mut byte).map_err(|e| e.to_string())
+            };
+            match attempt() {
+                Ok(()) => Ok(true),
+                Err(e) if errors >= MAX_CONNECT_ERRORS => {
+                    Err(format!("{errors} failed connections, the last: {e}"))
+                }
+                Err(_) => {
+                    errors += 1;
+                    Ok(false)
                 }
             }
-            Ok(done as f64 / start.elapsed().as_secs_f64())
-        },
-    );
+        };
+        let mut done = 0u64;
+        let start = match amount {
+            Amount::For(duration) => {
+                let start = Instant::now();
+                while start.elapsed() < duration {
+                    done += u64::from(exchange()?);
+                }
+                start
+            }
+            Amount::Count { warmup, count } => {
+                let mut warm = 0;
+                while warm < warmup {
+                    warm += usize::from(exchange()?);
+                }
+                gate.pass()?;
+                let start = Instant::now();
+                while done < count as u64 {
+                    done += u64::from(exchange()?);
+                }
+                gate.pass()?;
+                start
+            }
+        };
+        Ok(done as f64 / start.elapsed().as_secs_f64())
+    });
     server.finish(Duration::ZERO)?;
     rate
 }
 
+/// The syscall pass (untimed): the helper's system calls over `syscall_ops` TCP round
+/// trips, UDP round trips and TCP connections, each guest→host, each counted by strace
+/// attached for the measured part only (after a warm-up, before the client closes).
+fn count_syscalls(
+    g2h: &Route,
+    pid: u32,
+    settings: &Settings,
+    scratch: &Path,
+    details: &mut Vec<String>,
+) -> Result<Vec<(Metric, f64)>, String> {
+    let n = settings.syscall_ops;
+    let summary = |what: &str| scratch.join(format!("strace-{pid}-{what}.txt"));
+    let route = g2h.clone();
+    let (_, tcp) = syscalls::count(pid, summary("tcp"), n, move |gate| {
+        tcp_round_trips(&route, n, gate)
+    })?;
+    let route = g2h.clone();
+    let (_, udp) = syscalls::count(pid, summary("udp"), n, move |gate| {
+        udp_round_trips(&route, n, gate)
+    })?;
+    let route = g2h.clone();
+    let amount = Amount::Count {
+        warmup: WARMUP_CONNECTIONS,
+        count: n,
+    };
+    let (_, conn) = syscalls::count(pid, summary("conn"), n, move |gate| {
+        conn_rate(&route, amount, gate)
+    })?;
+    let mut samples = Vec::new();
+    for (metric, what, count) in [
+        (Metric::SyscallsTcpRoundTrip, "per TCP round trip", tcp),
+        (Metric::SyscallsUdpRoundTrip, "per UDP round trip", udp),
+        (Metric::SyscallsConnection, "per TCP connection", conn),
+    ] {
+        samples.push((metric, count.per_op()));
+        details.push(format!(
+            "{what} ({n}): {:.2}: {}",
+            count.per_op(),
+            count.breakdown()
+        ));
+    }
+    Ok(samples)
+}
+
 /// VmRSS of the helper right after start, and with `flows` TCP connections from the
 /// container to the host held open.
-fn memory(world: &World, pid: u32, flows: usize) -> Result<Vec<(Metric, f64)>, String> {
+/// Also notes where the memory is (smaps_rollup and the number of mappings), idle and with
+/// the flows, in `details`.
+fn memory(
+    world: &World,
+    pid: u32,
+    flows: usize,
+    details: &mut Vec<String>,
+) -> Result<Vec<(Metric, f64)>, String> {
     thread::sleep(RSS_SETTLE);
     let idle = sys::rss_kib(pid).ok_or("the helper is gone")?;
+    details.push(format!("memory idle: {}", sys::memory_map(pid)));
     let server = HostServer::start(world, move |listener| {
         let mut held = Vec::with_capacity(flows);
         while held.len() < flows {
@@ -494,10 +879,18 @@ fn memory(world: &World, pid: u32, flows: usize) -> Result<Vec<(Metric, f64)>, S
     }
     thread::sleep(RSS_SETTLE);
     let with_flows = sys::rss_kib(pid).ok_or("the helper is gone")?;
+    details.push(format!(
+        "memory with {flows} flows: {}",
+        sys::memory_map(pid)
+    ));
     drop((clients, accepted));
     Ok(vec![
         (Metric::IdleRss, idle as f64),
         (Metric::FlowsRss, with_flows as f64),
+        (
+            Metric::RssPerFlow,
+            (with_flows as f64 - idle as f64) / flows as f64,
+        ),
     ])
 }
 

@@ -36,9 +36,25 @@ impl Kind {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    fn name(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
 /// A host port published to a container port.
 #[derive(Debug, Clone, Copy)]
 pub struct Forward {
+    pub proto: Proto,
     pub host_port: u16,
     pub guest_port: u16,
 }
@@ -109,12 +125,20 @@ impl Helper {
                 if opts.forward.is_some() || opts.api {
                     cmd.arg(format!("--api-socket={}", api_socket.display()));
                 }
+                if self.kind == Kind::Rslirp {
+                    // RSLIRP_BENCH_RSLIRP_ARGS: extra options for a look inside (e.g.
+                    // `--pcap /tmp/x.pcap`), never for the figures to quote.
+                    let extra = std::env::var("RSLIRP_BENCH_RSLIRP_ARGS").unwrap_or_default();
+                    cmd.args(extra.split_whitespace());
+                }
                 cmd.args([guest_pid.as_str(), "tap0"]);
             }
             Kind::Pasta => {
-                let ports = opts.forward.map_or("none".to_string(), |f| {
-                    format!("{}:{}", f.host_port, f.guest_port)
-                });
+                let ports = |proto: Proto| match opts.forward {
+                    Some(f) if f.proto == proto => format!("{}:{}", f.host_port, f.guest_port),
+                    _ => "none".to_string(),
+                };
+                let (tcp_ports, udp_ports) = (ports(Proto::Tcp), ports(Proto::Udp));
                 #[rustfmt::skip]
                 cmd.args([
                     "--foreground", "--quiet", "--config-net",
@@ -123,7 +147,7 @@ impl Helper {
                     // No default route in the host namespace: name the template interface.
                     "--interface", world.host_ifname,
                     "--mtu", &opts.mtu.to_string(),
-                    "--tcp-ports", &ports, "--udp-ports", "none",
+                    "--tcp-ports", &tcp_ports, "--udp-ports", &udp_ports,
                     "--tcp-ns", "none", "--udp-ns", "none",
                 ]);
                 cmd.arg("--pid").arg(&pid_file).arg(&guest_pid);
@@ -214,8 +238,10 @@ fn check_configured(world: &World) -> Result<(), String> {
 /// Publishes `forward` through the control socket (slirp4netns's API, which rslirp keeps).
 fn add_hostfwd(api_socket: &Path, forward: Forward) -> Result<(), String> {
     let request = format!(
-        r#"{{"execute":"add_hostfwd","arguments":{{"proto":"tcp","host_addr":"0.0.0.0","host_port":{},"guest_port":{}}}}}"#,
-        forward.host_port, forward.guest_port
+        r#"{{"execute":"add_hostfwd","arguments":{{"proto":"{}","host_addr":"0.0.0.0","host_port":{},"guest_port":{}}}}}"#,
+        forward.proto.name(),
+        forward.host_port,
+        forward.guest_port
     );
     let talk = || -> std::io::Result<String> {
         let mut stream = UnixStream::connect(api_socket)?;

@@ -9,20 +9,23 @@
 //!
 //! Knobs (environment): RSLIRP_BENCH_REPS (3), RSLIRP_BENCH_IPERF_SECS (5),
 //! RSLIRP_BENCH_ROUND_TRIPS (2000), RSLIRP_BENCH_CONN_SECS (3), RSLIRP_BENCH_FLOWS (1000),
+//! RSLIRP_BENCH_SYSCALL_OPS (1000: round trips and connections of the syscall pass),
 //! RSLIRP_BENCH_HELPERS (e.g. `slirp4netns,rslirp`), RSLIRP_BENCH_CASES (e.g.
-//! `latency,memory`; names as printed), RSLIRP_BENCH_RSLIRP (the rslirp binary).
+//! `latency,memory`; names as printed), RSLIRP_BENCH_RSLIRP (the rslirp binary),
+//! RSLIRP_BENCH_RSLIRP_ARGS (extra rslirp options, e.g. `--pcap /tmp/rslirp.pcap`).
 
 mod cases;
 mod helper;
 mod report;
 mod sys;
+mod syscalls;
 mod world;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use cases::{Case, Metric, Settings};
+use cases::{Case, Measured, Metric, Settings};
 use helper::{Helper, Kind};
 use report::Results;
 use sys::command;
@@ -67,12 +70,15 @@ fn run() -> Result<(), String> {
             for helper in &helpers {
                 n += 1;
                 let label = format!(
-                    "[{rep}/{reps}] {:<18} {:<12}",
+                    "[{rep}/{reps}] {:<23} {:<12}",
                     case.name(),
                     helper.kind.name()
                 );
                 match measure(helper, case, &dir, n, &settings) {
-                    Ok(samples) => {
+                    Ok(Measured { samples, details }) => {
+                        for line in details {
+                            results.detail(helper.kind, format!("[{rep}/{reps}] {line}"));
+                        }
                         let shown: Vec<String> = samples
                             .iter()
                             .map(|(metric, value)| {
@@ -101,24 +107,31 @@ fn measure(
     dir: &RunDir,
     n: u32,
     settings: &Settings,
-) -> Result<Vec<(Metric, f64)>, String> {
+) -> Result<Measured, String> {
     let world = World::new(n)?;
     let mut running = helper.start(&world, &dir.user_dir(), n, &case.options())?;
-    let mut samples = vec![(Metric::Ready, running.ready.as_secs_f64() * 1e3)];
-    samples.extend(case.run(&world, &mut running, settings)?);
-    Ok(samples)
+    let mut measured = case.run(&world, &mut running, settings, &dir.path)?;
+    let ready = (Metric::Ready, running.ready.as_secs_f64() * 1e3);
+    measured.samples.insert(0, ready);
+    Ok(measured)
 }
 
 fn short_name(metric: Metric) -> &'static str {
     match metric {
         Metric::GuestToHost1500 | Metric::GuestToHost65520 => "Gbit/s",
         Metric::HostToGuest1500 | Metric::HostToGuest65520 => "Gbit/s",
-        Metric::LatencyP50 => "p50_us",
-        Metric::LatencyP99 => "p99_us",
-        Metric::ConnRate => "conn/s",
+        Metric::LatencyP50 | Metric::LatencyH2gP50 => "p50_us",
+        Metric::LatencyP99 | Metric::LatencyH2gP99 => "p99_us",
+        Metric::UdpP50 | Metric::UdpH2gP50 => "udp_p50_us",
+        Metric::UdpP99 | Metric::UdpH2gP99 => "udp_p99_us",
+        Metric::ConnRate | Metric::ConnRateH2g => "conn/s",
         Metric::Ready => "ready_ms",
         Metric::IdleRss => "idle_KiB",
         Metric::FlowsRss => "flows_KiB",
+        Metric::RssPerFlow => "KiB/flow",
+        Metric::SyscallsTcpRoundTrip => "sys/tcp_rtt",
+        Metric::SyscallsUdpRoundTrip => "sys/udp_rtt",
+        Metric::SyscallsConnection => "sys/conn",
         Metric::FloodBulkShare => "bulk_kept_%",
         Metric::FloodApiMax => "api_max_ms",
         Metric::FloodSynRate => "syn/s",
@@ -131,6 +144,7 @@ fn settings() -> Result<Settings, String> {
         round_trips: env_number("RSLIRP_BENCH_ROUND_TRIPS", 2000)?,
         conn_rate_secs: env_number("RSLIRP_BENCH_CONN_SECS", 3)?,
         flows: env_number("RSLIRP_BENCH_FLOWS", 1000)?,
+        syscall_ops: env_number::<usize>("RSLIRP_BENCH_SYSCALL_OPS", 1000)?.max(1),
     })
 }
 
@@ -280,8 +294,12 @@ fn print_header(helpers: &[Helper], settings: &Settings, reps: u32) {
     );
     println!(
         "{reps} interleaved runs per case; iperf3 {} s (+1 s omitted), {} round trips, \
-         connections for {} s, {} held flows",
-        settings.iperf_secs, settings.round_trips, settings.conn_rate_secs, settings.flows
+         connections for {} s, {} held flows, {} operations per syscall count",
+        settings.iperf_secs,
+        settings.round_trips,
+        settings.conn_rate_secs,
+        settings.flows,
+        settings.syscall_ops
     );
     println!();
 }
@@ -296,6 +314,11 @@ fn print_results(
     println!();
     println!("samples:");
     print!("{}", results.samples_text(settings));
+    let details = results.details_text();
+    if !details.is_empty() {
+        println!("details (syscalls: the helper's calls per operation, strace -c -f):");
+        print!("{details}");
+    }
     let failures = results.failures_text();
     if !failures.is_empty() {
         println!("failures:");
@@ -326,4 +349,7 @@ fn print_results(
     println!(
         "- the open-files limit is raised for the helpers, so the held flows do not hit 1,024."
     );
+    println!("- syscalls: counted in an untimed pass of their own (strace -c -f attached to the");
+    println!("  helper for the measured operations only, after a warm-up); every other figure");
+    println!("  comes from untraced runs.");
 }

@@ -10,6 +10,8 @@ pub struct Results {
     samples: BTreeMap<(Metric, Kind), Vec<f64>>,
     /// What failed, per helper: shown under the table.
     failures: BTreeMap<Kind, Vec<String>>,
+    /// Lines for the detailed output (syscall breakdowns), per helper.
+    details: BTreeMap<Kind, Vec<String>>,
 }
 
 impl Results {
@@ -19,6 +21,20 @@ impl Results {
 
     pub fn fail(&mut self, kind: Kind, what: String) {
         self.failures.entry(kind).or_default().push(what);
+    }
+
+    pub fn detail(&mut self, kind: Kind, line: String) {
+        self.details.entry(kind).or_default().push(line);
+    }
+
+    pub fn details_text(&self) -> String {
+        let mut out = String::new();
+        for (kind, lines) in &self.details {
+            for line in lines {
+                out += &format!("  {:<12} {line}\n", kind.name());
+            }
+        }
+        out
     }
 
     fn median(&self, metric: Metric, kind: Kind) -> Option<f64> {
@@ -112,7 +128,8 @@ fn cell(value: Option<f64>, metric: Metric) -> String {
         | Metric::GuestToHost65520
         | Metric::HostToGuest1500
         | Metric::HostToGuest65520 => format!("{value:.2}"),
-        Metric::Ready => format!("{value:.1}"),
+        Metric::Ready | Metric::RssPerFlow | Metric::SyscallsTcpRoundTrip => format!("{value:.1}"),
+        Metric::SyscallsUdpRoundTrip | Metric::SyscallsConnection => format!("{value:.1}"),
         _ => format!("{value:.0}"),
     }
 }

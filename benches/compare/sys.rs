@@ -51,6 +51,15 @@ impl Proc {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Sends `signal` and waits up to `timeout` for the exit; false if it still runs (the
+    /// drop then stops it the hard way).
+    pub fn stop_with(&mut self, signal: libc::c_int, timeout: Duration) -> bool {
+        if self.running() {
+            self.signal(signal);
+        }
+        self.wait_timeout(timeout)
+    }
+
     fn signal(&self, signal: libc::c_int) {
         // SAFETY: kill(2) has no memory-safety preconditions; the pid is our own unreaped
         // child, so it cannot have been recycled for another process.
@@ -305,4 +314,30 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .lines()
         .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Where a process's memory is: the number of mappings and smaps_rollup's resident sizes
+/// (KiB), for the detailed output.
+pub fn memory_map(pid: u32) -> String {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .map(|text| text.lines().count())
+        .unwrap_or(0);
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let fields: Vec<String> = rollup
+        .lines()
+        .filter_map(|line| {
+            let (name, rest) = line.split_once(':')?;
+            let wanted = [
+                "Rss",
+                "Anonymous",
+                "AnonHugePages",
+                "Private_Dirty",
+                "Shared_Clean",
+            ];
+            wanted
+                .contains(&name)
+                .then(|| format!("{name} {}", rest.trim().trim_end_matches(" kB")))
+        })
+        .collect();
+    format!("{maps} mappings, {} (KiB)", fields.join(", "))
 }
