@@ -9,8 +9,9 @@
 #      /usr/bin/slirp4netns must be the very file it was before.
 #
 # Usage (as root, on Debian 12 or later):  scripts/podman-check.sh [PATH/TO/rslirp_*.deb]
-# Needs no network: the image is imported from the static busybox of the machine, and every
-# connection stays on loopback or inside the container. Rootless podman runs as the user
+# The image is imported from the machine's static busybox (no registry), and every connection
+# stays on loopback or inside the container; only apt may reach out, to install podman, runc
+# and the like when missing (scripts/lib/packages.sh: never removes a package). Rootless podman runs as the user
 # rslirp-podman (created with a home and subordinate ids if missing). Everything the check
 # starts is stopped on exit, and the container storage of that user is reset.
 set -euo pipefail
