@@ -18,7 +18,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use serde_json::{json, Map, Value};
+use rslirp_stack::api::{ForwardRequest, Request};
+use rslirp_stack::forward::ForwardProto;
+use serde_json::Value;
 
 /// The socket when `--socket` is not given.
 const SOCKET_ENV: &str = "RSLIRP_API_SOCKET";
@@ -52,46 +54,14 @@ Exit status: 0 on success, 1 if the server refused the request or could not be r
 2 for a bad command line. See rslirp(1) (docs/rslirp.1.md) for the protocol.
 ";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Proto {
-    Tcp,
-    Udp,
-}
-
-impl Proto {
-    fn as_str(self) -> &'static str {
-        match self {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-        }
-    }
-}
-
-/// A forward to publish, as given on the command line; `None` addresses are left to the
-/// server's defaults (0.0.0.0 and the guest address).
-#[derive(Debug, PartialEq, Eq)]
-struct NewForward {
-    proto: Proto,
-    host_addr: Option<IpAddr>,
-    host_port: u16,
-    guest_addr: Option<IpAddr>,
-    guest_port: u16,
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum Cmd {
-    Add(NewForward),
-    List,
-    Remove(u64),
-    Stats,
-    Flows,
-}
-
 #[derive(Debug, PartialEq, Eq)]
 struct Invocation {
     socket: PathBuf,
     json: bool,
-    cmd: Cmd,
+    /// What to ask: the control protocol's own request type (rslirp_stack::api), which the
+    /// server parses; a forward's addresses left out (`None`) are the server's defaults
+    /// (0.0.0.0 and the guest address).
+    cmd: Request,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -149,7 +119,7 @@ impl Outcome {
 }
 
 fn run(invocation: &Invocation) -> Outcome {
-    let request = request_for(&invocation.cmd);
+    let request = invocation.cmd.to_json();
     let raw = match exchange(&invocation.socket, &request) {
         Ok(raw) => raw,
         Err(message) => return Outcome::failed(message),
@@ -218,12 +188,12 @@ fn parse_args(
     let cmd = match words.as_slice() {
         ["add", proto, spec] => {
             let proto = match *proto {
-                "tcp" => Proto::Tcp,
-                "udp" => Proto::Udp,
+                "tcp" => ForwardProto::Tcp,
+                "udp" => ForwardProto::Udp,
                 other => return Err(format!("add: protocol must be tcp or udp, not {other:?}")),
             };
             let (host_addr, host_port, guest_port) = parse_forward_spec(spec)?;
-            Cmd::Add(NewForward {
+            Request::AddHostfwd(ForwardRequest {
                 proto,
                 host_addr,
                 host_port,
@@ -236,16 +206,17 @@ fn parse_args(
                 "usage: add tcp|udp [HOSTADDR:]HOSTPORT:GUESTPORT [--guest-addr ADDR]".into(),
             )
         }
-        ["list"] => Cmd::List,
-        ["remove", id] => Cmd::Remove(
-            id.parse()
+        ["list"] => Request::ListHostfwd,
+        ["remove", id] => Request::RemoveHostfwd {
+            id: id
+                .parse()
                 .ok()
                 .filter(|&id| id > 0)
                 .ok_or_else(|| format!("remove: ID must be a positive integer, not {id:?}"))?,
-        ),
+        },
         ["remove", ..] => return Err("usage: remove ID".into()),
-        ["stats"] => Cmd::Stats,
-        ["flows"] => Cmd::Flows,
+        ["stats"] => Request::GetStats,
+        ["flows"] => Request::ListFlows,
         [] => return Err("no command given (add, list, remove, stats or flows)".into()),
         [cmd @ ("list" | "stats" | "flows"), ..] => {
             return Err(format!("{cmd} takes no arguments"))
@@ -323,31 +294,9 @@ fn parse_addr(text: &str) -> Option<IpAddr> {
 
 // The protocol.
 
-fn request_for(cmd: &Cmd) -> Value {
-    match cmd {
-        Cmd::Add(fwd) => {
-            let mut arguments = Map::new();
-            arguments.insert("proto".into(), fwd.proto.as_str().into());
-            if let Some(addr) = fwd.host_addr {
-                arguments.insert("host_addr".into(), addr.to_string().into());
-            }
-            arguments.insert("host_port".into(), fwd.host_port.into());
-            if let Some(addr) = fwd.guest_addr {
-                arguments.insert("guest_addr".into(), addr.to_string().into());
-            }
-            arguments.insert("guest_port".into(), fwd.guest_port.into());
-            json!({"execute": "add_hostfwd", "arguments": arguments})
-        }
-        Cmd::List => json!({"execute": "list_hostfwd"}),
-        Cmd::Remove(id) => json!({"execute": "remove_hostfwd", "arguments": {"id": id}}),
-        Cmd::Stats => json!({"execute": "get_stats"}),
-        Cmd::Flows => json!({"execute": "list_flows"}),
-    }
-}
-
 /// Sends one request and reads the reply to EOF. The write side is shut down after the
 /// request, which is how rootlesskit and podman talk to slirp4netns too.
-fn exchange(socket: &std::path::Path, request: &Value) -> Result<String, String> {
+fn exchange(socket: &std::path::Path, request: &[u8]) -> Result<String, String> {
     let path = socket.display();
     let mut stream = UnixStream::connect(socket).map_err(|err| {
         let hint = match err.kind() {
@@ -361,7 +310,7 @@ fn exchange(socket: &std::path::Path, request: &Value) -> Result<String, String>
     let talk = |stream: &mut UnixStream| -> io::Result<Vec<u8>> {
         stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
         stream.set_write_timeout(Some(REPLY_TIMEOUT))?;
-        stream.write_all(request.to_string().as_bytes())?;
+        stream.write_all(request)?;
         stream.shutdown(Shutdown::Write)?;
         let mut reply = Vec::new();
         stream.take(MAX_REPLY_BYTES).read_to_end(&mut reply)?;
@@ -386,15 +335,17 @@ fn error_desc(reply: &Value) -> Option<&str> {
 }
 
 /// The server's error, with a hint where the text alone leaves an operator guessing.
-fn explain_error(cmd: &Cmd, desc: &str) -> String {
+fn explain_error(cmd: &Request, desc: &str) -> String {
     let hint = match (cmd, desc.strip_prefix("bad request: ").unwrap_or(desc)) {
-        (Cmd::Stats | Cmd::Flows, "unknown execute") => {
+        (Request::GetStats | Request::ListFlows, "unknown execute") => {
             " (this server has no such request: stats and flows need rslirp, not slirp4netns)"
         }
-        (Cmd::Add(_), "add_hostfwd: slirp_add_hostfwd failed") => {
+        (Request::AddHostfwd(_), "add_hostfwd: slirp_add_hostfwd failed") => {
             " (is the host port already in use, or by another forward?)"
         }
-        (Cmd::Remove(_), "remove_hostfwd: bad arguments.id") => " (no forward has this id)",
+        (Request::RemoveHostfwd { .. }, "remove_hostfwd: bad arguments.id") => {
+            " (no forward has this id)"
+        }
         _ => "",
     };
     format!("{desc}{hint}")
@@ -402,24 +353,24 @@ fn explain_error(cmd: &Cmd, desc: &str) -> String {
 
 // Human-readable output.
 
-fn render(cmd: &Cmd, reply: &Value) -> Option<String> {
+fn render(cmd: &Request, reply: &Value) -> Option<String> {
     match cmd {
-        Cmd::Add(fwd) => {
+        Request::AddHostfwd(fwd) => {
             let id = reply.get("return")?.get("id")?.as_u64()?;
             Some(format!("forward {id} added: {}\n", describe(fwd)))
         }
-        Cmd::Remove(id) => {
+        Request::RemoveHostfwd { id } => {
             reply.get("return")?;
             Some(format!("forward {id} removed\n"))
         }
-        Cmd::List => render_forwards(reply.get("entries")?.as_array()?),
-        Cmd::Stats => render_stats(reply.get("return")?),
-        Cmd::Flows => render_flows(reply.get("return")?.get("flows")?.as_array()?),
+        Request::ListHostfwd => render_forwards(reply.get("entries")?.as_array()?),
+        Request::GetStats => render_stats(reply.get("return")?),
+        Request::ListFlows => render_flows(reply.get("return")?.get("flows")?.as_array()?),
     }
 }
 
 /// `tcp 0.0.0.0:8080 -> guest port 80`
-fn describe(fwd: &NewForward) -> String {
+fn describe(fwd: &ForwardRequest) -> String {
     let host = SocketAddr::new(
         fwd.host_addr.unwrap_or(Ipv4Addr::UNSPECIFIED.into()),
         fwd.host_port,
@@ -667,12 +618,13 @@ fn table(columns: &[Column], rows: &[Vec<String>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn parse(words: &[&str]) -> Result<Parsed, String> {
         parse_args(words.iter().map(OsString::from), None)
     }
 
-    fn cmd(words: &[&str]) -> Cmd {
+    fn cmd(words: &[&str]) -> Request {
         let mut all = vec!["--socket", "/s"];
         all.extend_from_slice(words);
         match parse(&all) {
@@ -690,9 +642,9 @@ mod tests {
         }
     }
 
-    fn fwd(host: Option<&str>, host_port: u16, guest: Option<&str>, guest_port: u16) -> Cmd {
-        Cmd::Add(NewForward {
-            proto: Proto::Tcp,
+    fn fwd(host: Option<&str>, host_port: u16, guest: Option<&str>, guest_port: u16) -> Request {
+        Request::AddHostfwd(ForwardRequest {
+            proto: ForwardProto::Tcp,
             host_addr: host.map(|a| a.parse().expect("address")),
             host_port,
             guest_addr: guest.map(|a| a.parse().expect("address")),
@@ -721,8 +673,9 @@ mod tests {
             fwd(None, 8080, Some("fd00::100"), 80)
         );
         match cmd(&["add", "udp", "53:53"]) {
-            Cmd::Add(NewForward {
-                proto: Proto::Udp, ..
+            Request::AddHostfwd(ForwardRequest {
+                proto: ForwardProto::Udp,
+                ..
             }) => {}
             other => panic!("{other:?}"),
         }
@@ -744,10 +697,10 @@ mod tests {
 
     #[test]
     fn other_commands() {
-        assert_eq!(cmd(&["list"]), Cmd::List);
-        assert_eq!(cmd(&["remove", "7"]), Cmd::Remove(7));
-        assert_eq!(cmd(&["stats"]), Cmd::Stats);
-        assert_eq!(cmd(&["flows"]), Cmd::Flows);
+        assert_eq!(cmd(&["list"]), Request::ListHostfwd);
+        assert_eq!(cmd(&["remove", "7"]), Request::RemoveHostfwd { id: 7 });
+        assert_eq!(cmd(&["stats"]), Request::GetStats);
+        assert_eq!(cmd(&["flows"]), Request::ListFlows);
         assert!(usage_error(&["remove", "0"]).contains("positive integer"));
         assert!(usage_error(&["remove", "x"]).contains("positive integer"));
         assert!(usage_error(&["remove"]).contains("usage: remove ID"));
@@ -767,7 +720,7 @@ mod tests {
             Ok(Parsed::Run(Invocation {
                 socket: "/a".into(),
                 json: true,
-                cmd: Cmd::List
+                cmd: Request::ListHostfwd
             }))
         );
         // The option wins over the environment.
@@ -776,7 +729,7 @@ mod tests {
             Ok(Parsed::Run(Invocation {
                 socket: "/a".into(),
                 json: true,
-                cmd: Cmd::Stats
+                cmd: Request::GetStats
             }))
         );
         assert_eq!(
@@ -784,7 +737,7 @@ mod tests {
             Ok(Parsed::Run(Invocation {
                 socket: "/env".into(),
                 json: false,
-                cmd: Cmd::Flows
+                cmd: Request::ListFlows
             }))
         );
         assert!(run(&["list"], None)
@@ -796,25 +749,23 @@ mod tests {
 
     #[test]
     fn requests_leave_defaults_to_the_server() {
+        let bytes = |request: &Request| String::from_utf8(request.to_json()).expect("UTF-8");
         assert_eq!(
-            request_for(&fwd(None, 8080, None, 80)).to_string(),
-            r#"{"arguments":{"guest_port":80,"host_port":8080,"proto":"tcp"},"execute":"add_hostfwd"}"#
+            bytes(&fwd(None, 8080, None, 80)),
+            r#"{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_port":8080,"guest_port":80}}"#
         );
         assert_eq!(
-            request_for(&fwd(Some("::1"), 8080, Some("10.0.2.5"), 80)).to_string(),
-            r#"{"arguments":{"guest_addr":"10.0.2.5","guest_port":80,"host_addr":"::1","host_port":8080,"proto":"tcp"},"execute":"add_hostfwd"}"#
+            bytes(&fwd(Some("::1"), 8080, Some("10.0.2.5"), 80)),
+            r#"{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_addr":"::1","host_port":8080,"guest_addr":"10.0.2.5","guest_port":80}}"#
         );
         assert_eq!(
-            request_for(&Cmd::Remove(3)).to_string(),
-            r#"{"arguments":{"id":3},"execute":"remove_hostfwd"}"#
+            bytes(&Request::RemoveHostfwd { id: 3 }),
+            r#"{"execute":"remove_hostfwd","arguments":{"id":3}}"#
         );
-        assert_eq!(
-            request_for(&Cmd::Flows).to_string(),
-            r#"{"execute":"list_flows"}"#
-        );
+        assert_eq!(bytes(&Request::ListFlows), r#"{"execute":"list_flows"}"#);
     }
 
-    fn rendered(cmd: &Cmd, reply: &str) -> String {
+    fn rendered(cmd: &Request, reply: &str) -> String {
         let reply: Value = serde_json::from_str(reply).expect("test reply");
         render(cmd, &reply).expect("renders")
     }
@@ -825,7 +776,7 @@ mod tests {
             {"id":1,"proto":"tcp","host_addr":"0.0.0.0","host_port":8080,"guest_addr":"10.0.2.100","guest_port":80},
             {"id":12,"proto":"udp","host_addr":"::1","host_port":53,"guest_addr":"fd00::100","guest_port":5353}]}"#;
         assert_eq!(
-            rendered(&Cmd::List, reply),
+            rendered(&Request::ListHostfwd, reply),
             "\
 ID  PROTO  HOST          GUEST
  1  tcp    0.0.0.0:8080  10.0.2.100:80
@@ -833,7 +784,7 @@ ID  PROTO  HOST          GUEST
 "
         );
         assert_eq!(
-            rendered(&Cmd::List, r#"{"entries":[]}"#),
+            rendered(&Request::ListHostfwd, r#"{"entries":[]}"#),
             "ID  PROTO  HOST  GUEST\n"
         );
     }
@@ -844,7 +795,7 @@ ID  PROTO  HOST          GUEST
             {"id":9,"proto":"udp","guest":"10.0.2.100:5000","remote":"10.0.2.3:53","host":"127.0.0.53:53","state":"Open","rx_bytes":40,"tx_bytes":120,"age_ms":850},
             {"id":2,"proto":"tcp","guest":"10.0.2.100:40000","remote":"10.0.2.2:80","host":"127.0.0.1:80","state":"Established","rx_bytes":1536,"tx_bytes":10485760,"age_ms":307000}]}}"#;
         assert_eq!(
-            rendered(&Cmd::Flows, reply),
+            rendered(&Request::ListFlows, reply),
             "\
 ID  PROTO  GUEST             REMOTE       HOST           STATE        FROM_GUEST  TO_GUEST    AGE
  2  tcp    10.0.2.100:40000  10.0.2.2:80  127.0.0.1:80   Established      1.5KiB   10.0MiB  5m07s
@@ -854,7 +805,7 @@ ID  PROTO  GUEST             REMOTE       HOST           STATE        FROM_GUEST
         // Fields a flow does not have (or a server does not send) show as `-`.
         assert_eq!(
             rendered(
-                &Cmd::Flows,
+                &Request::ListFlows,
                 r#"{"return":{"flows":[{"id":1,"proto":"icmp"}]}}"#
             ),
             "\
@@ -868,7 +819,7 @@ ID  PROTO  GUEST  REMOTE  HOST  STATE  FROM_GUEST  TO_GUEST  AGE
     fn stats_tables() {
         let reply = r#"{"return":{"interfaces":{"tap":{"rx_bytes":2048,"rx_packets":20,"rx_errors":0,"rx_dropped":1,"tx_bytes":100,"tx_packets":2,"tx_errors":0,"tx_dropped":0}},"flows":{"tcp":3,"udp":1,"icmp":0},"counters":{"tcp_flows_opened":5,"host_socket_errors":0}}}"#;
         assert_eq!(
-            rendered(&Cmd::Stats, reply),
+            rendered(&Request::GetStats, reply),
             "\
 INTERFACE  DIRECTION         BYTES  PACKETS  ERRORS  DROPPED
 tap        rx (from guest)  2.0KiB       20       0        1
@@ -900,7 +851,7 @@ tcp_flows_opened        5
             "forward 4 added: tcp [::1]:8080 -> [fd00::5]:80\n"
         );
         assert_eq!(
-            rendered(&Cmd::Remove(4), r#"{"return":{}}"#),
+            rendered(&Request::RemoveHostfwd { id: 4 }, r#"{"return":{}}"#),
             "forward 4 removed\n"
         );
         let odd: Value = serde_json::from_str(r#"{"return":{"id":"x"}}"#).expect("json");
@@ -914,12 +865,12 @@ tcp_flows_opened        5
                 .expect("json");
         let desc = error_desc(&reply).expect("an error");
         assert_eq!(
-            explain_error(&Cmd::Flows, desc),
+            explain_error(&Request::ListFlows, desc),
             "bad request: unknown execute (this server has no such request: stats and flows \
              need rslirp, not slirp4netns)"
         );
         assert_eq!(
-            explain_error(&Cmd::List, desc),
+            explain_error(&Request::ListHostfwd, desc),
             "bad request: unknown execute"
         );
         assert_eq!(error_desc(&json!({"return": {}})), None);
@@ -944,7 +895,7 @@ tcp_flows_opened        5
         let outcome = run(&Invocation {
             socket: "/nonexistent/rslirp.sock".into(),
             json: true,
-            cmd: Cmd::List,
+            cmd: Request::ListHostfwd,
         });
         assert_eq!(outcome.stdout, None);
         assert_eq!(

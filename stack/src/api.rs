@@ -24,9 +24,12 @@ use crate::Stats;
 /// read that fills it, so 4096 bytes or more is `too large message`.
 pub const MAX_REQUEST: usize = 4095;
 
+/// The requests of the control protocol: parsed from the wire by [`parse_request`] (the
+/// socket side) and written to it by [`Request::to_json`] (rslirpctl), one definition for
+/// both, round-trip tested.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    AddHostfwd(ForwardSpec),
+    AddHostfwd(ForwardRequest),
     ListHostfwd,
     RemoveHostfwd {
         id: u64,
@@ -35,6 +38,81 @@ pub enum Request {
     GetStats,
     /// Ours: every active flow with its endpoints, state, bytes and age.
     ListFlows,
+}
+
+/// An `add_hostfwd` request as the wire carries it: an address left out (or `""`, `null`)
+/// is the server's default, which only the server knows for the guest (`--cidr`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardRequest {
+    pub proto: ForwardProto,
+    pub host_addr: Option<IpAddr>,
+    pub host_port: u16,
+    pub guest_addr: Option<IpAddr>,
+    pub guest_port: u16,
+}
+
+impl ForwardRequest {
+    /// The forward to set up: a host address left out is 0.0.0.0 (as slirp4netns), a guest
+    /// address left out is `guest_default`.
+    pub fn resolve(&self, guest_default: Ipv4Addr) -> ForwardSpec {
+        ForwardSpec {
+            proto: self.proto,
+            host_addr: self.host_addr.unwrap_or(Ipv4Addr::UNSPECIFIED.into()),
+            host_port: self.host_port,
+            guest_addr: self.guest_addr.unwrap_or(guest_default.into()),
+            guest_port: self.guest_port,
+        }
+    }
+}
+
+impl Request {
+    /// The request as a client writes it: `{"execute":…,"arguments":{…}}`, members in the
+    /// order slirp4netns's documentation gives them, addresses left out when not given.
+    pub fn to_json(&self) -> Vec<u8> {
+        match self {
+            Request::AddHostfwd(fwd) => wire(
+                "add_hostfwd",
+                Some(AddArguments {
+                    proto: fwd.proto.as_str(),
+                    host_addr: fwd.host_addr.map(|addr| addr.to_string()),
+                    host_port: fwd.host_port,
+                    guest_addr: fwd.guest_addr.map(|addr| addr.to_string()),
+                    guest_port: fwd.guest_port,
+                }),
+            ),
+            Request::ListHostfwd => wire::<()>("list_hostfwd", None),
+            Request::RemoveHostfwd { id } => wire("remove_hostfwd", Some(IdArgument { id: *id })),
+            Request::GetStats => wire::<()>("get_stats", None),
+            Request::ListFlows => wire::<()>("list_flows", None),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct WireRequest<'a, A> {
+    execute: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    arguments: Option<A>,
+}
+
+#[derive(Serialize)]
+struct AddArguments {
+    proto: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host_addr: Option<String>,
+    host_port: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    guest_addr: Option<String>,
+    guest_port: u16,
+}
+
+#[derive(Serialize)]
+struct IdArgument {
+    id: u64,
+}
+
+fn wire<A: Serialize>(execute: &str, arguments: Option<A>) -> Vec<u8> {
+    to_json(&WireRequest { execute, arguments })
 }
 
 /// Why a request was refused. `Display` is the text after `bad request: ` in the reply,
@@ -93,7 +171,7 @@ impl From<ForwardError> for ApiError {
 /// a UTF-8 byte order mark are skipped.
 ///
 /// `guest_default` (the guest address, network + 100) fills a missing or empty `guest_addr`.
-pub fn parse_request(bytes: &[u8], guest_default: Ipv4Addr) -> Result<Request, ApiError> {
+pub fn parse_request(bytes: &[u8]) -> Result<Request, ApiError> {
     if bytes.len() > MAX_REQUEST {
         return Err(ApiError::TooLarge);
     }
@@ -109,7 +187,7 @@ pub fn parse_request(bytes: &[u8], guest_default: Ipv4Addr) -> Result<Request, A
     };
     let arguments = request.get("arguments").and_then(Value::as_object);
     match execute {
-        "add_hostfwd" => parse_add_hostfwd(arguments, guest_default).map(Request::AddHostfwd),
+        "add_hostfwd" => parse_add_hostfwd(arguments).map(Request::AddHostfwd),
         "list_hostfwd" => Ok(Request::ListHostfwd),
         "remove_hostfwd" => parse_remove_hostfwd(arguments),
         "get_stats" => Ok(Request::GetStats),
@@ -144,10 +222,7 @@ fn first_value(bytes: &[u8]) -> Option<serde_json::Result<Value>> {
         .map(|value| value.map(|StrictValue(value)| value))
 }
 
-fn parse_add_hostfwd(
-    arguments: Option<&Map<String, Value>>,
-    guest_default: Ipv4Addr,
-) -> Result<ForwardSpec, ApiError> {
+fn parse_add_hostfwd(arguments: Option<&Map<String, Value>>) -> Result<ForwardRequest, ApiError> {
     let field = |name: &str| arguments.and_then(|arguments| arguments.get(name));
     let proto = match field("proto").and_then(Value::as_str) {
         Some("tcp") => ForwardProto::Tcp,
@@ -155,13 +230,11 @@ fn parse_add_hostfwd(
         // Including a missing proto, on which the reference crashes (SPEC §3).
         _ => return Err(ApiError::BadProto),
     };
-    let host_addr =
-        parse_addr(field("host_addr"), Ipv4Addr::UNSPECIFIED).ok_or(ApiError::BadHostAddr)?;
+    let host_addr = parse_addr(field("host_addr")).ok_or(ApiError::BadHostAddr)?;
     let host_port = parse_port(field("host_port")).ok_or(ApiError::BadHostPort)?;
-    let guest_addr =
-        parse_addr(field("guest_addr"), guest_default).ok_or(ApiError::BadGuestAddr)?;
+    let guest_addr = parse_addr(field("guest_addr")).ok_or(ApiError::BadGuestAddr)?;
     let guest_port = parse_port(field("guest_port")).ok_or(ApiError::BadGuestPort)?;
-    Ok(ForwardSpec {
+    Ok(ForwardRequest {
         proto,
         host_addr,
         host_port,
@@ -180,14 +253,14 @@ fn parse_remove_hostfwd(arguments: Option<&Map<String, Value>>) -> Result<Reques
     }
 }
 
-/// An address member: missing, `null` or `""` is `default` (the reference treats all three
-/// as absent); a string must be an IPv4 or (our extension) IPv6 address in its usual text
-/// form; anything else is refused. `None` means bad.
-fn parse_addr(value: Option<&Value>, default: Ipv4Addr) -> Option<IpAddr> {
+/// An address member: missing, `null` or `""` is left to the default (`Some(None)`: the
+/// reference treats all three as absent); a string must be an IPv4 or (our extension) IPv6
+/// address in its usual text form; anything else is refused. `None` means bad.
+fn parse_addr(value: Option<&Value>) -> Option<Option<IpAddr>> {
     match value {
-        None | Some(Value::Null) => Some(default.into()),
-        Some(Value::String(text)) if text.is_empty() => Some(default.into()),
-        Some(Value::String(text)) => text.parse().ok(),
+        None | Some(Value::Null) => Some(None),
+        Some(Value::String(text)) if text.is_empty() => Some(None),
+        Some(Value::String(text)) => text.parse().ok().map(Some),
         Some(_) => None,
     }
 }
@@ -549,7 +622,7 @@ mod tests {
     const GUEST: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
 
     fn parse(bytes: &[u8]) -> Result<Request, ApiError> {
-        parse_request(bytes, GUEST)
+        parse_request(bytes)
     }
 
     /// The reply the socket would write for `bytes` if parsing fails.
@@ -570,7 +643,7 @@ mod tests {
 
     fn added(arguments: &str) -> ForwardSpec {
         match add(arguments) {
-            Ok(Request::AddHostfwd(spec)) => spec,
+            Ok(Request::AddHostfwd(request)) => request.resolve(GUEST),
             other => panic!("{arguments}: {other:?}"),
         }
     }
@@ -655,8 +728,7 @@ mod tests {
     #[test]
     fn not_json_cannot_parse() {
         let expected = br#"{"error":{"desc":"bad request: cannot parse JSON"}}"#;
-        let ip = GUEST;
-        assert_eq!(error_reply(&parse_request(b"{", ip).unwrap_err()), expected);
+        assert_eq!(error_reply(&parse_request(b"{").unwrap_err()), expected);
         for bytes in [
             &b""[..],
             b" \n",
@@ -832,10 +904,11 @@ mod tests {
 
     #[test]
     fn add_hostfwd_full_request() {
-        let request = br#"{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_addr":"0.0.0.0","host_port":8080,"guest_addr":"10.0.2.100","guest_port":80}}"#;
         assert_eq!(
-            parse(request),
-            Ok(Request::AddHostfwd(spec("0.0.0.0", 8080, "10.0.2.100", 80)))
+            added(
+                r#"{"proto":"tcp","host_addr":"0.0.0.0","host_port":8080,"guest_addr":"10.0.2.100","guest_port":80}"#
+            ),
+            spec("0.0.0.0", 8080, "10.0.2.100", 80)
         );
         let udp = added(
             r#"{"proto":"udp","host_addr":"127.0.0.1","host_port":5353,"guest_addr":"10.0.2.15","guest_port":53}"#,
@@ -857,13 +930,14 @@ mod tests {
             assert_eq!(added(arguments), expected, "{arguments}");
         }
         // The guest default is whatever the caller's network makes it.
-        let other = parse_request(
+        let Ok(Request::AddHostfwd(request)) = parse_request(
             br#"{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_port":1,"guest_port":2}}"#,
-            Ipv4Addr::new(192, 168, 7, 100),
-        );
+        ) else {
+            panic!("did not parse");
+        };
         assert_eq!(
-            other,
-            Ok(Request::AddHostfwd(spec("0.0.0.0", 1, "192.168.7.100", 2)))
+            request.resolve(Ipv4Addr::new(192, 168, 7, 100)),
+            spec("0.0.0.0", 1, "192.168.7.100", 2)
         );
     }
 
@@ -1270,10 +1344,10 @@ mod tests {
             br#"{"execute":"add_hostfwd","arguments":{"proto":"udp","host_addr":"::","host_port":5353,"guest_addr":"10.0.2.100","guest_port":53}}"#,
         ];
         for (expected_id, request) in (1..).zip(requests) {
-            let Ok(Request::AddHostfwd(spec)) = parse(request) else {
+            let Ok(Request::AddHostfwd(request)) = parse(request) else {
                 panic!("did not parse");
             };
-            assert_eq!(table.insert(spec), Ok(expected_id));
+            assert_eq!(table.insert(request.resolve(GUEST)), Ok(expected_id));
         }
         assert!(matches!(
             parse(br#"{"execute":"remove_hostfwd","arguments":{"id":1}}"#),
@@ -1284,6 +1358,46 @@ mod tests {
         assert_eq!(
             String::from_utf8_lossy(&list_reply(&listed)),
             r#"{"entries":[{"id":2,"proto":"udp","host_addr":"::","host_port":5353,"guest_addr":"10.0.2.100","guest_port":53}]}"#
+        );
+    }
+
+    /// What a client writes with `to_json` parses back to the same request, and looks as
+    /// slirp4netns's documentation writes it.
+    #[test]
+    fn requests_round_trip_through_the_wire_format() {
+        let forward = |host_addr: Option<&str>, guest_addr: Option<&str>| ForwardRequest {
+            proto: ForwardProto::Udp,
+            host_addr: host_addr.map(|a| a.parse().expect("test address")),
+            host_port: 5353,
+            guest_addr: guest_addr.map(|a| a.parse().expect("test address")),
+            guest_port: 53,
+        };
+        let requests = [
+            Request::AddHostfwd(forward(None, None)),
+            Request::AddHostfwd(forward(Some("127.0.0.1"), Some("10.0.2.15"))),
+            Request::AddHostfwd(forward(Some("::1"), Some("fd00::100"))),
+            Request::ListHostfwd,
+            Request::RemoveHostfwd { id: 1 << 40 },
+            Request::GetStats,
+            Request::ListFlows,
+        ];
+        for request in requests {
+            let bytes = request.to_json();
+            assert_eq!(
+                parse(&bytes),
+                Ok(request.clone()),
+                "{}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+        assert_eq!(
+            String::from_utf8(Request::AddHostfwd(forward(Some("0.0.0.0"), None)).to_json())
+                .unwrap(),
+            r#"{"execute":"add_hostfwd","arguments":{"proto":"udp","host_addr":"0.0.0.0","host_port":5353,"guest_port":53}}"#
+        );
+        assert_eq!(
+            String::from_utf8(Request::RemoveHostfwd { id: 3 }.to_json()).unwrap(),
+            r#"{"execute":"remove_hostfwd","arguments":{"id":3}}"#
         );
     }
 }

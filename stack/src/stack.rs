@@ -1712,8 +1712,11 @@ impl Stack {
         host: &mut impl HostIo,
     ) -> Vec<u8> {
         self.now = now;
-        let result = match api::parse_request(request, self.config.network.guest()) {
-            Ok(Request::AddHostfwd(spec)) => self.add_forward(spec, host).map(api::add_reply),
+        let result = match api::parse_request(request) {
+            Ok(Request::AddHostfwd(fwd)) => {
+                let spec = fwd.resolve(self.config.network.guest());
+                self.add_forward(spec, host).map(api::add_reply)
+            }
             Ok(Request::ListHostfwd) => {
                 let entries: Vec<Forward> = self.forwards.list().cloned().collect();
                 Ok(api::list_reply(&entries))
