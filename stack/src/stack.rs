@@ -1088,7 +1088,6 @@ impl Stack {
 
     /// Drain a UDP or ICMP flow's host socket towards the guest.
     fn read_datagrams(&mut self, now: Instant, id: FlowId, key: &FlowKey, host: &mut impl HostIo) {
-        let gateway = self.config.network.gateway();
         let (guest_ip, remote_ip) = (key.guest.ip(), key.remote.ip());
         let (tx, stats, scratch) = (&mut self.tx, &mut self.stats, &mut self.scratch);
         let upstreams = self.dns_upstreams.len();
@@ -1129,19 +1128,7 @@ impl Stack {
                         // Nothing listens at this nameserver: try the next one.
                         self.retry_dns(now, id, host)
                     }
-                    ReadOutcome::Failed(err) => {
-                        let Some(Flow::Udp(udp)) = self.flows.get(id) else {
-                            return;
-                        };
-                        let (tx, stats) = (&mut self.tx, &mut self.stats);
-                        let refusal = match Refusal::from_host_error(err) {
-                            Refusal::Reset if err != HostError::ConnectionRefused => {
-                                Refusal::Silent
-                            }
-                            refusal => refusal,
-                        };
-                        refuse(tx, stats, gateway, refusal, &udp.quote, None);
-                    }
+                    ReadOutcome::Failed(err) => self.refuse_udp(id, Refusal::for_datagram(err)),
                 }
             }
             Some(Flow::Icmp(icmp)) => {
@@ -1162,6 +1149,22 @@ impl Stack {
     /// Relay the ICMP errors queued on a UDP or echo flow's host socket to the guest,
     /// within `max_icmp_error_rate`; returns how many the host had. A DNS query whose
     /// nameserver does not listen goes to the next one instead (as on ECONNREFUSED).
+    /// Tell the guest, as `refusal` says, that its latest datagram on UDP flow `id` did not
+    /// get through (nothing if `id` is not a UDP flow).
+    fn refuse_udp(&mut self, id: FlowId, refusal: Refusal) {
+        if let Some(Flow::Udp(udp)) = self.flows.get(id) {
+            let gateway = self.config.network.gateway();
+            refuse(
+                &mut self.tx,
+                &mut self.stats,
+                gateway,
+                refusal,
+                &udp.quote,
+                None,
+            );
+        }
+    }
+
     fn relay_icmp_errors(&mut self, now: Instant, id: FlowId, host: &mut impl HostIo) -> usize {
         let Some(key) = self.flows.key(id) else {
             return 0;
@@ -1351,20 +1354,7 @@ impl Stack {
             Err(HostError::WouldBlock) => self.stats.rx_dropped += 1,
             Err(err) => {
                 log::debug!("{id:?}: UDP send failed: {err}");
-                let refusal = match err {
-                    HostError::ConnectionRefused => Refusal::Reset,
-                    HostError::NetworkUnreachable => Refusal::NetUnreachable,
-                    HostError::HostUnreachable => Refusal::HostUnreachable,
-                    _ => Refusal::Silent,
-                };
-                refuse(
-                    &mut self.tx,
-                    &mut self.stats,
-                    gateway,
-                    refusal,
-                    &udp.quote,
-                    None,
-                );
+                self.refuse_udp(id, Refusal::for_datagram(err));
             }
         }
         if retry_now {
@@ -1474,18 +1464,7 @@ impl Stack {
                 // connect, rather than waiting for a reply that cannot come. A ping is
                 // dropped, as an overloaded router drops it.
                 self.stats.host_exhausted += 1;
-                if let Some(Flow::Udp(udp)) = self.flows.get(id) {
-                    let gateway = self.config.network.gateway();
-                    let refusal = Refusal::from_host_error(err);
-                    refuse(
-                        &mut self.tx,
-                        &mut self.stats,
-                        gateway,
-                        refusal,
-                        &udp.quote,
-                        None,
-                    );
-                }
+                self.refuse_udp(id, Refusal::Reset);
             }
             self.remove_flow(id, CloseMode::Abort, host);
             return None;

@@ -81,6 +81,16 @@ impl Refusal {
             _ => Refusal::Reset,
         }
     }
+
+    /// How a host error on a UDP flow's socket reaches the guest: ECONNREFUSED (the port
+    /// unreachable the kernel got for an earlier datagram) as port unreachable, routing
+    /// errors as theirs, anything else silently (a datagram may be lost on the way).
+    pub fn for_datagram(err: crate::io::HostError) -> Refusal {
+        match Refusal::from_host_error(err) {
+            Refusal::Reset if err != crate::io::HostError::ConnectionRefused => Refusal::Silent,
+            refusal => refusal,
+        }
+    }
 }
 
 /// Checksums we compute on transmit; on receive we trust the kernel, which hands the tap
