@@ -235,6 +235,9 @@ pub const PSH: u8 = 8;
 pub const ACK: u8 = 16;
 /// MSS, window scale and SACK-permitted options (what Linux puts in a SYN).
 pub const OPTIONS: u8 = 32;
+/// With [`OPTIONS`]: the MSS option is the window field's value rather than 1460 (the
+/// guest's MSS decides the size the stack cuts its large segments to).
+pub const MSS_FROM_WINDOW: u8 = 64;
 
 pub fn run(data: &[u8]) {
     let mut input = Input::new(data);
@@ -941,7 +944,11 @@ fn segment(flags: u8, seq: u32, ack: Option<u32>, window: u16) -> TcpSegment {
         rst: flags & RST != 0,
         psh: flags & PSH != 0,
         window,
-        mss: options.then_some(1460),
+        mss: options.then_some(if flags & MSS_FROM_WINDOW != 0 {
+            window
+        } else {
+            1460
+        }),
         window_scale: options.then_some(7),
         sack_permitted: options,
         ..TcpSegment::default()
@@ -1397,6 +1404,55 @@ pub fn seeds() -> crate::Seeds {
         e.byte(0);
         op(&mut e, Op::TcpReply);
         e.byte(0).byte(ACK | FIN).byte(0).byte(0xff).bytes(b"");
+        op(&mut e, Op::Advance);
+        e.byte(5);
+        seeds.push((name, e.finish()));
+    }
+
+    // Tap offloads and the guest's MSS: SYNs announcing 9,000 (more than the MTU allows),
+    // 100 and 1 (fewer than the options of the segments), each connection then fed and
+    // drained in bulk, over IPv4 and IPv6.
+    for (name, flags) in [
+        ("offload-mss", FLAG_OFFLOAD),
+        ("offload-mss-v6", FLAG_OFFLOAD | FLAG_IPV6),
+    ] {
+        let family = u8::from(flags & FLAG_IPV6 != 0);
+        let mut e = Encoder::new();
+        e.byte(flags);
+        for (pick, port, mss) in [(0u8, 7000u16, 9000u16), (1, 7001, 100), (2, 7002, 1)] {
+            op(&mut e, Op::TcpSegment);
+            // dst index 2, port `port` -> 80, SYN with options, the MSS in the window.
+            e.byte(family)
+                .byte(2)
+                .byte(8)
+                .u16(port)
+                .byte(2)
+                .byte(SYN | OPTIONS | MSS_FROM_WINDOW)
+                .u32(u32::from(port) << 16)
+                .u32(0)
+                .u16(mss)
+                .bytes(b"");
+            op(&mut e, Op::CompleteConnect);
+            e.byte(0).byte(0);
+            op(&mut e, Op::TcpReply);
+            e.byte(0).byte(ACK).byte(0).byte(0xff).bytes(b"");
+            // The flows' sockets in the order they were opened.
+            op(&mut e, Op::PeerSendBulk);
+            e.byte(pick).u16(40_000);
+            for _ in 0..6 {
+                op(&mut e, Op::TcpReply);
+                e.byte(0).byte(ACK).byte(0).byte(0xff).bytes(b"");
+            }
+            op(&mut e, Op::GsoTcp);
+            e.byte(0)
+                .byte(ACK | PSH)
+                .byte(0)
+                .byte(0xff)
+                .u16(20_000)
+                .u16(0)
+                .byte(1)
+                .bytes(b"");
+        }
         op(&mut e, Op::Advance);
         e.byte(5);
         seeds.push((name, e.finish()));
