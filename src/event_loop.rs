@@ -53,16 +53,25 @@ const TRIM_AFTER_FLOWS_GONE: u64 = 256;
 
 /// Largest frame we read: the maximal MTU plus an Ethernet header (and a VLAN tag); also
 /// the largest offloaded TCP segment (a 65,535-byte IP packet) with its Ethernet header.
-const MAX_FRAME: usize = 65_536 + 18;
+/// Public, as the next two items, for the fuzz harness (fuzz/harness), which runs the
+/// stack with offloads through them.
+pub const MAX_FRAME: usize = 65_536 + 18;
 
 /// `struct virtio_net_hdr` (linux/virtio_net.h) values we use.
-const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
-const VIRTIO_NET_HDR_GSO_TCPV4: u8 = 1;
-const VIRTIO_NET_HDR_GSO_TCPV6: u8 = 4;
+pub const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
+pub const VIRTIO_NET_HDR_GSO_TCPV4: u8 = 1;
+pub const VIRTIO_NET_HDR_GSO_TCPV6: u8 = 4;
+
+/// The frame in what one read from the tap returned: past the virtio-net header when the
+/// tap has one (see `EventLoop::read_tap` for why the header itself is not looked at); `None`
+/// if the read is shorter than the header.
+pub fn frame_read(read: &[u8], vnet_hdr: bool) -> Option<&[u8]> {
+    read.get(if vnet_hdr { VNET_HDR_LEN } else { 0 }..)
+}
 
 /// The virtio-net header for a frame the stack described. tun reads it in the guest
 /// kernel's byte order (legacy virtio: native, as we never set TUNSETVNETLE/BE).
-fn vnet_header(offload: Offload) -> [u8; VNET_HDR_LEN] {
+pub fn vnet_header(offload: Offload) -> [u8; VNET_HDR_LEN] {
     let mut flags = 0u8;
     let (mut csum_start, mut csum_offset) = (0u16, 0u16);
     if let Some(partial) = offload.partial_checksum {
@@ -446,7 +455,6 @@ impl EventLoop {
     /// (the guest's kernel is the only writer of this tap). Its segment size is for
     /// splitting, which we do not: a 64 KiB segment goes to the host socket whole.
     fn read_tap(&mut self, now: Instant) -> Result<(), LoopError> {
-        let skip = if self.vnet_hdr { VNET_HDR_LEN } else { 0 };
         let until = std::time::Instant::now() + TAP_READ_BUDGET;
         for _ in 0..TAP_READ_BATCH {
             if std::time::Instant::now() >= until {
@@ -460,7 +468,7 @@ impl EventLoop {
                 Ok(0) if self.link == LinkKind::Socket => self.lose_link("hung up"),
                 Ok(0) => return Err(LoopError::Tap(Errno::ENODEV)),
                 Ok(len) => {
-                    let Some(frame) = self.frame.get(skip..len) else {
+                    let Some(frame) = frame_read(&self.frame[..len], self.vnet_hdr) else {
                         continue; // shorter than its header: nothing to take
                     };
                     if let Some(pcap) = &mut self.pcap {

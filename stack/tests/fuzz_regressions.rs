@@ -199,3 +199,69 @@ fn echo_reply_larger_than_the_mtu_goes_in_fragments() {
     s.ping_reply(flow, 2, b"abcdefgh");
     assert_eq!(s.drain_raw().len(), 1);
 }
+
+/// Found by the `frames` target with tap offloads (input kept as
+/// `fuzz/corpus/frames/regression-offload-renewed-v6-flow`). A finished TCP flow is
+/// renewed for the next connection, and its smoltcp interface keeps the device
+/// capabilities it was built with; with offloads an IPv6 flow's interface has the largest
+/// MTU (smoltcp offloads segmentation for IPv4 only, see nat/tcp.rs). Renewed for an IPv4
+/// connection whose guest announced an MSS above our MTU's, it sent segments of the guest's
+/// MSS as plain frames, past the MTU and with no segment size for the tap (a 2,102-byte
+/// frame on MTU 1500). Such a spare is no longer renewed for the other family.
+#[test]
+fn an_ipv6_flow_renewed_for_ipv4_keeps_its_segments_within_the_mtu() {
+    use core::net::SocketAddrV6;
+    let mut s = Scenario::with_config(rslirp_stack::Config {
+        tap_offload: true,
+        enable_ipv6: true,
+        ..rslirp_stack::Config::default()
+    });
+    // An IPv6 connection the guest closes first: the stack's socket ends CLOSED and the
+    // flow is kept for renewal.
+    let gateway6 = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+    let (mut conn6, flow6) = s.open_tcp6(40000, SocketAddrV6::new(gateway6, 8080, 0, 0));
+    let fin = conn6.fin();
+    s.guest_sends(&fin);
+    s.peer_close(flow6);
+    for _ in 0..100 {
+        s.exchange_ipv6(std::slice::from_mut(&mut conn6));
+        if s.stats().tcp_flows == 0 {
+            break;
+        }
+        s.advance(rslirp_stack::Duration::from_millis(10));
+    }
+    assert_eq!(s.stats().tcp_flows, 0, "the IPv6 connection closed");
+    assert_eq!(s.host.close_mode(flow6), Some(CloseMode::Graceful));
+
+    // An IPv4 connection from a guest announcing MSS 9000, then a download: every frame
+    // must fit the MTU or carry a segment size that does (the scenario's tap checks each
+    // frame as tun and the guest's kernel would), and the data must arrive whole.
+    let mut conn = s.guest_tcp(40001, SocketAddrV4::new(REMOTE, 80));
+    conn.mss = 9000;
+    let connects_before = s.host.connects().len();
+    s.guest_sends(&conn.syn());
+    let (flow, _) = s.host.connects()[connects_before];
+    s.complete_connect(flow);
+    s.exchange(std::slice::from_mut(&mut conn));
+    assert!(conn.established());
+    s.take_offload_log();
+    let data: Vec<u8> = (0..40_000).map(|i| (i * 7 + i / 253) as u8).collect();
+    s.peer_send(flow, &data);
+    for _ in 0..100 {
+        s.exchange(std::slice::from_mut(&mut conn));
+        if conn.received().len() >= data.len() {
+            break;
+        }
+        s.advance(rslirp_stack::Duration::from_millis(10));
+    }
+    assert!(conn.received() == &data[..], "the download arrived whole");
+    for (len, offload) in s.take_offload_log() {
+        match offload.gso {
+            None => assert!(
+                len <= 14 + 1500,
+                "a {len}-byte frame without a segment size"
+            ),
+            Some(gso) => assert!(usize::from(gso.header_len + gso.segment_size) <= 14 + 1500),
+        }
+    }
+}

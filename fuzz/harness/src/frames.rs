@@ -8,8 +8,10 @@
 //! sequence numbers ([`Op::TcpReply`]), which is how inputs reach established connections,
 //! retransmission, FIN and RST handling.
 
+use crate::offload::{self, VnetHeader};
 use crate::sim::{SentTcp, Sim};
 use crate::{clock_step, Encoder, Input, HOST_ERRORS};
+use rslirp::netns::VNET_HDR_LEN;
 use rslirp_stack::config::{IPV6_DNS, IPV6_GATEWAY};
 use rslirp_stack::testing::fragments::{ipv4_piece, ipv6_piece, payload_len};
 use rslirp_stack::testing::frames::{Guest, TcpSegment};
@@ -42,12 +44,18 @@ pub const FLAG_MTU_1280: u8 = 16;
 pub const FLAG_OTHER_CIDR: u8 = 32;
 /// No DNS upstream (the host has no usable nameserver); otherwise 127.0.0.53.
 pub const FLAG_NO_DNS_UPSTREAM: u8 = 64;
+/// Tap offloads, as production runs by default (`Config::tap_offload`, a virtio-net header
+/// on every frame both ways): the stack may send TCP segments of up to 64 KiB with partial
+/// checksums, which [`Sim`] checks and cuts as the guest's kernel does, and the guest may
+/// send such segments ([`Op::GsoTcp`]) and frames up to the tap's read buffer.
+pub const FLAG_OFFLOAD: u8 = 128;
 
 pub fn config(flags: u8) -> Config {
     let mut config = Config {
         enable_ipv6: flags & FLAG_IPV6 != 0,
         disable_dns: flags & FLAG_DISABLE_DNS != 0,
         disable_host_loopback: flags & FLAG_DISABLE_HOST_LOOPBACK != 0,
+        tap_offload: flags & FLAG_OFFLOAD != 0,
         mtu: if flags & FLAG_MTU_1280 != 0 {
             1280
         } else {
@@ -168,9 +176,21 @@ pub enum Op {
     /// `bytes`: the network's ICMP error about a UDP or ping socket's datagrams, as
     /// IP_RECVERR queues it, quoting `bytes`.
     IcmpError,
+    /// As [`Op::TcpReply`] (which recent segment, flags, seq offset, window byte), then a
+    /// payload length u16, a segment size u16, a mode byte, `bytes`: the guest's answer
+    /// with a payload of that length (`bytes`, then a pattern), up to one 64 KiB IP
+    /// packet, as a TSO guest writes it: a GSO virtio-net header for that segment size
+    /// (0: the MTU's) and the checksum as the mode says (see [`Fuzz::gso_tcp`]).
+    GsoTcp,
+    /// family, dst, src port, dst port, mode byte, `bytes`: [`Op::Udp`]'s datagram, its
+    /// checksum left partial (mode bit 0) with the header that says so, or not (bit 1).
+    PartialUdp,
+    /// socket, length u16: the host peer sends that many bytes of a pattern (enough for
+    /// the stack to send the guest segments of 64 KiB, without 64 KiB inputs).
+    PeerSendBulk,
 }
 
-pub const OPS: [Op; 31] = [
+pub const OPS: [Op; 34] = [
     Op::RawFrame,
     Op::Ipv4Packet,
     Op::Ipv6Packet,
@@ -202,6 +222,9 @@ pub const OPS: [Op; 31] = [
     Op::Fragments,
     Op::Fragment,
     Op::IcmpError,
+    Op::GsoTcp,
+    Op::PartialUdp,
+    Op::PeerSendBulk,
 ];
 
 impl Op {
@@ -220,6 +243,9 @@ pub const PSH: u8 = 8;
 pub const ACK: u8 = 16;
 /// MSS, window scale and SACK-permitted options (what Linux puts in a SYN).
 pub const OPTIONS: u8 = 32;
+/// With [`OPTIONS`]: the MSS option is the window field's value rather than 1460 (the
+/// guest's MSS decides the size the stack cuts its large segments to).
+pub const MSS_FROM_WINDOW: u8 = 64;
 
 pub fn run(data: &[u8]) {
     let mut input = Input::new(data);
@@ -534,6 +560,38 @@ impl Fuzz {
                 self.sim.advance(by);
             }
             Op::Fragments => self.fragments(input),
+            Op::GsoTcp => self.gso_tcp(input),
+            Op::PartialUdp => {
+                let (src, dst) = self.addresses(input);
+                let (src_port, dst_port) = (port(input), port(input));
+                let mode = input.byte();
+                let payload = input.bytes();
+                let mut frame = self.udp_frame(src_port, dst_port, src, dst, payload);
+                let csum = if mode & 1 != 0 {
+                    offload::leave_checksum_partial(&mut frame)
+                } else {
+                    None
+                };
+                let header = if mode & 2 != 0 {
+                    VnetHeader::default()
+                } else {
+                    offload::gso_header(&[], 0, csum)
+                };
+                self.sim.guest_writes(header, &frame);
+            }
+            Op::PeerSendBulk => {
+                let pick = input.byte();
+                let len = usize::from(input.u16());
+                let open = |s: &rslirp_stack::testing::SimSocket| {
+                    s.kind == SocketKind::Tcp
+                        && s.state == SocketState::Connected
+                        && !s.eof_from_peer
+                };
+                if let Some(flow) = self.sim.socket(pick, open) {
+                    let event = self.sim.host.peer_send(flow, &pattern(len));
+                    self.sim.host_event(event);
+                }
+            }
             Op::Fragment => {
                 let (src, dst) = self.addresses(input);
                 let ident = input.u32();
@@ -703,6 +761,88 @@ impl Fuzz {
         self.send_tcp(dst, src, &reply);
     }
 
+    /// [`Op::GsoTcp`]. Mode bits 0-1: the checksum complete (0), partial with NEEDS_CSUM
+    /// (1), partial without it (2), or zero (3); bit 2: ten bytes of the input as the
+    /// virtio-net header instead of the one the guest's kernel would write.
+    fn gso_tcp(&mut self, input: &mut Input) {
+        let pick = input.byte();
+        let flags = input.byte();
+        let seq_offset = i32::from(input.byte() as i8);
+        let window = u16::from(input.byte()) << 8;
+        let len = usize::from(input.u16());
+        let gso_size = input.u16();
+        let mode = input.byte();
+        let mut raw_header = [0u8; VNET_HDR_LEN];
+        if mode & 4 != 0 {
+            raw_header.fill_with(|| input.byte());
+        }
+        let head = input.bytes();
+        let recent = self.sim.recent_tcp.len();
+        let Some(index) = (recent > 0).then(|| recent - 1 - usize::from(pick) % recent) else {
+            return;
+        };
+        let SentTcp { src, dst, segment } = self.sim.recent_tcp[index].clone();
+        let flags = if flags & (SYN | FIN | RST | PSH | ACK) == 0 {
+            ACK | PSH
+        } else {
+            flags
+        };
+        // Up to one IP packet: IPv4's length counts its header, IPv6's does not; TCP's
+        // header may have 40 bytes of options.
+        let ip_len = if dst.is_ipv4() { 20 } else { 40 };
+        let counted = if dst.is_ipv4() { ip_len } else { 0 } + 20 + 40;
+        let len = len.min(offload::MAX_IP_PACKET - counted);
+        let mut payload = pattern(len);
+        let n = head.len().min(len);
+        payload[..n].copy_from_slice(&head[..n]);
+        let ack = segment.seq.wrapping_add(segment.seq_len());
+        let seq = segment.ack.unwrap_or(0).wrapping_add_signed(seq_offset);
+        let reply = TcpSegment {
+            src_port: segment.dst_port,
+            dst_port: segment.src_port,
+            payload,
+            ..self::segment(flags, seq, Some(ack), window)
+        };
+        let Some(mut frame) = self.tcp_frame(dst, src, &reply) else {
+            return;
+        };
+        let csum = match mode & 3 {
+            1 | 2 => offload::leave_checksum_partial(&mut frame),
+            3 => {
+                let at = ETHERNET_HEADER_LEN + ip_len + 16;
+                if let Some(field) = frame.get_mut(at..at + 2) {
+                    field.fill(0);
+                }
+                None
+            }
+            _ => None,
+        };
+        // What a guest whose MSS fits the MTU cuts to (options aside).
+        let mtu_size = self.sim.config.mtu.saturating_sub(ip_len + 20);
+        let gso_size = if gso_size == 0 {
+            u16::try_from(mtu_size).unwrap_or(u16::MAX)
+        } else {
+            gso_size
+        };
+        let header = if mode & 4 != 0 {
+            VnetHeader::parse(&raw_header)
+        } else {
+            let csum = csum.filter(|_| mode & 3 == 1);
+            let big = frame.len() > ETHERNET_HEADER_LEN + self.sim.config.mtu;
+            offload::gso_header(&frame, if big { gso_size } else { 0 }, csum)
+        };
+        let header = if header.gso_size == 0 && mode & 4 == 0 {
+            VnetHeader {
+                gso_type: 0,
+                hdr_len: 0,
+                ..header
+            }
+        } else {
+            header
+        };
+        self.sim.guest_writes(header, &frame);
+    }
+
     fn dhcp(&mut self, input: &mut Input) {
         const TYPES: [DhcpMessageType; 8] = [
             DhcpMessageType::Discover,
@@ -800,16 +940,23 @@ impl Fuzz {
     }
 
     fn send_tcp(&mut self, src: IpAddr, dst: IpAddr, segment: &TcpSegment) {
-        let frame = match (src, dst) {
-            (IpAddr::V4(src), IpAddr::V4(dst)) => Guest {
-                ip: src,
-                ..self.guest
-            }
-            .tcp(dst, segment),
-            (IpAddr::V6(src), IpAddr::V6(dst)) => tcp6_frame(&self.guest, src, dst, segment),
-            _ => return,
-        };
-        self.sim.guest_sends(&frame);
+        if let Some(frame) = self.tcp_frame(src, dst, segment) {
+            self.sim.guest_sends(&frame);
+        }
+    }
+
+    fn tcp_frame(&self, src: IpAddr, dst: IpAddr, segment: &TcpSegment) -> Option<Vec<u8>> {
+        match (src, dst) {
+            (IpAddr::V4(src), IpAddr::V4(dst)) => Some(
+                Guest {
+                    ip: src,
+                    ..self.guest
+                }
+                .tcp(dst, segment),
+            ),
+            (IpAddr::V6(src), IpAddr::V6(dst)) => Some(tcp6_frame(&self.guest, src, dst, segment)),
+            _ => None,
+        }
     }
 
     fn udp_frame(
@@ -845,11 +992,20 @@ fn segment(flags: u8, seq: u32, ack: Option<u32>, window: u16) -> TcpSegment {
         rst: flags & RST != 0,
         psh: flags & PSH != 0,
         window,
-        mss: options.then_some(1460),
+        mss: options.then_some(if flags & MSS_FROM_WINDOW != 0 {
+            window
+        } else {
+            1460
+        }),
         window_scale: options.then_some(7),
         sack_permitted: options,
         ..TcpSegment::default()
     }
+}
+
+/// `len` bytes of a pattern that does not repeat within a segment.
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 + i / 251) as u8).collect()
 }
 
 /// A port: a few that services and flows share (so that steps meet each other's flows),
@@ -1248,6 +1404,133 @@ pub fn seeds() -> crate::Seeds {
             .bytes(&[1; 64]);
         op(&mut e, Op::Advance);
         e.byte(8);
+        seeds.push((name, e.finish()));
+    }
+
+    // Tap offloads: a TCP session whose guest uploads 60,000 bytes in one TSO segment with
+    // a partial checksum and downloads 95,000 (the stack sends segments of up to 64 KiB,
+    // which the harness cuts as the guest's kernel does), over IPv4 and IPv6; and with
+    // tiny limits and MTU 1280, a header of any bytes, a zero checksum, and UDP to the
+    // DNS forwarder with a partial checksum.
+    for (name, flags) in [
+        ("offload-tcp-session", FLAG_OFFLOAD),
+        ("offload-ipv6", FLAG_OFFLOAD | FLAG_IPV6),
+        (
+            "offload-tiny",
+            FLAG_OFFLOAD | FLAG_TINY_LIMITS | FLAG_MTU_1280,
+        ),
+    ] {
+        let family = u8::from(flags & FLAG_IPV6 != 0);
+        let tiny = flags & FLAG_TINY_LIMITS != 0;
+        let mut e = Encoder::new();
+        e.byte(flags);
+        op(&mut e, Op::TcpSyn);
+        // dst index 2 (10.99.0.1 or its IPv6 counterpart), ports 40000 -> 80.
+        e.byte(family).byte(2).byte(0).byte(2).u32(0x2000_0000);
+        op(&mut e, Op::CompleteConnect);
+        e.byte(0).byte(0);
+        op(&mut e, Op::TcpReply);
+        e.byte(0).byte(ACK).byte(0).byte(0xff).bytes(b"");
+        op(&mut e, Op::GsoTcp);
+        // newest segment, ACK|PSH, no seq offset, full window, 60,000 bytes, the MTU's
+        // segment size, partial checksum with NEEDS_CSUM (tiny: a zero checksum).
+        e.byte(0)
+            .byte(ACK | PSH)
+            .byte(0)
+            .byte(0xff)
+            .u16(60_000)
+            .u16(0)
+            .byte(if tiny { 3 } else { 1 })
+            .bytes(b"PUT /upload HTTP/1.0\r\n\r\n");
+        op(&mut e, Op::TakeSent);
+        e.byte(0).u16(0);
+        op(&mut e, Op::PeerSendBulk);
+        e.byte(0).u16(65_000);
+        op(&mut e, Op::TcpReply);
+        e.byte(0).byte(ACK).byte(0).byte(0xff).bytes(b"");
+        op(&mut e, Op::Advance);
+        e.byte(2);
+        op(&mut e, Op::TcpReply);
+        e.byte(0).byte(ACK).byte(0).byte(0xff).bytes(b"");
+        op(&mut e, Op::PeerSendBulk);
+        e.byte(0).u16(30_000);
+        op(&mut e, Op::TcpReply);
+        e.byte(0).byte(ACK).byte(0).byte(0xff).bytes(b"");
+        if tiny {
+            // A segment behind a header of any ten bytes.
+            op(&mut e, Op::GsoTcp);
+            e.byte(0)
+                .byte(ACK)
+                .byte(0)
+                .byte(0xff)
+                .u16(4_000)
+                .u16(1_000)
+                .byte(4);
+            for byte in [1u8, 1, 0x36, 0, 0xe8, 0x03, 0x22, 0, 0x10, 0] {
+                e.byte(byte);
+            }
+            e.bytes(b"");
+            op(&mut e, Op::PartialUdp);
+            // To the DNS forwarder (dst index 1), port 40001 -> 53, partial with NEEDS_CSUM.
+            e.byte(0).byte(1).byte(1).byte(3).byte(1).bytes(
+                b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07example\x03com\x00\x00\x01\x00\x01",
+            );
+        }
+        op(&mut e, Op::PeerClose);
+        e.byte(0);
+        op(&mut e, Op::TcpReply);
+        e.byte(0).byte(ACK | FIN).byte(0).byte(0xff).bytes(b"");
+        op(&mut e, Op::Advance);
+        e.byte(5);
+        seeds.push((name, e.finish()));
+    }
+
+    // Tap offloads and the guest's MSS: SYNs announcing 9,000 (more than the MTU allows),
+    // 100 and 1 (fewer than the options of the segments), each connection then fed and
+    // drained in bulk, over IPv4 and IPv6.
+    for (name, flags) in [
+        ("offload-mss", FLAG_OFFLOAD),
+        ("offload-mss-v6", FLAG_OFFLOAD | FLAG_IPV6),
+    ] {
+        let family = u8::from(flags & FLAG_IPV6 != 0);
+        let mut e = Encoder::new();
+        e.byte(flags);
+        for (pick, port, mss) in [(0u8, 7000u16, 9000u16), (1, 7001, 100), (2, 7002, 1)] {
+            op(&mut e, Op::TcpSegment);
+            // dst index 2, port `port` -> 80, SYN with options, the MSS in the window.
+            e.byte(family)
+                .byte(2)
+                .byte(8)
+                .u16(port)
+                .byte(2)
+                .byte(SYN | OPTIONS | MSS_FROM_WINDOW)
+                .u32(u32::from(port) << 16)
+                .u32(0)
+                .u16(mss)
+                .bytes(b"");
+            op(&mut e, Op::CompleteConnect);
+            e.byte(0).byte(0);
+            op(&mut e, Op::TcpReply);
+            e.byte(0).byte(ACK).byte(0).byte(0xff).bytes(b"");
+            // The flows' sockets in the order they were opened.
+            op(&mut e, Op::PeerSendBulk);
+            e.byte(pick).u16(40_000);
+            for _ in 0..6 {
+                op(&mut e, Op::TcpReply);
+                e.byte(0).byte(ACK).byte(0).byte(0xff).bytes(b"");
+            }
+            op(&mut e, Op::GsoTcp);
+            e.byte(0)
+                .byte(ACK | PSH)
+                .byte(0)
+                .byte(0xff)
+                .u16(20_000)
+                .u16(0)
+                .byte(1)
+                .bytes(b"");
+        }
+        op(&mut e, Op::Advance);
+        e.byte(5);
         seeds.push((name, e.finish()));
     }
 

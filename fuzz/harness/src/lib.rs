@@ -17,6 +17,7 @@ pub mod cli;
 pub mod dhcp;
 pub mod dns;
 pub mod frames;
+pub mod offload;
 pub mod sim;
 
 use rslirp_stack::{Duration, HostError};

@@ -5,12 +5,15 @@
 //! scenario guest's MAC, but a fuzzed guest sends from any MAC (and the stack answers it),
 //! and here the tap can also be full (`stalled`), which Scenario never simulates.
 
+use crate::offload::VnetHeader;
+use rslirp::event_loop::{frame_read, vnet_header, MAX_FRAME};
+use rslirp::netns::VNET_HDR_LEN;
 use rslirp_stack::testing::frames::{try_parse, ParseError, Parsed, TcpSegment};
 use rslirp_stack::testing::ipv6::{try_parse6, Parsed6};
 use rslirp_stack::testing::{SimHost, SimSocket};
 use rslirp_stack::{
     CloseMode, Config, Duration, FlowId, HostError, HostEvent, HostIo, HostResult, Instant,
-    SourceAddr, Stack,
+    Offload, SourceAddr, Stack,
 };
 use smoltcp::wire::{EthernetFrame, EthernetProtocol, Ipv4Packet, ETHERNET_HEADER_LEN};
 use std::collections::HashMap;
@@ -64,14 +67,41 @@ impl Sim {
         }
     }
 
-    /// The guest writes a frame to the tap. Frames longer than the MTU are not delivered:
-    /// the guest's kernel cannot send them on a tap of that MTU, and the stack's answers
-    /// (echo replies) may be as long as the question.
+    /// The guest writes a frame to the tap. Frames longer than the MTU are not delivered
+    /// (unless the tap has offloads, see [`Sim::guest_writes`]): the guest's kernel cannot
+    /// send them on a tap of that MTU, and the stack's answers (echo replies) may be as
+    /// long as the question.
     pub fn guest_sends(&mut self, frame: &[u8]) {
-        if frame.len() > ETHERNET_HEADER_LEN + self.config.mtu {
+        self.guest_writes(VnetHeader::default(), frame);
+    }
+
+    /// The guest's kernel writes `frame` behind a virtio-net header (the tap has one with
+    /// offloads; without, the header is left out). The frame is read out again as the event
+    /// loop reads it (`frame_read`). With offloads, frames up to the read buffer's size are
+    /// delivered: a TSO guest sends TCP segments of up to 64 KiB, and a packet socket with
+    /// PACKET_VNET_HDR can write any frame marked as one.
+    pub fn guest_writes(&mut self, header: VnetHeader, frame: &[u8]) {
+        let offload = self.config.tap_offload;
+        let max = if offload {
+            MAX_FRAME
+        } else {
+            ETHERNET_HEADER_LEN + self.config.mtu
+        };
+        if frame.len() > max {
             return;
         }
+        let mut read = Vec::with_capacity(VNET_HDR_LEN + frame.len());
+        if offload {
+            read.extend_from_slice(&header.to_bytes());
+        }
+        read.extend_from_slice(frame);
+        let Some(frame) = frame_read(&read, offload) else {
+            return;
+        };
         if crate::tracing() {
+            if offload {
+                eprintln!("  -> {header:?}");
+            }
             eprintln!("  -> {:?}", try_parse(frame));
         }
         self.stack.handle_frame(self.now, frame, &mut self.host);
@@ -156,12 +186,31 @@ impl Sim {
         }
         for _ in 0..MAX_POLLS_PER_INSTANT {
             self.stack.poll(self.now, &mut self.host);
-            let mut frames = Vec::new();
-            // The fuzzed stack has no tap offloads: every frame is complete as it is.
-            self.stack.poll_transmit(|frame, _offload| {
-                frames.push(frame.to_vec());
+            let mut written = Vec::new();
+            self.stack.poll_transmit(|frame, offload| {
+                written.push((frame.to_vec(), offload));
                 rslirp_stack::TapWrite::Sent
             });
+            // What the guest's IP layer gets: the frames as they are without tap offloads;
+            // with them, each behind the header the event loop writes, checked, completed
+            // and cut as the guest's kernel does (see `offload::receive`).
+            let mut frames = Vec::with_capacity(written.len());
+            for (frame, offload) in written {
+                if !self.config.tap_offload {
+                    assert_eq!(
+                        offload,
+                        Offload::default(),
+                        "offload metadata without tap offloads"
+                    );
+                    frames.push(frame);
+                    continue;
+                }
+                let header = VnetHeader::parse(&vnet_header(offload));
+                if crate::tracing() && offload != Offload::default() {
+                    eprintln!("  <- {header:?} on {} bytes", frame.len());
+                }
+                frames.extend(crate::offload::receive(&frame, &header));
+            }
             for frame in &frames {
                 self.check_frame(frame);
             }

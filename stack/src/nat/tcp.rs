@@ -495,7 +495,13 @@ impl TcpFlow {
             IpAddress::Ipv4(_) => EthernetProtocol::Ipv4,
             IpAddress::Ipv6(_) => EthernetProtocol::Ipv6,
         };
-        if let Some(mut flow) = spare {
+        // A spare's interface keeps the device capabilities it was built with, and with
+        // offloads those differ by family (an IPv6 flow's interface has the largest MTU,
+        // see the module comment): renewed for the other family, an IPv4 flow would send
+        // segments of the guest's MSS, past our MTU, with no segment size for the tap.
+        // Such a spare is dropped instead (found by the `frames` fuzz target).
+        let detour = |ethertype| params.offload && ethertype == EthernetProtocol::Ipv6;
+        if let Some(mut flow) = spare.filter(|flow| detour(flow.ethertype) == detour(ethertype)) {
             flow.renew(now, local, guest, params, phase, ethertype);
             return flow;
         }
