@@ -41,6 +41,9 @@ const TAP_WRITABLE: Token = Token(u32::MAX as usize - 5);
 
 /// Frames read from the tap per wake-up before the loop turns to other sources.
 const TAP_READ_BATCH: usize = 256;
+/// Wake-ups in a row with frames on the tap after which the tap is read as a burst (until
+/// EAGAIN or the batch), not one frame per wake-up (see `EventLoop::read_tap`).
+const TAP_BURST_AFTER: u32 = 2;
 /// Time spent reading the tap per wake-up before the loop turns to other sources, whatever
 /// the count: a frame that opens a host connection costs far more than one of a bulk
 /// transfer (a SYN flood made a batch of 256 take 10-45 ms), and the control socket, the
@@ -231,9 +234,9 @@ pub struct EventLoop {
     /// The tap fd again (`dup`), registered with mio for writability only: epoll keys its
     /// entries by fd, so the tap's own fd can have a level-triggered read entry of its own.
     tap_write_watch: OwnedFd,
-    /// The previous wake-up found frames on the tap too: a burst is on, and the tap is read
-    /// until it is empty (see `read_tap`).
-    tap_streak: bool,
+    /// How many wake-ups in a row (this one included) found frames on the tap; beyond
+    /// `TAP_BURST_AFTER` a burst is on, and the tap is read until it is empty (`read_tap`).
+    tap_streak: u32,
     /// When `trim_memory` looks next, and how many flows were open at its last look.
     trim_at: Instant,
     flows_at_trim_check: u64,
@@ -310,7 +313,7 @@ impl EventLoop {
             pcap,
             target,
             tap_write_watch,
-            tap_streak: false,
+            tap_streak: 0,
             trim_at: Instant::ZERO,
             flows_at_trim_check: 0,
             frame: vec![0u8; VNET_HDR_LEN + MAX_FRAME],
@@ -402,10 +405,12 @@ impl EventLoop {
                 }
             }
             if tap_readable {
-                // One frame unless the previous wake-up had frames too (see `read_tap`).
-                self.read_tap(now, self.tap_streak)?;
+                // One frame unless wake-ups before had frames too (see `read_tap`).
+                self.tap_streak = self.tap_streak.saturating_add(1);
+                self.read_tap(now, self.tap_streak > TAP_BURST_AFTER)?;
+            } else {
+                self.tap_streak = 0;
             }
-            self.tap_streak = tap_readable;
             if let Some(api) = &mut self.api {
                 api.expire(std::time::Instant::now(), self.poll.registry());
             }
@@ -459,10 +464,11 @@ impl EventLoop {
     /// is empty.
     ///
     /// A lone frame is read with one system call: no read follows it only to fail with
-    /// EAGAIN. Frames left behind wake the next `epoll_wait` at once (level-triggered), and
-    /// that wake-up, following one with frames, reads the burst whole: under load the tap
-    /// is drained in batches (one EAGAIN per batch), idle or interactive it costs one read
-    /// per frame.
+    /// EAGAIN. Frames left behind wake the next `epoll_wait` at once (level-triggered). A
+    /// pair of frames (a connection's ACK and first data, data and FIN) is read one per
+    /// wake-up too: the second `epoll_wait` is needed anyway, an EAGAIN read would not be.
+    /// Only after `TAP_BURST_AFTER` wake-ups in a row with frames is the tap read as a
+    /// burst: under load it is drained in batches (one EAGAIN per batch).
     ///
     /// The virtio-net header of a frame read needs no attention: its one flag that matters,
     /// NEEDS_CSUM (the TCP/UDP checksum holds only the pseudo-header sum), only says what
