@@ -36,9 +36,14 @@ const SIGNAL: Token = Token(u32::MAX as usize - 1);
 const EXIT_FD: Token = Token(u32::MAX as usize - 2);
 const RESOLV: Token = Token(u32::MAX as usize - 3);
 const TARGET: Token = Token(u32::MAX as usize - 4);
+/// Writability of the tap, watched through a duplicate of its fd (see `EventLoop::new`).
+const TAP_WRITABLE: Token = Token(u32::MAX as usize - 5);
 
 /// Frames read from the tap per wake-up before the loop turns to other sources.
 const TAP_READ_BATCH: usize = 256;
+/// Wake-ups in a row with frames on the tap after which the tap is read as a burst (until
+/// EAGAIN or the batch), not one frame per wake-up (see `EventLoop::read_tap`).
+const TAP_BURST_AFTER: u32 = 2;
 /// Time spent reading the tap per wake-up before the loop turns to other sources, whatever
 /// the count: a frame that opens a host connection costs far more than one of a bulk
 /// transfer (a SYN flood made a batch of 256 take 10-45 ms), and the control socket, the
@@ -235,8 +240,12 @@ pub struct EventLoop {
     resolv: Option<ResolvWatch>,
     pcap: Option<PcapWriter>,
     target: Option<TargetWatch>,
-    /// The last tap read stopped at the batch limit: more frames may be waiting.
-    tap_backlog: bool,
+    /// The tap fd again (`dup`), registered with mio for writability only: epoll keys its
+    /// entries by fd, so the tap's own fd can have a level-triggered read entry of its own.
+    tap_write_watch: OwnedFd,
+    /// How many wake-ups in a row (this one included) found frames on the tap; beyond
+    /// `TAP_BURST_AFTER` a burst is on, and the tap is read until it is empty (`read_tap`).
+    tap_streak: u32,
     /// When `trim_memory` looks next, and how many flows were open at its last look.
     trim_at: Instant,
     flows_at_trim_check: u64,
@@ -264,10 +273,20 @@ impl EventLoop {
             target,
         } = sources;
         let registry = poll.registry();
+        // The tap is watched for reading level-triggered, unlike everything mio registers
+        // (edge-triggered): a wake-up may then read just one frame and leave the rest to the
+        // next `epoll_wait`, which returns at once while frames wait, instead of reading on
+        // until a read fails with EAGAIN. A lone frame (one side of a request/response) costs
+        // one read, not two. mio has no level-triggered mode, so the entry is added to its
+        // epoll set directly, with the token as its data, which is how mio reports events.
+        epoll_add_level_readable(&poll, &tap, TAP)?;
+        // Writability stays edge-triggered (level-triggered, a writable tap would wake us
+        // all the time), on a duplicate of the fd: epoll allows one entry per fd.
+        let tap_write_watch = tap.try_clone()?;
         registry.register(
-            &mut SourceFd(&tap.as_raw_fd()),
-            TAP,
-            Interest::READABLE | Interest::WRITABLE,
+            &mut SourceFd(&tap_write_watch.as_raw_fd()),
+            TAP_WRITABLE,
+            Interest::WRITABLE,
         )?;
         registry.register(
             &mut SourceFd(&signals.as_raw_fd()),
@@ -302,7 +321,8 @@ impl EventLoop {
             resolv,
             pcap,
             target,
-            tap_backlog: false,
+            tap_write_watch,
+            tap_streak: 0,
             trim_at: Instant::ZERO,
             flows_at_trim_check: 0,
             frame: vec![0u8; VNET_HDR_LEN + MAX_FRAME],
@@ -329,13 +349,12 @@ impl EventLoop {
                 Err(err) => return Err(LoopError::Poll(err)),
             }
             let now = self.clock.now();
+            let mut tap_readable = false;
             for event in events.iter() {
                 match event.token() {
-                    TAP => {
-                        if event.is_readable() || event.is_error() {
-                            self.tap_backlog = true;
-                        }
-                    }
+                    TAP => tap_readable = true,
+                    // The loop writes queued frames on every wake-up (`write_tap` below).
+                    TAP_WRITABLE => {}
                     SIGNAL => {
                         if self.signals.read_signal().ok().flatten().is_some() {
                             return Ok(Exit::Signal);
@@ -387,14 +406,19 @@ impl EventLoop {
                             readable: event.is_readable() || event.is_read_closed(),
                             writable: event.is_writable(),
                             error: event.is_error(),
+                            read_closed: event.is_read_closed(),
                         };
                         self.stack
                             .handle_host_event(now, host_event, &mut self.host);
                     }
                 }
             }
-            if self.tap_backlog {
-                self.read_tap(now)?;
+            if tap_readable {
+                // One frame unless wake-ups before had frames too (see `read_tap`).
+                self.tap_streak = self.tap_streak.saturating_add(1);
+                self.read_tap(now, self.tap_streak > TAP_BURST_AFTER)?;
+            } else {
+                self.tap_streak = 0;
             }
             if let Some(api) = &mut self.api {
                 api.expire(std::time::Instant::now(), self.poll.registry());
@@ -421,11 +445,9 @@ impl EventLoop {
         self.flows_at_trim_check = flows;
     }
 
-    /// Zero while work is pending, else until the stack's next deadline.
+    /// Until the stack's next deadline (frames left on the tap end the wait at once: its
+    /// entry is level-triggered).
     fn timeout(&mut self) -> Option<Duration> {
-        if self.tap_backlog {
-            return Some(Duration::ZERO);
-        }
         let api_wait = self
             .api
             .as_ref()
@@ -447,21 +469,29 @@ impl EventLoop {
         [api_wait, stack_wait].into_iter().flatten().min()
     }
 
-    /// Read up to a batch of frames into the stack.
+    /// Read one frame into the stack, or with `burst` up to a batch of frames, until the tap
+    /// is empty.
+    ///
+    /// A lone frame is read with one system call: no read follows it only to fail with
+    /// EAGAIN. Frames left behind wake the next `epoll_wait` at once (level-triggered). A
+    /// pair of frames (a connection's ACK and first data, data and FIN) is read one per
+    /// wake-up too: the second `epoll_wait` is needed anyway, an EAGAIN read would not be.
+    /// Only after `TAP_BURST_AFTER` wake-ups in a row with frames is the tap read as a
+    /// burst: under load it is drained in batches (one EAGAIN per batch).
     ///
     /// The virtio-net header of a frame read needs no attention: its one flag that matters,
     /// NEEDS_CSUM (the TCP/UDP checksum holds only the pseudo-header sum), only says what
     /// the stack already assumes, as it never verifies the guest's transport checksums
     /// (the guest's kernel is the only writer of this tap). Its segment size is for
     /// splitting, which we do not: a 64 KiB segment goes to the host socket whole.
-    fn read_tap(&mut self, now: Instant) -> Result<(), LoopError> {
+    fn read_tap(&mut self, now: Instant, burst: bool) -> Result<(), LoopError> {
         let until = std::time::Instant::now() + TAP_READ_BUDGET;
-        for _ in 0..TAP_READ_BATCH {
+        let batch = if burst { TAP_READ_BATCH } else { 1 };
+        for _ in 0..batch {
             if std::time::Instant::now() >= until {
                 break;
             }
             if self.link_lost {
-                self.tap_backlog = false;
                 return Ok(());
             }
             match nix::unistd::read(&self.tap, &mut self.frame) {
@@ -478,10 +508,7 @@ impl EventLoop {
                     // Keep the guest's queue moving while we read a long burst.
                     self.write_tap()?;
                 }
-                Err(Errno::EAGAIN) => {
-                    self.tap_backlog = false;
-                    return Ok(());
-                }
+                Err(Errno::EAGAIN) => return Ok(()),
                 Err(Errno::EINTR) => {}
                 Err(errno) if self.link == LinkKind::Socket && peer_gone(errno) => {
                     self.lose_link(errno.desc())
@@ -502,11 +529,13 @@ impl EventLoop {
             return;
         }
         self.link_lost = true;
-        self.tap_backlog = false;
+        if let Err(err) = epoll_delete(&self.poll, &self.tap) {
+            log::debug!("epoll: cannot deregister the frame socket: {err}");
+        }
         if let Err(err) = self
             .poll
             .registry()
-            .deregister(&mut SourceFd(&self.tap.as_raw_fd()))
+            .deregister(&mut SourceFd(&self.tap_write_watch.as_raw_fd()))
         {
             log::debug!("epoll: cannot deregister the frame socket: {err}");
         }
@@ -572,6 +601,46 @@ impl EventLoop {
             None => Ok(()),
         }
     }
+}
+
+/// Adds `fd` to mio's epoll set for reading, level-triggered, reported as `token`.
+fn epoll_add_level_readable(poll: &Poll, fd: &OwnedFd, token: Token) -> std::io::Result<()> {
+    let mut event = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: token.0 as u64,
+    };
+    // SAFETY: both fds are open for the duration of the call (`poll` and `fd` are
+    // borrowed), and `event` is a valid epoll_event the kernel only reads.
+    let rc = unsafe {
+        libc::epoll_ctl(
+            poll.as_raw_fd(),
+            libc::EPOLL_CTL_ADD,
+            fd.as_raw_fd(),
+            &mut event,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Removes `fd`'s entry (added by `epoll_add_level_readable`) from mio's epoll set.
+fn epoll_delete(poll: &Poll, fd: &OwnedFd) -> std::io::Result<()> {
+    // SAFETY: both fds are open for the duration of the call; EPOLL_CTL_DEL ignores the
+    // event argument (null is allowed since Linux 2.6.9).
+    let rc = unsafe {
+        libc::epoll_ctl(
+            poll.as_raw_fd(),
+            libc::EPOLL_CTL_DEL,
+            fd.as_raw_fd(),
+            std::ptr::null_mut(),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Errors of a connected datagram or seqpacket socket that mean its peer is gone for good.

@@ -254,16 +254,19 @@ impl HostIo for RealHost {
     }
 
     fn tcp_accept(&mut self, forward: u64, flow: FlowId) -> HostResult<SocketAddr> {
-        let listener = self.forward_listener(forward)?;
+        let listener = socket2::SockRef::from(self.forward_listener(forward)?);
+        // accept4 makes the socket non-blocking (and close-on-exec) itself: no fcntl after.
         let (stream, peer) = loop {
-            match listener.accept() {
+            match listener.accept4(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) {
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                 result => break result.map_err(host_error)?,
             }
         };
-        stream.set_nonblocking(true).map_err(host_error)?;
-        let _ = stream.set_nodelay(true);
-        self.adopt(flow, Socket::from(stream), peer.is_ipv6())?;
+        let Some(peer) = peer.as_socket() else {
+            return Err(HostError::Other(libc::EAFNOSUPPORT)); // a TCP listener's peer is IP
+        };
+        let _ = stream.set_tcp_nodelay(true);
+        self.adopt(flow, stream, peer.is_ipv6())?;
         Ok(peer)
     }
 

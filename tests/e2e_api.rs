@@ -17,10 +17,10 @@ use common::api::{
 use common::net::{self, Pattern};
 use common::ns::BindMount;
 use common::{Env, Mode, EXIT_TIMEOUT, GATEWAY, GUEST_ADDR, STEP_TIMEOUT};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::net::{
-    IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener, TcpStream,
-    UdpSocket,
+    IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener,
+    TcpStream, UdpSocket,
 };
 use std::os::unix::net::UnixListener;
 use std::sync::Barrier;
@@ -34,6 +34,7 @@ both_modes!(
     too_large_message,
     stale_socket_file_is_replaced,
     tcp_forward_guest_sees_real_source,
+    tcp_forward_many_small_exchanges,
     tcp_forward_to_closed_guest_port_closes_client,
     removed_tcp_forward_refuses_at_once,
     udp_forward_round_trip,
@@ -565,4 +566,64 @@ fn ipv6_host_addr_forwards_to_the_guest(mode: Mode) {
         body.starts_with(&format!("peer {GATEWAY}:")),
         "the guest saw: {body:?}"
     );
+}
+
+/// Through a forward, the host's client talking to the guest's server: 1,000 small
+/// exchanges on one connection, then 100 short connections, each waited for with a short
+/// timeout. Host→guest is the other half of rslirp's round-trip path (the accepted socket,
+/// a reply read from the tap one frame at a time, a delayed ACK): a missed event stalls.
+fn tcp_forward_many_small_exchanges(mode: Mode) {
+    const EXCHANGES: usize = 1_000;
+    const CONNECTIONS: usize = 100;
+    const STALL: Duration = Duration::from_secs(5);
+    let (env, api) = env_with_api(mode);
+    let _rslirp = api.launch(&env).start();
+    let listener = env
+        .in_guest("guest echo listener", || TcpListener::bind((GUEST_ADDR, 7)))
+        .wait(STEP_TIMEOUT)
+        .expect("bind the guest's echo listener");
+    let _echo = net::tcp_server(listener, net::echo);
+    let fwd = Fwd::tcp(Ipv4Addr::UNSPECIFIED, 8007, 7);
+    api.add(&fwd);
+    let to = SocketAddr::V4(fwd.host_target());
+    let result = env
+        .in_host("forward client", move || -> Result<(), String> {
+            let exchange = |stream: &mut TcpStream, request: &[u8], what: &str| {
+                stream
+                    .write_all(request)
+                    .map_err(|e| format!("{what}: write: {e}"))?;
+                let mut reply = vec![0u8; request.len()];
+                stream
+                    .read_exact(&mut reply)
+                    .map_err(|e| format!("{what} stalled or failed: {e}"))?;
+                if reply != request {
+                    return Err(format!("{what}: the echo differs"));
+                }
+                Ok::<(), String>(())
+            };
+            let mut stream = TcpStream::connect_timeout(&to, STEP_TIMEOUT)
+                .map_err(|e| format!("connect: {e}"))?;
+            stream.set_read_timeout(Some(STALL)).expect("timeout");
+            stream.set_nodelay(true).expect("nodelay");
+            for i in 0..EXCHANGES {
+                let request = Pattern::bytes(i as u64, 1 + i % 100);
+                exchange(&mut stream, &request, &format!("exchange {i}"))?;
+            }
+            for i in 0..CONNECTIONS {
+                let mut stream = TcpStream::connect_timeout(&to, STEP_TIMEOUT)
+                    .map_err(|e| format!("connection {i}: connect: {e}"))?;
+                stream.set_read_timeout(Some(STALL)).expect("timeout");
+                exchange(&mut stream, &[i as u8], &format!("connection {i}"))?;
+                stream
+                    .shutdown(Shutdown::Write)
+                    .map_err(|e| format!("connection {i}: shutdown: {e}"))?;
+                let mut rest = Vec::new();
+                stream
+                    .read_to_end(&mut rest)
+                    .map_err(|e| format!("connection {i}: no EOF in time: {e}"))?;
+            }
+            Ok(())
+        })
+        .wait(Duration::from_secs(120));
+    result.unwrap_or_else(|e| panic!("{e}"));
 }

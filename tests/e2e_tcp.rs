@@ -5,7 +5,7 @@ mod common;
 
 use common::net::{self, Digested, Pattern};
 use common::{assert_gateway_answers_ping, Env, Mode, GATEWAY, STEP_TIMEOUT};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpStream};
 use std::sync::{mpsc, Barrier};
 use std::thread;
@@ -21,6 +21,8 @@ both_modes!(
     tcp_bulk_guest_to_host,
     tcp_bulk_host_to_guest,
     disable_host_loopback,
+    tcp_many_small_exchanges,
+    tcp_reply_then_close_many_times,
 );
 
 /// Each way, per the acceptance list.
@@ -255,4 +257,81 @@ fn disable_host_loopback(mode: Mode) {
         SocketAddrV4::new(env.host_addr, server.port()),
         10_000,
     );
+}
+
+/// A stalled exchange shows as no byte within this long (the exchanges take microseconds).
+const STALL: Duration = Duration::from_secs(5);
+
+/// Request/response traffic as interactive programs make it: 2,000 exchanges of 1 to 100
+/// bytes on one connection, each waited for. rslirp reads a host socket only until a short
+/// read and the tap one frame at a time while it is quiet, and delays a lone ACK for the
+/// reply to carry: a readiness event missed on the way would stall an exchange for good.
+fn tcp_many_small_exchanges(mode: Mode) {
+    const EXCHANGES: usize = 2_000;
+    let env = Env::new(mode);
+    let _rslirp = env.rslirp().start();
+    let server = env.host_echo_server(Ipv4Addr::LOCALHOST);
+    let mut stream = env
+        .guest_connect(SocketAddrV4::new(GATEWAY, server.port()), CONNECT_TIMEOUT)
+        .expect("connect");
+    let result = env
+        .in_guest("small exchanges", move || -> Result<(), String> {
+            stream.set_read_timeout(Some(STALL)).expect("timeout");
+            stream.set_nodelay(true).expect("nodelay");
+            for i in 0..EXCHANGES {
+                let request = Pattern::bytes(i as u64, 1 + i % 100);
+                stream
+                    .write_all(&request)
+                    .map_err(|e| format!("exchange {i}: write: {e}"))?;
+                let mut reply = vec![0u8; request.len()];
+                stream
+                    .read_exact(&mut reply)
+                    .map_err(|e| format!("exchange {i} stalled or failed: {e}"))?;
+                if reply != request {
+                    return Err(format!("exchange {i}: the echo differs"));
+                }
+            }
+            Ok(())
+        })
+        .wait(Duration::from_secs(120));
+    result.unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// The host answers and closes at once, so its data and its FIN often reach rslirp's host
+/// socket before rslirp looks (one readiness event for both): the guest must get the
+/// reply and the EOF every time, 300 connections in a row.
+fn tcp_reply_then_close_many_times(mode: Mode) {
+    const CONNECTIONS: usize = 300;
+    let env = Env::new(mode);
+    let _rslirp = env.rslirp().start();
+    let server = net::tcp_server(env.host_tcp_listener(Ipv4Addr::LOCALHOST), |mut stream| {
+        let mut request = [0u8; 1];
+        if stream.read_exact(&mut request).is_ok() {
+            let _ = stream.write_all(&[request[0], b'!']);
+        }
+        // Dropping the stream closes it right after the reply.
+    });
+    let to = SocketAddrV4::new(GATEWAY, server.port());
+    let result = env
+        .in_guest("reply-then-close clients", move || -> Result<(), String> {
+            for i in 0..CONNECTIONS {
+                let mut stream = TcpStream::connect_timeout(&to.into(), CONNECT_TIMEOUT)
+                    .map_err(|e| format!("#{i} connect: {e}"))?;
+                stream.set_read_timeout(Some(STALL)).expect("timeout");
+                let byte = i as u8;
+                stream
+                    .write_all(&[byte])
+                    .map_err(|e| format!("#{i} write: {e}"))?;
+                let mut reply = Vec::new();
+                stream
+                    .read_to_end(&mut reply)
+                    .map_err(|e| format!("#{i}: no reply and EOF in time: {e}"))?;
+                if reply != [byte, b'!'] {
+                    return Err(format!("#{i}: reply {reply:?}"));
+                }
+            }
+            Ok(())
+        })
+        .wait(Duration::from_secs(120));
+    result.unwrap_or_else(|e| panic!("{e}"));
 }

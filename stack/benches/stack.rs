@@ -231,6 +231,7 @@ impl Bench {
             readable,
             writable,
             error: false,
+            read_closed: false,
         };
         self.stack
             .handle_host_event(self.now, event, &mut self.host);

@@ -95,6 +95,12 @@ pub struct HostEvent {
     pub writable: bool,
     /// Error or hang-up reported by the poller; the stack asks `take_error` for details.
     pub error: bool,
+    /// The peer shut down its sending side (EPOLLRDHUP) or the socket hung up: EOF may
+    /// follow the data queued, and no later event will announce it. Until this is seen,
+    /// a short read of a TCP socket ends its reading (an empty receive queue; the
+    /// edge-triggered poller reports the next arrival), which spares the read that would
+    /// only say `WouldBlock`.
+    pub read_closed: bool,
 }
 
 /// An ICMP error the host kernel queued on a flow's UDP or ping socket (IP_RECVERR /

@@ -270,16 +270,10 @@ impl Stack {
 
     /// Counters and gauges (a snapshot).
     pub fn stats(&self) -> Stats {
-        let mut stats = self.limit_stats();
-        stats.tx_dropped += self.tap_drops;
-        stats
-    }
-
-    /// The counters as the limit reports see them: `tx_dropped` without the frames a
-    /// down link refused (that is the guest's choice, not a full queue).
-    fn limit_stats(&self) -> Stats {
         let mut stats = self.stats.clone();
-        stats.tx_dropped += self.tx.dropped();
+        // The limit reports (`poll`) see `tx_dropped` without `tap_drops`, the frames a down
+        // link refused (that is the guest's choice, not a full queue).
+        stats.tx_dropped += self.tx.dropped() + self.tap_drops;
         stats.ip_frag_pending = self.reassembly.datagrams() as u64;
         stats.ip_frag_bytes = self.reassembly.bytes() as u64;
         stats
@@ -388,8 +382,9 @@ impl Stack {
                 self.handle_forward_event(now, forward, host);
             }
         }
-        let stats = self.limit_stats();
-        self.limit_reports.check(now, &stats, &self.config.limits);
+        // No copy of the counters: this runs on every wake-up of the loop.
+        self.limit_reports
+            .check(now, &self.stats, self.tx.dropped(), &self.config.limits);
     }
 
     /// When [`Stack::poll`] should run next.

@@ -245,6 +245,7 @@ pub mod host {
             readable: true,
             writable: true,
             error: true,
+            read_closed: true,
         }
     }
 
@@ -254,6 +255,7 @@ pub mod host {
             readable: true,
             writable: false,
             error: false,
+            read_closed: false,
         }
     }
 
@@ -263,6 +265,7 @@ pub mod host {
             readable: false,
             writable: true,
             error: false,
+            read_closed: false,
         }
     }
 
@@ -327,7 +330,11 @@ pub mod host {
         /// The host peer closes its sending side (the stack will read EOF).
         pub fn peer_close(&mut self, flow: FlowId) -> HostEvent {
             self.expect_tcp_peer(flow, "peer_close").eof_from_peer = true;
-            readable_event(flow)
+            // Linux reports EPOLLIN | EPOLLRDHUP for a FIN (mio: readable, read-closed).
+            HostEvent {
+                read_closed: true,
+                ..readable_event(flow)
+            }
         }
 
         /// The host peer resets the connection; unread inbound bytes are lost.
@@ -589,6 +596,8 @@ pub mod host {
                         || socket.pending_error.is_some()),
                 writable: socket.state == SocketState::Connected && socket.send_room() > 0,
                 error: socket.pending_error.is_some() || !socket.icmp_errors.is_empty(),
+                read_closed: !connecting
+                    && (socket.eof_from_peer || socket.state != SocketState::Connected),
             }
         }
 

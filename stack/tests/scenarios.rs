@@ -1092,3 +1092,137 @@ mod close_orders {
         assert_eq!(s.take_sent(flow), sent);
     }
 }
+
+/// The path of one round trip: how few frames and host calls a lone request and its reply
+/// take (issue #17), and that the shortcuts never leave data or EOF behind.
+mod round_trip {
+    use super::*;
+    use rslirp_stack::nat::tcp::ACK_DELAY;
+    use rslirp_stack::testing::HostCall;
+
+    fn tcp_recvs(s: &Scenario, flow: FlowId) -> Vec<HostCall> {
+        s.host
+            .calls()
+            .iter()
+            .filter(|call| matches!(call, HostCall::TcpRecv { flow: f, .. } if *f == flow))
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn the_reply_carries_the_ack_of_a_lone_request() {
+        let mut s = Scenario::new();
+        let (mut conn, flow) = s.open_tcp(40000, remote(80));
+        let frame = conn.send(b"?");
+        s.guest_sends(&frame);
+        assert_eq!(s.take_sent(flow), b"?", "the request went on at once");
+        assert_eq!(
+            s.drain(),
+            vec![],
+            "no pure ACK before the host had time to reply"
+        );
+
+        s.advance(ACK_DELAY / 2);
+        s.peer_send(flow, b"!");
+        let reply = the_only_segment(s.drain(), "the reply");
+        assert_eq!(reply.payload, b"!");
+        assert_eq!(
+            reply.ack,
+            Some(conn.next_seq()),
+            "the reply ACKs the request"
+        );
+        s.advance(ACK_DELAY * 2);
+        assert_eq!(s.drain(), vec![], "nothing more: the ACK rode on the reply");
+    }
+
+    #[test]
+    fn without_a_reply_the_ack_follows_after_the_delay() {
+        let mut s = Scenario::new();
+        let (mut conn, flow) = s.open_tcp(40000, remote(80));
+        let frame = conn.send(b"log line\n");
+        s.guest_sends(&frame);
+        assert_eq!(s.take_sent(flow), b"log line\n");
+        assert_eq!(s.drain(), vec![]);
+        s.advance(ACK_DELAY);
+        let ack = the_only_segment(s.drain(), "the delayed ACK");
+        assert!(ack.payload.is_empty());
+        assert_eq!(ack.ack, Some(conn.next_seq()));
+    }
+
+    #[test]
+    fn more_than_one_mss_is_acked_at_once() {
+        let mut s = Scenario::new();
+        let (mut conn, flow) = s.open_tcp(40000, remote(80));
+        // One segment larger than the MSS, as a guest with segmentation offload sends.
+        let upload = pattern(9, 3_000);
+        let frame = conn.send(&upload);
+        s.guest_sends(&frame);
+        assert!(s.take_sent(flow) == upload);
+        let ack = the_only_segment(s.drain(), "the immediate ACK");
+        assert_eq!(ack.ack, Some(conn.next_seq()));
+
+        // Two full segments in a row: ACKed without waiting either.
+        for chunk in pattern(10, 2 * 1460).chunks(1460) {
+            let frame = conn.send(chunk);
+            s.guest_sends(&frame);
+        }
+        let acks = s.drain();
+        assert!(!acks.is_empty(), "two full segments are ACKed at once");
+    }
+
+    #[test]
+    fn a_short_read_ends_reading_without_a_wouldblock_read() {
+        let mut s = Scenario::new();
+        let (_conn, flow) = s.open_tcp(40000, remote(80));
+        let before = tcp_recvs(&s, flow).len();
+        s.peer_send(flow, b"reply");
+        let recvs = tcp_recvs(&s, flow)[before..].to_vec();
+        assert_eq!(
+            recvs,
+            vec![HostCall::TcpRecv {
+                flow,
+                result: Ok(5)
+            }],
+            "one read of the reply, no read that only says WouldBlock"
+        );
+        let segment = the_only_segment(s.drain(), "the reply");
+        assert_eq!(segment.payload, b"reply");
+    }
+
+    #[test]
+    fn eof_queued_behind_the_data_of_one_event_still_reaches_the_guest() {
+        // Data and the peer's FIN both arrived before the poller looked: one event, which
+        // Linux reports with EPOLLRDHUP. The short read of the data must not end reading.
+        let mut s = Scenario::new();
+        let (conn, flow) = s.open_tcp(40000, remote(80));
+        let mut conns = [conn];
+        let _ = s.host.peer_send(flow, b"last words");
+        let _ = s.host.peer_close(flow);
+        let event = s.host.event(flow);
+        assert!(event.read_closed);
+        s.host_event(event);
+        run_until(&mut s, &mut conns, "the data and the FIN", |_, c| {
+            c[0].peer_fin
+        });
+        assert_eq!(conns[0].received(), b"last words");
+    }
+
+    #[test]
+    fn many_exchanges_never_stall() {
+        let mut s = Scenario::new();
+        let (conn, flow) = s.open_tcp(40000, remote(80));
+        let mut conns = [conn];
+        for i in 0..200usize {
+            let request = pattern(i, 1 + i % 7);
+            let frame = conns[0].send(&request);
+            s.guest_sends(&frame);
+            assert!(s.take_sent(flow) == request, "request {i} went on");
+            let reply = pattern(i + 1000, 1 + (i * 13) % 3000);
+            s.peer_send(flow, &reply);
+            run_until(&mut s, &mut conns, "the reply", |_, c| {
+                c[0].received().len() >= reply.len()
+            });
+            assert!(conns[0].take_received() == reply, "reply {i} arrived whole");
+        }
+    }
+}

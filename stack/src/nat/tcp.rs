@@ -100,6 +100,19 @@ enum Phase {
 /// IPv4 header's total length can say (IPv6 is held to the same for simplicity).
 const MAX_OFFLOAD_PACKET: usize = 65_535;
 
+/// How long the ACK of a guest segment may wait for data of ours to ride on.
+///
+/// Why: in a request/response exchange the host's reply usually follows the request within
+/// tens of microseconds; an ACK sent at once is a second frame (a second tap write, and a
+/// wake-up of the guest) per round trip, where the reply would have carried it. As Linux
+/// does, only a lone small segment is delayed: once more than one MSS is unacknowledged
+/// (every bulk burst, any offloaded large segment; smoltcp, with our patch 0003 for a
+/// single large segment) the ACK goes at once, so bulk transfers are not slowed.
+/// The cost is bounded by this delay: a guest that holds back its next small segment until
+/// the previous one is ACKed (Nagle) and a host that waits for it stall that long, as with
+/// libslirp, whose delayed ACK waits for its 2 ms fast timer; Linux's minimum is 40 ms.
+pub const ACK_DELAY: Duration = Duration::from_millis(1);
+
 /// The MSS of a peer that announced none (RFC 9293; smoltcp assumes the same).
 const DEFAULT_GUEST_MSS: usize = 536;
 
@@ -137,6 +150,9 @@ pub struct TcpFlow {
     /// Readiness we have seen and not yet used up (edge-triggered host events).
     host_readable: bool,
     host_writable: bool,
+    /// The poller reported a hang-up or an error on the host socket: from now on reads go
+    /// on until EOF, an error or `WouldBlock`, not only until a short read (see `pump`).
+    host_read_closed: bool,
     /// The host peer sent EOF; a FIN is queued to the guest.
     host_eof: bool,
     /// The guest's FIN has been passed on as a host half-close.
@@ -536,10 +552,11 @@ impl TcpFlow {
             SocketBuffer::new(vec![0u8; params.rx_buffer]),
             SocketBuffer::new(vec![0u8; params.tx_buffer]),
         );
-        // The guest is on a virtual wire: batching small writes (Nagle) or delaying ACKs
-        // only adds latency and throttles its congestion window.
+        // The guest is on a virtual wire: batching small writes (Nagle) only adds latency.
         socket.set_nagle_enabled(false);
-        socket.set_ack_delay(None);
+        // The ACK of a lone small segment waits a little for the host's reply to carry it
+        // (see `ACK_DELAY`); more than one MSS unacknowledged is ACKed at once.
+        socket.set_ack_delay(Some(ACK_DELAY));
         let mut sockets = SocketSet::new(Vec::with_capacity(1));
         let handle = sockets.add(socket);
         Box::new(TcpFlow {
@@ -555,6 +572,7 @@ impl TcpFlow {
             guest_connect_pending: false,
             host_readable: false,
             host_writable: false,
+            host_read_closed: false,
             host_eof: false,
             host_write_shut: false,
             host_closed: false,
@@ -623,6 +641,7 @@ impl TcpFlow {
         self.guest_connect_pending = false;
         self.host_readable = false;
         self.host_writable = false;
+        self.host_read_closed = false;
         self.host_eof = false;
         self.host_write_shut = false;
         self.host_closed = false;
@@ -741,13 +760,19 @@ impl TcpFlow {
             readable,
             writable,
             error,
+            read_closed,
         } = event;
         if let Phase::Connecting { .. } = self.phase {
             if !(writable || error) {
                 return self.verdict(now, host, id);
             }
-            if let Some(err) = host.take_error(id) {
-                return Verdict::Refused(err);
+            // A failed connect always comes with an error (Linux sets EPOLLERR with the
+            // socket error), so a plain writable event means connected: SO_ERROR is asked
+            // only when there is one to read, sparing a system call per connection.
+            if error {
+                if let Some(err) = host.take_error(id) {
+                    return Verdict::Refused(err);
+                }
             }
             if !writable {
                 return self.verdict(now, host, id);
@@ -759,7 +784,8 @@ impl TcpFlow {
                 .pause_synack(false);
         }
         // An error or hang-up shows up as a failing (or EOF) read, which the pump handles.
-        self.host_readable |= readable || error;
+        self.host_readable |= readable || error || read_closed;
+        self.host_read_closed |= read_closed || error;
         self.host_writable |= writable;
         self.drive(now, None, id, tx, host)
     }
@@ -935,18 +961,30 @@ impl TcpFlow {
             self.host_write_shut = true;
         }
         // Host → guest.
+        //
+        // A read that returns less than it was offered found the socket's receive queue
+        // empty, and the edge-triggered poller reports every later arrival as a new event
+        // (Linux wakes the poller on each segment queued, FIN included), so the read that
+        // would only say `WouldBlock` is skipped: one `recv` per reply instead of two.
+        // Not once the poller reported a hang-up or an error: EOF or the error may already
+        // be queued behind the data just read, and no new event would announce them.
         while self.host_readable && !self.host_eof && socket.can_send() {
             let received = socket.send(|buf| match host.tcp_recv(id, buf) {
-                Ok(n) => (n, Ok(n)),
+                Ok(n) => (n, Ok((n, buf.len()))),
                 Err(err) => (0, Err(err)),
             });
             match received {
-                Ok(Ok(0)) => {
+                Ok(Ok((0, _))) => {
                     self.host_eof = true;
                     // Queues our FIN behind the data already buffered.
                     socket.close();
                 }
-                Ok(Ok(n)) => self.counters.to_guest += n as u64,
+                Ok(Ok((n, offered))) => {
+                    self.counters.to_guest += n as u64;
+                    if n < offered && !self.host_read_closed {
+                        self.host_readable = false;
+                    }
+                }
                 Ok(Err(HostError::WouldBlock)) => self.host_readable = false,
                 Ok(Err(err)) => return Err(err),
                 Err(_) => break,

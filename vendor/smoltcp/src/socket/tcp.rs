@@ -2271,6 +2271,12 @@ impl<'a> Socket<'a> {
             && self.ack_to_transmit()
         {
             self.ack_delay_timer = match self.ack_delay_timer {
+                // rslirp: a single segment of more than one RMSS (a large receive offload
+                // delivers whole bursts as one) is ACKed at once, as two smaller ones are.
+                AckDelayTimer::Idle if self.immediate_ack_to_transmit() => {
+                    tcp_trace!("more than one RMSS received, ACKing without delay");
+                    AckDelayTimer::Immediate
+                }
                 AckDelayTimer::Idle => {
                     tcp_trace!("starting delayed ack timer");
                     AckDelayTimer::Waiting(cx.now() + ack_delay)
@@ -9423,6 +9429,32 @@ mod test {
                 seq_number: LOCAL_SEQ + 1,
                 ack_number: Some(REMOTE_SEQ + 1 + (DEFAULT_MSS + 2)),
                 window_len: (DEFAULT_MSS - 2) as u16,
+                ..RECV_TEMPL
+            })
+        );
+    }
+
+    #[test]
+    fn test_delayed_ack_single_segment_over_rmss() {
+        // One segment larger than RMSS (a peer with segmentation offload, a receive offload
+        // on the path) must be ACKed as two segments of that size together would be: at once.
+        let mut s = socket_established_with_buffer_sizes(DEFAULT_MSS * 4, DEFAULT_MSS * 4);
+        s.set_ack_delay(Some(ACK_DELAY_DEFAULT));
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &[0; DEFAULT_MSS + 1],
+                ..SEND_TEMPL
+            }
+        );
+        recv!(
+            s,
+            Ok(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + (DEFAULT_MSS + 1)),
+                window_len: (DEFAULT_MSS * 3 - 1) as u16,
                 ..RECV_TEMPL
             })
         );
