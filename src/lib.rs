@@ -2,6 +2,7 @@
 //! lives in the pure `rslirp-stack` crate; this crate parses the command line, enters the
 //! container's namespaces, opens the tap, runs the mio event loop and owns the host sockets.
 
+pub mod alloc;
 pub mod api_socket;
 pub mod bess;
 pub mod cli;
@@ -14,22 +15,6 @@ pub mod resolv;
 pub mod sandbox;
 
 use std::os::fd::AsFd;
-
-/// Make every large allocation (a TCP flow's socket buffers: 1 MiB each, or
-/// `Limits::tcp_small_buffer`, 64 KiB, under memory pressure) its own mmap. glibc otherwise
-/// raises its mmap threshold after the first free and serves later buffers from the heap,
-/// where calloc must zero them and RSS grows with every flow. As fresh mappings, untouched
-/// parts of idle buffers cost no memory and freeing returns it.
-pub fn tune_allocator() {
-    // SAFETY: mallopt only adjusts glibc's allocator parameters; it is called before any
-    // other thread exists and takes plain integers.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
-    }
-}
-
-/// No larger than the smallest TCP buffer (see `tune_allocator`).
-const MMAP_THRESHOLD: i32 = 64 * 1024;
 
 /// Hand the allocator's free memory back to the kernel (glibc keeps what a burst of flows
 /// freed in its heap otherwise, so the resident size would stay at the burst's peak).

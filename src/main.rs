@@ -22,6 +22,11 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::ExitCode;
 
+/// Large blocks (the TCP flows' buffers) as mappings of their own: untouched, they cost no
+/// memory (see `rslirp::alloc`).
+#[global_allocator]
+static ALLOCATOR: rslirp::alloc::Allocator = rslirp::alloc::Allocator;
+
 fn main() -> ExitCode {
     let mut args = std::env::args_os();
     let argv0 = args
@@ -70,7 +75,6 @@ fn main() -> ExitCode {
 
 /// Everything after parsing; any `Err` is fatal and becomes one line on stderr.
 fn run(options: Options) -> Result<Exit, String> {
-    rslirp::tune_allocator();
     // Every flow holds a host socket: take all the descriptors we may (see `fds`).
     let nofile = rslirp::fds::raise_nofile_limit();
     // Checked before any side effect.

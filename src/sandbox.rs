@@ -775,7 +775,8 @@ pub fn allowed_syscalls() -> Result<Rules, seccompiler::BackendError> {
     // After a change the resolver's file watch is re-armed (a rename gives a new inode).
     allow(libc::SYS_inotify_add_watch, vec![]);
     allow(libc::SYS_inotify_rm_watch, vec![]);
-    // The allocator: flow buffers are mmap'd (see tune_allocator). Never executable memory,
+    // The allocator: blocks of a page or more (flow buffers) are mappings of their own
+    // (src/alloc.rs). Never executable memory,
     // so a hijacked process cannot map code of its own.
     allow(
         libc::SYS_mmap,
