@@ -5,11 +5,11 @@
 use crate::io::{FlowId, HostError, HostIo};
 use crate::link::TxQueue;
 use crate::nat::udp::ReadOutcome;
-use crate::nat::{checksum_caps, send_ip, FlowCounters, Quote};
+use crate::nat::{send_icmpv4, send_icmpv6, FlowCounters, Quote};
 use crate::stats::Stats;
 use core::net::IpAddr;
 use smoltcp::time::{Duration, Instant};
-use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr, Icmpv6Packet, Icmpv6Repr, IpProtocol};
+use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr, Icmpv6Packet, Icmpv6Repr};
 
 pub struct IcmpFlow {
     pub last_active: Instant,
@@ -113,21 +113,13 @@ pub fn send_echo_reply(
     data: &[u8],
 ) {
     match (from, to) {
-        (IpAddr::V4(_), IpAddr::V4(_)) => {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
             let reply = Icmpv4Repr::EchoReply {
                 ident,
                 seq_no,
                 data,
             };
-            send_ip(
-                tx,
-                stats,
-                from,
-                to,
-                IpProtocol::Icmp,
-                reply.buffer_len(),
-                |buf| reply.emit(&mut Icmpv4Packet::new_unchecked(buf), &checksum_caps()),
-            );
+            send_icmpv4(tx, stats, src, dst, &reply);
         }
         (IpAddr::V6(src), IpAddr::V6(dst)) => {
             let reply = Icmpv6Repr::EchoReply {
@@ -135,22 +127,7 @@ pub fn send_echo_reply(
                 seq_no,
                 data,
             };
-            send_ip(
-                tx,
-                stats,
-                from,
-                to,
-                IpProtocol::Icmpv6,
-                reply.buffer_len(),
-                |buf| {
-                    reply.emit(
-                        &src,
-                        &dst,
-                        &mut Icmpv6Packet::new_unchecked(buf),
-                        &checksum_caps(),
-                    )
-                },
-            );
+            send_icmpv6(tx, stats, src, dst, &reply);
         }
         _ => stats.tx_errors += 1,
     }

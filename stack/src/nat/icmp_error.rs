@@ -11,12 +11,12 @@
 
 use crate::io::IcmpReport;
 use crate::link::TxQueue;
-use crate::nat::{checksum_caps, send_ipv4, send_ipv6, Quote, QuotedHeader};
+use crate::nat::{checksum_caps, send_icmpv6, send_ipv4, Quote, QuotedHeader};
 use crate::stats::Stats;
 use core::net::IpAddr;
 use smoltcp::wire::{
     checksum, Icmpv4DstUnreachable, Icmpv4Packet, Icmpv4Repr, Icmpv4TimeExceeded,
-    Icmpv6DstUnreachable, Icmpv6Packet, Icmpv6Repr, Icmpv6TimeExceeded, IpProtocol,
+    Icmpv6DstUnreachable, Icmpv6Repr, Icmpv6TimeExceeded, IpProtocol,
 };
 
 /// ICMP types as the kernel reports them (`ee_type`).
@@ -153,19 +153,7 @@ pub fn send_icmp_error(
                 },
                 _ => return false,
             };
-            let to = header.src_addr;
-            send_ipv6(
-                tx,
-                stats,
-                from,
-                to,
-                IpProtocol::Icmpv6,
-                icmp.buffer_len(),
-                |buf| {
-                    let mut packet = Icmpv6Packet::new_unchecked(buf);
-                    icmp.emit(&from, &to, &mut packet, &checksum_caps());
-                },
-            );
+            send_icmpv6(tx, stats, from, header.src_addr, &icmp);
             true
         }
         _ => false,

@@ -258,6 +258,51 @@ impl Quote {
     }
 }
 
+/// Queue an ICMP message from `from` to the guest at `to`.
+pub fn send_icmpv4(
+    tx: &mut TxQueue,
+    stats: &mut Stats,
+    from: Ipv4Address,
+    to: Ipv4Address,
+    icmp: &Icmpv4Repr<'_>,
+) {
+    send_ipv4(
+        tx,
+        stats,
+        from,
+        to,
+        IpProtocol::Icmp,
+        icmp.buffer_len(),
+        |buf| icmp.emit(&mut Icmpv4Packet::new_unchecked(buf), &checksum_caps()),
+    );
+}
+
+/// Queue an ICMPv6 message from `from` to the guest at `to` (its checksum covers both).
+pub fn send_icmpv6(
+    tx: &mut TxQueue,
+    stats: &mut Stats,
+    from: Ipv6Address,
+    to: Ipv6Address,
+    icmp: &Icmpv6Repr<'_>,
+) {
+    send_ipv6(
+        tx,
+        stats,
+        from,
+        to,
+        IpProtocol::Icmpv6,
+        icmp.buffer_len(),
+        |buf| {
+            icmp.emit(
+                &from,
+                &to,
+                &mut Icmpv6Packet::new_unchecked(buf),
+                &checksum_caps(),
+            )
+        },
+    );
+}
+
 /// Why a destination is unreachable, in either ICMP family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unreachable {
@@ -287,15 +332,7 @@ pub fn send_icmp_unreachable(
                 header,
                 data: quote.head(),
             };
-            send_ipv4(
-                tx,
-                stats,
-                from,
-                header.src_addr,
-                IpProtocol::Icmp,
-                icmp.buffer_len(),
-                |buf| icmp.emit(&mut Icmpv4Packet::new_unchecked(buf), &checksum_caps()),
-            );
+            send_icmpv4(tx, stats, from, header.src_addr, &icmp);
         }
         (QuotedHeader::V6(header), IpAddr::V6(from)) => {
             let reason = match why {
@@ -308,23 +345,7 @@ pub fn send_icmp_unreachable(
                 header,
                 data: quote.head(),
             };
-            let to = header.src_addr;
-            send_ipv6(
-                tx,
-                stats,
-                from,
-                to,
-                IpProtocol::Icmpv6,
-                icmp.buffer_len(),
-                |buf| {
-                    icmp.emit(
-                        &from,
-                        &to,
-                        &mut Icmpv6Packet::new_unchecked(buf),
-                        &checksum_caps(),
-                    )
-                },
-            );
+            send_icmpv6(tx, stats, from, header.src_addr, &icmp);
         }
         _ => stats.tx_errors += 1,
     }
