@@ -65,11 +65,10 @@ where
 /// come to exist when their peer retransmits, with exponential backoff — tens of seconds
 /// for a crowd of thousands, in any TCP peer, rslirp or a kernel.
 pub fn deepen_backlog(listener: &TcpListener, backlog: i32) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: listen(2) on a socket fd the listener owns; calling it again on a listening
-    // socket only changes its backlog.
-    let rc = unsafe { libc::listen(listener.as_raw_fd(), backlog) };
-    assert_eq!(rc, 0, "listen: {}", io::Error::last_os_error());
+    // listen(2) again on a listening socket only changes its backlog.
+    socket2::SockRef::from(listener)
+        .listen(backlog)
+        .expect("listen with a deeper backlog");
 }
 
 /// Like [`tcp_server`], but serves each connection on the accepting thread, one after
