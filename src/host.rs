@@ -7,7 +7,9 @@
 
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
-use rslirp_stack::{CloseMode, FlowId, HostError, HostIo, HostResult, IcmpReport, SourceAddr};
+use rslirp_stack::{
+    CloseMode, Datagram, FlowId, HostError, HostIo, HostResult, IcmpReport, SourceAddr,
+};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::collections::HashMap;
 use std::io::{self, Read};
@@ -66,6 +68,15 @@ struct Slot {
     v6: bool,
     /// The TTL / hop limit last set on the socket; 0 until the first datagram.
     hop_limit: u8,
+    /// A datagram read ahead by `recv_datagram` (the second of its recvmmsg), handed out
+    /// by the next call; dropped with the socket.
+    held: Option<Held>,
+}
+
+/// A datagram read ahead: its bytes and length.
+struct Held {
+    data: Vec<u8>,
+    len: usize,
 }
 
 pub struct RealHost {
@@ -74,6 +85,9 @@ pub struct RealHost {
     outbound: Outbound,
     /// Listening/bound sockets of port forwards, by forward id.
     forwards: HashMap<u64, ForwardSocket>,
+    /// The buffer of `recv_datagram`'s read-ahead, kept between calls so that a stream of
+    /// datagrams allocates nothing (it moves into a slot's `held` and back).
+    spare: Vec<u8>,
 }
 
 impl RealHost {
@@ -83,6 +97,7 @@ impl RealHost {
             slots: Vec::new(),
             outbound,
             forwards: HashMap::new(),
+            spare: Vec::new(),
         }
     }
 
@@ -219,6 +234,7 @@ impl RealHost {
             socket,
             v6,
             hop_limit: 0,
+            held: None,
         });
         Ok(&slot.socket)
     }
@@ -245,6 +261,48 @@ pub fn host_error(err: io::Error) -> HostError {
         | Some(libc::EADDRNOTAVAIL) => HostError::Exhausted,
         Some(errno) => HostError::Other(errno),
         None => HostError::Other(0),
+    }
+}
+
+impl RealHost {
+    /// One datagram of a connected UDP or ping socket. The kernel is asked for two at once
+    /// (recvmmsg): when it has only one, the flow is known to be drained and the stack
+    /// spares the read that would only say EAGAIN — a lone datagram, the DNS-like round
+    /// trip, costs one receive call, not two. A second datagram waits in the slot for the
+    /// next call, which makes no system call.
+    fn recv_datagram(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<Datagram> {
+        let RealHost { slots, spare, .. } = self;
+        let slot = match slots.get_mut(flow.index as usize) {
+            Some(Some(slot)) if slot.generation == flow.generation => slot,
+            _ => return Err(HostError::ConnectionReset),
+        };
+        if let Some(held) = slot.held.take() {
+            let len = held.len.min(buf.len());
+            buf[..len].copy_from_slice(&held.data[..len]);
+            *spare = held.data;
+            return Ok(Datagram { len, last: false });
+        }
+        if spare.len() < buf.len() {
+            // Zeroed allocation, not `resize`: a fresh mapping's pages stay untouched (see
+            // alloc.rs) until a datagram lands in them.
+            *spare = vec![0; buf.len()];
+        }
+        let lens = loop {
+            match recv_two(slot.socket.as_raw_fd(), buf, spare) {
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                result => break result.map_err(host_error)?,
+            }
+        };
+        match lens {
+            (len, None) => Ok(Datagram { len, last: true }),
+            (len, Some(second)) => {
+                slot.held = Some(Held {
+                    data: std::mem::take(spare),
+                    len: second,
+                });
+                Ok(Datagram { len, last: false })
+            }
+        }
     }
 }
 
@@ -369,8 +427,8 @@ impl HostIo for RealHost {
         self.send_with_hop_limit(flow, data, hop_limit)
     }
 
-    fn udp_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<usize> {
-        self.tcp_recv(flow, buf)
+    fn udp_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<Datagram> {
+        self.recv_datagram(flow, buf)
     }
 
     fn ping_open(&mut self, flow: FlowId, remote: IpAddr) -> HostResult<()> {
@@ -397,8 +455,8 @@ impl HostIo for RealHost {
         self.send_with_hop_limit(flow, message, hop_limit)
     }
 
-    fn ping_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<usize> {
-        self.tcp_recv(flow, buf)
+    fn ping_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<Datagram> {
+        self.recv_datagram(flow, buf)
     }
 
     fn recv_icmp_error(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<Option<IcmpReport>> {
@@ -482,6 +540,49 @@ const EXTENDED_ERR_LEN: usize = 16;
 
 /// Take one entry of the socket's error queue (recvmsg with MSG_ERRQUEUE): its quoted bytes
 /// into `buf`, and what the kernel says of it. `Ok(None)`: an entry that is no ICMP error.
+/// Receive up to two datagrams without blocking, into `first` and `second`: their lengths
+/// (each truncated to its buffer, as recv(2) does). `WouldBlock` when none is queued.
+fn recv_two(
+    fd: std::os::fd::RawFd,
+    first: &mut [u8],
+    second: &mut [u8],
+) -> io::Result<(usize, Option<usize>)> {
+    let mut iovs = [
+        libc::iovec {
+            iov_base: first.as_mut_ptr().cast(),
+            iov_len: first.len(),
+        },
+        libc::iovec {
+            iov_base: second.as_mut_ptr().cast(),
+            iov_len: second.len(),
+        },
+    ];
+    // SAFETY: mmsghdr is plain old data, for which all zeroes is a valid (empty) value.
+    let mut msgs: [libc::mmsghdr; 2] = unsafe { std::mem::zeroed() };
+    for (msg, iov) in msgs.iter_mut().zip(iovs.iter_mut()) {
+        msg.msg_hdr.msg_iov = iov;
+        msg.msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: each message's one iovec points into a buffer we own and keep alive across
+    // the call, with its length; no name or control buffer; the kernel writes within them
+    // and sets `msg_len`. A null timeout with MSG_DONTWAIT never blocks.
+    let n = unsafe {
+        libc::recvmmsg(
+            fd,
+            msgs.as_mut_ptr(),
+            2,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    };
+    match n {
+        n if n < 0 => Err(io::Error::last_os_error()),
+        // recvmmsg returns at least one message or an error.
+        1 => Ok((msgs[0].msg_len as usize, None)),
+        _ => Ok((msgs[0].msg_len as usize, Some(msgs[1].msg_len as usize))),
+    }
+}
+
 fn recv_error_queue(fd: std::os::fd::RawFd, buf: &mut [u8]) -> io::Result<Option<IcmpReport>> {
     // Room for one cmsghdr with the extended error and an IPv6 offender address; u64s for
     // the cmsghdr's alignment.

@@ -745,6 +745,8 @@ pub fn allowed_syscalls() -> Result<Rules, seccompiler::BackendError> {
         libc::SYS_sendto,
         // The ICMP errors queued on UDP and ping sockets (MSG_ERRQUEUE needs recvmsg).
         libc::SYS_recvmsg,
+        // Two datagrams of a UDP or ping socket in one call (host.rs `recv_two`).
+        libc::SYS_recvmmsg,
     ] {
         allow(nr, vec![]);
     }

@@ -23,8 +23,8 @@ use std::time::{Duration as StdDuration, Instant as StdInstant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rslirp_stack::testing::{parse, Guest, GuestTcp, TcpSegment, START};
 use rslirp_stack::{
-    CloseMode, Config, Duration, FlowId, HostError, HostEvent, HostIo, HostResult, Instant,
-    SourceAddr, Stack,
+    CloseMode, Config, Datagram, Duration, FlowId, HostError, HostEvent, HostIo, HostResult,
+    Instant, SourceAddr, Stack,
 };
 
 /// The gateway: TCP to it reaches the host's loopback, as iperf3 to 10.0.2.2 does.
@@ -106,7 +106,7 @@ impl HostIo for BenchHost {
         Ok(())
     }
 
-    fn udp_recv(&mut self, _flow: FlowId, _buf: &mut [u8]) -> HostResult<usize> {
+    fn udp_recv(&mut self, _flow: FlowId, _buf: &mut [u8]) -> HostResult<Datagram> {
         Err(HostError::WouldBlock)
     }
 
@@ -118,7 +118,7 @@ impl HostIo for BenchHost {
         Err(HostError::PermissionDenied)
     }
 
-    fn ping_recv(&mut self, _flow: FlowId, _buf: &mut [u8]) -> HostResult<usize> {
+    fn ping_recv(&mut self, _flow: FlowId, _buf: &mut [u8]) -> HostResult<Datagram> {
         Err(HostError::WouldBlock)
     }
 

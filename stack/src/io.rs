@@ -87,6 +87,19 @@ pub enum SourceAddr {
     Kernel,
 }
 
+/// One datagram read from a flow's UDP or ping socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Datagram {
+    /// Its length in the caller's buffer (the rest of a longer one is discarded, as recv(2)
+    /// does).
+    pub len: usize,
+    /// The host knows no other datagram is queued behind this one: the flow is drained
+    /// until its next readable event, and the stack spares the read that would only say
+    /// `WouldBlock` (one system call of every DNS-like round trip). `false` when the host
+    /// cannot tell.
+    pub last: bool,
+}
+
 /// Readiness of one flow's host socket, as the event loop saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HostEvent {
@@ -157,7 +170,7 @@ pub trait HostIo {
     /// us); the host changes the socket's setting only when it differs from the last.
     fn udp_send(&mut self, flow: FlowId, data: &[u8], hop_limit: u8) -> HostResult<()>;
     /// Receive one datagram's payload.
-    fn udp_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<usize>;
+    fn udp_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<Datagram>;
 
     /// Open an unprivileged ping socket (SOCK_DGRAM/IPPROTO_ICMP[V6]) towards `remote`.
     fn ping_open(&mut self, flow: FlowId, remote: IpAddr) -> HostResult<()>;
@@ -165,7 +178,7 @@ pub trait HostIo {
     /// replaces the identifier with the socket's own.
     fn ping_send(&mut self, flow: FlowId, message: &[u8], hop_limit: u8) -> HostResult<()>;
     /// Receive one ICMP message (an echo reply, header + payload).
-    fn ping_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<usize>;
+    fn ping_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<Datagram>;
 
     /// Take the oldest ICMP error queued on the flow's UDP or ping socket, its quoted datagram
     /// copied into `buf` (truncated to it); `Ok(None)` when none is queued. Errors of other

@@ -20,7 +20,9 @@ pub mod stats;
 pub mod testing;
 
 pub use config::{BufferTier, Config, Limits, Timeouts, VirtualNetwork, DEFAULT_TCP_BUFFER_BUDGET};
-pub use io::{CloseMode, FlowId, HostError, HostEvent, HostIo, HostResult, IcmpReport, SourceAddr};
+pub use io::{
+    CloseMode, Datagram, FlowId, HostError, HostEvent, HostIo, HostResult, IcmpReport, SourceAddr,
+};
 pub use link::{Gso, Offload, PartialChecksum};
 pub use smoltcp::time::{Duration, Instant};
 pub use stack::{Stack, TapWrite};

@@ -19,7 +19,8 @@ pub use scenario::{complete_checksum, Scenario, START};
 /// The in-memory host.
 pub mod host {
     use crate::io::{
-        CloseMode, FlowId, HostError, HostEvent, HostIo, HostResult, IcmpReport, SourceAddr,
+        CloseMode, Datagram, FlowId, HostError, HostEvent, HostIo, HostResult, IcmpReport,
+        SourceAddr,
     };
     use core::net::{IpAddr, SocketAddr};
     use std::collections::{HashMap, VecDeque};
@@ -161,7 +162,7 @@ pub mod host {
         },
         UdpRecv {
             flow: FlowId,
-            result: HostResult<usize>,
+            result: HostResult<Datagram>,
         },
         PingOpen {
             flow: FlowId,
@@ -175,7 +176,7 @@ pub mod host {
         },
         PingRecv {
             flow: FlowId,
-            result: HostResult<usize>,
+            result: HostResult<Datagram>,
         },
         Close {
             flow: FlowId,
@@ -683,7 +684,7 @@ pub mod host {
             kind: SocketKind,
             call: &str,
             buf: &mut [u8],
-        ) -> HostResult<usize> {
+        ) -> HostResult<Datagram> {
             let socket = self.live(flow, kind, call);
             if let Some(error) = socket.pending_error.take() {
                 return Err(error);
@@ -695,7 +696,12 @@ pub mod host {
             // Like recv(2) on a datagram socket: the rest of a long datagram is discarded.
             let n = datagram.len().min(buf.len());
             buf[..n].copy_from_slice(&datagram[..n]);
-            Ok(n)
+            // The real host knows this only when the kernel queue ran dry in the same call
+            // (recvmmsg); the simulation always knows.
+            Ok(Datagram {
+                len: n,
+                last: socket.inbound_datagrams.is_empty(),
+            })
         }
 
         fn send_datagram(
@@ -894,7 +900,7 @@ pub mod host {
             result
         }
 
-        fn udp_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<usize> {
+        fn udp_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<Datagram> {
             let result = self.recv_datagram(flow, SocketKind::Udp, "udp_recv", buf);
             self.calls.push(HostCall::UdpRecv { flow, result });
             result
@@ -924,7 +930,7 @@ pub mod host {
             result
         }
 
-        fn ping_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<usize> {
+        fn ping_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<Datagram> {
             let result = self.recv_datagram(flow, SocketKind::Ping, "ping_recv", buf);
             self.calls.push(HostCall::PingRecv { flow, result });
             result
@@ -3721,8 +3727,8 @@ mod tests {
         let mut small = [0; 3];
         assert_eq!(
             host.udp_recv(flow(1), &mut small),
-            Ok(3),
-            "truncated like recv(2)"
+            Ok(crate::io::Datagram { len: 3, last: true }),
+            "truncated like recv(2); nothing else queued"
         );
         assert_eq!(
             host.udp_recv(flow(1), &mut small),
@@ -3736,7 +3742,7 @@ mod tests {
         let sent = parse_echo_message(&host.ping_sent(flow(2))[0]).unwrap();
         host.ping_reply(flow(2), sent.seq_no, &sent.payload);
         let mut buf = [0; 64];
-        let n = host.ping_recv(flow(2), &mut buf).unwrap();
+        let n = host.ping_recv(flow(2), &mut buf).unwrap().len;
         let reply = parse_echo_message(&buf[..n]).unwrap();
         assert!(reply.reply);
         assert_ne!(reply.ident, 77, "the host kernel uses its own identifier");

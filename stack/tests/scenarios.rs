@@ -3,7 +3,7 @@
 //! gateway 10.0.2.2 (MAC 52:55:0a:00:02:02), DNS 10.0.2.3, guest 10.0.2.100.
 
 use core::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
-use rslirp_stack::testing::{parse_echo_message, GuestTcp, Parsed, Scenario, TcpSegment};
+use rslirp_stack::testing::{parse_echo_message, GuestTcp, HostCall, Parsed, Scenario, TcpSegment};
 use rslirp_stack::{CloseMode, Config, Duration, FlowId, HostError};
 use smoltcp::wire::{
     ArpOperation, ArpRepr, EthernetAddress, Icmpv4Message, Icmpv4Packet, IpProtocol, Ipv4Packet,
@@ -1225,4 +1225,59 @@ mod round_trip {
             assert!(conns[0].take_received() == reply, "reply {i} arrived whole");
         }
     }
+}
+
+/// How many datagram reads the stack made on `flow`'s socket, and how many said WouldBlock.
+fn datagram_reads(s: &Scenario, flow: FlowId) -> (usize, usize) {
+    let reads: Vec<_> = s
+        .host
+        .calls()
+        .iter()
+        .filter_map(|call| match call {
+            HostCall::UdpRecv { flow: f, result } | HostCall::PingRecv { flow: f, result }
+                if *f == flow =>
+            {
+                Some(*result)
+            }
+            _ => None,
+        })
+        .collect();
+    let would_block = reads
+        .iter()
+        .filter(|r| **r == Err(HostError::WouldBlock))
+        .count();
+    (reads.len(), would_block)
+}
+
+/// A lone answer (the DNS-like round trip) costs one read of the host socket when the host
+/// says it was the last one queued: no read that would only say WouldBlock. Two queued
+/// behind one readable event are both read, and reading stops after the one the host
+/// calls the last.
+#[test]
+fn a_lone_datagram_is_read_once() {
+    let remote = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 7), 53);
+    let mut s = Scenario::new();
+    let guest = s.guest;
+    s.guest_sends(&guest.udp(40000, remote, b"query"));
+    let (flow, _) = s.host.udp_opens()[0];
+    s.deliver_datagram(flow, b"answer");
+    let replies = s.drain();
+    assert_eq!(replies.len(), 1);
+    assert!(matches!(&replies[0], Parsed::Udp { payload, .. } if payload == b"answer"));
+    assert_eq!(datagram_reads(&s, flow), (1, 0), "one read, none in vain");
+
+    // Two at once: the host cannot say the first is the last.
+    let first = s.host.deliver_datagram(flow, b"one");
+    s.host.deliver_datagram(flow, b"two");
+    s.host_event(first);
+    let payloads: Vec<_> = s
+        .drain()
+        .into_iter()
+        .map(|frame| match frame {
+            Parsed::Udp { payload, .. } => payload,
+            other => panic!("expected UDP, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(payloads, vec![b"one".to_vec(), b"two".to_vec()]);
+    assert_eq!(datagram_reads(&s, flow), (3, 0), "the second was the last");
 }

@@ -12,7 +12,7 @@ use rslirp_stack::testing::frames::{try_parse, ParseError, Parsed, TcpSegment};
 use rslirp_stack::testing::ipv6::{try_parse6, Parsed6};
 use rslirp_stack::testing::{SimHost, SimSocket};
 use rslirp_stack::{
-    CloseMode, Config, Duration, FlowId, HostError, HostEvent, HostIo, HostResult, Instant,
+    CloseMode, Config, Datagram, Duration, FlowId, HostError, HostEvent, HostIo, HostResult, Instant,
     Offload, SourceAddr, Stack,
 };
 use smoltcp::wire::{EthernetFrame, EthernetProtocol, Ipv4Packet, ETHERNET_HEADER_LEN};
@@ -497,7 +497,7 @@ impl HostIo for Host {
     fn udp_send(&mut self, flow: FlowId, data: &[u8], hop_limit: u8) -> HostResult<()> {
         self.sim.udp_send(self.name(flow), data, hop_limit)
     }
-    fn udp_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<usize> {
+    fn udp_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<Datagram> {
         self.sim.udp_recv(self.name(flow), buf)
     }
     fn ping_open(&mut self, flow: FlowId, remote: IpAddr) -> HostResult<()> {
@@ -507,7 +507,7 @@ impl HostIo for Host {
     fn ping_send(&mut self, flow: FlowId, message: &[u8], hop_limit: u8) -> HostResult<()> {
         self.sim.ping_send(self.name(flow), message, hop_limit)
     }
-    fn ping_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<usize> {
+    fn ping_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<Datagram> {
         self.sim.ping_recv(self.name(flow), buf)
     }
     fn recv_icmp_error(

@@ -2,7 +2,7 @@
 //! unprivileged ping sockets (SOCK_DGRAM/IPPROTO_ICMP). The host kernel gives each ping
 //! socket its own identifier, so replies are rewritten back to the guest's identifier.
 
-use crate::io::{FlowId, HostError, HostIo};
+use crate::io::{Datagram, FlowId, HostError, HostIo};
 use crate::link::TxQueue;
 use crate::nat::udp::ReadOutcome;
 use crate::nat::{send_icmpv4, send_icmpv6, FlowCounters, Quote};
@@ -56,8 +56,8 @@ impl IcmpFlow {
             if !tx.has_room() {
                 return ReadOutcome::Starved;
             }
-            let len = match host.ping_recv(id, scratch) {
-                Ok(len) => len,
+            let Datagram { len, last } = match host.ping_recv(id, scratch) {
+                Ok(datagram) => datagram,
                 Err(HostError::WouldBlock) => {
                     self.host_readable = false;
                     return ReadOutcome::Drained;
@@ -67,14 +67,17 @@ impl IcmpFlow {
                     return ReadOutcome::Failed(err);
                 }
             };
-            let Some((seq_no, data)) = parse_echo_reply(remote, &scratch[..len]) else {
-                continue;
-            };
-            self.last_active = now;
-            // A reply larger than the guest's MTU (a remote may answer with more than was
-            // asked) goes in fragments (`send_ip`).
-            self.counters.to_guest += data.len() as u64;
-            send_echo_reply(tx, stats, remote, guest.0, guest.1, seq_no, data);
+            if let Some((seq_no, data)) = parse_echo_reply(remote, &scratch[..len]) {
+                self.last_active = now;
+                // A reply larger than the guest's MTU (a remote may answer with more than
+                // was asked) goes in fragments (`send_ip`).
+                self.counters.to_guest += data.len() as u64;
+                send_echo_reply(tx, stats, remote, guest.0, guest.1, seq_no, data);
+            }
+            if last {
+                self.host_readable = false;
+                return ReadOutcome::Drained;
+            }
         }
     }
 }

@@ -1,7 +1,7 @@
 //! UDP NAT: one connected host socket per guest 4-tuple. Datagrams are copied through;
 //! replies come back from the address the guest sent to. Flows expire when idle.
 
-use crate::io::{FlowId, HostError, HostIo};
+use crate::io::{Datagram, FlowId, HostError, HostIo};
 use crate::link::TxQueue;
 use crate::nat::{checksum_caps, send_ip, FlowCounters, FlowKey, Quote};
 use crate::service::dns::DnsRetry;
@@ -85,8 +85,8 @@ impl UdpFlow {
             if !tx.has_room() {
                 return ReadOutcome::Starved;
             }
-            let len = match host.udp_recv(id, scratch) {
-                Ok(len) => len,
+            let Datagram { len, last } = match host.udp_recv(id, scratch) {
+                Ok(datagram) => datagram,
                 Err(HostError::WouldBlock) => {
                     self.host_readable = false;
                     return ReadOutcome::Drained;
@@ -107,6 +107,10 @@ impl UdpFlow {
                 }
             }
             send_udp(tx, stats, key.remote, key.guest, payload);
+            if last {
+                self.host_readable = false;
+                return ReadOutcome::Drained;
+            }
         }
     }
 }
