@@ -180,6 +180,35 @@ pub fn pass_as_fd3(cmd: &mut Command, fd: &File) {
     }
 }
 
+/// Runs `cmd` in the network namespace `netns` as the user `ids` (uid, gid; no
+/// supplementary groups), killed when we die: what `ip netns exec NS setpriv --reuid U
+/// --regid U --clear-groups --pdeathsig KILL` does, without their two exec()s and
+/// `ip netns exec`'s mount namespace, so that a helper's time to ready is its own.
+pub fn enter_as_user(cmd: &mut Command, netns: &File, ids: (u32, u32)) {
+    let fd = netns.as_raw_fd();
+    let (uid, gid) = ids;
+    // SAFETY: runs between fork and exec and only makes system calls (setns, setgroups,
+    // setresgid, setresuid, prctl), which are async-signal-safe. `netns` outlives the spawn
+    // (the caller holds it), so `fd` is open in the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            let check = |rc: libc::c_int| {
+                if rc < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(())
+                }
+            };
+            check(libc::setns(fd, libc::CLONE_NEWNET))?;
+            check(libc::setgroups(0, std::ptr::null()))?;
+            check(libc::setresgid(gid, gid, gid))?;
+            check(libc::setresuid(uid, uid, uid))?;
+            // Changing the uid clears the parent-death signal: set it after.
+            check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL))
+        });
+    }
+}
+
 /// Waits until `fd` is readable (data or EOF); false on timeout.
 pub fn wait_readable(fd: &impl AsRawFd, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;

@@ -162,6 +162,10 @@ pub struct World {
     pub host_addr: Ipv4Addr,
     /// The black-hole interface (pasta copies its addressing template from it).
     pub host_ifname: &'static str,
+    /// The host namespace, open, for `host_user_cmd`.
+    host_ns: fs::File,
+    /// [`USER`]'s uid and gid.
+    user_ids: (u32, u32),
 }
 
 impl World {
@@ -202,11 +206,22 @@ impl World {
         if !guest.running() {
             return Err("the container process (unshare -rn) exited".into());
         }
+        let host_ns = fs::File::open(host.path())
+            .map_err(|e| format!("open {}: {e}", host.path().display()))?;
+        let id = |flag: &str| -> Result<u32, String> {
+            let out = run_ok(&mut command("id", &[flag, USER]), IP_TIMEOUT)?;
+            out.trim()
+                .parse()
+                .map_err(|e| format!("id {flag} {USER}: {out:?}: {e}"))
+        };
+        let user_ids = (id("-u")?, id("-g")?);
         Ok(World {
             guest,
             host,
             host_addr,
             host_ifname,
+            host_ns,
+            user_ids,
         })
     }
 
@@ -226,10 +241,12 @@ impl World {
         cmd
     }
 
-    /// `args` run as [`USER`] in the host namespace (how the helpers run).
+    /// `program` to run as [`USER`] in the host namespace (how the helpers run), entered
+    /// by the spawning process itself (`sys::enter_as_user`) so that no wrapper's start
+    /// counts in a helper's time to ready. The namespace file stays open in `self`.
     pub fn host_user_cmd(&self, program: &Path) -> Command {
-        let mut cmd = command("ip", &["netns", "exec", &self.host.name]);
-        cmd.args(AS_USER).arg(program);
+        let mut cmd = Command::new(program);
+        sys::enter_as_user(&mut cmd, &self.host_ns, self.user_ids);
         cmd
     }
 
