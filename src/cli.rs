@@ -97,7 +97,8 @@ pub struct Options {
     pub enable_ipv6: bool,
     /// `-a PATH`: shorter than [`SUN_PATH_MAX`] bytes.
     pub api_socket: Option<PathBuf>,
-    /// `--cidr`, default 10.0.2.0/24.
+    /// `--cidr`, default 10.0.2.0/24; with its IPv6 prefix from `--cidr6` (ours), default
+    /// fd00::/64.
     pub network: VirtualNetwork,
     pub disable_host_loopback: bool,
     pub target_type: TargetType,
@@ -195,6 +196,7 @@ enum Opt {
     EnableIpv6,
     ApiSocket,
     Cidr,
+    Cidr6,
     DisableHostLoopback,
     NetnsType,
     UsernsPath,
@@ -339,6 +341,17 @@ const OPTIONS: &[OptSpec] = &[
         aliases: &[],
         value_name: Some("CIDR"),
         help: "specify network address CIDR (default=10.0.2.0/24)",
+        values: &[],
+        supported: true,
+    },
+    // Ours (the reference's IPv6 prefix is fixed); only matched whole, see EXACT_ONLY.
+    OptSpec {
+        opt: Opt::Cidr6,
+        short: None,
+        long: "cidr6",
+        aliases: &[],
+        value_name: Some("PREFIX"),
+        help: "specify IPv6 prefix, a /64, with -6 (default=fd00::/64)",
         values: &[],
         supported: true,
     },
@@ -700,7 +713,14 @@ enum LongMatch {
     Ambiguous(Vec<&'static str>),
 }
 
-/// getopt_long's matching: an exact name wins, otherwise a prefix of exactly one option.
+/// Options of ours that only match their whole name, never a prefix. `cidr6` extends
+/// `cidr`: as a prefix candidate it would make `--ci` and `--cid`, which mean `--cidr` to the
+/// reference, ambiguous, and a command line written for slirp4netns must keep its meaning.
+/// Nothing is lost: every shorter prefix of `cidr6` is a prefix of `cidr` too.
+const EXACT_ONLY: &[Opt] = &[Opt::Cidr6];
+
+/// getopt_long's matching: an exact name wins, otherwise a prefix of exactly one option
+/// (leaving out [`EXACT_ONLY`]).
 fn lookup_long(name: &str) -> LongMatch {
     let all_names = || {
         OPTIONS.iter().flat_map(|spec| {
@@ -713,7 +733,7 @@ fn lookup_long(name: &str) -> LongMatch {
         return LongMatch::Found(spec, long);
     }
     let candidates: Vec<(&'static OptSpec, &'static str)> = all_names()
-        .filter(|&(_, long)| long.starts_with(name))
+        .filter(|&(spec, long)| long.starts_with(name) && !EXACT_ONLY.contains(&spec.opt))
         .collect();
     match candidates.as_slice() {
         [] => LongMatch::Unknown,
@@ -735,6 +755,7 @@ struct Collected {
     enable_ipv6: bool,
     api_socket: Option<PathBuf>,
     cidr: Option<OsString>,
+    cidr6: Option<OsString>,
     disable_host_loopback: bool,
     netns_type: Option<OsString>,
     userns_path: Option<PathBuf>,
@@ -779,6 +800,7 @@ impl Collected {
             Opt::EnableIpv6 => self.enable_ipv6 = true,
             Opt::ApiSocket => self.api_socket = Some(value.into()),
             Opt::Cidr => self.cidr = Some(value),
+            Opt::Cidr6 => self.cidr6 = Some(value),
             Opt::DisableHostLoopback => self.disable_host_loopback = true,
             Opt::NetnsType => self.netns_type = Some(value),
             Opt::UsernsPath => {
@@ -866,6 +888,10 @@ impl Collected {
             None => VirtualNetwork::default(),
             Some(cidr) => VirtualNetwork::parse(&cidr.to_string_lossy())
                 .map_err(|err| CliError::plain(err.to_string()))?,
+        };
+        let network = match &self.cidr6 {
+            None => network,
+            Some(prefix) => network.with_ipv6_prefix(check_cidr6(prefix, self.enable_ipv6)?),
         };
         let mac_address = self.mac_address.as_deref().map(parse_mac).transpose()?;
         if let Some(path) = &self.api_socket {
@@ -971,6 +997,16 @@ impl Collected {
         }
         Ok(path)
     }
+}
+
+/// `--cidr6` (ours): a /64 for the IPv6 side, which only exists with `-6`; a prefix without
+/// it would be silently unused, so it is an error, as `--macaddress` without `-c` is.
+fn check_cidr6(prefix: &OsStr, enable_ipv6: bool) -> Result<rslirp_stack::Ipv6Prefix, CliError> {
+    if !enable_ipv6 {
+        return Err(CliError::plain("--cidr6 needs --enable-ipv6 (-6)"));
+    }
+    rslirp_stack::Ipv6Prefix::parse(&prefix.to_string_lossy())
+        .map_err(|err| CliError::plain(format!("--cidr6: {err}")))
 }
 
 fn not_supported(what: &str) -> CliError {
@@ -1749,6 +1785,128 @@ mod tests {
     }
 
     #[test]
+    fn cidr6_sets_the_ipv6_prefix() {
+        use rslirp_stack::Ipv6Prefix;
+        let prefix = |o: &Options| o.network.ipv6_prefix().to_string();
+        assert_eq!(prefix(&run(&["-6", "1"])), "fd00::/64", "the default");
+        assert_eq!(run(&["1"]).network.ipv6_prefix(), Ipv6Prefix::DEFAULT);
+        for words in [
+            &["-6", "--cidr6=fd42:1:2:3::/64", "1"][..],
+            &["--cidr6", "fd42:1:2:3::/64", "-6", "1"],
+            &["1", "--enable-ipv6", "--cidr6", "fd42:1:2:3:0::/64"],
+            &["-6", "--cidr6=fd00::/64", "--cidr6=fd42:1:2:3::/64", "1"],
+        ] {
+            let o = run(words);
+            assert_eq!(prefix(&o), "fd42:1:2:3::/64", "{words:?}");
+            let config = o.stack_config();
+            assert!(config.enable_ipv6);
+            assert_eq!(
+                config.network.gateway6(),
+                "fd42:1:2:3::2".parse::<Ipv6Addr>().unwrap()
+            );
+            assert_eq!(
+                config.network.dns6(),
+                "fd42:1:2:3::3".parse::<Ipv6Addr>().unwrap()
+            );
+            // The IPv4 side is untouched.
+            assert_eq!(config.network.to_string(), VirtualNetwork::DEFAULT);
+        }
+        // Both sides at once, in either order.
+        let o = run(&["-6", "--cidr6=2001:db8::/64", "--cidr=10.9.0.0/16", "1"]);
+        assert_eq!(o.network.to_string(), "10.9.0.0/16");
+        assert_eq!(prefix(&o), "2001:db8::/64");
+        let o = run(&["--cidr=10.9.0.0/16", "-6", "--cidr6=2001:db8::/64", "1"]);
+        assert_eq!(o.network.to_string(), "10.9.0.0/16");
+        assert_eq!(prefix(&o), "2001:db8::/64");
+    }
+
+    #[test]
+    fn cidr6_errors_name_the_option_without_usage() {
+        assert_eq!(
+            error_without_usage(&["--cidr6=fd42::/64", "1"]),
+            "--cidr6 needs --enable-ipv6 (-6)"
+        );
+        let refused = |value: &str| error_without_usage(&["-6", "--cidr6", value, "1"]);
+        assert_eq!(
+            refused("fd42::"),
+            "--cidr6: invalid IPv6 prefix: fd42:: (expected PREFIX/64, like fd00::/64)"
+        );
+        assert_eq!(
+            refused(""),
+            "--cidr6: invalid IPv6 prefix:  (expected PREFIX/64, like fd00::/64)"
+        );
+        assert_eq!(
+            refused("10.0.2.0/24"),
+            "--cidr6: invalid IPv6 prefix: 10.0.2.0/24 (expected PREFIX/64, like fd00::/64)"
+        );
+        assert_eq!(
+            refused("fd42::/48"),
+            "--cidr6: IPv6 prefix length needs to be 64: fd42::/48"
+        );
+        for kind in [
+            "ff00::/64",
+            "::/64",
+            "::1/64",
+            "fe80::/64",
+            "::ffff:1.2.3.4/64",
+        ] {
+            assert_eq!(
+                refused(kind),
+                format!(
+                    "--cidr6: IPv6 prefix needs to be unicast (not multicast, link-local, \
+                     loopback, unspecified or IPv4-mapped): {kind}"
+                )
+            );
+        }
+        assert_eq!(
+            refused("fd42::100/64"),
+            "--cidr6: IPv6 prefix needs to be a network address like fd00::/64, not like \
+             fd00::100/64: fd42::100/64"
+        );
+        // The option needs a value, as every option with one does.
+        assert_eq!(
+            error_with_usage(&["-6", "1", "--cidr6"]),
+            "rslirp: option '--cidr6' requires an argument"
+        );
+        // The late check: an earlier error in the reference's order still wins.
+        assert_eq!(
+            error_without_usage(&["--cidr=10.0.2.1/24", "--cidr6=x", "1"]),
+            "CIDR needs to be a network address like 10.0.2.0/24, not like 10.0.2.100/24"
+        );
+    }
+
+    /// Adding `--cidr6` must not change what any abbreviation meant before: `--ci` and
+    /// `--cid` are still `--cidr`, `--c` still ambiguous between the same options.
+    #[test]
+    fn cidr6_leaves_the_abbreviations_of_cidr_alone() {
+        for name in ["--ci", "--cid", "--cidr"] {
+            let o = run(&[&format!("{name}=10.9.0.0/16"), "1"]);
+            assert_eq!(o.network.to_string(), "10.9.0.0/16", "{name}");
+            assert_eq!(o.network.ipv6_prefix().to_string(), "fd00::/64", "{name}");
+            let o = run(&[name, "10.9.0.0/16", "1"]);
+            assert_eq!(o.network.to_string(), "10.9.0.0/16", "{name}");
+        }
+        assert_eq!(
+            error_with_usage(&["--c", "1"]),
+            "rslirp: option '--c' is ambiguous; possibilities: '--configure' '--cidr' '--create-sandbox'"
+        );
+        // Only the whole name reaches --cidr6.
+        let o = run(&["-6", "--cid=10.9.0.0/16", "--cidr6=fd42::/64", "1"]);
+        assert_eq!(
+            (o.network.to_string(), o.network.ipv6_prefix().to_string()),
+            ("10.9.0.0/16".to_string(), "fd42::/64".to_string())
+        );
+        assert_eq!(
+            error_with_usage(&["--cidr6x=fd42::/64", "1"]),
+            "rslirp: unrecognized option '--cidr6x=fd42::/64'"
+        );
+        assert_eq!(
+            error_with_usage(&["--cidr64=fd42::/64", "1"]),
+            "rslirp: unrecognized option '--cidr64=fd42::/64'"
+        );
+    }
+
+    #[test]
     fn cidr_errors_come_from_the_stack_without_usage() {
         assert_eq!(
             error_without_usage(&["--cidr=1.2.3.4", "1"]),
@@ -1923,6 +2081,9 @@ mod tests {
         ));
         assert!(text.contains("-m, --mtu=MTU            specify MTU (default=1500, max=65521)\n"));
         assert!(text.contains(&format!("(default={})", VirtualNetwork::DEFAULT)));
+        assert!(text.contains(
+            "--cidr6=PREFIX           specify IPv6 prefix, a /64, with -6 (default=fd00::/64)\n"
+        ));
         let option_lines: Vec<&str> = text.lines().filter(|l| l.starts_with('-')).collect();
         let expected = [
             "-c, --configure ",
@@ -1932,6 +2093,7 @@ mod tests {
             "-6, --enable-ipv6 ",
             "-a, --api-socket=PATH ",
             "--cidr=CIDR ",
+            "--cidr6=PREFIX ",
             "--disable-host-loopback ",
             "--netns-type=TYPE ",
             "--userns-path=PATH ",

@@ -1,10 +1,105 @@
 //! The virtual network's shape: every address the guest sees is derived from one IPv4 CIDR,
 //! exactly as slirp4netns derives them (gateway = network+2, DNS = network+3, DHCP pool
-//! network+15..network+30, guest = network+100).
+//! network+15..network+30, guest = network+100). The IPv6 side (`--enable-ipv6`) is one /64
+//! prefix, fd00::/64 unless `--cidr6` names another, with the same interface ids: gateway
+//! ::2, DNS forwarder ::3.
 
 use core::fmt;
 use smoltcp::time::Duration;
 use smoltcp::wire::{EthernetAddress, Ipv4Address, Ipv4Cidr, Ipv6Address};
+
+/// Why a `--cidr6` value cannot be the IPv6 prefix of the virtual network. Our own texts (the
+/// reference has no such option); each names the value, as the CIDR errors do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Cidr6Error {
+    #[error("invalid IPv6 prefix: {0} (expected PREFIX/64, like fd00::/64)")]
+    Syntax(String),
+    #[error("IPv6 prefix length needs to be 64: {0}")]
+    PrefixLength(String),
+    #[error(
+        "IPv6 prefix needs to be unicast (not multicast, link-local, loopback, unspecified \
+         or IPv4-mapped): {0}"
+    )]
+    Kind(String),
+    #[error(
+        "IPv6 prefix needs to be a network address like fd00::/64, not like fd00::100/64: {0}"
+    )]
+    HostBitsSet(String),
+}
+
+/// The /64 the guest's IPv6 addresses come from (SLAAC from our router advertisements).
+/// Construction validates it: a unicast network address, not link-local, loopback,
+/// unspecified or IPv4-mapped, its interface-id half zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Prefix {
+    network: Ipv6Address,
+}
+
+impl Ipv6Prefix {
+    /// The prefix without `--cidr6`, as libslirp's (vprefix_addr6).
+    pub const DEFAULT: Ipv6Prefix = Ipv6Prefix {
+        network: IPV6_PREFIX,
+    };
+    /// The only length SLAAC over Ethernet works with (RFC 4862, RFC 2464: 64-bit interface
+    /// ids), so the only one the guest could configure itself from.
+    pub const LEN: u8 = 64;
+
+    /// Parse `ADDRESS/64`. Host bits are refused rather than masked, as `--cidr` refuses
+    /// them: `fd00::100/64` is more likely a guest address typed by mistake than a prefix.
+    pub fn parse(text: &str) -> Result<Self, Cidr6Error> {
+        let syntax_error = || Cidr6Error::Syntax(text.to_string());
+        let (addr_text, len_text) = text.split_once('/').ok_or_else(syntax_error)?;
+        if len_text.is_empty()
+            || len_text.len() > 3
+            || !len_text.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Err(syntax_error());
+        }
+        let addr: core::net::Ipv6Addr = addr_text.parse().map_err(|_| syntax_error())?;
+        if len_text.parse::<u16>() != Ok(u16::from(Self::LEN)) {
+            return Err(Cidr6Error::PrefixLength(text.to_string()));
+        }
+        let link_local = (addr.segments()[0] & 0xffc0) == 0xfe80;
+        if addr.is_unspecified()
+            || addr.is_loopback()
+            || addr.is_multicast()
+            || link_local
+            || addr.to_ipv4_mapped().is_some()
+        {
+            return Err(Cidr6Error::Kind(text.to_string()));
+        }
+        if addr.segments()[4..].iter().any(|&s| s != 0) {
+            return Err(Cidr6Error::HostBitsSet(text.to_string()));
+        }
+        Ok(Ipv6Prefix { network: addr })
+    }
+
+    /// The network address (interface id zero).
+    pub fn network(&self) -> Ipv6Address {
+        self.network
+    }
+
+    /// The address with interface id `id` in this prefix.
+    pub fn host(&self, id: u64) -> Ipv6Address {
+        Ipv6Address::from(u128::from(self.network) | u128::from(id))
+    }
+
+    pub fn contains(&self, addr: Ipv6Address) -> bool {
+        addr.segments()[..4] == self.network.segments()[..4]
+    }
+}
+
+impl Default for Ipv6Prefix {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+impl fmt::Display for Ipv6Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, Self::LEN)
+    }
+}
 
 /// Why a CIDR cannot describe the virtual network. The `Display` texts are the reference's,
 /// word for word, because scripts grep them.
@@ -21,10 +116,13 @@ pub enum CidrError {
 }
 
 /// The IPv4 network of the virtual LAN. Construction validates it, so every derived address
-/// is inside the network (prefix ≤ 25 leaves room for network+100).
+/// is inside the network (prefix ≤ 25 leaves room for network+100). It also holds the IPv6
+/// prefix (used with `--enable-ipv6`), fd00::/64 unless [`VirtualNetwork::with_ipv6_prefix`]
+/// sets another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VirtualNetwork {
     cidr: Ipv4Cidr,
+    ipv6: Ipv6Prefix,
 }
 
 impl VirtualNetwork {
@@ -55,7 +153,38 @@ impl VirtualNetwork {
         if cidr.network().address() != addr {
             return Err(CidrError::HostBitsSet);
         }
-        Ok(VirtualNetwork { cidr })
+        Ok(VirtualNetwork {
+            cidr,
+            ipv6: Ipv6Prefix::DEFAULT,
+        })
+    }
+
+    /// The same network with `prefix` as its IPv6 side (`--cidr6`).
+    pub fn with_ipv6_prefix(self, prefix: Ipv6Prefix) -> Self {
+        VirtualNetwork {
+            ipv6: prefix,
+            ..self
+        }
+    }
+
+    pub fn ipv6_prefix(&self) -> Ipv6Prefix {
+        self.ipv6
+    }
+
+    /// The IPv6 gateway, prefix::2 (fd00::2 by default); reaches host loopback as the IPv4
+    /// gateway does.
+    pub fn gateway6(&self) -> Ipv6Address {
+        self.ipv6.host(2)
+    }
+
+    /// The IPv6 DNS forwarder, prefix::3 (fd00::3 by default), announced by RDNSS.
+    pub fn dns6(&self) -> Ipv6Address {
+        self.ipv6.host(3)
+    }
+
+    /// Whether `addr` is in the IPv6 prefix (the guest's SLAAC address, our services).
+    pub fn contains6(&self, addr: Ipv6Address) -> bool {
+        self.ipv6.contains(addr)
     }
 
     pub fn cidr(&self) -> Ipv4Cidr {
@@ -108,6 +237,7 @@ impl Default for VirtualNetwork {
     fn default() -> Self {
         VirtualNetwork {
             cidr: Ipv4Cidr::new(Ipv4Address::new(10, 0, 2, 0), 24),
+            ipv6: Ipv6Prefix::DEFAULT,
         }
     }
 }
@@ -125,7 +255,9 @@ pub fn service_mac(addr: Ipv4Address) -> EthernetAddress {
     EthernetAddress([0x52, 0x55, o[0], o[1], o[2], o[3]])
 }
 
-/// IPv6 side of the virtual network (used with `--enable-ipv6`).
+/// IPv6 side of the virtual network (used with `--enable-ipv6`) without `--cidr6`; the stack
+/// takes the addresses from [`VirtualNetwork`] ([`VirtualNetwork::gateway6`] ...), these are
+/// the defaults.
 pub const IPV6_PREFIX: Ipv6Address = Ipv6Address::new(0xfd00, 0, 0, 0, 0, 0, 0, 0);
 pub const IPV6_GATEWAY: Ipv6Address = Ipv6Address::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
 pub const IPV6_DNS: Ipv6Address = Ipv6Address::new(0xfd00, 0, 0, 0, 0, 0, 0, 3);

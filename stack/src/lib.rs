@@ -19,7 +19,10 @@ pub mod stack;
 pub mod stats;
 pub mod testing;
 
-pub use config::{BufferTier, Config, Limits, Timeouts, VirtualNetwork, DEFAULT_TCP_BUFFER_BUDGET};
+pub use config::{
+    BufferTier, Cidr6Error, Config, Ipv6Prefix, Limits, Timeouts, VirtualNetwork,
+    DEFAULT_TCP_BUFFER_BUDGET,
+};
 pub use io::{
     CloseMode, Datagram, FlowId, HostError, HostEvent, HostIo, HostResult, IcmpReport, SourceAddr,
 };

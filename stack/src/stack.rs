@@ -715,7 +715,7 @@ impl Stack {
             refuse(
                 &mut self.tx,
                 &mut self.stats,
-                self.config.network.gateway(),
+                self.config.network,
                 Refusal::Reset,
                 &inbound.quote,
                 Some(&segment),
@@ -738,7 +738,7 @@ impl Stack {
         syn: &TcpRepr<'_>,
         host: &mut impl HostIo,
     ) {
-        let gateway = self.config.network.gateway();
+        let network = self.config.network;
         let quote = inbound.quote.clone();
         let target = match self.host_target(inbound.dst, syn.dst_port) {
             Ok(target) => target,
@@ -746,7 +746,7 @@ impl Stack {
                 refuse(
                     &mut self.tx,
                     &mut self.stats,
-                    gateway,
+                    network,
                     refusal,
                     &quote,
                     Some(syn),
@@ -770,7 +770,7 @@ impl Stack {
             refuse(
                 &mut self.tx,
                 &mut self.stats,
-                gateway,
+                network,
                 Refusal::Reset,
                 &quote,
                 Some(syn),
@@ -856,7 +856,7 @@ impl Stack {
             refuse(
                 &mut self.tx,
                 &mut self.stats,
-                self.config.network.gateway(),
+                self.config.network,
                 Refusal::from_host_error(err),
                 &quote,
                 Some(&syn),
@@ -1148,11 +1148,11 @@ impl Stack {
     /// get through (nothing if `id` is not a UDP flow).
     fn refuse_udp(&mut self, id: FlowId, refusal: Refusal) {
         if let Some(Flow::Udp(udp)) = self.flows.get(id) {
-            let gateway = self.config.network.gateway();
+            let network = self.config.network;
             refuse(
                 &mut self.tx,
                 &mut self.stats,
-                gateway,
+                network,
                 refusal,
                 &udp.quote,
                 None,
@@ -1243,7 +1243,7 @@ impl Stack {
             None if is_port_unreachable(report) => key.remote.ip(),
             None => match key.guest.ip() {
                 IpAddr::V4(_) => IpAddr::V4(self.config.network.gateway()),
-                IpAddr::V6(_) => IpAddr::V6(crate::config::IPV6_GATEWAY),
+                IpAddr::V6(_) => IpAddr::V6(self.config.network.gateway6()),
             },
         }
     }
@@ -1270,7 +1270,7 @@ impl Stack {
             remote: SocketAddr::new(inbound.dst, repr.dst_port),
         };
         let quote = inbound.quote.clone();
-        let gateway = self.config.network.gateway();
+        let network = self.config.network;
         let id = match self.flows.lookup(&key) {
             Some(id) => id,
             None => {
@@ -1280,7 +1280,7 @@ impl Stack {
                         refuse(
                             &mut self.tx,
                             &mut self.stats,
-                            gateway,
+                            network,
                             refusal,
                             &quote,
                             None,
@@ -1534,7 +1534,7 @@ impl Stack {
         }
     }
 
-    /// Is `dst` the virtual DNS server (the forwarder at network+3 or fd00::3)?
+    /// Is `dst` the virtual DNS server (the forwarder at network+3 or prefix::3)?
     /// The hop limit a guest's UDP datagram or echo request to `dst` leaves through its host
     /// socket with: one less, as a router forwards it — as the reference does (libslirp
     /// decrements the TTL of the guest's UDP), so that traceroute from a container shows the
@@ -1545,7 +1545,7 @@ impl Stack {
     fn forwarded_hop_limit(&mut self, dst: IpAddr, quote: &Quote, transport: &[u8]) -> Option<u8> {
         let gateway = match dst {
             IpAddr::V4(_) => IpAddr::V4(self.config.network.gateway()),
-            IpAddr::V6(_) => IpAddr::V6(crate::config::IPV6_GATEWAY),
+            IpAddr::V6(_) => IpAddr::V6(self.config.network.gateway6()),
         };
         let hop_limit = quote.hop_limit();
         if dst == gateway || self.is_dns_service(dst) {
@@ -1580,7 +1580,7 @@ impl Stack {
         !self.config.disable_dns
             && match dst {
                 IpAddr::V4(dst) => dst == self.config.network.dns(),
-                IpAddr::V6(dst) => self.config.enable_ipv6 && dst == crate::config::IPV6_DNS,
+                IpAddr::V6(dst) => self.config.enable_ipv6 && dst == self.config.network.dns6(),
             }
     }
 

@@ -1416,6 +1416,8 @@ pub mod frames {
         pub ip: Ipv4Addr,
         /// Where the guest sends everything not in its ARP table: the gateway.
         pub gateway_mac: EthernetAddress,
+        /// The /64 its IPv6 address comes from (SLAAC from the stack's advertisements).
+        pub ipv6_prefix: core::net::Ipv6Addr,
     }
 
     impl Default for Guest {
@@ -1431,6 +1433,7 @@ pub mod frames {
                 mac: GUEST_MAC,
                 ip: network.guest(),
                 gateway_mac: service_mac(network.gateway()),
+                ipv6_prefix: network.ipv6_prefix().network(),
             }
         }
 
@@ -2388,11 +2391,10 @@ pub mod scenario {
 ///
 /// The guest's addresses are what a Linux guest autoconfigures from its MAC (EUI-64):
 /// [`GUEST_MAC`](super::GUEST_MAC) 02:00:00:00:00:01 gives fe80::ff:fe00:1 and
-/// fd00::ff:fe00:1.
+/// fd00::ff:fe00:1 (or the `--cidr6` prefix's ::ff:fe00:1).
 pub mod ipv6 {
     use super::frames::{parse, Guest, GuestTcp, ParseError, Parsed, TcpSegment};
     use super::scenario::Scenario;
-    use crate::config::IPV6_PREFIX;
     use crate::io::FlowId;
     use core::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
     use smoltcp::phy::ChecksumCapabilities;
@@ -2451,9 +2453,9 @@ pub mod ipv6 {
     }
 
     impl Guest {
-        /// The guest's SLAAC address in fd00::/64.
+        /// The guest's SLAAC address in its prefix (fd00::/64 by default).
         pub fn ipv6_addr(&self) -> Ipv6Addr {
-            with_interface_id(IPV6_PREFIX, self.mac)
+            with_interface_id(self.ipv6_prefix, self.mac)
         }
 
         /// The guest's link-local address (fe80::/64).
@@ -3387,6 +3389,7 @@ mod tests {
             mac: guest.gateway_mac,
             ip,
             gateway_mac: guest.mac,
+            ipv6_prefix: guest.ipv6_prefix,
         }
     }
 

@@ -18,7 +18,29 @@ pub fn run(data: &[u8]) {
         .collect();
     match rslirp::cli::parse("slirp4netns", words) {
         // What main does next with a valid command line, minus the OS.
-        Ok(rslirp::cli::Command::Run(options)) => drop(options.stack_config()),
+        Ok(rslirp::cli::Command::Run(options)) => {
+            let config = options.stack_config();
+            // `--cidr6` only with `-6`, and whatever prefix it gave is a usable /64: the
+            // gateway and DNS forwarder inside it, never link-local, multicast or loopback.
+            let network = config.network;
+            let prefix = network.ipv6_prefix();
+            assert!(
+                config.enable_ipv6 || prefix == rslirp_stack::Ipv6Prefix::DEFAULT,
+                "an IPv6 prefix without -6: {prefix}"
+            );
+            for addr in [network.gateway6(), network.dns6()] {
+                assert!(network.contains6(addr), "{addr} outside {prefix}");
+                assert!(
+                    !addr.is_multicast() && !addr.is_loopback() && !addr.is_unicast_link_local(),
+                    "{addr} from {prefix}"
+                );
+            }
+            assert_eq!(
+                rslirp_stack::Ipv6Prefix::parse(&prefix.to_string()),
+                Ok(prefix),
+                "the prefix reads back"
+            );
+        }
         Ok(_) => {}
         Err(err) => drop(err.to_string()),
     }
@@ -83,6 +105,20 @@ pub fn seeds() -> crate::Seeds {
             line(&["--netns-type", "tapfd", "--target-type=netns", "5"]),
         ),
         ("clustered", line(&["-c6r3", "-m1500", "--ena", "--", "-1"])),
+        // rslirp's own IPv6 prefix, next to abbreviations of --cidr it must not disturb.
+        (
+            "cidr6",
+            line(&[
+                "-c6",
+                "--cidr6=fd42:1:2:3::/64",
+                "--cid",
+                "10.9.0.0/16",
+                "--cidr6",
+                "2001:db8::/64",
+                "1",
+            ]),
+        ),
+        ("cidr6-refused", line(&["-6", "--cidr6", "fd42::100/48", "--ci=x", "1"])),
         ("help", line(&["--help"])),
         ("version", line(&["-v", "--bogus"])),
     ]

@@ -410,14 +410,14 @@ pub fn send_tcp_reset(
 pub fn refuse(
     tx: &mut TxQueue,
     stats: &mut Stats,
-    gateway: Ipv4Address,
+    network: crate::config::VirtualNetwork,
     refusal: Refusal,
     quote: &Quote,
     tcp: Option<&TcpRepr<'_>>,
 ) {
     let router = match quote.src() {
-        IpAddr::V4(_) => IpAddr::V4(gateway),
-        IpAddr::V6(_) => IpAddr::V6(crate::config::IPV6_GATEWAY),
+        IpAddr::V4(_) => IpAddr::V4(network.gateway()),
+        IpAddr::V6(_) => IpAddr::V6(network.gateway6()),
     };
     match (refusal, tcp) {
         (Refusal::Silent, _) => {}

@@ -1,12 +1,13 @@
 //! IPv6 (`--enable-ipv6`): neighbour discovery for our virtual hosts, router advertisements
-//! for fd00::/64 (SLAAC, MTU, RDNSS), ICMPv6 echo, and TCP/UDP NAT over IPv6.
+//! for the prefix (fd00::/64, or `--cidr6`'s; SLAAC, MTU, RDNSS), ICMPv6 echo, and TCP/UDP
+//! NAT over IPv6.
 //!
-//! Addresses: the gateway is fd00::2 (link-local fe80::2, the source of router
-//! advertisements), the DNS forwarder fd00::3 (fe80::3); their MACs are the IPv4
+//! Addresses: the gateway is prefix::2 (link-local fe80::2, the source of router
+//! advertisements), the DNS forwarder prefix::3 (fe80::3); their MACs are the IPv4
 //! gateway's and DNS's (52:55 + IPv4 address), as libslirp does.
 
 use super::{Inbound, Stack};
-use crate::config::{service_mac, IPV6_DNS, IPV6_GATEWAY, IPV6_PREFIX};
+use crate::config::service_mac;
 use crate::io::HostIo;
 use crate::ip::{
     FragKey, Fragment, Reassembled, IPV6_FRAGMENT, IPV6_FRAGMENT_HEADER_LEN, IPV6_HEADER_LEN,
@@ -37,10 +38,6 @@ const PREFIX_PREFERRED: Duration = Duration::from_secs(14_400);
 const RDNSS_LIFETIME_SECS: u32 = 3 * 120;
 const ALL_NODES: Ipv6Address = Ipv6Address::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
 const ALL_NODES_MAC: EthernetAddress = EthernetAddress([0x33, 0x33, 0, 0, 0, 1]);
-
-fn in_prefix(addr: Ipv6Address) -> bool {
-    addr.segments()[..4] == IPV6_PREFIX.segments()[..4]
-}
 
 fn is_link_local(addr: Ipv6Address) -> bool {
     (addr.segments()[0] & 0xffc0) == 0xfe80
@@ -73,7 +70,7 @@ impl Stack {
         }
         match ip.next_header {
             IpProtocol::Icmpv6 => self.handle_icmpv6(now, src_mac, &ip, payload, host),
-            IpProtocol::Tcp | IpProtocol::Udp if in_prefix(ip.src_addr) => {
+            IpProtocol::Tcp | IpProtocol::Udp if self.config.network.contains6(ip.src_addr) => {
                 let inbound = Inbound {
                     src: IpAddr::V6(ip.src_addr),
                     dst: IpAddr::V6(ip.dst_addr),
@@ -97,7 +94,7 @@ impl Stack {
     /// other extension headers with TCP, UDP or echo) into the reassembly; the whole packet,
     /// the Fragment header removed, once complete.
     fn reassemble_ipv6(&mut self, now: Instant, ip: &Ipv6Repr, payload: &[u8]) -> Option<Vec<u8>> {
-        if !(in_prefix(ip.src_addr) || is_link_local(ip.src_addr)) {
+        if !(self.config.network.contains6(ip.src_addr) || is_link_local(ip.src_addr)) {
             self.stats.rx_dropped += 1;
             return None;
         }
@@ -157,19 +154,19 @@ impl Stack {
 
     /// Where a guest IPv6 connection goes on the host (see `host_target_v4`).
     pub(super) fn host_target_v6(&self, dst: Ipv6Addr, port: u16) -> Result<SocketAddr, Refusal> {
-        if dst == IPV6_GATEWAY {
+        if dst == self.config.network.gateway6() {
             if self.config.disable_host_loopback {
                 return Err(Refusal::NetUnreachable);
             }
             return Ok(SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port));
         }
-        if dst == IPV6_DNS && !self.config.disable_dns {
+        if dst == self.config.network.dns6() && !self.config.disable_dns {
             return match self.dns_upstream() {
                 Some(upstream) if port == 53 => Ok(SocketAddr::new(upstream, 53)),
                 _ => Err(Refusal::Reset),
             };
         }
-        if in_prefix(dst) && dst != IPV6_DNS {
+        if self.config.network.contains6(dst) && dst != self.config.network.dns6() {
             return Err(Refusal::HostUnreachable);
         }
         if dst.is_unspecified()
@@ -184,19 +181,20 @@ impl Stack {
     }
 
     /// How an IPv6 guest sees a host client of a port forward: IPv6 clients the guest can
-    /// route back to keep their address; loopback and IPv4 clients appear as fd00::2.
+    /// route back to keep their address; loopback and IPv4 clients appear as the gateway
+    /// (fd00::2 by default).
     pub(super) fn guest_visible_v6(&self, peer: SocketAddr) -> SocketAddr {
         let ip = match peer.ip() {
             IpAddr::V6(v6)
                 if !v6.is_loopback()
                     && !v6.is_unspecified()
                     && v6.to_ipv4_mapped().is_none()
-                    && !in_prefix(v6)
+                    && !self.config.network.contains6(v6)
                     && !is_link_local(v6) =>
             {
                 v6
             }
-            _ => IPV6_GATEWAY,
+            _ => self.config.network.gateway6(),
         };
         SocketAddr::new(IpAddr::V6(ip), peer.port())
     }
@@ -229,13 +227,14 @@ impl Stack {
                 data,
             } => {
                 let dst = ip.dst_addr;
-                let local = dst == IPV6_GATEWAY
+                let local = dst == self.config.network.gateway6()
                     || dst == GATEWAY_LINK_LOCAL
-                    || ((dst == IPV6_DNS || dst == DNS_LINK_LOCAL) && !self.config.disable_dns);
+                    || ((dst == self.config.network.dns6() || dst == DNS_LINK_LOCAL)
+                        && !self.config.disable_dns);
                 let (src, dst) = (IpAddr::V6(ip.src_addr), IpAddr::V6(dst));
                 if local {
                     send_echo_reply(&mut self.tx, &mut self.stats, dst, src, ident, seq_no, data);
-                } else if in_prefix(ip.src_addr) {
+                } else if self.config.network.contains6(ip.src_addr) {
                     let quote = Quote::new_v6(ip, payload);
                     self.forward_echo(now, src, dst, ident, payload, quote, host);
                 } else {
@@ -256,9 +255,9 @@ impl Stack {
         target: Ipv6Address,
     ) {
         let network = self.config.network;
-        let mac = if target == IPV6_GATEWAY || target == GATEWAY_LINK_LOCAL {
+        let mac = if target == self.config.network.gateway6() || target == GATEWAY_LINK_LOCAL {
             service_mac(network.gateway())
-        } else if target == IPV6_DNS || target == DNS_LINK_LOCAL {
+        } else if target == self.config.network.dns6() || target == DNS_LINK_LOCAL {
             service_mac(network.dns())
         } else {
             self.stats.rx_dropped += 1;
@@ -277,7 +276,7 @@ impl Stack {
         self.send_icmpv6_to(requester_mac, target, requester, &advert, &[]);
     }
 
-    /// A router advertisement to all nodes: prefix fd00::/64 for SLAAC, our MTU, and the
+    /// A router advertisement to all nodes: our prefix (fd00::/64 by default) for SLAAC, our MTU, and the
     /// DNS forwarder as RDNSS (RFC 8106).
     pub(super) fn send_router_advert(&mut self) {
         let network = self.config.network;
@@ -294,13 +293,13 @@ impl Stack {
                 flags: NdiscPrefixInfoFlags::ON_LINK | NdiscPrefixInfoFlags::ADDRCONF,
                 valid_lifetime: PREFIX_VALID,
                 preferred_lifetime: PREFIX_PREFERRED,
-                prefix: IPV6_PREFIX,
+                prefix: network.ipv6_prefix().network(),
             }),
         });
         let rdnss = if self.config.disable_dns {
             Vec::new()
         } else {
-            rdnss_option(IPV6_DNS, RDNSS_LIFETIME_SECS)
+            rdnss_option(self.config.network.dns6(), RDNSS_LIFETIME_SECS)
         };
         self.send_icmpv6_to(
             ALL_NODES_MAC,

@@ -1,0 +1,278 @@
+//! End-to-end: `-c -6 --cidr6 fd42:1:2:3::/64` (rslirp's own option). The guest autoconfigures
+//! its SLAAC address in that prefix from rslirp's advertisements (and none in fd00::/64),
+//! pings the gateway fd42:1:2:3::2 and the DNS forwarder fd42:1:2:3::3, reaches the host
+//! namespace's [::1] through the gateway, asks the test's DNS server through ::3, and serves
+//! a host client of [::1]:PORT through a port forward to its address in the prefix, where it
+//! sees the client as fd42:1:2:3::2. A prefix rslirp cannot use stops it at start.
+
+#[macro_use]
+mod common;
+
+use common::api::{id_reply, Api};
+use common::dns::{self, Dnsmasq, Record, TYPE_A};
+use common::net::{self, Pattern, Server};
+use common::process::wait_for;
+use common::{Env, Mode, Rslirp, STEP_TIMEOUT, TAP};
+use std::io::{self, Write};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, TcpListener, TcpStream, UdpSocket};
+use std::time::Duration;
+
+both_modes!(
+    guest_gets_its_address_in_the_prefix_and_pings_gateway_and_dns,
+    tcp_via_the_prefix_gateway_reaches_host_loopback,
+    dns_via_the_prefix_dns_forwarder,
+    port_forward_from_host_loopback_to_the_guest_in_the_prefix,
+    a_prefix_other_than_a_64_stops_rslirp_at_start,
+);
+
+const CIDR6: &str = "--cidr6=fd42:1:2:3::/64";
+const PREFIX: [u16; 4] = [0xfd42, 1, 2, 3];
+const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfd42, 1, 2, 3, 0, 0, 0, 2);
+const DNS6: Ipv6Addr = Ipv6Addr::new(0xfd42, 1, 2, 3, 0, 0, 0, 3);
+/// From rslirp's start: its first advertisement comes after 1 s, then the guest's duplicate
+/// address detection takes about another second.
+const SLAAC_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn v6(ip: Ipv6Addr, port: u16) -> SocketAddr {
+    SocketAddr::V6(SocketAddrV6::new(ip, port, 0, 0))
+}
+
+/// rslirp with `-c -6 --cidr6=fd42:1:2:3::/64`, and the guest's SLAAC address once usable.
+fn start(env: &Env) -> (Rslirp, Ipv6Addr) {
+    let rslirp = env.rslirp().arg("-6").arg(CIDR6).start();
+    let addr = await_slaac(env);
+    (rslirp, addr)
+}
+
+/// The tap's global IPv6 addresses as `ip -6 -o addr` lists them, one a line.
+fn guest_global_addrs(env: &Env) -> String {
+    env.guest_ok(&[
+        "ip", "-6", "-o", "addr", "show", "dev", TAP, "scope", "global",
+    ])
+}
+
+/// The global /64 addresses in `ip -6 -o addr` output, with whether they are tentative.
+fn listed_addrs(ip_output: &str) -> Vec<(Ipv6Addr, bool)> {
+    ip_output
+        .lines()
+        .filter_map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let at = words.iter().position(|word| *word == "inet6")?;
+            let (addr, prefix_len) = words.get(at + 1)?.split_once('/')?;
+            let addr: Ipv6Addr = addr.parse().ok()?;
+            (prefix_len == "64").then_some((addr, line.contains("tentative")))
+        })
+        .collect()
+}
+
+/// Waits until the guest has a usable address in fd42:1:2:3::/64 and a default route via
+/// fe80::2 learnt from an advertisement; checks it has no fd00::/64 address at all.
+fn await_slaac(env: &Env) -> Ipv6Addr {
+    let addr = wait_for(
+        "an fd42:1:2:3::/64 SLAAC address on the tap",
+        SLAAC_TIMEOUT,
+        || {
+            listed_addrs(&guest_global_addrs(env))
+                .into_iter()
+                .find(|(addr, tentative)| !tentative && addr.segments()[..4] == PREFIX)
+                .map(|(addr, _)| addr)
+        },
+    );
+    let route = wait_for("a default route via fe80::2", SLAAC_TIMEOUT, || {
+        let routes = env.guest_ok(&["ip", "-6", "route", "show", "default"]);
+        routes
+            .lines()
+            .find(|line| line.starts_with(&format!("default via fe80::2 dev {TAP} ")))
+            .map(str::to_string)
+    });
+    assert!(route.contains("proto ra"), "from an advertisement: {route}");
+    let all = guest_global_addrs(env);
+    assert!(
+        listed_addrs(&all)
+            .iter()
+            .all(|(addr, _)| addr.segments()[..4] == PREFIX),
+        "every global address is in the configured prefix, none in fd00::/64: {all}"
+    );
+    addr
+}
+
+fn guest_gets_its_address_in_the_prefix_and_pings_gateway_and_dns(mode: Mode) {
+    let env = Env::new(mode);
+    let (_rslirp, addr) = start(&env);
+    assert!(
+        addr != GATEWAY6 && addr != DNS6,
+        "a guest address of its own: {addr}"
+    );
+    let routes = env.guest_ok(&["ip", "-6", "route", "show", "dev", TAP]);
+    assert!(
+        routes.lines().any(|l| l.starts_with("fd42:1:2:3::/64 ")),
+        "the prefix is on-link: {routes}"
+    );
+    for target in [GATEWAY6, DNS6] {
+        let out = env.guest_ok(&["ping", "-6", "-c", "3", "-W", "2", &target.to_string()]);
+        assert!(
+            out.contains("3 packets transmitted, 3 received"),
+            "every ping to {target} answered: {out}"
+        );
+    }
+}
+
+/// A TCP echo server on [::1] in the host namespace.
+fn host_loopback6_echo_server(env: &Env) -> Server {
+    let listener = env
+        .in_host("host [::1] listener", || {
+            TcpListener::bind((Ipv6Addr::LOCALHOST, 0))
+        })
+        .wait(STEP_TIMEOUT)
+        .expect("bind [::1] in the host namespace");
+    net::tcp_server(listener, net::echo)
+}
+
+fn guest_connect(env: &Env, to: SocketAddr) -> io::Result<TcpStream> {
+    env.in_guest("guest connect", move || {
+        let stream = TcpStream::connect_timeout(&to, CONNECT_TIMEOUT)?;
+        net::set_timeouts(&stream);
+        Ok(stream)
+    })
+    .wait(CONNECT_TIMEOUT + STEP_TIMEOUT)
+}
+
+fn tcp_via_the_prefix_gateway_reaches_host_loopback(mode: Mode) {
+    let env = Env::new(mode);
+    let (_rslirp, _) = start(&env);
+    let server = host_loopback6_echo_server(&env);
+    let to = v6(GATEWAY6, server.port());
+    let stream = guest_connect(&env, to).unwrap_or_else(|e| panic!("connect to {to}: {e}"));
+    let payload = Pattern::bytes(42, 200_000);
+    let reply = net::exchange(&stream, &payload).expect("echo over IPv6");
+    assert_eq!(net::digest(&reply), net::digest(&payload), "echo via {to}");
+}
+
+fn dns_via_the_prefix_dns_forwarder(mode: Mode) {
+    const NAME: &str = "cidr6.rslirp.test";
+    const ADDRESS: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 42);
+    let env = Env::new(mode);
+    // The test's resolv.conf names the host namespace's 127.0.0.1 (see common::resolv).
+    let server = Dnsmasq::start(&env, Ipv4Addr::LOCALHOST, &[Record::A(NAME, ADDRESS)]);
+    let (_rslirp, _) = start(&env);
+    let to = v6(DNS6, 53);
+    // UDP, a new query (and source port) per try in case one is lost.
+    let answer = (0x420u16..0x423)
+        .find_map(|id| {
+            let query = dns::query(id, NAME, TYPE_A, None);
+            let msg = env
+                .in_guest("guest DNS query", move || -> io::Result<Vec<u8>> {
+                    let socket = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0))?;
+                    socket.set_read_timeout(Some(Duration::from_secs(2)))?;
+                    socket.send_to(&query, to)?;
+                    let mut buf = vec![0u8; 65536];
+                    loop {
+                        let (len, from) = socket.recv_from(&mut buf)?;
+                        if from == to && buf[..len].starts_with(&query[..2]) {
+                            return Ok(buf[..len].to_vec());
+                        }
+                    }
+                })
+                .wait(Duration::from_secs(2) + STEP_TIMEOUT)
+                .ok()?;
+            dns::parse(&msg).ok()
+        })
+        .unwrap_or_else(|| panic!("no UDP answer from {to}"));
+    assert_eq!(answer.a(), [ADDRESS], "answer from the test's server");
+    assert!(server.queries_for(NAME) >= 1, "{}", server.log());
+}
+
+/// A TCP server in the guest on [::]:`port`: to each client it first writes
+/// `peer <address it sees>\n`, then echoes everything until EOF.
+fn guest_peer_echo_server(env: &Env, port: u16) -> Server {
+    let listener = env
+        .in_guest("guest [::] listener", move || {
+            TcpListener::bind((Ipv6Addr::UNSPECIFIED, port))
+        })
+        .wait(STEP_TIMEOUT)
+        .unwrap_or_else(|e| panic!("bind [::]:{port} in the guest: {e}"));
+    net::tcp_server(listener, |mut stream| {
+        let Ok(peer) = stream.peer_addr() else {
+            return;
+        };
+        if writeln!(stream, "peer {}", peer.ip()).is_ok() {
+            net::echo(stream);
+        }
+    })
+}
+
+fn port_forward_from_host_loopback_to_the_guest_in_the_prefix(mode: Mode) {
+    const HOST_PORT: u16 = 8642;
+    const GUEST_PORT: u16 = 80;
+    let env = Env::new(mode);
+    let api = Api::new(&env);
+    let _rslirp = api.launch(&env).arg("-6").arg(CIDR6).start();
+    let guest_addr = await_slaac(&env);
+    let _server = guest_peer_echo_server(&env, GUEST_PORT);
+
+    let add = format!(
+        r#"{{"execute":"add_hostfwd","arguments":{{"proto":"tcp","host_addr":"::1","host_port":{HOST_PORT},"guest_addr":"{guest_addr}","guest_port":{GUEST_PORT}}}}}"#
+    );
+    assert_eq!(api.request(&add), id_reply(1), "add_hostfwd {add}");
+    assert_eq!(
+        api.request(r#"{"execute":"list_hostfwd"}"#),
+        format!(
+            r#"{{"entries":[{{"id":1,"proto":"tcp","host_addr":"::1","host_port":{HOST_PORT},"guest_addr":"{guest_addr}","guest_port":{GUEST_PORT}}}]}}"#
+        ),
+        "list_hostfwd shows the guest's address in the prefix"
+    );
+
+    let to = v6(Ipv6Addr::LOCALHOST, HOST_PORT);
+    let payload = Pattern::bytes(642, 100_000);
+    let sent = payload.clone();
+    let reply = env
+        .in_host(
+            "host client of the forward",
+            move || -> io::Result<Vec<u8>> {
+                let stream = TcpStream::connect_timeout(&to, CONNECT_TIMEOUT)?;
+                net::set_timeouts(&stream);
+                net::exchange(&stream, &sent)
+            },
+        )
+        .wait(STEP_TIMEOUT)
+        .unwrap_or_else(|e| panic!("through the forward at {to}: {e}"));
+    let expected_head = format!("peer {GATEWAY6}\n");
+    assert!(
+        reply.starts_with(expected_head.as_bytes()),
+        "the guest must see the loopback client as {GATEWAY6}; it said {:?}",
+        String::from_utf8_lossy(&reply[..reply.len().min(60)])
+    );
+    assert_eq!(
+        net::digest(&reply[expected_head.len()..]),
+        net::digest(&payload),
+        "data both ways through the forward"
+    );
+}
+
+fn a_prefix_other_than_a_64_stops_rslirp_at_start(mode: Mode) {
+    let env = Env::new(mode);
+    for (args, message) in [
+        (
+            &["-6", "--cidr6=fd42:1:2:3::/48"][..],
+            "--cidr6: IPv6 prefix length needs to be 64: fd42:1:2:3::/48",
+        ),
+        (
+            &["-6", "--cidr6=fd42:1:2:3::100/64"],
+            "--cidr6: IPv6 prefix needs to be a network address like fd00::/64, not like \
+             fd00::100/64: fd42:1:2:3::100/64",
+        ),
+        (&[CIDR6], "--cidr6 needs --enable-ipv6 (-6)"),
+    ] {
+        let mut launch = env.rslirp();
+        for arg in args {
+            launch = launch.arg(arg);
+        }
+        let (status, output) = launch.start_expecting_exit(STEP_TIMEOUT);
+        assert_eq!(status.code(), Some(1), "{args:?}: {output}");
+        assert!(
+            output.lines().any(|line| line == message),
+            "{args:?}: expected {message:?} in {output:?}"
+        );
+    }
+}
