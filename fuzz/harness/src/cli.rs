@@ -18,7 +18,16 @@ pub fn run(data: &[u8]) {
         .collect();
     match rslirp::cli::parse("slirp4netns", words) {
         // What main does next with a valid command line, minus the OS.
-        Ok(rslirp::cli::Command::Run(options)) => drop(options.stack_config()),
+        Ok(rslirp::cli::Command::Run(options)) => {
+            drop(options.stack_config());
+            // The forwards main sets up for --publish: every port of every range, whose
+            // guest port is computed from the host port's offset.
+            for publish in &options.publish {
+                for request in publish.requests() {
+                    assert!(request.host_port >= 1 && request.guest_port >= 1);
+                }
+            }
+        }
         Ok(_) => {}
         Err(err) => drop(err.to_string()),
     }
@@ -83,6 +92,26 @@ pub fn seeds() -> crate::Seeds {
             line(&["--netns-type", "tapfd", "--target-type=netns", "5"]),
         ),
         ("clustered", line(&["-c6r3", "-m1500", "--ena", "--", "-1"])),
+        // rslirp's own options.
+        (
+            "publish",
+            line(&[
+                "--publish",
+                "tcp/8080-8082:80-82",
+                "--publish=udp/127.0.0.1:5353:53",
+                "--pub",
+                "[::1]:65534-65535:1-2",
+                "--outbound-if",
+                "wg0",
+                "--outbound-if6=vpn0",
+                "-6",
+                "1",
+            ]),
+        ),
+        (
+            "publish-bad",
+            line(&["--publish", "8080:80/udp", "--outbound-i", "x", "1"]),
+        ),
         ("help", line(&["--help"])),
         ("version", line(&["-v", "--bogus"])),
     ]
