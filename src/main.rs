@@ -114,6 +114,15 @@ fn run(options: Options) -> Result<Exit, String> {
         .map(|path| PcapWriter::create(path, options.pcap_size))
         .transpose()
         .map_err(|e| e.to_string())?;
+    // Ours: the interfaces outbound flows are bound to, checked where rslirp's host sockets
+    // live (this process's network namespace, never the container's) and before the tap,
+    // so that a missing interface or a kernel that forbids the binding fails the start.
+    if let Some(name) = &options.outbound_if {
+        rslirp::host::check_outbound_device(name, false)?;
+    }
+    if let Some(name) = &options.outbound_if6 {
+        rslirp::host::check_outbound_device(name, true)?;
+    }
     // Before the tap: the process watched is then the one whose namespace we join (had the
     // pid been recycled in between, the pidfd reports an exit at once, which is the truth).
     let target = match (&options.netns_type, options.pid) {
@@ -183,6 +192,8 @@ fn run(options: Options) -> Result<Exit, String> {
             Some(spec) => Some(outbound_v6(spec)?),
             None => None,
         },
+        if4: options.outbound_if.clone(),
+        if6: options.outbound_if6.clone(),
     };
     let host = RealHost::new(registry, outbound);
     let api = match &options.api_socket {
