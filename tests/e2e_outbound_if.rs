@@ -39,6 +39,7 @@ struct Far {
     tcp: Server,
     udp: Server,
     tcp6: Server,
+    udp6: Server,
     _netns: Netns,
 }
 
@@ -120,14 +121,20 @@ fn far_side(env: &Env) -> Far {
     };
     let tcp = net::tcp_server(bind("far tcp", SocketAddr::new(FAR4.into(), 0)), net::echo);
     let tcp6 = net::tcp_server(bind("far tcp6", SocketAddr::new(FAR6.into(), 0)), net::echo);
-    let udp_socket = common::ns::spawn_in_netns(far_path, "far udp", || UdpSocket::bind((FAR4, 0)))
-        .wait(STEP_TIMEOUT)
-        .expect("far udp socket");
-    let udp = net::udp_echo_server(udp_socket);
+    let udp_bind = |what: &'static str, addr: SocketAddr| {
+        let socket =
+            common::ns::spawn_in_netns(far_path.clone(), what, move || UdpSocket::bind(addr))
+                .wait(STEP_TIMEOUT)
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+        net::udp_echo_server(socket)
+    };
+    let udp = udp_bind("far udp", SocketAddr::new(FAR4.into(), 0));
+    let udp6 = udp_bind("far udp6", SocketAddr::new(FAR6.into(), 0));
     Far {
         tcp,
         udp,
         tcp6,
+        udp6,
         _netns: far,
     }
 }
@@ -159,7 +166,12 @@ fn assert_unreachable(env: &Env, to: SocketAddr) {
 /// A UDP round trip from the guest, or the error (a timeout when nothing comes back).
 fn guest_udp(env: &Env, to: SocketAddr, payload: Vec<u8>) -> io::Result<Vec<u8>> {
     env.in_guest("guest udp", move || {
-        let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+        let any: SocketAddr = if to.is_ipv6() {
+            (Ipv6Addr::UNSPECIFIED, 0).into()
+        } else {
+            (Ipv4Addr::UNSPECIFIED, 0).into()
+        };
+        let socket = UdpSocket::bind(any)?;
         socket.set_read_timeout(Some(CONNECT_TIMEOUT))?;
         socket.send_to(&payload, to)?;
         let mut buf = vec![0u8; 2048];
@@ -218,12 +230,22 @@ fn ipv6_follows_the_interface(mode: Mode) {
     let env = Env::new(mode);
     let far = far_side(&env);
     let tcp6 = SocketAddr::new(FAR6.into(), far.tcp6.port());
+    let udp6 = SocketAddr::new(FAR6.into(), far.udp6.port());
     {
         let _plain = start_ipv6(&env, &[]);
         assert_unreachable(&env, tcp6);
+        assert!(
+            guest_udp(&env, udp6, b"x".to_vec()).is_err(),
+            "UDP over IPv6 answered without the option"
+        );
     }
     let _bound = start_ipv6(&env, &["--outbound-if6", VETH]);
     assert_echo(&env, tcp6);
+    let payload = Pattern::bytes(6, 1400);
+    assert_eq!(
+        guest_udp(&env, udp6, payload.clone()).unwrap_or_else(|e| panic!("udp to {udp6}: {e}")),
+        payload
+    );
     // Host loopback over IPv6 (fd00::2 → ::1) still works.
     let listener = env
         .in_host("host [::1] listener", || {
