@@ -21,9 +21,11 @@
 //! [`CliError::show_usage`] says which.
 
 use std::ffi::{OsStr, OsString};
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
+use rslirp_stack::api::ForwardRequest;
+use rslirp_stack::forward::ForwardProto;
 use rslirp_stack::VirtualNetwork;
 
 /// What the command line asks for.
@@ -129,6 +131,41 @@ pub struct Options {
     pub pcap: Option<PathBuf>,
     /// `--pcap-size BYTES`: the capture file's size bound, header included.
     pub pcap_size: u64,
+    /// `--publish` (ours), in the order given: forwards set up before the ready byte.
+    pub publish: Vec<Publish>,
+    /// `--outbound-if IFNAME` (ours): IPv4 host sockets of outbound flows are bound to
+    /// this interface (SO_BINDTODEVICE).
+    pub outbound_if: Option<String>,
+    /// `--outbound-if6 IFNAME` (ours): the same for IPv6.
+    pub outbound_if6: Option<String>,
+}
+
+/// One `--publish [PROTO/][HOSTADDR:]HOSTPORT[-END]:GUESTPORT[-END]`: host ports forwarded
+/// to the guest's ports one to one, each as one forward (one listener per port).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish {
+    pub proto: ForwardProto,
+    /// `None` when left out: every address, as `add_hostfwd` without `host_addr`.
+    pub host_addr: Option<IpAddr>,
+    /// The first and last host port (equal for a single port).
+    pub host_ports: (u16, u16),
+    /// The guest port the first host port goes to; the others follow in order.
+    pub guest_port: u16,
+}
+
+impl Publish {
+    /// The forwards, one per host port, as `add_hostfwd` requests (guest address left to
+    /// the default, the guest's address).
+    pub fn requests(&self) -> impl Iterator<Item = ForwardRequest> + '_ {
+        (self.host_ports.0..=self.host_ports.1).map(move |host_port| ForwardRequest {
+            proto: self.proto,
+            host_addr: self.host_addr,
+            host_port,
+            guest_addr: None,
+            // Cannot overflow: the parser checked that the guest range has the same length.
+            guest_port: self.guest_port + (host_port - self.host_ports.0),
+        })
+    }
 }
 
 impl Options {
@@ -209,9 +246,21 @@ enum Opt {
     TargetType,
     Pcap,
     PcapSize,
+    Publish,
+    OutboundIf,
+    OutboundIf6,
     Help,
     Version,
 }
+
+/// Options added after the ones existing callers may abbreviate (the reference's and
+/// `--pcap`/`--pcap-size`). getopt_long resolves a unique prefix of any long name, so a new
+/// name could turn a prefix that resolved (or was reported ambiguous with a given list)
+/// into something else. These take part in prefix matching only when no older option
+/// matches, so every abbreviation keeps its old meaning and its old error text.
+/// (`cidr6` extends `cidr`: as an equal candidate it would make `--ci` and `--cid`, which
+/// mean `--cidr` to the reference, ambiguous.)
+const LATER_OPTIONS: &[Opt] = &[Opt::Cidr6, Opt::Publish, Opt::OutboundIf, Opt::OutboundIf6];
 
 /// One row of [`OPTIONS`].
 struct OptSpec {
@@ -344,7 +393,7 @@ const OPTIONS: &[OptSpec] = &[
         values: &[],
         supported: true,
     },
-    // Ours (the reference's IPv6 prefix is fixed); only matched whole, see EXACT_ONLY.
+    // Ours (the reference's IPv6 prefix is fixed), added later (see LATER_OPTIONS).
     OptSpec {
         opt: Opt::Cidr6,
         short: None,
@@ -473,6 +522,39 @@ const OPTIONS: &[OptSpec] = &[
         aliases: &[],
         value_name: Some("BYTES"),
         help: "stop capturing when FILE would exceed BYTES (suffix K, M or G; default=100M)",
+        values: &[],
+        supported: true,
+    },
+    // Ours, added later (see LATER_OPTIONS). No short forms: letters are left free for
+    // options the reference may add.
+    OptSpec {
+        opt: Opt::Publish,
+        short: None,
+        long: "publish",
+        aliases: &[],
+        value_name: Some("SPEC"),
+        help: "forward host ports to the guest from the start, SPEC being \
+               [tcp/|udp/][HOSTADDR:]HOSTPORT[-END]:GUESTPORT[-END] (repeatable)",
+        values: &[],
+        supported: true,
+    },
+    OptSpec {
+        opt: Opt::OutboundIf,
+        short: None,
+        long: "outbound-if",
+        aliases: &[],
+        value_name: Some("IFNAME"),
+        help: "bind outbound IPv4 host sockets to interface IFNAME (SO_BINDTODEVICE)",
+        values: &[],
+        supported: true,
+    },
+    OptSpec {
+        opt: Opt::OutboundIf6,
+        short: None,
+        long: "outbound-if6",
+        aliases: &[],
+        value_name: Some("IFNAME"),
+        help: "bind outbound IPv6 host sockets to interface IFNAME (SO_BINDTODEVICE)",
         values: &[],
         supported: true,
     },
@@ -713,27 +795,32 @@ enum LongMatch {
     Ambiguous(Vec<&'static str>),
 }
 
-/// Options of ours that only match their whole name, never a prefix. `cidr6` extends
-/// `cidr`: as a prefix candidate it would make `--ci` and `--cid`, which mean `--cidr` to the
-/// reference, ambiguous, and a command line written for slirp4netns must keep its meaning.
-/// Nothing is lost: every shorter prefix of `cidr6` is a prefix of `cidr` too.
-const EXACT_ONLY: &[Opt] = &[Opt::Cidr6];
-
-/// getopt_long's matching: an exact name wins, otherwise a prefix of exactly one option
-/// (leaving out [`EXACT_ONLY`]).
+/// getopt_long's matching: an exact name wins, otherwise a prefix of exactly one option;
+/// the [`LATER_OPTIONS`] only when no other option has the prefix.
 fn lookup_long(name: &str) -> LongMatch {
+    match lookup_among(name, |opt| !LATER_OPTIONS.contains(&opt)) {
+        LongMatch::Unknown => lookup_among(name, |opt| LATER_OPTIONS.contains(&opt)),
+        found_or_ambiguous => found_or_ambiguous,
+    }
+}
+
+/// getopt_long's matching over the options `included` selects.
+fn lookup_among(name: &str, included: impl Fn(Opt) -> bool) -> LongMatch {
     let all_names = || {
-        OPTIONS.iter().flat_map(|spec| {
-            std::iter::once(spec.long)
-                .chain(spec.aliases.iter().copied())
-                .map(move |long| (spec, long))
-        })
+        OPTIONS
+            .iter()
+            .filter(|spec| included(spec.opt))
+            .flat_map(|spec| {
+                std::iter::once(spec.long)
+                    .chain(spec.aliases.iter().copied())
+                    .map(move |long| (spec, long))
+            })
     };
     if let Some((spec, long)) = all_names().find(|&(_, long)| long == name) {
         return LongMatch::Found(spec, long);
     }
     let candidates: Vec<(&'static OptSpec, &'static str)> = all_names()
-        .filter(|&(spec, long)| long.starts_with(name) && !EXACT_ONLY.contains(&spec.opt))
+        .filter(|&(_, long)| long.starts_with(name))
         .collect();
     match candidates.as_slice() {
         [] => LongMatch::Unknown,
@@ -768,6 +855,9 @@ struct Collected {
     target_type: Option<OsString>,
     pcap: Option<PathBuf>,
     pcap_size: Option<u64>,
+    publish: Vec<Publish>,
+    outbound_if: Option<OsString>,
+    outbound_if6: Option<OsString>,
     operands: Vec<OsString>,
     /// The first option given that rslirp does not implement, rejected once all is validated.
     first_unsupported: Option<&'static OptSpec>,
@@ -831,6 +921,10 @@ impl Collected {
                     ))
                 })?)
             }
+            // Repeatable: each adds its forwards.
+            Opt::Publish => self.publish.push(parse_publish(&value)?),
+            Opt::OutboundIf => self.outbound_if = Some(value),
+            Opt::OutboundIf6 => self.outbound_if6 = Some(value),
             // Answered by `parse` before they get here; nothing to record.
             Opt::Help | Opt::Version => {}
         }
@@ -908,6 +1002,17 @@ impl Collected {
             .map(|addr| check_outbound(addr, AddrFamily::V6))
             .transpose()?;
 
+        let outbound_if = self
+            .outbound_if
+            .as_deref()
+            .map(|name| check_interface_name(name, "outbound-if"))
+            .transpose()?;
+        let outbound_if6 = self
+            .outbound_if6
+            .as_deref()
+            .map(|name| check_interface_name(name, "outbound-if6"))
+            .transpose()?;
+
         if self.pcap_size.is_some() && self.pcap.is_none() {
             return Err(CliError::plain("--pcap-size needs --pcap FILE"));
         }
@@ -957,6 +1062,9 @@ impl Collected {
             mac_address,
             pcap: self.pcap,
             pcap_size: self.pcap_size.unwrap_or(crate::pcap::DEFAULT_SIZE_LIMIT),
+            publish: self.publish,
+            outbound_if,
+            outbound_if6,
         })
     }
 }
@@ -1220,6 +1328,113 @@ fn is_interface_name(name: &str) -> bool {
             .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace())
 }
 
+/// `--outbound-if[6]`: something that can be a Linux interface name; whether it exists
+/// is checked at setup, in the namespace rslirp's host sockets live in.
+fn check_interface_name(value: &OsStr, option: &str) -> Result<String, CliError> {
+    match value.to_str() {
+        Some(name) if is_interface_name(name) => Ok(name.to_string()),
+        _ => Err(CliError::plain(format!(
+            "--{option} has to be a valid interface name: \"{}\"",
+            value.to_string_lossy()
+        ))),
+    }
+}
+
+/// The `--publish` syntax, for error messages.
+const PUBLISH_SYNTAX: &str = "[tcp/|udp/][HOSTADDR:]HOSTPORT[-END]:GUESTPORT[-END]";
+
+/// `--publish [PROTO/][HOSTADDR:]HOSTPORT[-END]:GUESTPORT[-END]`: PROTO `tcp` (default) or
+/// `udp`; HOSTADDR an IPv4 address or an IPv6 one in brackets (`[::1]:8080:80`), every
+/// address when left out; a host range and a guest range of the same length map one to one.
+fn parse_publish(value: &OsStr) -> Result<Publish, CliError> {
+    let text = value.to_string_lossy();
+    parse_publish_text(&text).map_err(|why| {
+        CliError::plain(format!(
+            "invalid --publish \"{text}\": {why} (expected {PUBLISH_SYNTAX})"
+        ))
+    })
+}
+
+fn parse_publish_text(text: &str) -> Result<Publish, String> {
+    let (proto, rest) = match text.split_once('/') {
+        None => (ForwardProto::Tcp, text),
+        Some(("tcp", rest)) => (ForwardProto::Tcp, rest),
+        Some(("udp", rest)) => (ForwardProto::Udp, rest),
+        // `-p 8080:80/udp` as docker writes it.
+        Some((ports, proto @ ("tcp" | "udp"))) => {
+            return Err(format!("the protocol comes first, as in {proto}/{ports}"))
+        }
+        Some((proto, _)) => return Err(format!("unknown protocol \"{proto}\" (tcp or udp)")),
+    };
+    let (host_addr, ports) = if let Some(bracketed) = rest.strip_prefix('[') {
+        let (addr, ports) = bracketed
+            .split_once("]:")
+            .ok_or("an IPv6 host address needs its closing bracket and a colon after it")?;
+        let addr: Ipv6Addr = addr
+            .parse()
+            .map_err(|_| format!("\"{addr}\" is not an IPv6 address"))?;
+        (Some(IpAddr::V6(addr)), ports)
+    } else {
+        match rest.matches(':').count() {
+            0 => return Err("no guest port".to_string()),
+            1 => (None, rest),
+            2 => {
+                let (addr, ports) = rest.split_once(':').unwrap_or_default();
+                let addr: Ipv4Addr = addr.parse().map_err(|_| {
+                    format!("\"{addr}\" is not an IPv4 address (IPv6 goes in brackets)")
+                })?;
+                (Some(IpAddr::V4(addr)), ports)
+            }
+            _ => return Err("an IPv6 host address goes in brackets, as [::1]:8080:80".into()),
+        }
+    };
+    let (host, guest) = ports
+        .split_once(':')
+        .ok_or("no guest port after the host address")?;
+    let host_ports = parse_port_range(host)?;
+    let guest_ports = parse_port_range(guest)?;
+    let len = |(first, last): (u16, u16)| u32::from(last - first) + 1;
+    if len(host_ports) != len(guest_ports) {
+        return Err(format!(
+            "{} host ports ({host}) but {} guest ports ({guest})",
+            len(host_ports),
+            len(guest_ports)
+        ));
+    }
+    Ok(Publish {
+        proto,
+        host_addr,
+        host_ports,
+        guest_port: guest_ports.0,
+    })
+}
+
+/// `PORT` or `FIRST-LAST`, ports 1 to 65535, FIRST <= LAST.
+fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
+    let (first, last) = match text.split_once('-') {
+        Some((first, last)) => (parse_port(first)?, parse_port(last)?),
+        None => {
+            let port = parse_port(text)?;
+            (port, port)
+        }
+    };
+    if last < first {
+        return Err(format!("port range {text} ends before it starts"));
+    }
+    Ok((first, last))
+}
+
+fn parse_port(text: &str) -> Result<u16, String> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("\"{text}\" is not a port number"));
+    }
+    match text.parse::<u32>() {
+        Ok(0) => Err("port 0 cannot be published".to_string()),
+        Ok(port) if port <= u32::from(u16::MAX) => Ok(port as u16),
+        _ => Err(format!("port {text} is beyond 65535")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1299,6 +1514,8 @@ mod tests {
         assert_eq!(o.outbound_addr, None);
         assert_eq!(o.outbound_addr6, None);
         assert_eq!(o.mac_address, None);
+        assert!(o.publish.is_empty());
+        assert_eq!((o.outbound_if, o.outbound_if6), (None, None));
     }
 
     #[test]
@@ -1451,6 +1668,74 @@ mod tests {
         assert_eq!(
             error_with_usage(&["--outbound", "::1", "1"]),
             "rslirp: option '--outbound' is ambiguous; possibilities: '--outbound-addr' '--outbound-addr6'"
+        );
+    }
+
+    /// What a long name resolves to, comparable: the option matched or the candidates.
+    fn resolved(found: LongMatch) -> Result<&'static str, Vec<&'static str>> {
+        match found {
+            LongMatch::Found(_, long) => Ok(long),
+            LongMatch::Unknown => Err(Vec::new()),
+            LongMatch::Ambiguous(candidates) => Err(candidates),
+        }
+    }
+
+    /// Adding options must not change what an abbreviation meant before: every prefix of
+    /// every long name that resolved, or was ambiguous, among the older options resolves
+    /// the same now, with the same candidates in the error.
+    #[test]
+    fn later_options_leave_every_older_prefix_alone() {
+        let older = |opt: Opt| !LATER_OPTIONS.contains(&opt);
+        let mut checked = 0;
+        for spec in OPTIONS {
+            for name in std::iter::once(spec.long).chain(spec.aliases.iter().copied()) {
+                for end in 1..=name.len() {
+                    let prefix = &name[..end];
+                    let before = resolved(lookup_among(prefix, older));
+                    if before != Err(Vec::new()) {
+                        assert_eq!(resolved(lookup_long(prefix)), before, "--{prefix}");
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked > 100, "only {checked} prefixes checked");
+        // The ones a caller is most likely to have typed.
+        assert_eq!(
+            error_with_usage(&["--outbound", "::1", "1"]),
+            "rslirp: option '--outbound' is ambiguous; possibilities: '--outbound-addr' '--outbound-addr6'"
+        );
+        assert_eq!(
+            error_with_usage(&["--outbound-a=x", "1"]),
+            "rslirp: option '--outbound-a=x' is ambiguous; possibilities: '--outbound-addr' '--outbound-addr6'"
+        );
+        assert_eq!(
+            error_with_usage(&["--p", "x", "1"]),
+            "rslirp: option '--p' is ambiguous; possibilities: '--pcap' '--pcap-size'"
+        );
+        assert_eq!(
+            error_with_usage(&["--pc", "/x", "1"]),
+            "rslirp: option '--pc' is ambiguous; possibilities: '--pcap' '--pcap-size'"
+        );
+        assert_eq!(
+            run(&["--pcap-", "64K", "--pcap=/x", "1"]).pcap_size,
+            64 << 10
+        );
+        assert_eq!(
+            run(&["--outbound-addr6", "::1", "1"])
+                .outbound_addr6
+                .as_deref(),
+            Some("::1")
+        );
+        // The new names themselves, whole or by a prefix no older option has.
+        assert_eq!(run(&["--pu", "80:80", "1"]).publish.len(), 1);
+        assert_eq!(
+            run(&["--outbound-if=eth0", "1"]).outbound_if.as_deref(),
+            Some("eth0")
+        );
+        assert_eq!(
+            error_with_usage(&["--outbound-i", "eth0", "1"]),
+            "rslirp: option '--outbound-i' is ambiguous; possibilities: '--outbound-if' '--outbound-if6'"
         );
     }
 
@@ -1967,6 +2252,197 @@ mod tests {
         );
     }
 
+    fn publish(spec: &str) -> Publish {
+        let mut o = run(&["--publish", spec, "1"]);
+        assert_eq!(o.publish.len(), 1, "{spec}");
+        o.publish.remove(0)
+    }
+
+    fn requests(spec: &str) -> Vec<(ForwardProto, Option<IpAddr>, u16, u16)> {
+        publish(spec)
+            .requests()
+            .map(|r| {
+                assert_eq!(
+                    r.guest_addr, None,
+                    "{spec}: the guest address is the default"
+                );
+                (r.proto, r.host_addr, r.host_port, r.guest_port)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn publish_syntax() {
+        use ForwardProto::{Tcp, Udp};
+        let v4 = |a: [u8; 4]| Some(IpAddr::from(a));
+        assert_eq!(requests("8080:80"), [(Tcp, None, 8080, 80)]);
+        assert_eq!(requests("tcp/8080:80"), [(Tcp, None, 8080, 80)]);
+        assert_eq!(requests("udp/5353:53"), [(Udp, None, 5353, 53)]);
+        assert_eq!(
+            requests("127.0.0.1:8080:80"),
+            [(Tcp, v4([127, 0, 0, 1]), 8080, 80)]
+        );
+        assert_eq!(
+            requests("udp/0.0.0.0:1:65535"),
+            [(Udp, v4([0, 0, 0, 0]), 1, 65535)]
+        );
+        assert_eq!(
+            requests("[::1]:8080:80"),
+            [(Tcp, Some(IpAddr::V6(Ipv6Addr::LOCALHOST)), 8080, 80)]
+        );
+        assert_eq!(
+            requests("udp/[fd00::5]:53-54:1053-1054"),
+            [
+                (Udp, Some("fd00::5".parse().unwrap()), 53, 1053),
+                (Udp, Some("fd00::5".parse().unwrap()), 54, 1054)
+            ]
+        );
+        assert_eq!(
+            requests("tcp/8080-8082:80-82"),
+            [
+                (Tcp, None, 8080, 80),
+                (Tcp, None, 8081, 81),
+                (Tcp, None, 8082, 82)
+            ]
+        );
+        // A range may map onto lower or higher ports, up to the last one.
+        assert_eq!(
+            requests("65534-65535:1-2"),
+            [(Tcp, None, 65534, 1), (Tcp, None, 65535, 2)]
+        );
+        assert_eq!(requests("80-80:8080-8080"), [(Tcp, None, 80, 8080)]);
+        // Repeatable, in order; long and attached forms, and a prefix of the name.
+        let o = run(&[
+            "--publish=udp/53:53",
+            "1",
+            "--publish",
+            "80:80",
+            "--pub=81:81",
+        ]);
+        let ports: Vec<(ForwardProto, u16)> = o
+            .publish
+            .iter()
+            .flat_map(|p| p.requests())
+            .map(|r| (r.proto, r.host_port))
+            .collect();
+        assert_eq!(ports, [(Udp, 53), (Tcp, 80), (Tcp, 81)]);
+    }
+
+    /// The reason in an `invalid --publish` error.
+    fn fault_of(words: &[&str]) -> String {
+        let message = error_without_usage(words);
+        let (_, rest) = message
+            .split_once("\": ")
+            .unwrap_or_else(|| panic!("{message}"));
+        let suffix = format!(" (expected {PUBLISH_SYNTAX})");
+        rest.strip_suffix(&suffix)
+            .unwrap_or_else(|| panic!("{message}"))
+            .to_string()
+    }
+
+    #[test]
+    fn publish_errors_name_the_fault() {
+        let fault = |spec: &str| {
+            let message = error_without_usage(&["--publish", spec, "1"]);
+            let prefix = format!("invalid --publish \"{spec}\": ");
+            let suffix = format!(" (expected {PUBLISH_SYNTAX})");
+            assert!(
+                message.starts_with(&prefix) && message.ends_with(&suffix),
+                "{message}"
+            );
+            message[prefix.len()..message.len() - suffix.len()].to_string()
+        };
+        assert_eq!(
+            fault("8080-8082:80-81"),
+            "3 host ports (8080-8082) but 2 guest ports (80-81)"
+        );
+        assert_eq!(
+            fault("8080-8081:80"),
+            "2 host ports (8080-8081) but 1 guest ports (80)"
+        );
+        assert_eq!(fault("0:80"), "port 0 cannot be published");
+        assert_eq!(fault("8080:0"), "port 0 cannot be published");
+        assert_eq!(fault("65536:80"), "port 65536 is beyond 65535");
+        assert_eq!(
+            fault("8080:99999999999"),
+            "port 99999999999 is beyond 65535"
+        );
+        assert_eq!(
+            fault("8082-8080:80-82"),
+            "port range 8082-8080 ends before it starts"
+        );
+        assert_eq!(
+            fault("sctp/80:80"),
+            "unknown protocol \"sctp\" (tcp or udp)"
+        );
+        assert_eq!(fault("TCP/80:80"), "unknown protocol \"TCP\" (tcp or udp)");
+        assert_eq!(
+            fault("8080:80/udp"),
+            "the protocol comes first, as in udp/8080:80"
+        );
+        assert_eq!(fault("8080"), "no guest port");
+        assert_eq!(fault(""), "no guest port");
+        assert_eq!(fault("8080:"), "\"\" is not a port number");
+        assert_eq!(fault(":80"), "\"\" is not a port number");
+        assert_eq!(fault("+80:80"), "\"+80\" is not a port number");
+        assert_eq!(fault("80-:80"), "\"\" is not a port number");
+        assert_eq!(
+            fault("localhost:80:80"),
+            "\"localhost\" is not an IPv4 address (IPv6 goes in brackets)"
+        );
+        assert_eq!(
+            fault("::1:8080:80"),
+            "an IPv6 host address goes in brackets, as [::1]:8080:80"
+        );
+        assert_eq!(
+            fault("[::1:8080:80"),
+            "an IPv6 host address needs its closing bracket and a colon after it"
+        );
+        assert_eq!(
+            fault("[1.2.3.4]:80:80"),
+            "\"1.2.3.4\" is not an IPv6 address"
+        );
+        assert_eq!(fault("[::1]:80"), "no guest port after the host address");
+        // A bad --publish does not hide an earlier getopt error, nor a later one its own.
+        assert_eq!(
+            error_with_usage(&["--mtu", "0", "--publish", "0:0", "1"]),
+            "MTU must be a positive integer (< 65522)"
+        );
+        assert!(
+            error_without_usage(&["--publish", "0:0", "--mtu", "0", "1"])
+                .starts_with("invalid --publish")
+        );
+        // The option takes the next word as its value, as every option with one does.
+        assert_eq!(fault_of(&["--publish", "1"]), "no guest port");
+    }
+
+    #[test]
+    fn outbound_interfaces() {
+        let o = run(&["--outbound-if", "wg0", "--outbound-if6=vpn-6", "1"]);
+        assert_eq!(o.outbound_if.as_deref(), Some("wg0"));
+        assert_eq!(o.outbound_if6.as_deref(), Some("vpn-6"));
+        // Independent of the outbound addresses, and combinable with them.
+        let o = run(&["--outbound-addr=10.1.1.1", "--outbound-if=wg0", "1"]);
+        assert_eq!(o.outbound_addr.as_deref(), Some("10.1.1.1"));
+        assert_eq!(o.outbound_if.as_deref(), Some("wg0"));
+        for bad in ["", "a/b", "a:b", "a b", ".", "..", "sixteen-chars-xx"] {
+            assert_eq!(
+                error_without_usage(&["--outbound-if", bad, "1"]),
+                format!("--outbound-if has to be a valid interface name: \"{bad}\"")
+            );
+            assert_eq!(
+                error_without_usage(&["--outbound-if6", bad, "1"]),
+                format!("--outbound-if6 has to be a valid interface name: \"{bad}\"")
+            );
+        }
+        assert_eq!(
+            run(&["--outbound-if", "fifteen-chars-x", "1"])
+                .outbound_if
+                .as_deref(),
+            Some("fifteen-chars-x")
+        );
+    }
+
     #[test]
     fn sandbox_and_seccomp_are_accepted() {
         let o = run(&["--enable-sandbox", "--enable-seccomp", "1"]);
@@ -2106,6 +2582,9 @@ mod tests {
             "--target-type=TYPE ",
             "--pcap=FILE ",
             "--pcap-size=BYTES ",
+            "--publish=SPEC ",
+            "--outbound-if=IFNAME ",
+            "--outbound-if6=IFNAME ",
             "-h, --help ",
             "-v, --version ",
         ];

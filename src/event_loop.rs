@@ -333,6 +333,16 @@ impl EventLoop {
         &self.stack
     }
 
+    /// Adds a forward before the loop runs (`--publish`), through the path `add_hostfwd`
+    /// requests take, so it gets the next id and the API lists and removes it.
+    pub fn add_forward(
+        &mut self,
+        request: &rslirp_stack::api::ForwardRequest,
+    ) -> Result<u64, rslirp_stack::forward::AddForwardError> {
+        let now = self.clock.now();
+        self.stack.add_hostfwd(now, request, &mut self.host)
+    }
+
     /// Run until a signal or the exit fd says stop.
     pub fn run(&mut self) -> Result<Exit, LoopError> {
         let mut events = Events::with_capacity(1024);

@@ -17,11 +17,63 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-/// Where outgoing host sockets are bound (`--outbound-addr`, `--outbound-addr6`).
-#[derive(Debug, Clone, Copy, Default)]
+/// Where outgoing host sockets are bound: to an address (`--outbound-addr`,
+/// `--outbound-addr6`) and, ours, to an interface (`--outbound-if`, `--outbound-if6`).
+#[derive(Debug, Clone, Default)]
 pub struct Outbound {
     pub v4: Option<Ipv4Addr>,
     pub v6: Option<Ipv6Addr>,
+    /// SO_BINDTODEVICE for IPv4 flows, except towards host loopback.
+    pub if4: Option<String>,
+    /// SO_BINDTODEVICE for IPv6 flows, except towards host loopback.
+    pub if6: Option<String>,
+}
+
+impl Outbound {
+    /// The interface a flow's socket towards `remote` is bound to. Never for host loopback
+    /// (10.0.2.2 and fd00::2 become 127.0.0.1 and ::1): loopback traffic only exists on
+    /// `lo`, and bound elsewhere it would find no route.
+    fn device_for(&self, remote: IpAddr) -> Option<&str> {
+        let loopback = match remote {
+            IpAddr::V4(v4) => v4.is_loopback(),
+            IpAddr::V6(v6) => {
+                v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+            }
+        };
+        if loopback {
+            return None;
+        }
+        match remote {
+            IpAddr::V4(_) => self.if4.as_deref(),
+            IpAddr::V6(_) => self.if6.as_deref(),
+        }
+    }
+}
+
+/// Checks at start that sockets of `family` can be bound to `interface` here (it exists
+/// in this network namespace, and SO_BINDTODEVICE is permitted: unprivileged since Linux
+/// 5.7 for a socket not yet bound to a device, else it needs CAP_NET_RAW), by binding a
+/// throw-away socket.
+pub fn check_outbound_device(interface: &str, v6: bool) -> Result<(), String> {
+    let (option, domain) = if v6 {
+        ("--outbound-if6", Domain::IPV6)
+    } else {
+        ("--outbound-if", Domain::IPV4)
+    };
+    let socket = Socket::new(domain, Type::DGRAM.cloexec(), None)
+        .map_err(|e| format!("{option} {interface}: cannot open a socket: {e}"))?;
+    socket
+        .bind_device(Some(interface.as_bytes()))
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ENODEV) => {
+                format!("{option} {interface}: no such interface in rslirp's network namespace")
+            }
+            Some(libc::EPERM) | Some(libc::EACCES) => format!(
+                "{option} {interface}: binding sockets to an interface (SO_BINDTODEVICE) is \
+                 not permitted here; it needs Linux 5.7 or later, or CAP_NET_RAW: {e}"
+            ),
+            _ => format!("{option} {interface}: SO_BINDTODEVICE: {e}"),
+        })
 }
 
 /// The mio token of a flow's host socket.
@@ -162,26 +214,34 @@ impl RealHost {
         Ok(())
     }
 
-    /// Create a non-blocking socket, bind it to the outbound address (unless `source`
-    /// says otherwise), register it.
+    /// Create a non-blocking socket for a flow towards `remote` (whose family it takes),
+    /// bind it to the outbound interface and address (unless `source` says otherwise),
+    /// register it.
     fn open(
         &mut self,
         flow: FlowId,
-        family: IpAddr,
+        remote: IpAddr,
         kind: Type,
         protocol: Option<Protocol>,
         source: SourceAddr,
     ) -> HostResult<&Socket> {
-        let domain = match family {
+        let domain = match remote {
             IpAddr::V4(_) => Domain::IPV4,
             IpAddr::V6(_) => Domain::IPV6,
         };
         let socket =
             Socket::new(domain, kind.nonblocking().cloexec(), protocol).map_err(host_error)?;
+        // `--outbound-if[6]`: the route goes through that interface whatever the routing
+        // tables (policy routing included) would choose. Set before bind and connect.
+        if let Some(device) = self.outbound.device_for(remote) {
+            socket
+                .bind_device(Some(device.as_bytes()))
+                .map_err(host_error)?;
+        }
         // As slirp4netns: host loopback destinations too (a server there then sees the
         // outbound address as the peer). Only the DNS forwarder's loopback resolver is left
         // to the kernel's choice (`SourceAddr::Kernel`, decided by the stack).
-        let bind = match (family, source) {
+        let bind = match (remote, source) {
             (_, SourceAddr::Kernel) => None,
             (IpAddr::V4(_), SourceAddr::Outbound) => self.outbound.v4.map(IpAddr::V4),
             (IpAddr::V6(_), SourceAddr::Outbound) => self.outbound.v6.map(IpAddr::V6),
@@ -191,7 +251,7 @@ impl RealHost {
                 .bind(&SockAddr::from(SocketAddr::new(addr, 0)))
                 .map_err(host_error)?;
         }
-        self.adopt(flow, socket, family.is_ipv6())
+        self.adopt(flow, socket, remote.is_ipv6())
     }
 
     /// Send a datagram on the flow's socket with `hop_limit` as its TTL / hop limit. The
@@ -696,6 +756,34 @@ mod tests {
         bytes.extend_from_slice(&ip.octets());
         bytes.extend_from_slice(&[0; 4]);
         bytes
+    }
+
+    #[test]
+    fn outbound_interface_is_for_every_destination_but_host_loopback() {
+        let outbound = Outbound {
+            if4: Some("vpn4".into()),
+            if6: Some("vpn6".into()),
+            ..Outbound::default()
+        };
+        let device = |ip: &str| outbound.device_for(ip.parse().expect("address"));
+        assert_eq!(device("192.0.2.2"), Some("vpn4"));
+        assert_eq!(device("10.99.0.1"), Some("vpn4"));
+        assert_eq!(device("2001:db8::2"), Some("vpn6"));
+        for loopback in ["127.0.0.1", "127.1.2.3", "::1", "::ffff:127.0.0.1"] {
+            assert_eq!(device(loopback), None, "{loopback}");
+        }
+        let v4_only = Outbound {
+            if4: Some("vpn4".into()),
+            ..Outbound::default()
+        };
+        assert_eq!(
+            v4_only.device_for("2001:db8::2".parse().expect("address")),
+            None
+        );
+        assert_eq!(
+            Outbound::default().device_for("192.0.2.2".parse().expect("address")),
+            None
+        );
     }
 
     #[test]

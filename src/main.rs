@@ -4,6 +4,7 @@
 //! --version); 1 for bad usage and for any fatal setup or runtime error, with one line on
 //! stderr saying what failed.
 
+use nix::errno::Errno;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use rslirp::api_socket::ApiServer;
@@ -14,7 +15,9 @@ use rslirp::host::{Outbound, RealHost};
 use rslirp::netns::{self, LinkKind, NetnsTarget, Tap, TapConfig, TapRequest};
 use rslirp::pcap::PcapWriter;
 use rslirp::resolv::{self, ResolvWatch};
-use rslirp_stack::Stack;
+use rslirp_stack::api::ForwardRequest;
+use rslirp_stack::forward::AddForwardError;
+use rslirp_stack::{HostError, Stack};
 use std::fs::File;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -111,6 +114,15 @@ fn run(options: Options) -> Result<Exit, String> {
         .map(|path| PcapWriter::create(path, options.pcap_size))
         .transpose()
         .map_err(|e| e.to_string())?;
+    // Ours: the interfaces outbound flows are bound to, checked where rslirp's host sockets
+    // live (this process's network namespace, never the container's) and before the tap,
+    // so that a missing interface or a kernel that forbids the binding fails the start.
+    if let Some(name) = &options.outbound_if {
+        rslirp::host::check_outbound_device(name, false)?;
+    }
+    if let Some(name) = &options.outbound_if6 {
+        rslirp::host::check_outbound_device(name, true)?;
+    }
     // Before the tap: the process watched is then the one whose namespace we join (had the
     // pid been recycled in between, the pidfd reports an exit at once, which is the truth).
     let target = match (&options.netns_type, options.pid) {
@@ -180,6 +192,8 @@ fn run(options: Options) -> Result<Exit, String> {
             Some(spec) => Some(outbound_v6(spec)?),
             None => None,
         },
+        if4: options.outbound_if.clone(),
+        if6: options.outbound_if6.clone(),
     };
     let host = RealHost::new(registry, outbound);
     let api = match &options.api_socket {
@@ -202,6 +216,16 @@ fn run(options: Options) -> Result<Exit, String> {
     };
     let mut event_loop = EventLoop::new(poll, clock, sources, stack, host)
         .map_err(|e| format!("event loop: {e}"))?;
+    // Ours: forwards asked for on the command line, through the path add_hostfwd requests
+    // take (same ids, listed and removable through the API). Before the ready byte, so a
+    // caller may connect as soon as it reads it; a port we cannot listen on is fatal.
+    for publish in &options.publish {
+        for request in publish.requests() {
+            event_loop
+                .add_forward(&request)
+                .map_err(|err| publish_error(&request, &err))?;
+        }
+    }
 
     // Last step before ready: from here on only the running loop's needs are allowed.
     // Held to the end of the run: dropping it removes the control socket's file.
@@ -287,6 +311,25 @@ fn open_tap(options: &Options) -> Result<netns::Tap, String> {
         offload,
     };
     netns::open_tap(&request).map_err(|e| e.to_string())
+}
+
+/// A `--publish` forward that could not be set up, naming its port and the cause.
+fn publish_error(request: &ForwardRequest, err: &AddForwardError) -> String {
+    let port = format!("{} port {}", request.proto, request.host_port);
+    match err {
+        AddForwardError::Listen { addr, error, .. } => {
+            let cause = match error {
+                HostError::Other(errno) => Errno::from_raw(*errno).desc().to_string(),
+                // EADDRNOTAVAIL lands here too: the address is not one of the host's.
+                HostError::Exhausted => {
+                    "address not available, or out of descriptors or memory".to_string()
+                }
+                other => other.to_string(),
+            };
+            format!("--publish: cannot listen on {port} ({addr}): {cause}")
+        }
+        other => format!("--publish: cannot publish {port}: {other}"),
+    }
 }
 
 /// `--outbound-addr`: an IPv4 address, or an interface whose first IPv4 address is used.

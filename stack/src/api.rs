@@ -17,7 +17,7 @@ use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::forward::{Forward, ForwardError, ForwardProto, ForwardSpec};
+use crate::forward::{AddForwardError, Forward, ForwardError, ForwardProto, ForwardSpec};
 use crate::Stats;
 
 /// The longest request accepted. The reference reads into a 4096-byte buffer and refuses a
@@ -161,6 +161,17 @@ impl From<ForwardError> for ApiError {
         match err {
             ForwardError::Conflict { .. } | ForwardError::Limit { .. } => ApiError::AddFailed,
             ForwardError::NotFound { .. } => ApiError::BadId,
+        }
+    }
+}
+
+impl From<AddForwardError> for ApiError {
+    fn from(err: AddForwardError) -> Self {
+        match err {
+            AddForwardError::Table(err) => err.into(),
+            AddForwardError::Ipv6Disabled(_) | AddForwardError::Listen { .. } => {
+                ApiError::AddFailed
+            }
         }
     }
 }

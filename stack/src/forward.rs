@@ -14,7 +14,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+
+use crate::io::HostError;
 
 /// A reasonable bound for [`ForwardTable::new`]: every forward holds at least one host socket.
 pub const DEFAULT_MAX_FORWARDS: usize = 1024;
@@ -75,6 +77,24 @@ pub enum ForwardError {
     Limit { limit: usize },
     #[error("no forward with id {id}")]
     NotFound { id: u64 },
+}
+
+/// Why a forward could not be added, in more detail than the API's one error text
+/// (`slirp_add_hostfwd failed`): `--publish` names the cause at start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddForwardError {
+    #[error(transparent)]
+    Table(#[from] ForwardError),
+    /// An IPv6 guest address while the virtual network has no IPv6 side (no `-6`).
+    #[error("guest address {0} is IPv6 but IPv6 is not enabled (-6)")]
+    Ipv6Disabled(IpAddr),
+    /// The host refused the listening socket (port taken, privileged port...).
+    #[error("cannot listen on {proto} {addr}: {error}")]
+    Listen {
+        proto: ForwardProto,
+        addr: SocketAddr,
+        error: HostError,
+    },
 }
 
 /// The forwards currently published, keyed by id.

@@ -4,9 +4,11 @@
 //! socket, `poll` runs timers and resumes work that waited for room in the transmit queue,
 //! `poll_at` says when `poll` is due next, and `poll_transmit` hands out frames for the tap.
 
-use crate::api::{self, ApiError, Request};
+use crate::api::{self, ApiError, ForwardRequest, Request};
 use crate::config::{BufferTier, Config};
-use crate::forward::{Forward, ForwardError, ForwardProto, ForwardSpec, ForwardTable};
+use crate::forward::{
+    AddForwardError, Forward, ForwardError, ForwardProto, ForwardSpec, ForwardTable,
+};
 use crate::io::{CloseMode, FlowId, HostError, HostEvent, HostIo, IcmpReport, SourceAddr};
 use crate::ip::{FragKey, Fragment, Reassembled, Reassembler};
 use crate::link::arp::{self, ArpOutcome};
@@ -1687,10 +1689,10 @@ impl Stack {
     ) -> Vec<u8> {
         self.now = now;
         let result = match api::parse_request(request) {
-            Ok(Request::AddHostfwd(fwd)) => {
-                let spec = fwd.resolve(self.config.network.guest());
-                self.add_forward(spec, host).map(api::add_reply)
-            }
+            Ok(Request::AddHostfwd(fwd)) => self
+                .add_forward(&fwd, host)
+                .map(api::add_reply)
+                .map_err(ApiError::from),
             Ok(Request::ListHostfwd) => {
                 let entries: Vec<Forward> = self.forwards.list().cloned().collect();
                 Ok(api::list_reply(&entries))
@@ -1743,7 +1745,26 @@ impl Stack {
         self.forwards.list()
     }
 
-    fn add_forward(&mut self, spec: ForwardSpec, host: &mut impl HostIo) -> Result<u64, ApiError> {
+    /// Adds a forward exactly as an `add_hostfwd` request does (same checks, next id, listed
+    /// by `list_hostfwd`, removable by `remove_hostfwd`): the forwards published at start
+    /// (`--publish`) go through here. The error says why, where the API only says
+    /// `slirp_add_hostfwd failed`.
+    pub fn add_hostfwd(
+        &mut self,
+        now: Instant,
+        request: &ForwardRequest,
+        host: &mut impl HostIo,
+    ) -> Result<u64, AddForwardError> {
+        self.now = now;
+        self.add_forward(request, host)
+    }
+
+    fn add_forward(
+        &mut self,
+        request: &ForwardRequest,
+        host: &mut impl HostIo,
+    ) -> Result<u64, AddForwardError> {
+        let spec = request.resolve(self.config.network.guest());
         if let Err(err) = self.forwards.check(&spec) {
             if matches!(err, ForwardError::Limit { .. }) {
                 self.stats.forward_limit_hits += 1;
@@ -1752,7 +1773,7 @@ impl Stack {
         }
         // An IPv6 guest address needs the IPv6 side of the virtual network.
         if spec.guest_addr.is_ipv6() && !self.config.enable_ipv6 {
-            return Err(ApiError::AddFailed);
+            return Err(AddForwardError::Ipv6Disabled(spec.guest_addr));
         }
         let id = self.forwards.next_id();
         let addr = SocketAddr::new(spec.host_addr, spec.host_port);
@@ -1760,10 +1781,14 @@ impl Stack {
             ForwardProto::Tcp => host.tcp_listen(id, addr),
             ForwardProto::Udp => host.udp_bind(id, addr),
         };
-        if let Err(err) = listening {
-            log::info!("cannot listen on {} {addr}: {err}", spec.proto.as_str());
+        if let Err(error) = listening {
+            log::info!("cannot listen on {} {addr}: {error}", spec.proto.as_str());
             host.forward_close(id);
-            return Err(ApiError::AddFailed);
+            return Err(AddForwardError::Listen {
+                proto: spec.proto,
+                addr,
+                error,
+            });
         }
         let inserted = self.forwards.insert(spec.clone());
         debug_assert_eq!(inserted, Ok(id));

@@ -2277,6 +2277,16 @@ pub mod scenario {
             String::from_utf8(reply).expect("API replies are UTF-8 JSON")
         }
 
+        /// A forward added at start (`--publish`), by `Stack::add_hostfwd`.
+        pub fn publish(
+            &mut self,
+            request: &crate::api::ForwardRequest,
+        ) -> Result<u64, crate::forward::AddForwardError> {
+            let added = self.stack.add_hostfwd(self.now, request, &mut self.host);
+            self.settle();
+            added
+        }
+
         /// The poller reports a forward's listening socket readable.
         pub fn forward_event(&mut self, forward: u64) {
             self.stack

@@ -206,6 +206,86 @@ mod control_socket {
     }
 }
 
+/// Forwards published at start (`--publish`) through `Stack::add_hostfwd`: the same table,
+/// ids, listing and removal as `add_hostfwd` requests, with the cause of a failure.
+mod published_at_start {
+    use super::*;
+    use core::net::IpAddr;
+    use rslirp_stack::api::ForwardRequest;
+    use rslirp_stack::forward::{AddForwardError, ForwardError, ForwardProto};
+
+    fn request(proto: ForwardProto, host_addr: Option<IpAddr>, port: u16) -> ForwardRequest {
+        ForwardRequest {
+            proto,
+            host_addr,
+            host_port: port,
+            guest_addr: None,
+            guest_port: port - 8000,
+        }
+    }
+
+    #[test]
+    fn share_ids_listing_and_removal_with_the_api() {
+        let mut s = Scenario::new();
+        assert_eq!(s.publish(&request(ForwardProto::Tcp, None, 8080)), Ok(1));
+        let localhost = Some(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert_eq!(
+            s.publish(&request(ForwardProto::Udp, localhost, 8053)),
+            Ok(2)
+        );
+        assert!(s.host.forward(1).is_some_and(|fwd| !fwd.udp && !fwd.closed));
+        assert!(s.host.forward(2).is_some_and(|fwd| fwd.udp && !fwd.closed));
+        // The next API forward continues the count.
+        add(&mut s, "tcp", 9090, 90, 3);
+        assert_eq!(
+            s.api(LIST),
+            concat!(
+                r#"{"entries":["#,
+                r#"{"id":1,"proto":"tcp","host_addr":"0.0.0.0","host_port":8080,"guest_addr":"10.0.2.100","guest_port":80},"#,
+                r#"{"id":2,"proto":"udp","host_addr":"127.0.0.1","host_port":8053,"guest_addr":"10.0.2.100","guest_port":53},"#,
+                r#"{"id":3,"proto":"tcp","host_addr":"0.0.0.0","host_port":9090,"guest_addr":"10.0.2.100","guest_port":90}"#,
+                r#"]}"#
+            )
+        );
+        assert_eq!(s.api(&remove_request(1)), r#"{"return":{}}"#);
+        assert!(s.host.forward(1).is_some_and(|fwd| fwd.closed));
+    }
+
+    #[test]
+    fn failures_name_their_cause_and_take_no_id() {
+        let mut s = Scenario::new();
+        s.host.fail_next_listen(HostError::Other(98));
+        assert_eq!(
+            s.publish(&request(ForwardProto::Tcp, None, 8080)),
+            Err(AddForwardError::Listen {
+                proto: ForwardProto::Tcp,
+                addr: addr(Ipv4Addr::UNSPECIFIED, 8080),
+                error: HostError::Other(98),
+            })
+        );
+        assert_eq!(s.publish(&request(ForwardProto::Tcp, None, 8080)), Ok(1));
+        assert_eq!(
+            s.publish(&request(ForwardProto::Tcp, None, 8080)),
+            Err(AddForwardError::Table(ForwardError::Conflict {
+                id: 1,
+                proto: ForwardProto::Tcp,
+                host_port: 8080,
+            }))
+        );
+        let v6_guest = ForwardRequest {
+            guest_addr: Some("fd00::100".parse().expect("address")),
+            ..request(ForwardProto::Tcp, None, 8081)
+        };
+        assert!(matches!(
+            s.publish(&v6_guest),
+            Err(AddForwardError::Ipv6Disabled(_))
+        ));
+        // Nothing failed took an id, and the API still says what it always said.
+        add(&mut s, "tcp", 9090, 90, 2);
+        assert_eq!(s.api(&add_request("tcp", "0.0.0.0", 8080, 80)), ADD_FAILED);
+    }
+}
+
 mod tcp_forward {
     use super::*;
 

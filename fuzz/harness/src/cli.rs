@@ -40,6 +40,13 @@ pub fn run(data: &[u8]) {
                 Ok(prefix),
                 "the prefix reads back"
             );
+            // The forwards main sets up for --publish: every port of every range, whose
+            // guest port is computed from the host port's offset.
+            for publish in &options.publish {
+                for request in publish.requests() {
+                    assert!(request.host_port >= 1 && request.guest_port >= 1);
+                }
+            }
         }
         Ok(_) => {}
         Err(err) => drop(err.to_string()),
@@ -119,6 +126,26 @@ pub fn seeds() -> crate::Seeds {
             ]),
         ),
         ("cidr6-refused", line(&["-6", "--cidr6", "fd42::100/48", "--ci=x", "1"])),
+        // rslirp's own options.
+        (
+            "publish",
+            line(&[
+                "--publish",
+                "tcp/8080-8082:80-82",
+                "--publish=udp/127.0.0.1:5353:53",
+                "--pub",
+                "[::1]:65534-65535:1-2",
+                "--outbound-if",
+                "wg0",
+                "--outbound-if6=vpn0",
+                "-6",
+                "1",
+            ]),
+        ),
+        (
+            "publish-bad",
+            line(&["--publish", "8080:80/udp", "--outbound-i", "x", "1"]),
+        ),
         ("help", line(&["--help"])),
         ("version", line(&["-v", "--bogus"])),
     ]
