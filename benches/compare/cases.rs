@@ -79,6 +79,9 @@ pub enum Metric {
     UdpH2gP99,
     ConnRate,
     ConnRateH2g,
+    CpuPerConnection,
+    CpuPerConnectionH2g,
+    CpuPerRoundTrip,
     Ready,
     IdleRss,
     FlowsRss,
@@ -92,7 +95,7 @@ pub enum Metric {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 24] = [
+    pub const ALL: [Metric; 27] = [
         Metric::GuestToHost1500,
         Metric::GuestToHost65520,
         Metric::HostToGuest1500,
@@ -107,6 +110,9 @@ impl Metric {
         Metric::UdpH2gP99,
         Metric::ConnRate,
         Metric::ConnRateH2g,
+        Metric::CpuPerConnection,
+        Metric::CpuPerConnectionH2g,
+        Metric::CpuPerRoundTrip,
         Metric::Ready,
         Metric::IdleRss,
         Metric::FlowsRss,
@@ -135,6 +141,11 @@ impl Metric {
             Metric::UdpH2gP99 => "UDP 1-byte round trip host→guest via forward p99 (µs)".into(),
             Metric::ConnRate => "TCP connections/s (connect, 1 byte each way, close)".into(),
             Metric::ConnRateH2g => "TCP connections/s host→guest via forward".into(),
+            Metric::CpuPerConnection => "helper CPU per TCP connection guest→host (µs)".into(),
+            Metric::CpuPerConnectionH2g => {
+                "helper CPU per TCP connection host→guest via forward (µs)".into()
+            }
+            Metric::CpuPerRoundTrip => "helper CPU per TCP 1-byte round trip guest→host (µs)".into(),
             Metric::Ready => "start to ready signal (ms)".into(),
             Metric::IdleRss => "RSS idle (KiB)".into(),
             Metric::FlowsRss => format!("RSS with {} open TCP flows (KiB)", settings.flows),
@@ -291,8 +302,14 @@ impl Case {
                 vec![(metric, iperf3(world, direction, settings.iperf_secs)?)]
             }
             Case::Latency => {
+                let cpu = sys::CpuClock::start(helper.pid());
                 let (p50, p99) = tcp_round_trips(&g2h, settings.round_trips, Gate::open())?;
-                vec![(Metric::LatencyP50, p50), (Metric::LatencyP99, p99)]
+                let per_trip = cpu.per_op_us(WARMUP_ROUND_TRIPS + settings.round_trips);
+                vec![
+                    (Metric::LatencyP50, p50),
+                    (Metric::LatencyP99, p99),
+                    (Metric::CpuPerRoundTrip, per_trip?),
+                ]
             }
             Case::LatencyHostToGuest => {
                 let (p50, p99) = tcp_round_trips(&h2g, settings.round_trips, Gate::open())?;
@@ -306,13 +323,16 @@ impl Case {
                 let (p50, p99) = udp_round_trips(&h2g, settings.round_trips, Gate::open())?;
                 vec![(Metric::UdpH2gP50, p50), (Metric::UdpH2gP99, p99)]
             }
-            Case::ConnRate => {
+            Case::ConnRate | Case::ConnRateHostToGuest => {
+                let (route, rate_metric, cpu_metric) = match *self {
+                    Case::ConnRate => (&g2h, Metric::ConnRate, Metric::CpuPerConnection),
+                    _ => (&h2g, Metric::ConnRateH2g, Metric::CpuPerConnectionH2g),
+                };
                 let amount = Amount::For(Duration::from_secs(settings.conn_rate_secs.into()));
-                vec![(Metric::ConnRate, conn_rate(&g2h, amount, Gate::open())?)]
-            }
-            Case::ConnRateHostToGuest => {
-                let amount = Amount::For(Duration::from_secs(settings.conn_rate_secs.into()));
-                vec![(Metric::ConnRateH2g, conn_rate(&h2g, amount, Gate::open())?)]
+                let cpu = sys::CpuClock::start(helper.pid());
+                let conns = conn_rate(route, amount, Gate::open())?;
+                let per_conn = cpu.per_op_us(conns.count)?;
+                vec![(rate_metric, conns.rate), (cpu_metric, per_conn)]
             }
             Case::Memory => memory(world, helper.pid(), settings.flows, &mut details)?,
             Case::Syscalls => count_syscalls(&g2h, helper.pid(), settings, scratch, &mut details)?,
@@ -725,9 +745,17 @@ enum Amount {
     Count { warmup: usize, count: usize },
 }
 
+/// What a connection-rate client did.
+struct Connections {
+    /// Per second, over the measured ones.
+    rate: f64,
+    /// All of them, warm-up included (what the helper's CPU time covers).
+    count: usize,
+}
+
 /// Short connections per second along `route`: connect, send a byte, read the reply,
 /// close; one at a time.
-fn conn_rate(route: &Route, amount: Amount, gate: Gate) -> Result<f64, String> {
+fn conn_rate(route: &Route, amount: Amount, gate: Gate) -> Result<Connections, String> {
     let (netns, bind) = route.server();
     let server = HostServer::start_at(netns, bind, |listener| {
         while let Some(mut stream) = accept(&listener) {
@@ -763,30 +791,33 @@ fn conn_rate(route: &Route, amount: Amount, gate: Gate) -> Result<f64, String> {
                 }
             }
         };
-        let mut done = 0u64;
+        let mut done = 0usize;
+        let mut warm = 0;
         let start = match amount {
             Amount::For(duration) => {
                 let start = Instant::now();
                 while start.elapsed() < duration {
-                    done += u64::from(exchange()?);
+                    done += usize::from(exchange()?);
                 }
                 start
             }
             Amount::Count { warmup, count } => {
-                let mut warm = 0;
                 while warm < warmup {
                     warm += usize::from(exchange()?);
                 }
                 gate.pass()?;
                 let start = Instant::now();
-                while done < count as u64 {
-                    done += u64::from(exchange()?);
+                while done < count {
+                    done += usize::from(exchange()?);
                 }
                 gate.pass()?;
                 start
             }
         };
-        Ok(done as f64 / start.elapsed().as_secs_f64())
+        Ok(Connections {
+            rate: done as f64 / start.elapsed().as_secs_f64(),
+            count: warm + done,
+        })
     });
     server.finish(Duration::ZERO)?;
     rate

@@ -125,6 +125,8 @@ fn short_name(metric: Metric) -> &'static str {
         Metric::UdpP50 | Metric::UdpH2gP50 => "udp_p50_us",
         Metric::UdpP99 | Metric::UdpH2gP99 => "udp_p99_us",
         Metric::ConnRate | Metric::ConnRateH2g => "conn/s",
+        Metric::CpuPerConnection | Metric::CpuPerConnectionH2g => "cpu_us/conn",
+        Metric::CpuPerRoundTrip => "cpu_us/rtt",
         Metric::Ready => "ready_ms",
         Metric::IdleRss => "idle_KiB",
         Metric::FlowsRss => "flows_KiB",

@@ -209,6 +209,46 @@ pub fn enter_as_user(cmd: &mut Command, netns: &File, ids: (u32, u32)) {
     }
 }
 
+/// A process's CPU time (all its threads, user and system, from the scheduler's
+/// nanosecond account in /proc/PID/task/*/schedstat) since `start`.
+pub struct CpuClock {
+    pid: u32,
+    at_start: Option<Duration>,
+}
+
+impl CpuClock {
+    pub fn start(pid: u32) -> CpuClock {
+        CpuClock {
+            pid,
+            at_start: cpu_time(pid),
+        }
+    }
+
+    /// The CPU time since `start` per operation, in µs.
+    pub fn per_op_us(&self, ops: usize) -> Result<f64, String> {
+        let (Some(start), Some(now)) = (self.at_start, cpu_time(self.pid)) else {
+            return Err(format!("no schedstat for pid {}", self.pid));
+        };
+        if ops == 0 {
+            return Err("no operations".into());
+        }
+        Ok(now.saturating_sub(start).as_secs_f64() * 1e6 / ops as f64)
+    }
+}
+
+/// The CPU time of every thread of `pid` so far (threads that ended are not counted:
+/// measure across a span in which the helper starts or ends none).
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total = Duration::ZERO;
+    for task in tasks {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        let ns: u64 = stat.split_whitespace().next()?.parse().ok()?;
+        total += Duration::from_nanos(ns);
+    }
+    Some(total)
+}
+
 /// Waits until `fd` is readable (data or EOF); false on timeout.
 pub fn wait_readable(fd: &impl AsRawFd, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
