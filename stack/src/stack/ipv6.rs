@@ -1,5 +1,6 @@
 //! IPv6 (`--enable-ipv6`): neighbour discovery for our virtual hosts, router advertisements
-//! for fd00::/64 (SLAAC, MTU, RDNSS), ICMPv6 echo, and TCP/UDP NAT over IPv6.
+//! for fd00::/64 (SLAAC, MTU, RDNSS, DNSSL), stateless DHCPv6, ICMPv6 echo, and TCP/UDP NAT
+//! over IPv6.
 //!
 //! Addresses: the gateway is fd00::2 (link-local fe80::2, the source of router
 //! advertisements), the DNS forwarder fd00::3 (fe80::3); their MACs are the IPv4
@@ -13,14 +14,16 @@ use crate::ip::{
     MAX_IP_LEN,
 };
 use crate::nat::icmp::send_echo_reply;
+use crate::nat::udp::send_udp;
 use crate::nat::{checksum_caps, Quote, Refusal};
+use crate::service::{dhcpv6, search};
 use core::net::{IpAddr, Ipv6Addr, SocketAddr};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
     EthernetAddress, EthernetProtocol, Icmpv6Packet, Icmpv6Repr, IpProtocol, Ipv6Address,
     Ipv6FragmentHeader, Ipv6Packet, Ipv6Repr, NdiscNeighborFlags, NdiscPrefixInfoFlags,
-    NdiscPrefixInformation, NdiscRepr, NdiscRouterFlags, RawHardwareAddress,
+    NdiscPrefixInformation, NdiscRepr, NdiscRouterFlags, RawHardwareAddress, UdpPacket,
 };
 
 /// Link-local addresses of the gateway and the DNS forwarder.
@@ -73,6 +76,9 @@ impl Stack {
         }
         match ip.next_header {
             IpProtocol::Icmpv6 => self.handle_icmpv6(now, src_mac, &ip, payload, host),
+            IpProtocol::Udp if ip.dst_addr == dhcpv6::ALL_DHCP_SERVERS => {
+                self.handle_dhcpv6(&ip, payload)
+            }
             IpProtocol::Tcp | IpProtocol::Udp if in_prefix(ip.src_addr) => {
                 let inbound = Inbound {
                     src: IpAddr::V6(ip.src_addr),
@@ -91,6 +97,36 @@ impl Stack {
             // link-local TCP/UDP have no use here.
             _ => self.stats.rx_dropped += 1,
         }
+    }
+
+    /// A DHCPv6 client message (UDP to ff02::1:2 port 547, from the client's link-local
+    /// address): an Information-Request gets the Reply from fe80::2, to port 546.
+    fn handle_dhcpv6(&mut self, ip: &Ipv6Repr, payload: &[u8]) {
+        let Ok(udp) = UdpPacket::new_checked(payload) else {
+            self.stats.rx_errors += 1;
+            return;
+        };
+        if udp.dst_port() != dhcpv6::SERVER_PORT || !is_link_local(ip.src_addr) {
+            self.stats.rx_dropped += 1;
+            return;
+        }
+        let dns = (!self.config.disable_dns).then_some(IPV6_DNS);
+        let before = self.dhcpv6.counters().malformed;
+        let Some(reply) = self.dhcpv6.handle(udp.payload(), dns, &self.dns_search) else {
+            if self.dhcpv6.counters().malformed > before {
+                self.stats.rx_errors += 1;
+            } else {
+                self.stats.rx_dropped += 1;
+            }
+            return;
+        };
+        send_udp(
+            &mut self.tx,
+            &mut self.stats,
+            SocketAddr::new(IpAddr::V6(GATEWAY_LINK_LOCAL), dhcpv6::SERVER_PORT),
+            SocketAddr::new(IpAddr::V6(ip.src_addr), dhcpv6::CLIENT_PORT),
+            &reply,
+        );
     }
 
     /// A packet with a Fragment header (right after the fixed header: the guest sends no
@@ -277,13 +313,20 @@ impl Stack {
         self.send_icmpv6_to(requester_mac, target, requester, &advert, &[]);
     }
 
-    /// A router advertisement to all nodes: prefix fd00::/64 for SLAAC, our MTU, and the
-    /// DNS forwarder as RDNSS (RFC 8106).
+    /// A router advertisement to all nodes: prefix fd00::/64 for SLAAC, our MTU, the DNS
+    /// forwarder as RDNSS and the host's search domains as DNSSL (RFC 8106), and the O flag
+    /// for stateless DHCPv6.
     pub(super) fn send_router_advert(&mut self) {
         let network = self.config.network;
         let advert = Icmpv6Repr::Ndisc(NdiscRepr::RouterAdvert {
             hop_limit: 64,
-            flags: NdiscRouterFlags::empty(),
+            // "Other configuration": DNS servers and search list by stateless DHCPv6
+            // (RFC 8415 §18.2.6), for clients that ask it instead of reading RDNSS/DNSSL.
+            flags: if self.config.disable_dns {
+                NdiscRouterFlags::empty()
+            } else {
+                NdiscRouterFlags::OTHER
+            },
             router_lifetime: ROUTER_LIFETIME,
             reachable_time: Duration::from_millis(0),
             retrans_time: Duration::from_millis(0),
@@ -297,11 +340,13 @@ impl Stack {
                 prefix: IPV6_PREFIX,
             }),
         });
-        let rdnss = if self.config.disable_dns {
+        let mut rdnss = if self.config.disable_dns {
             Vec::new()
         } else {
             rdnss_option(IPV6_DNS, RDNSS_LIFETIME_SECS)
         };
+        // DNSSL (RFC 8106) next to it, with the same lifetime, when there are search domains.
+        rdnss.extend(search::dnssl_option(&self.dns_search, RDNSS_LIFETIME_SECS));
         self.send_icmpv6_to(
             ALL_NODES_MAC,
             GATEWAY_LINK_LOCAL,
