@@ -700,9 +700,13 @@ mod dhcpv6 {
     /// A DHCPv6 client message from the guest's link-local address, port 546, to
     /// ff02::1:2 port 547, as a stateless client sends it.
     fn client_message(s: &Scenario, payload: &[u8]) -> Vec<u8> {
+        client_message_from(s, 546, payload)
+    }
+
+    fn client_message_from(s: &Scenario, src_port: u16, payload: &[u8]) -> Vec<u8> {
         let guest = s.guest;
         let repr = UdpRepr {
-            src_port: 546,
+            src_port,
             dst_port: 547,
         };
         guest.ipv6_frame(
@@ -777,6 +781,25 @@ mod dhcpv6 {
         let message = Message::parse(&payload).unwrap();
         assert_eq!(message.option(OPT_DOMAIN_LIST), None);
         assert_eq!(message.option(OPT_DNS_SERVERS), Some(&DNS.octets()[..]));
+    }
+
+    #[test]
+    fn the_reply_goes_to_the_port_the_request_came_from() {
+        let mut s = guest_up();
+        let guest = s.guest;
+        s.guest_sends(&client_message_from(
+            &s,
+            40_000,
+            &information_request([9, 9, 9]),
+        ));
+        match the_only(s.drain_ipv6(), "DHCPv6 reply") {
+            Parsed6::Udp { src, dst, payload } => {
+                assert_eq!(src, v6(GATEWAY_LINK_LOCAL, 547));
+                assert_eq!(dst, v6(guest.link_local(), 40_000));
+                assert_eq!(Message::parse(&payload).unwrap().msg_type, MSG_REPLY);
+            }
+            other => panic!("expected a DHCPv6 reply, got {other:?}"),
+        }
     }
 
     #[test]

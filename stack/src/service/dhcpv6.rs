@@ -9,6 +9,11 @@
 //! existed: the RA's M flag is clear, so no client should send them, and an Advertise with
 //! NoAddrsAvail would only make a client that does retry forever. Relay messages are
 //! ignored too (there is no relay on the virtual link). smoltcp has no DHCPv6 wire type.
+//!
+//! libslirp (slirp4netns) answers Information-Requests too, differently: no Server
+//! Identifier (RFC 8415 §16.12 requires one in a Reply), the DNS server only when the
+//! Option Request option lists it, no search list. Here the Reply is RFC 8415's, and the
+//! options are sent whether asked for or not (the server may, §18.3.6; dnsmasq does).
 
 use smoltcp::wire::{EthernetAddress, Ipv6Address};
 

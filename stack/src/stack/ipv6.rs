@@ -100,7 +100,11 @@ impl Stack {
     }
 
     /// A DHCPv6 client message (UDP to ff02::1:2 port 547, from the client's link-local
-    /// address): an Information-Request gets the Reply from fe80::2, to port 546.
+    /// address): an Information-Request gets the Reply from [fe80::2]:547, to the port it
+    /// came from (546 for every standard client; libslirp answers the source port too, so
+    /// a tool on another port is answered as well). libslirp replies from fd00::2; the
+    /// link-local address is what RFC 8415 servers on the link use, and any works for the
+    /// client.
     fn handle_dhcpv6(&mut self, ip: &Ipv6Repr, payload: &[u8]) {
         let Ok(udp) = UdpPacket::new_checked(payload) else {
             self.stats.rx_errors += 1;
@@ -124,7 +128,7 @@ impl Stack {
             &mut self.tx,
             &mut self.stats,
             SocketAddr::new(IpAddr::V6(GATEWAY_LINK_LOCAL), dhcpv6::SERVER_PORT),
-            SocketAddr::new(IpAddr::V6(ip.src_addr), dhcpv6::CLIENT_PORT),
+            SocketAddr::new(IpAddr::V6(ip.src_addr), udp.src_port()),
             &reply,
         );
     }
