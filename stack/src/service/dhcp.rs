@@ -1067,6 +1067,35 @@ mod tests {
     }
 
     #[test]
+    fn without_search_domains_the_reply_is_byte_for_byte_the_old_one() {
+        let discover = message(DhcpMessageType::Discover, mac(1), |m| m.max_size = None);
+        let offer = |server: &mut DhcpServer| server.handle(START, mac(1), &discover).unwrap();
+        let mut plain = DhcpServer::new(VirtualNetwork::default(), 1500, Some(DNS));
+        let before = offer(&mut plain).payload;
+        assert_eq!(before.len(), MIN_MESSAGE_LEN);
+        let options: Vec<u8> = DhcpPacket::new_checked(&before[..])
+            .unwrap()
+            .options()
+            .map(|option| option.kind)
+            .collect();
+        assert!(
+            !options.contains(&search::DHCP_OPT_DOMAIN_SEARCH),
+            "{options:?}"
+        );
+
+        let mut server = DhcpServer::new(VirtualNetwork::default(), 1500, Some(DNS));
+        server.set_search(vec!["example.com".to_string()]);
+        let with = offer(&mut server).payload;
+        assert_ne!(with, before);
+        // The option sits where the padding was: everything before it is unchanged.
+        let end = before.iter().rposition(|&b| b == 255).unwrap();
+        assert_eq!(with[..end], before[..end]);
+        assert_eq!(with[end..end + 2], [search::DHCP_OPT_DOMAIN_SEARCH, 13]);
+        server.set_search(Vec::new());
+        assert_eq!(offer(&mut server).payload, before);
+    }
+
+    #[test]
     fn disabled_dns_offers_no_name_server() {
         let mut link = Link::with(DhcpServer::new(VirtualNetwork::default(), 1500, None));
         let offer = link.discover(mac(1)).unwrap();
