@@ -372,7 +372,7 @@ impl EventLoop {
                     }
                     RESOLV => {
                         if let Some(watch) = &mut self.resolv {
-                            self.stack.set_dns_upstreams(watch.reload());
+                            watch.reload().apply(&mut self.stack);
                         }
                     }
                     TARGET => {

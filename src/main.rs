@@ -173,7 +173,7 @@ fn run(options: Options) -> Result<Exit, String> {
     let mut stack = Stack::new(config.clone(), clock.now(), rslirp::random_seed());
     let resolv = (!config.disable_dns).then(|| {
         let path = Path::new(resolv::RESOLV_CONF);
-        stack.set_dns_upstreams(resolv::read_upstreams(path));
+        resolv::ResolvConf::read(path).apply(&mut stack);
         ResolvWatch::new(path)
             .map_err(|e| log::warn!("cannot watch {}: {e}", path.display()))
             .ok()

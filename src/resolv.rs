@@ -1,6 +1,7 @@
 //! The host's resolvers, for the DNS forwarder: the usable `nameserver`s of
 //! /etc/resolv.conf in order (the stack uses the first and falls back to the next ones),
-//! re-read whenever the file changes.
+//! and its search domains (handed to the guest by DHCP, RA and DHCPv6), re-read whenever
+//! the file changes.
 //!
 //! Changes are noticed with inotify on the file's directory (and, when resolv.conf is a
 //! symlink as with systemd-resolved, on the target's directory too), so both in-place writes
@@ -31,10 +32,48 @@ fn is_link_local_v6(ip: &IpAddr) -> bool {
     matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
 }
 
-pub fn read_upstreams(path: &Path) -> Vec<IpAddr> {
-    std::fs::read_to_string(path)
-        .map(|text| parse_upstreams(&text))
-        .unwrap_or_default()
+/// The search list: the words of the last `search` or `domain` line (resolv.conf(5):
+/// `domain` is the older form of a one-domain list; as in glibc, whichever comes last
+/// wins). Empty without either. The stack checks the names and bounds the list.
+pub fn parse_search(text: &str) -> Vec<String> {
+    let mut search = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("search") => search = words.map(str::to_string).collect(),
+            Some("domain") => search = words.next().map(str::to_string).into_iter().collect(),
+            _ => {}
+        }
+    }
+    search
+}
+
+/// What the stack takes from resolv.conf.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResolvConf {
+    pub upstreams: Vec<IpAddr>,
+    pub search: Vec<String>,
+}
+
+impl ResolvConf {
+    pub fn parse(text: &str) -> ResolvConf {
+        ResolvConf {
+            upstreams: parse_upstreams(text),
+            search: parse_search(text),
+        }
+    }
+
+    /// An unreadable file is an empty one: no nameserver, no search domains.
+    pub fn read(path: &Path) -> ResolvConf {
+        std::fs::read_to_string(path)
+            .map(|text| ResolvConf::parse(&text))
+            .unwrap_or_default()
+    }
+
+    pub fn apply(&self, stack: &mut rslirp_stack::Stack) {
+        stack.set_dns_upstreams(self.upstreams.clone());
+        stack.set_dns_search(&self.search);
+    }
 }
 
 /// Watches resolv.conf; readable when something in its directory changed, or the file
@@ -100,10 +139,10 @@ impl ResolvWatch {
     }
 
     /// Drain pending notifications and read the resolver again.
-    pub fn reload(&mut self) -> Vec<IpAddr> {
+    pub fn reload(&mut self) -> ResolvConf {
         while matches!(self.inotify.read_events(), Ok(events) if !events.is_empty()) {}
         self.watch_file();
-        read_upstreams(&self.path)
+        ResolvConf::read(&self.path)
     }
 }
 
@@ -126,18 +165,48 @@ mod tests {
     }
 
     #[test]
+    fn last_search_or_domain_line_wins() {
+        let words = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(parse_search("nameserver 10.0.0.1\n").is_empty());
+        assert_eq!(
+            parse_search("search a.example b.example.\nnameserver 1.1.1.1\n"),
+            words(&["a.example", "b.example."])
+        );
+        assert_eq!(
+            parse_search("search a.example b.example\ndomain corp.example extra\n"),
+            words(&["corp.example"])
+        );
+        assert_eq!(
+            parse_search("domain corp.example\nsearch\tx.example  y.example\n"),
+            words(&["x.example", "y.example"])
+        );
+        // A bare `search` line empties the list; comments and look-alikes do not count.
+        assert!(parse_search("search a.example\nsearch\n").is_empty());
+        assert!(parse_search("# search a.example\nsearches b\n;domain c\n").is_empty());
+        let conf = ResolvConf::parse("nameserver 10.0.0.1\nsearch s.example\n");
+        assert_eq!(conf.upstreams, vec!["10.0.0.1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(conf.search, words(&["s.example"]));
+    }
+
+    #[test]
     fn reload_follows_rename_replacement() {
         let dir = std::env::temp_dir().join(format!("rslirp-resolv-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("resolv.conf");
         std::fs::write(&path, "nameserver 127.0.0.1\n").unwrap();
         let mut watch = ResolvWatch::new(&path).unwrap();
-        assert_eq!(watch.reload(), vec!["127.0.0.1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            watch.reload().upstreams,
+            vec!["127.0.0.1".parse::<IpAddr>().unwrap()]
+        );
         let staged = dir.join("resolv.conf.new");
         std::fs::write(&staged, "nameserver 127.0.0.2\n").unwrap();
         std::fs::rename(&staged, &path).unwrap();
         assert!(watch.inotify.read_events().is_ok_and(|e| !e.is_empty()));
-        assert_eq!(watch.reload(), vec!["127.0.0.2".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            watch.reload().upstreams,
+            vec!["127.0.0.2".parse::<IpAddr>().unwrap()]
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -154,10 +223,16 @@ mod tests {
         let link = etc.join("resolv.conf");
         std::os::unix::fs::symlink(&target, &link).unwrap();
         let mut watch = ResolvWatch::new(&link).unwrap();
-        assert_eq!(watch.reload(), vec!["127.0.0.1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            watch.reload().upstreams,
+            vec!["127.0.0.1".parse::<IpAddr>().unwrap()]
+        );
         std::fs::write(&target, "nameserver 127.0.0.3\n").unwrap();
         assert!(watch.inotify.read_events().is_ok_and(|e| !e.is_empty()));
-        assert_eq!(watch.reload(), vec!["127.0.0.3".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            watch.reload().upstreams,
+            vec!["127.0.0.3".parse::<IpAddr>().unwrap()]
+        );
         std::fs::remove_dir_all(&base).unwrap();
     }
 }

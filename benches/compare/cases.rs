@@ -145,7 +145,9 @@ impl Metric {
             Metric::CpuPerConnectionH2g => {
                 "helper CPU per TCP connection host→guest via forward (µs)".into()
             }
-            Metric::CpuPerRoundTrip => "helper CPU per TCP 1-byte round trip guest→host (µs)".into(),
+            Metric::CpuPerRoundTrip => {
+                "helper CPU per TCP 1-byte round trip guest→host (µs)".into()
+            }
             Metric::Ready => "start to ready signal (ms)".into(),
             Metric::IdleRss => "RSS idle (KiB)".into(),
             Metric::FlowsRss => format!("RSS with {} open TCP flows (KiB)", settings.flows),

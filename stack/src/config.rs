@@ -301,6 +301,14 @@ pub struct Limits {
     /// Nameservers of resolv.conf the DNS forwarder falls back between (glibc's MAXNS);
     /// later ones are ignored.
     pub max_dns_upstreams: usize,
+    /// Search domains of resolv.conf handed to the guest (DHCP option 119, DNSSL, DHCPv6),
+    /// glibc's historical MAXDNSRCH; later ones are left out (logged).
+    pub max_search_domains: usize,
+    /// Characters of those domains together, one separator each counted (glibc's historical
+    /// 256-character search line); the list is cut after the last domain that fits. With
+    /// both bounds the list fits a router advertisement and a DHCPv6 reply; a DHCP reply
+    /// leaves out trailing domains the client's message size cannot take.
+    pub max_search_len: usize,
     /// Queries per DNS forwarder flow remembered for a retry with the next nameserver;
     /// beyond it the oldest is forgotten (not retried; the guest's resolver retries).
     pub max_dns_retry_queries: usize,
@@ -358,6 +366,8 @@ impl Default for Limits {
             max_dns_flows: 256,
             max_api_clients: 64,
             max_dns_upstreams: 3,
+            max_search_domains: 6,
+            max_search_len: 256,
             max_dns_retry_queries: 8,
             tcp_buffer_budget: DEFAULT_TCP_BUFFER_BUDGET,
             tcp_small_buffer: 64 << 10,

@@ -107,6 +107,8 @@ pub struct Stack {
     scratch: Vec<u8>,
     forwards: ForwardTable,
     dhcp: DhcpServer,
+    /// Stateless DHCPv6 (with `--enable-ipv6`).
+    dhcpv6: crate::service::dhcpv6::Dhcpv6Server,
     /// When the next unsolicited router advertisement is due (with `--enable-ipv6`).
     next_router_advert: Option<Instant>,
     /// The host's nameservers (resolv.conf order, at most `max_dns_upstreams`); empty:
@@ -114,6 +116,9 @@ pub struct Stack {
     dns_upstreams: Vec<IpAddr>,
     /// The one new DNS queries go to: the first, until it fails to answer and another does.
     dns_preferred: usize,
+    /// The host's search domains (bounded by `max_search_domains` / `max_search_len`), for
+    /// DHCP option 119, the router advertisements' DNSSL and DHCPv6.
+    dns_search: Vec<String>,
     /// UDP forwards whose socket still has datagrams but the transmit queue was full.
     starved_forwards: Vec<u64>,
     /// Forwards whose accept or receive failed (out of fds, say), retried at the instant.
@@ -200,6 +205,7 @@ impl Stack {
                 u16::try_from(config.mtu).unwrap_or(u16::MAX),
                 (!config.disable_dns).then(|| config.network.dns()),
             ),
+            dhcpv6: crate::service::dhcpv6::Dhcpv6Server::new(config.gateway_mac()),
             starved_forwards: Vec::new(),
             retry_forwards: Vec::new(),
             retry_forwards_at: None,
@@ -222,6 +228,7 @@ impl Stack {
             ),
             dns_upstreams: Vec::new(),
             dns_preferred: 0,
+            dns_search: Vec::new(),
             // Soon after start, when the guest's link is likely up.
             next_router_advert: config.enable_ipv6.then(|| now + Duration::from_secs(1)),
             config,
@@ -263,6 +270,46 @@ impl Stack {
             self.dns_upstreams = upstreams;
             self.dns_preferred = 0;
         }
+    }
+
+    /// The host's search domains, in resolv.conf order (its last `search` or `domain`
+    /// line). Names that are no domain names and repeats are left out, and the list is cut
+    /// at `max_search_domains` names / `max_search_len` characters (logged). Later DHCP
+    /// replies, router advertisements and DHCPv6 replies carry the new list; the guest
+    /// sees a change at its next DHCP renewal, RA or DHCPv6 refresh.
+    pub fn set_dns_search(&mut self, domains: &[String]) {
+        let limits = &self.config.limits;
+        let (domains, cut) = crate::service::search::bounded(
+            domains,
+            limits.max_search_domains,
+            limits.max_search_len,
+        );
+        if self.dns_search != domains {
+            if cut {
+                log::warn!(
+                    "resolv.conf search list cut to {} domains (limits max_search_domains={}, \
+                     max_search_len={})",
+                    domains.len(),
+                    limits.max_search_domains,
+                    limits.max_search_len
+                );
+            }
+            log::info!(
+                "DNS search domains: {}",
+                if domains.is_empty() {
+                    "none".to_string()
+                } else {
+                    domains.join(" ")
+                }
+            );
+            self.dhcp.set_search(domains.clone());
+            self.dns_search = domains;
+        }
+    }
+
+    /// The search domains the guest is given now.
+    pub fn dns_search(&self) -> &[String] {
+        &self.dns_search
     }
 
     /// Where new DNS queries go.

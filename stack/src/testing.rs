@@ -1153,6 +1153,9 @@ pub mod frames {
         pub lease_duration: Option<u32>,
         /// Option 26, the interface MTU.
         pub mtu: Option<u16>,
+        /// Option 119, the domain search list: the data of every such option in order,
+        /// concatenated (RFC 3396). None without one.
+        pub domain_search: Option<Vec<u8>>,
     }
 
     impl Parsed {
@@ -1317,7 +1320,14 @@ pub mod frames {
             )),
             None => None,
         };
+        let search: Vec<u8> = packet
+            .options()
+            .filter(|option| option.kind == 119)
+            .flat_map(|option| option.data.iter().copied())
+            .collect();
+        let has_search = packet.options().any(|option| option.kind == 119);
         Ok(DhcpMessage {
+            domain_search: has_search.then_some(search),
             message_type: repr.message_type,
             transaction_id: repr.transaction_id,
             client_hardware_address: repr.client_hardware_address,

@@ -30,6 +30,8 @@ const RA_INTERVAL: Duration = Duration::from_secs(120);
 /// Type and length (in 8-byte units) of the RDNSS option with one server (RFC 8106).
 const RDNSS_TYPE: u8 = 25;
 const RDNSS_LEN_ONE_SERVER: u8 = 3;
+/// DNS Search List option (RFC 8106 §5.2).
+const DNSSL_TYPE: u8 = 31;
 /// The IPv6 header in the frames our guest builds (no extension headers).
 const ETH: usize = 14;
 const IPV6_HEADER: usize = 40;
@@ -69,8 +71,9 @@ fn the_only<T: core::fmt::Debug>(mut items: Vec<T>, what: &str) -> T {
 
 /// The router advertisement the guest must see: from fe80::2 (hop limit 255) to all nodes,
 /// router lifetime 30 min, source link-layer address 52:55:0a:00:02:02, MTU 1500, prefix
-/// fd00::/64 on-link and for SLAAC (valid 1 day, preferred 4 h).
-fn assert_router_advert(frame: Parsed6) -> Vec<u8> {
+/// fd00::/64 on-link and for SLAAC (valid 1 day, preferred 4 h); `flags`: the O flag
+/// (stateless DHCPv6) unless the DNS forwarder is disabled.
+fn assert_router_advert(frame: Parsed6, flags: NdiscRouterFlags) -> Vec<u8> {
     let Parsed6::Ndisc {
         eth_dst,
         ip,
@@ -88,7 +91,7 @@ fn assert_router_advert(frame: Parsed6) -> Vec<u8> {
         ndisc,
         NdiscRepr::RouterAdvert {
             hop_limit: 64,
-            flags: NdiscRouterFlags::empty(),
+            flags,
             router_lifetime: secs(1800),
             reachable_time: Duration::from_millis(0),
             retrans_time: Duration::from_millis(0),
@@ -142,7 +145,7 @@ fn assert_rdnss_is_fd00_3(options: &[u8]) -> u32 {
 }
 
 fn assert_full_router_advert(frame: Parsed6) {
-    let options = assert_router_advert(frame);
+    let options = assert_router_advert(frame, NdiscRouterFlags::OTHER);
     let lifetime = assert_rdnss_is_fd00_3(&options);
     // RFC 8106 §5.1: at least the maximum interval between advertisements.
     assert!(
@@ -191,7 +194,10 @@ mod router_advertisements {
         });
         let guest = s.guest;
         s.guest_sends(&guest.router_solicit());
-        let options = assert_router_advert(the_only(s.drain_ipv6(), "router advertisement"));
+        let options = assert_router_advert(
+            the_only(s.drain_ipv6(), "router advertisement"),
+            NdiscRouterFlags::empty(),
+        );
         let kinds: Vec<u8> = ndp_options(&options)
             .iter()
             .map(|(kind, _)| *kind)
@@ -200,6 +206,61 @@ mod router_advertisements {
             !kinds.contains(&RDNSS_TYPE),
             "fd00::3 is no DNS server with --disable-dns; options {kinds:?}"
         );
+    }
+
+    fn domains(list: &[&str]) -> Vec<String> {
+        list.iter().map(|d| d.to_string()).collect()
+    }
+
+    fn dnssl_options(options: &[u8]) -> Vec<Vec<u8>> {
+        ndp_options(options)
+            .into_iter()
+            .filter(|(kind, _)| *kind == DNSSL_TYPE)
+            .map(|(_, bytes)| bytes)
+            .collect()
+    }
+
+    #[test]
+    fn search_domains_are_advertised_as_dnssl_next_to_rdnss() {
+        let mut s = with_ipv6();
+        let guest = s.guest;
+        s.guest_sends(&guest.router_solicit());
+        let options = assert_router_advert(
+            the_only(s.drain_ipv6(), "router advertisement"),
+            NdiscRouterFlags::OTHER,
+        );
+        assert_eq!(
+            dnssl_options(&options),
+            Vec::<Vec<u8>>::new(),
+            "no list, no DNSSL"
+        );
+
+        s.stack
+            .set_dns_search(&domains(&["example.com", "corp.example.net."]));
+        s.guest_sends(&guest.router_solicit());
+        let frame = the_only(s.drain_ipv6(), "router advertisement");
+        let Parsed6::Ndisc { options, .. } = &frame else {
+            panic!("expected a router advertisement, got {frame:?}");
+        };
+        assert_eq!(assert_rdnss_is_fd00_3(options), 360);
+        let dnssl = the_only(dnssl_options(options), "DNSSL option");
+        // RFC 8106 §5.2: type 31, length 5 (8 + 13 + 18 = 39 octets padded to 40),
+        // reserved, the RDNSS lifetime, the names uncompressed, zero padding.
+        let mut expected = vec![31, 5, 0, 0, 0, 0, 1, 104];
+        expected.extend_from_slice(b"\x07example\x03com\x00\x04corp\x07example\x03net\x00");
+        expected.push(0);
+        assert_eq!(dnssl, expected);
+
+        // A change reaches the next advertisement, the periodic one too.
+        s.stack.set_dns_search(&domains(&["new.example"]));
+        s.advance(secs(1));
+        let Parsed6::Ndisc { options, .. } = the_only(s.drain_ipv6(), "advertisement at 1 s")
+        else {
+            panic!("expected a router advertisement");
+        };
+        let dnssl = the_only(dnssl_options(&options), "DNSSL option");
+        assert_eq!(&dnssl[8..21], b"\x03new\x07example\x00");
+        assert_eq!(dnssl.len(), 24);
     }
 
     #[test]
@@ -622,6 +683,171 @@ mod udp {
                 "upstream {upstream}"
             );
         }
+    }
+}
+
+mod dhcpv6 {
+    use super::*;
+    use rslirp_stack::service::dhcpv6::{
+        build, Message, MSG_INFORMATION_REQUEST, MSG_REPLY, MSG_SOLICIT, OPT_CLIENT_ID,
+        OPT_DNS_SERVERS, OPT_DOMAIN_LIST, OPT_ORO, OPT_SERVER_ID,
+    };
+    use smoltcp::wire::{IpProtocol, UdpPacket, UdpRepr};
+
+    const ALL_DHCP_SERVERS: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 1, 2);
+    const CLIENT_DUID: &[u8] = &[0, 3, 0, 1, 2, 0, 0, 0, 0, 1];
+
+    /// A DHCPv6 client message from the guest's link-local address, port 546, to
+    /// ff02::1:2 port 547, as a stateless client sends it.
+    fn client_message(s: &Scenario, payload: &[u8]) -> Vec<u8> {
+        client_message_from(s, 546, payload)
+    }
+
+    fn client_message_from(s: &Scenario, src_port: u16, payload: &[u8]) -> Vec<u8> {
+        let guest = s.guest;
+        let repr = UdpRepr {
+            src_port,
+            dst_port: 547,
+        };
+        guest.ipv6_frame(
+            guest.link_local(),
+            ALL_DHCP_SERVERS,
+            multicast_mac(ALL_DHCP_SERVERS),
+            IpProtocol::Udp,
+            1,
+            repr.header_len() + payload.len(),
+            |buf, src, dst| {
+                repr.emit(
+                    &mut UdpPacket::new_unchecked(buf),
+                    src,
+                    dst,
+                    payload.len(),
+                    |out| out.copy_from_slice(payload),
+                    &smoltcp::phy::ChecksumCapabilities::default(),
+                )
+            },
+        )
+    }
+
+    fn information_request(xid: [u8; 3]) -> Vec<u8> {
+        build(
+            MSG_INFORMATION_REQUEST,
+            xid,
+            &[(OPT_CLIENT_ID, CLIENT_DUID), (OPT_ORO, &[0, 23, 0, 24])],
+        )
+    }
+
+    /// The one Reply: from [fe80::2]:547 to the guest's [link-local]:546.
+    fn reply(s: &mut Scenario) -> Vec<u8> {
+        let guest = s.guest;
+        match the_only(s.drain_ipv6(), "DHCPv6 reply") {
+            Parsed6::Udp { src, dst, payload } => {
+                assert_eq!(src, v6(GATEWAY_LINK_LOCAL, 547));
+                assert_eq!(dst, v6(guest.link_local(), 546));
+                payload
+            }
+            other => panic!("expected a DHCPv6 reply, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn information_request_gets_dns_server_and_search_list() {
+        let mut s = guest_up();
+        s.stack
+            .set_dns_search(&["example.com".to_string(), "corp.example.net".to_string()]);
+        let request = client_message(&s, &information_request([1, 2, 3]));
+        s.guest_sends(&request);
+        let payload = reply(&mut s);
+        let message = Message::parse(&payload).expect("a well-formed reply");
+        assert_eq!(message.msg_type, MSG_REPLY);
+        assert_eq!(message.transaction_id, [1, 2, 3]);
+        assert_eq!(
+            message.option(OPT_SERVER_ID),
+            Some(&[0, 3, 0, 1, 0x52, 0x55, 10, 0, 2, 2][..]),
+            "DUID-LL of the gateway's MAC"
+        );
+        assert_eq!(message.option(OPT_CLIENT_ID), Some(CLIENT_DUID));
+        assert_eq!(message.option(OPT_DNS_SERVERS), Some(&DNS.octets()[..]));
+        assert_eq!(
+            message.option(OPT_DOMAIN_LIST),
+            Some(&b"\x07example\x03com\x00\x04corp\x07example\x03net\x00"[..])
+        );
+        assert_eq!(s.host.calls(), &[], "DHCPv6 never reaches the host");
+
+        // resolv.conf changed: the next reply carries the new list, or none.
+        s.stack.set_dns_search(&[]);
+        s.guest_sends(&client_message(&s, &information_request([4, 5, 6])));
+        let payload = reply(&mut s);
+        let message = Message::parse(&payload).unwrap();
+        assert_eq!(message.option(OPT_DOMAIN_LIST), None);
+        assert_eq!(message.option(OPT_DNS_SERVERS), Some(&DNS.octets()[..]));
+    }
+
+    #[test]
+    fn the_reply_goes_to_the_port_the_request_came_from() {
+        let mut s = guest_up();
+        let guest = s.guest;
+        s.guest_sends(&client_message_from(
+            &s,
+            40_000,
+            &information_request([9, 9, 9]),
+        ));
+        match the_only(s.drain_ipv6(), "DHCPv6 reply") {
+            Parsed6::Udp { src, dst, payload } => {
+                assert_eq!(src, v6(GATEWAY_LINK_LOCAL, 547));
+                assert_eq!(dst, v6(guest.link_local(), 40_000));
+                assert_eq!(Message::parse(&payload).unwrap().msg_type, MSG_REPLY);
+            }
+            other => panic!("expected a DHCPv6 reply, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn stateful_and_malformed_messages_are_dropped_and_counted() {
+        let mut s = guest_up();
+        let before = s.stats();
+        let solicit = build(MSG_SOLICIT, [1, 1, 1], &[(OPT_CLIENT_ID, CLIENT_DUID)]);
+        s.guest_sends(&client_message(&s, &solicit));
+        assert_eq!(
+            s.drain_ipv6(),
+            vec![],
+            "no addresses by DHCPv6: Solicit unanswered"
+        );
+        assert_eq!(s.stats().rx_dropped, before.rx_dropped + 1);
+        // An option that claims more than the message holds.
+        s.guest_sends(&client_message(&s, &[11, 0, 0, 1, 0, 1, 0, 40, 0]));
+        assert_eq!(s.drain_ipv6(), vec![]);
+        assert_eq!(s.stats().rx_errors, before.rx_errors + 1);
+        // And a well-formed one is still answered.
+        s.guest_sends(&client_message(&s, &information_request([7, 7, 7])));
+        assert_eq!(Message::parse(&reply(&mut s)).unwrap().msg_type, MSG_REPLY);
+    }
+
+    /// With `--cidr6`, the DNS server offered is the prefix's ::3, as in the RDNSS option.
+    #[test]
+    fn with_cidr6_the_dns_server_is_the_prefixs() {
+        let prefix = rslirp_stack::Ipv6Prefix::parse("fd42:1:2:3::/64").unwrap();
+        let mut s = Scenario::with_config(Config {
+            enable_ipv6: true,
+            network: rslirp_stack::VirtualNetwork::default().with_ipv6_prefix(prefix),
+            ..Config::default()
+        });
+        s.advance(secs(1));
+        s.drain_ipv6();
+        s.guest_sends(&client_message(&s, &information_request([3, 2, 1])));
+        let payload = reply(&mut s);
+        let message = Message::parse(&payload).unwrap();
+        let dns = Ipv6Addr::new(0xfd42, 1, 2, 3, 0, 0, 0, 3);
+        assert_eq!(message.option(OPT_DNS_SERVERS), Some(&dns.octets()[..]));
+    }
+
+    #[test]
+    fn without_enable_ipv6_there_is_no_dhcpv6_server() {
+        let mut s = Scenario::new();
+        let before = s.stats();
+        s.guest_sends(&client_message(&s, &information_request([1, 2, 3])));
+        assert_eq!(s.drain_ipv6(), vec![]);
+        assert_eq!(s.stats().rx_dropped, before.rx_dropped + 1);
     }
 }
 

@@ -80,6 +80,7 @@ mod dhcp {
                 dns_servers: Some(vec![DNS]),
                 lease_duration: Some(24 * 60 * 60),
                 mtu: Some(1500),
+                domain_search: None,
             }
         );
         assert_eq!(s.host.calls(), &[], "DHCP never reaches the host");
@@ -176,6 +177,96 @@ mod dhcp {
         let ack = request(&mut s, GATEWAY, offer.your_ip);
         assert_eq!(ack.message_type, DhcpMessageType::Ack);
         assert_eq!(ack.dns_servers, None);
+    }
+
+    fn domains(list: &[&str]) -> Vec<String> {
+        list.iter().map(|d| d.to_string()).collect()
+    }
+
+    #[test]
+    fn search_domains_go_in_option_119_compressed_and_follow_changes() {
+        let mut s = Scenario::new();
+        assert_eq!(discover(&mut s).domain_search, None, "none by default");
+        s.stack
+            .set_dns_search(&domains(&["eng.apple.com.", "marketing.apple.com."]));
+        let offer = discover(&mut s);
+        // RFC 3397 §2's example, byte for byte.
+        let expected = b"\x03eng\x05apple\x03com\x00\x09marketing\xc0\x04";
+        assert_eq!(offer.domain_search.as_deref(), Some(&expected[..]));
+        let ack = request(&mut s, GATEWAY, offer.your_ip);
+        assert_eq!(ack.domain_search.as_deref(), Some(&expected[..]));
+
+        // resolv.conf changed: the next reply has the new list; an emptied one, none.
+        s.stack.set_dns_search(&domains(&["corp.example"]));
+        let ack = request(&mut s, GATEWAY, offer.your_ip);
+        assert_eq!(
+            ack.domain_search.as_deref(),
+            Some(&b"\x04corp\x07example\x00"[..])
+        );
+        s.stack.set_dns_search(&[]);
+        assert_eq!(request(&mut s, GATEWAY, offer.your_ip).domain_search, None);
+    }
+
+    #[test]
+    fn a_list_over_255_octets_is_split_and_one_over_the_limits_cut() {
+        let mut s = Scenario::new();
+        // Six domains of 42 characters (43 with the separator): 258 > 256, so the sixth is
+        // cut (max_search_len).
+        let long: Vec<String> = (0..6).map(|i| format!("{}.t{i}", "x".repeat(39))).collect();
+        s.stack.set_dns_search(&long);
+        assert_eq!(s.stack.dns_search().len(), 5, "cut at max_search_len");
+        let offer = discover(&mut s);
+        let data = offer.domain_search.expect("option 119");
+        // Uncompressible (every top label differs): 5 × (1 + 39 + 1 + 2 + 1) octets.
+        assert_eq!(data.len(), 5 * 44);
+
+        // Five of 50 characters: 255 < 256 octets of list, 5 × 52 = 260 of data: two
+        // options, which the parser concatenates back.
+        let five: Vec<String> = (0..5).map(|i| format!("{}.t{i}", "y".repeat(47))).collect();
+        s.stack.set_dns_search(&five);
+        assert_eq!(s.stack.dns_search().len(), 5);
+        let data = discover(&mut s).domain_search.expect("option 119");
+        assert_eq!(data.len(), 5 * 52);
+        let expected: Vec<u8> = (0..5u8)
+            .flat_map(|i| [&[47u8][..], &[b'y'; 47][..], &[2, b't', b'0' + i, 0][..]].concat())
+            .collect();
+        assert_eq!(
+            data, expected,
+            "the two options' data concatenated is the whole list"
+        );
+
+        // Seven short domains: six kept (max_search_domains).
+        let seven = domains(&[
+            "a.example",
+            "b.example",
+            "c.example",
+            "d.example",
+            "e.example",
+            "f.example",
+            "g.example",
+        ]);
+        s.stack.set_dns_search(&seven);
+        assert_eq!(s.stack.dns_search(), &seven[..6]);
+    }
+
+    #[test]
+    fn the_search_list_is_cut_to_the_clients_message_size() {
+        let mut s = Scenario::new();
+        let five: Vec<String> = (0..5).map(|i| format!("{}.t{i}", "z".repeat(47))).collect();
+        s.stack.set_dns_search(&five);
+        let guest = s.guest;
+        // A client that announces no maximum takes 576-octet datagrams: 548 octets of DHCP,
+        // of which the header and the other options (290) leave 258 for option 119: four
+        // of these 52-octet domains, not five (260 + two option headers).
+        let mut message = guest.dhcp_message(DhcpMessageType::Discover, XID);
+        message.max_size = None;
+        s.guest_sends(&guest.dhcp(&message));
+        let (_, reply) = the_only(s.drain_addressed(), "DHCP reply");
+        let Parsed::Dhcp { message: offer, .. } = reply else {
+            panic!("expected a DHCP offer, got {reply:?}");
+        };
+        let data = offer.domain_search.expect("option 119");
+        assert_eq!(data.len(), 4 * 52);
     }
 }
 

@@ -1,13 +1,19 @@
 //! Target `dhcp`: client messages into [`DhcpServer::handle`], from several clients, with
 //! the clock moving between them (offers expire after 60 s, declines after 10 min, leases
-//! after 24 h).
+//! after 24 h); or, with flag bit 4, into the stateless DHCPv6 server
+//! ([`Dhcpv6Server::handle`]).
 //!
-//! Input: a flags byte (network, MTU, DNS on or off), then messages: raw UDP payloads, or
-//! messages built from fields (so that most reach the lease logic past smoltcp's parser).
-//! Every reply must itself be a message a client can parse, and offer only pool addresses.
+//! Input: a flags byte (bits 0-1 network, bit 2 MTU, bit 3 DNS off, bit 4 DHCPv6, bit 5 a
+//! search list read from the input), then messages: raw UDP payloads, or messages built
+//! from fields (so that most reach the lease logic past smoltcp's parser). Every reply must
+//! itself be a message a client can parse, and offer only pool addresses; its search list
+//! (option 119, compression pointers followed; DHCPv6 option 24) must decode to the list
+//! the server was given, or for DHCPv4 a leading part of it.
 
 use crate::{Encoder, Input};
 use rslirp_stack::service::dhcp::{DhcpServer, POOL_SIZE};
+use rslirp_stack::service::dhcpv6::{self, Dhcpv6Server};
+use rslirp_stack::service::search;
 use rslirp_stack::{Duration, Instant, VirtualNetwork};
 use smoltcp::wire::{DhcpMessageType, DhcpPacket, DhcpRepr, EthernetAddress};
 use std::net::Ipv4Addr;
@@ -40,7 +46,16 @@ pub fn run(data: &[u8]) {
         VirtualNetwork::parse(NETWORKS[usize::from(flags) % NETWORKS.len()]).expect("valid CIDRs");
     let mtu = if flags & 4 != 0 { 576 } else { 1500 };
     let dns = (flags & 8 == 0).then(|| network.dns());
+    let domains = if flags & FLAG_SEARCH != 0 {
+        search_list(&mut input)
+    } else {
+        Vec::new()
+    };
+    if flags & FLAG_DHCPV6 != 0 {
+        return run_v6(input, flags & 8 == 0, &domains);
+    }
     let mut server = DhcpServer::new(network, mtu, dns);
+    server.set_search(domains.clone());
     let mut now = Instant::from_secs(1_000);
     for _ in 0..MAX_MESSAGES {
         if input.is_empty() {
@@ -62,14 +77,91 @@ pub fn run(data: &[u8]) {
             server.handle(now, mac, input.bytes())
         };
         if let Some(reply) = reply {
-            check_reply(&network, &reply.payload);
+            check_reply(&network, &reply.payload, &domains);
         }
         assert!(server.leases().count() <= POOL_SIZE);
     }
 }
 
-/// A reply parses as a DHCP message, and any address it gives is in the pool.
-fn check_reply(network: &VirtualNetwork, payload: &[u8]) {
+const FLAG_DHCPV6: u8 = 0x10;
+const FLAG_SEARCH: u8 = 0x20;
+
+/// A search list as the stack keeps it: up to 8 names from the input (some repeated, some
+/// sharing endings, some invalid), bounded with the default limits.
+fn search_list(input: &mut Input) -> Vec<String> {
+    const PARTS: [&str; 6] = ["example", "com", "corp", "a", "x-y", "test"];
+    let mut names = Vec::new();
+    for _ in 0..usize::from(input.byte() % 9) {
+        let name = if input.bool() {
+            String::from_utf8_lossy(input.bytes()).into_owned()
+        } else {
+            let labels = 1 + usize::from(input.byte() % 4);
+            (0..labels)
+                .map(|_| input.pick(&PARTS))
+                .collect::<Vec<_>>()
+                .join(".")
+        };
+        names.push(name);
+    }
+    let limits = rslirp_stack::Limits::default();
+    search::bounded(&names, limits.max_search_domains, limits.max_search_len).0
+}
+
+/// RFC 1035 names from `data`, following compression pointers (only backwards, as a
+/// decoder must to be safe from loops); None if malformed.
+fn decode_names(data: &[u8]) -> Option<Vec<String>> {
+    let mut names = Vec::new();
+    let mut at = 0;
+    while at < data.len() {
+        let mut labels: Vec<String> = Vec::new();
+        let mut pos = at;
+        let mut next = None;
+        let mut jumps = 0;
+        loop {
+            let len = *data.get(pos)?;
+            if len & 0xc0 == 0xc0 {
+                let target = usize::from(u16::from_be_bytes([len, *data.get(pos + 1)?]) & 0x3fff);
+                next.get_or_insert(pos + 2);
+                if target >= pos || jumps > 128 {
+                    return None;
+                }
+                jumps += 1;
+                pos = target;
+            } else if len == 0 {
+                next.get_or_insert(pos + 1);
+                break;
+            } else if len > 63 {
+                return None;
+            } else {
+                let label = data.get(pos + 1..pos + 1 + usize::from(len))?;
+                labels.push(String::from_utf8(label.to_vec()).ok()?);
+                pos += 1 + usize::from(len);
+            }
+        }
+        names.push(labels.join("."));
+        at = next?;
+    }
+    Some(names)
+}
+
+/// A reply parses as a DHCP message, any address it gives is in the pool, and its search
+/// list is a leading part of the server's (all of it unless the message size cut it).
+fn check_reply(network: &VirtualNetwork, payload: &[u8], domains: &[String]) {
+    if let Ok(packet) = DhcpPacket::new_checked(payload) {
+        let chunks: Vec<u8> = packet
+            .options()
+            .filter(|option| option.kind == search::DHCP_OPT_DOMAIN_SEARCH)
+            .flat_map(|option| option.data.iter().copied())
+            .collect();
+        if !chunks.is_empty() {
+            let names = decode_names(&chunks)
+                .unwrap_or_else(|| panic!("option 119 does not decode: {chunks:02x?}"));
+            assert!(
+                !names.is_empty() && domains.starts_with(&names),
+                "option 119 says {names:?}, the list is {domains:?}"
+            );
+        }
+    }
     let packet = DhcpPacket::new_checked(payload)
         .unwrap_or_else(|err| panic!("DHCP reply too short ({err}): {payload:02x?}"));
     let repr = DhcpRepr::parse(&packet)
@@ -178,6 +270,64 @@ impl Fields {
     }
 }
 
+/// The DHCPv6 half: messages (raw, or built from a type, a client id, a server id that is
+/// ours or not, an option request, an IA option) into the stateless server.
+fn run_v6(mut input: Input, dns_on: bool, domains: &[String]) {
+    const TYPES: [u8; 6] = [11, 11, 1, 3, 7, 12];
+    let mac = EthernetAddress([0x52, 0x55, 10, 0, 2, 2]);
+    let mut server = Dhcpv6Server::new(mac);
+    let dns = dns_on.then(|| "fd00::3".parse().expect("an address"));
+    let duid = server.duid().to_vec();
+    for _ in 0..MAX_MESSAGES {
+        if input.is_empty() {
+            break;
+        }
+        let payload = if input.bool() {
+            input.bytes().to_vec()
+        } else {
+            let kind = input.pick(&TYPES);
+            let xid = [input.byte(), input.byte(), input.byte()];
+            let options = input.byte();
+            let client_id = input.bytes().to_vec();
+            let mut list: Vec<(u16, &[u8])> = Vec::new();
+            if options & 1 != 0 {
+                list.push((dhcpv6::OPT_CLIENT_ID, &client_id));
+            }
+            if options & 2 != 0 {
+                list.push((dhcpv6::OPT_SERVER_ID, &duid));
+            }
+            if options & 4 != 0 {
+                list.push((dhcpv6::OPT_SERVER_ID, &client_id));
+            }
+            if options & 8 != 0 {
+                list.push((dhcpv6::OPT_ORO, &[0, 23, 0, 24]));
+            }
+            if options & 16 != 0 {
+                list.push((dhcpv6::OPT_IA_NA, &[0; 12]));
+            }
+            dhcpv6::build(kind, xid, &list)
+        };
+        let Some(reply) = server.handle(&payload, dns, domains) else {
+            continue;
+        };
+        let request = dhcpv6::Message::parse(&payload).expect("only a parsed message is answered");
+        let message = dhcpv6::Message::parse(&reply)
+            .unwrap_or_else(|why| panic!("DHCPv6 reply malformed ({why}): {reply:02x?}"));
+        assert_eq!(message.msg_type, dhcpv6::MSG_REPLY);
+        assert_eq!(message.transaction_id, request.transaction_id);
+        assert_eq!(message.option(dhcpv6::OPT_SERVER_ID), Some(&duid[..]));
+        assert_eq!(
+            message.option(dhcpv6::OPT_CLIENT_ID),
+            request.option(dhcpv6::OPT_CLIENT_ID)
+        );
+        assert_eq!(message.option(dhcpv6::OPT_DNS_SERVERS).is_some(), dns_on);
+        match message.option(dhcpv6::OPT_DOMAIN_LIST) {
+            Some(data) => assert_eq!(decode_names(data).as_deref(), Some(domains)),
+            None => assert!(domains.is_empty(), "no option 24 for {domains:?}"),
+        }
+    }
+}
+
 pub fn seeds() -> crate::Seeds {
     let mut seeds = Vec::new();
     // built, mac, step, type, xid, options, ciaddr, requested, server id
@@ -232,6 +382,35 @@ pub fn seeds() -> crate::Seeds {
     let mut e = Encoder::new();
     e.byte(0).byte(0).byte(1).byte(0).bytes(&payload);
     seeds.push(("raw-discover", e.finish()));
+
+    // Search domains in DHCPv4: three names sharing endings, then the lease's first steps.
+    let mut e = Encoder::new();
+    e.byte(FLAG_SEARCH).byte(3);
+    for labels in [[0, 1], [2, 0], [3, 5]] {
+        e.byte(0).byte(1).byte(labels[0]).byte(labels[1]);
+    }
+    message(&mut e, 1, 0, 0, 0, [0, 0, 0]);
+    message(&mut e, 1, 1, 1, 6, [0, 1, 5]);
+    seeds.push(("search", e.finish()));
+
+    // DHCPv6: an Information-Request with client id and option request, one naming our
+    // server, a Solicit, and raw bytes.
+    let mut e = Encoder::new();
+    e.byte(FLAG_DHCPV6 | FLAG_SEARCH).byte(2);
+    e.byte(0).byte(1).byte(0).byte(1);
+    e.byte(1).bytes(b"corp.example");
+    let client_id = [0, 3, 0, 1, 2, 0, 0, 0, 0, 1];
+    for (kind, options) in [(0, 9), (0, 11), (2, 1)] {
+        e.byte(0)
+            .byte(kind)
+            .byte(1)
+            .byte(2)
+            .byte(3)
+            .byte(options)
+            .bytes(&client_id);
+    }
+    e.byte(1).bytes(&[11, 0, 0, 1, 0, 1, 0, 2, 0, 1]);
+    seeds.push(("dhcpv6", e.finish()));
 
     seeds
 }

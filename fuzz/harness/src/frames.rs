@@ -84,6 +84,8 @@ pub fn config(flags: u8) -> Config {
             max_dns_flows: 1,
             max_api_clients: 1,
             max_dns_upstreams: 2,
+            max_search_domains: 2,
+            max_search_len: 32,
             max_dns_retry_queries: 1,
             // One flow with big buffers (a quarter of the budget would not hold one: none
             // then), small ones while the minimum for the rest fits, then the minimum.

@@ -5,6 +5,10 @@
 //! addresses from network+15, 24 h leases, the gateway (network+2) as server identifier,
 //! `siaddr` and router, the DNS forwarder (network+3) as name server, and the subnet mask.
 //! On top of that it offers the interface MTU (option 26, from `--mtu`) and T1/T2.
+//! The host's search domains go in option 119 (RFC 3397, compressed, split per RFC 3396) of
+//! every OFFER and ACK when there are any, whether or not the client asked for it in option
+//! 55, as libslirp sends its `vdnssearch`; with no search domains the option is absent and
+//! the reply is what it always was.
 //!
 //! Where it deliberately differs from libslirp, and why:
 //! - Leases expire, and RELEASE frees them; libslirp keeps a slot for a MAC forever, so a guest
@@ -23,6 +27,7 @@
 //! spoofs, and then the station that sent the request is the one that can take the reply.
 
 use crate::config::VirtualNetwork;
+use crate::service::search;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
     DhcpMessageType, DhcpOption, DhcpPacket, DhcpRepr, EthernetAddress, Ipv4Address,
@@ -49,6 +54,9 @@ const DECLINE_HOLD: Duration = Duration::from_secs(10 * 60);
 /// RFC 1542 §3.2.1: BOOTP messages are at least 300 octets and some clients drop shorter ones,
 /// so replies are zero-padded to it (libslirp pads to 548).
 const MIN_MESSAGE_LEN: usize = 300;
+/// The largest message every client takes (RFC 2131 §2: a 576-octet IP datagram, less the
+/// IP and UDP headers), unless it announces a larger one in option 57.
+const DEFAULT_MAX_MESSAGE_LEN: usize = 576 - 20 - 8;
 /// libslirp's NAK text (option 56), word for word, for anyone who greps guest logs.
 const NAK_TEXT: &[u8] = b"requested address not available";
 
@@ -142,6 +150,8 @@ pub struct DhcpServer {
     network: VirtualNetwork,
     mtu: u16,
     dns: Option<Ipv4Address>,
+    /// Search domains for option 119 (already bounded by the stack's limits).
+    search: Vec<String>,
     slots: [Slot; POOL_SIZE],
     counters: DhcpCounters,
 }
@@ -154,6 +164,7 @@ impl DhcpServer {
             network,
             mtu,
             dns,
+            search: Vec::new(),
             slots: [Slot::UNUSED; POOL_SIZE],
             counters: DhcpCounters::default(),
         }
@@ -200,6 +211,11 @@ impl DhcpServer {
 
     pub fn counters(&self) -> DhcpCounters {
         self.counters
+    }
+
+    /// The search domains later OFFERs and ACKs carry in option 119 (empty: none).
+    pub fn set_search(&mut self, domains: Vec<String>) {
+        self.search = domains;
     }
 
     fn discover(&mut self, now: Instant, request: &DhcpRepr) -> Option<Answer> {
@@ -435,7 +451,7 @@ impl DhcpServer {
         };
         let configures = answer != Answer::Nak;
         let leases = matches!(answer, Answer::Offer(_) | Answer::Ack(_));
-        let repr = DhcpRepr {
+        let mut repr = DhcpRepr {
             message_type,
             transaction_id: request.transaction_id,
             secs: 0,
@@ -472,10 +488,54 @@ impl DhcpServer {
             max_size: None,
             additional_options: extra_options,
         };
+        let search_data;
+        let with_search: Vec<DhcpOption>;
+        if configures && !self.search.is_empty() {
+            let room = usize::from(request.max_size.unwrap_or(0))
+                .saturating_sub(20 + 8)
+                .max(DEFAULT_MAX_MESSAGE_LEN)
+                .saturating_sub(repr.buffer_len());
+            search_data = self.search_option_data(room);
+            with_search = extra_options
+                .iter()
+                .copied()
+                .chain(
+                    search::dhcp_option_chunks(&search_data).map(|data| DhcpOption {
+                        kind: search::DHCP_OPT_DOMAIN_SEARCH,
+                        data,
+                    }),
+                )
+                .collect();
+            repr.additional_options = &with_search;
+        }
         let mut payload = vec![0; repr.buffer_len().max(MIN_MESSAGE_LEN)];
         repr.emit(&mut DhcpPacket::new_unchecked(&mut payload[..]))
             .ok()?;
         Some(payload)
+    }
+}
+
+impl DhcpServer {
+    /// Option 119's data for the longest leading part of the search list whose options fit
+    /// in `room` octets; empty (no option) if not even the first domain fits. Leaving out
+    /// the tail is better than libslirp's leaving out the whole list: the first domains are
+    /// the ones the resolver tries first.
+    fn search_option_data(&self, room: usize) -> Vec<u8> {
+        for keep in (1..=self.search.len()).rev() {
+            let data = search::encode_compressed(&self.search[..keep]);
+            if search::dhcp_options_len(&data) <= room {
+                if keep < self.search.len() {
+                    log::debug!(
+                        "dhcp: {} of {} search domains fit the client's message size",
+                        keep,
+                        self.search.len()
+                    );
+                }
+                return data;
+            }
+        }
+        log::debug!("dhcp: the search domains do not fit the client's message size; left out");
+        Vec::new()
     }
 }
 
@@ -1004,6 +1064,35 @@ mod tests {
         // The old default pool means nothing here.
         let foreign = link.select(mac(2), pool(15));
         assert!(foreign.is_none(), "10.0.2.2 is another server's id now");
+    }
+
+    #[test]
+    fn without_search_domains_the_reply_is_byte_for_byte_the_old_one() {
+        let discover = message(DhcpMessageType::Discover, mac(1), |m| m.max_size = None);
+        let offer = |server: &mut DhcpServer| server.handle(START, mac(1), &discover).unwrap();
+        let mut plain = DhcpServer::new(VirtualNetwork::default(), 1500, Some(DNS));
+        let before = offer(&mut plain).payload;
+        assert_eq!(before.len(), MIN_MESSAGE_LEN);
+        let options: Vec<u8> = DhcpPacket::new_checked(&before[..])
+            .unwrap()
+            .options()
+            .map(|option| option.kind)
+            .collect();
+        assert!(
+            !options.contains(&search::DHCP_OPT_DOMAIN_SEARCH),
+            "{options:?}"
+        );
+
+        let mut server = DhcpServer::new(VirtualNetwork::default(), 1500, Some(DNS));
+        server.set_search(vec!["example.com".to_string()]);
+        let with = offer(&mut server).payload;
+        assert_ne!(with, before);
+        // The option sits where the padding was: everything before it is unchanged.
+        let end = before.iter().rposition(|&b| b == 255).unwrap();
+        assert_eq!(with[..end], before[..end]);
+        assert_eq!(with[end..end + 2], [search::DHCP_OPT_DOMAIN_SEARCH, 13]);
+        server.set_search(Vec::new());
+        assert_eq!(offer(&mut server).payload, before);
     }
 
     #[test]

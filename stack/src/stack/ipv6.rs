@@ -1,6 +1,6 @@
 //! IPv6 (`--enable-ipv6`): neighbour discovery for our virtual hosts, router advertisements
-//! for the prefix (fd00::/64, or `--cidr6`'s; SLAAC, MTU, RDNSS), ICMPv6 echo, and TCP/UDP
-//! NAT over IPv6.
+//! for the prefix (fd00::/64, or `--cidr6`'s; SLAAC, MTU, RDNSS, DNSSL), stateless DHCPv6,
+//! ICMPv6 echo, and TCP/UDP NAT over IPv6.
 //!
 //! Addresses: the gateway is prefix::2 (link-local fe80::2, the source of router
 //! advertisements), the DNS forwarder prefix::3 (fe80::3); their MACs are the IPv4
@@ -14,14 +14,16 @@ use crate::ip::{
     MAX_IP_LEN,
 };
 use crate::nat::icmp::send_echo_reply;
+use crate::nat::udp::send_udp;
 use crate::nat::{checksum_caps, Quote, Refusal};
+use crate::service::{dhcpv6, search};
 use core::net::{IpAddr, Ipv6Addr, SocketAddr};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
     EthernetAddress, EthernetProtocol, Icmpv6Packet, Icmpv6Repr, IpProtocol, Ipv6Address,
     Ipv6FragmentHeader, Ipv6Packet, Ipv6Repr, NdiscNeighborFlags, NdiscPrefixInfoFlags,
-    NdiscPrefixInformation, NdiscRepr, NdiscRouterFlags, RawHardwareAddress,
+    NdiscPrefixInformation, NdiscRepr, NdiscRouterFlags, RawHardwareAddress, UdpPacket,
 };
 
 /// Link-local addresses of the gateway and the DNS forwarder.
@@ -70,6 +72,9 @@ impl Stack {
         }
         match ip.next_header {
             IpProtocol::Icmpv6 => self.handle_icmpv6(now, src_mac, &ip, payload, host),
+            IpProtocol::Udp if ip.dst_addr == dhcpv6::ALL_DHCP_SERVERS => {
+                self.handle_dhcpv6(&ip, payload)
+            }
             IpProtocol::Tcp | IpProtocol::Udp if self.config.network.contains6(ip.src_addr) => {
                 let inbound = Inbound {
                     src: IpAddr::V6(ip.src_addr),
@@ -88,6 +93,40 @@ impl Stack {
             // link-local TCP/UDP have no use here.
             _ => self.stats.rx_dropped += 1,
         }
+    }
+
+    /// A DHCPv6 client message (UDP to ff02::1:2 port 547, from the client's link-local
+    /// address): an Information-Request gets the Reply from [fe80::2]:547, to the port it
+    /// came from (546 for every standard client; libslirp answers the source port too, so
+    /// a tool on another port is answered as well). libslirp replies from fd00::2; the
+    /// link-local address is what RFC 8415 servers on the link use, and any works for the
+    /// client.
+    fn handle_dhcpv6(&mut self, ip: &Ipv6Repr, payload: &[u8]) {
+        let Ok(udp) = UdpPacket::new_checked(payload) else {
+            self.stats.rx_errors += 1;
+            return;
+        };
+        if udp.dst_port() != dhcpv6::SERVER_PORT || !is_link_local(ip.src_addr) {
+            self.stats.rx_dropped += 1;
+            return;
+        }
+        let dns = (!self.config.disable_dns).then_some(self.config.network.dns6());
+        let before = self.dhcpv6.counters().malformed;
+        let Some(reply) = self.dhcpv6.handle(udp.payload(), dns, &self.dns_search) else {
+            if self.dhcpv6.counters().malformed > before {
+                self.stats.rx_errors += 1;
+            } else {
+                self.stats.rx_dropped += 1;
+            }
+            return;
+        };
+        send_udp(
+            &mut self.tx,
+            &mut self.stats,
+            SocketAddr::new(IpAddr::V6(GATEWAY_LINK_LOCAL), dhcpv6::SERVER_PORT),
+            SocketAddr::new(IpAddr::V6(ip.src_addr), udp.src_port()),
+            &reply,
+        );
     }
 
     /// A packet with a Fragment header (right after the fixed header: the guest sends no
@@ -276,13 +315,20 @@ impl Stack {
         self.send_icmpv6_to(requester_mac, target, requester, &advert, &[]);
     }
 
-    /// A router advertisement to all nodes: our prefix (fd00::/64 by default) for SLAAC, our MTU, and the
-    /// DNS forwarder as RDNSS (RFC 8106).
+    /// A router advertisement to all nodes: our prefix (fd00::/64 by default) for SLAAC, our
+    /// MTU, the DNS forwarder as RDNSS and the host's search domains as DNSSL (RFC 8106), and
+    /// the O flag for stateless DHCPv6.
     pub(super) fn send_router_advert(&mut self) {
         let network = self.config.network;
         let advert = Icmpv6Repr::Ndisc(NdiscRepr::RouterAdvert {
             hop_limit: 64,
-            flags: NdiscRouterFlags::empty(),
+            // "Other configuration": DNS servers and search list by stateless DHCPv6
+            // (RFC 8415 §18.2.6), for clients that ask it instead of reading RDNSS/DNSSL.
+            flags: if self.config.disable_dns {
+                NdiscRouterFlags::empty()
+            } else {
+                NdiscRouterFlags::OTHER
+            },
             router_lifetime: ROUTER_LIFETIME,
             reachable_time: Duration::from_millis(0),
             retrans_time: Duration::from_millis(0),
@@ -296,11 +342,13 @@ impl Stack {
                 prefix: network.ipv6_prefix().network(),
             }),
         });
-        let rdnss = if self.config.disable_dns {
+        let mut rdnss = if self.config.disable_dns {
             Vec::new()
         } else {
             rdnss_option(self.config.network.dns6(), RDNSS_LIFETIME_SECS)
         };
+        // DNSSL (RFC 8106) next to it, with the same lifetime, when there are search domains.
+        rdnss.extend(search::dnssl_option(&self.dns_search, RDNSS_LIFETIME_SECS));
         self.send_icmpv6_to(
             ALL_NODES_MAC,
             GATEWAY_LINK_LOCAL,
