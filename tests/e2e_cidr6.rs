@@ -10,11 +10,11 @@ mod common;
 
 use common::api::{id_reply, Api};
 use common::dns::{self, Dnsmasq, Record, TYPE_A};
+use common::ipv6::{await_slaac, guest_global_addrs, guest_peer_echo_server, listed_addrs, v6};
 use common::net::{self, Pattern, Server};
-use common::process::wait_for;
 use common::{Env, Mode, Rslirp, STEP_TIMEOUT, TAP};
-use std::io::{self, Write};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, TcpListener, TcpStream, UdpSocket};
+use std::io::{self};
+use std::net::{Ipv4Addr, Ipv6Addr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
 both_modes!(
@@ -29,64 +29,12 @@ const CIDR6: &str = "--cidr6=fd42:1:2:3::/64";
 const PREFIX: [u16; 4] = [0xfd42, 1, 2, 3];
 const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfd42, 1, 2, 3, 0, 0, 0, 2);
 const DNS6: Ipv6Addr = Ipv6Addr::new(0xfd42, 1, 2, 3, 0, 0, 0, 3);
-/// From rslirp's start: its first advertisement comes after 1 s, then the guest's duplicate
-/// address detection takes about another second.
-const SLAAC_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn v6(ip: Ipv6Addr, port: u16) -> SocketAddr {
-    SocketAddr::V6(SocketAddrV6::new(ip, port, 0, 0))
-}
 
 /// rslirp with `-c -6 --cidr6=fd42:1:2:3::/64`, and the guest's SLAAC address once usable.
 fn start(env: &Env) -> (Rslirp, Ipv6Addr) {
     let rslirp = env.rslirp().arg("-6").arg(CIDR6).start();
-    let addr = await_slaac(env);
-    (rslirp, addr)
-}
-
-/// The tap's global IPv6 addresses as `ip -6 -o addr` lists them, one a line.
-fn guest_global_addrs(env: &Env) -> String {
-    env.guest_ok(&[
-        "ip", "-6", "-o", "addr", "show", "dev", TAP, "scope", "global",
-    ])
-}
-
-/// The global /64 addresses in `ip -6 -o addr` output, with whether they are tentative.
-fn listed_addrs(ip_output: &str) -> Vec<(Ipv6Addr, bool)> {
-    ip_output
-        .lines()
-        .filter_map(|line| {
-            let words: Vec<&str> = line.split_whitespace().collect();
-            let at = words.iter().position(|word| *word == "inet6")?;
-            let (addr, prefix_len) = words.get(at + 1)?.split_once('/')?;
-            let addr: Ipv6Addr = addr.parse().ok()?;
-            (prefix_len == "64").then_some((addr, line.contains("tentative")))
-        })
-        .collect()
-}
-
-/// Waits until the guest has a usable address in fd42:1:2:3::/64 and a default route via
-/// fe80::2 learnt from an advertisement; checks it has no fd00::/64 address at all.
-fn await_slaac(env: &Env) -> Ipv6Addr {
-    let addr = wait_for(
-        "an fd42:1:2:3::/64 SLAAC address on the tap",
-        SLAAC_TIMEOUT,
-        || {
-            listed_addrs(&guest_global_addrs(env))
-                .into_iter()
-                .find(|(addr, tentative)| !tentative && addr.segments()[..4] == PREFIX)
-                .map(|(addr, _)| addr)
-        },
-    );
-    let route = wait_for("a default route via fe80::2", SLAAC_TIMEOUT, || {
-        let routes = env.guest_ok(&["ip", "-6", "route", "show", "default"]);
-        routes
-            .lines()
-            .find(|line| line.starts_with(&format!("default via fe80::2 dev {TAP} ")))
-            .map(str::to_string)
-    });
-    assert!(route.contains("proto ra"), "from an advertisement: {route}");
+    let addr = await_slaac(env, PREFIX);
     let all = guest_global_addrs(env);
     assert!(
         listed_addrs(&all)
@@ -94,7 +42,7 @@ fn await_slaac(env: &Env) -> Ipv6Addr {
             .all(|(addr, _)| addr.segments()[..4] == PREFIX),
         "every global address is in the configured prefix, none in fd00::/64: {all}"
     );
-    addr
+    (rslirp, addr)
 }
 
 fn guest_gets_its_address_in_the_prefix_and_pings_gateway_and_dns(mode: Mode) {
@@ -129,21 +77,14 @@ fn host_loopback6_echo_server(env: &Env) -> Server {
     net::tcp_server(listener, net::echo)
 }
 
-fn guest_connect(env: &Env, to: SocketAddr) -> io::Result<TcpStream> {
-    env.in_guest("guest connect", move || {
-        let stream = TcpStream::connect_timeout(&to, CONNECT_TIMEOUT)?;
-        net::set_timeouts(&stream);
-        Ok(stream)
-    })
-    .wait(CONNECT_TIMEOUT + STEP_TIMEOUT)
-}
-
 fn tcp_via_the_prefix_gateway_reaches_host_loopback(mode: Mode) {
     let env = Env::new(mode);
     let (_rslirp, _) = start(&env);
     let server = host_loopback6_echo_server(&env);
     let to = v6(GATEWAY6, server.port());
-    let stream = guest_connect(&env, to).unwrap_or_else(|e| panic!("connect to {to}: {e}"));
+    let stream = env
+        .guest_connect(to, CONNECT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("connect to {to}: {e}"));
     let payload = Pattern::bytes(42, 200_000);
     let reply = net::exchange(&stream, &payload).expect("echo over IPv6");
     assert_eq!(net::digest(&reply), net::digest(&payload), "echo via {to}");
@@ -183,32 +124,13 @@ fn dns_via_the_prefix_dns_forwarder(mode: Mode) {
     assert!(server.queries_for(NAME) >= 1, "{}", server.log());
 }
 
-/// A TCP server in the guest on [::]:`port`: to each client it first writes
-/// `peer <address it sees>\n`, then echoes everything until EOF.
-fn guest_peer_echo_server(env: &Env, port: u16) -> Server {
-    let listener = env
-        .in_guest("guest [::] listener", move || {
-            TcpListener::bind((Ipv6Addr::UNSPECIFIED, port))
-        })
-        .wait(STEP_TIMEOUT)
-        .unwrap_or_else(|e| panic!("bind [::]:{port} in the guest: {e}"));
-    net::tcp_server(listener, |mut stream| {
-        let Ok(peer) = stream.peer_addr() else {
-            return;
-        };
-        if writeln!(stream, "peer {}", peer.ip()).is_ok() {
-            net::echo(stream);
-        }
-    })
-}
-
 fn port_forward_from_host_loopback_to_the_guest_in_the_prefix(mode: Mode) {
     const HOST_PORT: u16 = 8642;
     const GUEST_PORT: u16 = 80;
     let env = Env::new(mode);
     let api = Api::new(&env);
     let _rslirp = api.launch(&env).arg("-6").arg(CIDR6).start();
-    let guest_addr = await_slaac(&env);
+    let guest_addr = await_slaac(&env, PREFIX);
     let _server = guest_peer_echo_server(&env, GUEST_PORT);
 
     let add = format!(

@@ -8,9 +8,10 @@
 mod common;
 
 use common::api::{stat, Api};
+use common::ipv6::await_slaac;
 use common::net::{self, Pattern};
 use common::process::wait_for;
-use common::{Env, Mode, GATEWAY, STEP_TIMEOUT, TAP};
+use common::{Env, Mode, GATEWAY, STEP_TIMEOUT};
 use std::fs;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::time::Duration;
@@ -24,7 +25,6 @@ both_modes!(
 
 const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
 const SIZE: usize = 8000;
-const SLAAC_TIMEOUT: Duration = Duration::from_secs(5);
 /// `max_reassembly_bytes`' default (docs/limits.md): what the reassembly may hold.
 const REASSEMBLY_BOUND_KIB: u64 = 1024;
 /// First fragments in the flood.
@@ -63,7 +63,7 @@ fn udp_8000_bytes_v6_both_ways(mode: Mode) {
     let env = Env::new(mode);
     let api = Api::new(&env);
     let _rslirp = api.launch(&env).arg("--mtu=1500").arg("-6").start();
-    await_slaac(&env);
+    await_slaac(&env, [0xfd00, 0, 0, 0]);
     let server_socket = env
         .in_host("host [::1] udp socket", || {
             UdpSocket::bind((Ipv6Addr::LOCALHOST, 0))
@@ -79,18 +79,6 @@ fn udp_8000_bytes_v6_both_ways(mode: Mode) {
         .expect("bind UDP [::] in the guest");
     let to = SocketAddr::V6(SocketAddrV6::new(GATEWAY6, server.port(), 0, 0));
     assert_big_echo(&api, &socket, to);
-}
-
-/// Waits until the guest has a usable fd00::/64 address (SLAAC from rslirp's advertisement).
-fn await_slaac(env: &Env) {
-    wait_for("an fd00::/64 address on the tap", SLAAC_TIMEOUT, || {
-        let out = env.guest_ok(&[
-            "ip", "-6", "-o", "addr", "show", "dev", TAP, "scope", "global",
-        ]);
-        out.lines()
-            .any(|line| line.contains(" fd00::") && !line.contains("tentative"))
-            .then_some(())
-    });
 }
 
 fn ping_4000_bytes_of_the_gateway(mode: Mode) {

@@ -8,13 +8,11 @@ mod common;
 
 use common::api::{id_reply, Api};
 use common::dns::{self, Dnsmasq, Record, TYPE_A};
+use common::ipv6::{await_slaac, guest_global_addrs, guest_peer_echo_server, v6};
 use common::net::{self, Pattern, Server};
-use common::process::wait_for;
-use common::{Env, Mode, Rslirp, STEP_TIMEOUT, TAP};
-use std::io::{self, Write};
-use std::net::{
-    IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, TcpListener, TcpStream, UdpSocket,
-};
+use common::{Env, Mode, Rslirp, STEP_TIMEOUT};
+use std::io::{self};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -30,68 +28,15 @@ both_modes!(
 
 const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
 const DNS6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 3);
-/// From rslirp's start: its first advertisement comes after 1 s, then the guest's duplicate
-/// address detection takes about another second.
-const SLAAC_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// UDP payload sizes up to the largest that fits a 1500-byte MTU behind 48 header bytes.
 const UDP_SIZES: [usize; 4] = [1, 100, 1400, 1452];
 
-fn v6(ip: Ipv6Addr, port: u16) -> SocketAddr {
-    SocketAddr::V6(SocketAddrV6::new(ip, port, 0, 0))
-}
-
 /// rslirp with `-c -6`, and the guest's SLAAC address once it is usable.
 fn start_with_ipv6(env: &Env) -> (Rslirp, Ipv6Addr) {
     let rslirp = env.rslirp().arg("-6").start();
-    let addr = await_slaac(env);
+    let addr = await_slaac(env, [0xfd00, 0, 0, 0]);
     (rslirp, addr)
-}
-
-/// Waits until the guest has a global fd00::/64 address that finished duplicate address
-/// detection, and a default route via fe80::2 on the tap; returns the address.
-fn await_slaac(env: &Env) -> Ipv6Addr {
-    let addr = wait_for(
-        "an fd00::/64 SLAAC address on the tap",
-        SLAAC_TIMEOUT,
-        || slaac_address(&guest_global_addrs(env)),
-    );
-    let route = wait_for("a default route via fe80::2", SLAAC_TIMEOUT, || {
-        let routes = env.guest_ok(&["ip", "-6", "route", "show", "default"]);
-        routes
-            .lines()
-            .find(|line| line.starts_with(&format!("default via fe80::2 dev {TAP} ")))
-            .map(str::to_string)
-    });
-    assert!(
-        route.contains("proto ra"),
-        "learnt from an advertisement: {route}"
-    );
-    addr
-}
-
-/// The tap's global IPv6 addresses as `ip -6 -o addr` lists them, one a line, e.g.
-/// `2: tap0    inet6 fd00::8c3b:1ff:fe2a:9d4e/64 scope global dynamic mngtmpaddr \
-/// valid_lft 86398sec preferred_lft 14398sec`.
-fn guest_global_addrs(env: &Env) -> String {
-    env.guest_ok(&[
-        "ip", "-6", "-o", "addr", "show", "dev", TAP, "scope", "global",
-    ])
-}
-
-/// The first usable (not tentative) fd00::/64 address in [`guest_global_addrs`] output.
-fn slaac_address(ip_output: &str) -> Option<Ipv6Addr> {
-    ip_output
-        .lines()
-        .filter(|line| !line.contains("tentative"))
-        .filter_map(|line| {
-            let words: Vec<&str> = line.split_whitespace().collect();
-            let at = words.iter().position(|word| *word == "inet6")?;
-            let (addr, prefix_len) = words.get(at + 1)?.split_once('/')?;
-            let addr: Ipv6Addr = addr.parse().ok()?;
-            (prefix_len == "64" && addr.segments()[..4] == [0xfd00, 0, 0, 0]).then_some(addr)
-        })
-        .next()
 }
 
 fn guest_autoconfigures_address_and_default_route(mode: Mode) {
@@ -153,22 +98,14 @@ fn host_loopback6_echo_server(env: &Env) -> (Server, mpsc::Receiver<SocketAddr>)
     (server, peers_seen)
 }
 
-/// A TCP connection from the guest (I/O timeouts set), or the connect error.
-fn guest_connect(env: &Env, to: SocketAddr) -> io::Result<TcpStream> {
-    env.in_guest("guest connect", move || {
-        let stream = TcpStream::connect_timeout(&to, CONNECT_TIMEOUT)?;
-        net::set_timeouts(&stream);
-        Ok(stream)
-    })
-    .wait(CONNECT_TIMEOUT + STEP_TIMEOUT)
-}
-
 fn tcp_via_gateway_reaches_host_loopback(mode: Mode) {
     let env = Env::new(mode);
     let (_rslirp, _) = start_with_ipv6(&env);
     let (server, peers_seen) = host_loopback6_echo_server(&env);
     let to = v6(GATEWAY6, server.port());
-    let stream = guest_connect(&env, to).unwrap_or_else(|e| panic!("connect to {to}: {e}"));
+    let stream = env
+        .guest_connect(to, CONNECT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("connect to {to}: {e}"));
     let payload = Pattern::bytes(6, 1_000_000);
     let reply = net::exchange(&stream, &payload).expect("echo over IPv6");
     assert_eq!(net::digest(&reply), net::digest(&payload), "echo via {to}");
@@ -194,10 +131,12 @@ fn outbound_addr6_binds_host_loopback_traffic_too(mode: Mode) {
         .arg("-6")
         .arg("--outbound-addr6=fd99::7")
         .start();
-    let _ = await_slaac(&env);
+    let _ = await_slaac(&env, [0xfd00, 0, 0, 0]);
     let (server, peers_seen) = host_loopback6_echo_server(&env);
     let to = v6(GATEWAY6, server.port());
-    let stream = guest_connect(&env, to).unwrap_or_else(|e| panic!("connect to {to}: {e}"));
+    let stream = env
+        .guest_connect(to, CONNECT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("connect to {to}: {e}"));
     let reply = net::exchange(&stream, b"hello").expect("echo over IPv6");
     assert_eq!(reply, b"hello");
     let peer = peers_seen
@@ -309,7 +248,9 @@ fn dns_via_fd00_3(mode: Mode) {
     assert_eq!(answer.a(), [ADDRESS], "UDP answer from the test's server");
 
     let to = v6(DNS6, 53);
-    let mut stream = guest_connect(&env, to).unwrap_or_else(|e| panic!("connect to {to}: {e}"));
+    let mut stream = env
+        .guest_connect(to, CONNECT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("connect to {to}: {e}"));
     let answers = dns::tcp_exchange(&mut stream, &[dns::query(0x700, NAME, TYPE_A, None)])
         .unwrap_or_else(|e| panic!("DNS over TCP via {to}: {e}"));
     let answer = dns::parse(&answers[0]).expect("a DNS answer");
@@ -321,32 +262,13 @@ fn dns_via_fd00_3(mode: Mode) {
     );
 }
 
-/// A TCP server in the guest on [::]:`port`: to each client it first writes
-/// `peer <address it sees>\n`, then echoes everything until EOF.
-fn guest_peer_echo_server(env: &Env, port: u16) -> Server {
-    let listener = env
-        .in_guest("guest [::] listener", move || {
-            TcpListener::bind((Ipv6Addr::UNSPECIFIED, port))
-        })
-        .wait(STEP_TIMEOUT)
-        .unwrap_or_else(|e| panic!("bind [::]:{port} in the guest: {e}"));
-    net::tcp_server(listener, |mut stream| {
-        let Ok(peer) = stream.peer_addr() else {
-            return;
-        };
-        if writeln!(stream, "peer {}", peer.ip()).is_ok() {
-            net::echo(stream);
-        }
-    })
-}
-
 fn port_forward_to_the_guest_ipv6_address(mode: Mode) {
     const HOST_PORT: u16 = 8086;
     const GUEST_PORT: u16 = 80;
     let env = Env::new(mode);
     let api = Api::new(&env);
     let _rslirp = api.launch(&env).arg("-6").start();
-    let guest_addr = await_slaac(&env);
+    let guest_addr = await_slaac(&env, [0xfd00, 0, 0, 0]);
     let _server = guest_peer_echo_server(&env, GUEST_PORT);
 
     let add = format!(

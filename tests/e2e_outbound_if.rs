@@ -12,12 +12,12 @@
 #[macro_use]
 mod common;
 
+use common::ipv6::await_slaac;
 use common::net::{self, Pattern, Server};
 use common::ns::Netns;
-use common::process::wait_for;
-use common::{Env, Mode, Rslirp, EXIT_TIMEOUT, GATEWAY, STEP_TIMEOUT, TAP};
+use common::{Env, Mode, Rslirp, EXIT_TIMEOUT, GATEWAY, STEP_TIMEOUT};
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
 use std::time::Duration;
 
 both_modes!(
@@ -31,7 +31,6 @@ const FAR6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2);
 /// Long enough for a connect that works (one round trip through rslirp), short enough
 /// for the one that must not.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-const SLAAC_TIMEOUT: Duration = Duration::from_secs(5);
 const VETH: &str = "va";
 
 /// The far namespace and its servers; dropped (and with it the veth) at the end.
@@ -139,24 +138,17 @@ fn far_side(env: &Env) -> Far {
     }
 }
 
-fn guest_connect(env: &Env, to: SocketAddr) -> io::Result<TcpStream> {
-    env.in_guest("guest connect", move || {
-        let stream = TcpStream::connect_timeout(&to, CONNECT_TIMEOUT)?;
-        net::set_timeouts(&stream);
-        Ok(stream)
-    })
-    .wait(CONNECT_TIMEOUT + STEP_TIMEOUT)
-}
-
 fn assert_echo(env: &Env, to: SocketAddr) {
-    let stream = guest_connect(env, to).unwrap_or_else(|e| panic!("connect to {to}: {e}"));
+    let stream = env
+        .guest_connect(to, CONNECT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("connect to {to}: {e}"));
     let payload = Pattern::bytes(u64::from(to.port()), 100_000);
     let reply = net::exchange(&stream, &payload).unwrap_or_else(|e| panic!("echo {to}: {e}"));
     assert_eq!(net::digest(&reply), net::digest(&payload), "echo via {to}");
 }
 
 fn assert_unreachable(env: &Env, to: SocketAddr) {
-    let result = guest_connect(env, to);
+    let result = env.guest_connect(to, CONNECT_TIMEOUT);
     assert!(
         result.is_err(),
         "{to} reachable without the option: the test's detour does not work"
@@ -265,20 +257,7 @@ fn start_ipv6(env: &Env, args: &[&str]) -> Rslirp {
         launch = launch.arg(arg);
     }
     let rslirp = launch.start();
-    wait_for(
-        "a usable SLAAC address and a default route",
-        SLAAC_TIMEOUT,
-        || {
-            let addrs = env.guest_ok(&[
-                "ip", "-6", "-o", "addr", "show", "dev", TAP, "scope", "global",
-            ]);
-            let routes = env.guest_ok(&["ip", "-6", "route", "show", "default"]);
-            (addrs.contains("inet6 fd00::")
-                && !addrs.contains("tentative")
-                && routes.contains("via fe80::2"))
-            .then_some(())
-        },
-    );
+    await_slaac(env, [0xfd00, 0, 0, 0]);
     rslirp
 }
 

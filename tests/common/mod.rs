@@ -14,6 +14,7 @@
 pub mod api;
 pub mod ctl;
 pub mod dns;
+pub mod ipv6;
 pub mod net;
 pub mod ns;
 pub mod pcap;
@@ -391,9 +392,14 @@ impl Env {
     }
 
     /// A TCP connection from the guest, with I/O timeouts set, or the connect error.
-    pub fn guest_connect(&self, addr: SocketAddrV4, timeout: Duration) -> io::Result<TcpStream> {
+    pub fn guest_connect(
+        &self,
+        addr: impl Into<SocketAddr>,
+        timeout: Duration,
+    ) -> io::Result<TcpStream> {
+        let addr = addr.into();
         self.in_guest("guest connect", move || {
-            let stream = TcpStream::connect_timeout(&SocketAddr::V4(addr), timeout)?;
+            let stream = TcpStream::connect_timeout(&addr, timeout)?;
             net::set_timeouts(&stream);
             Ok(stream)
         })

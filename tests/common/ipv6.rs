@@ -1,0 +1,88 @@
+//! IPv6 in the guest: its SLAAC address, and a server that tells each client the address
+//! it sees (the e2e tests of `-6` and `--cidr6`).
+
+use super::net::{self, Server};
+use super::process::wait_for;
+use super::{Env, STEP_TIMEOUT, TAP};
+use std::io::Write;
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6, TcpListener};
+use std::time::Duration;
+
+/// From rslirp's start: its first advertisement comes after 1 s, then the guest's duplicate
+/// address detection takes about another second.
+pub const SLAAC_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub fn v6(ip: Ipv6Addr, port: u16) -> SocketAddr {
+    SocketAddr::V6(SocketAddrV6::new(ip, port, 0, 0))
+}
+
+/// The tap's global IPv6 addresses as `ip -6 -o addr` lists them, one a line, e.g.
+/// `2: tap0    inet6 fd00::8c3b:1ff:fe2a:9d4e/64 scope global dynamic mngtmpaddr \
+/// valid_lft 86398sec preferred_lft 14398sec`.
+pub fn guest_global_addrs(env: &Env) -> String {
+    env.guest_ok(&[
+        "ip", "-6", "-o", "addr", "show", "dev", TAP, "scope", "global",
+    ])
+}
+
+/// The global /64 addresses in [`guest_global_addrs`] output, with whether they are
+/// tentative (duplicate address detection not finished).
+pub fn listed_addrs(ip_output: &str) -> Vec<(Ipv6Addr, bool)> {
+    ip_output
+        .lines()
+        .filter_map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let at = words.iter().position(|word| *word == "inet6")?;
+            let (addr, prefix_len) = words.get(at + 1)?.split_once('/')?;
+            let addr: Ipv6Addr = addr.parse().ok()?;
+            (prefix_len == "64").then_some((addr, line.contains("tentative")))
+        })
+        .collect()
+}
+
+/// Waits until the guest has a usable (not tentative) SLAAC address in `prefix` (its first
+/// four segments) and a default route via fe80::2 learnt from an advertisement; returns
+/// the address.
+pub fn await_slaac(env: &Env, prefix: [u16; 4]) -> Ipv6Addr {
+    let what = format!(
+        "a SLAAC address in {}::/64 on the tap",
+        Ipv6Addr::from([prefix[0], prefix[1], prefix[2], prefix[3], 0, 0, 0, 0],)
+    );
+    let addr = wait_for(&what, SLAAC_TIMEOUT, || {
+        listed_addrs(&guest_global_addrs(env))
+            .into_iter()
+            .find(|(addr, tentative)| !tentative && addr.segments()[..4] == prefix)
+            .map(|(addr, _)| addr)
+    });
+    let route = wait_for("a default route via fe80::2", SLAAC_TIMEOUT, || {
+        let routes = env.guest_ok(&["ip", "-6", "route", "show", "default"]);
+        routes
+            .lines()
+            .find(|line| line.starts_with(&format!("default via fe80::2 dev {TAP} ")))
+            .map(str::to_string)
+    });
+    assert!(
+        route.contains("proto ra"),
+        "learnt from an advertisement: {route}"
+    );
+    addr
+}
+
+/// A TCP server in the guest on [::]:`port`: to each client it first writes
+/// `peer <address it sees>\n`, then echoes everything until EOF.
+pub fn guest_peer_echo_server(env: &Env, port: u16) -> Server {
+    let listener = env
+        .in_guest("guest [::] listener", move || {
+            TcpListener::bind((Ipv6Addr::UNSPECIFIED, port))
+        })
+        .wait(STEP_TIMEOUT)
+        .unwrap_or_else(|e| panic!("bind [::]:{port} in the guest: {e}"));
+    net::tcp_server(listener, |mut stream| {
+        let Ok(peer) = stream.peer_addr() else {
+            return;
+        };
+        if writeln!(stream, "peer {}", peer.ip()).is_ok() {
+            net::echo(stream);
+        }
+    })
+}
