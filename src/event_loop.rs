@@ -8,7 +8,7 @@
 //! frame read or written is also recorded (see `pcap.rs`), and the capture is flushed before
 //! the loop sleeps.
 //!
-//! With a virtio-net header on the tap (`Sources::vnet_hdr`, see `netns::Tap`) every frame
+//! With a virtio-net header on the tap (`Sources::vnet_hdr`, see `tap::Tap`) every frame
 //! read starts with one and every frame written gets one, built here from the stack's
 //! per-frame `Offload`: a TCP segment of up to 64 KiB for the kernel to cut, and/or a
 //! checksum to complete. The pcap records frames without the header, as the guest's
@@ -17,9 +17,9 @@
 
 use crate::api_socket::{self, ApiServer};
 use crate::host::{token_flow, token_forward, RealHost};
-use crate::netns::{LinkKind, VNET_HDR_LEN};
 use crate::pcap::PcapWriter;
 use crate::resolv::ResolvWatch;
+use crate::tap::{LinkKind, VNET_HDR_LEN};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::errno::Errno;

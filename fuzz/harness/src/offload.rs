@@ -7,7 +7,7 @@
 use rslirp::event_loop::{
     VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6,
 };
-use rslirp::netns::VNET_HDR_LEN;
+use rslirp::tap::VNET_HDR_LEN;
 use smoltcp::wire::{
     checksum, EthernetFrame, EthernetProtocol, IpAddress, IpProtocol, Ipv4Packet, Ipv6Packet,
     TcpPacket, ETHERNET_HEADER_LEN,

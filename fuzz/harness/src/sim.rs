@@ -7,7 +7,7 @@
 
 use crate::offload::VnetHeader;
 use rslirp::event_loop::{frame_read, vnet_header, MAX_FRAME};
-use rslirp::netns::VNET_HDR_LEN;
+use rslirp::tap::VNET_HDR_LEN;
 use rslirp_stack::testing::frames::{try_parse, ParseError, Parsed, TcpSegment};
 use rslirp_stack::testing::ipv6::{try_parse6, Parsed6};
 use rslirp_stack::testing::{SimHost, SimSocket};
