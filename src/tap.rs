@@ -1,7 +1,10 @@
 //! The tap device's own code, apart from how the namespace holding it is entered
 //! (`netns/`): what a tap fd is ([`Tap`], [`LinkKind`]), the tun ioctls, setting the
-//! virtio-net header size and the offloads on a tap once open, and taking over a tap fd the
-//! caller passed down (`--netns-type=tapfd`, [`adopt_tap_fd`]).
+//! virtio-net header size and the offloads on a tap once open, taking over a tap fd the
+//! caller passed down (`--netns-type=tapfd`, [`adopt_tap_fd`]), and the virtio-net header
+//! itself ([`vnet_header`], [`frame_read`]) that starts every frame read or written when the
+//! tap has one. The event loop calls the latter on each frame; the fuzz harness
+//! (fuzz/harness) runs the stack with offloads through them too, hence `pub`.
 //!
 //! TUNSETIFF, which creates or attaches the tap, is defined here but called by the netns
 //! child (`netns/child.rs`): tun binds a file to the network namespace current at open().
@@ -19,6 +22,7 @@ use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg};
 use nix::sys::socket::SockType;
 use nix::sys::stat::fstat;
+use rslirp_stack::Offload;
 
 use crate::netns::{set_nonblocking, zeroed_ifreq, SetupError};
 
@@ -290,11 +294,73 @@ pub(crate) mod ioctl {
     nix::ioctl_write_int_bad!(tunsetoffload, libc::TUNSETOFFLOAD);
 }
 
+/// `struct virtio_net_hdr` (linux/virtio_net.h) values we use.
+pub const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
+pub const VIRTIO_NET_HDR_GSO_TCPV4: u8 = 1;
+pub const VIRTIO_NET_HDR_GSO_TCPV6: u8 = 4;
+
+/// The frame in what one read from the tap returned: past the virtio-net header when the
+/// tap has one (see `event_loop::EventLoop::read_tap` for why the header itself is not
+/// looked at); `None` if the read is shorter than the header.
+pub fn frame_read(read: &[u8], vnet_hdr: bool) -> Option<&[u8]> {
+    read.get(if vnet_hdr { VNET_HDR_LEN } else { 0 }..)
+}
+
+/// The virtio-net header for a frame the stack described. tun reads it in the guest
+/// kernel's byte order (legacy virtio: native, as we never set TUNSETVNETLE/BE).
+pub fn vnet_header(offload: Offload) -> [u8; VNET_HDR_LEN] {
+    let mut flags = 0u8;
+    let (mut csum_start, mut csum_offset) = (0u16, 0u16);
+    if let Some(partial) = offload.partial_checksum {
+        flags |= VIRTIO_NET_HDR_F_NEEDS_CSUM;
+        (csum_start, csum_offset) = (partial.start, partial.offset);
+    }
+    let (mut gso_type, mut hdr_len, mut gso_size) = (0u8, 0u16, 0u16);
+    if let Some(gso) = offload.gso {
+        gso_type = if gso.ipv6 {
+            VIRTIO_NET_HDR_GSO_TCPV6
+        } else {
+            VIRTIO_NET_HDR_GSO_TCPV4
+        };
+        (hdr_len, gso_size) = (gso.header_len, gso.segment_size);
+    }
+    let mut header = [0u8; VNET_HDR_LEN];
+    header[0] = flags;
+    header[1] = gso_type;
+    header[2..4].copy_from_slice(&hdr_len.to_ne_bytes());
+    header[4..6].copy_from_slice(&gso_size.to_ne_bytes());
+    header[6..8].copy_from_slice(&csum_start.to_ne_bytes());
+    header[8..10].copy_from_slice(&csum_offset.to_ne_bytes());
+    header
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use nix::fcntl::OFlag;
     use nix::sys::socket::{socketpair, AddressFamily, SockFlag};
+    use rslirp_stack::{Gso, PartialChecksum};
+
+    #[test]
+    fn vnet_header_layout() {
+        assert_eq!(vnet_header(Offload::default()), [0; VNET_HDR_LEN]);
+        let offload = Offload {
+            partial_checksum: Some(PartialChecksum {
+                start: 34,
+                offset: 16,
+            }),
+            gso: Some(Gso {
+                ipv6: false,
+                segment_size: 1448,
+                header_len: 66,
+            }),
+        };
+        let header = vnet_header(offload);
+        assert_eq!(header[0], VIRTIO_NET_HDR_F_NEEDS_CSUM);
+        assert_eq!(header[1], VIRTIO_NET_HDR_GSO_TCPV4);
+        let word = |at: usize| u16::from_ne_bytes([header[at], header[at + 1]]);
+        assert_eq!((word(2), word(4), word(6), word(8)), (66, 1448, 34, 16));
+    }
 
     /// `adopt_tap_fd` on an fd we just made and hand over whole.
     fn adopt(fd: OwnedFd) -> Result<Tap, SetupError> {
