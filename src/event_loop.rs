@@ -8,23 +8,23 @@
 //! frame read or written is also recorded (see `pcap.rs`), and the capture is flushed before
 //! the loop sleeps.
 //!
-//! With a virtio-net header on the tap (`Sources::vnet_hdr`, see `netns::Tap`) every frame
-//! read starts with one and every frame written gets one, built here from the stack's
-//! per-frame `Offload`: a TCP segment of up to 64 KiB for the kernel to cut, and/or a
-//! checksum to complete. The pcap records frames without the header, as the guest's
+//! With a virtio-net header on the tap (`Sources::vnet_hdr`, see `tap::Tap`) every frame
+//! read starts with one and every frame written gets one, built by `tap::vnet_header` from
+//! the stack's per-frame `Offload`: a TCP segment of up to 64 KiB for the kernel to cut,
+//! and/or a checksum to complete. The pcap records frames without the header, as the guest's
 //! `tcpdump` would see them on a device with offloads: large segments whole, checksums of
 //! such TCP frames (and of the guest's own) partial.
 
 use crate::api_socket::{self, ApiServer};
 use crate::host::{token_flow, token_forward, RealHost};
-use crate::netns::{LinkKind, VNET_HDR_LEN};
 use crate::pcap::PcapWriter;
 use crate::resolv::ResolvWatch;
+use crate::tap::{frame_read, vnet_header, LinkKind, VNET_HDR_LEN};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::errno::Errno;
 use nix::sys::signalfd::SignalFd;
-use rslirp_stack::{HostEvent, Instant, Offload, Stack, TapWrite};
+use rslirp_stack::{HostEvent, Instant, Stack, TapWrite};
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Duration;
@@ -58,76 +58,9 @@ const TRIM_AFTER_FLOWS_GONE: u64 = 256;
 
 /// Largest frame we read: the maximal MTU plus an Ethernet header (and a VLAN tag); also
 /// the largest offloaded TCP segment (a 65,535-byte IP packet) with its Ethernet header.
-/// Public, as the next two items, for the fuzz harness (fuzz/harness), which runs the
-/// stack with offloads through them.
+/// Public for the fuzz harness (fuzz/harness), which runs the stack with offloads through
+/// it and `tap`'s virtio-net header code.
 pub const MAX_FRAME: usize = 65_536 + 18;
-
-/// `struct virtio_net_hdr` (linux/virtio_net.h) values we use.
-pub const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
-pub const VIRTIO_NET_HDR_GSO_TCPV4: u8 = 1;
-pub const VIRTIO_NET_HDR_GSO_TCPV6: u8 = 4;
-
-/// The frame in what one read from the tap returned: past the virtio-net header when the
-/// tap has one (see `EventLoop::read_tap` for why the header itself is not looked at); `None`
-/// if the read is shorter than the header.
-pub fn frame_read(read: &[u8], vnet_hdr: bool) -> Option<&[u8]> {
-    read.get(if vnet_hdr { VNET_HDR_LEN } else { 0 }..)
-}
-
-/// The virtio-net header for a frame the stack described. tun reads it in the guest
-/// kernel's byte order (legacy virtio: native, as we never set TUNSETVNETLE/BE).
-pub fn vnet_header(offload: Offload) -> [u8; VNET_HDR_LEN] {
-    let mut flags = 0u8;
-    let (mut csum_start, mut csum_offset) = (0u16, 0u16);
-    if let Some(partial) = offload.partial_checksum {
-        flags |= VIRTIO_NET_HDR_F_NEEDS_CSUM;
-        (csum_start, csum_offset) = (partial.start, partial.offset);
-    }
-    let (mut gso_type, mut hdr_len, mut gso_size) = (0u8, 0u16, 0u16);
-    if let Some(gso) = offload.gso {
-        gso_type = if gso.ipv6 {
-            VIRTIO_NET_HDR_GSO_TCPV6
-        } else {
-            VIRTIO_NET_HDR_GSO_TCPV4
-        };
-        (hdr_len, gso_size) = (gso.header_len, gso.segment_size);
-    }
-    let mut header = [0u8; VNET_HDR_LEN];
-    header[0] = flags;
-    header[1] = gso_type;
-    header[2..4].copy_from_slice(&hdr_len.to_ne_bytes());
-    header[4..6].copy_from_slice(&gso_size.to_ne_bytes());
-    header[6..8].copy_from_slice(&csum_start.to_ne_bytes());
-    header[8..10].copy_from_slice(&csum_offset.to_ne_bytes());
-    header
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rslirp_stack::{Gso, PartialChecksum};
-
-    #[test]
-    fn vnet_header_layout() {
-        assert_eq!(vnet_header(Offload::default()), [0; VNET_HDR_LEN]);
-        let offload = Offload {
-            partial_checksum: Some(PartialChecksum {
-                start: 34,
-                offset: 16,
-            }),
-            gso: Some(Gso {
-                ipv6: false,
-                segment_size: 1448,
-                header_len: 66,
-            }),
-        };
-        let header = vnet_header(offload);
-        assert_eq!(header[0], VIRTIO_NET_HDR_F_NEEDS_CSUM);
-        assert_eq!(header[1], VIRTIO_NET_HDR_GSO_TCPV4);
-        let word = |at: usize| u16::from_ne_bytes([header[at], header[at + 1]]);
-        assert_eq!((word(2), word(4), word(6), word(8)), (66, 1448, 34, 16));
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoopError {

@@ -13,6 +13,7 @@ pub mod netns;
 pub mod pcap;
 pub mod resolv;
 pub mod sandbox;
+pub mod tap;
 
 use std::os::fd::AsFd;
 

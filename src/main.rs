@@ -12,9 +12,10 @@ use rslirp::bess::{self, Accepted};
 use rslirp::cli::{self, Command, NetnsType, Options, TargetType};
 use rslirp::event_loop::{Clock, EventLoop, Exit, Sources, TargetWatch};
 use rslirp::host::{Outbound, RealHost};
-use rslirp::netns::{self, LinkKind, NetnsTarget, Tap, TapConfig, TapRequest};
+use rslirp::netns::{self, NetnsTarget, TapConfig, TapRequest};
 use rslirp::pcap::PcapWriter;
 use rslirp::resolv::{self, ResolvWatch};
+use rslirp::tap::{self, LinkKind, Tap};
 use rslirp_stack::api::ForwardRequest;
 use rslirp_stack::forward::AddForwardError;
 use rslirp_stack::{HostError, Stack};
@@ -274,7 +275,7 @@ fn tcp_buffer_budget() -> Result<Option<usize>, String> {
     }
 }
 
-fn open_tap(options: &Options) -> Result<netns::Tap, String> {
+fn open_tap(options: &Options) -> Result<Tap, String> {
     let offload = std::env::var_os(OFFLOAD_ENV).is_none_or(|value| value != "0");
     let target = match options.netns_type {
         NetnsType::Pid => NetnsTarget::Pid(options.pid.ok_or("PID must be a positive integer")?),
@@ -292,7 +293,7 @@ fn open_tap(options: &Options) -> Result<netns::Tap, String> {
             // SAFETY: the caller passed this number as an fd for us alone; nothing else in
             // this process owns it (the CLI refused it if it is also the ready or exit fd,
             // which we own too).
-            return unsafe { netns::adopt_tap_fd(fd, offload) }.map_err(|e| e.to_string());
+            return unsafe { tap::adopt_tap_fd(fd, offload) }.map_err(|e| e.to_string());
         }
     };
     let network = options.network;

@@ -11,7 +11,7 @@
 use crate::offload::{self, VnetHeader};
 use crate::sim::{SentTcp, Sim};
 use crate::{clock_step, Encoder, Input, HOST_ERRORS};
-use rslirp::netns::VNET_HDR_LEN;
+use rslirp::tap::VNET_HDR_LEN;
 use rslirp_stack::config::{IPV6_DNS, IPV6_GATEWAY};
 use rslirp_stack::testing::fragments::{ipv4_piece, ipv6_piece, payload_len};
 use rslirp_stack::testing::frames::{Guest, TcpSegment};

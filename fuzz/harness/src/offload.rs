@@ -1,13 +1,12 @@
 //! Tap offloads as the guest's kernel sees them: the virtio-net header of each frame
-//! (`struct virtio_net_hdr`, built by the event loop's own `vnet_header`), checked as tun's
+//! (`struct virtio_net_hdr`, built by rslirp's own `tap::vnet_header`), checked as tun's
 //! `virtio_net_hdr_to_skb` and TCP segmentation need it, the partial checksum completed
 //! and a large TCP segment cut as `tcp_gso_segment` cuts it; and the other way, the
 //! headers and partial checksums a guest kernel with offloads writes.
 
-use rslirp::event_loop::{
-    VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6,
+use rslirp::tap::{
+    VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6, VNET_HDR_LEN,
 };
-use rslirp::netns::VNET_HDR_LEN;
 use smoltcp::wire::{
     checksum, EthernetFrame, EthernetProtocol, IpAddress, IpProtocol, Ipv4Packet, Ipv6Packet,
     TcpPacket, ETHERNET_HEADER_LEN,

@@ -6,14 +6,14 @@
 //! and here the tap can also be full (`stalled`), which Scenario never simulates.
 
 use crate::offload::VnetHeader;
-use rslirp::event_loop::{frame_read, vnet_header, MAX_FRAME};
-use rslirp::netns::VNET_HDR_LEN;
+use rslirp::event_loop::MAX_FRAME;
+use rslirp::tap::{frame_read, vnet_header, VNET_HDR_LEN};
 use rslirp_stack::testing::frames::{try_parse, ParseError, Parsed, TcpSegment};
 use rslirp_stack::testing::ipv6::{try_parse6, Parsed6};
 use rslirp_stack::testing::{SimHost, SimSocket};
 use rslirp_stack::{
-    CloseMode, Config, Datagram, Duration, FlowId, HostError, HostEvent, HostIo, HostResult, Instant,
-    Offload, SourceAddr, Stack,
+    CloseMode, Config, Datagram, Duration, FlowId, HostError, HostEvent, HostIo, HostResult,
+    Instant, Offload, SourceAddr, Stack,
 };
 use smoltcp::wire::{EthernetFrame, EthernetProtocol, Ipv4Packet, ETHERNET_HEADER_LEN};
 use std::collections::HashMap;
