@@ -125,7 +125,10 @@ pub fn seeds() -> crate::Seeds {
                 "1",
             ]),
         ),
-        ("cidr6-refused", line(&["-6", "--cidr6", "fd42::100/48", "--ci=x", "1"])),
+        (
+            "cidr6-refused",
+            line(&["-6", "--cidr6", "fd42::100/48", "--ci=x", "1"]),
+        ),
         // rslirp's own options.
         (
             "publish",
