@@ -17,13 +17,14 @@ use crate::nat::icmp::{send_echo_reply, IcmpFlow};
 use crate::nat::icmp_error::{echo_transport, is_port_unreachable, send_icmp_error, udp_transport};
 use crate::nat::idle::IdleOrder;
 use crate::nat::rate::TokenBucket;
+use crate::nat::target::Rules;
 use crate::nat::tcp::{Lifetime, TcpFlow, TcpParams, Verdict};
 use crate::nat::udp::{ReadOutcome, UdpFlow};
 use crate::nat::{refuse, FlowKey, FlowTable, Proto, Quote, Refusal};
 use crate::service::dhcp::DhcpServer;
 use crate::service::dns::DnsRetry;
 use crate::stats::{LimitReports, Stats};
-use core::net::{IpAddr, Ipv4Addr, SocketAddr};
+use core::net::{IpAddr, SocketAddr};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::socket::tcp::State as TcpState;
 use smoltcp::time::{Duration, Instant};
@@ -268,6 +269,12 @@ impl Stack {
     /// Where new DNS queries go.
     fn dns_upstream(&self) -> Option<IpAddr> {
         self.dns_upstreams.get(self.dns_preferred).copied()
+    }
+
+    /// The NAT's address rules (where a flow goes) for the configuration and the DNS
+    /// forwarder's current upstream.
+    fn rules(&self) -> Rules {
+        Rules::new(&self.config, self.dns_upstream())
     }
 
     /// Counters and gauges (a snapshot).
@@ -629,44 +636,6 @@ impl Stack {
         true
     }
 
-    /// Where a guest connection to `dst:port` goes on the host, or how it is refused.
-    fn host_target(&self, dst: IpAddr, port: u16) -> Result<SocketAddr, Refusal> {
-        match dst {
-            IpAddr::V4(dst) => self.host_target_v4(dst, port),
-            IpAddr::V6(dst) => self.host_target_v6(dst, port),
-        }
-    }
-
-    fn host_target_v4(&self, dst: Ipv4Address, port: u16) -> Result<SocketAddr, Refusal> {
-        let network = self.config.network;
-        let target = |addr: Ipv4Address| Ok(SocketAddr::new(IpAddr::V4(addr), port));
-        if dst == network.gateway() {
-            if self.config.disable_host_loopback {
-                return Err(Refusal::NetUnreachable);
-            }
-            return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
-        }
-        if dst == network.dns() {
-            if self.config.disable_dns {
-                return target(dst);
-            }
-            // The DNS service is a forwarder: TCP and UDP port 53 are NATed to the host's
-            // resolver (which may well be on host loopback, e.g. 127.0.0.53), so big
-            // answers, TCP fallback and several queries per connection just work.
-            return match self.dns_upstream() {
-                Some(upstream) if port == 53 => Ok(SocketAddr::new(upstream, 53)),
-                _ => Err(Refusal::Reset),
-            };
-        }
-        if network.contains(dst) {
-            return Err(Refusal::HostUnreachable);
-        }
-        if dst.is_unspecified() || dst.is_broadcast() || dst.is_multicast() || dst.is_loopback() {
-            return Err(Refusal::Silent);
-        }
-        target(dst)
-    }
-
     fn handle_tcp(&mut self, now: Instant, inbound: &Inbound<'_>, host: &mut impl HostIo) {
         let Ok(segment_packet) = TcpPacket::new_checked(inbound.payload) else {
             self.stats.rx_errors += 1;
@@ -742,7 +711,7 @@ impl Stack {
     ) {
         let network = self.config.network;
         let quote = inbound.quote.clone();
-        let target = match self.host_target(inbound.dst, syn.dst_port) {
+        let target = match self.rules().host_target(inbound.dst, syn.dst_port) {
             Ok(target) => target,
             Err(refusal) => {
                 refuse(
@@ -803,7 +772,7 @@ impl Stack {
             key.guest,
             key.remote
         );
-        let source = self.source_for(inbound.dst, target);
+        let source = self.rules().source_for(inbound.dst, target);
         match host.tcp_connect(id, target, source) {
             Ok(()) => self.flows.schedule(id, Some(params.connect_deadline)),
             Err(err) => self.fail_tcp(id, err, host),
@@ -1240,6 +1209,7 @@ impl Stack {
         match report.offender {
             Some(ip) if peer.is_some_and(|peer| peer.ip() == ip) => key.remote.ip(),
             Some(ip) => self
+                .rules()
                 .guest_visible(SocketAddr::new(ip, 0), key.guest.ip())
                 .ip(),
             None if is_port_unreachable(report) => key.remote.ip(),
@@ -1276,7 +1246,7 @@ impl Stack {
         let id = match self.flows.lookup(&key) {
             Some(id) => id,
             None => {
-                let target = match self.host_target(inbound.dst, repr.dst_port) {
+                let target = match self.rules().host_target(inbound.dst, repr.dst_port) {
                     Ok(target) => target,
                     Err(refusal) => {
                         refuse(
@@ -1297,11 +1267,11 @@ impl Stack {
                 };
                 let mut flow = UdpFlow::new(now, idle, quote.clone());
                 flow.counters.host = Some(target);
-                flow.dns = repr.dst_port == 53 && self.is_dns_service(inbound.dst);
+                flow.dns = repr.dst_port == 53 && self.rules().is_dns_service(inbound.dst);
                 if flow.dns && self.dns_upstreams.len() > 1 {
                     flow.dns_retry = Some(Box::new(DnsRetry::new(self.dns_preferred)));
                 }
-                let source = self.source_for(inbound.dst, target);
+                let source = self.rules().source_for(inbound.dst, target);
                 let flow = Flow::Udp(flow);
                 let Some(id) = self.open_datagram_flow(key, flow, host, |host, id| {
                     host.udp_open(id, target, source)
@@ -1524,19 +1494,6 @@ impl Stack {
         }
     }
 
-    /// The source address of a host socket the guest's packets to `dst` leave by towards
-    /// `target`: the outbound address (`--outbound-addr`, loopback targets included, as in
-    /// slirp4netns), except for the DNS forwarder's queries to a resolver on host loopback,
-    /// which a local stub resolver answers only from a loopback source.
-    fn source_for(&self, dst: IpAddr, target: SocketAddr) -> SourceAddr {
-        if self.is_dns_service(dst) && target.ip().is_loopback() {
-            SourceAddr::Kernel
-        } else {
-            SourceAddr::Outbound
-        }
-    }
-
-    /// Is `dst` the virtual DNS server (the forwarder at network+3 or prefix::3)?
     /// The hop limit a guest's UDP datagram or echo request to `dst` leaves through its host
     /// socket with: one less, as a router forwards it — as the reference does (libslirp
     /// decrements the TTL of the guest's UDP), so that traceroute from a container shows the
@@ -1550,7 +1507,7 @@ impl Stack {
             IpAddr::V6(_) => IpAddr::V6(self.config.network.gateway6()),
         };
         let hop_limit = quote.hop_limit();
-        if dst == gateway || self.is_dns_service(dst) {
+        if dst == gateway || self.rules().is_dns_service(dst) {
             return Some(hop_limit);
         }
         if hop_limit > 1 {
@@ -1576,14 +1533,6 @@ impl Stack {
         );
         self.stats.rx_dropped += 1;
         None
-    }
-
-    fn is_dns_service(&self, dst: IpAddr) -> bool {
-        !self.config.disable_dns
-            && match dst {
-                IpAddr::V4(dst) => dst == self.config.network.dns(),
-                IpAddr::V6(dst) => self.config.enable_ipv6 && dst == self.config.network.dns6(),
-            }
     }
 
     fn handle_icmp(&mut self, now: Instant, ip: &Ipv4Repr, payload: &[u8], host: &mut impl HostIo) {
@@ -1635,7 +1584,7 @@ impl Stack {
         quote: Quote,
         host: &mut impl HostIo,
     ) {
-        if self.host_target(dst, 0).is_err() {
+        if self.rules().host_target(dst, 0).is_err() {
             self.stats.rx_dropped += 1;
             return;
         }
@@ -1822,26 +1771,6 @@ impl Stack {
         }
     }
 
-    /// How the guest sees a host client: loopback clients (and any the guest could not
-    /// route back to, such as addresses inside the virtual network) appear as the gateway,
-    /// IPv4-mapped IPv6 clients as their IPv4 address.
-    fn guest_visible(&self, peer: SocketAddr, guest: IpAddr) -> SocketAddr {
-        if guest.is_ipv6() {
-            return self.guest_visible_v6(peer);
-        }
-        let network = self.config.network;
-        let ip = match peer.ip() {
-            IpAddr::V4(v4) => v4,
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().unwrap_or(Ipv4Addr::LOCALHOST),
-        };
-        let ip = if ip.is_loopback() || ip.is_unspecified() || network.contains(ip) {
-            network.gateway()
-        } else {
-            ip
-        };
-        SocketAddr::new(IpAddr::V4(ip), peer.port())
-    }
-
     /// Accept every pending connection of a TCP forward (edge-triggered: until WouldBlock)
     /// and connect each to the guest.
     fn accept_forwarded(
@@ -1871,7 +1800,7 @@ impl Stack {
                     return;
                 }
             };
-            let local = self.guest_visible(peer, guest.ip());
+            let local = self.rules().guest_visible(peer, guest.ip());
             let key = FlowKey {
                 proto: Proto::Tcp,
                 guest,
@@ -1958,7 +1887,7 @@ impl Stack {
                     return;
                 }
             };
-            let local = self.guest_visible(peer, guest.ip());
+            let local = self.rules().guest_visible(peer, guest.ip());
             let key = FlowKey {
                 proto: Proto::Udp,
                 guest,

@@ -7,6 +7,7 @@ pub mod icmp_error;
 pub mod idle;
 pub mod rate;
 pub mod table;
+pub mod target;
 pub mod tcp;
 pub mod udp;
 
