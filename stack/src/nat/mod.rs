@@ -2,6 +2,7 @@
 //! UDP and ICMP echo by rewriting datagrams. Shared here: the context every handler gets,
 //! and the frames we send when we refuse something (RST, ICMP destination unreachable).
 
+mod device;
 pub mod icmp;
 pub mod icmp_error;
 pub mod idle;
