@@ -249,7 +249,13 @@ mod tests {
     #[test]
     fn host_target_by_address_class() {
         use Refusal::*;
-        type Row = (&'static str, Rules, &'static str, u16, Result<SocketAddr, Refusal>);
+        type Row = (
+            &'static str,
+            Rules,
+            &'static str,
+            u16,
+            Result<SocketAddr, Refusal>,
+        );
         let ok = |s: &str| Ok(sock(s));
         #[rustfmt::skip]
         let rows: &[Row] = &[
