@@ -20,7 +20,7 @@ use crate::nat::rate::TokenBucket;
 use crate::nat::target::Rules;
 use crate::nat::tcp::{Lifetime, TcpFlow, TcpParams, Verdict};
 use crate::nat::udp::{ReadOutcome, UdpFlow};
-use crate::nat::{refuse, FlowKey, FlowTable, Proto, Quote, Refusal};
+use crate::nat::{refuse, Ctx, FlowKey, FlowTable, Proto, Quote, Refusal};
 use crate::service::dhcp::DhcpServer;
 use crate::service::dns::DnsRetry;
 use crate::stats::{LimitReports, Stats};
@@ -751,8 +751,7 @@ impl Stack {
         let spare = self.spare_flow(&params);
         let Some(flow) = TcpFlow::open(
             now,
-            inbound.src.into(),
-            (inbound.dst.into(), syn.dst_port),
+            &key,
             inbound.packet,
             quote,
             params,
@@ -1054,12 +1053,17 @@ impl Stack {
 
     /// Drain a UDP or ICMP flow's host socket towards the guest.
     fn read_datagrams(&mut self, now: Instant, id: FlowId, key: &FlowKey, host: &mut impl HostIo) {
-        let (guest_ip, remote_ip) = (key.guest.ip(), key.remote.ip());
-        let (tx, stats, scratch) = (&mut self.tx, &mut self.stats, &mut self.scratch);
+        let mut ctx = Ctx {
+            now,
+            tx: &mut self.tx,
+            host,
+            stats: &mut self.stats,
+            scratch: &mut self.scratch,
+        };
         let upstreams = self.dns_upstreams.len();
         match self.flows.get_mut(id) {
             Some(Flow::Udp(udp)) => {
-                let outcome = udp.read_host(now, id, key, host, tx, stats, scratch, upstreams);
+                let outcome = udp.read_host(id, key, &mut ctx, upstreams);
                 if let Some(retry) = udp.dns_retry.as_deref_mut() {
                     if core::mem::take(&mut retry.answered) && retry.upstream != self.dns_preferred
                     {
@@ -1098,8 +1102,7 @@ impl Stack {
                 }
             }
             Some(Flow::Icmp(icmp)) => {
-                let guest = (guest_ip, key.guest.port());
-                match icmp.read_host(now, id, guest, remote_ip, host, tx, stats, scratch) {
+                match icmp.read_host(id, key, &mut ctx) {
                     ReadOutcome::Starved => self.starved.push(id),
                     ReadOutcome::Failed(_) if self.relay_icmp_errors(now, id, host) > 0 => {
                         self.read_datagrams(now, id, key, host);
@@ -1565,21 +1568,19 @@ impl Stack {
             );
             return;
         }
-        let (src, dst) = (IpAddr::V4(ip.src_addr), IpAddr::V4(ip.dst_addr));
+        let guest = SocketAddr::new(IpAddr::V4(ip.src_addr), ident);
         let quote = Quote::new(ip, payload);
-        self.forward_echo(now, src, dst, ident, payload, quote, host);
+        self.forward_echo(now, guest, IpAddr::V4(ip.dst_addr), payload, quote, host);
     }
 
     /// Carry a guest's echo request (`message`: the whole ICMP/ICMPv6 message, `quote`: its
     /// start, for errors about it) through a host ping socket, one flow per guest
-    /// identifier and destination.
-    #[allow(clippy::too_many_arguments)]
+    /// identifier and destination. `guest`: the guest's address and echo identifier.
     fn forward_echo(
         &mut self,
         now: Instant,
-        src: IpAddr,
+        guest: SocketAddr,
         dst: IpAddr,
-        ident: u16,
         message: &[u8],
         quote: Quote,
         host: &mut impl HostIo,
@@ -1593,7 +1594,7 @@ impl Stack {
         };
         let key = FlowKey {
             proto: Proto::Icmp,
-            guest: SocketAddr::new(src, ident),
+            guest,
             remote: SocketAddr::new(dst, 0),
         };
         let id = match self.flows.lookup(&key) {

@@ -5,7 +5,7 @@
 use crate::io::{Datagram, FlowId, HostError, HostIo};
 use crate::link::TxQueue;
 use crate::nat::udp::ReadOutcome;
-use crate::nat::{send_icmpv4, send_icmpv6, FlowCounters, Quote};
+use crate::nat::{send_icmpv4, send_icmpv6, Ctx, FlowCounters, FlowKey, Quote};
 use crate::stats::Stats;
 use core::net::IpAddr;
 use smoltcp::time::{Duration, Instant};
@@ -39,18 +39,21 @@ impl IcmpFlow {
     /// Pass echo replies from the host to the guest, until the socket is drained, the
     /// transmit queue is full (resume later) or the socket reports an error (with
     /// IP_RECVERR, the ICMP error it queued is then relayed by the caller).
-    #[allow(clippy::too_many_arguments)]
     pub fn read_host(
         &mut self,
-        now: Instant,
         id: FlowId,
-        guest: (IpAddr, u16),
-        remote: IpAddr,
-        host: &mut impl HostIo,
-        tx: &mut TxQueue,
-        stats: &mut Stats,
-        scratch: &mut [u8],
+        key: &FlowKey,
+        ctx: &mut Ctx<'_, impl HostIo>,
     ) -> ReadOutcome {
+        let Ctx {
+            now,
+            ref mut tx,
+            ref mut host,
+            ref mut stats,
+            ref mut scratch,
+        } = *ctx;
+        let guest = (key.guest.ip(), key.guest.port());
+        let remote = key.remote.ip();
         self.host_readable = true;
         loop {
             if !tx.has_room() {

@@ -20,7 +20,7 @@
 use crate::io::{CloseMode, FlowId, HostError, HostEvent, HostIo};
 use crate::link::TxQueue;
 use crate::nat::device::{syn_mss, FlowDevice};
-use crate::nat::{FlowCounters, Quote};
+use crate::nat::{FlowCounters, FlowKey, Quote};
 use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp::{Socket, SocketBuffer, State};
 use smoltcp::time::{Duration, Instant};
@@ -156,14 +156,12 @@ pub struct TcpFlow {
 }
 
 impl TcpFlow {
-    /// A flow for a guest SYN `syn_packet` (the whole IP packet) from `guest` to `remote`:
-    /// the socket listens as `remote` with the SYN-ACK paused, and has seen the SYN.
+    /// A flow for a guest SYN `syn_packet` (the whole IP packet) on `key`: the socket
+    /// listens as the remote the guest dialled with the SYN-ACK paused, and has seen the SYN.
     /// Returns `None` when smoltcp does not take the SYN (it then answered it itself).
-    #[allow(clippy::too_many_arguments)]
     pub fn open(
         now: Instant,
-        guest: IpAddress,
-        remote: (IpAddress, u16),
+        key: &FlowKey,
         syn_packet: &[u8],
         syn_quote: Quote,
         params: TcpParams,
@@ -173,6 +171,8 @@ impl TcpFlow {
         let phase = Phase::Connecting {
             deadline: params.connect_deadline,
         };
+        let guest = IpAddress::from(key.guest.ip());
+        let remote = (IpAddress::from(key.remote.ip()), key.remote.port());
         let mut flow = TcpFlow::new(now, remote.0, guest, params, phase, tx, spare);
         flow.syn_quote = Some(syn_quote);
         flow.learn_guest_mss(syn_packet);

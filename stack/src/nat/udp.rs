@@ -3,7 +3,7 @@
 
 use crate::io::{Datagram, FlowId, HostError, HostIo};
 use crate::link::TxQueue;
-use crate::nat::{checksum_caps, send_ip, FlowCounters, FlowKey, Quote};
+use crate::nat::{checksum_caps, send_ip, Ctx, FlowCounters, FlowKey, Quote};
 use crate::service::dns::DnsRetry;
 use crate::stats::Stats;
 use core::net::SocketAddr;
@@ -68,18 +68,20 @@ impl UdpFlow {
 
     /// Read datagrams from the host and pass them to the guest as coming from the address
     /// it sent to.
-    #[allow(clippy::too_many_arguments)]
     pub fn read_host(
         &mut self,
-        now: Instant,
         id: FlowId,
         key: &FlowKey,
-        host: &mut impl HostIo,
-        tx: &mut TxQueue,
-        stats: &mut Stats,
-        scratch: &mut [u8],
+        ctx: &mut Ctx<'_, impl HostIo>,
         dns_upstreams: usize,
     ) -> ReadOutcome {
+        let Ctx {
+            now,
+            ref mut tx,
+            ref mut host,
+            ref mut stats,
+            ref mut scratch,
+        } = *ctx;
         self.host_readable = true;
         loop {
             if !tx.has_room() {

@@ -16,7 +16,7 @@ use crate::ip::{
 use crate::nat::icmp::send_echo_reply;
 use crate::nat::target::is_link_local;
 use crate::nat::{checksum_caps, Quote};
-use core::net::IpAddr;
+use core::net::{IpAddr, SocketAddr};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
@@ -186,7 +186,8 @@ impl Stack {
                     send_echo_reply(&mut self.tx, &mut self.stats, dst, src, ident, seq_no, data);
                 } else if self.config.network.contains6(ip.src_addr) {
                     let quote = Quote::new_v6(ip, payload);
-                    self.forward_echo(now, src, dst, ident, payload, quote, host);
+                    let guest = SocketAddr::new(src, ident);
+                    self.forward_echo(now, guest, dst, payload, quote, host);
                 } else {
                     self.stats.rx_dropped += 1;
                 }
