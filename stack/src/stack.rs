@@ -13,13 +13,14 @@ use crate::io::{CloseMode, FlowId, HostError, HostEvent, HostIo, IcmpReport, Sou
 use crate::ip::{FragKey, Fragment, Reassembled, Reassembler};
 use crate::link::arp::{self, ArpOutcome};
 use crate::link::{Offload, TxQueue};
+use crate::nat::datagram::{DatagramFlow, ReadOutcome};
 use crate::nat::icmp::{send_echo_reply, IcmpFlow};
 use crate::nat::icmp_error::{echo_transport, is_port_unreachable, send_icmp_error, udp_transport};
 use crate::nat::idle::IdleOrder;
 use crate::nat::rate::TokenBucket;
 use crate::nat::target::Rules;
 use crate::nat::tcp::{Lifetime, TcpFlow, TcpParams, Verdict};
-use crate::nat::udp::{ReadOutcome, UdpFlow};
+use crate::nat::udp::UdpFlow;
 use crate::nat::{refuse, Ctx, FlowKey, FlowTable, Proto, Quote, Refusal};
 use crate::service::dhcp::DhcpServer;
 use crate::service::dns::DnsRetry;
@@ -77,6 +78,17 @@ enum Flow {
     Tcp(Box<TcpFlow>),
     Udp(UdpFlow),
     Icmp(IcmpFlow),
+}
+
+impl Flow {
+    /// What a UDP or ICMP echo flow shares with the other kind.
+    fn datagram(&self) -> Option<&DatagramFlow> {
+        match self {
+            Flow::Udp(udp) => Some(&udp.core),
+            Flow::Icmp(icmp) => Some(&icmp.core),
+            Flow::Tcp(_) => None,
+        }
+    }
 }
 
 /// Is `flow` one that a full `which` evicts from?
@@ -1015,11 +1027,11 @@ impl Stack {
                     self.retry_dns(now, id, host);
                 }
                 match self.flows.get(id) {
-                    Some(Flow::Udp(udp)) => (udp.expires_at(), udp.next_due()),
+                    Some(Flow::Udp(udp)) => (udp.core.expires_at(), udp.next_due()),
                     _ => return,
                 }
             }
-            Some(Flow::Icmp(icmp)) => (icmp.expires_at(), icmp.expires_at()),
+            Some(Flow::Icmp(icmp)) => (icmp.core.expires_at(), icmp.core.expires_at()),
         };
         let (expires_at, next_due) = expires_at;
         if now >= expires_at {
@@ -1039,14 +1051,9 @@ impl Stack {
                 let verdict = tcp.handle_timer(now, id, &mut self.tx, host);
                 self.apply_tcp_verdict(now, id, verdict, host);
             }
-            Some(Flow::Udp(UdpFlow {
-                host_readable: true,
-                ..
-            }))
-            | Some(Flow::Icmp(IcmpFlow {
-                host_readable: true,
-                ..
-            })) => self.read_datagrams(now, id, &key, host),
+            Some(flow) if flow.datagram().is_some_and(|core| core.host_readable) => {
+                self.read_datagrams(now, id, &key, host)
+            }
             _ => {}
         }
     }
@@ -1128,7 +1135,7 @@ impl Stack {
                 &mut self.stats,
                 network,
                 refusal,
-                &udp.quote,
+                &udp.core.quote,
                 None,
             );
         }
@@ -1164,12 +1171,12 @@ impl Stack {
                         retry_dns = true;
                         continue;
                     }
-                    let transport = udp_transport(&udp.quote, quoted);
-                    (udp.quote.clone(), transport, udp.counters.host)
+                    let transport = udp_transport(&udp.core.quote, quoted);
+                    (udp.core.quote.clone(), transport, udp.core.counters.host)
                 }
                 Some(Flow::Icmp(icmp)) => {
-                    let transport = echo_transport(&icmp.quote, quoted, key.guest.port());
-                    (icmp.quote.clone(), transport, icmp.counters.host)
+                    let transport = echo_transport(&icmp.core.quote, quoted, key.guest.port());
+                    (icmp.core.quote.clone(), transport, icmp.core.counters.host)
                 }
                 _ => break,
             };
@@ -1269,7 +1276,7 @@ impl Stack {
                     self.config.timeouts.udp_idle
                 };
                 let mut flow = UdpFlow::new(now, idle, quote.clone());
-                flow.counters.host = Some(target);
+                flow.core.counters.host = Some(target);
                 flow.dns = repr.dst_port == 53 && self.rules().is_dns_service(inbound.dst);
                 if flow.dns && self.dns_upstreams.len() > 1 {
                     flow.dns_retry = Some(Box::new(DnsRetry::new(self.dns_preferred)));
@@ -1287,9 +1294,7 @@ impl Stack {
         let Some(Flow::Udp(udp)) = self.flows.get_mut(id) else {
             return;
         };
-        udp.last_active = now;
-        udp.quote = quote;
-        udp.counters.from_guest += data.len() as u64;
+        udp.core.guest_sent(now, data.len(), quote);
         if let Some((forward, peer)) = udp.forward {
             if let Err(err) = host.udp_send_to(forward, peer, data) {
                 log::debug!("{id:?}: reply through forward {forward} failed: {err}");
@@ -1362,7 +1367,7 @@ impl Stack {
         };
         log::debug!(
             "{id:?}: DNS upstream {:?} did not answer in time or refused; asking {upstream}",
-            udp.counters.host
+            udp.core.counters.host
         );
         if let Err(err) = host.udp_reconnect(id, target, source) {
             log::debug!("{id:?}: cannot reach DNS upstream {upstream}: {err}");
@@ -1371,8 +1376,8 @@ impl Stack {
             return;
         }
         retry.upstream = next;
-        udp.counters.host = Some(target);
-        let hop_limit = udp.quote.hop_limit();
+        udp.core.counters.host = Some(target);
+        let hop_limit = udp.core.quote.hop_limit();
         for pending in retry.pending.iter_mut() {
             pending.tries += 1;
             pending.deadline = now + timeout;
@@ -1406,11 +1411,7 @@ impl Stack {
             self.evict_oldest(Eviction::Table(key.proto), host);
         }
         let now = self.now;
-        let expires_at = match &flow {
-            Flow::Udp(udp) => udp.expires_at(),
-            Flow::Icmp(icmp) => icmp.expires_at(),
-            Flow::Tcp(_) => now,
-        };
+        let expires_at = flow.datagram().map_or(now, DatagramFlow::expires_at);
         let id = self.flows.insert(key, flow);
         match key.proto {
             Proto::Udp => {
@@ -1480,11 +1481,7 @@ impl Stack {
             if !serves(flow, which) {
                 return None;
             }
-            match flow {
-                Flow::Udp(udp) => Some(udp.last_active),
-                Flow::Icmp(icmp) => Some(icmp.last_active),
-                Flow::Tcp(_) => None,
-            }
+            Some(flow.datagram()?.last_active)
         });
         if let Some(id) = oldest {
             log::debug!("{id:?}: evicted ({which:?} limit)");
@@ -1602,7 +1599,7 @@ impl Stack {
             None => {
                 let idle = self.config.timeouts.icmp_idle;
                 let mut flow = IcmpFlow::new(now, idle, quote.clone());
-                flow.counters.host = Some(SocketAddr::new(dst, 0));
+                flow.core.counters.host = Some(SocketAddr::new(dst, 0));
                 let flow = Flow::Icmp(flow);
                 let Some(id) =
                     self.open_datagram_flow(key, flow, host, |host, id| host.ping_open(id, dst))
@@ -1613,9 +1610,7 @@ impl Stack {
             }
         };
         if let Some(Flow::Icmp(icmp)) = self.flows.get_mut(id) {
-            icmp.last_active = now;
-            icmp.counters.from_guest += message.len() as u64;
-            icmp.quote = quote;
+            icmp.core.guest_sent(now, message.len(), quote);
         }
         if let Err(err) = host.ping_send(id, message, hop_limit) {
             // An error the network reported about an earlier request (it failed this
@@ -1672,8 +1667,8 @@ impl Stack {
                         ("tcp", "Connecting".to_string(), tcp.counters)
                     }
                     Flow::Tcp(tcp) => ("tcp", format!("{:?}", tcp.state()), tcp.counters),
-                    Flow::Udp(udp) => ("udp", "Open".to_string(), udp.counters),
-                    Flow::Icmp(icmp) => ("icmp", "Open".to_string(), icmp.counters),
+                    Flow::Udp(udp) => ("udp", "Open".to_string(), udp.core.counters),
+                    Flow::Icmp(icmp) => ("icmp", "Open".to_string(), icmp.core.counters),
                 };
                 Some(api::FlowEntry {
                     id: id.to_u64(),
@@ -1920,7 +1915,7 @@ impl Stack {
                 };
                 let mut flow = UdpFlow::new(now, self.config.timeouts.udp_idle, quote);
                 flow.forward = Some((forward, peer));
-                flow.counters.host = Some(peer);
+                flow.core.counters.host = Some(peer);
                 // Such a flow has no host socket of its own: nothing to open.
                 if self
                     .open_datagram_flow(key, Flow::Udp(flow), host, |_, _| Ok(()))
@@ -1931,12 +1926,12 @@ impl Stack {
             }
             if let Some(id) = self.flows.lookup(&key) {
                 if let Some(Flow::Udp(udp)) = self.flows.get_mut(id) {
-                    udp.last_active = now;
+                    udp.core.last_active = now;
                     // Replies go to whoever sent last through whichever forward is current
                     // (a forward removed and added again gets a new id).
                     udp.forward = Some((forward, peer));
-                    udp.counters.host = Some(peer);
-                    udp.counters.to_guest += len as u64;
+                    udp.core.counters.host = Some(peer);
+                    udp.core.counters.to_guest += len as u64;
                 }
             }
             self.ask_guest_mac(guest.ip());

@@ -3,6 +3,7 @@
 //! reader gets, and the frames we send when we refuse something (RST, ICMP destination
 //! unreachable).
 
+pub mod datagram;
 mod device;
 pub mod icmp;
 pub mod icmp_error;
