@@ -192,39 +192,31 @@ mod tests {
         }
     }
 
+    /// `base()` with one option changed.
+    fn with(change: impl FnOnce(&mut Rules)) -> Rules {
+        let mut rules = base();
+        change(&mut rules);
+        rules
+    }
+
     fn no_loopback() -> Rules {
-        Rules {
-            disable_host_loopback: true,
-            ..base()
-        }
+        with(|r| r.disable_host_loopback = true)
     }
 
     fn no_dns() -> Rules {
-        Rules {
-            disable_dns: true,
-            ..base()
-        }
+        with(|r| r.disable_dns = true)
     }
 
     fn no_upstream() -> Rules {
-        Rules {
-            dns_upstream: None,
-            ..base()
-        }
+        with(|r| r.dns_upstream = None)
     }
 
     fn remote_upstream() -> Rules {
-        Rules {
-            dns_upstream: Some(ip("192.0.2.53")),
-            ..base()
-        }
+        with(|r| r.dns_upstream = Some(ip("192.0.2.53")))
     }
 
     fn no_ipv6() -> Rules {
-        Rules {
-            enable_ipv6: false,
-            ..base()
-        }
+        with(|r| r.enable_ipv6 = false)
     }
 
     /// `--cidr 10.10.0.0/16 --cidr6 2001:db8:1::/64`.
