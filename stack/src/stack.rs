@@ -13,17 +13,19 @@ use crate::io::{CloseMode, FlowId, HostError, HostEvent, HostIo, IcmpReport, Sou
 use crate::ip::{FragKey, Fragment, Reassembled, Reassembler};
 use crate::link::arp::{self, ArpOutcome};
 use crate::link::{Offload, TxQueue};
+use crate::nat::datagram::{DatagramFlow, ReadOutcome};
 use crate::nat::icmp::{send_echo_reply, IcmpFlow};
 use crate::nat::icmp_error::{echo_transport, is_port_unreachable, send_icmp_error, udp_transport};
 use crate::nat::idle::IdleOrder;
 use crate::nat::rate::TokenBucket;
+use crate::nat::target::Rules;
 use crate::nat::tcp::{Lifetime, TcpFlow, TcpParams, Verdict};
-use crate::nat::udp::{ReadOutcome, UdpFlow};
-use crate::nat::{refuse, FlowKey, FlowTable, Proto, Quote, Refusal};
+use crate::nat::udp::UdpFlow;
+use crate::nat::{refuse, Ctx, FlowKey, FlowTable, Proto, Quote, Refusal};
 use crate::service::dhcp::DhcpServer;
 use crate::service::dns::DnsRetry;
 use crate::stats::{LimitReports, Stats};
-use core::net::{IpAddr, Ipv4Addr, SocketAddr};
+use core::net::{IpAddr, SocketAddr};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::socket::tcp::State as TcpState;
 use smoltcp::time::{Duration, Instant};
@@ -76,6 +78,17 @@ enum Flow {
     Tcp(Box<TcpFlow>),
     Udp(UdpFlow),
     Icmp(IcmpFlow),
+}
+
+impl Flow {
+    /// What a UDP or ICMP echo flow shares with the other kind.
+    fn datagram(&self) -> Option<&DatagramFlow> {
+        match self {
+            Flow::Udp(udp) => Some(&udp.core),
+            Flow::Icmp(icmp) => Some(&icmp.core),
+            Flow::Tcp(_) => None,
+        }
+    }
 }
 
 /// Is `flow` one that a full `which` evicts from?
@@ -315,6 +328,12 @@ impl Stack {
     /// Where new DNS queries go.
     fn dns_upstream(&self) -> Option<IpAddr> {
         self.dns_upstreams.get(self.dns_preferred).copied()
+    }
+
+    /// The NAT's address rules (where a flow goes) for the configuration and the DNS
+    /// forwarder's current upstream.
+    fn rules(&self) -> Rules {
+        Rules::new(&self.config, self.dns_upstream())
     }
 
     /// Counters and gauges (a snapshot).
@@ -676,44 +695,6 @@ impl Stack {
         true
     }
 
-    /// Where a guest connection to `dst:port` goes on the host, or how it is refused.
-    fn host_target(&self, dst: IpAddr, port: u16) -> Result<SocketAddr, Refusal> {
-        match dst {
-            IpAddr::V4(dst) => self.host_target_v4(dst, port),
-            IpAddr::V6(dst) => self.host_target_v6(dst, port),
-        }
-    }
-
-    fn host_target_v4(&self, dst: Ipv4Address, port: u16) -> Result<SocketAddr, Refusal> {
-        let network = self.config.network;
-        let target = |addr: Ipv4Address| Ok(SocketAddr::new(IpAddr::V4(addr), port));
-        if dst == network.gateway() {
-            if self.config.disable_host_loopback {
-                return Err(Refusal::NetUnreachable);
-            }
-            return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
-        }
-        if dst == network.dns() {
-            if self.config.disable_dns {
-                return target(dst);
-            }
-            // The DNS service is a forwarder: TCP and UDP port 53 are NATed to the host's
-            // resolver (which may well be on host loopback, e.g. 127.0.0.53), so big
-            // answers, TCP fallback and several queries per connection just work.
-            return match self.dns_upstream() {
-                Some(upstream) if port == 53 => Ok(SocketAddr::new(upstream, 53)),
-                _ => Err(Refusal::Reset),
-            };
-        }
-        if network.contains(dst) {
-            return Err(Refusal::HostUnreachable);
-        }
-        if dst.is_unspecified() || dst.is_broadcast() || dst.is_multicast() || dst.is_loopback() {
-            return Err(Refusal::Silent);
-        }
-        target(dst)
-    }
-
     fn handle_tcp(&mut self, now: Instant, inbound: &Inbound<'_>, host: &mut impl HostIo) {
         let Ok(segment_packet) = TcpPacket::new_checked(inbound.payload) else {
             self.stats.rx_errors += 1;
@@ -789,7 +770,7 @@ impl Stack {
     ) {
         let network = self.config.network;
         let quote = inbound.quote.clone();
-        let target = match self.host_target(inbound.dst, syn.dst_port) {
+        let target = match self.rules().host_target(inbound.dst, syn.dst_port) {
             Ok(target) => target,
             Err(refusal) => {
                 refuse(
@@ -829,8 +810,7 @@ impl Stack {
         let spare = self.spare_flow(&params);
         let Some(flow) = TcpFlow::open(
             now,
-            inbound.src.into(),
-            (inbound.dst.into(), syn.dst_port),
+            &key,
             inbound.packet,
             quote,
             params,
@@ -850,7 +830,7 @@ impl Stack {
             key.guest,
             key.remote
         );
-        let source = self.source_for(inbound.dst, target);
+        let source = self.rules().source_for(inbound.dst, target);
         match host.tcp_connect(id, target, source) {
             Ok(()) => self.flows.schedule(id, Some(params.connect_deadline)),
             Err(err) => self.fail_tcp(id, err, host),
@@ -1094,11 +1074,11 @@ impl Stack {
                     self.retry_dns(now, id, host);
                 }
                 match self.flows.get(id) {
-                    Some(Flow::Udp(udp)) => (udp.expires_at(), udp.next_due()),
+                    Some(Flow::Udp(udp)) => (udp.core.expires_at(), udp.next_due()),
                     _ => return,
                 }
             }
-            Some(Flow::Icmp(icmp)) => (icmp.expires_at(), icmp.expires_at()),
+            Some(Flow::Icmp(icmp)) => (icmp.core.expires_at(), icmp.core.expires_at()),
         };
         let (expires_at, next_due) = expires_at;
         if now >= expires_at {
@@ -1118,26 +1098,26 @@ impl Stack {
                 let verdict = tcp.handle_timer(now, id, &mut self.tx, host);
                 self.apply_tcp_verdict(now, id, verdict, host);
             }
-            Some(Flow::Udp(UdpFlow {
-                host_readable: true,
-                ..
-            }))
-            | Some(Flow::Icmp(IcmpFlow {
-                host_readable: true,
-                ..
-            })) => self.read_datagrams(now, id, &key, host),
+            Some(flow) if flow.datagram().is_some_and(|core| core.host_readable) => {
+                self.read_datagrams(now, id, &key, host)
+            }
             _ => {}
         }
     }
 
     /// Drain a UDP or ICMP flow's host socket towards the guest.
     fn read_datagrams(&mut self, now: Instant, id: FlowId, key: &FlowKey, host: &mut impl HostIo) {
-        let (guest_ip, remote_ip) = (key.guest.ip(), key.remote.ip());
-        let (tx, stats, scratch) = (&mut self.tx, &mut self.stats, &mut self.scratch);
+        let mut ctx = Ctx {
+            now,
+            tx: &mut self.tx,
+            host,
+            stats: &mut self.stats,
+            scratch: &mut self.scratch,
+        };
         let upstreams = self.dns_upstreams.len();
         match self.flows.get_mut(id) {
             Some(Flow::Udp(udp)) => {
-                let outcome = udp.read_host(now, id, key, host, tx, stats, scratch, upstreams);
+                let outcome = udp.read_host(id, key, &mut ctx, upstreams);
                 if let Some(retry) = udp.dns_retry.as_deref_mut() {
                     if core::mem::take(&mut retry.answered) && retry.upstream != self.dns_preferred
                     {
@@ -1176,8 +1156,7 @@ impl Stack {
                 }
             }
             Some(Flow::Icmp(icmp)) => {
-                let guest = (guest_ip, key.guest.port());
-                match icmp.read_host(now, id, guest, remote_ip, host, tx, stats, scratch) {
+                match icmp.read_host(id, key, &mut ctx) {
                     ReadOutcome::Starved => self.starved.push(id),
                     ReadOutcome::Failed(_) if self.relay_icmp_errors(now, id, host) > 0 => {
                         self.read_datagrams(now, id, key, host);
@@ -1203,7 +1182,7 @@ impl Stack {
                 &mut self.stats,
                 network,
                 refusal,
-                &udp.quote,
+                &udp.core.quote,
                 None,
             );
         }
@@ -1239,12 +1218,12 @@ impl Stack {
                         retry_dns = true;
                         continue;
                     }
-                    let transport = udp_transport(&udp.quote, quoted);
-                    (udp.quote.clone(), transport, udp.counters.host)
+                    let transport = udp_transport(&udp.core.quote, quoted);
+                    (udp.core.quote.clone(), transport, udp.core.counters.host)
                 }
                 Some(Flow::Icmp(icmp)) => {
-                    let transport = echo_transport(&icmp.quote, quoted, key.guest.port());
-                    (icmp.quote.clone(), transport, icmp.counters.host)
+                    let transport = echo_transport(&icmp.core.quote, quoted, key.guest.port());
+                    (icmp.core.quote.clone(), transport, icmp.core.counters.host)
                 }
                 _ => break,
             };
@@ -1287,6 +1266,7 @@ impl Stack {
         match report.offender {
             Some(ip) if peer.is_some_and(|peer| peer.ip() == ip) => key.remote.ip(),
             Some(ip) => self
+                .rules()
                 .guest_visible(SocketAddr::new(ip, 0), key.guest.ip())
                 .ip(),
             None if is_port_unreachable(report) => key.remote.ip(),
@@ -1323,7 +1303,7 @@ impl Stack {
         let id = match self.flows.lookup(&key) {
             Some(id) => id,
             None => {
-                let target = match self.host_target(inbound.dst, repr.dst_port) {
+                let target = match self.rules().host_target(inbound.dst, repr.dst_port) {
                     Ok(target) => target,
                     Err(refusal) => {
                         refuse(
@@ -1343,12 +1323,12 @@ impl Stack {
                     self.config.timeouts.udp_idle
                 };
                 let mut flow = UdpFlow::new(now, idle, quote.clone());
-                flow.counters.host = Some(target);
-                flow.dns = repr.dst_port == 53 && self.is_dns_service(inbound.dst);
+                flow.core.counters.host = Some(target);
+                flow.dns = repr.dst_port == 53 && self.rules().is_dns_service(inbound.dst);
                 if flow.dns && self.dns_upstreams.len() > 1 {
                     flow.dns_retry = Some(Box::new(DnsRetry::new(self.dns_preferred)));
                 }
-                let source = self.source_for(inbound.dst, target);
+                let source = self.rules().source_for(inbound.dst, target);
                 let flow = Flow::Udp(flow);
                 let Some(id) = self.open_datagram_flow(key, flow, host, |host, id| {
                     host.udp_open(id, target, source)
@@ -1361,9 +1341,7 @@ impl Stack {
         let Some(Flow::Udp(udp)) = self.flows.get_mut(id) else {
             return;
         };
-        udp.last_active = now;
-        udp.quote = quote;
-        udp.counters.from_guest += data.len() as u64;
+        udp.core.guest_sent(now, data.len(), quote);
         if let Some((forward, peer)) = udp.forward {
             if let Err(err) = host.udp_send_to(forward, peer, data) {
                 log::debug!("{id:?}: reply through forward {forward} failed: {err}");
@@ -1436,7 +1414,7 @@ impl Stack {
         };
         log::debug!(
             "{id:?}: DNS upstream {:?} did not answer in time or refused; asking {upstream}",
-            udp.counters.host
+            udp.core.counters.host
         );
         if let Err(err) = host.udp_reconnect(id, target, source) {
             log::debug!("{id:?}: cannot reach DNS upstream {upstream}: {err}");
@@ -1445,8 +1423,8 @@ impl Stack {
             return;
         }
         retry.upstream = next;
-        udp.counters.host = Some(target);
-        let hop_limit = udp.quote.hop_limit();
+        udp.core.counters.host = Some(target);
+        let hop_limit = udp.core.quote.hop_limit();
         for pending in retry.pending.iter_mut() {
             pending.tries += 1;
             pending.deadline = now + timeout;
@@ -1480,11 +1458,7 @@ impl Stack {
             self.evict_oldest(Eviction::Table(key.proto), host);
         }
         let now = self.now;
-        let expires_at = match &flow {
-            Flow::Udp(udp) => udp.expires_at(),
-            Flow::Icmp(icmp) => icmp.expires_at(),
-            Flow::Tcp(_) => now,
-        };
+        let expires_at = flow.datagram().map_or(now, DatagramFlow::expires_at);
         let id = self.flows.insert(key, flow);
         match key.proto {
             Proto::Udp => {
@@ -1554,11 +1528,7 @@ impl Stack {
             if !serves(flow, which) {
                 return None;
             }
-            match flow {
-                Flow::Udp(udp) => Some(udp.last_active),
-                Flow::Icmp(icmp) => Some(icmp.last_active),
-                Flow::Tcp(_) => None,
-            }
+            Some(flow.datagram()?.last_active)
         });
         if let Some(id) = oldest {
             log::debug!("{id:?}: evicted ({which:?} limit)");
@@ -1571,19 +1541,6 @@ impl Stack {
         }
     }
 
-    /// The source address of a host socket the guest's packets to `dst` leave by towards
-    /// `target`: the outbound address (`--outbound-addr`, loopback targets included, as in
-    /// slirp4netns), except for the DNS forwarder's queries to a resolver on host loopback,
-    /// which a local stub resolver answers only from a loopback source.
-    fn source_for(&self, dst: IpAddr, target: SocketAddr) -> SourceAddr {
-        if self.is_dns_service(dst) && target.ip().is_loopback() {
-            SourceAddr::Kernel
-        } else {
-            SourceAddr::Outbound
-        }
-    }
-
-    /// Is `dst` the virtual DNS server (the forwarder at network+3 or prefix::3)?
     /// The hop limit a guest's UDP datagram or echo request to `dst` leaves through its host
     /// socket with: one less, as a router forwards it — as the reference does (libslirp
     /// decrements the TTL of the guest's UDP), so that traceroute from a container shows the
@@ -1597,7 +1554,7 @@ impl Stack {
             IpAddr::V6(_) => IpAddr::V6(self.config.network.gateway6()),
         };
         let hop_limit = quote.hop_limit();
-        if dst == gateway || self.is_dns_service(dst) {
+        if dst == gateway || self.rules().is_dns_service(dst) {
             return Some(hop_limit);
         }
         if hop_limit > 1 {
@@ -1623,14 +1580,6 @@ impl Stack {
         );
         self.stats.rx_dropped += 1;
         None
-    }
-
-    fn is_dns_service(&self, dst: IpAddr) -> bool {
-        !self.config.disable_dns
-            && match dst {
-                IpAddr::V4(dst) => dst == self.config.network.dns(),
-                IpAddr::V6(dst) => self.config.enable_ipv6 && dst == self.config.network.dns6(),
-            }
     }
 
     fn handle_icmp(&mut self, now: Instant, ip: &Ipv4Repr, payload: &[u8], host: &mut impl HostIo) {
@@ -1663,26 +1612,24 @@ impl Stack {
             );
             return;
         }
-        let (src, dst) = (IpAddr::V4(ip.src_addr), IpAddr::V4(ip.dst_addr));
+        let guest = SocketAddr::new(IpAddr::V4(ip.src_addr), ident);
         let quote = Quote::new(ip, payload);
-        self.forward_echo(now, src, dst, ident, payload, quote, host);
+        self.forward_echo(now, guest, IpAddr::V4(ip.dst_addr), payload, quote, host);
     }
 
     /// Carry a guest's echo request (`message`: the whole ICMP/ICMPv6 message, `quote`: its
     /// start, for errors about it) through a host ping socket, one flow per guest
-    /// identifier and destination.
-    #[allow(clippy::too_many_arguments)]
+    /// identifier and destination. `guest`: the guest's address and echo identifier.
     fn forward_echo(
         &mut self,
         now: Instant,
-        src: IpAddr,
+        guest: SocketAddr,
         dst: IpAddr,
-        ident: u16,
         message: &[u8],
         quote: Quote,
         host: &mut impl HostIo,
     ) {
-        if self.host_target(dst, 0).is_err() {
+        if self.rules().host_target(dst, 0).is_err() {
             self.stats.rx_dropped += 1;
             return;
         }
@@ -1691,7 +1638,7 @@ impl Stack {
         };
         let key = FlowKey {
             proto: Proto::Icmp,
-            guest: SocketAddr::new(src, ident),
+            guest,
             remote: SocketAddr::new(dst, 0),
         };
         let id = match self.flows.lookup(&key) {
@@ -1699,7 +1646,7 @@ impl Stack {
             None => {
                 let idle = self.config.timeouts.icmp_idle;
                 let mut flow = IcmpFlow::new(now, idle, quote.clone());
-                flow.counters.host = Some(SocketAddr::new(dst, 0));
+                flow.core.counters.host = Some(SocketAddr::new(dst, 0));
                 let flow = Flow::Icmp(flow);
                 let Some(id) =
                     self.open_datagram_flow(key, flow, host, |host, id| host.ping_open(id, dst))
@@ -1710,9 +1657,7 @@ impl Stack {
             }
         };
         if let Some(Flow::Icmp(icmp)) = self.flows.get_mut(id) {
-            icmp.last_active = now;
-            icmp.counters.from_guest += message.len() as u64;
-            icmp.quote = quote;
+            icmp.core.guest_sent(now, message.len(), quote);
         }
         if let Err(err) = host.ping_send(id, message, hop_limit) {
             // An error the network reported about an earlier request (it failed this
@@ -1769,8 +1714,8 @@ impl Stack {
                         ("tcp", "Connecting".to_string(), tcp.counters)
                     }
                     Flow::Tcp(tcp) => ("tcp", format!("{:?}", tcp.state()), tcp.counters),
-                    Flow::Udp(udp) => ("udp", "Open".to_string(), udp.counters),
-                    Flow::Icmp(icmp) => ("icmp", "Open".to_string(), icmp.counters),
+                    Flow::Udp(udp) => ("udp", "Open".to_string(), udp.core.counters),
+                    Flow::Icmp(icmp) => ("icmp", "Open".to_string(), icmp.core.counters),
                 };
                 Some(api::FlowEntry {
                     id: id.to_u64(),
@@ -1869,26 +1814,6 @@ impl Stack {
         }
     }
 
-    /// How the guest sees a host client: loopback clients (and any the guest could not
-    /// route back to, such as addresses inside the virtual network) appear as the gateway,
-    /// IPv4-mapped IPv6 clients as their IPv4 address.
-    fn guest_visible(&self, peer: SocketAddr, guest: IpAddr) -> SocketAddr {
-        if guest.is_ipv6() {
-            return self.guest_visible_v6(peer);
-        }
-        let network = self.config.network;
-        let ip = match peer.ip() {
-            IpAddr::V4(v4) => v4,
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().unwrap_or(Ipv4Addr::LOCALHOST),
-        };
-        let ip = if ip.is_loopback() || ip.is_unspecified() || network.contains(ip) {
-            network.gateway()
-        } else {
-            ip
-        };
-        SocketAddr::new(IpAddr::V4(ip), peer.port())
-    }
-
     /// Accept every pending connection of a TCP forward (edge-triggered: until WouldBlock)
     /// and connect each to the guest.
     fn accept_forwarded(
@@ -1918,7 +1843,7 @@ impl Stack {
                     return;
                 }
             };
-            let local = self.guest_visible(peer, guest.ip());
+            let local = self.rules().guest_visible(peer, guest.ip());
             let key = FlowKey {
                 proto: Proto::Tcp,
                 guest,
@@ -2005,7 +1930,7 @@ impl Stack {
                     return;
                 }
             };
-            let local = self.guest_visible(peer, guest.ip());
+            let local = self.rules().guest_visible(peer, guest.ip());
             let key = FlowKey {
                 proto: Proto::Udp,
                 guest,
@@ -2037,7 +1962,7 @@ impl Stack {
                 };
                 let mut flow = UdpFlow::new(now, self.config.timeouts.udp_idle, quote);
                 flow.forward = Some((forward, peer));
-                flow.counters.host = Some(peer);
+                flow.core.counters.host = Some(peer);
                 // Such a flow has no host socket of its own: nothing to open.
                 if self
                     .open_datagram_flow(key, Flow::Udp(flow), host, |_, _| Ok(()))
@@ -2048,12 +1973,12 @@ impl Stack {
             }
             if let Some(id) = self.flows.lookup(&key) {
                 if let Some(Flow::Udp(udp)) = self.flows.get_mut(id) {
-                    udp.last_active = now;
+                    udp.core.last_active = now;
                     // Replies go to whoever sent last through whichever forward is current
                     // (a forward removed and added again gets a new id).
                     udp.forward = Some((forward, peer));
-                    udp.counters.host = Some(peer);
-                    udp.counters.to_guest += len as u64;
+                    udp.core.counters.host = Some(peer);
+                    udp.core.counters.to_guest += len as u64;
                 }
             }
             self.ask_guest_mac(guest.ip());

@@ -2,83 +2,48 @@
 //! unprivileged ping sockets (SOCK_DGRAM/IPPROTO_ICMP). The host kernel gives each ping
 //! socket its own identifier, so replies are rewritten back to the guest's identifier.
 
-use crate::io::{Datagram, FlowId, HostError, HostIo};
+use crate::io::{FlowId, HostIo};
 use crate::link::TxQueue;
-use crate::nat::udp::ReadOutcome;
-use crate::nat::{send_icmpv4, send_icmpv6, FlowCounters, Quote};
+use crate::nat::datagram::{DatagramFlow, ReadOutcome};
+use crate::nat::{send_icmpv4, send_icmpv6, Ctx, FlowKey, Quote};
 use crate::stats::Stats;
 use core::net::IpAddr;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr, Icmpv6Packet, Icmpv6Repr};
 
 pub struct IcmpFlow {
-    pub last_active: Instant,
-    pub idle_timeout: Duration,
-    pub host_readable: bool,
-    /// The guest's latest echo request, quoted if the host's network reports an error
-    /// about it (time exceeded for `ping -t 1`, say).
-    pub quote: Quote,
-    pub counters: FlowCounters,
+    pub core: DatagramFlow,
 }
 
 impl IcmpFlow {
     pub fn new(now: Instant, idle_timeout: Duration, quote: Quote) -> IcmpFlow {
         IcmpFlow {
-            last_active: now,
-            idle_timeout,
-            host_readable: false,
-            quote,
-            counters: FlowCounters::new(now),
+            core: DatagramFlow::new(now, idle_timeout, quote),
         }
-    }
-
-    pub fn expires_at(&self) -> Instant {
-        self.last_active + self.idle_timeout
     }
 
     /// Pass echo replies from the host to the guest, until the socket is drained, the
     /// transmit queue is full (resume later) or the socket reports an error (with
     /// IP_RECVERR, the ICMP error it queued is then relayed by the caller).
-    #[allow(clippy::too_many_arguments)]
     pub fn read_host(
         &mut self,
-        now: Instant,
         id: FlowId,
-        guest: (IpAddr, u16),
-        remote: IpAddr,
-        host: &mut impl HostIo,
-        tx: &mut TxQueue,
-        stats: &mut Stats,
-        scratch: &mut [u8],
+        key: &FlowKey,
+        ctx: &mut Ctx<'_, impl HostIo>,
     ) -> ReadOutcome {
-        self.host_readable = true;
-        loop {
-            if !tx.has_room() {
-                return ReadOutcome::Starved;
-            }
-            let Datagram { len, last } = match host.ping_recv(id, scratch) {
-                Ok(datagram) => datagram,
-                Err(HostError::WouldBlock) => {
-                    self.host_readable = false;
-                    return ReadOutcome::Drained;
-                }
-                Err(err) => {
-                    self.host_readable = false;
-                    return ReadOutcome::Failed(err);
-                }
-            };
-            if let Some((seq_no, data)) = parse_echo_reply(remote, &scratch[..len]) {
-                self.last_active = now;
+        let now = ctx.now;
+        let (guest, ident, remote) = (key.guest.ip(), key.guest.port(), key.remote.ip());
+        let recv = |host: &mut _, buf: &mut [u8]| HostIo::ping_recv(host, id, buf);
+        self.core.drain(ctx, recv, |core, tx, stats, message| {
+            if let Some((seq_no, data)) = parse_echo_reply(remote, message) {
+                core.last_active = now;
                 // A reply larger than the guest's MTU (a remote may answer with more than
                 // was asked) goes in fragments (`send_ip`).
-                self.counters.to_guest += data.len() as u64;
-                send_echo_reply(tx, stats, remote, guest.0, guest.1, seq_no, data);
+                core.counters.to_guest += data.len() as u64;
+                send_echo_reply(tx, stats, remote, guest, ident, seq_no, data);
             }
-            if last {
-                self.host_readable = false;
-                return ReadOutcome::Drained;
-            }
-        }
+            None
+        })
     }
 }
 

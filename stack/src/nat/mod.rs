@@ -1,16 +1,19 @@
 //! NAT of guest flows onto host sockets: TCP through one small smoltcp interface per flow,
-//! UDP and ICMP echo by rewriting datagrams. Shared here: the context every handler gets,
-//! and the frames we send when we refuse something (RST, ICMP destination unreachable).
+//! UDP and ICMP echo by rewriting datagrams. Shared here: the context a datagram flow's
+//! reader gets, and the frames we send when we refuse something (RST, ICMP destination
+//! unreachable).
 
+pub mod datagram;
+mod device;
 pub mod icmp;
 pub mod icmp_error;
 pub mod idle;
 pub mod rate;
 pub mod table;
+pub mod target;
 pub mod tcp;
 pub mod udp;
 
-use crate::config::Config;
 use crate::link::{IpPush, TxQueue};
 use crate::stats::Stats;
 use core::net::IpAddr;
@@ -24,13 +27,14 @@ use smoltcp::wire::{
 
 pub use table::{FlowKey, FlowTable, Proto};
 
-/// Everything a flow handler may touch besides its own flow.
+/// Everything a datagram flow's host reader may touch besides its own flow.
 pub struct Ctx<'a, H> {
     pub now: Instant,
-    pub config: &'a Config,
     pub tx: &'a mut TxQueue,
     pub host: &'a mut H,
     pub stats: &'a mut Stats,
+    /// Room for one datagram read from the host.
+    pub scratch: &'a mut [u8],
 }
 
 /// What `list_flows` reports about a flow besides its key and state.

@@ -14,10 +14,11 @@ use crate::ip::{
     MAX_IP_LEN,
 };
 use crate::nat::icmp::send_echo_reply;
+use crate::nat::target::is_link_local;
 use crate::nat::udp::send_udp;
-use crate::nat::{checksum_caps, Quote, Refusal};
+use crate::nat::{checksum_caps, Quote};
 use crate::service::{dhcpv6, search};
-use core::net::{IpAddr, Ipv6Addr, SocketAddr};
+use core::net::{IpAddr, SocketAddr};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
@@ -40,10 +41,6 @@ const PREFIX_PREFERRED: Duration = Duration::from_secs(14_400);
 const RDNSS_LIFETIME_SECS: u32 = 3 * 120;
 const ALL_NODES: Ipv6Address = Ipv6Address::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
 const ALL_NODES_MAC: EthernetAddress = EthernetAddress([0x33, 0x33, 0, 0, 0, 1]);
-
-fn is_link_local(addr: Ipv6Address) -> bool {
-    (addr.segments()[0] & 0xffc0) == 0xfe80
-}
 
 impl Stack {
     pub(super) fn handle_ipv6(
@@ -191,53 +188,6 @@ impl Stack {
         Some(whole)
     }
 
-    /// Where a guest IPv6 connection goes on the host (see `host_target_v4`).
-    pub(super) fn host_target_v6(&self, dst: Ipv6Addr, port: u16) -> Result<SocketAddr, Refusal> {
-        if dst == self.config.network.gateway6() {
-            if self.config.disable_host_loopback {
-                return Err(Refusal::NetUnreachable);
-            }
-            return Ok(SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port));
-        }
-        if dst == self.config.network.dns6() && !self.config.disable_dns {
-            return match self.dns_upstream() {
-                Some(upstream) if port == 53 => Ok(SocketAddr::new(upstream, 53)),
-                _ => Err(Refusal::Reset),
-            };
-        }
-        if self.config.network.contains6(dst) && dst != self.config.network.dns6() {
-            return Err(Refusal::HostUnreachable);
-        }
-        if dst.is_unspecified()
-            || dst.is_loopback()
-            || dst.is_multicast()
-            || is_link_local(dst)
-            || dst.to_ipv4_mapped().is_some()
-        {
-            return Err(Refusal::Silent);
-        }
-        Ok(SocketAddr::new(IpAddr::V6(dst), port))
-    }
-
-    /// How an IPv6 guest sees a host client of a port forward: IPv6 clients the guest can
-    /// route back to keep their address; loopback and IPv4 clients appear as the gateway
-    /// (fd00::2 by default).
-    pub(super) fn guest_visible_v6(&self, peer: SocketAddr) -> SocketAddr {
-        let ip = match peer.ip() {
-            IpAddr::V6(v6)
-                if !v6.is_loopback()
-                    && !v6.is_unspecified()
-                    && v6.to_ipv4_mapped().is_none()
-                    && !self.config.network.contains6(v6)
-                    && !is_link_local(v6) =>
-            {
-                v6
-            }
-            _ => self.config.network.gateway6(),
-        };
-        SocketAddr::new(IpAddr::V6(ip), peer.port())
-    }
-
     fn handle_icmpv6(
         &mut self,
         now: Instant,
@@ -275,7 +225,8 @@ impl Stack {
                     send_echo_reply(&mut self.tx, &mut self.stats, dst, src, ident, seq_no, data);
                 } else if self.config.network.contains6(ip.src_addr) {
                     let quote = Quote::new_v6(ip, payload);
-                    self.forward_echo(now, src, dst, ident, payload, quote, host);
+                    let guest = SocketAddr::new(src, ident);
+                    self.forward_echo(now, guest, dst, payload, quote, host);
                 } else {
                     self.stats.rx_dropped += 1;
                 }
