@@ -32,6 +32,7 @@ use std::process::ExitCode;
 static ALLOCATOR: rslirp::alloc::Allocator = rslirp::alloc::Allocator;
 
 fn main() -> ExitCode {
+    let started = StartClock(std::time::Instant::now());
     let mut args = std::env::args_os();
     let argv0 = args
         .next()
@@ -65,7 +66,7 @@ fn main() -> ExitCode {
         ),
     };
     log::info!("rslirp {} starting: {what}", env!("CARGO_PKG_VERSION"));
-    match run(options) {
+    match run(options, &started) {
         Ok(exit) => {
             log::info!("exiting ({exit:?})");
             ExitCode::SUCCESS
@@ -78,7 +79,21 @@ fn main() -> ExitCode {
 }
 
 /// Everything after parsing; any `Err` is fatal and becomes one line on stderr.
-fn run(options: Options) -> Result<Exit, String> {
+/// Time since `main` began, logged at `debug` after each step of the start (where the time
+/// to the ready byte goes: `RUST_LOG=debug`).
+struct StartClock(std::time::Instant);
+
+impl StartClock {
+    fn mark(&self, step: &str) {
+        log::debug!(
+            "start: {step} after {:.3} ms",
+            self.0.elapsed().as_secs_f64() * 1e3
+        );
+    }
+}
+
+fn run(options: Options, started: &StartClock) -> Result<Exit, String> {
+    started.mark("options and logger");
     // Every flow holds a host socket: take all the descriptors we may (see `fds`).
     let nofile = rslirp::fds::raise_nofile_limit();
     // Checked before any side effect.
@@ -149,6 +164,7 @@ fn run(options: Options) -> Result<Exit, String> {
             }
         }
     };
+    started.mark("tap open (child: namespaces, tap, configure) or BESS peer accepted");
     let mut config = options.stack_config();
     config.tap_offload = tap.offload;
     if let Some(budget) = budget {
@@ -217,6 +233,7 @@ fn run(options: Options) -> Result<Exit, String> {
     };
     let mut event_loop = EventLoop::new(poll, clock, sources, stack, host)
         .map_err(|e| format!("event loop: {e}"))?;
+    started.mark("stack, host sockets and event loop");
     // Ours: forwards asked for on the command line, through the path add_hostfwd requests
     // take (same ids, listed and removable through the API). Before the ready byte, so a
     // caller may connect as soon as it reads it; a port we cannot listen on is fatal.
@@ -236,6 +253,7 @@ fn run(options: Options) -> Result<Exit, String> {
         options.api_socket.as_deref(),
     )
     .map_err(|e| e.to_string())?;
+    started.mark("forwards and sandbox");
     log::info!(
         "ready: network {}, gateway {}, guest {}, MTU {}, tap offloads {}",
         config.network,
