@@ -2,8 +2,9 @@
 //! guest-side frame tools ([`Guest`], [`GuestTcp`], [`parse`]) and a harness that plays the
 //! event loop ([`Scenario`]).
 //!
-//! Compiled always (not only under `cfg(test)`) so that `stack/tests/`, benches and fuzz
-//! targets can use it. Like the rest of the crate it touches no OS resource.
+//! Compiled under `cfg(test)` and with the `testing` feature, which `stack/tests/`, the
+//! benches, the root's tests and the fuzz harness turn on; a normal build (the binary) has
+//! none of it. Like the rest of the crate it touches no OS resource.
 //!
 //! Everything here fails loudly: a frame from the stack with a bad checksum, a host call on
 //! a socket the stack already closed, or a stack that asks to be polled forever panics with
