@@ -1,6 +1,6 @@
 //! IPv6 (`--enable-ipv6`): the guest's side of neighbour discovery, ICMPv6, TCP and UDP
 //! over IPv6, a parser for the IPv6 frames the stack sends ([`Parsed6`]), and the
-//! [`Scenario`](super::Scenario) conveniences that go with them.
+//! [`Scenario`] conveniences that go with them.
 //!
 //! The guest's addresses are what a Linux guest autoconfigures from its MAC (EUI-64):
 //! [`GUEST_MAC`](super::GUEST_MAC) 02:00:00:00:00:01 gives fe80::ff:fe00:1 and
