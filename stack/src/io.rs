@@ -137,7 +137,7 @@ pub struct IcmpReport {
 }
 
 /// The host side of every flow. Implemented by `src/host.rs` with real sockets and by
-/// [`crate::testing::SimHost`] in memory.
+/// `testing::SimHost` in memory (the test kit, behind the `testing` feature).
 pub trait HostIo {
     /// Start a non-blocking TCP connect to `remote`. Completion is reported as a writable
     /// (or error) event, after which the stack calls [`HostIo::take_error`].

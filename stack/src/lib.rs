@@ -17,6 +17,7 @@ pub mod nat;
 pub mod service;
 pub mod stack;
 pub mod stats;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 pub use config::{
