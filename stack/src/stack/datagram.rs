@@ -105,9 +105,6 @@ impl Stack {
         }
     }
 
-    /// Relay the ICMP errors queued on a UDP or echo flow's host socket to the guest,
-    /// within `max_icmp_error_rate`; returns how many the host had. A DNS query whose
-    /// nameserver does not listen goes to the next one instead (as on ECONNREFUSED).
     /// Tell the guest, as `refusal` says, that its latest datagram on UDP flow `id` did not
     /// get through (nothing if `id` is not a UDP flow).
     fn refuse_udp(&mut self, id: FlowId, refusal: Refusal) {
@@ -124,6 +121,9 @@ impl Stack {
         }
     }
 
+    /// Relay the ICMP errors queued on a UDP or echo flow's host socket to the guest,
+    /// within `max_icmp_error_rate`; returns how many the host had. A DNS query whose
+    /// nameserver does not listen goes to the next one instead (as on ECONNREFUSED).
     pub(super) fn relay_icmp_errors(
         &mut self,
         now: Instant,
