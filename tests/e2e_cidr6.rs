@@ -10,11 +10,13 @@ mod common;
 
 use common::api::{id_reply, Api};
 use common::dns::{self, Dnsmasq, Record, TYPE_A};
-use common::ipv6::{await_slaac, guest_global_addrs, guest_peer_echo_server, listed_addrs, v6};
+use common::ipv6::{
+    assert_forward_echo, await_slaac, guest_global_addrs, guest_peer_echo_server, listed_addrs, v6,
+};
 use common::net::{self, Pattern, Server};
 use common::{Env, Mode, Rslirp, STEP_TIMEOUT, TAP};
 use std::io::{self};
-use std::net::{Ipv4Addr, Ipv6Addr, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, TcpListener, UdpSocket};
 use std::time::Duration;
 
 both_modes!(
@@ -145,31 +147,7 @@ fn port_forward_from_host_loopback_to_the_guest_in_the_prefix(mode: Mode) {
         "list_hostfwd shows the guest's address in the prefix"
     );
 
-    let to = v6(Ipv6Addr::LOCALHOST, HOST_PORT);
-    let payload = Pattern::bytes(642, 100_000);
-    let sent = payload.clone();
-    let reply = env
-        .in_host(
-            "host client of the forward",
-            move || -> io::Result<Vec<u8>> {
-                let stream = TcpStream::connect_timeout(&to, CONNECT_TIMEOUT)?;
-                net::set_timeouts(&stream);
-                net::exchange(&stream, &sent)
-            },
-        )
-        .wait(STEP_TIMEOUT)
-        .unwrap_or_else(|e| panic!("through the forward at {to}: {e}"));
-    let expected_head = format!("peer {GATEWAY6}\n");
-    assert!(
-        reply.starts_with(expected_head.as_bytes()),
-        "the guest must see the loopback client as {GATEWAY6}; it said {:?}",
-        String::from_utf8_lossy(&reply[..reply.len().min(60)])
-    );
-    assert_eq!(
-        net::digest(&reply[expected_head.len()..]),
-        net::digest(&payload),
-        "data both ways through the forward"
-    );
+    assert_forward_echo(&env, v6(Ipv6Addr::LOCALHOST, HOST_PORT), GATEWAY6, 642);
 }
 
 fn a_prefix_other_than_a_64_stops_rslirp_at_start(mode: Mode) {

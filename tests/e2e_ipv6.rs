@@ -8,11 +8,13 @@ mod common;
 
 use common::api::{id_reply, Api};
 use common::dns::{self, Dnsmasq, Record, TYPE_A};
-use common::ipv6::{await_slaac, guest_global_addrs, guest_peer_echo_server, v6};
+use common::ipv6::{
+    assert_forward_echo, await_slaac, guest_global_addrs, guest_peer_echo_server, v6,
+};
 use common::net::{self, Pattern, Server};
 use common::{Env, Mode, Rslirp, STEP_TIMEOUT};
 use std::io::{self};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -276,31 +278,5 @@ fn port_forward_to_the_guest_ipv6_address(mode: Mode) {
     );
     assert_eq!(api.request(&add), id_reply(1), "add_hostfwd {add}");
 
-    let to = v6(Ipv6Addr::LOCALHOST, HOST_PORT);
-    let payload = Pattern::bytes(86, 100_000);
-    let sent = payload.clone();
-    let reply = env
-        .in_host(
-            "host client of the forward",
-            move || -> io::Result<Vec<u8>> {
-                let stream = TcpStream::connect_timeout(&to, CONNECT_TIMEOUT)?;
-                net::set_timeouts(&stream);
-                net::exchange(&stream, &sent)
-            },
-        )
-        .wait(STEP_TIMEOUT)
-        .unwrap_or_else(|e| panic!("through the forward at {to}: {e}"));
-
-    let expected_head = format!("peer {GATEWAY6}\n");
-    assert!(
-        reply.starts_with(expected_head.as_bytes()),
-        "the guest must see the loopback client as {GATEWAY6}; it said {:?}",
-        String::from_utf8_lossy(&reply[..reply.len().min(60)])
-    );
-    let echoed = &reply[expected_head.len()..];
-    assert_eq!(
-        net::digest(echoed),
-        net::digest(&payload),
-        "data both ways through the forward"
-    );
+    assert_forward_echo(&env, v6(Ipv6Addr::LOCALHOST, HOST_PORT), GATEWAY6, 86);
 }

@@ -1,16 +1,17 @@
 //! IPv6 in the guest: its SLAAC address, and a server that tells each client the address
 //! it sees (the e2e tests of `-6` and `--cidr6`).
 
-use super::net::{self, Server};
+use super::net::{self, Pattern, Server};
 use super::process::wait_for;
 use super::{Env, STEP_TIMEOUT, TAP};
-use std::io::Write;
-use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6, TcpListener};
+use std::io::{self, Write};
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6, TcpListener, TcpStream};
 use std::time::Duration;
 
 /// From rslirp's start: its first advertisement comes after 1 s, then the guest's duplicate
 /// address detection takes about another second.
 pub const SLAAC_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn v6(ip: Ipv6Addr, port: u16) -> SocketAddr {
     SocketAddr::V6(SocketAddrV6::new(ip, port, 0, 0))
@@ -85,4 +86,34 @@ pub fn guest_peer_echo_server(env: &Env, port: u16) -> Server {
             net::echo(stream);
         }
     })
+}
+
+/// A client in the host namespace sends 100,000 bytes to `to` (a forward to a
+/// [`guest_peer_echo_server`]) and checks what comes back: the server's `peer` line naming
+/// `expected_peer` (the address the guest sees the client as), then the same bytes.
+pub fn assert_forward_echo(env: &Env, to: SocketAddr, expected_peer: Ipv6Addr, seed: u64) {
+    let payload = Pattern::bytes(seed, 100_000);
+    let sent = payload.clone();
+    let reply = env
+        .in_host(
+            "host client of the forward",
+            move || -> io::Result<Vec<u8>> {
+                let stream = TcpStream::connect_timeout(&to, CONNECT_TIMEOUT)?;
+                net::set_timeouts(&stream);
+                net::exchange(&stream, &sent)
+            },
+        )
+        .wait(STEP_TIMEOUT)
+        .unwrap_or_else(|e| panic!("through the forward at {to}: {e}"));
+    let expected_head = format!("peer {expected_peer}\n");
+    assert!(
+        reply.starts_with(expected_head.as_bytes()),
+        "the guest must see the loopback client as {expected_peer}; it said {:?}",
+        String::from_utf8_lossy(&reply[..reply.len().min(60)])
+    );
+    assert_eq!(
+        net::digest(&reply[expected_head.len()..]),
+        net::digest(&payload),
+        "data both ways through the forward"
+    );
 }
