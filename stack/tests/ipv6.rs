@@ -692,7 +692,6 @@ mod dhcpv6 {
         build, Message, MSG_INFORMATION_REQUEST, MSG_REPLY, MSG_SOLICIT, OPT_CLIENT_ID,
         OPT_DNS_SERVERS, OPT_DOMAIN_LIST, OPT_ORO, OPT_SERVER_ID,
     };
-    use smoltcp::wire::{IpProtocol, UdpPacket, UdpRepr};
 
     const ALL_DHCP_SERVERS: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 1, 2);
     const CLIENT_DUID: &[u8] = &[0, 3, 0, 1, 2, 0, 0, 0, 0, 1];
@@ -705,27 +704,12 @@ mod dhcpv6 {
 
     fn client_message_from(s: &Scenario, src_port: u16, payload: &[u8]) -> Vec<u8> {
         let guest = s.guest;
-        let repr = UdpRepr {
-            src_port,
-            dst_port: 547,
-        };
-        guest.ipv6_frame(
-            guest.link_local(),
-            ALL_DHCP_SERVERS,
+        guest.udp6_from(
+            SocketAddrV6::new(guest.link_local(), src_port, 0, 0),
+            SocketAddrV6::new(ALL_DHCP_SERVERS, 547, 0, 0),
             multicast_mac(ALL_DHCP_SERVERS),
-            IpProtocol::Udp,
             1,
-            repr.header_len() + payload.len(),
-            |buf, src, dst| {
-                repr.emit(
-                    &mut UdpPacket::new_unchecked(buf),
-                    src,
-                    dst,
-                    payload.len(),
-                    |out| out.copy_from_slice(payload),
-                    &smoltcp::phy::ChecksumCapabilities::default(),
-                )
-            },
+            payload,
         )
     }
 

@@ -175,17 +175,31 @@ impl Guest {
 
     /// UDP from the guest's global address.
     pub fn udp6(&self, src_port: u16, dst: SocketAddrV6, payload: &[u8]) -> Vec<u8> {
+        let from = SocketAddrV6::new(self.ipv6_addr(), src_port, 0, 0);
+        self.udp6_from(from, dst, self.gateway_mac, GUEST_HOP_LIMIT, payload)
+    }
+
+    /// UDP from any address of the guest (its link-local one, say) to `dst` at `dst_mac`
+    /// (a multicast group's, say), with `hop_limit`.
+    pub fn udp6_from(
+        &self,
+        src: SocketAddrV6,
+        dst: SocketAddrV6,
+        dst_mac: EthernetAddress,
+        hop_limit: u8,
+        payload: &[u8],
+    ) -> Vec<u8> {
         let repr = UdpRepr {
-            src_port,
+            src_port: src.port(),
             dst_port: dst.port(),
         };
         let len = repr.header_len() + payload.len();
         self.ipv6_frame(
-            self.ipv6_addr(),
+            *src.ip(),
             *dst.ip(),
-            self.gateway_mac,
+            dst_mac,
             IpProtocol::Udp,
-            GUEST_HOP_LIMIT,
+            hop_limit,
             len,
             |buf, src, dst| {
                 repr.emit(
