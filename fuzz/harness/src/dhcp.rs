@@ -14,6 +14,7 @@ use crate::{Encoder, Input};
 use rslirp_stack::service::dhcp::{DhcpServer, POOL_SIZE};
 use rslirp_stack::service::dhcpv6::{self, Dhcpv6Server};
 use rslirp_stack::service::search;
+use rslirp_stack::testing::dhcp_client_message;
 use rslirp_stack::{Duration, Instant, VirtualNetwork};
 use smoltcp::wire::{DhcpMessageType, DhcpPacket, DhcpRepr, EthernetAddress};
 use std::net::Ipv4Addr;
@@ -245,27 +246,11 @@ impl Fields {
             EthernetAddress([0x02, 0, 0, 0, 0xee, 0xee])
         };
         DhcpRepr {
-            message_type: self.message_type,
-            transaction_id: self.xid,
-            secs: 0,
-            client_hardware_address: chaddr,
             client_ip: self.client_ip,
-            your_ip: Ipv4Addr::UNSPECIFIED,
-            server_ip: Ipv4Addr::UNSPECIFIED,
-            router: None,
-            subnet_mask: None,
-            relay_agent_ip: Ipv4Addr::UNSPECIFIED,
             broadcast: self.broadcast,
             requested_ip: self.requested_ip,
-            client_identifier: Some(chaddr),
             server_identifier: self.server_identifier,
-            parameter_request_list: Some(&[1, 3, 6, 26, 51, 58, 59]),
-            dns_servers: None,
-            max_size: Some(1500),
-            lease_duration: None,
-            renew_duration: None,
-            rebind_duration: None,
-            additional_options: &[],
+            ..dhcp_client_message(self.message_type, self.xid, chaddr)
         }
     }
 }

@@ -567,29 +567,7 @@ mod tests {
         chaddr: EthernetAddress,
         edit: impl FnOnce(&mut DhcpRepr<'static>),
     ) -> Vec<u8> {
-        let mut repr = DhcpRepr {
-            message_type,
-            transaction_id: 0x1234_5678,
-            secs: 0,
-            client_hardware_address: chaddr,
-            client_ip: Ipv4Address::UNSPECIFIED,
-            your_ip: Ipv4Address::UNSPECIFIED,
-            server_ip: Ipv4Address::UNSPECIFIED,
-            router: None,
-            subnet_mask: None,
-            relay_agent_ip: Ipv4Address::UNSPECIFIED,
-            broadcast: false,
-            requested_ip: None,
-            client_identifier: Some(chaddr),
-            server_identifier: None,
-            parameter_request_list: Some(&[1, 3, 6, 26, 51, 58, 59]),
-            dns_servers: None,
-            max_size: Some(1500),
-            lease_duration: None,
-            renew_duration: None,
-            rebind_duration: None,
-            additional_options: &[],
-        };
+        let mut repr = crate::testing::dhcp_client_message(message_type, 0x1234_5678, chaddr);
         edit(&mut repr);
         let mut buffer = vec![0; repr.buffer_len()];
         repr.emit(&mut DhcpPacket::new_unchecked(&mut buffer[..]))

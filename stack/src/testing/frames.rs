@@ -581,29 +581,7 @@ impl Guest {
         message_type: DhcpMessageType,
         transaction_id: u32,
     ) -> DhcpRepr<'static> {
-        DhcpRepr {
-            message_type,
-            transaction_id,
-            secs: 0,
-            client_hardware_address: self.mac,
-            client_ip: Ipv4Addr::UNSPECIFIED,
-            your_ip: Ipv4Addr::UNSPECIFIED,
-            server_ip: Ipv4Addr::UNSPECIFIED,
-            router: None,
-            subnet_mask: None,
-            relay_agent_ip: Ipv4Addr::UNSPECIFIED,
-            broadcast: false,
-            requested_ip: None,
-            client_identifier: Some(self.mac),
-            server_identifier: None,
-            parameter_request_list: Some(&[1, 3, 6, 26, 51, 58, 59]),
-            dns_servers: None,
-            max_size: Some(1500),
-            lease_duration: None,
-            renew_duration: None,
-            rebind_duration: None,
-            additional_options: &[],
-        }
+        dhcp_client_message(message_type, transaction_id, self.mac)
     }
 
     /// A DHCP client message as a client without an address sends it: from 0.0.0.0:68
@@ -939,5 +917,39 @@ impl GuestTcp {
             },
         );
         (conn, syn_ack)
+    }
+}
+
+/// A DHCP client message as a stock client (udhcpc, dhclient) sends it before it has an
+/// address: `chaddr` as hardware address and client identifier, the usual parameter request
+/// list, a 1500-byte maximum; every other field empty. Tests and the fuzz harness edit what
+/// their story needs.
+pub fn dhcp_client_message(
+    message_type: DhcpMessageType,
+    transaction_id: u32,
+    chaddr: EthernetAddress,
+) -> DhcpRepr<'static> {
+    DhcpRepr {
+        message_type,
+        transaction_id,
+        secs: 0,
+        client_hardware_address: chaddr,
+        client_ip: Ipv4Addr::UNSPECIFIED,
+        your_ip: Ipv4Addr::UNSPECIFIED,
+        server_ip: Ipv4Addr::UNSPECIFIED,
+        router: None,
+        subnet_mask: None,
+        relay_agent_ip: Ipv4Addr::UNSPECIFIED,
+        broadcast: false,
+        requested_ip: None,
+        client_identifier: Some(chaddr),
+        server_identifier: None,
+        parameter_request_list: Some(&[1, 3, 6, 26, 51, 58, 59]),
+        dns_servers: None,
+        max_size: Some(1500),
+        lease_duration: None,
+        renew_duration: None,
+        rebind_duration: None,
+        additional_options: &[],
     }
 }

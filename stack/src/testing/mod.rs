@@ -11,8 +11,8 @@
 //! a message that says which contract was broken.
 
 pub use frames::{
-    echo_message, parse, parse_echo_message, try_parse, DhcpMessage, EchoMessage, Guest, GuestTcp,
-    ParseError, Parsed, TcpSegment, GUEST_MAC,
+    dhcp_client_message, echo_message, parse, parse_echo_message, try_parse, DhcpMessage,
+    EchoMessage, Guest, GuestTcp, ParseError, Parsed, TcpSegment, GUEST_MAC,
 };
 pub use host::{HostCall, SimHost, SimSocket, SocketKind, SocketState};
 pub use scenario::{complete_checksum, Scenario, START};
