@@ -1281,3 +1281,32 @@ fn a_lone_datagram_is_read_once() {
     assert_eq!(payloads, vec![b"one".to_vec(), b"two".to_vec()]);
     assert_eq!(datagram_reads(&s, flow), (3, 0), "the second was the last");
 }
+
+/// A datagram to the subnet's broadcast address goes nowhere and draws no ICMP error
+/// (RFC 1122 3.2.2: none may answer a datagram sent to a broadcast address), as one to
+/// 255.255.255.255 does; one to another address of the subnet is answered host
+/// unreachable.
+#[test]
+fn a_datagram_to_the_subnet_broadcast_draws_no_icmp_error() {
+    let mut s = Scenario::new();
+    let guest = s.guest;
+    for dst in [Ipv4Addr::new(10, 0, 2, 255), Ipv4Addr::BROADCAST] {
+        s.guest_sends(&guest.udp(40000, SocketAddrV4::new(dst, 137), b"who is there"));
+        assert_eq!(s.drain(), vec![], "to {dst}: nothing comes back");
+    }
+    assert!(
+        s.host.udp_opens().is_empty(),
+        "and nothing reaches the host"
+    );
+
+    s.guest_sends(&guest.udp(
+        40000,
+        SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 50), 137),
+        b"x",
+    ));
+    let reply = the_only(s.drain(), "ICMP error");
+    assert!(
+        matches!(reply, Parsed::IcmpUnreachable { code: 1, .. }),
+        "another address of the subnet: host unreachable, got {reply:?}"
+    );
+}

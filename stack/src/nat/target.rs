@@ -63,6 +63,12 @@ impl Rules {
             // answers, TCP fallback and several queries per connection just work.
             return self.dns_forward(port);
         }
+        // The subnet's broadcast address is inside the network too, but no ICMP error may
+        // answer a datagram sent to a broadcast address (RFC 1122 3.2.2): dropped silently,
+        // as 255.255.255.255 is.
+        if dst == network.broadcast() {
+            return Err(Refusal::Silent);
+        }
         if network.contains(dst) {
             return Err(Refusal::HostUnreachable);
         }
@@ -262,7 +268,7 @@ mod tests {
             ("guest's own address", base(), "10.0.2.100", 80, Err(HostUnreachable)),
             ("other address in the subnet", base(), "10.0.2.50", 80, Err(HostUnreachable)),
             ("network address", base(), "10.0.2.0", 80, Err(HostUnreachable)),
-            ("subnet broadcast (inside the subnet)", base(), "10.0.2.255", 80, Err(HostUnreachable)),
+            ("subnet broadcast (no ICMP error for it)", base(), "10.0.2.255", 80, Err(Silent)),
             ("limited broadcast", base(), "255.255.255.255", 80, Err(Silent)),
             ("multicast", base(), "224.0.0.251", 5353, Err(Silent)),
             ("loopback", base(), "127.0.0.1", 80, Err(Silent)),
@@ -274,6 +280,8 @@ mod tests {
             ("--cidr: its gateway", custom(), "10.10.0.2", 80, ok("127.0.0.1:80")),
             ("--cidr: its DNS", custom(), "10.10.0.3", 53, ok("127.0.0.53:53")),
             ("--cidr: its guest", custom(), "10.10.0.100", 80, Err(HostUnreachable)),
+            ("--cidr: its broadcast", custom(), "10.10.255.255", 80, Err(Silent)),
+            ("--cidr: the default's broadcast is remote", custom(), "10.0.2.255", 80, ok("10.0.2.255:80")),
             ("--cidr: inside the /16", custom(), "10.10.5.5", 80, Err(HostUnreachable)),
             ("--cidr: default gateway is remote", custom(), "10.0.2.2", 80, ok("10.0.2.2:80")),
             // IPv6
