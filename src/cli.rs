@@ -1473,17 +1473,38 @@ mod tests {
         err.message
     }
 
+    /// Each case's arguments are refused with its error text and with the usage.
+    fn assert_errors_with_usage(cases: &[(&[&str], &str)]) {
+        for (words, message) in cases {
+            assert_eq!(error_with_usage(words), *message, "{words:?}");
+        }
+    }
+
+    /// Each case's arguments are refused, with the usage, as ambiguous: the first word is
+    /// the abbreviation, the text the long names it could mean, as getopt lists them.
+    fn assert_ambiguous(cases: &[(&[&str], &str)]) {
+        for (words, candidates) in cases {
+            assert_eq!(
+                error_with_usage(words),
+                format!(
+                    "rslirp: option '{}' is ambiguous; possibilities: {candidates}",
+                    words[0]
+                ),
+            );
+        }
+    }
+
+    /// Each case's arguments are refused with its error text and without the usage.
+    fn assert_errors_without_usage(cases: &[(&[&str], &str)]) {
+        for (words, message) in cases {
+            assert_eq!(error_without_usage(words), *message, "{words:?}");
+        }
+    }
+
     fn help_text(words: &[&str]) -> String {
         match parse(ARGV0, args(words)) {
             Ok(Command::Help(text)) => text,
             other => panic!("{words:?}: expected Help, got {other:?}"),
-        }
-    }
-
-    fn version(words: &[&str]) -> String {
-        match parse(ARGV0, args(words)) {
-            Ok(Command::Version(text)) => text,
-            other => panic!("{words:?}: expected Version, got {other:?}"),
         }
     }
 
@@ -1569,14 +1590,16 @@ mod tests {
 
     #[test]
     fn a_value_is_taken_even_when_it_looks_like_an_option() {
-        assert_eq!(
-            error_with_usage(&["--exit-fd", "-1", "1"]),
-            "exit-fd must be a non-negative integer"
-        );
-        assert_eq!(
-            error_with_usage(&["-m", "--cidr", "1"]),
-            "MTU must be a positive integer (< 65522)"
-        );
+        assert_errors_with_usage(&[
+            (
+                &["--exit-fd", "-1", "1"],
+                "exit-fd must be a non-negative integer",
+            ),
+            (
+                &["-m", "--cidr", "1"],
+                "MTU must be a positive integer (< 65522)",
+            ),
+        ]);
     }
 
     #[test]
@@ -1597,14 +1620,10 @@ mod tests {
 
     #[test]
     fn short_option_equals_sign_is_part_of_the_value_as_in_getopt() {
-        assert_eq!(
-            error_with_usage(&["-r=3", "1"]),
-            "ready-fd must be a non-negative integer"
-        );
-        assert_eq!(
-            error_with_usage(&["-c=1", "1"]),
-            "rslirp: invalid option -- '='"
-        );
+        assert_errors_with_usage(&[
+            (&["-r=3", "1"], "ready-fd must be a non-negative integer"),
+            (&["-c=1", "1"], "rslirp: invalid option -- '='"),
+        ]);
     }
 
     #[test]
@@ -1653,22 +1672,21 @@ mod tests {
 
     #[test]
     fn ambiguous_prefixes_are_errors_listing_the_candidates() {
-        assert_eq!(
-            error_with_usage(&["--e", "1"]),
-            "rslirp: option '--e' is ambiguous; possibilities: '--exit-fd' '--enable-ipv6' '--enable-sandbox' '--enable-seccomp'"
-        );
-        assert_eq!(
-            error_with_usage(&["--enable=x", "1"]),
-            "rslirp: option '--enable=x' is ambiguous; possibilities: '--enable-ipv6' '--enable-sandbox' '--enable-seccomp'"
-        );
-        assert_eq!(
-            error_with_usage(&["--m", "1400", "1"]),
-            "rslirp: option '--m' is ambiguous; possibilities: '--mtu' '--macaddress'"
-        );
-        assert_eq!(
-            error_with_usage(&["--outbound", "::1", "1"]),
-            "rslirp: option '--outbound' is ambiguous; possibilities: '--outbound-addr' '--outbound-addr6'"
-        );
+        assert_ambiguous(&[
+            (
+                &["--e", "1"],
+                "'--exit-fd' '--enable-ipv6' '--enable-sandbox' '--enable-seccomp'",
+            ),
+            (
+                &["--enable=x", "1"],
+                "'--enable-ipv6' '--enable-sandbox' '--enable-seccomp'",
+            ),
+            (&["--m", "1400", "1"], "'--mtu' '--macaddress'"),
+            (
+                &["--outbound", "::1", "1"],
+                "'--outbound-addr' '--outbound-addr6'",
+            ),
+        ]);
     }
 
     /// What a long name resolves to, comparable: the option matched or the candidates.
@@ -1701,22 +1719,18 @@ mod tests {
         }
         assert!(checked > 100, "only {checked} prefixes checked");
         // The ones a caller is most likely to have typed.
-        assert_eq!(
-            error_with_usage(&["--outbound", "::1", "1"]),
-            "rslirp: option '--outbound' is ambiguous; possibilities: '--outbound-addr' '--outbound-addr6'"
-        );
-        assert_eq!(
-            error_with_usage(&["--outbound-a=x", "1"]),
-            "rslirp: option '--outbound-a=x' is ambiguous; possibilities: '--outbound-addr' '--outbound-addr6'"
-        );
-        assert_eq!(
-            error_with_usage(&["--p", "x", "1"]),
-            "rslirp: option '--p' is ambiguous; possibilities: '--pcap' '--pcap-size'"
-        );
-        assert_eq!(
-            error_with_usage(&["--pc", "/x", "1"]),
-            "rslirp: option '--pc' is ambiguous; possibilities: '--pcap' '--pcap-size'"
-        );
+        assert_ambiguous(&[
+            (
+                &["--outbound", "::1", "1"],
+                "'--outbound-addr' '--outbound-addr6'",
+            ),
+            (
+                &["--outbound-a=x", "1"],
+                "'--outbound-addr' '--outbound-addr6'",
+            ),
+            (&["--p", "x", "1"], "'--pcap' '--pcap-size'"),
+            (&["--pc", "/x", "1"], "'--pcap' '--pcap-size'"),
+        ]);
         assert_eq!(
             run(&["--pcap-", "64K", "--pcap=/x", "1"]).pcap_size,
             64 << 10
@@ -1748,38 +1762,28 @@ mod tests {
 
     #[test]
     fn getopt_errors_have_getopt_texts_and_usage() {
-        assert_eq!(
-            error_with_usage(&["--bogus", "1"]),
-            "rslirp: unrecognized option '--bogus'"
-        );
-        assert_eq!(
-            error_with_usage(&["--bogus=x", "1"]),
-            "rslirp: unrecognized option '--bogus=x'"
-        );
-        assert_eq!(
-            error_with_usage(&["-x", "1"]),
-            "rslirp: invalid option -- 'x'"
-        );
-        assert_eq!(
-            error_with_usage(&["-cx", "1"]),
-            "rslirp: invalid option -- 'x'"
-        );
-        assert_eq!(
-            error_with_usage(&["1", "-m"]),
-            "rslirp: option requires an argument -- 'm'"
-        );
-        assert_eq!(
-            error_with_usage(&["1", "--mt"]),
-            "rslirp: option '--mtu' requires an argument"
-        );
-        assert_eq!(
-            error_with_usage(&["--configure=1", "1"]),
-            "rslirp: option '--configure' doesn't allow an argument"
-        );
-        assert_eq!(
-            error_with_usage(&["--help=3"]),
-            "rslirp: option '--help' doesn't allow an argument"
-        );
+        assert_errors_with_usage(&[
+            (&["--bogus", "1"], "rslirp: unrecognized option '--bogus'"),
+            (
+                &["--bogus=x", "1"],
+                "rslirp: unrecognized option '--bogus=x'",
+            ),
+            (&["-x", "1"], "rslirp: invalid option -- 'x'"),
+            (&["-cx", "1"], "rslirp: invalid option -- 'x'"),
+            (&["1", "-m"], "rslirp: option requires an argument -- 'm'"),
+            (
+                &["1", "--mt"],
+                "rslirp: option '--mtu' requires an argument",
+            ),
+            (
+                &["--configure=1", "1"],
+                "rslirp: option '--configure' doesn't allow an argument",
+            ),
+            (
+                &["--help=3"],
+                "rslirp: option '--help' doesn't allow an argument",
+            ),
+        ]);
     }
 
     #[test]
@@ -1908,26 +1912,30 @@ mod tests {
                 "{bad:?}"
             );
         }
-        assert_eq!(
-            error_with_usage(&["--netns-type=tapfd", "--", "-1"]),
-            "TAPFD must a file descriptor"
-        );
-        assert_eq!(
-            error_with_usage(&["--netns-type=tapfd"]),
-            "rslirp: missing PID|PATH|FD operand"
-        );
-        assert_eq!(
-            error_without_usage(&["--netns-type=tapfd", "3", "tap0", "extra"]),
-            "too many arguments"
-        );
-        assert_eq!(
-            error_without_usage(&["--netns-type=tapfd", "-r", "3", "3"]),
-            "TAPFD 3 is also the ready-fd or the exit-fd"
-        );
-        assert_eq!(
-            error_without_usage(&["--netns-type=tapfd", "-e4", "4"]),
-            "TAPFD 4 is also the ready-fd or the exit-fd"
-        );
+        assert_errors_with_usage(&[
+            (
+                &["--netns-type=tapfd", "--", "-1"],
+                "TAPFD must a file descriptor",
+            ),
+            (
+                &["--netns-type=tapfd"],
+                "rslirp: missing PID|PATH|FD operand",
+            ),
+        ]);
+        assert_errors_without_usage(&[
+            (
+                &["--netns-type=tapfd", "3", "tap0", "extra"],
+                "too many arguments",
+            ),
+            (
+                &["--netns-type=tapfd", "-r", "3", "3"],
+                "TAPFD 3 is also the ready-fd or the exit-fd",
+            ),
+            (
+                &["--netns-type=tapfd", "-e4", "4"],
+                "TAPFD 4 is also the ready-fd or the exit-fd",
+            ),
+        ]);
     }
 
     #[test]
@@ -2004,18 +2012,14 @@ mod tests {
             run(&["--target-type", "bess", "42"]).bess_socket,
             Some("42".into())
         );
-        assert_eq!(
-            error_with_usage(&["--target-type=bess"]),
-            "rslirp: missing PATH operand"
-        );
-        assert_eq!(
-            error_with_usage(&["--target-type=bess", "a", "b"]),
-            "too many arguments"
-        );
-        assert_eq!(
-            error_with_usage(&["--target-type=bess", "-c", "x"]),
-            "--configure conflicts with --target-type=bess"
-        );
+        assert_errors_with_usage(&[
+            (&["--target-type=bess"], "rslirp: missing PATH operand"),
+            (&["--target-type=bess", "a", "b"], "too many arguments"),
+            (
+                &["--target-type=bess", "-c", "x"],
+                "--configure conflicts with --target-type=bess",
+            ),
+        ]);
         // Any --netns-type, even the default and even an unknown one, conflicts.
         for netns_type in ["pid", "path", "tapfd", "foo"] {
             assert_eq!(
@@ -2043,14 +2047,16 @@ mod tests {
     #[test]
     fn bess_checks_come_in_the_reference_order() {
         // The operand count first, then -c, then --netns-type, then --userns-path.
-        assert_eq!(
-            error_with_usage(&["--target-type=bess", "-c", "--netns-type=pid"]),
-            "rslirp: missing PATH operand"
-        );
-        assert_eq!(
-            error_with_usage(&["--target-type=bess", "-c", "--netns-type=pid", "x"]),
-            "--configure conflicts with --target-type=bess"
-        );
+        assert_errors_with_usage(&[
+            (
+                &["--target-type=bess", "-c", "--netns-type=pid"],
+                "rslirp: missing PATH operand",
+            ),
+            (
+                &["--target-type=bess", "-c", "--netns-type=pid", "x"],
+                "--configure conflicts with --target-type=bess",
+            ),
+        ]);
         let userns = existing_path();
         assert_eq!(
             error_with_usage(&[
@@ -2181,34 +2187,35 @@ mod tests {
             (o.network.to_string(), o.network.ipv6_prefix().to_string()),
             ("10.9.0.0/16".to_string(), "fd42::/64".to_string())
         );
-        assert_eq!(
-            error_with_usage(&["--cidr6x=fd42::/64", "1"]),
-            "rslirp: unrecognized option '--cidr6x=fd42::/64'"
-        );
-        assert_eq!(
-            error_with_usage(&["--cidr64=fd42::/64", "1"]),
-            "rslirp: unrecognized option '--cidr64=fd42::/64'"
-        );
+        assert_errors_with_usage(&[
+            (
+                &["--cidr6x=fd42::/64", "1"],
+                "rslirp: unrecognized option '--cidr6x=fd42::/64'",
+            ),
+            (
+                &["--cidr64=fd42::/64", "1"],
+                "rslirp: unrecognized option '--cidr64=fd42::/64'",
+            ),
+        ]);
     }
 
     #[test]
     fn cidr_errors_come_from_the_stack_without_usage() {
-        assert_eq!(
-            error_without_usage(&["--cidr=1.2.3.4", "1"]),
-            "invalid CIDR: 1.2.3.4"
-        );
-        assert_eq!(
-            error_without_usage(&["--cidr=10.0.2.300/24", "1"]),
-            "invalid network address: 10.0.2.300"
-        );
-        assert_eq!(
-            error_without_usage(&["--cidr=10.0.0.0/26", "1"]),
-            "prefix length needs to be 1-25"
-        );
-        assert_eq!(
-            error_without_usage(&["--cidr=10.0.2.1/24", "1"]),
-            "CIDR needs to be a network address like 10.0.2.0/24, not like 10.0.2.100/24"
-        );
+        assert_errors_without_usage(&[
+            (&["--cidr=1.2.3.4", "1"], "invalid CIDR: 1.2.3.4"),
+            (
+                &["--cidr=10.0.2.300/24", "1"],
+                "invalid network address: 10.0.2.300",
+            ),
+            (
+                &["--cidr=10.0.0.0/26", "1"],
+                "prefix length needs to be 1-25",
+            ),
+            (
+                &["--cidr=10.0.2.1/24", "1"],
+                "CIDR needs to be a network address like 10.0.2.0/24, not like 10.0.2.100/24",
+            ),
+        ]);
     }
 
     #[test]
@@ -2228,18 +2235,20 @@ mod tests {
 
     #[test]
     fn outbound_addresses_are_validated() {
-        assert_eq!(
-            error_without_usage(&["--outbound-addr=::1", "1"]),
-            "outbound-addr has to be valid ipv4 address or interface name."
-        );
-        assert_eq!(
-            error_without_usage(&["--outbound-addr6=10.0.0.1", "1"]),
-            "outbound-addr6 has to be valid ipv6 address or interface name."
-        );
-        assert_eq!(
-            error_without_usage(&["--outbound-addr=a/b", "1"]),
-            "outbound-addr has to be valid ipv4 address or interface name."
-        );
+        assert_errors_without_usage(&[
+            (
+                &["--outbound-addr=::1", "1"],
+                "outbound-addr has to be valid ipv4 address or interface name.",
+            ),
+            (
+                &["--outbound-addr6=10.0.0.1", "1"],
+                "outbound-addr6 has to be valid ipv6 address or interface name.",
+            ),
+            (
+                &["--outbound-addr=a/b", "1"],
+                "outbound-addr has to be valid ipv4 address or interface name.",
+            ),
+        ]);
         assert_eq!(
             run(&["--outbound-addr=eth0", "1"]).outbound_addr.as_deref(),
             Some("eth0")
@@ -2328,81 +2337,64 @@ mod tests {
         assert_eq!(ports, [(Udp, 53), (Tcp, 80), (Tcp, 81)]);
     }
 
-    /// The reason in an `invalid --publish` error.
-    fn fault_of(words: &[&str]) -> String {
+    /// The reason in the `invalid --publish "SPEC": REASON (expected ...)` error that
+    /// `words` draw, checking the rest of the text.
+    fn publish_fault(words: &[&str], spec: &str) -> String {
         let message = error_without_usage(words);
-        let (_, rest) = message
-            .split_once("\": ")
-            .unwrap_or_else(|| panic!("{message}"));
+        let prefix = format!("invalid --publish \"{spec}\": ");
         let suffix = format!(" (expected {PUBLISH_SYNTAX})");
-        rest.strip_suffix(&suffix)
-            .unwrap_or_else(|| panic!("{message}"))
-            .to_string()
+        assert!(
+            message.starts_with(&prefix) && message.ends_with(&suffix),
+            "{message}"
+        );
+        message[prefix.len()..message.len() - suffix.len()].to_string()
     }
 
     #[test]
     fn publish_errors_name_the_fault() {
-        let fault = |spec: &str| {
-            let message = error_without_usage(&["--publish", spec, "1"]);
-            let prefix = format!("invalid --publish \"{spec}\": ");
-            let suffix = format!(" (expected {PUBLISH_SYNTAX})");
-            assert!(
-                message.starts_with(&prefix) && message.ends_with(&suffix),
-                "{message}"
-            );
-            message[prefix.len()..message.len() - suffix.len()].to_string()
-        };
-        assert_eq!(
-            fault("8080-8082:80-81"),
-            "3 host ports (8080-8082) but 2 guest ports (80-81)"
-        );
-        assert_eq!(
-            fault("8080-8081:80"),
-            "2 host ports (8080-8081) but 1 guest ports (80)"
-        );
-        assert_eq!(fault("0:80"), "port 0 cannot be published");
-        assert_eq!(fault("8080:0"), "port 0 cannot be published");
-        assert_eq!(fault("65536:80"), "port 65536 is beyond 65535");
-        assert_eq!(
-            fault("8080:99999999999"),
-            "port 99999999999 is beyond 65535"
-        );
-        assert_eq!(
-            fault("8082-8080:80-82"),
-            "port range 8082-8080 ends before it starts"
-        );
-        assert_eq!(
-            fault("sctp/80:80"),
-            "unknown protocol \"sctp\" (tcp or udp)"
-        );
-        assert_eq!(fault("TCP/80:80"), "unknown protocol \"TCP\" (tcp or udp)");
-        assert_eq!(
-            fault("8080:80/udp"),
-            "the protocol comes first, as in udp/8080:80"
-        );
-        assert_eq!(fault("8080"), "no guest port");
-        assert_eq!(fault(""), "no guest port");
-        assert_eq!(fault("8080:"), "\"\" is not a port number");
-        assert_eq!(fault(":80"), "\"\" is not a port number");
-        assert_eq!(fault("+80:80"), "\"+80\" is not a port number");
-        assert_eq!(fault("80-:80"), "\"\" is not a port number");
-        assert_eq!(
-            fault("localhost:80:80"),
-            "\"localhost\" is not an IPv4 address (IPv6 goes in brackets)"
-        );
-        assert_eq!(
-            fault("::1:8080:80"),
-            "an IPv6 host address goes in brackets, as [::1]:8080:80"
-        );
-        assert_eq!(
-            fault("[::1:8080:80"),
-            "an IPv6 host address needs its closing bracket and a colon after it"
-        );
-        assert_eq!(
-            fault("[1.2.3.4]:80:80"),
-            "\"1.2.3.4\" is not an IPv6 address"
-        );
-        assert_eq!(fault("[::1]:80"), "no guest port after the host address");
+        for (spec, reason) in [
+            (
+                "8080-8082:80-81",
+                "3 host ports (8080-8082) but 2 guest ports (80-81)",
+            ),
+            (
+                "8080-8081:80",
+                "2 host ports (8080-8081) but 1 guest ports (80)",
+            ),
+            ("0:80", "port 0 cannot be published"),
+            ("8080:0", "port 0 cannot be published"),
+            ("65536:80", "port 65536 is beyond 65535"),
+            ("8080:99999999999", "port 99999999999 is beyond 65535"),
+            (
+                "8082-8080:80-82",
+                "port range 8082-8080 ends before it starts",
+            ),
+            ("sctp/80:80", "unknown protocol \"sctp\" (tcp or udp)"),
+            ("TCP/80:80", "unknown protocol \"TCP\" (tcp or udp)"),
+            ("8080:80/udp", "the protocol comes first, as in udp/8080:80"),
+            ("8080", "no guest port"),
+            ("", "no guest port"),
+            ("8080:", "\"\" is not a port number"),
+            (":80", "\"\" is not a port number"),
+            ("+80:80", "\"+80\" is not a port number"),
+            ("80-:80", "\"\" is not a port number"),
+            (
+                "localhost:80:80",
+                "\"localhost\" is not an IPv4 address (IPv6 goes in brackets)",
+            ),
+            (
+                "::1:8080:80",
+                "an IPv6 host address goes in brackets, as [::1]:8080:80",
+            ),
+            (
+                "[::1:8080:80",
+                "an IPv6 host address needs its closing bracket and a colon after it",
+            ),
+            ("[1.2.3.4]:80:80", "\"1.2.3.4\" is not an IPv6 address"),
+            ("[::1]:80", "no guest port after the host address"),
+        ] {
+            assert_eq!(publish_fault(&["--publish", spec, "1"], spec), reason);
+        }
         // A bad --publish does not hide an earlier getopt error, nor a later one its own.
         assert_eq!(
             error_with_usage(&["--mtu", "0", "--publish", "0:0", "1"]),
@@ -2413,7 +2405,7 @@ mod tests {
                 .starts_with("invalid --publish")
         );
         // The option takes the next word as its value, as every option with one does.
-        assert_eq!(fault_of(&["--publish", "1"]), "no guest port");
+        assert_eq!(publish_fault(&["--publish", "1"], "1"), "no guest port");
     }
 
     #[test]
@@ -2426,14 +2418,12 @@ mod tests {
         assert_eq!(o.outbound_addr.as_deref(), Some("10.1.1.1"));
         assert_eq!(o.outbound_if.as_deref(), Some("wg0"));
         for bad in ["", "a/b", "a:b", "a b", ".", "..", "sixteen-chars-xx"] {
-            assert_eq!(
-                error_without_usage(&["--outbound-if", bad, "1"]),
-                format!("--outbound-if has to be a valid interface name: \"{bad}\"")
-            );
-            assert_eq!(
-                error_without_usage(&["--outbound-if6", bad, "1"]),
-                format!("--outbound-if6 has to be a valid interface name: \"{bad}\"")
-            );
+            for option in ["--outbound-if", "--outbound-if6"] {
+                assert_eq!(
+                    error_without_usage(&[option, bad, "1"]),
+                    format!("{option} has to be a valid interface name: \"{bad}\"")
+                );
+            }
         }
         assert_eq!(
             run(&["--outbound-if", "fifteen-chars-x", "1"])
@@ -2508,26 +2498,25 @@ mod tests {
 
     #[test]
     fn errors_come_in_the_reference_order() {
-        assert_eq!(
-            error_with_usage(&[&format!("--userns-path={MISSING_PATH}"), "-m", "0", "1"]),
-            format!("userns path doesn't exist: {MISSING_PATH}")
-        );
-        assert_eq!(
-            error_with_usage(&["-m", "0", &format!("--userns-path={MISSING_PATH}"), "1"]),
-            "MTU must be a positive integer (< 65522)"
-        );
-        assert_eq!(
-            error_with_usage(&["--target-type=x", "--macaddress=1", "0"]),
-            "--macaddr cannot be specified when --configure or -c is not specified"
-        );
-        assert_eq!(
-            error_with_usage(&["--target-type=x"]),
-            "--target-type must be either \"netns\" or \"bess\""
-        );
-        assert_eq!(
-            error_with_usage(&["--cidr=bad", "0"]),
-            "PID must be a positive integer"
-        );
+        assert_errors_with_usage(&[
+            (
+                &[&format!("--userns-path={MISSING_PATH}"), "-m", "0", "1"],
+                &format!("userns path doesn't exist: {MISSING_PATH}"),
+            ),
+            (
+                &["-m", "0", &format!("--userns-path={MISSING_PATH}"), "1"],
+                "MTU must be a positive integer (< 65522)",
+            ),
+            (
+                &["--target-type=x", "--macaddress=1", "0"],
+                "--macaddr cannot be specified when --configure or -c is not specified",
+            ),
+            (
+                &["--target-type=x"],
+                "--target-type must be either \"netns\" or \"bess\"",
+            ),
+            (&["--cidr=bad", "0"], "PID must be a positive integer"),
+        ]);
     }
 
     #[test]
@@ -2655,6 +2644,13 @@ mod tests {
                 "{}",
                 spec.long
             );
+        }
+    }
+
+    fn version(words: &[&str]) -> String {
+        match parse(ARGV0, args(words)) {
+            Ok(Command::Version(text)) => text,
+            other => panic!("{words:?}: expected Version, got {other:?}"),
         }
     }
 
