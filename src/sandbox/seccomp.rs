@@ -79,26 +79,19 @@ pub fn allowed_syscalls() -> Result<Rules, seccompiler::BackendError> {
         rules.entry(nr).or_default().extend(conditions);
     };
 
-    // Seen. mio's epoll; read/write on the tap, the signalfd, the inotify fd, the exit fd,
-    // TCP host sockets, the control socket's clients and stderr.
-    #[cfg(target_arch = "x86_64")]
-    allow(libc::SYS_epoll_wait, vec![]);
-    allow(libc::SYS_epoll_ctl, vec![]);
-    allow(libc::SYS_read, vec![]);
-    allow(libc::SYS_write, vec![]);
-    // Frames to a tap with a virtio-net header: the header and the frame in one call.
-    allow(libc::SYS_writev, vec![]);
-    allow(libc::SYS_close, vec![]);
-    // Host sockets of NAT flows (TCP, UDP, ICMP ping sockets) and of port forwards, only in
-    // the two families the NAT uses: no netlink, packet or unix sockets.
-    allow(
-        libc::SYS_socket,
-        vec![
-            arg_eq(0, libc::AF_INET as u64)?,
-            arg_eq(0, libc::AF_INET6 as u64)?,
-        ],
-    );
+    // Seen, with any arguments.
     for nr in [
+        // mio's epoll; read/write on the tap, the signalfd, the inotify fd, the exit fd, TCP
+        // host sockets, the control socket's clients and stderr.
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_epoll_wait,
+        libc::SYS_epoll_ctl,
+        libc::SYS_read,
+        libc::SYS_write,
+        // Frames to a tap with a virtio-net header: the header and the frame in one call.
+        libc::SYS_writev,
+        libc::SYS_close,
+        // Host sockets of NAT flows and of port forwards (`socket` itself is below).
         libc::SYS_connect,
         libc::SYS_bind,
         libc::SYS_listen,
@@ -112,9 +105,31 @@ pub fn allowed_syscalls() -> Result<Rules, seccompiler::BackendError> {
         libc::SYS_recvmsg,
         // Two datagrams of a UDP or ping socket in one call (host.rs `recv_two`).
         libc::SYS_recvmmsg,
+        // Re-reading resolv.conf after a change: its size (the open is below), and the
+        // file watch re-armed (a rename gives a new inode).
+        libc::SYS_statx,
+        libc::SYS_inotify_add_watch,
+        libc::SYS_inotify_rm_watch,
+        // The allocator: blocks of a page or more (flow buffers) are mappings of their own
+        // (src/alloc.rs); the mapping itself is below.
+        libc::SYS_munmap,
+        libc::SYS_brk,
+        // std takes down the main thread's signal stack on the way out; then the exit.
+        libc::SYS_sigaltstack,
+        libc::SYS_exit_group,
     ] {
         allow(nr, vec![]);
     }
+    // Seen, with these arguments only.
+    // Host sockets of NAT flows (TCP, UDP, ICMP ping sockets) and of port forwards, only in
+    // the two families the NAT uses: no netlink, packet or unix sockets.
+    allow(
+        libc::SYS_socket,
+        vec![
+            arg_eq(0, libc::AF_INET as u64)?,
+            arg_eq(0, libc::AF_INET6 as u64)?,
+        ],
+    );
     // std's set_nonblocking on an accepted forward connection is ioctl(FIONBIO), nothing
     // else. FIONBIO is a c_ulong with glibc but a c_int with musl.
     #[allow(clippy::unnecessary_cast)]
@@ -130,7 +145,7 @@ pub fn allowed_syscalls() -> Result<Rules, seccompiler::BackendError> {
         ],
     );
     // Re-reading resolv.conf after a change: open read-only (none of the write, create,
-    // truncate or append flags), size, read.
+    // truncate or append flags).
     allow(
         libc::SYS_openat,
         vec![arg_without(
@@ -138,47 +153,38 @@ pub fn allowed_syscalls() -> Result<Rules, seccompiler::BackendError> {
             (libc::O_ACCMODE | libc::O_CREAT | libc::O_TRUNC | libc::O_APPEND) as u64,
         )?],
     );
-    allow(libc::SYS_statx, vec![]);
-    // After a change the resolver's file watch is re-armed (a rename gives a new inode).
-    allow(libc::SYS_inotify_add_watch, vec![]);
-    allow(libc::SYS_inotify_rm_watch, vec![]);
-    // The allocator: blocks of a page or more (flow buffers) are mappings of their own
-    // (src/alloc.rs). Never executable memory,
-    // so a hijacked process cannot map code of its own.
-    allow(
-        libc::SYS_mmap,
-        vec![arg_without(2, libc::PROT_EXEC as u64)?],
-    );
-    allow(libc::SYS_munmap, vec![]);
-    allow(libc::SYS_brk, vec![]);
-    // std takes down the main thread's signal stack on the way out; then the exit.
-    allow(libc::SYS_sigaltstack, vec![]);
-    allow(libc::SYS_exit_group, vec![]);
+    // Never executable memory, so a hijacked process cannot map code of its own.
+    let no_exec = arg_without(2, libc::PROT_EXEC as u64)?;
+    allow(libc::SYS_mmap, vec![no_exec.clone()]);
 
-    // Not seen, allowed on purpose.
-    // epoll_wait's successor, the only one on architectures without epoll_wait (aarch64).
-    allow(libc::SYS_epoll_pwait, vec![]);
-    // glibc's realloc and free of large blocks (mremap, madvise); mprotect when an arena
-    // grows. Again never executable memory.
-    allow(libc::SYS_mremap, vec![]);
-    allow(libc::SYS_madvise, vec![]);
-    allow(
-        libc::SYS_mprotect,
-        vec![arg_without(2, libc::PROT_EXEC as u64)?],
-    );
-    // Time is read through the vDSO, which falls back to the system call when the clock
-    // source cannot be read from user space (some virtual machines).
-    allow(libc::SYS_clock_gettime, vec![]);
-    // The kernel's own after a signal or a stop (SIGSTOP, ptrace) of the process.
-    allow(libc::SYS_rt_sigreturn, vec![]);
-    allow(libc::SYS_restart_syscall, vec![]);
-    // A panic aborts (panic = "abort"): abort() unblocks and raises SIGABRT at its own
-    // process only, so it dies of SIGABRT as it should, not of a confusing fallback.
-    allow(libc::SYS_exit, vec![]);
-    allow(libc::SYS_rt_sigprocmask, vec![]);
-    allow(libc::SYS_rt_sigaction, vec![]);
-    allow(libc::SYS_getpid, vec![]);
-    allow(libc::SYS_gettid, vec![]);
+    // Not seen, allowed on purpose, with any arguments.
+    for nr in [
+        // epoll_wait's successor, the only one on architectures without epoll_wait (aarch64).
+        libc::SYS_epoll_pwait,
+        // glibc's realloc and free of large blocks (mremap, madvise).
+        libc::SYS_mremap,
+        libc::SYS_madvise,
+        // Time is read through the vDSO, which falls back to the system call when the clock
+        // source cannot be read from user space (some virtual machines).
+        libc::SYS_clock_gettime,
+        // The kernel's own after a signal or a stop (SIGSTOP, ptrace) of the process.
+        libc::SYS_rt_sigreturn,
+        libc::SYS_restart_syscall,
+        // A panic aborts (panic = "abort"): abort() unblocks and raises SIGABRT at its own
+        // process only (tgkill, below), so it dies of SIGABRT as it should, not of a
+        // confusing fallback.
+        libc::SYS_exit,
+        libc::SYS_rt_sigprocmask,
+        libc::SYS_rt_sigaction,
+        libc::SYS_getpid,
+        libc::SYS_gettid,
+    ] {
+        allow(nr, vec![]);
+    }
+    // Not seen, with these arguments only.
+    // mprotect when a glibc arena grows; again never executable memory.
+    allow(libc::SYS_mprotect, vec![no_exec]);
+    // abort()'s SIGABRT, at this process only.
     allow(
         libc::SYS_tgkill,
         vec![arg_eq(0, std::process::id().into())?],
