@@ -35,6 +35,15 @@ pub fn set_nonblocking(fd: impl AsFd) -> nix::Result<()> {
     Ok(())
 }
 
+/// A pair of connected unix sockets of `kind`, both ends close-on-exec: the channel to a
+/// helper process rslirp forks (the namespace child, the socket remover).
+pub fn unix_socketpair(
+    kind: nix::sys::socket::SockType,
+) -> nix::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag};
+    socketpair(AddressFamily::Unix, kind, None, SockFlag::SOCK_CLOEXEC)
+}
+
 /// A random seed for the stack (TCP initial sequence numbers). std's `RandomState` is
 /// keyed from the OS's random source, which is all this needs.
 pub fn random_seed() -> u64 {

@@ -353,30 +353,36 @@ fn publish_error(request: &ForwardRequest, err: &AddForwardError) -> String {
 
 /// `--outbound-addr`: an IPv4 address, or an interface whose first IPv4 address is used.
 fn outbound_v4(spec: &str) -> Result<Ipv4Addr, String> {
-    if let Ok(addr) = spec.parse() {
-        return Ok(addr);
-    }
-    interface_addresses(spec)?
-        .into_iter()
-        .find_map(|ip| match ip {
-            IpAddr::V4(v4) => Some(v4),
-            IpAddr::V6(_) => None,
-        })
-        .ok_or_else(|| format!("interface {spec} has no IPv4 address (--outbound-addr)"))
+    let v4 = |ip| match ip {
+        IpAddr::V4(v4) => Some(v4),
+        IpAddr::V6(_) => None,
+    };
+    outbound_addr(spec, v4, "IPv4 address (--outbound-addr)")
 }
 
 /// `--outbound-addr6`: an IPv6 address, or an interface whose first IPv6 address is used.
 fn outbound_v6(spec: &str) -> Result<Ipv6Addr, String> {
+    let global_v6 = |ip| match ip {
+        IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) != 0xfe80 => Some(v6),
+        _ => None,
+    };
+    outbound_addr(spec, global_v6, "global IPv6 address (--outbound-addr6)")
+}
+
+/// `spec` as an address, or else the first address of the interface `spec` that `pick`
+/// takes; `missing` names what the interface lacks in the error.
+fn outbound_addr<A: std::str::FromStr>(
+    spec: &str,
+    pick: impl Fn(IpAddr) -> Option<A>,
+    missing: &str,
+) -> Result<A, String> {
     if let Ok(addr) = spec.parse() {
         return Ok(addr);
     }
     interface_addresses(spec)?
         .into_iter()
-        .find_map(|ip| match ip {
-            IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) != 0xfe80 => Some(v6),
-            _ => None,
-        })
-        .ok_or_else(|| format!("interface {spec} has no global IPv6 address (--outbound-addr6)"))
+        .find_map(pick)
+        .ok_or_else(|| format!("interface {spec} has no {missing}"))
 }
 
 fn interface_addresses(name: &str) -> Result<Vec<IpAddr>, String> {

@@ -15,10 +15,7 @@ use std::path::PathBuf;
 use nix::errno::Errno;
 use nix::fcntl::{open, OFlag};
 use nix::sched::{setns, CloneFlags};
-use nix::sys::socket::{
-    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
-    SockFlag, SockType,
-};
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags, SockType};
 use nix::sys::stat::Mode;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
@@ -144,13 +141,8 @@ fn child_error(job: &ChildJob, step: ChildStep, errno: Errno) -> SetupError {
 pub(super) fn run_child(job: &ChildJob) -> Result<OwnedFd, SetupError> {
     let handoff = |op| move |errno| SetupError::Handoff { op, errno };
     // SEQPACKET so that the child's exit shows up as end-of-file on our end.
-    let (parent_end, child_end) = socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(handoff("socketpair"))?;
+    let (parent_end, child_end) =
+        crate::unix_socketpair(SockType::SeqPacket).map_err(handoff("socketpair"))?;
 
     // SAFETY: the documented contract of `open_tap` is that the process is single-threaded,
     // so no other thread can hold a lock (malloc's, stdio's) that the child would inherit

@@ -40,18 +40,13 @@ impl Drop for Confinement {
 /// dumpable, so a taken-over rslirp of the same uid cannot ptrace it. Must run while
 /// single-threaded, like the rest of the sandbox module. Returns our end.
 pub(super) fn spawn_socket_remover(path: &Path) -> Result<OwnedFd, SandboxError> {
-    use nix::sys::socket::{setsockopt, socketpair, sockopt, AddressFamily, SockFlag, SockType};
+    use nix::sys::socket::{setsockopt, sockopt, SockType};
     use std::os::unix::fs::MetadataExt;
     let display = path.display().to_string();
     let made = fs::symlink_metadata(path).map_err(io_failed(format!("stat {display}")))?;
     let identity = (made.dev(), made.ino());
-    let (ours, theirs) = socketpair(
-        AddressFamily::Unix,
-        SockType::Stream,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(failed("socketpair for the socket remover"))?;
+    let (ours, theirs) = crate::unix_socketpair(SockType::Stream)
+        .map_err(failed("socketpair for the socket remover"))?;
     let timeout = nix::sys::time::TimeVal::new(SOCKET_REMOVER_TIMEOUT.as_secs() as _, 0);
     setsockopt(&ours, sockopt::ReceiveTimeout, &timeout)
         .map_err(failed("SO_RCVTIMEO for the socket remover"))?;
