@@ -470,46 +470,44 @@ fn render_stats(stats: &Value) -> Option<String> {
     Some(out)
 }
 
+/// What a column of the flows table shows for one flow.
+type FlowCell = fn(&Value) -> String;
+
 fn render_flows(flows: &[Value]) -> Option<String> {
     let mut flows: Vec<&Value> = flows.iter().collect();
     flows.sort_by_key(|flow| flow.get("id").and_then(Value::as_u64));
+    // Each column with the cell it shows for a flow.
+    let columns: [(Column, FlowCell); 9] = [
+        (Column::right("ID"), |flow| text(flow.get("id"))),
+        (Column::left("PROTO"), |flow| text(flow.get("proto"))),
+        (Column::left("GUEST"), |flow| text(flow.get("guest"))),
+        (Column::left("REMOTE"), |flow| text(flow.get("remote"))),
+        (Column::left("HOST"), |flow| text(flow.get("host"))),
+        (Column::left("STATE"), |flow| text(flow.get("state"))),
+        (Column::right("FROM_GUEST"), |flow| {
+            number_or_text(flow.get("rx_bytes"), human_bytes)
+        }),
+        (Column::right("TO_GUEST"), |flow| {
+            number_or_text(flow.get("tx_bytes"), human_bytes)
+        }),
+        (Column::right("AGE"), |flow| {
+            number_or_text(flow.get("age_ms"), human_age)
+        }),
+    ];
     let rows: Vec<Vec<String>> = flows
         .into_iter()
-        .map(|flow| {
-            let bytes = |key| match flow.get(key).and_then(Value::as_u64) {
-                Some(bytes) => human_bytes(bytes),
-                None => text(flow.get(key)),
-            };
-            vec![
-                text(flow.get("id")),
-                text(flow.get("proto")),
-                text(flow.get("guest")),
-                text(flow.get("remote")),
-                text(flow.get("host")),
-                text(flow.get("state")),
-                bytes("rx_bytes"),
-                bytes("tx_bytes"),
-                match flow.get("age_ms").and_then(Value::as_u64) {
-                    Some(ms) => human_age(ms),
-                    None => text(flow.get("age_ms")),
-                },
-            ]
-        })
+        .map(|flow| columns.iter().map(|(_, cell)| cell(flow)).collect())
         .collect();
-    Some(table(
-        &[
-            Column::right("ID"),
-            Column::left("PROTO"),
-            Column::left("GUEST"),
-            Column::left("REMOTE"),
-            Column::left("HOST"),
-            Column::left("STATE"),
-            Column::right("FROM_GUEST"),
-            Column::right("TO_GUEST"),
-            Column::right("AGE"),
-        ],
-        &rows,
-    ))
+    let columns: Vec<Column> = columns.into_iter().map(|(column, _)| column).collect();
+    Some(table(&columns, &rows))
+}
+
+/// A number as `show` writes it; anything else as [`text`] does.
+fn number_or_text(value: Option<&Value>, show: fn(u64) -> String) -> String {
+    match value.and_then(Value::as_u64) {
+        Some(number) => show(number),
+        None => text(value),
+    }
 }
 
 /// `10.0.2.100:80`, `[::1]:8080`; falls back to the raw values if they are not an address
