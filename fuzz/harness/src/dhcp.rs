@@ -28,7 +28,7 @@ const NETWORKS: [&str; 4] = [
     "128.0.0.0/1",
 ];
 
-const TYPES: [DhcpMessageType; 9] = [
+pub const MESSAGE_TYPES: [DhcpMessageType; 9] = [
     DhcpMessageType::Discover,
     DhcpMessageType::Request,
     DhcpMessageType::Release,
@@ -206,7 +206,7 @@ struct Fields {
 
 impl Fields {
     fn read(input: &mut Input, network: &VirtualNetwork) -> Fields {
-        let message_type = input.pick(&TYPES);
+        let message_type = input.pick(&MESSAGE_TYPES);
         let xid = input.u32();
         let options = input.byte();
         let mut address = || {

@@ -8,6 +8,7 @@
 //! sequence numbers ([`Op::TcpReply`]), which is how inputs reach established connections,
 //! retransmission, FIN and RST handling.
 
+use crate::dhcp::MESSAGE_TYPES;
 use crate::offload::{self, VnetHeader};
 use crate::sim::{SentTcp, Sim};
 use crate::{clock_step, run_steps, Encoder, Input, Step, HOST_ERRORS};
@@ -21,10 +22,10 @@ use rslirp_stack::testing::SocketState;
 use rslirp_stack::{Config, Duration, Limits, VirtualNetwork};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    DhcpMessageType, EthernetAddress, Icmpv6Repr, IpAddress, IpProtocol, Ipv4Packet, TcpControl,
-    TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr, ETHERNET_HEADER_LEN,
+    EthernetAddress, Icmpv6Repr, IpProtocol, Ipv4Packet, TcpControl, TcpPacket, TcpRepr,
+    TcpSeqNumber, ETHERNET_HEADER_LEN,
 };
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 /// Steps per input (see [`run_steps`]).
 const MAX_STEPS: usize = 400;
@@ -837,18 +838,10 @@ impl Fuzz {
     }
 
     fn dhcp(&mut self, input: &mut Input) {
-        const TYPES: [DhcpMessageType; 8] = [
-            DhcpMessageType::Discover,
-            DhcpMessageType::Request,
-            DhcpMessageType::Release,
-            DhcpMessageType::Decline,
-            DhcpMessageType::Inform,
-            DhcpMessageType::Offer,
-            DhcpMessageType::Ack,
-            DhcpMessageType::Nak,
-        ];
+        // Every type but the last, `Unknown` (the `dhcp` target sends that one).
+        let types = &MESSAGE_TYPES[..MESSAGE_TYPES.len() - 1];
         let mac = guest_mac(input.byte());
-        let message_type = input.pick(&TYPES);
+        let message_type = input.pick(types);
         let xid = input.u32();
         let client_ip = self.ipv4(input);
         let requested = self.ipv4(input);
@@ -966,9 +959,13 @@ impl Fuzz {
                 ..self.guest
             }
             .udp(src_port, SocketAddrV4::new(dst, dst_port), payload),
-            (IpAddr::V6(src), IpAddr::V6(dst)) => {
-                udp6_frame(&self.guest, (src, src_port), (dst, dst_port), payload)
-            }
+            (IpAddr::V6(src), IpAddr::V6(dst)) => self.guest.udp6_from(
+                SocketAddrV6::new(src, src_port, 0, 0),
+                SocketAddrV6::new(dst, dst_port, 0, 0),
+                self.guest.gateway_mac,
+                64,
+                payload,
+            ),
             _ => Vec::new(),
         }
     }
@@ -1093,34 +1090,6 @@ fn tcp6_frame(guest: &Guest, src: Ipv6Addr, dst: Ipv6Addr, segment: &TcpSegment)
             packet.set_rst(segment.rst);
             packet.set_psh(segment.psh);
             packet.fill_checksum(src, dst);
-        },
-    )
-}
-
-fn udp6_frame(
-    guest: &Guest,
-    (src, src_port): (Ipv6Addr, u16),
-    (dst, dst_port): (Ipv6Addr, u16),
-    payload: &[u8],
-) -> Vec<u8> {
-    let repr = UdpRepr { src_port, dst_port };
-    let len = repr.header_len() + payload.len();
-    guest.ipv6_frame(
-        src,
-        dst,
-        guest.gateway_mac,
-        IpProtocol::Udp,
-        64,
-        len,
-        |buf, src: &IpAddress, dst: &IpAddress| {
-            repr.emit(
-                &mut UdpPacket::new_unchecked(buf),
-                src,
-                dst,
-                payload.len(),
-                |out| out.copy_from_slice(payload),
-                &ChecksumCapabilities::default(),
-            )
         },
     )
 }
