@@ -35,20 +35,18 @@ pub enum Op {
     Advance,
 }
 
-pub const OPS: [Op; 9] = [
-    Op::Request,
-    Op::Add,
-    Op::Remove,
-    Op::List,
-    Op::Stats,
-    Op::FailNextListen,
-    Op::Client,
-    Op::ForwardEvent,
-    Op::Advance,
-];
-
 impl Step for Op {
-    const ALL: &'static [Op] = &OPS;
+    const ALL: &'static [Op] = &[
+        Op::Request,
+        Op::Add,
+        Op::Remove,
+        Op::List,
+        Op::Stats,
+        Op::FailNextListen,
+        Op::Client,
+        Op::ForwardEvent,
+        Op::Advance,
+    ];
 }
 
 pub fn run(data: &[u8]) {
@@ -126,8 +124,7 @@ pub fn seeds() -> crate::Seeds {
     let mut seeds = Vec::new();
 
     // The reference's own examples, in its exact spelling.
-    let mut e = Encoder::new();
-    e.byte(0);
+    let mut e = Encoder::with_flags(0);
     request(
         &mut e,
         r#"{"execute": "add_hostfwd", "arguments": {"proto": "tcp", "host_addr": "0.0.0.0", "host_port": 8080, "guest_addr": "10.0.2.100", "guest_port": 80}}"#,
@@ -141,8 +138,7 @@ pub fn seeds() -> crate::Seeds {
     seeds.push(("reference-examples", e.finish()));
 
     // Add, traffic, remove, add again (ids are not reused), with IPv6.
-    let mut e = Encoder::new();
-    e.byte(1);
+    let mut e = Encoder::with_flags(1);
     e.step(Op::Add).fields(&[0, 0, 2, 3, 0]);
     e.step(Op::Client).fields(&[0, 0]).u16(50000).bytes(b"");
     e.step(Op::Add).fields(&[1, 1, 0, 0, 2]);
@@ -159,8 +155,7 @@ pub fn seeds() -> crate::Seeds {
     seeds.push(("add-remove-v6", e.finish()));
 
     // Requests the reference refuses, one per error text.
-    let mut e = Encoder::new();
-    e.byte(2);
+    let mut e = Encoder::with_flags(2);
     for text in [
         "",
         "{",

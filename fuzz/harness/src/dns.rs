@@ -41,16 +41,14 @@ pub enum Op {
     Advance,
 }
 
-pub const OPS: [Op; 5] = [
-    Op::Query,
-    Op::Reply,
-    Op::Error,
-    Op::SetUpstream,
-    Op::Advance,
-];
-
 impl Step for Op {
-    const ALL: &'static [Op] = &OPS;
+    const ALL: &'static [Op] = &[
+        Op::Query,
+        Op::Reply,
+        Op::Error,
+        Op::SetUpstream,
+        Op::Advance,
+    ];
 }
 
 pub fn run(data: &[u8]) {
@@ -136,8 +134,7 @@ pub fn seeds() -> crate::Seeds {
     const ANSWER: &[u8] = b"\x12\x34\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00\x07example\x03com\x00\x00\x01\x00\x01\xc0\x0c\x00\x01\x00\x01\x00\x00\x0e\x10\x00\x04\x5d\xb8\xd7\x0e";
     let mut seeds = Vec::new();
 
-    let mut e = Encoder::new();
-    e.byte(0);
+    let mut e = Encoder::with_flags(0);
     e.step(Op::Query).fields(&[0, 0]).bytes(QUERY);
     e.step(Op::Reply).byte(0).bytes(ANSWER);
     e.step(Op::Query).fields(&[0, 1]).bytes(QUERY);
@@ -146,8 +143,7 @@ pub fn seeds() -> crate::Seeds {
     e.step(Op::Query).fields(&[0, 0]).bytes(QUERY);
     seeds.push(("query-answer", e.finish()));
 
-    let mut e = Encoder::new();
-    e.byte(1);
+    let mut e = Encoder::with_flags(1);
     e.step(Op::SetUpstream).byte(2);
     e.step(Op::Query).fields(&[1, 0]).bytes(QUERY);
     e.step(Op::Reply).byte(0).bytes(ANSWER);

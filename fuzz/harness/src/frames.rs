@@ -192,45 +192,43 @@ pub enum Op {
     PeerSendBulk,
 }
 
-pub const OPS: [Op; 34] = [
-    Op::RawFrame,
-    Op::Ipv4Packet,
-    Op::Ipv6Packet,
-    Op::TcpSegment,
-    Op::TcpSyn,
-    Op::TcpReply,
-    Op::Udp,
-    Op::IcmpEcho,
-    Op::Arp,
-    Op::Dhcp,
-    Op::Ndp,
-    Op::Stall,
-    Op::CompleteConnect,
-    Op::FailConnect,
-    Op::PeerSend,
-    Op::PeerClose,
-    Op::PeerReset,
-    Op::Datagram,
-    Op::TakeSent,
-    Op::SendWindow,
-    Op::SetError,
-    Op::Poke,
-    Op::FailNextOpen,
-    Op::AddForward,
-    Op::RemoveForward,
-    Op::ClientConnects,
-    Op::ClientSends,
-    Op::Advance,
-    Op::Fragments,
-    Op::Fragment,
-    Op::IcmpError,
-    Op::GsoTcp,
-    Op::PartialUdp,
-    Op::PeerSendBulk,
-];
-
 impl Step for Op {
-    const ALL: &'static [Op] = &OPS;
+    const ALL: &'static [Op] = &[
+        Op::RawFrame,
+        Op::Ipv4Packet,
+        Op::Ipv6Packet,
+        Op::TcpSegment,
+        Op::TcpSyn,
+        Op::TcpReply,
+        Op::Udp,
+        Op::IcmpEcho,
+        Op::Arp,
+        Op::Dhcp,
+        Op::Ndp,
+        Op::Stall,
+        Op::CompleteConnect,
+        Op::FailConnect,
+        Op::PeerSend,
+        Op::PeerClose,
+        Op::PeerReset,
+        Op::Datagram,
+        Op::TakeSent,
+        Op::SendWindow,
+        Op::SetError,
+        Op::Poke,
+        Op::FailNextOpen,
+        Op::AddForward,
+        Op::RemoveForward,
+        Op::ClientConnects,
+        Op::ClientSends,
+        Op::Advance,
+        Op::Fragments,
+        Op::Fragment,
+        Op::IcmpError,
+        Op::GsoTcp,
+        Op::PartialUdp,
+        Op::PeerSendBulk,
+    ];
 }
 
 /// TCP flag bits of [`Op::TcpSegment`] and [`Op::TcpReply`].
@@ -971,6 +969,14 @@ impl Fuzz {
     }
 }
 
+/// Seeds: [`Op::TcpReply`] to the newest segment, with `flags`, window byte `window` and
+/// `payload`.
+fn reply(e: &mut Encoder, flags: u8, window: u8, payload: &[u8]) {
+    e.step(Op::TcpReply)
+        .fields(&[0, flags, 0, window])
+        .bytes(payload);
+}
+
 /// A segment with `flags` (the bits above), as the guest would send it.
 fn segment(flags: u8, seq: u32, ack: Option<u32>, window: u16) -> TcpSegment {
     let options = flags & OPTIONS != 0;
@@ -1101,40 +1107,33 @@ pub fn seeds() -> crate::Seeds {
     let guest = Guest::new(&network);
 
     // A raw ARP request, exactly as a Linux guest sends it.
-    let mut e = Encoder::new();
-    e.byte(0);
+    let mut e = Encoder::with_flags(0);
     e.step(Op::RawFrame)
         .bytes(&guest.arp_request(network.gateway()));
     seeds.push(("arp-request", e.finish()));
 
     // TCP to 10.99.0.1:80: SYN, connect completes, handshake, data both ways, FINs.
     for (name, flags) in [("tcp-session", 0), ("tcp-session-tiny", FLAG_TINY_LIMITS)] {
-        let mut e = Encoder::new();
-        e.byte(flags);
+        let mut e = Encoder::with_flags(flags);
         e.step(Op::TcpSyn);
         // family v4 from the guest, dst index 2 (10.99.0.1), ports 40000 -> 80, isn.
         e.fields(&[0, 2, 0, 2]).u32(0x1000_0000);
         e.step(Op::CompleteConnect).fields(&[0, 0]);
-        e.step(Op::TcpReply).fields(&[0, ACK, 0, 8]).bytes(b"");
-        e.step(Op::TcpReply)
-            .fields(&[0, ACK | PSH, 0, 8])
-            .bytes(b"GET / HTTP/1.0\r\n\r\n");
+        reply(&mut e, ACK, 8, b"");
+        reply(&mut e, ACK | PSH, 8, b"GET / HTTP/1.0\r\n\r\n");
         e.step(Op::PeerSend)
             .byte(0)
             .bytes(b"HTTP/1.0 200 OK\r\n\r\nhello");
-        e.step(Op::TcpReply).fields(&[0, ACK, 0, 8]).bytes(b"");
+        reply(&mut e, ACK, 8, b"");
         e.step(Op::TakeSent).byte(0).u16(0);
         e.step(Op::PeerClose).byte(0);
-        e.step(Op::TcpReply)
-            .fields(&[0, ACK | FIN, 0, 8])
-            .bytes(b"");
+        reply(&mut e, ACK | FIN, 8, b"");
         e.step(Op::Advance).byte(5);
         seeds.push((name, e.finish()));
     }
 
     // A connect that the host refuses, and one that times out.
-    let mut e = Encoder::new();
-    e.byte(0);
+    let mut e = Encoder::with_flags(0);
     e.step(Op::TcpSyn).fields(&[0, 0, 0, 6]).u32(1);
     e.step(Op::FailConnect).fields(&[0, 0]);
     e.step(Op::TcpSyn).fields(&[0, 2, 1, 2]).u32(2);
@@ -1142,8 +1141,7 @@ pub fn seeds() -> crate::Seeds {
     seeds.push(("tcp-refused", e.finish()));
 
     // UDP to the outside and back, DNS to 10.0.2.3, and ICMP echo out and back.
-    let mut e = Encoder::new();
-    e.byte(0);
+    let mut e = Encoder::with_flags(0);
     e.step(Op::Udp)
         .fields(&[0, 2, 0, 8])
         .u16(9999)
@@ -1166,8 +1164,7 @@ pub fn seeds() -> crate::Seeds {
     // ICMP errors from the network: time exceeded for a UDP probe (from a router), port
     // unreachable (from the remote), frag needed with an MTU, time exceeded for an echo
     // request (from loopback: the gateway), then the flows go on.
-    let mut e = Encoder::new();
-    e.byte(0);
+    let mut e = Encoder::with_flags(0);
     e.step(Op::Udp)
         .fields(&[0, 2, 0, 8])
         .u16(33434)
@@ -1202,8 +1199,7 @@ pub fn seeds() -> crate::Seeds {
     seeds.push(("icmp-errors", e.finish()));
 
     // DHCP: discover, request.
-    let mut e = Encoder::new();
-    e.byte(0);
+    let mut e = Encoder::with_flags(0);
     e.step(Op::Dhcp)
         .fields(&[0, 0])
         .u32(0x1234)
@@ -1215,8 +1211,7 @@ pub fn seeds() -> crate::Seeds {
     seeds.push(("dhcp", e.finish()));
 
     // IPv6: router and neighbour solicitation, echo, TCP and UDP.
-    let mut e = Encoder::new();
-    e.byte(FLAG_IPV6);
+    let mut e = Encoder::with_flags(FLAG_IPV6);
     e.step(Op::Ndp).fields(&[0, 0, 0]);
     e.step(Op::Ndp).fields(&[1, 3, 0]);
     e.step(Op::IcmpEcho)
@@ -1226,9 +1221,7 @@ pub fn seeds() -> crate::Seeds {
         .bytes(b"v6 echo");
     e.step(Op::TcpSyn).fields(&[1, 2, 0, 2]).u32(77);
     e.step(Op::CompleteConnect).fields(&[0, 0]);
-    e.step(Op::TcpReply)
-        .fields(&[0, ACK | PSH, 0, 8])
-        .bytes(b"hello over v6");
+    reply(&mut e, ACK | PSH, 8, b"hello over v6");
     e.step(Op::Udp).fields(&[1, 1, 0, 3]).bytes(
         b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07example\x03com\x00\x00\x01\x00\x01",
     );
@@ -1236,16 +1229,13 @@ pub fn seeds() -> crate::Seeds {
     seeds.push(("ipv6", e.finish()));
 
     // A TCP port forward: add it, a client connects, the guest answers ARP and the SYN.
-    let mut e = Encoder::new();
-    e.byte(0);
+    let mut e = Encoder::with_flags(0);
     e.step(Op::AddForward).fields(&[0, 0, 0, 0, 0]);
     e.step(Op::ClientConnects).fields(&[0, 0]).u16(50000);
     e.step(Op::Arp).fields(&[1, 3]);
-    e.step(Op::TcpReply)
-        .fields(&[0, SYN | ACK | OPTIONS, 0, 8])
-        .bytes(b"");
+    reply(&mut e, SYN | ACK | OPTIONS, 8, b"");
     e.step(Op::PeerSend).byte(0).bytes(b"to the guest");
-    e.step(Op::TcpReply).fields(&[0, ACK, 0, 8]).bytes(b"");
+    reply(&mut e, ACK, 8, b"");
     e.step(Op::AddForward).fields(&[1, 2, 0, 0, 2]);
     e.step(Op::ClientSends)
         .fields(&[0, 0])
@@ -1254,8 +1244,7 @@ pub fn seeds() -> crate::Seeds {
     seeds.push(("forwards", e.finish()));
 
     // A full tap with tiny limits: many SYNs and UDP flows while stalled.
-    let mut e = Encoder::new();
-    e.byte(FLAG_TINY_LIMITS);
+    let mut e = Encoder::with_flags(FLAG_TINY_LIMITS);
     e.step(Op::Stall);
     for port in 0..6u16 {
         e.step(Op::TcpSyn)
@@ -1275,8 +1264,7 @@ pub fn seeds() -> crate::Seeds {
     seeds.push(("stalled-tiny", e.finish()));
 
     // Raw IPv4 with a valid header: a TCP segment with odd options to the gateway.
-    let mut e = Encoder::new();
-    e.byte(0);
+    let mut e = Encoder::with_flags(0);
     e.step(Op::Ipv4Packet).fields(&[3, 0, 6]).bytes(&[
         0x9c, 0x40, 0x00, 0x50, 0, 0, 0, 1, 0, 0, 0, 0, 0xa0, 0x02, 0xfa, 0xf0, 0, 0, 0, 0, 2, 4,
         5, 0xb4, 1, 3, 3, 7, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0,
@@ -1288,8 +1276,7 @@ pub fn seeds() -> crate::Seeds {
     // IPv6 fragments with a duplicate.
     for (name, flags) in [("fragments", 0), ("fragments-v6", FLAG_IPV6)] {
         let family = if flags == FLAG_IPV6 { 1 } else { 0 };
-        let mut e = Encoder::new();
-        e.byte(flags);
+        let mut e = Encoder::with_flags(flags);
         e.step(Op::Fragments);
         // family, dst 0 (the gateway), UDP, ports 40000 -> index 8 (any: 7), ident, chunk
         // 185 (1,480 bytes), plan 0.
@@ -1340,13 +1327,12 @@ pub fn seeds() -> crate::Seeds {
     ] {
         let family = u8::from(flags & FLAG_IPV6 != 0);
         let tiny = flags & FLAG_TINY_LIMITS != 0;
-        let mut e = Encoder::new();
-        e.byte(flags);
+        let mut e = Encoder::with_flags(flags);
         e.step(Op::TcpSyn);
         // dst index 2 (10.99.0.1 or its IPv6 counterpart), ports 40000 -> 80.
         e.fields(&[family, 2, 0, 2]).u32(0x2000_0000);
         e.step(Op::CompleteConnect).fields(&[0, 0]);
-        e.step(Op::TcpReply).fields(&[0, ACK, 0, 0xff]).bytes(b"");
+        reply(&mut e, ACK, 0xff, b"");
         e.step(Op::GsoTcp);
         // newest segment, ACK|PSH, no seq offset, full window, 60,000 bytes, the MTU's
         // segment size, partial checksum with NEEDS_CSUM (tiny: a zero checksum).
@@ -1357,11 +1343,11 @@ pub fn seeds() -> crate::Seeds {
             .bytes(b"PUT /upload HTTP/1.0\r\n\r\n");
         e.step(Op::TakeSent).byte(0).u16(0);
         e.step(Op::PeerSendBulk).byte(0).u16(65_000);
-        e.step(Op::TcpReply).fields(&[0, ACK, 0, 0xff]).bytes(b"");
+        reply(&mut e, ACK, 0xff, b"");
         e.step(Op::Advance).byte(2);
-        e.step(Op::TcpReply).fields(&[0, ACK, 0, 0xff]).bytes(b"");
+        reply(&mut e, ACK, 0xff, b"");
         e.step(Op::PeerSendBulk).byte(0).u16(30_000);
-        e.step(Op::TcpReply).fields(&[0, ACK, 0, 0xff]).bytes(b"");
+        reply(&mut e, ACK, 0xff, b"");
         if tiny {
             // A segment behind a header of any ten bytes.
             e.step(Op::GsoTcp)
@@ -1380,9 +1366,7 @@ pub fn seeds() -> crate::Seeds {
             );
         }
         e.step(Op::PeerClose).byte(0);
-        e.step(Op::TcpReply)
-            .fields(&[0, ACK | FIN, 0, 0xff])
-            .bytes(b"");
+        reply(&mut e, ACK | FIN, 0xff, b"");
         e.step(Op::Advance).byte(5);
         seeds.push((name, e.finish()));
     }
@@ -1395,8 +1379,7 @@ pub fn seeds() -> crate::Seeds {
         ("offload-mss-v6", FLAG_OFFLOAD | FLAG_IPV6),
     ] {
         let family = u8::from(flags & FLAG_IPV6 != 0);
-        let mut e = Encoder::new();
-        e.byte(flags);
+        let mut e = Encoder::with_flags(flags);
         for (pick, port, mss) in [(0u8, 7000u16, 9000u16), (1, 7001, 100), (2, 7002, 1)] {
             e.step(Op::TcpSegment);
             // dst index 2, port `port` -> 80, SYN with options, the MSS in the window.
@@ -1408,11 +1391,11 @@ pub fn seeds() -> crate::Seeds {
                 .u16(mss)
                 .bytes(b"");
             e.step(Op::CompleteConnect).fields(&[0, 0]);
-            e.step(Op::TcpReply).fields(&[0, ACK, 0, 0xff]).bytes(b"");
+            reply(&mut e, ACK, 0xff, b"");
             // The flows' sockets in the order they were opened.
             e.step(Op::PeerSendBulk).byte(pick).u16(40_000);
             for _ in 0..6 {
-                e.step(Op::TcpReply).fields(&[0, ACK, 0, 0xff]).bytes(b"");
+                reply(&mut e, ACK, 0xff, b"");
             }
             e.step(Op::GsoTcp)
                 .fields(&[0, ACK | PSH, 0, 0xff])

@@ -130,6 +130,11 @@ impl Encoder {
         Encoder::default()
     }
 
+    /// An input that starts with its target's flags byte.
+    pub fn with_flags(flags: u8) -> Encoder {
+        Encoder { data: vec![flags] }
+    }
+
     pub fn byte(&mut self, byte: u8) -> &mut Self {
         self.data.push(byte);
         self
