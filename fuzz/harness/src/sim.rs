@@ -8,6 +8,7 @@
 use crate::offload::VnetHeader;
 use rslirp::event_loop::MAX_FRAME;
 use rslirp::tap::{frame_read, vnet_header, VNET_HDR_LEN};
+use rslirp_stack::testing::clock::{self, EventLoop};
 use rslirp_stack::testing::frames::{try_parse, ParseError, Parsed, TcpSegment};
 use rslirp_stack::testing::ipv6::{try_parse6, Parsed6};
 use rslirp_stack::testing::{SimHost, SimSocket};
@@ -23,10 +24,6 @@ use std::ops::{Deref, DerefMut};
 /// Where the virtual clock starts (not zero, as in the scenario tests).
 pub const START: Instant = Instant::from_millis_const(1_000_000);
 const SEED: u64 = 0x5eed_f022;
-/// Polls in a row at one instant before we call it a busy loop (as `Scenario`).
-const MAX_POLLS_PER_INSTANT: usize = 64;
-/// Deadlines one `advance` may visit before we call it a timer storm.
-const MAX_DEADLINES_PER_ADVANCE: usize = 100_000;
 /// TCP segments from the stack the guest can answer (see [`Sim::recent_tcp`]).
 const RECENT_TCP: usize = 4;
 
@@ -152,29 +149,7 @@ impl Sim {
     /// Moves the clock forward by `by`, polling at every deadline the stack reports on the
     /// way, as the real loop sleeps until `poll_at`.
     pub fn advance(&mut self, by: Duration) {
-        let target = self.now + by;
-        for _ in 0..MAX_DEADLINES_PER_ADVANCE {
-            match self.stack.poll_at() {
-                Some(deadline) if deadline <= target => {
-                    let stuck = deadline <= self.now;
-                    self.now = self.now.max(deadline);
-                    if stuck && self.stalled {
-                        // Due now but blocked on the full tap; the loop would wait for the
-                        // tap to drain, which it does when the stall ends.
-                        self.now = target;
-                        return;
-                    }
-                    self.settle();
-                }
-                _ => {
-                    self.now = target;
-                    return;
-                }
-            }
-        }
-        panic!(
-            "advance({by}) visited {MAX_DEADLINES_PER_ADVANCE} deadlines without reaching {target}"
-        );
+        clock::advance(self, by);
     }
 
     /// One loop iteration's output side: poll until nothing is due now, writing every
@@ -184,54 +159,7 @@ impl Sim {
             self.stack.poll(self.now, &mut self.host);
             return;
         }
-        for _ in 0..MAX_POLLS_PER_INSTANT {
-            self.stack.poll(self.now, &mut self.host);
-            let mut written = Vec::new();
-            self.stack.poll_transmit(|frame, offload| {
-                written.push((frame.to_vec(), offload));
-                rslirp_stack::TapWrite::Sent
-            });
-            // What the guest's IP layer gets: the frames as they are without tap offloads;
-            // with them, each behind the header the event loop writes, checked, completed
-            // and cut as the guest's kernel does (see `offload::receive`).
-            let mut frames = Vec::with_capacity(written.len());
-            for (frame, offload) in written {
-                if !self.config.tap_offload {
-                    assert_eq!(
-                        offload,
-                        Offload::default(),
-                        "offload metadata without tap offloads"
-                    );
-                    frames.push(frame);
-                    continue;
-                }
-                let header = VnetHeader::parse(&vnet_header(offload));
-                if crate::tracing() && offload != Offload::default() {
-                    eprintln!("  <- {header:?} on {} bytes", frame.len());
-                }
-                frames.extend(crate::offload::receive(&frame, &header));
-            }
-            for frame in &frames {
-                self.check_frame(frame);
-            }
-            // A datagram's fragments leave together: reassembled as the guest's kernel
-            // would, each whole datagram must decode with correct checksums.
-            if frames.len() > 1 {
-                for whole in rslirp_stack::testing::fragments::defragment(frames.clone()) {
-                    self.check_whole(&whole);
-                }
-            }
-            if self.keep_frames {
-                self.frames.extend(frames);
-            }
-            if !matches!(self.stack.poll_at(), Some(at) if at <= self.now) {
-                return;
-            }
-        }
-        panic!(
-            "busy loop: after {MAX_POLLS_PER_INSTANT} polls at {} the stack still reports poll_at <= now",
-            self.now
-        );
+        clock::settle(self);
     }
 
     /// A frame for the guest must fit the MTU and decode with correct checksums; the limits
@@ -370,6 +298,72 @@ impl Sim {
             .collect();
         flows.sort();
         (!flows.is_empty()).then(|| flows[usize::from(pick) % flows.len()])
+    }
+}
+
+impl EventLoop for Sim {
+    /// Fuzzed inputs reach timer storms sooner than any scenario needs.
+    const MAX_DEADLINES_PER_ADVANCE: usize = 100_000;
+
+    fn stack(&self) -> &Stack {
+        &self.stack
+    }
+
+    fn now_mut(&mut self) -> &mut Instant {
+        &mut self.now
+    }
+
+    /// Polls once and writes every frame to the tap.
+    fn poll_once(&mut self) {
+        self.stack.poll(self.now, &mut self.host);
+        let mut written = Vec::new();
+        self.stack.poll_transmit(|frame, offload| {
+            written.push((frame.to_vec(), offload));
+            rslirp_stack::TapWrite::Sent
+        });
+        // What the guest's IP layer gets: the frames as they are without tap offloads;
+        // with them, each behind the header the event loop writes, checked, completed
+        // and cut as the guest's kernel does (see `offload::receive`).
+        let mut frames = Vec::with_capacity(written.len());
+        for (frame, offload) in written {
+            if !self.config.tap_offload {
+                assert_eq!(
+                    offload,
+                    Offload::default(),
+                    "offload metadata without tap offloads"
+                );
+                frames.push(frame);
+                continue;
+            }
+            let header = VnetHeader::parse(&vnet_header(offload));
+            if crate::tracing() && offload != Offload::default() {
+                eprintln!("  <- {header:?} on {} bytes", frame.len());
+            }
+            frames.extend(crate::offload::receive(&frame, &header));
+        }
+        for frame in &frames {
+            self.check_frame(frame);
+        }
+        // A datagram's fragments leave together: reassembled as the guest's kernel
+        // would, each whole datagram must decode with correct checksums.
+        if frames.len() > 1 {
+            for whole in rslirp_stack::testing::fragments::defragment(frames.clone()) {
+                self.check_whole(&whole);
+            }
+        }
+        if self.keep_frames {
+            self.frames.extend(frames);
+        }
+    }
+
+    fn at_deadline(&mut self, overdue: bool) -> bool {
+        if overdue && self.stalled {
+            // Due now but blocked on the full tap; the loop would wait for the tap to
+            // drain, which it does when the stall ends.
+            return false;
+        }
+        self.settle();
+        true
     }
 }
 
