@@ -8,7 +8,7 @@
 
 use crate::frames::{add_forward_request, live_forward};
 use crate::sim::Sim;
-use crate::{clock_step, Encoder, Input, HOST_ERRORS};
+use crate::{clock_step, run_steps, Encoder, Input, Step, HOST_ERRORS};
 use rslirp_stack::api::request_complete;
 use rslirp_stack::Config;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -35,24 +35,18 @@ pub enum Op {
     Advance,
 }
 
-pub const OPS: [Op; 9] = [
-    Op::Request,
-    Op::Add,
-    Op::Remove,
-    Op::List,
-    Op::Stats,
-    Op::FailNextListen,
-    Op::Client,
-    Op::ForwardEvent,
-    Op::Advance,
-];
-
-impl Op {
-    pub fn code(self) -> u8 {
-        OPS.iter()
-            .position(|&op| op == self)
-            .expect("every op is in OPS") as u8
-    }
+impl Step for Op {
+    const ALL: &'static [Op] = &[
+        Op::Request,
+        Op::Add,
+        Op::Remove,
+        Op::List,
+        Op::Stats,
+        Op::FailNextListen,
+        Op::Client,
+        Op::ForwardEvent,
+        Op::Advance,
+    ];
 }
 
 pub fn run(data: &[u8]) {
@@ -66,18 +60,15 @@ pub fn run(data: &[u8]) {
         config.limits.max_forwards = 2;
     }
     let mut sim = Sim::new(config);
-    for _ in 0..MAX_STEPS {
-        if input.is_empty() {
-            break;
-        }
-        match input.pick(&OPS) {
+    run_steps(&mut input, MAX_STEPS, |input, op| {
+        match op {
             Op::Request => {
                 let request = input.bytes();
                 request_complete(request);
                 sim.api(request);
             }
             Op::Add => {
-                let request = add_forward_request(&mut input);
+                let request = add_forward_request(input);
                 sim.api(request.as_bytes());
             }
             Op::Remove => {
@@ -117,24 +108,23 @@ pub fn run(data: &[u8]) {
                 sim.forward_event(forward);
             }
             Op::Advance => {
-                let by = clock_step(&mut input);
+                let by = clock_step(input);
                 sim.advance(by);
             }
         }
         sim.check_limits();
         sim.check_no_leaks();
-    }
+    });
 }
 
 pub fn seeds() -> crate::Seeds {
     let request = |e: &mut Encoder, text: &str| {
-        e.byte(Op::Request.code()).bytes(text.as_bytes());
+        e.step(Op::Request).bytes(text.as_bytes());
     };
     let mut seeds = Vec::new();
 
     // The reference's own examples, in its exact spelling.
-    let mut e = Encoder::new();
-    e.byte(0);
+    let mut e = Encoder::with_flags(0);
     request(
         &mut e,
         r#"{"execute": "add_hostfwd", "arguments": {"proto": "tcp", "host_addr": "0.0.0.0", "host_port": 8080, "guest_addr": "10.0.2.100", "guest_port": 80}}"#,
@@ -148,46 +138,24 @@ pub fn seeds() -> crate::Seeds {
     seeds.push(("reference-examples", e.finish()));
 
     // Add, traffic, remove, add again (ids are not reused), with IPv6.
-    let mut e = Encoder::new();
-    e.byte(1);
-    e.byte(Op::Add.code())
-        .byte(0)
-        .byte(0)
-        .byte(2)
-        .byte(3)
-        .byte(0);
-    e.byte(Op::Client.code())
-        .byte(0)
-        .byte(0)
-        .u16(50000)
-        .bytes(b"");
-    e.byte(Op::Add.code())
-        .byte(1)
-        .byte(1)
-        .byte(0)
-        .byte(0)
-        .byte(2);
-    e.byte(Op::Client.code())
-        .byte(1)
-        .byte(0)
+    let mut e = Encoder::with_flags(1);
+    e.step(Op::Add).fields(&[0, 0, 2, 3, 0]);
+    e.step(Op::Client).fields(&[0, 0]).u16(50000).bytes(b"");
+    e.step(Op::Add).fields(&[1, 1, 0, 0, 2]);
+    e.step(Op::Client)
+        .fields(&[1, 0])
         .u16(50001)
         .bytes(b"query");
-    e.byte(Op::Remove.code()).byte(1);
-    e.byte(Op::ForwardEvent.code()).byte(1);
-    e.byte(Op::FailNextListen.code()).byte(0);
-    e.byte(Op::Add.code())
-        .byte(0)
-        .byte(0)
-        .byte(0)
-        .byte(0)
-        .byte(0);
-    e.byte(Op::List.code());
-    e.byte(Op::Stats.code());
+    e.step(Op::Remove).byte(1);
+    e.step(Op::ForwardEvent).byte(1);
+    e.step(Op::FailNextListen).byte(0);
+    e.step(Op::Add).fields(&[0, 0, 0, 0, 0]);
+    e.step(Op::List);
+    e.step(Op::Stats);
     seeds.push(("add-remove-v6", e.finish()));
 
     // Requests the reference refuses, one per error text.
-    let mut e = Encoder::new();
-    e.byte(2);
+    let mut e = Encoder::with_flags(2);
     for text in [
         "",
         "{",

@@ -28,7 +28,7 @@ const NETWORKS: [&str; 4] = [
     "128.0.0.0/1",
 ];
 
-const TYPES: [DhcpMessageType; 9] = [
+pub const MESSAGE_TYPES: [DhcpMessageType; 9] = [
     DhcpMessageType::Discover,
     DhcpMessageType::Request,
     DhcpMessageType::Release,
@@ -206,7 +206,7 @@ struct Fields {
 
 impl Fields {
     fn read(input: &mut Input, network: &VirtualNetwork) -> Fields {
-        let message_type = input.pick(&TYPES);
+        let message_type = input.pick(&MESSAGE_TYPES);
         let xid = input.u32();
         let options = input.byte();
         let mut address = || {
@@ -329,8 +329,7 @@ pub fn seeds() -> crate::Seeds {
     };
 
     // The whole life of a lease: discover, request, renew, release, and a second client.
-    let mut e = Encoder::new();
-    e.byte(0);
+    let mut e = Encoder::with_flags(0);
     message(&mut e, 1, 0, 0, 0, [0, 0, 0]);
     message(&mut e, 1, 1, 1, 6, [0, 1, 5]);
     message(&mut e, 1, 5, 1, 0, [1, 0, 0]);
@@ -341,8 +340,7 @@ pub fn seeds() -> crate::Seeds {
     seeds.push(("lease-life", e.finish()));
 
     // The pool runs out: 17 clients discover, then leases expire.
-    let mut e = Encoder::new();
-    e.byte(1);
+    let mut e = Encoder::with_flags(1);
     for mac in 0..17 {
         message(&mut e, mac, 0, 0, 0, [0, 0, 0]);
     }
@@ -364,13 +362,13 @@ pub fn seeds() -> crate::Seeds {
     let mut payload = vec![0; repr.buffer_len()];
     repr.emit(&mut DhcpPacket::new_unchecked(&mut payload[..]))
         .expect("fits its buffer_len");
-    let mut e = Encoder::new();
-    e.byte(0).byte(0).byte(1).byte(0).bytes(&payload);
+    let mut e = Encoder::with_flags(0);
+    e.byte(0).byte(1).byte(0).bytes(&payload);
     seeds.push(("raw-discover", e.finish()));
 
     // Search domains in DHCPv4: three names sharing endings, then the lease's first steps.
-    let mut e = Encoder::new();
-    e.byte(FLAG_SEARCH).byte(3);
+    let mut e = Encoder::with_flags(FLAG_SEARCH);
+    e.byte(3);
     for labels in [[0, 1], [2, 0], [3, 5]] {
         e.byte(0).byte(1).byte(labels[0]).byte(labels[1]);
     }
@@ -380,8 +378,8 @@ pub fn seeds() -> crate::Seeds {
 
     // DHCPv6: an Information-Request with client id and option request, one naming our
     // server, a Solicit, and raw bytes.
-    let mut e = Encoder::new();
-    e.byte(FLAG_DHCPV6 | FLAG_SEARCH).byte(2);
+    let mut e = Encoder::with_flags(FLAG_DHCPV6 | FLAG_SEARCH);
+    e.byte(2);
     e.byte(0).byte(1).byte(0).byte(1);
     e.byte(1).bytes(b"corp.example");
     let client_id = [0, 3, 0, 1, 2, 0, 0, 0, 0, 1];

@@ -8,7 +8,7 @@
 //! DNS address it asked.
 
 use crate::sim::Sim;
-use crate::{clock_step, Encoder, Input, HOST_ERRORS};
+use crate::{clock_step, run_steps, Encoder, Input, Step, HOST_ERRORS};
 use rslirp_stack::config::IPV6_DNS;
 use rslirp_stack::testing::frames::{try_parse, Guest, Parsed};
 use rslirp_stack::testing::SocketKind;
@@ -41,20 +41,14 @@ pub enum Op {
     Advance,
 }
 
-pub const OPS: [Op; 5] = [
-    Op::Query,
-    Op::Reply,
-    Op::Error,
-    Op::SetUpstream,
-    Op::Advance,
-];
-
-impl Op {
-    pub fn code(self) -> u8 {
-        OPS.iter()
-            .position(|&op| op == self)
-            .expect("every op is in OPS") as u8
-    }
+impl Step for Op {
+    const ALL: &'static [Op] = &[
+        Op::Query,
+        Op::Reply,
+        Op::Error,
+        Op::SetUpstream,
+        Op::Advance,
+    ];
 }
 
 pub fn run(data: &[u8]) {
@@ -70,11 +64,8 @@ pub fn run(data: &[u8]) {
     let mut sim = Sim::new(config);
     sim.keep_frames = true;
     sim.stack.set_dns_upstream(UPSTREAMS[0]);
-    for _ in 0..MAX_STEPS {
-        if input.is_empty() {
-            break;
-        }
-        match input.pick(&OPS) {
+    run_steps(&mut input, MAX_STEPS, |input, op| {
+        match op {
             Op::Query => {
                 let ipv6 = input.bool();
                 // A few ports, so that queries share flows, or any.
@@ -111,7 +102,7 @@ pub fn run(data: &[u8]) {
                 sim.stack.set_dns_upstream(upstream);
             }
             Op::Advance => {
-                let by = clock_step(&mut input);
+                let by = clock_step(input);
                 sim.advance(by);
             }
         }
@@ -119,7 +110,7 @@ pub fn run(data: &[u8]) {
             check_answer(&frame, dns);
         }
         sim.check_no_leaks();
-    }
+    });
     sim.advance(Duration::from_secs(30));
 }
 
@@ -143,24 +134,22 @@ pub fn seeds() -> crate::Seeds {
     const ANSWER: &[u8] = b"\x12\x34\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00\x07example\x03com\x00\x00\x01\x00\x01\xc0\x0c\x00\x01\x00\x01\x00\x00\x0e\x10\x00\x04\x5d\xb8\xd7\x0e";
     let mut seeds = Vec::new();
 
-    let mut e = Encoder::new();
-    e.byte(0);
-    e.byte(Op::Query.code()).byte(0).byte(0).bytes(QUERY);
-    e.byte(Op::Reply.code()).byte(0).bytes(ANSWER);
-    e.byte(Op::Query.code()).byte(0).byte(1).bytes(QUERY);
-    e.byte(Op::Error.code()).byte(0).byte(0);
-    e.byte(Op::Advance.code()).byte(7);
-    e.byte(Op::Query.code()).byte(0).byte(0).bytes(QUERY);
+    let mut e = Encoder::with_flags(0);
+    e.step(Op::Query).fields(&[0, 0]).bytes(QUERY);
+    e.step(Op::Reply).byte(0).bytes(ANSWER);
+    e.step(Op::Query).fields(&[0, 1]).bytes(QUERY);
+    e.step(Op::Error).fields(&[0, 0]);
+    e.step(Op::Advance).byte(7);
+    e.step(Op::Query).fields(&[0, 0]).bytes(QUERY);
     seeds.push(("query-answer", e.finish()));
 
-    let mut e = Encoder::new();
-    e.byte(1);
-    e.byte(Op::SetUpstream.code()).byte(2);
-    e.byte(Op::Query.code()).byte(1).byte(0).bytes(QUERY);
-    e.byte(Op::Reply.code()).byte(0).bytes(ANSWER);
-    e.byte(Op::SetUpstream.code()).byte(3);
-    e.byte(Op::Query.code()).byte(1).byte(2).bytes(QUERY);
-    e.byte(Op::Query.code()).byte(0).byte(2).bytes(QUERY);
+    let mut e = Encoder::with_flags(1);
+    e.step(Op::SetUpstream).byte(2);
+    e.step(Op::Query).fields(&[1, 0]).bytes(QUERY);
+    e.step(Op::Reply).byte(0).bytes(ANSWER);
+    e.step(Op::SetUpstream).byte(3);
+    e.step(Op::Query).fields(&[1, 2]).bytes(QUERY);
+    e.step(Op::Query).fields(&[0, 2]).bytes(QUERY);
     seeds.push(("ipv6-upstream-change", e.finish()));
 
     seeds

@@ -8,9 +8,10 @@
 //! sequence numbers ([`Op::TcpReply`]), which is how inputs reach established connections,
 //! retransmission, FIN and RST handling.
 
+use crate::dhcp::MESSAGE_TYPES;
 use crate::offload::{self, VnetHeader};
 use crate::sim::{SentTcp, Sim};
-use crate::{clock_step, Encoder, Input, HOST_ERRORS};
+use crate::{clock_step, run_steps, Encoder, Input, Step, HOST_ERRORS};
 use rslirp::tap::VNET_HDR_LEN;
 use rslirp_stack::config::{IPV6_DNS, IPV6_GATEWAY};
 use rslirp_stack::testing::fragments::{ipv4_piece, ipv6_piece, payload_len};
@@ -21,13 +22,12 @@ use rslirp_stack::testing::SocketState;
 use rslirp_stack::{Config, Duration, Limits, VirtualNetwork};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    DhcpMessageType, EthernetAddress, Icmpv6Repr, IpAddress, IpProtocol, Ipv4Packet, TcpControl,
-    TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr, ETHERNET_HEADER_LEN,
+    EthernetAddress, Icmpv6Repr, IpProtocol, Ipv4Packet, TcpControl, TcpPacket, TcpRepr,
+    TcpSeqNumber, ETHERNET_HEADER_LEN,
 };
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
-/// Steps per input. One step can open a flow, so this bounds an input's memory and time
-/// (libFuzzer's `-max_len` only bounds its bytes).
+/// Steps per input (see [`run_steps`]).
 const MAX_STEPS: usize = 400;
 /// How long the clock runs after the last step, so that every input also exercises the
 /// idle timeouts (connect 60 s, UDP 240 s) of whatever it left open.
@@ -192,49 +192,43 @@ pub enum Op {
     PeerSendBulk,
 }
 
-pub const OPS: [Op; 34] = [
-    Op::RawFrame,
-    Op::Ipv4Packet,
-    Op::Ipv6Packet,
-    Op::TcpSegment,
-    Op::TcpSyn,
-    Op::TcpReply,
-    Op::Udp,
-    Op::IcmpEcho,
-    Op::Arp,
-    Op::Dhcp,
-    Op::Ndp,
-    Op::Stall,
-    Op::CompleteConnect,
-    Op::FailConnect,
-    Op::PeerSend,
-    Op::PeerClose,
-    Op::PeerReset,
-    Op::Datagram,
-    Op::TakeSent,
-    Op::SendWindow,
-    Op::SetError,
-    Op::Poke,
-    Op::FailNextOpen,
-    Op::AddForward,
-    Op::RemoveForward,
-    Op::ClientConnects,
-    Op::ClientSends,
-    Op::Advance,
-    Op::Fragments,
-    Op::Fragment,
-    Op::IcmpError,
-    Op::GsoTcp,
-    Op::PartialUdp,
-    Op::PeerSendBulk,
-];
-
-impl Op {
-    pub fn code(self) -> u8 {
-        OPS.iter()
-            .position(|&op| op == self)
-            .expect("every op is in OPS") as u8
-    }
+impl Step for Op {
+    const ALL: &'static [Op] = &[
+        Op::RawFrame,
+        Op::Ipv4Packet,
+        Op::Ipv6Packet,
+        Op::TcpSegment,
+        Op::TcpSyn,
+        Op::TcpReply,
+        Op::Udp,
+        Op::IcmpEcho,
+        Op::Arp,
+        Op::Dhcp,
+        Op::Ndp,
+        Op::Stall,
+        Op::CompleteConnect,
+        Op::FailConnect,
+        Op::PeerSend,
+        Op::PeerClose,
+        Op::PeerReset,
+        Op::Datagram,
+        Op::TakeSent,
+        Op::SendWindow,
+        Op::SetError,
+        Op::Poke,
+        Op::FailNextOpen,
+        Op::AddForward,
+        Op::RemoveForward,
+        Op::ClientConnects,
+        Op::ClientSends,
+        Op::Advance,
+        Op::Fragments,
+        Op::Fragment,
+        Op::IcmpError,
+        Op::GsoTcp,
+        Op::PartialUdp,
+        Op::PeerSendBulk,
+    ];
 }
 
 /// TCP flag bits of [`Op::TcpSegment`] and [`Op::TcpReply`].
@@ -261,13 +255,10 @@ pub fn run(data: &[u8]) {
         let upstream = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 53));
         fuzz.sim.stack.set_dns_upstream(Some(upstream));
     }
-    for _ in 0..MAX_STEPS {
-        if input.is_empty() {
-            break;
-        }
-        fuzz.step(&mut input);
+    run_steps(&mut input, MAX_STEPS, |input, op| {
+        fuzz.step(input, op);
         fuzz.sim.check_no_leaks();
-    }
+    });
     fuzz.sim.stalled = false;
     fuzz.sim.settle();
     fuzz.sim.advance(FINAL_ADVANCE);
@@ -280,8 +271,7 @@ struct Fuzz {
 }
 
 impl Fuzz {
-    fn step(&mut self, input: &mut Input) {
-        let op = input.pick(&OPS);
+    fn step(&mut self, input: &mut Input, op: Op) {
         if crate::tracing() {
             eprintln!("{op:?} at {}", self.sim.now);
         }
@@ -846,18 +836,10 @@ impl Fuzz {
     }
 
     fn dhcp(&mut self, input: &mut Input) {
-        const TYPES: [DhcpMessageType; 8] = [
-            DhcpMessageType::Discover,
-            DhcpMessageType::Request,
-            DhcpMessageType::Release,
-            DhcpMessageType::Decline,
-            DhcpMessageType::Inform,
-            DhcpMessageType::Offer,
-            DhcpMessageType::Ack,
-            DhcpMessageType::Nak,
-        ];
+        // Every type but the last, `Unknown` (the `dhcp` target sends that one).
+        let types = &MESSAGE_TYPES[..MESSAGE_TYPES.len() - 1];
         let mac = guest_mac(input.byte());
-        let message_type = input.pick(&TYPES);
+        let message_type = input.pick(types);
         let xid = input.u32();
         let client_ip = self.ipv4(input);
         let requested = self.ipv4(input);
@@ -975,12 +957,24 @@ impl Fuzz {
                 ..self.guest
             }
             .udp(src_port, SocketAddrV4::new(dst, dst_port), payload),
-            (IpAddr::V6(src), IpAddr::V6(dst)) => {
-                udp6_frame(&self.guest, (src, src_port), (dst, dst_port), payload)
-            }
+            (IpAddr::V6(src), IpAddr::V6(dst)) => self.guest.udp6_from(
+                SocketAddrV6::new(src, src_port, 0, 0),
+                SocketAddrV6::new(dst, dst_port, 0, 0),
+                self.guest.gateway_mac,
+                64,
+                payload,
+            ),
             _ => Vec::new(),
         }
     }
+}
+
+/// Seeds: [`Op::TcpReply`] to the newest segment, with `flags`, window byte `window` and
+/// `payload`.
+fn reply(e: &mut Encoder, flags: u8, window: u8, payload: &[u8]) {
+    e.step(Op::TcpReply)
+        .fields(&[0, flags, 0, window])
+        .bytes(payload);
 }
 
 /// A segment with `flags` (the bits above), as the guest would send it.
@@ -1106,244 +1100,172 @@ fn tcp6_frame(guest: &Guest, src: Ipv6Addr, dst: Ipv6Addr, segment: &TcpSegment)
     )
 }
 
-fn udp6_frame(
-    guest: &Guest,
-    (src, src_port): (Ipv6Addr, u16),
-    (dst, dst_port): (Ipv6Addr, u16),
-    payload: &[u8],
-) -> Vec<u8> {
-    let repr = UdpRepr { src_port, dst_port };
-    let len = repr.header_len() + payload.len();
-    guest.ipv6_frame(
-        src,
-        dst,
-        guest.gateway_mac,
-        IpProtocol::Udp,
-        64,
-        len,
-        |buf, src: &IpAddress, dst: &IpAddress| {
-            repr.emit(
-                &mut UdpPacket::new_unchecked(buf),
-                src,
-                dst,
-                payload.len(),
-                |out| out.copy_from_slice(payload),
-                &ChecksumCapabilities::default(),
-            )
-        },
-    )
-}
-
 /// The seed corpus: one input per kind of traffic, each deep enough to be worth mutating.
 pub fn seeds() -> crate::Seeds {
-    let op = |e: &mut Encoder, op: Op| {
-        e.byte(op.code());
-    };
     let mut seeds = Vec::new();
     let network = VirtualNetwork::default();
     let guest = Guest::new(&network);
 
     // A raw ARP request, exactly as a Linux guest sends it.
-    let mut e = Encoder::new();
-    e.byte(0);
-    op(&mut e, Op::RawFrame);
-    e.bytes(&guest.arp_request(network.gateway()));
+    let mut e = Encoder::with_flags(0);
+    e.step(Op::RawFrame)
+        .bytes(&guest.arp_request(network.gateway()));
     seeds.push(("arp-request", e.finish()));
 
     // TCP to 10.99.0.1:80: SYN, connect completes, handshake, data both ways, FINs.
     for (name, flags) in [("tcp-session", 0), ("tcp-session-tiny", FLAG_TINY_LIMITS)] {
-        let mut e = Encoder::new();
-        e.byte(flags);
-        op(&mut e, Op::TcpSyn);
+        let mut e = Encoder::with_flags(flags);
+        e.step(Op::TcpSyn);
         // family v4 from the guest, dst index 2 (10.99.0.1), ports 40000 -> 80, isn.
-        e.byte(0).byte(2).byte(0).byte(2).u32(0x1000_0000);
-        op(&mut e, Op::CompleteConnect);
-        e.byte(0).byte(0);
-        op(&mut e, Op::TcpReply);
-        e.byte(0).byte(ACK).byte(0).byte(8).bytes(b"");
-        op(&mut e, Op::TcpReply);
-        e.byte(0)
-            .byte(ACK | PSH)
+        e.fields(&[0, 2, 0, 2]).u32(0x1000_0000);
+        e.step(Op::CompleteConnect).fields(&[0, 0]);
+        reply(&mut e, ACK, 8, b"");
+        reply(&mut e, ACK | PSH, 8, b"GET / HTTP/1.0\r\n\r\n");
+        e.step(Op::PeerSend)
             .byte(0)
-            .byte(8)
-            .bytes(b"GET / HTTP/1.0\r\n\r\n");
-        op(&mut e, Op::PeerSend);
-        e.byte(0).bytes(b"HTTP/1.0 200 OK\r\n\r\nhello");
-        op(&mut e, Op::TcpReply);
-        e.byte(0).byte(ACK).byte(0).byte(8).bytes(b"");
-        op(&mut e, Op::TakeSent);
-        e.byte(0).u16(0);
-        op(&mut e, Op::PeerClose);
-        e.byte(0);
-        op(&mut e, Op::TcpReply);
-        e.byte(0).byte(ACK | FIN).byte(0).byte(8).bytes(b"");
-        op(&mut e, Op::Advance);
-        e.byte(5);
+            .bytes(b"HTTP/1.0 200 OK\r\n\r\nhello");
+        reply(&mut e, ACK, 8, b"");
+        e.step(Op::TakeSent).byte(0).u16(0);
+        e.step(Op::PeerClose).byte(0);
+        reply(&mut e, ACK | FIN, 8, b"");
+        e.step(Op::Advance).byte(5);
         seeds.push((name, e.finish()));
     }
 
     // A connect that the host refuses, and one that times out.
-    let mut e = Encoder::new();
-    e.byte(0);
-    op(&mut e, Op::TcpSyn);
-    e.byte(0).byte(0).byte(0).byte(6).u32(1);
-    op(&mut e, Op::FailConnect);
-    e.byte(0).byte(0);
-    op(&mut e, Op::TcpSyn);
-    e.byte(0).byte(2).byte(1).byte(2).u32(2);
-    op(&mut e, Op::Advance);
-    e.byte(9);
+    let mut e = Encoder::with_flags(0);
+    e.step(Op::TcpSyn).fields(&[0, 0, 0, 6]).u32(1);
+    e.step(Op::FailConnect).fields(&[0, 0]);
+    e.step(Op::TcpSyn).fields(&[0, 2, 1, 2]).u32(2);
+    e.step(Op::Advance).byte(9);
     seeds.push(("tcp-refused", e.finish()));
 
     // UDP to the outside and back, DNS to 10.0.2.3, and ICMP echo out and back.
-    let mut e = Encoder::new();
-    e.byte(0);
-    op(&mut e, Op::Udp);
-    e.byte(0).byte(2).byte(0).byte(8).u16(9999).bytes(b"ping");
-    op(&mut e, Op::Datagram);
-    e.byte(0).u16(1).bytes(b"pong");
-    op(&mut e, Op::IcmpEcho);
-    e.byte(0).byte(2).u16(7).u16(1).bytes(b"abcdefgh");
-    op(&mut e, Op::Datagram);
-    e.byte(1).u16(2).bytes(b"abcdefgh");
-    op(&mut e, Op::IcmpEcho);
-    e.byte(0).byte(0).u16(7).u16(2).bytes(b"to the gateway");
-    op(&mut e, Op::Advance);
-    e.byte(11);
+    let mut e = Encoder::with_flags(0);
+    e.step(Op::Udp)
+        .fields(&[0, 2, 0, 8])
+        .u16(9999)
+        .bytes(b"ping");
+    e.step(Op::Datagram).byte(0).u16(1).bytes(b"pong");
+    e.step(Op::IcmpEcho)
+        .fields(&[0, 2])
+        .u16(7)
+        .u16(1)
+        .bytes(b"abcdefgh");
+    e.step(Op::Datagram).byte(1).u16(2).bytes(b"abcdefgh");
+    e.step(Op::IcmpEcho)
+        .fields(&[0, 0])
+        .u16(7)
+        .u16(2)
+        .bytes(b"to the gateway");
+    e.step(Op::Advance).byte(11);
     seeds.push(("udp-icmp", e.finish()));
 
     // ICMP errors from the network: time exceeded for a UDP probe (from a router), port
     // unreachable (from the remote), frag needed with an MTU, time exceeded for an echo
     // request (from loopback: the gateway), then the flows go on.
-    let mut e = Encoder::new();
-    e.byte(0);
-    op(&mut e, Op::Udp);
-    e.byte(0).byte(2).byte(0).byte(8).u16(33434).bytes(b"probe");
-    op(&mut e, Op::IcmpError);
-    e.byte(0).byte(11).byte(0).u16(0).byte(1).bytes(b"probe");
-    op(&mut e, Op::IcmpError);
-    e.byte(0).byte(3).byte(3).u16(0).byte(0).bytes(b"probe");
-    op(&mut e, Op::IcmpError);
-    e.byte(0).byte(3).byte(4).u16(1280).byte(3).bytes(b"pro");
-    op(&mut e, Op::IcmpEcho);
-    e.byte(0).byte(2).u16(7).u16(1).bytes(b"abcdefgh");
-    op(&mut e, Op::IcmpError);
-    e.byte(1)
-        .byte(11)
+    let mut e = Encoder::with_flags(0);
+    e.step(Op::Udp)
+        .fields(&[0, 2, 0, 8])
+        .u16(33434)
+        .bytes(b"probe");
+    e.step(Op::IcmpError)
+        .fields(&[0, 11, 0])
+        .u16(0)
+        .byte(1)
+        .bytes(b"probe");
+    e.step(Op::IcmpError)
+        .fields(&[0, 3, 3])
+        .u16(0)
         .byte(0)
+        .bytes(b"probe");
+    e.step(Op::IcmpError)
+        .fields(&[0, 3, 4])
+        .u16(1280)
+        .byte(3)
+        .bytes(b"pro");
+    e.step(Op::IcmpEcho)
+        .fields(&[0, 2])
+        .u16(7)
+        .u16(1)
+        .bytes(b"abcdefgh");
+    e.step(Op::IcmpError)
+        .fields(&[1, 11, 0])
         .u16(0)
         .byte(2)
         .bytes(b"\x08\x00\x00\x00\xa0\x00\x00\x01abcdefgh");
-    op(&mut e, Op::Datagram);
-    e.byte(0).u16(1).bytes(b"pong");
-    op(&mut e, Op::Advance);
-    e.byte(11);
+    e.step(Op::Datagram).byte(0).u16(1).bytes(b"pong");
+    e.step(Op::Advance).byte(11);
     seeds.push(("icmp-errors", e.finish()));
 
     // DHCP: discover, request.
-    let mut e = Encoder::new();
-    e.byte(0);
-    op(&mut e, Op::Dhcp);
-    e.byte(0)
-        .byte(0)
+    let mut e = Encoder::with_flags(0);
+    e.step(Op::Dhcp)
+        .fields(&[0, 0])
         .u32(0x1234)
-        .byte(10)
-        .byte(0)
-        .byte(0)
-        .byte(0);
-    op(&mut e, Op::Dhcp);
-    e.byte(0)
-        .byte(1)
+        .fields(&[10, 0, 0, 0]);
+    e.step(Op::Dhcp)
+        .fields(&[0, 1])
         .u32(0x1234)
-        .byte(10)
-        .byte(4)
-        .byte(0)
-        .byte(3);
+        .fields(&[10, 4, 0, 3]);
     seeds.push(("dhcp", e.finish()));
 
     // IPv6: router and neighbour solicitation, echo, TCP and UDP.
-    let mut e = Encoder::new();
-    e.byte(FLAG_IPV6);
-    op(&mut e, Op::Ndp);
-    e.byte(0).byte(0).byte(0);
-    op(&mut e, Op::Ndp);
-    e.byte(1).byte(3).byte(0);
-    op(&mut e, Op::IcmpEcho);
-    e.byte(1).byte(0).u16(1).u16(1).bytes(b"v6 echo");
-    op(&mut e, Op::TcpSyn);
-    e.byte(1).byte(2).byte(0).byte(2).u32(77);
-    op(&mut e, Op::CompleteConnect);
-    e.byte(0).byte(0);
-    op(&mut e, Op::TcpReply);
-    e.byte(0)
-        .byte(ACK | PSH)
-        .byte(0)
-        .byte(8)
-        .bytes(b"hello over v6");
-    op(&mut e, Op::Udp);
-    e.byte(1).byte(1).byte(0).byte(3).bytes(
+    let mut e = Encoder::with_flags(FLAG_IPV6);
+    e.step(Op::Ndp).fields(&[0, 0, 0]);
+    e.step(Op::Ndp).fields(&[1, 3, 0]);
+    e.step(Op::IcmpEcho)
+        .fields(&[1, 0])
+        .u16(1)
+        .u16(1)
+        .bytes(b"v6 echo");
+    e.step(Op::TcpSyn).fields(&[1, 2, 0, 2]).u32(77);
+    e.step(Op::CompleteConnect).fields(&[0, 0]);
+    reply(&mut e, ACK | PSH, 8, b"hello over v6");
+    e.step(Op::Udp).fields(&[1, 1, 0, 3]).bytes(
         b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07example\x03com\x00\x00\x01\x00\x01",
     );
-    op(&mut e, Op::Advance);
-    e.byte(10);
+    e.step(Op::Advance).byte(10);
     seeds.push(("ipv6", e.finish()));
 
     // A TCP port forward: add it, a client connects, the guest answers ARP and the SYN.
-    let mut e = Encoder::new();
-    e.byte(0);
-    op(&mut e, Op::AddForward);
-    e.byte(0).byte(0).byte(0).byte(0).byte(0);
-    op(&mut e, Op::ClientConnects);
-    e.byte(0).byte(0).u16(50000);
-    op(&mut e, Op::Arp);
-    e.byte(1).byte(3);
-    op(&mut e, Op::TcpReply);
-    e.byte(0)
-        .byte(SYN | ACK | OPTIONS)
-        .byte(0)
-        .byte(8)
-        .bytes(b"");
-    op(&mut e, Op::PeerSend);
-    e.byte(0).bytes(b"to the guest");
-    op(&mut e, Op::TcpReply);
-    e.byte(0).byte(ACK).byte(0).byte(8).bytes(b"");
-    op(&mut e, Op::AddForward);
-    e.byte(1).byte(2).byte(0).byte(0).byte(2);
-    op(&mut e, Op::ClientSends);
-    e.byte(0).byte(0).u16(50001).bytes(b"datagram");
+    let mut e = Encoder::with_flags(0);
+    e.step(Op::AddForward).fields(&[0, 0, 0, 0, 0]);
+    e.step(Op::ClientConnects).fields(&[0, 0]).u16(50000);
+    e.step(Op::Arp).fields(&[1, 3]);
+    reply(&mut e, SYN | ACK | OPTIONS, 8, b"");
+    e.step(Op::PeerSend).byte(0).bytes(b"to the guest");
+    reply(&mut e, ACK, 8, b"");
+    e.step(Op::AddForward).fields(&[1, 2, 0, 0, 2]);
+    e.step(Op::ClientSends)
+        .fields(&[0, 0])
+        .u16(50001)
+        .bytes(b"datagram");
     seeds.push(("forwards", e.finish()));
 
     // A full tap with tiny limits: many SYNs and UDP flows while stalled.
-    let mut e = Encoder::new();
-    e.byte(FLAG_TINY_LIMITS);
-    op(&mut e, Op::Stall);
+    let mut e = Encoder::with_flags(FLAG_TINY_LIMITS);
+    e.step(Op::Stall);
     for port in 0..6u16 {
-        op(&mut e, Op::TcpSyn);
-        e.byte(0)
-            .byte(2)
-            .byte(8)
+        e.step(Op::TcpSyn)
+            .fields(&[0, 2, 8])
             .u16(1000 + port)
             .byte(2)
             .u32(u32::from(port));
-        op(&mut e, Op::Udp);
-        e.byte(0)
-            .byte(2)
-            .byte(8)
+        e.step(Op::Udp)
+            .fields(&[0, 2, 8])
             .u16(2000 + port)
             .byte(8)
             .u16(7)
             .bytes(b"x");
     }
-    op(&mut e, Op::Stall);
-    op(&mut e, Op::CompleteConnect);
-    e.byte(0).byte(0);
+    e.step(Op::Stall);
+    e.step(Op::CompleteConnect).fields(&[0, 0]);
     seeds.push(("stalled-tiny", e.finish()));
 
     // Raw IPv4 with a valid header: a TCP segment with odd options to the gateway.
-    let mut e = Encoder::new();
-    e.byte(0);
-    op(&mut e, Op::Ipv4Packet);
-    e.byte(3).byte(0).byte(6).bytes(&[
+    let mut e = Encoder::with_flags(0);
+    e.step(Op::Ipv4Packet).fields(&[3, 0, 6]).bytes(&[
         0x9c, 0x40, 0x00, 0x50, 0, 0, 0, 1, 0, 0, 0, 0, 0xa0, 0x02, 0xfa, 0xf0, 0, 0, 0, 0, 2, 4,
         5, 0xb4, 1, 3, 3, 7, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0,
     ]);
@@ -1354,58 +1276,39 @@ pub fn seeds() -> crate::Seeds {
     // IPv6 fragments with a duplicate.
     for (name, flags) in [("fragments", 0), ("fragments-v6", FLAG_IPV6)] {
         let family = if flags == FLAG_IPV6 { 1 } else { 0 };
-        let mut e = Encoder::new();
-        e.byte(flags);
-        op(&mut e, Op::Fragments);
+        let mut e = Encoder::with_flags(flags);
+        e.step(Op::Fragments);
         // family, dst 0 (the gateway), UDP, ports 40000 -> index 8 (any: 7), ident, chunk
         // 185 (1,480 bytes), plan 0.
-        e.byte(family)
-            .byte(0)
-            .byte(0)
-            .byte(0)
-            .byte(8)
+        e.fields(&[family, 0, 0, 0, 8])
             .u16(7)
             .u32(0x1234)
-            .byte(184)
-            .byte(0)
+            .fields(&[184, 0])
             .bytes(&vec![0x5a; 8000]);
-        op(&mut e, Op::Datagram);
-        e.byte(0).u16(1).bytes(&vec![0xa5; 8000]);
-        op(&mut e, Op::Fragments);
+        e.step(Op::Datagram).byte(0).u16(1).bytes(&vec![0xa5; 8000]);
+        e.step(Op::Fragments);
         // An echo of 4,000 bytes to the gateway, reversed, the first fragment twice.
-        e.byte(family)
-            .byte(0)
-            .byte(1)
-            .byte(8)
+        e.fields(&[family, 0, 1, 8])
             .u16(9)
             .byte(8)
             .u16(1)
             .u32(0x99)
-            .byte(184)
-            .byte(3)
+            .fields(&[184, 3])
             .bytes(&vec![0x33; 4000]);
-        op(&mut e, Op::Fragments);
+        e.step(Op::Fragments);
         // An overlap, small fragments.
-        e.byte(family)
-            .byte(2)
-            .byte(0)
-            .byte(0)
-            .byte(8)
+        e.fields(&[family, 2, 0, 0, 8])
             .u16(53)
             .u32(0x77)
-            .byte(7)
-            .byte(8)
+            .fields(&[7, 8])
             .bytes(&[0x11; 300]);
-        op(&mut e, Op::Fragment);
-        e.byte(family)
-            .byte(0)
+        e.step(Op::Fragment)
+            .fields(&[family, 0])
             .u32(5)
             .u16(3)
-            .byte(1)
-            .byte(17)
+            .fields(&[1, 17])
             .bytes(&[1; 64]);
-        op(&mut e, Op::Advance);
-        e.byte(8);
+        e.step(Op::Advance).byte(8);
         seeds.push((name, e.finish()));
     }
 
@@ -1424,47 +1327,31 @@ pub fn seeds() -> crate::Seeds {
     ] {
         let family = u8::from(flags & FLAG_IPV6 != 0);
         let tiny = flags & FLAG_TINY_LIMITS != 0;
-        let mut e = Encoder::new();
-        e.byte(flags);
-        op(&mut e, Op::TcpSyn);
+        let mut e = Encoder::with_flags(flags);
+        e.step(Op::TcpSyn);
         // dst index 2 (10.99.0.1 or its IPv6 counterpart), ports 40000 -> 80.
-        e.byte(family).byte(2).byte(0).byte(2).u32(0x2000_0000);
-        op(&mut e, Op::CompleteConnect);
-        e.byte(0).byte(0);
-        op(&mut e, Op::TcpReply);
-        e.byte(0).byte(ACK).byte(0).byte(0xff).bytes(b"");
-        op(&mut e, Op::GsoTcp);
+        e.fields(&[family, 2, 0, 2]).u32(0x2000_0000);
+        e.step(Op::CompleteConnect).fields(&[0, 0]);
+        reply(&mut e, ACK, 0xff, b"");
+        e.step(Op::GsoTcp);
         // newest segment, ACK|PSH, no seq offset, full window, 60,000 bytes, the MTU's
         // segment size, partial checksum with NEEDS_CSUM (tiny: a zero checksum).
-        e.byte(0)
-            .byte(ACK | PSH)
-            .byte(0)
-            .byte(0xff)
+        e.fields(&[0, ACK | PSH, 0, 0xff])
             .u16(60_000)
             .u16(0)
             .byte(if tiny { 3 } else { 1 })
             .bytes(b"PUT /upload HTTP/1.0\r\n\r\n");
-        op(&mut e, Op::TakeSent);
-        e.byte(0).u16(0);
-        op(&mut e, Op::PeerSendBulk);
-        e.byte(0).u16(65_000);
-        op(&mut e, Op::TcpReply);
-        e.byte(0).byte(ACK).byte(0).byte(0xff).bytes(b"");
-        op(&mut e, Op::Advance);
-        e.byte(2);
-        op(&mut e, Op::TcpReply);
-        e.byte(0).byte(ACK).byte(0).byte(0xff).bytes(b"");
-        op(&mut e, Op::PeerSendBulk);
-        e.byte(0).u16(30_000);
-        op(&mut e, Op::TcpReply);
-        e.byte(0).byte(ACK).byte(0).byte(0xff).bytes(b"");
+        e.step(Op::TakeSent).byte(0).u16(0);
+        e.step(Op::PeerSendBulk).byte(0).u16(65_000);
+        reply(&mut e, ACK, 0xff, b"");
+        e.step(Op::Advance).byte(2);
+        reply(&mut e, ACK, 0xff, b"");
+        e.step(Op::PeerSendBulk).byte(0).u16(30_000);
+        reply(&mut e, ACK, 0xff, b"");
         if tiny {
             // A segment behind a header of any ten bytes.
-            op(&mut e, Op::GsoTcp);
-            e.byte(0)
-                .byte(ACK)
-                .byte(0)
-                .byte(0xff)
+            e.step(Op::GsoTcp)
+                .fields(&[0, ACK, 0, 0xff])
                 .u16(4_000)
                 .u16(1_000)
                 .byte(4);
@@ -1472,18 +1359,15 @@ pub fn seeds() -> crate::Seeds {
                 e.byte(byte);
             }
             e.bytes(b"");
-            op(&mut e, Op::PartialUdp);
+            e.step(Op::PartialUdp);
             // To the DNS forwarder (dst index 1), port 40001 -> 53, partial with NEEDS_CSUM.
-            e.byte(0).byte(1).byte(1).byte(3).byte(1).bytes(
+            e.fields(&[0, 1, 1, 3, 1]).bytes(
                 b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07example\x03com\x00\x00\x01\x00\x01",
             );
         }
-        op(&mut e, Op::PeerClose);
-        e.byte(0);
-        op(&mut e, Op::TcpReply);
-        e.byte(0).byte(ACK | FIN).byte(0).byte(0xff).bytes(b"");
-        op(&mut e, Op::Advance);
-        e.byte(5);
+        e.step(Op::PeerClose).byte(0);
+        reply(&mut e, ACK | FIN, 0xff, b"");
+        e.step(Op::Advance).byte(5);
         seeds.push((name, e.finish()));
     }
 
@@ -1495,44 +1379,32 @@ pub fn seeds() -> crate::Seeds {
         ("offload-mss-v6", FLAG_OFFLOAD | FLAG_IPV6),
     ] {
         let family = u8::from(flags & FLAG_IPV6 != 0);
-        let mut e = Encoder::new();
-        e.byte(flags);
+        let mut e = Encoder::with_flags(flags);
         for (pick, port, mss) in [(0u8, 7000u16, 9000u16), (1, 7001, 100), (2, 7002, 1)] {
-            op(&mut e, Op::TcpSegment);
+            e.step(Op::TcpSegment);
             // dst index 2, port `port` -> 80, SYN with options, the MSS in the window.
-            e.byte(family)
-                .byte(2)
-                .byte(8)
+            e.fields(&[family, 2, 8])
                 .u16(port)
-                .byte(2)
-                .byte(SYN | OPTIONS | MSS_FROM_WINDOW)
+                .fields(&[2, SYN | OPTIONS | MSS_FROM_WINDOW])
                 .u32(u32::from(port) << 16)
                 .u32(0)
                 .u16(mss)
                 .bytes(b"");
-            op(&mut e, Op::CompleteConnect);
-            e.byte(0).byte(0);
-            op(&mut e, Op::TcpReply);
-            e.byte(0).byte(ACK).byte(0).byte(0xff).bytes(b"");
+            e.step(Op::CompleteConnect).fields(&[0, 0]);
+            reply(&mut e, ACK, 0xff, b"");
             // The flows' sockets in the order they were opened.
-            op(&mut e, Op::PeerSendBulk);
-            e.byte(pick).u16(40_000);
+            e.step(Op::PeerSendBulk).byte(pick).u16(40_000);
             for _ in 0..6 {
-                op(&mut e, Op::TcpReply);
-                e.byte(0).byte(ACK).byte(0).byte(0xff).bytes(b"");
+                reply(&mut e, ACK, 0xff, b"");
             }
-            op(&mut e, Op::GsoTcp);
-            e.byte(0)
-                .byte(ACK | PSH)
-                .byte(0)
-                .byte(0xff)
+            e.step(Op::GsoTcp)
+                .fields(&[0, ACK | PSH, 0, 0xff])
                 .u16(20_000)
                 .u16(0)
                 .byte(1)
                 .bytes(b"");
         }
-        op(&mut e, Op::Advance);
-        e.byte(5);
+        e.step(Op::Advance).byte(5);
         seeds.push((name, e.finish()));
     }
 

@@ -91,6 +91,34 @@ impl<'a> Input<'a> {
     }
 }
 
+/// A target's steps, each chosen by one byte of the input: its place in [`Step::ALL`].
+pub trait Step: Copy + PartialEq + 'static {
+    /// Every step, in the order that gives each its byte (append only: the seed corpora
+    /// are written with these bytes).
+    const ALL: &'static [Self];
+
+    /// The byte that selects this step.
+    fn code(self) -> u8 {
+        Self::ALL
+            .iter()
+            .position(|&step| step == self)
+            .expect("every step is in ALL") as u8
+    }
+}
+
+/// Runs an input's steps, each a [`Step`] byte that `step` gets with the input to read the
+/// step's fields from, until the input ends or after `max` steps: one step can open a flow,
+/// so `max` bounds an input's memory and time (libFuzzer's `-max_len` only bounds its bytes).
+pub fn run_steps<S: Step>(input: &mut Input, max: usize, mut step: impl FnMut(&mut Input, S)) {
+    for _ in 0..max {
+        if input.is_empty() {
+            break;
+        }
+        let next = input.pick(S::ALL);
+        step(input, next);
+    }
+}
+
 /// Writes inputs in [`Input`]'s format: the seed generator's half of it.
 #[derive(Default)]
 pub struct Encoder {
@@ -102,9 +130,25 @@ impl Encoder {
         Encoder::default()
     }
 
+    /// An input that starts with its target's flags byte.
+    pub fn with_flags(flags: u8) -> Encoder {
+        Encoder { data: vec![flags] }
+    }
+
     pub fn byte(&mut self, byte: u8) -> &mut Self {
         self.data.push(byte);
         self
+    }
+
+    /// Single-byte fields, in order.
+    pub fn fields(&mut self, bytes: &[u8]) -> &mut Self {
+        self.data.extend_from_slice(bytes);
+        self
+    }
+
+    /// A step's byte (its fields follow).
+    pub fn step(&mut self, step: impl Step) -> &mut Self {
+        self.byte(step.code())
     }
 
     pub fn u16(&mut self, value: u16) -> &mut Self {

@@ -8,25 +8,17 @@
 use crate::offload::VnetHeader;
 use rslirp::event_loop::MAX_FRAME;
 use rslirp::tap::{frame_read, vnet_header, VNET_HDR_LEN};
+use rslirp_stack::testing::clock::{self, EventLoop};
 use rslirp_stack::testing::frames::{try_parse, ParseError, Parsed, TcpSegment};
 use rslirp_stack::testing::ipv6::{try_parse6, Parsed6};
 use rslirp_stack::testing::{SimHost, SimSocket};
-use rslirp_stack::{
-    CloseMode, Config, Datagram, Duration, FlowId, HostError, HostEvent, HostIo, HostResult,
-    Instant, Offload, SourceAddr, Stack,
-};
+use rslirp_stack::{Config, Duration, FlowId, HostEvent, Instant, Offload, Stack};
 use smoltcp::wire::{EthernetFrame, EthernetProtocol, Ipv4Packet, ETHERNET_HEADER_LEN};
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::ops::{Deref, DerefMut};
+use std::net::IpAddr;
 
 /// Where the virtual clock starts (not zero, as in the scenario tests).
 pub const START: Instant = Instant::from_millis_const(1_000_000);
 const SEED: u64 = 0x5eed_f022;
-/// Polls in a row at one instant before we call it a busy loop (as `Scenario`).
-const MAX_POLLS_PER_INSTANT: usize = 64;
-/// Deadlines one `advance` may visit before we call it a timer storm.
-const MAX_DEADLINES_PER_ADVANCE: usize = 100_000;
 /// TCP segments from the stack the guest can answer (see [`Sim::recent_tcp`]).
 const RECENT_TCP: usize = 4;
 
@@ -40,7 +32,7 @@ pub struct SentTcp {
 
 pub struct Sim {
     pub stack: Stack,
-    pub host: Host,
+    pub host: SimHost,
     pub config: Config,
     pub now: Instant,
     /// The tap is full: frames stay queued in the stack, and nothing is polled in a loop.
@@ -57,7 +49,7 @@ impl Sim {
     pub fn new(config: Config) -> Sim {
         Sim {
             stack: Stack::new(config.clone(), START, SEED),
-            host: Host::default(),
+            host: SimHost::default(),
             config,
             now: START,
             stalled: false,
@@ -108,12 +100,8 @@ impl Sim {
         self.settle();
     }
 
-    /// An event SimHost reported (for SimHost's name of the socket).
+    /// An event SimHost reported.
     pub fn host_event(&mut self, event: HostEvent) {
-        let event = HostEvent {
-            flow: self.host.stack_id(event.flow),
-            ..event
-        };
         if crate::tracing() {
             eprintln!("  host {event:?}");
         }
@@ -152,29 +140,7 @@ impl Sim {
     /// Moves the clock forward by `by`, polling at every deadline the stack reports on the
     /// way, as the real loop sleeps until `poll_at`.
     pub fn advance(&mut self, by: Duration) {
-        let target = self.now + by;
-        for _ in 0..MAX_DEADLINES_PER_ADVANCE {
-            match self.stack.poll_at() {
-                Some(deadline) if deadline <= target => {
-                    let stuck = deadline <= self.now;
-                    self.now = self.now.max(deadline);
-                    if stuck && self.stalled {
-                        // Due now but blocked on the full tap; the loop would wait for the
-                        // tap to drain, which it does when the stall ends.
-                        self.now = target;
-                        return;
-                    }
-                    self.settle();
-                }
-                _ => {
-                    self.now = target;
-                    return;
-                }
-            }
-        }
-        panic!(
-            "advance({by}) visited {MAX_DEADLINES_PER_ADVANCE} deadlines without reaching {target}"
-        );
+        clock::advance(self, by);
     }
 
     /// One loop iteration's output side: poll until nothing is due now, writing every
@@ -184,54 +150,7 @@ impl Sim {
             self.stack.poll(self.now, &mut self.host);
             return;
         }
-        for _ in 0..MAX_POLLS_PER_INSTANT {
-            self.stack.poll(self.now, &mut self.host);
-            let mut written = Vec::new();
-            self.stack.poll_transmit(|frame, offload| {
-                written.push((frame.to_vec(), offload));
-                rslirp_stack::TapWrite::Sent
-            });
-            // What the guest's IP layer gets: the frames as they are without tap offloads;
-            // with them, each behind the header the event loop writes, checked, completed
-            // and cut as the guest's kernel does (see `offload::receive`).
-            let mut frames = Vec::with_capacity(written.len());
-            for (frame, offload) in written {
-                if !self.config.tap_offload {
-                    assert_eq!(
-                        offload,
-                        Offload::default(),
-                        "offload metadata without tap offloads"
-                    );
-                    frames.push(frame);
-                    continue;
-                }
-                let header = VnetHeader::parse(&vnet_header(offload));
-                if crate::tracing() && offload != Offload::default() {
-                    eprintln!("  <- {header:?} on {} bytes", frame.len());
-                }
-                frames.extend(crate::offload::receive(&frame, &header));
-            }
-            for frame in &frames {
-                self.check_frame(frame);
-            }
-            // A datagram's fragments leave together: reassembled as the guest's kernel
-            // would, each whole datagram must decode with correct checksums.
-            if frames.len() > 1 {
-                for whole in rslirp_stack::testing::fragments::defragment(frames.clone()) {
-                    self.check_whole(&whole);
-                }
-            }
-            if self.keep_frames {
-                self.frames.extend(frames);
-            }
-            if !matches!(self.stack.poll_at(), Some(at) if at <= self.now) {
-                return;
-            }
-        }
-        panic!(
-            "busy loop: after {MAX_POLLS_PER_INSTANT} polls at {} the stack still reports poll_at <= now",
-            self.now
-        );
+        clock::settle(self);
     }
 
     /// A frame for the guest must fit the MTU and decode with correct checksums; the limits
@@ -373,170 +292,76 @@ impl Sim {
     }
 }
 
+impl EventLoop for Sim {
+    /// Fuzzed inputs reach timer storms sooner than any scenario needs.
+    const MAX_DEADLINES_PER_ADVANCE: usize = 100_000;
+
+    fn stack(&self) -> &Stack {
+        &self.stack
+    }
+
+    fn now_mut(&mut self) -> &mut Instant {
+        &mut self.now
+    }
+
+    /// Polls once and writes every frame to the tap.
+    fn poll_once(&mut self) {
+        self.stack.poll(self.now, &mut self.host);
+        let mut written = Vec::new();
+        self.stack.poll_transmit(|frame, offload| {
+            written.push((frame.to_vec(), offload));
+            rslirp_stack::TapWrite::Sent
+        });
+        // What the guest's IP layer gets: the frames as they are without tap offloads;
+        // with them, each behind the header the event loop writes, checked, completed
+        // and cut as the guest's kernel does (see `offload::receive`).
+        let mut frames = Vec::with_capacity(written.len());
+        for (frame, offload) in written {
+            if !self.config.tap_offload {
+                assert_eq!(
+                    offload,
+                    Offload::default(),
+                    "offload metadata without tap offloads"
+                );
+                frames.push(frame);
+                continue;
+            }
+            let header = VnetHeader::parse(&vnet_header(offload));
+            if crate::tracing() && offload != Offload::default() {
+                eprintln!("  <- {header:?} on {} bytes", frame.len());
+            }
+            frames.extend(crate::offload::receive(&frame, &header));
+        }
+        for frame in &frames {
+            self.check_frame(frame);
+        }
+        // A datagram's fragments leave together: reassembled as the guest's kernel
+        // would, each whole datagram must decode with correct checksums.
+        if frames.len() > 1 {
+            for whole in rslirp_stack::testing::fragments::defragment(frames.clone()) {
+                self.check_whole(&whole);
+            }
+        }
+        if self.keep_frames {
+            self.frames.extend(frames);
+        }
+    }
+
+    fn at_deadline(&mut self, overdue: bool) -> bool {
+        if overdue && self.stalled {
+            // Due now but blocked on the full tap; the loop would wait for the tap to
+            // drain, which it does when the stall ends.
+            return false;
+        }
+        self.settle();
+        true
+    }
+}
+
 /// Whether an IPv4 frame comes from `gateway`.
 fn from_gateway(frame: &[u8], gateway: std::net::Ipv4Addr) -> bool {
     let Ok(eth) = EthernetFrame::new_checked(frame) else {
         return false;
     };
     Ipv4Packet::new_checked(eth.payload()).is_ok_and(|ip| ip.src_addr() == gateway)
-}
-
-/// Known bug 1 (stack/tests/fuzz_regressions.rs, `forward_refusal_reuses_flow_id`): when
-/// the stack refuses a connection it accepted on a port forward, it closes the host socket
-/// but hands the same [`FlowId`] (same generation) to the next socket it opens. SimHost
-/// rightly panics on that; while this is true, [`Host`] gives such a reused id a fresh name
-/// inside SimHost (a generation with bit 31 set, which the stack never uses). Sockets the
-/// stack did not close are never renamed: reusing those still panics.
-pub const TOLERATE_FLOW_ID_REUSE: bool = false;
-
-/// Known bug 2 (`guest_data_after_its_fin_is_dropped`): smoltcp queues data a guest sends
-/// after its own FIN, and the stack then writes it to a host socket it already shut down
-/// for writing. SimHost panics on that; while this is true, [`Host`] answers as Linux does
-/// (EPIPE).
-pub const TOLERATE_SEND_AFTER_SHUTDOWN: bool = false;
-
-/// EPIPE, what Linux returns for a send after shutdown(SHUT_WR).
-const EPIPE: i32 = 32;
-
-/// [`SimHost`], plus workarounds for the known bugs above, so that fuzzing goes on past
-/// them until they are fixed (then set the constants to false and delete the workarounds).
-#[derive(Default)]
-pub struct Host {
-    pub sim: SimHost,
-    /// The stack's id → SimHost's name, for renamed ids.
-    renamed: HashMap<FlowId, FlowId>,
-    /// SimHost's name → the stack's id.
-    original: HashMap<FlowId, FlowId>,
-    renames: u32,
-}
-
-impl Deref for Host {
-    type Target = SimHost;
-    fn deref(&self) -> &SimHost {
-        &self.sim
-    }
-}
-
-impl DerefMut for Host {
-    fn deref_mut(&mut self) -> &mut SimHost {
-        &mut self.sim
-    }
-}
-
-impl Host {
-    /// SimHost's name for the stack's `flow`.
-    fn name(&self, flow: FlowId) -> FlowId {
-        self.renamed.get(&flow).copied().unwrap_or(flow)
-    }
-
-    /// The stack's id for SimHost's `name`.
-    pub fn stack_id(&self, name: FlowId) -> FlowId {
-        self.original.get(&name).copied().unwrap_or(name)
-    }
-
-    /// The name under which the stack's `flow` is opened now.
-    fn name_for_open(&mut self, flow: FlowId) -> FlowId {
-        let name = self.name(flow);
-        let closed = self.sim.socket(name).is_some_and(SimSocket::is_closed);
-        if !(TOLERATE_FLOW_ID_REUSE && closed) {
-            return name;
-        }
-        self.renames += 1;
-        let fresh = FlowId {
-            index: flow.index,
-            generation: 0x8000_0000 | self.renames,
-        };
-        self.renamed.insert(flow, fresh);
-        self.original.insert(fresh, flow);
-        fresh
-    }
-}
-
-impl HostIo for Host {
-    fn tcp_connect(
-        &mut self,
-        flow: FlowId,
-        remote: SocketAddr,
-        source: SourceAddr,
-    ) -> HostResult<()> {
-        let name = self.name_for_open(flow);
-        self.sim.tcp_connect(name, remote, source)
-    }
-    fn tcp_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<usize> {
-        self.sim.tcp_recv(self.name(flow), buf)
-    }
-    fn tcp_send(&mut self, flow: FlowId, data: &[u8]) -> HostResult<usize> {
-        let name = self.name(flow);
-        let shut = self
-            .sim
-            .socket(name)
-            .is_some_and(|s| s.write_shutdown && !s.is_closed());
-        if TOLERATE_SEND_AFTER_SHUTDOWN && shut {
-            return Err(HostError::Other(EPIPE));
-        }
-        self.sim.tcp_send(name, data)
-    }
-    fn tcp_shutdown_write(&mut self, flow: FlowId) {
-        self.sim.tcp_shutdown_write(self.name(flow))
-    }
-    fn take_error(&mut self, flow: FlowId) -> Option<HostError> {
-        self.sim.take_error(self.name(flow))
-    }
-    fn udp_open(&mut self, flow: FlowId, remote: SocketAddr, source: SourceAddr) -> HostResult<()> {
-        let name = self.name_for_open(flow);
-        self.sim.udp_open(name, remote, source)
-    }
-    fn udp_reconnect(
-        &mut self,
-        flow: FlowId,
-        remote: SocketAddr,
-        source: SourceAddr,
-    ) -> HostResult<()> {
-        self.sim.udp_reconnect(self.name(flow), remote, source)
-    }
-    fn udp_send(&mut self, flow: FlowId, data: &[u8], hop_limit: u8) -> HostResult<()> {
-        self.sim.udp_send(self.name(flow), data, hop_limit)
-    }
-    fn udp_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<Datagram> {
-        self.sim.udp_recv(self.name(flow), buf)
-    }
-    fn ping_open(&mut self, flow: FlowId, remote: IpAddr) -> HostResult<()> {
-        let name = self.name_for_open(flow);
-        self.sim.ping_open(name, remote)
-    }
-    fn ping_send(&mut self, flow: FlowId, message: &[u8], hop_limit: u8) -> HostResult<()> {
-        self.sim.ping_send(self.name(flow), message, hop_limit)
-    }
-    fn ping_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<Datagram> {
-        self.sim.ping_recv(self.name(flow), buf)
-    }
-    fn recv_icmp_error(
-        &mut self,
-        flow: FlowId,
-        buf: &mut [u8],
-    ) -> HostResult<Option<rslirp_stack::IcmpReport>> {
-        self.sim.recv_icmp_error(self.name(flow), buf)
-    }
-    fn close(&mut self, flow: FlowId, mode: CloseMode) {
-        self.sim.close(self.name(flow), mode)
-    }
-    fn tcp_listen(&mut self, forward: u64, addr: SocketAddr) -> HostResult<()> {
-        self.sim.tcp_listen(forward, addr)
-    }
-    fn tcp_accept(&mut self, forward: u64, flow: FlowId) -> HostResult<SocketAddr> {
-        let name = self.name_for_open(flow);
-        self.sim.tcp_accept(forward, name)
-    }
-    fn udp_bind(&mut self, forward: u64, addr: SocketAddr) -> HostResult<()> {
-        self.sim.udp_bind(forward, addr)
-    }
-    fn udp_recv_from(&mut self, forward: u64, buf: &mut [u8]) -> HostResult<(usize, SocketAddr)> {
-        self.sim.udp_recv_from(forward, buf)
-    }
-    fn udp_send_to(&mut self, forward: u64, peer: SocketAddr, data: &[u8]) -> HostResult<()> {
-        self.sim.udp_send_to(forward, peer, data)
-    }
-    fn forward_close(&mut self, forward: u64) {
-        self.sim.forward_close(forward)
-    }
 }

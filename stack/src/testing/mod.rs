@@ -17,6 +17,7 @@ pub use frames::{
 pub use host::{HostCall, SimHost, SimSocket, SocketKind, SocketState};
 pub use scenario::{complete_checksum, Scenario, START};
 
+pub mod clock;
 pub mod fragments;
 pub mod frames;
 pub mod host;
