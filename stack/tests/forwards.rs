@@ -5,7 +5,7 @@
 
 use core::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use rslirp_stack::testing::{GuestTcp, Parsed, Scenario, TcpSegment};
-use rslirp_stack::{CloseMode, Duration, HostError};
+use rslirp_stack::{CloseMode, Duration, FlowId, HostError};
 use smoltcp::wire::{ArpOperation, ArpRepr, EthernetAddress};
 
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
@@ -75,6 +75,25 @@ fn the_syn(s: &mut Scenario) -> Parsed {
     let tcp = segment(&syn);
     assert!(tcp.syn && tcp.ack.is_none(), "got {}", tcp.flags());
     syn
+}
+
+/// A guest that is up, TCP forward 1 from host port 8080 to its port 80, and a loopback
+/// client from port 40000 connecting to it; returns the client's flow and the stack's SYN.
+fn client_connecting() -> (Scenario, FlowId, Parsed) {
+    let mut s = guest_is_up();
+    add(&mut s, "tcp", 8080, 80, 1);
+    let flow = s.client_connects(1, loopback(40000));
+    let syn = the_syn(&mut s);
+    (s, flow, syn)
+}
+
+/// The guest accepts `syn` with initial sequence number `isn` (its SYN-ACK goes out);
+/// returns its side of the connection.
+fn guest_accepts(s: &mut Scenario, syn: &Parsed, isn: u32) -> GuestTcp {
+    let guest = s.guest;
+    let (conn, syn_ack) = GuestTcp::accept(&guest, syn, isn);
+    s.guest_sends(&syn_ack);
+    conn
 }
 
 mod control_socket {
@@ -291,11 +310,8 @@ mod tcp_forward {
 
     #[test]
     fn loopback_client_appears_as_the_gateway() {
-        let mut s = guest_is_up();
-        add(&mut s, "tcp", 8080, 80, 1);
-        let flow = s.client_connects(1, loopback(40000));
+        let (s, flow, syn) = client_connecting();
 
-        let syn = the_syn(&mut s);
         let (ip, tcp) = syn.tcp().expect("a TCP frame");
         assert_eq!((ip.src_addr, tcp.src_port), (GATEWAY, 40000));
         assert_eq!((ip.dst_addr, tcp.dst_port), (GUEST, 80));
@@ -333,15 +349,10 @@ mod tcp_forward {
 
     #[test]
     fn guest_accepts_and_data_flows_both_ways() {
-        let mut s = guest_is_up();
-        add(&mut s, "tcp", 8080, 80, 1);
-        let flow = s.client_connects(1, loopback(40000));
-        let syn = the_syn(&mut s);
+        let (mut s, flow, syn) = client_connecting();
 
-        let guest = s.guest;
-        let (conn, syn_ack) = GuestTcp::accept(&guest, &syn, 7_000_000);
+        let conn = guest_accepts(&mut s, &syn, 7_000_000);
         assert_eq!(conn.remote, SocketAddrV4::new(GATEWAY, 40000));
-        s.guest_sends(&syn_ack);
         let mut conns = [conn];
         let ack = the_only(s.drain(), "ACK of the SYN-ACK");
         assert!(conns[0].on_frame(&ack));
@@ -377,19 +388,14 @@ mod tcp_forward {
 
     #[test]
     fn client_data_and_eof_before_the_guest_accepts_wait_for_it() {
-        let mut s = guest_is_up();
-        add(&mut s, "tcp", 8080, 80, 1);
-        let flow = s.client_connects(1, loopback(40000));
-        let syn = the_syn(&mut s);
+        let (mut s, flow, syn) = client_connecting();
 
         // `echo hello | nc 127.0.0.1 8080`: the client writes and shuts down at once.
         s.peer_send(flow, b"hello");
         s.peer_close(flow);
         assert_eq!(s.drain(), vec![], "nothing for the guest before it accepts");
 
-        let guest = s.guest;
-        let (conn, syn_ack) = GuestTcp::accept(&guest, &syn, 1);
-        s.guest_sends(&syn_ack);
+        let conn = guest_accepts(&mut s, &syn, 1);
         let mut conns = [conn];
         assert_eq!(s.exchange(&mut conns), vec![]);
         assert_eq!(conns[0].received(), b"hello");
@@ -398,13 +404,8 @@ mod tcp_forward {
 
     #[test]
     fn removing_the_forward_keeps_accepted_connections() {
-        let mut s = guest_is_up();
-        add(&mut s, "tcp", 8080, 80, 1);
-        let flow = s.client_connects(1, loopback(40000));
-        let syn = the_syn(&mut s);
-        let guest = s.guest;
-        let (conn, syn_ack) = GuestTcp::accept(&guest, &syn, 1);
-        s.guest_sends(&syn_ack);
+        let (mut s, flow, syn) = client_connecting();
+        let conn = guest_accepts(&mut s, &syn, 1);
         let mut conns = [conn];
         s.exchange(&mut conns);
 
@@ -423,10 +424,7 @@ mod tcp_forward {
 
     #[test]
     fn guest_refusing_resets_the_client() {
-        let mut s = guest_is_up();
-        add(&mut s, "tcp", 8080, 80, 1);
-        let flow = s.client_connects(1, loopback(40000));
-        let syn = the_syn(&mut s);
+        let (mut s, flow, syn) = client_connecting();
 
         // Nothing listens on the guest's port 80: its kernel answers RST|ACK.
         let guest = s.guest;
@@ -447,10 +445,7 @@ mod tcp_forward {
 
     #[test]
     fn silent_guest_resets_the_client_after_20_seconds() {
-        let mut s = guest_is_up();
-        add(&mut s, "tcp", 8080, 80, 1);
-        let flow = s.client_connects(1, loopback(40000));
-        the_syn(&mut s);
+        let (mut s, flow, _) = client_connecting();
 
         s.advance(secs(19));
         assert_eq!(s.host.close_mode(flow), None, "still trying after 19 s");
@@ -526,8 +521,7 @@ mod tcp_forward {
             s.advance(Duration::from_millis(100));
         }
         let syn = syn.expect("a SYN at the guest's MAC within 3 s of the ARP reply");
-        let (conn, syn_ack) = GuestTcp::accept(&guest, &syn, 1);
-        s.guest_sends(&syn_ack);
+        let conn = guest_accepts(&mut s, &syn, 1);
         let mut conns = [conn];
         assert_eq!(s.exchange(&mut conns), vec![]);
         assert!(conns[0].all_acked(), "the handshake completed");
@@ -561,10 +555,7 @@ mod tcp_forward {
 
     #[test]
     fn a_second_client_on_the_same_visible_port_is_refused_not_mixed_up() {
-        let mut s = guest_is_up();
-        add(&mut s, "tcp", 8080, 80, 1);
-        let first = s.client_connects(1, loopback(40000));
-        the_syn(&mut s);
+        let (mut s, first, _) = client_connecting();
         // 127.0.0.2:40000 would also appear as 10.0.2.2:40000: the same 4-tuple.
         let second = s.client_connects(1, addr(Ipv4Addr::new(127, 0, 0, 2), 40000));
         assert_eq!(s.host.close_mode(second), Some(CloseMode::Abort));
@@ -810,7 +801,6 @@ mod stats {
     #[test]
     fn counters_match_what_happened() {
         let mut s = guest_is_up();
-        let guest = s.guest;
         let before = get_stats(&mut s);
         assert_eq!(count(&before, &["flows", "tcp"]), 0);
         assert_eq!(count(&before, &["interfaces", "tap", "rx_packets"]), 1);
@@ -820,8 +810,7 @@ mod stats {
         add(&mut s, "udp", 19000, 9000, 2);
         let tcp_flow = s.client_connects(1, loopback(40000));
         let syn = the_syn(&mut s);
-        let (conn, syn_ack) = GuestTcp::accept(&guest, &syn, 1);
-        s.guest_sends(&syn_ack);
+        let conn = guest_accepts(&mut s, &syn, 1);
         let mut conns = [conn];
         s.exchange(&mut conns);
         s.client_sends(2, loopback(5000), b"ping");
