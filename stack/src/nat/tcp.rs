@@ -20,7 +20,7 @@
 use crate::io::{CloseMode, FlowId, HostError, HostEvent, HostIo};
 use crate::link::TxQueue;
 use crate::nat::device::{syn_mss, FlowDevice};
-use crate::nat::{FlowCounters, FlowKey, Quote};
+use crate::nat::{bare_segment, FlowCounters, FlowKey, Quote};
 use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp::{Socket, SocketBuffer, State};
 use smoltcp::time::{Duration, Instant};
@@ -437,20 +437,7 @@ impl TcpFlow {
         let seq = head
             .get(4..8)
             .map_or(0, |b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]));
-        TcpRepr {
-            src_port: word(0),
-            dst_port: word(2),
-            control: TcpControl::Syn,
-            seq_number: TcpSeqNumber(seq),
-            ack_number: None,
-            window_len: 0,
-            window_scale: None,
-            max_seg_size: None,
-            sack_permitted: false,
-            sack_ranges: [None, None, None],
-            timestamp: None,
-            payload: &[],
-        }
+        bare_segment(word(0), word(2), TcpControl::Syn, TcpSeqNumber(seq), None)
     }
 
     /// Take in a later segment of this flow from the guest (the whole IP packet) without
