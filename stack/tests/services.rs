@@ -344,12 +344,7 @@ mod dns {
             .host
             .set_error(flow, rslirp_stack::HostError::ConnectionRefused);
         s.host_event(event);
-        match the_only(s.drain(), "ICMP error") {
-            Parsed::IcmpUnreachable { src, dst, code, .. } => {
-                assert_eq!((src, dst, code), (DNS, GUEST, 3), "port unreachable")
-            }
-            other => panic!("expected ICMP port unreachable, got {other:?}"),
-        }
+        port_unreachable_from_dns(&mut s);
     }
 
     /// An answer that does not fit the MTU reaches the guest in IP fragments (as
@@ -582,6 +577,23 @@ mod dns {
         assert_eq!(s.stats().udp_flows, 0);
     }
 
+    /// The one frame to the guest is an ICMP port unreachable from the DNS address (10.0.2.3)
+    /// to the guest; returns the datagram it quotes.
+    fn port_unreachable_from_dns(s: &mut Scenario) -> Vec<u8> {
+        match the_only(s.drain(), "ICMP error") {
+            Parsed::IcmpUnreachable {
+                src,
+                dst,
+                code,
+                original,
+            } => {
+                assert_eq!((src, dst, code), (DNS, GUEST, 3), "port unreachable");
+                original
+            }
+            other => panic!("expected ICMP port unreachable, got {other:?}"),
+        }
+    }
+
     /// The guest's SYN from port 40000 to `to` draws a RST from `to` that acknowledges it.
     fn assert_syn_reset(s: &mut Scenario, to: SocketAddrV4) {
         let mut conn = s.guest_tcp(40000, to);
@@ -600,17 +612,7 @@ mod dns {
         let guest = s.guest;
         let query = guest.udp(33333, dns(53), QUERY);
         s.guest_sends(&query);
-        let Parsed::IcmpUnreachable {
-            src,
-            dst,
-            code,
-            original,
-        } = the_only(s.drain(), "ICMP error")
-        else {
-            panic!("expected ICMP destination unreachable");
-        };
-        assert_eq!((src, dst), (DNS, GUEST));
-        assert_eq!(code, 3, "port unreachable");
+        let original = port_unreachable_from_dns(&mut s);
         assert_eq!(&original[..28], &query[14..14 + 28], "the query is quoted");
 
         assert_syn_reset(&mut s, dns(53));
@@ -624,12 +626,7 @@ mod dns {
         let mut s = with_upstream([127, 0, 0, 1]);
         let guest = s.guest;
         s.guest_sends(&guest.udp(33333, dns(123), b"ntp?"));
-        match the_only(s.drain(), "ICMP error") {
-            Parsed::IcmpUnreachable { src, code, .. } => {
-                assert_eq!((src, code), (DNS, 3), "port unreachable from 10.0.2.3")
-            }
-            other => panic!("expected ICMP port unreachable, got {other:?}"),
-        }
+        port_unreachable_from_dns(&mut s);
         assert_syn_reset(&mut s, dns(80));
         assert_eq!(s.host.calls(), &[]);
     }
