@@ -172,6 +172,13 @@ impl Link {
     }
 }
 
+/// A link on which client `mac(1)` holds a lease; returns the link and the address.
+fn leased() -> (Link, Ipv4Address) {
+    let mut link = Link::new();
+    let address = link.lease(mac(1));
+    (link, address)
+}
+
 #[test]
 fn first_client_is_offered_network_plus_15_with_every_option() {
     let mut link = Link::new();
@@ -242,8 +249,7 @@ fn request_after_offer_is_acked_and_recorded_for_24_hours() {
 
 #[test]
 fn renewal_extends_the_lease_and_is_answered_by_unicast() {
-    let mut link = Link::new();
-    let address = link.lease(mac(1));
+    let (mut link, address) = leased();
     link.advance(Duration::from_secs(43_200));
 
     let ack = link.renew(mac(1), address).expect("an ACK");
@@ -259,8 +265,7 @@ fn renewal_extends_the_lease_and_is_answered_by_unicast() {
 
 #[test]
 fn broadcast_flag_makes_even_a_renewal_reply_broadcast() {
-    let mut link = Link::new();
-    let address = link.lease(mac(1));
+    let (mut link, address) = leased();
     let ack = link
         .request(mac(1), |m| {
             m.client_ip = address;
@@ -273,8 +278,7 @@ fn broadcast_flag_makes_even_a_renewal_reply_broadcast() {
 
 #[test]
 fn init_reboot_gets_its_old_address_back() {
-    let mut link = Link::new();
-    let address = link.lease(mac(1));
+    let (mut link, address) = leased();
     // After a reboot: the remembered address, no server id, no ciaddr.
     let ack = link
         .request(mac(1), |m| {
@@ -287,8 +291,7 @@ fn init_reboot_gets_its_old_address_back() {
 
 #[test]
 fn request_naming_no_address_gets_the_clients_address_as_in_libslirp() {
-    let mut link = Link::new();
-    let address = link.lease(mac(1));
+    let (mut link, address) = leased();
     let request = message(DhcpMessageType::Request, mac(1), |_| {});
     assert_eq!(link.send(&request).unwrap().your_ip, address);
     let request = message(DhcpMessageType::Request, mac(2), |_| {});
@@ -344,8 +347,7 @@ fn renewing_an_address_outside_the_pool_is_naked_by_broadcast() {
 
 #[test]
 fn request_for_an_address_leased_to_another_mac_is_naked() {
-    let mut link = Link::new();
-    let address = link.lease(mac(1));
+    let (mut link, address) = leased();
     let nak = link.select(mac(2), address).unwrap();
     assert_eq!(nak.message_type, DhcpMessageType::Nak);
     // An address merely offered to another client is not free either.
@@ -359,8 +361,7 @@ fn request_for_an_address_leased_to_another_mac_is_naked() {
 
 #[test]
 fn release_frees_the_address_for_another_client() {
-    let mut link = Link::new();
-    let address = link.lease(mac(1));
+    let (mut link, address) = leased();
     link.release(mac(1), address);
     assert_eq!(link.lease_of(mac(1)), None);
     let ack = link.select(mac(2), address).unwrap();
@@ -370,8 +371,7 @@ fn release_frees_the_address_for_another_client() {
 
 #[test]
 fn release_by_another_mac_changes_nothing() {
-    let mut link = Link::new();
-    let address = link.lease(mac(1));
+    let (mut link, address) = leased();
     link.release(mac(2), address);
     assert_eq!(link.lease_of(mac(1)), Some((address, START + LEASE_TIME)));
     assert_eq!(link.server.counters().ignored, 1);
@@ -379,8 +379,7 @@ fn release_by_another_mac_changes_nothing() {
 
 #[test]
 fn released_address_goes_back_to_its_client_while_unused_ones_remain() {
-    let mut link = Link::new();
-    let address = link.lease(mac(1));
+    let (mut link, address) = leased();
     link.release(mac(1), address);
     assert_eq!(link.discover(mac(2)).unwrap().your_ip, pool(16));
     assert_eq!(link.discover(mac(1)).unwrap().your_ip, address);
@@ -437,8 +436,7 @@ fn expired_leases_are_reused_oldest_first() {
 
 #[test]
 fn declined_address_is_kept_out_of_the_pool_for_a_while() {
-    let mut link = Link::new();
-    let address = link.lease(mac(1));
+    let (mut link, address) = leased();
     let decline = message(DhcpMessageType::Decline, mac(1), |m| {
         m.requested_ip = Some(address);
         m.server_identifier = Some(GATEWAY);
