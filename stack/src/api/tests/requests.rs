@@ -2,31 +2,51 @@
 
 use super::*;
 
-#[test]
-fn not_json_cannot_parse() {
-    let expected = br#"{"error":{"desc":"bad request: cannot parse JSON"}}"#;
-    assert_eq!(error_reply(&parse_request(b"{").unwrap_err()), expected);
-    for bytes in [
-        &b""[..],
-        b" \n",
-        b"hello",
-        b"{execute:\"list_hostfwd\"}",
-        b"{\"execute\":\"list_hostfwd\",}",
-        b"{'execute':'list_hostfwd'}",
-        b"{\"execute\":\"list_hostfwd\"",
-        b"\xff\xfe",
-        b"{\"execute\":\"\xff\"}",
-        // Duplicate keys, at the top or deeper: the reference's parser refuses them.
-        br#"{"execute":"list_hostfwd","execute":"list_hostfwd"}"#,
-        br#"{"execute":"add_hostfwd","arguments":{"proto":"tcp","proto":"udp"}}"#,
-    ] {
+/// Each of `requests` parses to `expected`.
+fn assert_parse_each(requests: &[&[u8]], expected: Result<Request, ApiError>) {
+    for bytes in requests {
         assert_eq!(
             parse(bytes),
-            Err(ApiError::CannotParseJson),
+            expected,
             "{:?}",
             String::from_utf8_lossy(bytes)
         );
     }
+}
+
+/// `request_complete` says `complete` for each of `requests`.
+fn assert_complete_each(requests: &[&[u8]], complete: bool) {
+    for bytes in requests {
+        assert_eq!(
+            request_complete(bytes),
+            complete,
+            "{:?}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+}
+
+#[test]
+fn not_json_cannot_parse() {
+    let expected = br#"{"error":{"desc":"bad request: cannot parse JSON"}}"#;
+    assert_eq!(error_reply(&parse_request(b"{").unwrap_err()), expected);
+    assert_parse_each(
+        &[
+            b"",
+            b" \n",
+            b"hello",
+            b"{execute:\"list_hostfwd\"}",
+            b"{\"execute\":\"list_hostfwd\",}",
+            b"{'execute':'list_hostfwd'}",
+            b"{\"execute\":\"list_hostfwd\"",
+            b"\xff\xfe",
+            b"{\"execute\":\"\xff\"}",
+            // Duplicate keys, at the top or deeper: the reference's parser refuses them.
+            br#"{"execute":"list_hostfwd","execute":"list_hostfwd"}"#,
+            br#"{"execute":"add_hostfwd","arguments":{"proto":"tcp","proto":"udp"}}"#,
+        ],
+        Err(ApiError::CannotParseJson),
+    );
 }
 
 #[test]
@@ -76,14 +96,15 @@ fn unknown_execute() {
 
 #[test]
 fn whitespace_newline_and_bom_around_the_request() {
-    for bytes in [
-        &b"{\"execute\":\"list_hostfwd\"}\n"[..],
-        b"{\"execute\":\"list_hostfwd\"}\r\n",
-        b"  \t\n{ \"execute\" : \"list_hostfwd\" }  \n\n",
-        b"\xEF\xBB\xBF{\"execute\":\"list_hostfwd\"}",
-    ] {
-        assert_eq!(parse(bytes), Ok(Request::ListHostfwd));
-    }
+    assert_parse_each(
+        &[
+            b"{\"execute\":\"list_hostfwd\"}\n",
+            b"{\"execute\":\"list_hostfwd\"}\r\n",
+            b"  \t\n{ \"execute\" : \"list_hostfwd\" }  \n\n",
+            b"\xEF\xBB\xBF{\"execute\":\"list_hostfwd\"}",
+        ],
+        Ok(Request::ListHostfwd),
+    );
 }
 
 #[test]
@@ -119,35 +140,29 @@ fn size_limit_4095_ok_4096_too_large() {
 
 #[test]
 fn request_complete_tells_when_to_answer() {
-    for partial in [
-        &b""[..],
-        b"  \n",
-        b"{",
-        b"{\"execute\":\"list_",
-        b"{\"execute\":\"list_hostfwd\"",
-        b"[1,",
-    ] {
-        assert!(
-            !request_complete(partial),
-            "{:?}",
-            String::from_utf8_lossy(partial)
-        );
-    }
-    for done in [
-        &b"{\"execute\":\"list_hostfwd\"}"[..],
-        b"{\"execute\":\"list_hostfwd\"}\n",
-        b"{}",
-        b"[]",
-        // Can never become JSON: answer "cannot parse JSON" at once.
-        b"hello",
-        b"{execute",
-    ] {
-        assert!(
-            request_complete(done),
-            "{:?}",
-            String::from_utf8_lossy(done)
-        );
-    }
+    assert_complete_each(
+        &[
+            b"",
+            b"  \n",
+            b"{",
+            b"{\"execute\":\"list_",
+            b"{\"execute\":\"list_hostfwd\"",
+            b"[1,",
+        ],
+        false,
+    );
+    assert_complete_each(
+        &[
+            b"{\"execute\":\"list_hostfwd\"}",
+            b"{\"execute\":\"list_hostfwd\"}\n",
+            b"{}",
+            b"[]",
+            // Can never become JSON: answer "cannot parse JSON" at once.
+            b"hello",
+            b"{execute",
+        ],
+        true,
+    );
 }
 
 // Requests that parse.
