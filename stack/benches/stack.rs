@@ -84,21 +84,11 @@ impl HostIo for BenchHost {
         None
     }
 
-    fn udp_open(
-        &mut self,
-        _flow: FlowId,
-        _remote: SocketAddr,
-        _source: SourceAddr,
-    ) -> HostResult<()> {
+    fn udp_open(&mut self, _: FlowId, _: SocketAddr, _: SourceAddr) -> HostResult<()> {
         Ok(())
     }
 
-    fn udp_reconnect(
-        &mut self,
-        _flow: FlowId,
-        _remote: SocketAddr,
-        _source: SourceAddr,
-    ) -> HostResult<()> {
+    fn udp_reconnect(&mut self, _: FlowId, _: SocketAddr, _: SourceAddr) -> HostResult<()> {
         Ok(())
     }
 

@@ -5,7 +5,7 @@
 
 use core::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use rslirp_stack::testing::{GuestTcp, Parsed, Scenario, TcpSegment};
-use rslirp_stack::{CloseMode, Duration, HostError};
+use rslirp_stack::{CloseMode, Duration, FlowId, HostError};
 use smoltcp::wire::{ArpOperation, ArpRepr, EthernetAddress};
 
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
@@ -40,14 +40,32 @@ fn remove_request(id: u64) -> String {
     format!(r#"{{"execute":"remove_hostfwd","arguments":{{"id":{id}}}}}"#)
 }
 
+/// `list_hostfwd` answers with exactly `entries`, in this order.
+fn assert_listed(s: &mut Scenario, entries: &[&str]) {
+    let expected = format!(r#"{{"entries":[{}]}}"#, entries.join(","));
+    assert_eq!(s.api(LIST), expected);
+}
+
 const LIST: &str = r#"{"execute":"list_hostfwd"}"#;
 const ADD_FAILED: &str =
     r#"{"error":{"desc":"bad request: add_hostfwd: slirp_add_hostfwd failed"}}"#;
 const BAD_ID: &str = r#"{"error":{"desc":"bad request: remove_hostfwd: bad arguments.id"}}"#;
 
-/// Publishes a forward and checks that it got `id`.
+/// Publishes a forward on every host address and checks that it got `id`.
 fn add(s: &mut Scenario, proto: &str, host_port: u16, guest_port: u16, id: u64) {
-    let reply = s.api(&add_request(proto, "0.0.0.0", host_port, guest_port));
+    add_at(s, proto, "0.0.0.0", host_port, guest_port, id);
+}
+
+/// Publishes a forward on `host_addr` and checks that it got `id`.
+fn add_at(
+    s: &mut Scenario,
+    proto: &str,
+    host_addr: &str,
+    host_port: u16,
+    guest_port: u16,
+    id: u64,
+) {
+    let reply = s.api(&add_request(proto, host_addr, host_port, guest_port));
     assert_eq!(reply, format!(r#"{{"return":{{"id":{id}}}}}"#));
 }
 
@@ -77,20 +95,47 @@ fn the_syn(s: &mut Scenario) -> Parsed {
     syn
 }
 
+/// A guest that is up, TCP forward 1 from host port 8080 to its port 80, and a loopback
+/// client from port 40000 connecting to it; returns the client's flow and the stack's SYN.
+fn client_connecting() -> (Scenario, FlowId, Parsed) {
+    let mut s = guest_is_up();
+    add(&mut s, "tcp", 8080, 80, 1);
+    let flow = s.client_connects(1, loopback(40000));
+    let syn = the_syn(&mut s);
+    (s, flow, syn)
+}
+
+/// The guest accepts `syn` with initial sequence number `isn` (its SYN-ACK goes out);
+/// returns its side of the connection.
+fn guest_accepts(s: &mut Scenario, syn: &Parsed, isn: u32) -> GuestTcp {
+    let guest = s.guest;
+    let (conn, syn_ack) = GuestTcp::accept(&guest, syn, isn);
+    s.guest_sends(&syn_ack);
+    conn
+}
+
+/// The stack's ARP request for the guest's MAC (who has 10.0.2.100?), broadcast.
+fn who_has_the_guest(s: &Scenario) -> (EthernetAddress, Parsed) {
+    (
+        EthernetAddress::BROADCAST,
+        Parsed::Arp(ArpRepr::EthernetIpv4 {
+            operation: ArpOperation::Request,
+            source_hardware_addr: s.guest.gateway_mac,
+            source_protocol_addr: GATEWAY,
+            target_hardware_addr: EthernetAddress([0; 6]),
+            target_protocol_addr: GUEST,
+        }),
+    )
+}
+
 mod control_socket {
     use super::*;
 
     #[test]
     fn ids_count_from_one() {
         let mut s = Scenario::new();
-        assert_eq!(
-            s.api(&add_request("tcp", "0.0.0.0", 8080, 80)),
-            r#"{"return":{"id":1}}"#
-        );
-        assert_eq!(
-            s.api(&add_request("udp", "0.0.0.0", 5353, 53)),
-            r#"{"return":{"id":2}}"#
-        );
+        add(&mut s, "tcp", 8080, 80, 1);
+        add(&mut s, "udp", 5353, 53, 2);
         let tcp = s.host.forward(1).expect("forward 1 has a host listener");
         assert!(!tcp.udp && !tcp.closed);
         assert_eq!(tcp.addr, Some(addr(Ipv4Addr::UNSPECIFIED, 8080)));
@@ -107,19 +152,14 @@ mod control_socket {
         // Empty addresses mean the defaults: every host address, the guest.
         let defaults = r#"{"execute":"add_hostfwd","arguments":{"proto":"udp","host_addr":"","host_port":5353,"guest_port":53}}"#;
         assert_eq!(s.api(defaults), r#"{"return":{"id":2}}"#);
-        assert_eq!(
-            s.api(&add_request("tcp", "127.0.0.1", 2222, 22)),
-            r#"{"return":{"id":3}}"#
-        );
-        assert_eq!(
-            s.api(LIST),
-            concat!(
-                r#"{"entries":["#,
-                r#"{"id":1,"proto":"tcp","host_addr":"0.0.0.0","host_port":8080,"guest_addr":"10.0.2.100","guest_port":80},"#,
-                r#"{"id":2,"proto":"udp","host_addr":"0.0.0.0","host_port":5353,"guest_addr":"10.0.2.100","guest_port":53},"#,
+        add_at(&mut s, "tcp", "127.0.0.1", 2222, 22, 3);
+        assert_listed(
+            &mut s,
+            &[
+                r#"{"id":1,"proto":"tcp","host_addr":"0.0.0.0","host_port":8080,"guest_addr":"10.0.2.100","guest_port":80}"#,
+                r#"{"id":2,"proto":"udp","host_addr":"0.0.0.0","host_port":5353,"guest_addr":"10.0.2.100","guest_port":53}"#,
                 r#"{"id":3,"proto":"tcp","host_addr":"127.0.0.1","host_port":2222,"guest_addr":"10.0.2.100","guest_port":22}"#,
-                r#"]}"#
-            )
+            ],
         );
     }
 
@@ -183,14 +223,8 @@ mod control_socket {
             );
         }
         // Another protocol, or another port, is another socket.
-        assert_eq!(
-            s.api(&add_request("udp", "127.0.0.1", 8080, 80)),
-            r#"{"return":{"id":2}}"#
-        );
-        assert_eq!(
-            s.api(&add_request("tcp", "127.0.0.1", 8081, 80)),
-            r#"{"return":{"id":3}}"#
-        );
+        add_at(&mut s, "udp", "127.0.0.1", 8080, 80, 2);
+        add_at(&mut s, "tcp", "127.0.0.1", 8081, 80, 3);
         // And the other way round: a specific address first, then the wildcard.
         assert_eq!(s.api(&add_request("udp", "0.0.0.0", 8080, 80)), ADD_FAILED);
 
@@ -237,15 +271,13 @@ mod published_at_start {
         assert!(s.host.forward(2).is_some_and(|fwd| fwd.udp && !fwd.closed));
         // The next API forward continues the count.
         add(&mut s, "tcp", 9090, 90, 3);
-        assert_eq!(
-            s.api(LIST),
-            concat!(
-                r#"{"entries":["#,
-                r#"{"id":1,"proto":"tcp","host_addr":"0.0.0.0","host_port":8080,"guest_addr":"10.0.2.100","guest_port":80},"#,
-                r#"{"id":2,"proto":"udp","host_addr":"127.0.0.1","host_port":8053,"guest_addr":"10.0.2.100","guest_port":53},"#,
+        assert_listed(
+            &mut s,
+            &[
+                r#"{"id":1,"proto":"tcp","host_addr":"0.0.0.0","host_port":8080,"guest_addr":"10.0.2.100","guest_port":80}"#,
+                r#"{"id":2,"proto":"udp","host_addr":"127.0.0.1","host_port":8053,"guest_addr":"10.0.2.100","guest_port":53}"#,
                 r#"{"id":3,"proto":"tcp","host_addr":"0.0.0.0","host_port":9090,"guest_addr":"10.0.2.100","guest_port":90}"#,
-                r#"]}"#
-            )
+            ],
         );
         assert_eq!(s.api(&remove_request(1)), r#"{"return":{}}"#);
         assert!(s.host.forward(1).is_some_and(|fwd| fwd.closed));
@@ -291,11 +323,8 @@ mod tcp_forward {
 
     #[test]
     fn loopback_client_appears_as_the_gateway() {
-        let mut s = guest_is_up();
-        add(&mut s, "tcp", 8080, 80, 1);
-        let flow = s.client_connects(1, loopback(40000));
+        let (s, flow, syn) = client_connecting();
 
-        let syn = the_syn(&mut s);
         let (ip, tcp) = syn.tcp().expect("a TCP frame");
         assert_eq!((ip.src_addr, tcp.src_port), (GATEWAY, 40000));
         assert_eq!((ip.dst_addr, tcp.dst_port), (GUEST, 80));
@@ -333,15 +362,10 @@ mod tcp_forward {
 
     #[test]
     fn guest_accepts_and_data_flows_both_ways() {
-        let mut s = guest_is_up();
-        add(&mut s, "tcp", 8080, 80, 1);
-        let flow = s.client_connects(1, loopback(40000));
-        let syn = the_syn(&mut s);
+        let (mut s, flow, syn) = client_connecting();
 
-        let guest = s.guest;
-        let (conn, syn_ack) = GuestTcp::accept(&guest, &syn, 7_000_000);
+        let conn = guest_accepts(&mut s, &syn, 7_000_000);
         assert_eq!(conn.remote, SocketAddrV4::new(GATEWAY, 40000));
-        s.guest_sends(&syn_ack);
         let mut conns = [conn];
         let ack = the_only(s.drain(), "ACK of the SYN-ACK");
         assert!(conns[0].on_frame(&ack));
@@ -377,19 +401,14 @@ mod tcp_forward {
 
     #[test]
     fn client_data_and_eof_before_the_guest_accepts_wait_for_it() {
-        let mut s = guest_is_up();
-        add(&mut s, "tcp", 8080, 80, 1);
-        let flow = s.client_connects(1, loopback(40000));
-        let syn = the_syn(&mut s);
+        let (mut s, flow, syn) = client_connecting();
 
         // `echo hello | nc 127.0.0.1 8080`: the client writes and shuts down at once.
         s.peer_send(flow, b"hello");
         s.peer_close(flow);
         assert_eq!(s.drain(), vec![], "nothing for the guest before it accepts");
 
-        let guest = s.guest;
-        let (conn, syn_ack) = GuestTcp::accept(&guest, &syn, 1);
-        s.guest_sends(&syn_ack);
+        let conn = guest_accepts(&mut s, &syn, 1);
         let mut conns = [conn];
         assert_eq!(s.exchange(&mut conns), vec![]);
         assert_eq!(conns[0].received(), b"hello");
@@ -398,13 +417,8 @@ mod tcp_forward {
 
     #[test]
     fn removing_the_forward_keeps_accepted_connections() {
-        let mut s = guest_is_up();
-        add(&mut s, "tcp", 8080, 80, 1);
-        let flow = s.client_connects(1, loopback(40000));
-        let syn = the_syn(&mut s);
-        let guest = s.guest;
-        let (conn, syn_ack) = GuestTcp::accept(&guest, &syn, 1);
-        s.guest_sends(&syn_ack);
+        let (mut s, flow, syn) = client_connecting();
+        let conn = guest_accepts(&mut s, &syn, 1);
         let mut conns = [conn];
         s.exchange(&mut conns);
 
@@ -423,10 +437,7 @@ mod tcp_forward {
 
     #[test]
     fn guest_refusing_resets_the_client() {
-        let mut s = guest_is_up();
-        add(&mut s, "tcp", 8080, 80, 1);
-        let flow = s.client_connects(1, loopback(40000));
-        let syn = the_syn(&mut s);
+        let (mut s, flow, syn) = client_connecting();
 
         // Nothing listens on the guest's port 80: its kernel answers RST|ACK.
         let guest = s.guest;
@@ -447,10 +458,7 @@ mod tcp_forward {
 
     #[test]
     fn silent_guest_resets_the_client_after_20_seconds() {
-        let mut s = guest_is_up();
-        add(&mut s, "tcp", 8080, 80, 1);
-        let flow = s.client_connects(1, loopback(40000));
-        the_syn(&mut s);
+        let (mut s, flow, _) = client_connecting();
 
         s.advance(secs(19));
         assert_eq!(s.host.close_mode(flow), None, "still trying after 19 s");
@@ -472,19 +480,6 @@ mod tcp_forward {
         add(s, "tcp", 8080, 80, 1);
         s.client_connects(1, loopback(40000));
         s.drain_addressed()
-    }
-
-    fn who_has_the_guest(s: &Scenario) -> (EthernetAddress, Parsed) {
-        (
-            EthernetAddress::BROADCAST,
-            Parsed::Arp(ArpRepr::EthernetIpv4 {
-                operation: ArpOperation::Request,
-                source_hardware_addr: s.guest.gateway_mac,
-                source_protocol_addr: GATEWAY,
-                target_hardware_addr: EthernetAddress([0; 6]),
-                target_protocol_addr: GUEST,
-            }),
-        )
     }
 
     #[test]
@@ -526,8 +521,7 @@ mod tcp_forward {
             s.advance(Duration::from_millis(100));
         }
         let syn = syn.expect("a SYN at the guest's MAC within 3 s of the ARP reply");
-        let (conn, syn_ack) = GuestTcp::accept(&guest, &syn, 1);
-        s.guest_sends(&syn_ack);
+        let conn = guest_accepts(&mut s, &syn, 1);
         let mut conns = [conn];
         assert_eq!(s.exchange(&mut conns), vec![]);
         assert!(conns[0].all_acked(), "the handshake completed");
@@ -561,10 +555,7 @@ mod tcp_forward {
 
     #[test]
     fn a_second_client_on_the_same_visible_port_is_refused_not_mixed_up() {
-        let mut s = guest_is_up();
-        add(&mut s, "tcp", 8080, 80, 1);
-        let first = s.client_connects(1, loopback(40000));
-        the_syn(&mut s);
+        let (mut s, first, _) = client_connecting();
         // 127.0.0.2:40000 would also appear as 10.0.2.2:40000: the same 4-tuple.
         let second = s.client_connects(1, addr(Ipv4Addr::new(127, 0, 0, 2), 40000));
         assert_eq!(s.host.close_mode(second), Some(CloseMode::Abort));
@@ -587,19 +578,35 @@ mod udp_forward {
         }
     }
 
-    #[test]
-    fn datagram_arrives_from_the_gateway_and_the_reply_goes_back_to_the_client() {
+    /// A guest that is up, with UDP forward 1 from host port 19000 to its `GUEST_PORT`.
+    fn forwarding() -> Scenario {
         let mut s = guest_is_up();
-        let guest = s.guest;
         add(&mut s, "udp", 19000, GUEST_PORT, 1);
+        s
+    }
 
-        s.client_sends(1, loopback(5000), b"ping");
+    /// The guest answers from `GUEST_PORT` to `to`.
+    fn guest_replies(s: &mut Scenario, to: SocketAddrV4, payload: &[u8]) {
+        let guest = s.guest;
+        s.guest_sends(&guest.udp(GUEST_PORT, to, payload));
+    }
+
+    /// The one frame for the guest is `payload` from `from` to its `GUEST_PORT`.
+    fn assert_reaches_the_guest(s: &mut Scenario, from: SocketAddrV4, payload: &[u8]) {
         assert_eq!(
             the_only(s.drain(), "datagram to the guest"),
-            to_guest(SocketAddrV4::new(GATEWAY, 5000), b"ping")
+            to_guest(from, payload)
         );
+    }
 
-        s.guest_sends(&guest.udp(GUEST_PORT, SocketAddrV4::new(GATEWAY, 5000), b"pong"));
+    #[test]
+    fn datagram_arrives_from_the_gateway_and_the_reply_goes_back_to_the_client() {
+        let mut s = forwarding();
+
+        s.client_sends(1, loopback(5000), b"ping");
+        assert_reaches_the_guest(&mut s, SocketAddrV4::new(GATEWAY, 5000), b"ping");
+
+        guest_replies(&mut s, SocketAddrV4::new(GATEWAY, 5000), b"pong");
         assert_eq!(
             s.host.forward_sent(1),
             vec![(loopback(5000), b"pong".to_vec())]
@@ -619,19 +626,7 @@ mod udp_forward {
         s.client_sends(1, loopback(5000), b"ping");
         let frames = s.drain_addressed();
         assert_eq!(frames.len(), 2, "ARP request and datagram: {frames:?}");
-        assert_eq!(
-            frames[0],
-            (
-                EthernetAddress::BROADCAST,
-                Parsed::Arp(ArpRepr::EthernetIpv4 {
-                    operation: ArpOperation::Request,
-                    source_hardware_addr: s.guest.gateway_mac,
-                    source_protocol_addr: GATEWAY,
-                    target_hardware_addr: EthernetAddress([0; 6]),
-                    target_protocol_addr: GUEST,
-                })
-            )
-        );
+        assert_eq!(frames[0], who_has_the_guest(&s));
         assert_eq!(
             frames[1].1,
             to_guest(SocketAddrV4::new(GATEWAY, 5000), b"ping")
@@ -640,15 +635,10 @@ mod udp_forward {
 
     #[test]
     fn lan_client_appears_with_its_own_address() {
-        let mut s = guest_is_up();
-        let guest = s.guest;
-        add(&mut s, "udp", 19000, GUEST_PORT, 1);
+        let mut s = forwarding();
         s.client_sends(1, addr(LAN_CLIENT, 5001), b"ping");
-        assert_eq!(
-            the_only(s.drain(), "datagram to the guest"),
-            to_guest(SocketAddrV4::new(LAN_CLIENT, 5001), b"ping")
-        );
-        s.guest_sends(&guest.udp(GUEST_PORT, SocketAddrV4::new(LAN_CLIENT, 5001), b"pong"));
+        assert_reaches_the_guest(&mut s, SocketAddrV4::new(LAN_CLIENT, 5001), b"ping");
+        guest_replies(&mut s, SocketAddrV4::new(LAN_CLIENT, 5001), b"pong");
         assert_eq!(
             s.host.forward_sent(1),
             vec![(addr(LAN_CLIENT, 5001), b"pong".to_vec())]
@@ -657,9 +647,7 @@ mod udp_forward {
 
     #[test]
     fn two_clients_get_separate_flows() {
-        let mut s = guest_is_up();
-        let guest = s.guest;
-        add(&mut s, "udp", 19000, GUEST_PORT, 1);
+        let mut s = forwarding();
 
         s.client_sends(1, loopback(5000), b"from A");
         s.client_sends(1, loopback(5001), b"from B");
@@ -672,8 +660,8 @@ mod udp_forward {
         );
         assert_eq!(s.stats().udp_flows, 2);
 
-        s.guest_sends(&guest.udp(GUEST_PORT, SocketAddrV4::new(GATEWAY, 5001), b"to B"));
-        s.guest_sends(&guest.udp(GUEST_PORT, SocketAddrV4::new(GATEWAY, 5000), b"to A"));
+        guest_replies(&mut s, SocketAddrV4::new(GATEWAY, 5001), b"to B");
+        guest_replies(&mut s, SocketAddrV4::new(GATEWAY, 5000), b"to A");
         assert_eq!(
             s.host.forward_sent(1),
             vec![
@@ -685,15 +673,13 @@ mod udp_forward {
 
     #[test]
     fn idle_flows_expire_after_240_seconds() {
-        let mut s = guest_is_up();
-        let guest = s.guest;
-        add(&mut s, "udp", 19000, GUEST_PORT, 1);
+        let mut s = forwarding();
         s.client_sends(1, loopback(5000), b"ping");
         s.drain();
 
         s.advance(secs(200));
         // A reply keeps the flow alive.
-        s.guest_sends(&guest.udp(GUEST_PORT, SocketAddrV4::new(GATEWAY, 5000), b"pong"));
+        guest_replies(&mut s, SocketAddrV4::new(GATEWAY, 5000), b"pong");
         assert_eq!(s.host.forward_sent(1).len(), 1);
         s.advance(secs(239));
         assert_eq!(s.stats().udp_flows, 1, "idle for 239 s only");
@@ -702,25 +688,18 @@ mod udp_forward {
 
         // The next datagram starts a new flow and still gets through.
         s.client_sends(1, loopback(5000), b"again");
-        assert_eq!(
-            the_only(s.drain(), "datagram to the guest"),
-            to_guest(SocketAddrV4::new(GATEWAY, 5000), b"again")
-        );
+        assert_reaches_the_guest(&mut s, SocketAddrV4::new(GATEWAY, 5000), b"again");
         assert_eq!(s.stats().udp_flows, 1);
         assert_eq!(s.stats().udp_flows_opened, 2);
     }
 
     #[test]
     fn datagrams_beyond_the_mtu_reach_the_guest_in_fragments() {
-        let mut s = guest_is_up();
-        add(&mut s, "udp", 19000, GUEST_PORT, 1);
+        let mut s = forwarding();
         // 1500 bytes of IP: 20 of IPv4 header, 8 of UDP header, 1472 of payload.
         let fits = vec![7u8; 1472];
         s.client_sends(1, loopback(5000), &fits);
-        assert_eq!(
-            the_only(s.drain(), "datagram to the guest"),
-            to_guest(SocketAddrV4::new(GATEWAY, 5000), &fits)
-        );
+        assert_reaches_the_guest(&mut s, SocketAddrV4::new(GATEWAY, 5000), &fits);
         assert_eq!(s.stats().ip_frag_fragmented, 0);
         // One byte more: two fragments, whole again at the guest.
         let big: Vec<u8> = (0..1473).map(|i| i as u8).collect();
@@ -740,12 +719,8 @@ mod udp_forward {
 
     #[test]
     fn re_added_forward_carries_replies_for_a_client_of_the_old_one() {
-        let mut s = guest_is_up();
-        let guest = s.guest;
-        let reply = |s: &mut Scenario| {
-            s.guest_sends(&guest.udp(GUEST_PORT, SocketAddrV4::new(GATEWAY, 5000), b"pong"));
-        };
-        add(&mut s, "udp", 19000, GUEST_PORT, 1);
+        let mut s = forwarding();
+        let reply = |s: &mut Scenario| guest_replies(s, SocketAddrV4::new(GATEWAY, 5000), b"pong");
         s.client_sends(1, loopback(5000), b"ping");
         s.drain();
         reply(&mut s);
@@ -756,10 +731,7 @@ mod udp_forward {
         assert_eq!(s.api(&remove_request(1)), r#"{"return":{}}"#);
         add(&mut s, "udp", 19000, GUEST_PORT, 2);
         s.client_sends(2, loopback(5000), b"ping again");
-        assert_eq!(
-            the_only(s.drain(), "datagram to the guest"),
-            to_guest(SocketAddrV4::new(GATEWAY, 5000), b"ping again")
-        );
+        assert_reaches_the_guest(&mut s, SocketAddrV4::new(GATEWAY, 5000), b"ping again");
         let dropped = s.stats().rx_dropped;
         reply(&mut s);
         assert_eq!(
@@ -772,8 +744,7 @@ mod udp_forward {
 
     #[test]
     fn removed_forward_carries_nothing_more() {
-        let mut s = guest_is_up();
-        add(&mut s, "udp", 19000, GUEST_PORT, 1);
+        let mut s = forwarding();
         s.client_sends(1, loopback(5000), b"ping");
         s.drain();
         assert_eq!(s.api(&remove_request(1)), r#"{"return":{}}"#);
@@ -810,7 +781,6 @@ mod stats {
     #[test]
     fn counters_match_what_happened() {
         let mut s = guest_is_up();
-        let guest = s.guest;
         let before = get_stats(&mut s);
         assert_eq!(count(&before, &["flows", "tcp"]), 0);
         assert_eq!(count(&before, &["interfaces", "tap", "rx_packets"]), 1);
@@ -820,8 +790,7 @@ mod stats {
         add(&mut s, "udp", 19000, 9000, 2);
         let tcp_flow = s.client_connects(1, loopback(40000));
         let syn = the_syn(&mut s);
-        let (conn, syn_ack) = GuestTcp::accept(&guest, &syn, 1);
-        s.guest_sends(&syn_ack);
+        let conn = guest_accepts(&mut s, &syn, 1);
         let mut conns = [conn];
         s.exchange(&mut conns);
         s.client_sends(2, loopback(5000), b"ping");

@@ -6,7 +6,7 @@
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 use rslirp_stack::testing::{echo_message, Scenario};
-use rslirp_stack::{Config, Duration, HostError, IcmpReport, Limits};
+use rslirp_stack::{Config, Duration, FlowId, HostError, IcmpReport, Limits};
 use smoltcp::wire::{
     EthernetFrame, EthernetProtocol, Icmpv4Packet, Icmpv6Packet, IpProtocol, Ipv4Packet,
     Ipv6Packet, UdpPacket,
@@ -24,6 +24,19 @@ const ETH: usize = 14;
 fn the_only<T: core::fmt::Debug>(mut items: Vec<T>, what: &str) -> T {
     assert_eq!(items.len(), 1, "expected exactly one {what}, got {items:?}");
     items.remove(0)
+}
+
+/// The guest's `frame` goes out; returns the one UDP flow the host opened for it.
+fn send_opening(s: &mut Scenario, frame: &[u8]) -> FlowId {
+    s.guest_sends(frame);
+    the_only(s.host.udp_opens(), "udp_open").0
+}
+
+/// The guest sends `payload` from port 40000 to `REMOTE:port`; returns the host's one UDP
+/// flow for it.
+fn udp_to_remote(s: &mut Scenario, port: u16, payload: &[u8]) -> FlowId {
+    let frame = s.guest.udp(40000, SocketAddrV4::new(REMOTE, port), payload);
+    send_opening(s, &frame)
 }
 
 fn report(v6: bool, icmp_type: u8, code: u8, info: u32, offender: IpAddr) -> IcmpReport {
@@ -100,8 +113,7 @@ mod udp {
             guest.udp(40000, SocketAddrV4::new(REMOTE, 33434), b"probe"),
             2,
         );
-        s.guest_sends(&probe);
-        let (flow, _) = the_only(s.host.udp_opens(), "udp_open");
+        let flow = send_opening(&mut s, &probe);
         assert_eq!(s.host.udp_sent(flow), vec![b"probe".to_vec()]);
 
         s.icmp_error(flow, report(false, 11, 0, 0, ROUTER.into()), b"probe");
@@ -164,10 +176,8 @@ mod udp {
     #[test]
     fn fragmentation_needed_carries_the_mtu() {
         let mut s = Scenario::new();
-        let guest = s.guest;
         let payload = vec![7u8; 1400];
-        s.guest_sends(&guest.udp(40000, SocketAddrV4::new(REMOTE, 5000), &payload));
-        let (flow, _) = the_only(s.host.udp_opens(), "udp_open");
+        let flow = udp_to_remote(&mut s, 5000, &payload);
 
         s.icmp_error(
             flow,
@@ -185,10 +195,8 @@ mod udp {
     #[test]
     fn the_error_stays_within_576_bytes() {
         let mut s = Scenario::new();
-        let guest = s.guest;
         let payload = vec![1u8; 1400];
-        s.guest_sends(&guest.udp(40000, SocketAddrV4::new(REMOTE, 5000), &payload));
-        let (flow, _) = the_only(s.host.udp_opens(), "udp_open");
+        let flow = udp_to_remote(&mut s, 5000, &payload);
         s.icmp_error(flow, report(false, 11, 0, 0, ROUTER.into()), &payload);
         let frame = the_only(s.drain_raw(), "ICMP error");
         assert_eq!(frame.len() - ETH, 576);
@@ -200,8 +208,7 @@ mod udp {
     fn an_error_met_on_send_is_relayed_and_the_datagram_sent() {
         let mut s = Scenario::new();
         let guest = s.guest;
-        s.guest_sends(&guest.udp(40000, SocketAddrV4::new(REMOTE, 33434), b"one"));
-        let (flow, _) = the_only(s.host.udp_opens(), "udp_open");
+        let flow = udp_to_remote(&mut s, 33434, b"one");
         // The error arrives, but the guest's next datagram is handled before its event.
         let _event = s
             .host
@@ -220,9 +227,7 @@ mod udp {
     #[test]
     fn an_error_met_on_recv_is_relayed_as_reported() {
         let mut s = Scenario::new();
-        let guest = s.guest;
-        s.guest_sends(&guest.udp(40000, SocketAddrV4::new(REMOTE, 33434), b"one"));
-        let (flow, _) = the_only(s.host.udp_opens(), "udp_open");
+        let flow = udp_to_remote(&mut s, 33434, b"one");
         let _event = s
             .host
             .icmp_error(flow, report(false, 11, 0, 0, ROUTER.into()), b"one");
@@ -246,9 +251,7 @@ mod udp {
             },
             ..Config::default()
         });
-        let guest = s.guest;
-        s.guest_sends(&guest.udp(40000, SocketAddrV4::new(REMOTE, 33434), b"p"));
-        let (flow, _) = the_only(s.host.udp_opens(), "udp_open");
+        let flow = udp_to_remote(&mut s, 33434, b"p");
         for _ in 0..3 {
             let _ = s
                 .host
@@ -273,9 +276,7 @@ mod udp {
     #[test]
     fn errors_without_a_guest_message_are_counted() {
         let mut s = Scenario::new();
-        let guest = s.guest;
-        s.guest_sends(&guest.udp(40000, SocketAddrV4::new(REMOTE, 33434), b"p"));
-        let (flow, _) = the_only(s.host.udp_opens(), "udp_open");
+        let flow = udp_to_remote(&mut s, 33434, b"p");
         s.icmp_error(flow, report(false, 12, 0, 0, ROUTER.into()), b"p");
         assert_eq!(s.drain_raw(), Vec::<Vec<u8>>::new());
         assert_eq!(s.stats().icmp_errors_unrelayed, 1);
@@ -309,9 +310,7 @@ mod udp {
     #[test]
     fn a_bare_connection_refused_still_means_port_unreachable() {
         let mut s = Scenario::new();
-        let guest = s.guest;
-        s.guest_sends(&guest.udp(40000, SocketAddrV4::new(REMOTE, 9), b"x"));
-        let (flow, _) = the_only(s.host.udp_opens(), "udp_open");
+        let flow = udp_to_remote(&mut s, 9, b"x");
         let event = s.host.set_error(flow, HostError::ConnectionRefused);
         s.host_event(event);
         let error = the_only(icmp_errors(s.drain_raw()), "ICMP error");
@@ -390,8 +389,7 @@ mod ipv6 {
             guest.udp6(40000, SocketAddrV6::new(REMOTE6, 33434, 0, 0), b"probe"),
             2,
         );
-        s.guest_sends(&probe);
-        let (flow, _) = the_only(s.host.udp_opens(), "udp_open");
+        let flow = send_opening(&mut s, &probe);
         s.icmp_error(flow, report(true, 3, 0, 0, ROUTER6.into()), b"probe");
         let frame = the_only(s.drain_raw(), "ICMPv6 error");
         let (src, icmp_type, code, _, quoted) = icmpv6_error(&frame, guest.ipv6_addr());
@@ -404,8 +402,10 @@ mod ipv6 {
         let mut s = guest_up();
         let guest = s.guest;
         let payload = vec![3u8; 1400];
-        s.guest_sends(&guest.udp6(40000, SocketAddrV6::new(REMOTE6, 5000, 0, 0), &payload));
-        let (flow, _) = the_only(s.host.udp_opens(), "udp_open");
+        let flow = send_opening(
+            &mut s,
+            &guest.udp6(40000, SocketAddrV6::new(REMOTE6, 5000, 0, 0), &payload),
+        );
         s.icmp_error(flow, report(true, 2, 0, 1280, ROUTER6.into()), &payload);
         let frame = the_only(s.drain_raw(), "ICMPv6 error");
         assert_eq!(frame.len() - ETH, 1280, "within the minimum MTU");
@@ -419,8 +419,10 @@ mod ipv6 {
         let mut s = guest_up();
         let guest = s.guest;
         let gateway = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
-        s.guest_sends(&guest.udp6(40000, SocketAddrV6::new(gateway, 9, 0, 0), b"x"));
-        let (flow, _) = the_only(s.host.udp_opens(), "udp_open");
+        let flow = send_opening(
+            &mut s,
+            &guest.udp6(40000, SocketAddrV6::new(gateway, 9, 0, 0), b"x"),
+        );
         s.icmp_error(
             flow,
             report(true, 1, 4, 0, Ipv6Addr::LOCALHOST.into()),

@@ -60,6 +60,16 @@ mod tcp {
         assert_eq!(s.stats().tcp_flow_limit_hits, 1);
     }
 
+    /// Two connections to remote:80 under `change`d limits, the first closed by the host
+    /// (it lingers in TIME-WAIT); returns the scenario and the second, still open.
+    fn one_lingering_one_open(change: impl FnOnce(&mut Limits)) -> (Scenario, GuestTcp, FlowId) {
+        let mut s = with_limits(change);
+        let (mut a, flow_a) = s.open_tcp(40000, remote(80));
+        let (b, flow_b) = s.open_tcp(40001, remote(80));
+        close_from_the_host(&mut s, &mut a, flow_a);
+        (s, b, flow_b)
+    }
+
     /// The host closes first, so the stack's side ends in TIME-WAIT.
     fn close_from_the_host(s: &mut Scenario, conn: &mut GuestTcp, flow: FlowId) {
         s.peer_close(flow);
@@ -73,10 +83,7 @@ mod tcp {
 
     #[test]
     fn a_full_table_evicts_time_wait_before_refusing() {
-        let mut s = with_limits(|l| l.max_tcp_flows = 2);
-        let (mut a, flow_a) = s.open_tcp(40000, remote(80));
-        let (mut b, flow_b) = s.open_tcp(40001, remote(80));
-        close_from_the_host(&mut s, &mut a, flow_a);
+        let (mut s, mut b, flow_b) = one_lingering_one_open(|l| l.max_tcp_flows = 2);
         let stats = s.stats();
         assert_eq!(stats.tcp_flows, 2, "flow a lingers in TIME-WAIT");
         let per_flow = stats.tcp_buffer_bytes;
@@ -102,10 +109,7 @@ mod tcp {
 
     #[test]
     fn max_time_wait_drops_the_oldest_lingering_flow() {
-        let mut s = with_limits(|l| l.max_time_wait = 1);
-        let (mut a, flow_a) = s.open_tcp(40000, remote(80));
-        let (mut b, flow_b) = s.open_tcp(40001, remote(80));
-        close_from_the_host(&mut s, &mut a, flow_a);
+        let (mut s, mut b, flow_b) = one_lingering_one_open(|l| l.max_time_wait = 1);
         assert_eq!(s.stats().tcp_flows, 2, "a lingers");
         close_from_the_host(&mut s, &mut b, flow_b);
         let stats = s.stats();
@@ -476,9 +480,21 @@ mod control {
 mod forward_share {
     use super::*;
     use core::net::SocketAddr;
+    use core::ops::Range;
 
     fn loopback(port: u16) -> SocketAddr {
         SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+    }
+
+    /// Loopback clients from `ports` connect to `forward`, all announced by one readiness
+    /// event; returns the TCP flows and the forward limit hits after.
+    fn clients_connect(s: &mut Scenario, forward: u64, ports: Range<u16>) -> (u64, u64) {
+        for port in ports {
+            s.host.client_connects(forward, loopback(port));
+        }
+        s.forward_event(forward);
+        let stats = s.stats();
+        (stats.tcp_flows, stats.forward_flow_limit_hits)
     }
 
     /// max_tcp_flows 8: forwards' clients may hold 4 (3 for one forward), the guest's own
@@ -508,23 +524,13 @@ mod forward_share {
     #[test]
     fn forwards_clients_stay_within_their_share() {
         let mut s = scenario();
-        for port in 40000..40004 {
-            s.host.client_connects(1, loopback(port));
-        }
-        s.forward_event(1);
-        let stats = s.stats();
         assert_eq!(
-            (stats.tcp_flows, stats.forward_flow_limit_hits),
+            clients_connect(&mut s, 1, 40000..40004),
             (3, 1),
             "forward 1 holds its 3"
         );
-        for port in 40010..40012 {
-            s.host.client_connects(2, loopback(port));
-        }
-        s.forward_event(2);
-        let stats = s.stats();
         assert_eq!(
-            (stats.tcp_flows, stats.forward_flow_limit_hits),
+            clients_connect(&mut s, 2, 40010..40012),
             (4, 2),
             "the forwards' share is 4"
         );

@@ -4,7 +4,7 @@
 
 use core::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use rslirp_stack::testing::{DhcpMessage, Guest, Parsed, Scenario};
-use rslirp_stack::{Config, Duration, VirtualNetwork};
+use rslirp_stack::{Config, Duration, FlowId, VirtualNetwork};
 use smoltcp::wire::{DhcpMessageType, DhcpPacket, EthernetAddress};
 
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
@@ -293,15 +293,16 @@ mod dns {
         s
     }
 
-    #[test]
-    fn udp_query_goes_to_the_host_resolver_and_the_answer_comes_from_the_dns_address() {
-        let mut s = with_upstream([127, 0, 0, 1]);
+    /// The guest sends `QUERY` from port 33333; returns the one UDP flow the host opened for
+    /// it and where that flow goes.
+    fn first_query(s: &mut Scenario) -> (FlowId, SocketAddr) {
         let guest = s.guest;
         s.guest_sends(&guest.udp(33333, dns(53), QUERY));
-        let (flow, target) = the_only(s.host.udp_opens(), "udp_open");
-        assert_eq!(target, resolver([127, 0, 0, 1]));
-        assert_eq!(s.host.udp_sent(flow), vec![QUERY.to_vec()]);
+        the_only(s.host.udp_opens(), "udp_open")
+    }
 
+    /// The host's `ANSWER` on `flow` reaches the guest's port 33333 from the DNS address.
+    fn assert_answer_reaches_the_guest(s: &mut Scenario, flow: FlowId) {
         s.deliver_datagram(flow, ANSWER);
         assert_eq!(
             the_only(s.drain(), "DNS answer"),
@@ -313,23 +314,37 @@ mod dns {
         );
     }
 
+    /// The first upstream gave up on `flow`: nothing reached the guest (`why`), and the
+    /// query went once more, to the second upstream.
+    fn assert_retried_at_the_second(s: &mut Scenario, flow: FlowId, why: &str) {
+        assert_eq!(s.drain(), vec![], "{why}");
+        assert_eq!(
+            s.host.udp_reconnects(),
+            vec![(flow, resolver([127, 0, 0, 2]))]
+        );
+        assert_eq!(s.host.udp_sent(flow), vec![QUERY.to_vec()]);
+    }
+
+    #[test]
+    fn udp_query_goes_to_the_host_resolver_and_the_answer_comes_from_the_dns_address() {
+        let mut s = with_upstream([127, 0, 0, 1]);
+        let (flow, target) = first_query(&mut s);
+        assert_eq!(target, resolver([127, 0, 0, 1]));
+        assert_eq!(s.host.udp_sent(flow), vec![QUERY.to_vec()]);
+
+        assert_answer_reaches_the_guest(&mut s, flow);
+    }
+
     #[test]
     fn a_resolver_that_is_down_is_port_unreachable_from_the_dns_address() {
         let mut s = with_upstream([127, 0, 0, 53]);
-        let guest = s.guest;
-        s.guest_sends(&guest.udp(33333, dns(53), QUERY));
-        let (flow, _) = the_only(s.host.udp_opens(), "udp_open");
+        let (flow, _) = first_query(&mut s);
         // Nothing listens on 127.0.0.53:53: the host kernel reports ECONNREFUSED.
         let event = s
             .host
             .set_error(flow, rslirp_stack::HostError::ConnectionRefused);
         s.host_event(event);
-        match the_only(s.drain(), "ICMP error") {
-            Parsed::IcmpUnreachable { src, dst, code, .. } => {
-                assert_eq!((src, dst, code), (DNS, GUEST, 3), "port unreachable")
-            }
-            other => panic!("expected ICMP port unreachable, got {other:?}"),
-        }
+        port_unreachable_from_dns(&mut s);
     }
 
     /// An answer that does not fit the MTU reaches the guest in IP fragments (as
@@ -337,9 +352,7 @@ mod dns {
     #[test]
     fn answers_larger_than_the_mtu_reach_the_guest_in_fragments() {
         let mut s = with_upstream([127, 0, 0, 1]);
-        let guest = s.guest;
-        s.guest_sends(&guest.udp(33333, dns(53), QUERY));
-        let (flow, _) = the_only(s.host.udp_opens(), "udp_open");
+        let (flow, _) = first_query(&mut s);
         s.deliver_datagram(flow, &[0xab; 1472]);
         assert_eq!(s.drain_raw().len(), 1, "1472 bytes fit a 1500-byte MTU");
         let answer: Vec<u8> = (0..4000).map(|i| (i % 199) as u8).collect();
@@ -384,9 +397,8 @@ mod dns {
     #[test]
     fn a_new_upstream_takes_new_queries_and_open_flows_finish_with_the_old() {
         let mut s = with_upstream([127, 0, 0, 1]);
+        let (old_flow, _) = first_query(&mut s);
         let guest = s.guest;
-        s.guest_sends(&guest.udp(33333, dns(53), QUERY));
-        let (old_flow, _) = the_only(s.host.udp_opens(), "udp_open");
 
         // resolv.conf changed.
         s.stack
@@ -421,9 +433,8 @@ mod dns {
         use rslirp_stack::SourceAddr;
         let source = |s: &Scenario, flow| s.host.socket(flow).expect("a host socket").source;
         let mut s = with_upstream([127, 0, 0, 53]);
+        let (dns_udp, _) = first_query(&mut s);
         let guest = s.guest;
-        s.guest_sends(&guest.udp(33333, dns(53), QUERY));
-        let (dns_udp, _) = the_only(s.host.udp_opens(), "udp_open");
         assert_eq!(source(&s, dns_udp), SourceAddr::Kernel);
         let (_, dns_tcp) = s.open_tcp(40000, dns(53));
         assert_eq!(source(&s, dns_tcp), SourceAddr::Kernel);
@@ -466,9 +477,8 @@ mod dns {
     #[test]
     fn a_silent_first_upstream_is_skipped_after_a_second_and_the_answering_one_preferred() {
         let mut s = with_two_upstreams();
+        let (flow, target) = first_query(&mut s);
         let guest = s.guest;
-        s.guest_sends(&guest.udp(33333, dns(53), QUERY));
-        let (flow, target) = the_only(s.host.udp_opens(), "udp_open");
         assert_eq!(target, resolver([127, 0, 0, 1]));
         assert_eq!(s.host.udp_sent(flow), vec![QUERY.to_vec()]);
         s.advance(Duration::from_millis(900));
@@ -481,15 +491,7 @@ mod dns {
         assert_eq!(s.host.udp_sent(flow), vec![QUERY.to_vec()], "sent again");
         assert_eq!(s.stats().dns_retries, 1);
 
-        s.deliver_datagram(flow, ANSWER);
-        assert_eq!(
-            the_only(s.drain(), "DNS answer"),
-            Parsed::Udp {
-                src: dns(53),
-                dst: SocketAddrV4::new(GUEST, 33333),
-                payload: ANSWER.to_vec(),
-            }
-        );
+        assert_answer_reaches_the_guest(&mut s, flow);
         // A new query (new source port): straight to the one that answered.
         s.guest_sends(&guest.udp(33334, dns(53), QUERY));
         assert_eq!(s.host.udp_opens()[1].1, resolver([127, 0, 0, 2]));
@@ -505,21 +507,15 @@ mod dns {
     #[test]
     fn refused_or_servfail_goes_to_the_next_upstream_and_the_last_answer_is_passed_on() {
         let mut s = with_two_upstreams();
+        let (flow, _) = first_query(&mut s);
         let guest = s.guest;
-        s.guest_sends(&guest.udp(33333, dns(53), QUERY));
-        let (flow, _) = the_only(s.host.udp_opens(), "udp_open");
         s.host.udp_sent(flow);
         s.deliver_datagram(flow, &answer_with_rcode(5));
-        assert_eq!(
-            s.drain(),
-            vec![],
-            "REFUSED is not passed on while another may answer"
+        assert_retried_at_the_second(
+            &mut s,
+            flow,
+            "REFUSED is not passed on while another may answer",
         );
-        assert_eq!(
-            s.host.udp_reconnects(),
-            vec![(flow, resolver([127, 0, 0, 2]))]
-        );
-        assert_eq!(s.host.udp_sent(flow), vec![QUERY.to_vec()]);
         // The second fails too: nobody is left, so the guest gets that answer.
         s.deliver_datagram(flow, &answer_with_rcode(2));
         match the_only(s.drain(), "SERVFAIL answer") {
@@ -536,32 +532,23 @@ mod dns {
     #[test]
     fn port_unreachable_at_the_first_upstream_goes_to_the_next() {
         let mut s = with_two_upstreams();
-        let guest = s.guest;
-        s.guest_sends(&guest.udp(33333, dns(53), QUERY));
-        let (flow, _) = the_only(s.host.udp_opens(), "udp_open");
+        let (flow, _) = first_query(&mut s);
         s.host.udp_sent(flow);
         let event = s
             .host
             .set_error(flow, rslirp_stack::HostError::ConnectionRefused);
         s.host_event(event);
-        assert_eq!(
-            s.drain(),
-            vec![],
-            "no ICMP error while another server may answer"
+        assert_retried_at_the_second(
+            &mut s,
+            flow,
+            "no ICMP error while another server may answer",
         );
-        assert_eq!(
-            s.host.udp_reconnects(),
-            vec![(flow, resolver([127, 0, 0, 2]))]
-        );
-        assert_eq!(s.host.udp_sent(flow), vec![QUERY.to_vec()]);
     }
 
     #[test]
     fn when_no_upstream_answers_each_gets_the_query_once() {
         let mut s = with_two_upstreams();
-        let guest = s.guest;
-        s.guest_sends(&guest.udp(33333, dns(53), QUERY));
-        let (flow, _) = the_only(s.host.udp_opens(), "udp_open");
+        let (flow, _) = first_query(&mut s);
         s.advance(secs(9));
         assert_eq!(s.host.udp_reconnects().len(), 1);
         assert_eq!(s.host.udp_sent(flow).len(), 2, "once to each");
@@ -572,9 +559,7 @@ mod dns {
     #[test]
     fn with_one_upstream_nothing_is_retried() {
         let mut s = with_upstream([127, 0, 0, 1]);
-        let guest = s.guest;
-        s.guest_sends(&guest.udp(33333, dns(53), QUERY));
-        let (flow, _) = the_only(s.host.udp_opens(), "udp_open");
+        let (flow, _) = first_query(&mut s);
         s.advance(secs(5));
         assert_eq!(s.host.udp_reconnects(), vec![]);
         assert_eq!(s.host.udp_sent(flow).len(), 1);
@@ -583,9 +568,7 @@ mod dns {
     #[test]
     fn dns_flows_expire_after_10_seconds() {
         let mut s = with_upstream([127, 0, 0, 1]);
-        let guest = s.guest;
-        s.guest_sends(&guest.udp(33333, dns(53), QUERY));
-        let (flow, _) = the_only(s.host.udp_opens(), "udp_open");
+        let (flow, _) = first_query(&mut s);
         s.advance(secs(9));
         assert_eq!(s.host.close_mode(flow), None, "alive after 9 s");
         assert_eq!(s.stats().udp_flows, 1);
@@ -594,33 +577,45 @@ mod dns {
         assert_eq!(s.stats().udp_flows, 0);
     }
 
+    /// The one frame to the guest is an ICMP port unreachable from the DNS address (10.0.2.3)
+    /// to the guest; returns the datagram it quotes.
+    fn port_unreachable_from_dns(s: &mut Scenario) -> Vec<u8> {
+        match the_only(s.drain(), "ICMP error") {
+            Parsed::IcmpUnreachable {
+                src,
+                dst,
+                code,
+                original,
+            } => {
+                assert_eq!((src, dst, code), (DNS, GUEST, 3), "port unreachable");
+                original
+            }
+            other => panic!("expected ICMP port unreachable, got {other:?}"),
+        }
+    }
+
+    /// The guest's SYN from port 40000 to `to` draws a RST from `to` that acknowledges it.
+    fn assert_syn_reset(s: &mut Scenario, to: SocketAddrV4) {
+        let mut conn = s.guest_tcp(40000, to);
+        s.guest_sends(&conn.syn());
+        let reset = the_only(s.drain(), "RST");
+        let (ip, rst) = reset.tcp().expect("a TCP segment");
+        assert_eq!(ip.src_addr, *to.ip());
+        assert!(rst.rst, "got {}", rst.flags());
+        assert_eq!((rst.src_port, rst.dst_port), (to.port(), 40000));
+        assert_eq!(rst.ack, Some(conn.isn.wrapping_add(1)));
+    }
+
     #[test]
     fn without_an_upstream_queries_are_refused() {
         let mut s = Scenario::new();
         let guest = s.guest;
         let query = guest.udp(33333, dns(53), QUERY);
         s.guest_sends(&query);
-        let Parsed::IcmpUnreachable {
-            src,
-            dst,
-            code,
-            original,
-        } = the_only(s.drain(), "ICMP error")
-        else {
-            panic!("expected ICMP destination unreachable");
-        };
-        assert_eq!((src, dst), (DNS, GUEST));
-        assert_eq!(code, 3, "port unreachable");
+        let original = port_unreachable_from_dns(&mut s);
         assert_eq!(&original[..28], &query[14..14 + 28], "the query is quoted");
 
-        let mut conn = s.guest_tcp(40000, dns(53));
-        s.guest_sends(&conn.syn());
-        let reset = the_only(s.drain(), "RST");
-        let (ip, rst) = reset.tcp().expect("a TCP segment");
-        assert_eq!(ip.src_addr, DNS);
-        assert!(rst.rst, "got {}", rst.flags());
-        assert_eq!((rst.src_port, rst.dst_port), (53, 40000));
-        assert_eq!(rst.ack, Some(conn.isn.wrapping_add(1)));
+        assert_syn_reset(&mut s, dns(53));
 
         assert_eq!(s.host.calls(), &[], "nothing reaches the host");
         assert_eq!(s.stats().udp_flows + s.stats().tcp_flows, 0);
@@ -631,18 +626,8 @@ mod dns {
         let mut s = with_upstream([127, 0, 0, 1]);
         let guest = s.guest;
         s.guest_sends(&guest.udp(33333, dns(123), b"ntp?"));
-        match the_only(s.drain(), "ICMP error") {
-            Parsed::IcmpUnreachable { src, code, .. } => {
-                assert_eq!((src, code), (DNS, 3), "port unreachable from 10.0.2.3")
-            }
-            other => panic!("expected ICMP port unreachable, got {other:?}"),
-        }
-        let mut conn = s.guest_tcp(40000, dns(80));
-        s.guest_sends(&conn.syn());
-        let reset = the_only(s.drain(), "RST");
-        let rst = reset.tcp().expect("a TCP segment").1;
-        assert!(rst.rst, "got {}", rst.flags());
-        assert_eq!((rst.src_port, rst.dst_port), (80, 40000));
+        port_unreachable_from_dns(&mut s);
+        assert_syn_reset(&mut s, dns(80));
         assert_eq!(s.host.calls(), &[]);
     }
 
@@ -654,9 +639,8 @@ mod dns {
         });
         s.stack
             .set_dns_upstream(Some(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        let (flow, target) = first_query(&mut s);
         let guest = s.guest;
-        s.guest_sends(&guest.udp(33333, dns(53), QUERY));
-        let (flow, target) = the_only(s.host.udp_opens(), "udp_open");
         assert_eq!(
             target,
             SocketAddr::V4(dns(53)),

@@ -428,11 +428,18 @@ mod tests {
         }
     }
 
-    #[test]
-    fn exact_duplicate_is_ignored() {
+    /// A roomy table holding the first fragment (bytes 0..1480) of datagram 1, 3000 bytes
+    /// long; returns the datagram and the table.
+    fn first_fragment_held() -> (Vec<u8>, Table) {
         let data = datagram(3000);
         let mut t = Table::new(64, 1 << 20);
         assert_eq!(t.put(T0, 1, &data, 0, 1480), Err(Held::Pending));
+        (data, t)
+    }
+
+    #[test]
+    fn exact_duplicate_is_ignored() {
+        let (data, mut t) = first_fragment_held();
         assert_eq!(t.put(T0, 1, &data, 0, 1480), Err(Held::Duplicate));
         assert_eq!(t.put(T0, 1, &data, 1480, 2960), Err(Held::Pending));
         assert_eq!(t.put(T0, 1, &data, 1480, 2960), Err(Held::Duplicate));
@@ -442,9 +449,7 @@ mod tests {
 
     #[test]
     fn overlap_drops_the_whole_datagram_and_its_later_fragments() {
-        let data = datagram(3000);
-        let mut t = Table::new(64, 1 << 20);
-        assert_eq!(t.put(T0, 1, &data, 0, 1480), Err(Held::Pending));
+        let (data, mut t) = first_fragment_held();
         // Overlaps the first by 8 bytes.
         assert_eq!(t.put(T0, 1, &data, 1472, 2952), Err(Held::Dropped));
         assert_eq!(t.stats.ip_frag_overlaps, 1);
@@ -483,9 +488,7 @@ mod tests {
 
     #[test]
     fn malformed_fragments_are_refused_without_harm() {
-        let data = datagram(3000);
-        let mut t = Table::new(64, 1 << 20);
-        assert_eq!(t.put(T0, 1, &data, 0, 1480), Err(Held::Pending));
+        let (data, mut t) = first_fragment_held();
         // A non-last fragment whose length is not a multiple of 8, an unaligned offset,
         // an empty middle fragment, and one past 65,535.
         assert_eq!(t.put(T0, 1, &data, 1480, 1481), Err(Held::Malformed));
@@ -505,9 +508,7 @@ mod tests {
 
     #[test]
     fn timeout_on_the_virtual_clock() {
-        let data = datagram(3000);
-        let mut t = Table::new(64, 1 << 20);
-        assert_eq!(t.put(T0, 1, &data, 0, 1480), Err(Held::Pending));
+        let (data, mut t) = first_fragment_held();
         assert_eq!(t.r.next_deadline(), Some(T0 + TIMEOUT));
         t.r.expire(T0 + TIMEOUT - Duration::from_millis(1), &mut t.stats);
         assert_eq!(t.r.datagrams(), 1);

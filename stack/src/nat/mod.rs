@@ -355,6 +355,31 @@ pub fn send_icmp_unreachable(
     }
 }
 
+/// A TCP segment with no options, no payload and a zero window: a RST we send, or the
+/// guest's SYN as a quote keeps it.
+pub(crate) fn bare_segment(
+    src_port: u16,
+    dst_port: u16,
+    control: TcpControl,
+    seq_number: TcpSeqNumber,
+    ack_number: Option<TcpSeqNumber>,
+) -> TcpRepr<'static> {
+    TcpRepr {
+        src_port,
+        dst_port,
+        control,
+        seq_number,
+        ack_number,
+        window_len: 0,
+        window_scale: None,
+        max_seg_size: None,
+        sack_permitted: false,
+        sack_ranges: [None, None, None],
+        timestamp: None,
+        payload: &[],
+    }
+}
+
 /// Answer a guest TCP segment that has no connection (or is refused) with RST, per RFC 793:
 /// if it carried an ACK the RST takes that sequence number, else RST|ACK acknowledging it.
 /// `src`/`dst` are the segment's addresses as the guest sent it.
@@ -375,20 +400,13 @@ pub fn send_tcp_reset(
             Some(segment.seq_number + segment.segment_len()),
         ),
     };
-    let reply = TcpRepr {
-        src_port: segment.dst_port,
-        dst_port: segment.src_port,
-        control: TcpControl::Rst,
+    let reply = bare_segment(
+        segment.dst_port,
+        segment.src_port,
+        TcpControl::Rst,
         seq_number,
         ack_number,
-        window_len: 0,
-        window_scale: None,
-        max_seg_size: None,
-        sack_permitted: false,
-        sack_ranges: [None, None, None],
-        timestamp: None,
-        payload: &[],
-    };
+    );
     let (from, to) = (dst, src);
     send_ip(
         tx,

@@ -20,7 +20,7 @@
 use crate::io::{CloseMode, FlowId, HostError, HostEvent, HostIo};
 use crate::link::TxQueue;
 use crate::nat::device::{syn_mss, FlowDevice};
-use crate::nat::{FlowCounters, FlowKey, Quote};
+use crate::nat::{bare_segment, FlowCounters, FlowKey, Quote};
 use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp::{Socket, SocketBuffer, State};
 use smoltcp::time::{Duration, Instant};
@@ -112,12 +112,24 @@ pub struct TcpFlow {
     iface: Interface,
     sockets: SocketSet<'static>,
     handle: SocketHandle,
-    phase: Phase,
     mtu: usize,
     offload: bool,
+    /// What this connection has seen so far; a renewed flow starts a new one.
+    conn: Connection,
+    /// In TIME-WAIT and accounted as such by the stack: its buffers no longer count in
+    /// the memory budget, and it may be evicted when the flow table is full.
+    pub lingering: bool,
+    pub counters: FlowCounters,
+}
+
+/// The state of one connection, apart from the flow's interface and socket (which a spare
+/// flow keeps for the next connection): all of it starts afresh in [`Connection::new`], so
+/// a renewed flow cannot carry anything over from its last connection.
+struct Connection {
+    phase: Phase,
+    ethertype: EthernetProtocol,
     /// The MSS of the guest's SYN or SYN-ACK; kept only where smoltcp's is not enough.
     guest_mss: usize,
-    ethertype: EthernetProtocol,
     /// The guest's SYN (passive flows only), quoted if the host connect fails.
     syn_quote: Option<Quote>,
     /// An active open towards the guest (port forward) has not been answered yet.
@@ -136,9 +148,6 @@ pub struct TcpFlow {
     host_closed: bool,
     /// The last drive wanted to send but the transmit queue was full.
     starved: bool,
-    /// In TIME-WAIT and accounted as such by the stack: its buffers no longer count in
-    /// the memory budget, and it may be evicted when the flow table is full.
-    pub lingering: bool,
     /// Bytes the guest sent (and smoltcp acknowledged) that the host has not taken yet,
     /// moved out of the socket when smoltcp could drop them (TIME-WAIT ends in a reset of
     /// the socket, buffers included). Empty except while such a flow drains.
@@ -152,7 +161,36 @@ pub struct TcpFlow {
     /// A passive flow's SYN-ACK went out at this time and is not acknowledged yet.
     syn_ack_since: Option<Instant>,
     lifetimes: TcpLifetimes,
-    pub counters: FlowCounters,
+}
+
+impl Connection {
+    fn new(
+        now: Instant,
+        phase: Phase,
+        ethertype: EthernetProtocol,
+        lifetimes: TcpLifetimes,
+    ) -> Self {
+        Connection {
+            phase,
+            ethertype,
+            guest_mss: DEFAULT_GUEST_MSS,
+            syn_quote: None,
+            guest_connect_pending: false,
+            host_readable: false,
+            host_writable: false,
+            host_read_closed: false,
+            host_eof: false,
+            host_write_shut: false,
+            host_closed: false,
+            starved: false,
+            backlog: Vec::new(),
+            guest_fin: false,
+            last_guest_segment: now,
+            outstanding_since: None,
+            syn_ack_since: None,
+            lifetimes,
+        }
+    }
 }
 
 impl TcpFlow {
@@ -174,7 +212,7 @@ impl TcpFlow {
         let guest = IpAddress::from(key.guest.ip());
         let remote = (IpAddress::from(key.remote.ip()), key.remote.port());
         let mut flow = TcpFlow::new(now, remote.0, guest, params, phase, tx, spare);
-        flow.syn_quote = Some(syn_quote);
+        flow.conn.syn_quote = Some(syn_quote);
         flow.learn_guest_mss(syn_packet);
         let socket = flow.sockets.get_mut::<Socket>(flow.handle);
         socket.pause_synack(true);
@@ -203,8 +241,8 @@ impl TcpFlow {
         spare: Option<Box<TcpFlow>>,
     ) -> Option<Box<TcpFlow>> {
         let mut flow = TcpFlow::new(now, local.0, guest.0, params, Phase::Open, tx, spare);
-        flow.host_writable = true;
-        flow.guest_connect_pending = true;
+        flow.conn.host_writable = true;
+        flow.conn.guest_connect_pending = true;
         let socket = flow.sockets.get_mut::<Socket>(flow.handle);
         // A guest that never answers (nothing listening, firewall drop) must not keep the
         // host client waiting forever; cleared once the guest answers.
@@ -238,7 +276,9 @@ impl TcpFlow {
         // segments of the guest's MSS, past our MTU, with no segment size for the tap.
         // Such a spare is dropped instead (found by the `frames` fuzz target).
         let detour = |ethertype| params.offload && ethertype == EthernetProtocol::Ipv6;
-        if let Some(mut flow) = spare.filter(|flow| detour(flow.ethertype) == detour(ethertype)) {
+        if let Some(mut flow) =
+            spare.filter(|flow| detour(flow.conn.ethertype) == detour(ethertype))
+        {
             flow.renew(now, local, guest, params, phase, ethertype);
             return flow;
         }
@@ -283,27 +323,10 @@ impl TcpFlow {
             iface,
             sockets,
             handle,
-            phase,
             mtu: params.mtu,
             offload: params.offload,
-            guest_mss: DEFAULT_GUEST_MSS,
-            ethertype,
-            syn_quote: None,
-            guest_connect_pending: false,
-            host_readable: false,
-            host_writable: false,
-            host_read_closed: false,
-            host_eof: false,
-            host_write_shut: false,
-            host_closed: false,
-            starved: false,
+            conn: Connection::new(now, phase, ethertype, params.lifetimes),
             lingering: false,
-            backlog: Vec::new(),
-            guest_fin: false,
-            last_guest_segment: now,
-            outstanding_since: None,
-            syn_ack_since: None,
-            lifetimes: params.lifetimes,
             counters: FlowCounters::new(now),
         })
     }
@@ -349,30 +372,13 @@ impl TcpFlow {
         // A fresh controller: the last connection's window says nothing about this one.
         let congestion = socket.congestion_control();
         socket.set_congestion_control(congestion);
-        self.phase = phase;
+        self.conn = Connection::new(now, phase, ethertype, params.lifetimes);
         // The interface keeps the device capabilities it was built with (MTU, offload);
         // both come from the stack's config, the same for every flow.
         debug_assert_eq!((self.mtu, self.offload), (params.mtu, params.offload));
         self.mtu = params.mtu;
         self.offload = params.offload;
-        self.guest_mss = DEFAULT_GUEST_MSS;
-        self.ethertype = ethertype;
-        self.syn_quote = None;
-        self.guest_connect_pending = false;
-        self.host_readable = false;
-        self.host_writable = false;
-        self.host_read_closed = false;
-        self.host_eof = false;
-        self.host_write_shut = false;
-        self.host_closed = false;
-        self.starved = false;
         self.lingering = false;
-        self.backlog = Vec::new();
-        self.guest_fin = false;
-        self.last_guest_segment = now;
-        self.outstanding_since = None;
-        self.syn_ack_since = None;
-        self.lifetimes = params.lifetimes;
         self.counters = FlowCounters::new(now);
     }
 
@@ -382,8 +388,8 @@ impl TcpFlow {
             tx,
             self.mtu,
             self.offload,
-            self.ethertype,
-            self.guest_mss,
+            self.conn.ethertype,
+            self.conn.guest_mss,
         )
     }
 
@@ -396,9 +402,9 @@ impl TcpFlow {
     /// Remember the MSS of the guest's SYN or SYN-ACK where we need it ourselves (IPv6
     /// with offloads, see the module comment).
     fn learn_guest_mss(&mut self, packet: &[u8]) {
-        if self.offload && self.ethertype == EthernetProtocol::Ipv6 {
+        if self.offload && self.conn.ethertype == EthernetProtocol::Ipv6 {
             if let Some(mss) = syn_mss(packet) {
-                self.guest_mss = usize::from(mss);
+                self.conn.guest_mss = usize::from(mss);
             }
         }
     }
@@ -412,21 +418,22 @@ impl TcpFlow {
     }
 
     pub fn is_connecting(&self) -> bool {
-        matches!(self.phase, Phase::Connecting { .. })
+        matches!(self.conn.phase, Phase::Connecting { .. })
     }
 
     pub fn is_starved(&self) -> bool {
-        self.starved
+        self.conn.starved
     }
 
     /// The guest's SYN, for the refusal when the host connect fails.
     pub fn syn_quote(&self) -> Option<&Quote> {
-        self.syn_quote.as_ref()
+        self.conn.syn_quote.as_ref()
     }
 
     /// The guest's SYN as a segment (ports and sequence number are in the quoted 8 bytes).
     pub fn syn_segment(&self) -> TcpRepr<'static> {
         let head = self
+            .conn
             .syn_quote
             .as_ref()
             .map_or(&[][..], |quote| quote.head());
@@ -437,20 +444,7 @@ impl TcpFlow {
         let seq = head
             .get(4..8)
             .map_or(0, |b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]));
-        TcpRepr {
-            src_port: word(0),
-            dst_port: word(2),
-            control: TcpControl::Syn,
-            seq_number: TcpSeqNumber(seq),
-            ack_number: None,
-            window_len: 0,
-            window_scale: None,
-            max_seg_size: None,
-            sack_permitted: false,
-            sack_ranges: [None, None, None],
-            timestamp: None,
-            payload: &[],
-        }
+        bare_segment(word(0), word(2), TcpControl::Syn, TcpSeqNumber(seq), None)
     }
 
     /// Take in a later segment of this flow from the guest (the whole IP packet) without
@@ -460,7 +454,7 @@ impl TcpFlow {
     /// while processing (a RST, a challenge ACK) still go out now.
     pub fn take_segment(&mut self, now: Instant, packet: &[u8], tx: &mut TxQueue) {
         self.learn_guest_mss(packet);
-        self.last_guest_segment = now;
+        self.conn.last_guest_segment = now;
         let mut device = self.device(Some(packet), tx);
         self.iface
             .poll_ingress_single(now, &mut device, &mut self.sockets);
@@ -481,7 +475,7 @@ impl TcpFlow {
             error,
             read_closed,
         } = event;
-        if let Phase::Connecting { .. } = self.phase {
+        if let Phase::Connecting { .. } = self.conn.phase {
             if !(writable || error) {
                 return self.verdict(now, host, id);
             }
@@ -496,16 +490,16 @@ impl TcpFlow {
             if !writable {
                 return self.verdict(now, host, id);
             }
-            self.phase = Phase::Open;
-            self.syn_ack_since = Some(now);
+            self.conn.phase = Phase::Open;
+            self.conn.syn_ack_since = Some(now);
             self.sockets
                 .get_mut::<Socket>(self.handle)
                 .pause_synack(false);
         }
         // An error or hang-up shows up as a failing (or EOF) read, which the pump handles.
-        self.host_readable |= readable || error || read_closed;
-        self.host_read_closed |= read_closed || error;
-        self.host_writable |= writable;
+        self.conn.host_readable |= readable || error || read_closed;
+        self.conn.host_read_closed |= read_closed || error;
+        self.conn.host_writable |= writable;
         self.drive(now, None, id, tx, host)
     }
 
@@ -517,7 +511,7 @@ impl TcpFlow {
         tx: &mut TxQueue,
         host: &mut impl HostIo,
     ) -> Verdict {
-        if let Phase::Connecting { deadline } = self.phase {
+        if let Phase::Connecting { deadline } = self.conn.phase {
             if now >= deadline {
                 return Verdict::Refused(HostError::TimedOut);
             }
@@ -534,7 +528,7 @@ impl TcpFlow {
         host: &mut impl HostIo,
     ) -> Verdict {
         let mut device = self.device(rx, tx);
-        if self.phase == Phase::Open {
+        if self.conn.phase == Phase::Open {
             if let Err(err) = self.pump(id, host) {
                 log::debug!("{id:?}: host socket failed: {err}");
                 self.sockets.get_mut::<Socket>(self.handle).abort();
@@ -543,7 +537,7 @@ impl TcpFlow {
             }
         }
         self.iface.poll(now, &mut device, &mut self.sockets);
-        if self.phase == Phase::Open {
+        if self.conn.phase == Phase::Open {
             // What the guest just sent can go to the host now, and the window it frees
             // (or the host data just read) wants to go out in the same turn.
             let before = (self.socket().recv_queue(), self.socket().send_queue());
@@ -563,7 +557,7 @@ impl TcpFlow {
                 return Verdict::Expired(lifetime);
             }
         }
-        self.starved = device.starved;
+        self.conn.starved = device.starved;
         self.verdict(now, host, id)
     }
 
@@ -571,14 +565,14 @@ impl TcpFlow {
     fn expired(&mut self, now: Instant) -> Option<Lifetime> {
         let state = self.socket().state();
         if state != State::SynReceived {
-            self.syn_ack_since = None;
+            self.conn.syn_ack_since = None;
         }
         let outstanding = self.socket().send_queue() > 0
             || matches!(state, State::FinWait1 | State::Closing | State::LastAck);
         if !outstanding {
-            self.outstanding_since = None;
-        } else if self.outstanding_since.is_none() {
-            self.outstanding_since = Some(now);
+            self.conn.outstanding_since = None;
+        } else if self.conn.outstanding_since.is_none() {
+            self.conn.outstanding_since = Some(now);
         }
         let (deadline, lifetime) = self.lifetime_deadline(state)?;
         (now >= deadline).then_some(lifetime)
@@ -586,16 +580,16 @@ impl TcpFlow {
 
     /// The next lifetime deadline of this flow in `state`, if it waits for the guest.
     fn lifetime_deadline(&self, state: State) -> Option<(Instant, Lifetime)> {
-        let lifetimes = self.lifetimes;
-        if let Some(since) = self.syn_ack_since {
+        let lifetimes = self.conn.lifetimes;
+        if let Some(since) = self.conn.syn_ack_since {
             return Some((since + lifetimes.syn_received, Lifetime::SynReceived));
         }
-        if let Some(since) = self.outstanding_since {
-            let since = since.max(self.last_guest_segment);
+        if let Some(since) = self.conn.outstanding_since {
+            let since = since.max(self.conn.last_guest_segment);
             return Some((since + lifetimes.user, Lifetime::User));
         }
         (state == State::FinWait2).then_some((
-            self.last_guest_segment + lifetimes.fin_wait2,
+            self.conn.last_guest_segment + lifetimes.fin_wait2,
             Lifetime::FinWait2,
         ))
     }
@@ -603,9 +597,9 @@ impl TcpFlow {
     /// Guest bytes still on their way to the host (in the socket or the backlog), while
     /// the host socket can take them.
     fn delivering(&self) -> bool {
-        !self.host_write_shut
-            && !self.host_closed
-            && (!self.backlog.is_empty() || self.socket().recv_queue() > 0)
+        !self.conn.host_write_shut
+            && !self.conn.host_closed
+            && (!self.conn.backlog.is_empty() || self.socket().recv_queue() > 0)
     }
 
     /// In TIME-WAIT (or CLOSED) with nothing left for the host: only re-ACKs a lost final
@@ -616,7 +610,7 @@ impl TcpFlow {
 
     /// In TIME-WAIT with the host socket closed: the stack may account it as lingering.
     pub fn is_time_wait_only(&self) -> bool {
-        self.state() == State::TimeWait && self.host_closed
+        self.state() == State::TimeWait && self.conn.host_closed
     }
 
     /// Move bytes between the smoltcp socket and the host socket until one side blocks.
@@ -627,11 +621,11 @@ impl TcpFlow {
             state,
             State::CloseWait | State::LastAck | State::Closing | State::TimeWait
         ) {
-            self.guest_fin = true;
+            self.conn.guest_fin = true;
         }
         // Guest → host. Text after the guest's FIN has nowhere to go once the host side is
         // shut down for writing (RFC 9293, CLOSE-WAIT: "ignore the segment text").
-        if self.host_write_shut && socket.can_recv() {
+        if self.conn.host_write_shut && socket.can_recv() {
             let _ = socket.recv(|buf| (buf.len(), ()));
         }
         // What smoltcp acknowledged must reach the host even when the socket itself ends
@@ -639,7 +633,7 @@ impl TcpFlow {
         // host closed first and reads slowly), so a plain Vec does.
         if matches!(state, State::TimeWait | State::Closed) && socket.recv_queue() > 0 {
             while let Ok(moved) = socket.recv(|buf| {
-                self.backlog.extend_from_slice(buf);
+                self.conn.backlog.extend_from_slice(buf);
                 (buf.len(), buf.len())
             }) {
                 if moved == 0 {
@@ -647,19 +641,20 @@ impl TcpFlow {
                 }
             }
         }
-        while self.host_writable && !self.host_write_shut && !self.backlog.is_empty() {
-            match host.tcp_send(id, &self.backlog) {
+        while self.conn.host_writable && !self.conn.host_write_shut && !self.conn.backlog.is_empty()
+        {
+            match host.tcp_send(id, &self.conn.backlog) {
                 Ok(n) => {
                     self.counters.from_guest += n as u64;
-                    self.backlog.drain(..n);
+                    self.conn.backlog.drain(..n);
                 }
-                Err(HostError::WouldBlock) => self.host_writable = false,
+                Err(HostError::WouldBlock) => self.conn.host_writable = false,
                 Err(err) => return Err(err),
             }
         }
-        while self.host_writable
-            && !self.host_write_shut
-            && self.backlog.is_empty()
+        while self.conn.host_writable
+            && !self.conn.host_write_shut
+            && self.conn.backlog.is_empty()
             && socket.can_recv()
         {
             let sent = socket.recv(|buf| match host.tcp_send(id, buf) {
@@ -668,16 +663,16 @@ impl TcpFlow {
             });
             match sent {
                 Ok(Ok(n)) => self.counters.from_guest += n as u64,
-                Ok(Err(HostError::WouldBlock)) => self.host_writable = false,
+                Ok(Err(HostError::WouldBlock)) => self.conn.host_writable = false,
                 Ok(Err(err)) => return Err(err),
                 Err(_) => break,
             }
         }
         // The guest's FIN goes on once everything before it has.
-        let all_sent = socket.recv_queue() == 0 && self.backlog.is_empty();
-        if self.guest_fin && !self.host_write_shut && all_sent && !self.host_closed {
+        let all_sent = socket.recv_queue() == 0 && self.conn.backlog.is_empty();
+        if self.conn.guest_fin && !self.conn.host_write_shut && all_sent && !self.conn.host_closed {
             host.tcp_shutdown_write(id);
-            self.host_write_shut = true;
+            self.conn.host_write_shut = true;
         }
         // Host → guest.
         //
@@ -687,24 +682,24 @@ impl TcpFlow {
         // would only say `WouldBlock` is skipped: one `recv` per reply instead of two.
         // Not once the poller reported a hang-up or an error: EOF or the error may already
         // be queued behind the data just read, and no new event would announce them.
-        while self.host_readable && !self.host_eof && socket.can_send() {
+        while self.conn.host_readable && !self.conn.host_eof && socket.can_send() {
             let received = socket.send(|buf| match host.tcp_recv(id, buf) {
                 Ok(n) => (n, Ok((n, buf.len()))),
                 Err(err) => (0, Err(err)),
             });
             match received {
                 Ok(Ok((0, _))) => {
-                    self.host_eof = true;
+                    self.conn.host_eof = true;
                     // Queues our FIN behind the data already buffered.
                     socket.close();
                 }
                 Ok(Ok((n, offered))) => {
                     self.counters.to_guest += n as u64;
-                    if n < offered && !self.host_read_closed {
-                        self.host_readable = false;
+                    if n < offered && !self.conn.host_read_closed {
+                        self.conn.host_readable = false;
                     }
                 }
-                Ok(Err(HostError::WouldBlock)) => self.host_readable = false,
+                Ok(Err(HostError::WouldBlock)) => self.conn.host_readable = false,
                 Ok(Err(err)) => return Err(err),
                 Err(_) => break,
             }
@@ -714,13 +709,13 @@ impl TcpFlow {
 
     fn verdict(&mut self, now: Instant, host: &mut impl HostIo, id: FlowId) -> Verdict {
         let state = self.socket().state();
-        if self.guest_connect_pending && state != State::SynSent {
-            self.guest_connect_pending = false;
+        if self.conn.guest_connect_pending && state != State::SynSent {
+            self.conn.guest_connect_pending = false;
             self.sockets
                 .get_mut::<Socket>(self.handle)
                 .set_timeout(None);
         }
-        match self.phase {
+        match self.conn.phase {
             Phase::Connecting { deadline } => {
                 if state != State::SynReceived {
                     // The guest gave up (RST) before the host answered.
@@ -730,16 +725,18 @@ impl TcpFlow {
                     due: Some(deadline),
                 }
             }
-            Phase::Open if self.guest_connect_pending && state == State::SynSent => Verdict::Keep {
-                due: self.iface.poll_at(now, &self.sockets),
-            },
+            Phase::Open if self.conn.guest_connect_pending && state == State::SynSent => {
+                Verdict::Keep {
+                    due: self.iface.poll_at(now, &self.sockets),
+                }
+            }
             Phase::Open => match state {
                 // The guest finished (its FIN is acknowledged) but the host has not taken
                 // all it sent: wait for the host to become writable.
                 State::Closed if self.delivering() => Verdict::Keep { due: None },
                 // Listen: a RST in SYN-RECEIVED sends a listening socket back to LISTEN.
                 State::Closed | State::Listen => {
-                    let graceful = self.host_eof && self.host_write_shut;
+                    let graceful = self.conn.host_eof && self.conn.host_write_shut;
                     Verdict::Remove(if graceful {
                         CloseMode::Graceful
                     } else {
@@ -750,9 +747,9 @@ impl TcpFlow {
                     // Both directions are finished; only smoltcp's TIME-WAIT remains, to
                     // re-ACK a retransmitted FIN. The host socket is not needed for that,
                     // once it has taken everything the guest sent.
-                    if !self.host_closed && !self.delivering() {
+                    if !self.conn.host_closed && !self.delivering() {
                         host.close(id, CloseMode::Graceful);
-                        self.host_closed = true;
+                        self.conn.host_closed = true;
                     }
                     Verdict::Keep {
                         due: self.iface.poll_at(now, &self.sockets),

@@ -339,13 +339,7 @@ mod tests {
         assert!(server.handle(&short_id, Some(DNS), &search()).is_none());
         assert_eq!(server.counters().malformed, before + 4);
 
-        let mut state = 0x9e37_79b9_u32;
-        let mut noise = || {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            state as u8
-        };
+        let mut noise = crate::service::test_noise(0x9e37_79b9_u32);
         for round in 0..2_000 {
             let len = usize::from(noise());
             let mut bytes: Vec<u8> = (0..len).map(|_| noise()).collect();

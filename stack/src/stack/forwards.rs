@@ -191,12 +191,7 @@ impl Stack {
                     return;
                 }
             };
-            let local = self.rules().guest_visible(peer, guest.ip());
-            let key = FlowKey {
-                proto: Proto::Tcp,
-                guest,
-                remote: local,
-            };
+            let key = self.forwarded_key(Proto::Tcp, peer, guest);
             let params = if self.flows.lookup(&key).is_some()
                 || !self.forward_room(forward)
                 || !self.tcp_room(host)
@@ -217,7 +212,7 @@ impl Stack {
             let spare = self.spare_flow(&params);
             let Some(flow) = TcpFlow::connect_to_guest(
                 now,
-                (local.ip().into(), local.port()),
+                (key.remote.ip().into(), key.remote.port()),
                 (guest.ip().into(), guest.port()),
                 params,
                 &mut self.tx,
@@ -278,14 +273,9 @@ impl Stack {
                     return;
                 }
             };
-            let local = self.rules().guest_visible(peer, guest.ip());
-            let key = FlowKey {
-                proto: Proto::Udp,
-                guest,
-                remote: local,
-            };
+            let key = self.forwarded_key(Proto::Udp, peer, guest);
             if self.flows.lookup(&key).is_none() {
-                let quote = match (local.ip(), guest.ip()) {
+                let quote = match (key.remote.ip(), guest.ip()) {
                     (IpAddr::V4(src), IpAddr::V4(dst)) => Quote::new(
                         &Ipv4Repr {
                             src_addr: src,
@@ -331,7 +321,18 @@ impl Stack {
             }
             self.ask_guest_mac(guest.ip());
             let payload = &self.scratch[..len];
-            crate::nat::udp::send_udp(&mut self.tx, &mut self.stats, local, guest, payload);
+            crate::nat::udp::send_udp(&mut self.tx, &mut self.stats, key.remote, guest, payload);
+        }
+    }
+
+    /// The flow a forwarded client `peer` makes with `guest`: the guest sees it come from
+    /// where the address rules make `peer` visible.
+    fn forwarded_key(&self, proto: Proto, peer: SocketAddr, guest: SocketAddr) -> FlowKey {
+        let remote = self.rules().guest_visible(peer, guest.ip());
+        FlowKey {
+            proto,
+            guest,
+            remote,
         }
     }
 

@@ -241,14 +241,7 @@ impl Stack {
         upstreams.truncate(self.config.limits.max_dns_upstreams);
         if self.dns_upstreams != upstreams {
             let list: Vec<String> = upstreams.iter().map(ToString::to_string).collect();
-            log::info!(
-                "DNS upstream: {}",
-                if list.is_empty() {
-                    "none".to_string()
-                } else {
-                    list.join(", then ")
-                }
-            );
+            log::info!("DNS upstream: {}", listed_or_none(&list, ", then "));
             self.dns_upstreams = upstreams;
             self.dns_preferred = 0;
         }
@@ -276,14 +269,7 @@ impl Stack {
                     limits.max_search_len
                 );
             }
-            log::info!(
-                "DNS search domains: {}",
-                if domains.is_empty() {
-                    "none".to_string()
-                } else {
-                    domains.join(" ")
-                }
-            );
+            log::info!("DNS search domains: {}", listed_or_none(&domains, " "));
             self.dhcp.set_search(domains.clone());
             self.dns_search = domains;
         }
@@ -515,5 +501,14 @@ impl Stack {
             }
             _ => {}
         }
+    }
+}
+
+/// A list as the log shows it: the items joined by `separator`, or `none`.
+fn listed_or_none(items: &[String], separator: &str) -> String {
+    if items.is_empty() {
+        "none".to_string()
+    } else {
+        items.join(separator)
     }
 }
