@@ -11,7 +11,7 @@
 
 use crate::io::IcmpReport;
 use crate::link::TxQueue;
-use crate::nat::{checksum_caps, send_icmpv6, send_ipv4, Quote, QuotedHeader};
+use crate::nat::{checksum_caps, send_icmpv6, send_ip, Quote, QuotedHeader};
 use crate::stats::Stats;
 use core::net::IpAddr;
 use smoltcp::wire::{
@@ -110,11 +110,11 @@ pub fn send_icmp_error(
                 },
                 _ => return false,
             };
-            send_ipv4(
+            send_ip(
                 tx,
                 stats,
-                from,
-                header.src_addr,
+                from.into(),
+                header.src_addr.into(),
                 IpProtocol::Icmp,
                 icmp.buffer_len(),
                 |buf| {

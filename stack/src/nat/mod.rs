@@ -21,8 +21,8 @@ use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::time::Instant;
 use smoltcp::wire::{
     EthernetProtocol, Icmpv4DstUnreachable, Icmpv4Packet, Icmpv4Repr, Icmpv6DstUnreachable,
-    Icmpv6Packet, Icmpv6Repr, IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr, Ipv6Address,
-    Ipv6Packet, Ipv6Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+    Icmpv6Packet, Icmpv6Repr, IpProtocol, IpRepr, Ipv4Address, Ipv4Repr, Ipv6Address, Ipv6Repr,
+    TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
 };
 
 pub use table::{FlowKey, FlowTable, Proto};
@@ -110,7 +110,8 @@ pub fn checksum_caps() -> ChecksumCapabilities {
 }
 
 /// Queue an IP packet (either family) to the guest; `fill` writes the `payload_len` bytes
-/// after the header. Mixed families are a bug of the caller and are dropped.
+/// after the header. Larger than the MTU, it goes in fragments (counted in
+/// `ip_frag_fragmented`). Mixed families are a bug of the caller and are dropped.
 pub fn send_ip(
     tx: &mut TxQueue,
     stats: &mut Stats,
@@ -120,40 +121,36 @@ pub fn send_ip(
     payload_len: usize,
     fill: impl FnOnce(&mut [u8]),
 ) {
-    match (src, dst) {
-        (IpAddr::V4(src), IpAddr::V4(dst)) => {
-            send_ipv4(tx, stats, src, dst, protocol, payload_len, fill)
+    let (repr, ethertype) = match (src, dst) {
+        (IpAddr::V4(src_addr), IpAddr::V4(dst_addr)) => {
+            let repr = Ipv4Repr {
+                src_addr,
+                dst_addr,
+                next_header: protocol,
+                payload_len,
+                hop_limit: HOP_LIMIT,
+            };
+            (IpRepr::Ipv4(repr), EthernetProtocol::Ipv4)
         }
-        (IpAddr::V6(src), IpAddr::V6(dst)) => {
-            send_ipv6(tx, stats, src, dst, protocol, payload_len, fill)
+        (IpAddr::V6(src_addr), IpAddr::V6(dst_addr)) => {
+            let repr = Ipv6Repr {
+                src_addr,
+                dst_addr,
+                next_header: protocol,
+                payload_len,
+                hop_limit: NDP_HOP_LIMIT,
+            };
+            (IpRepr::Ipv6(repr), EthernetProtocol::Ipv6)
         }
-        _ => stats.tx_errors += 1,
-    }
-}
-
-/// Queue an IPv4 packet to the guest; `fill` writes the `payload_len` bytes after the header.
-/// Larger than the MTU, it goes in fragments (counted in `ip_frag_fragmented`).
-pub fn send_ipv4(
-    tx: &mut TxQueue,
-    stats: &mut Stats,
-    src: Ipv4Address,
-    dst: Ipv4Address,
-    protocol: IpProtocol,
-    payload_len: usize,
-    fill: impl FnOnce(&mut [u8]),
-) {
-    let repr = Ipv4Repr {
-        src_addr: src,
-        dst_addr: dst,
-        next_header: protocol,
-        payload_len,
-        hop_limit: HOP_LIMIT,
+        _ => {
+            stats.tx_errors += 1;
+            return;
+        }
     };
-    let total = repr.buffer_len() + payload_len;
-    let pushed = tx.push_ip(EthernetProtocol::Ipv4, total, |buf| {
-        let mut packet = Ipv4Packet::new_unchecked(&mut buf[..]);
-        repr.emit(&mut packet, &checksum_caps());
-        fill(packet.payload_mut());
+    let header_len = repr.header_len();
+    let pushed = tx.push_ip(ethertype, header_len + payload_len, |buf| {
+        repr.emit(&mut buf[..], &checksum_caps());
+        fill(&mut buf[header_len..]);
     });
     count_push(stats, pushed);
 }
@@ -169,33 +166,6 @@ fn count_push(stats: &mut Stats, pushed: IpPush) {
             stats.tx_dropped += 1;
         }
     }
-}
-
-/// Queue an IPv6 packet to the guest; `fill` writes the `payload_len` bytes after the header.
-/// Larger than the MTU, it goes in fragments (counted in `ip_frag_fragmented`).
-pub fn send_ipv6(
-    tx: &mut TxQueue,
-    stats: &mut Stats,
-    src: Ipv6Address,
-    dst: Ipv6Address,
-    protocol: IpProtocol,
-    payload_len: usize,
-    fill: impl FnOnce(&mut [u8]),
-) {
-    let repr = Ipv6Repr {
-        src_addr: src,
-        dst_addr: dst,
-        next_header: protocol,
-        payload_len,
-        hop_limit: NDP_HOP_LIMIT,
-    };
-    let total = repr.buffer_len() + payload_len;
-    let pushed = tx.push_ip(EthernetProtocol::Ipv6, total, |buf| {
-        let mut packet = Ipv6Packet::new_unchecked(&mut buf[..]);
-        repr.emit(&mut packet);
-        fill(packet.payload_mut());
-    });
-    count_push(stats, pushed);
 }
 
 /// The start of a guest packet (its IP header and the first 8 bytes of its payload), kept
@@ -270,11 +240,11 @@ pub fn send_icmpv4(
     to: Ipv4Address,
     icmp: &Icmpv4Repr<'_>,
 ) {
-    send_ipv4(
+    send_ip(
         tx,
         stats,
-        from,
-        to,
+        from.into(),
+        to.into(),
         IpProtocol::Icmp,
         icmp.buffer_len(),
         |buf| icmp.emit(&mut Icmpv4Packet::new_unchecked(buf), &checksum_caps()),
@@ -289,11 +259,11 @@ pub fn send_icmpv6(
     to: Ipv6Address,
     icmp: &Icmpv6Repr<'_>,
 ) {
-    send_ipv6(
+    send_ip(
         tx,
         stats,
-        from,
-        to,
+        from.into(),
+        to.into(),
         IpProtocol::Icmpv6,
         icmp.buffer_len(),
         |buf| {
