@@ -7,9 +7,9 @@
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use rslirp_stack::testing::fragments::{defragment, fragment, ipv4_piece, payload_len};
-use rslirp_stack::testing::ipv6::{parse6, Parsed6};
 use rslirp_stack::testing::{parse, Parsed, Scenario};
 use rslirp_stack::{Config, Duration, Limits};
+use smoltcp::wire::IpVersion;
 
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
 const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
@@ -65,8 +65,8 @@ fn udp_echo_v4(order: &[usize]) {
     assert_eq!(
         parse(&whole[0]),
         Parsed::Udp {
-            src: SocketAddrV4::new(GATEWAY, 7),
-            dst: SocketAddrV4::new(guest.ip, 40000),
+            src: SocketAddrV4::new(GATEWAY, 7).into(),
+            dst: SocketAddrV4::new(guest.ip, 40000).into(),
             payload: echo,
         }
     );
@@ -106,14 +106,14 @@ fn udp_8000_bytes_v6() {
     assert_eq!(frames.len(), 6, "8,008 bytes in 1,448-byte pieces");
     for frame in &frames {
         assert!(frame.len() <= 14 + MTU);
-        assert!(matches!(parse6(frame), Parsed6::Fragment { .. }));
+        assert!(matches!(parse(frame), Parsed::Fragment { .. }));
     }
     let whole = defragment(frames);
     assert_eq!(
-        whole.iter().map(|f| parse6(f)).collect::<Vec<_>>(),
-        vec![Parsed6::Udp {
-            src: SocketAddrV6::new(GATEWAY6, 7, 0, 0),
-            dst: SocketAddrV6::new(guest.ipv6_addr(), 40000, 0, 0),
+        whole.iter().map(|f| parse(f)).collect::<Vec<_>>(),
+        vec![Parsed::Udp {
+            src: SocketAddrV6::new(GATEWAY6, 7, 0, 0).into(),
+            dst: SocketAddrV6::new(guest.ipv6_addr(), 40000, 0, 0).into(),
             payload: echo,
         }]
     );
@@ -138,8 +138,8 @@ fn ping_4000_bytes_to_the_gateway() {
             .map(|f| parse(f))
             .collect::<Vec<_>>(),
         vec![Parsed::IcmpEcho {
-            src: GATEWAY,
-            dst: guest.ip,
+            src: GATEWAY.into(),
+            dst: guest.ip.into(),
             reply: true,
             ident: 77,
             seq_no: 1,
@@ -167,7 +167,7 @@ fn ping_4000_bytes_through_a_ping_socket() {
     let (flow, _) = s.host.ping_opens()[0];
     let sent = s.host.ping_sent(flow);
     assert_eq!(sent.len(), 1);
-    let message = rslirp_stack::testing::parse_echo_message(&sent[0]).unwrap();
+    let message = rslirp_stack::testing::parse_echo_message(IpVersion::Ipv4, &sent[0]).unwrap();
     assert_eq!(message.payload, data);
     s.ping_reply(flow, 1, &data);
     let frames = s.drain_raw();
@@ -198,15 +198,15 @@ fn ping6_4000_bytes_to_the_gateway() {
     let frames: Vec<Vec<u8>> = s
         .drain_raw()
         .into_iter()
-        .filter(|f| !matches!(parse6(f), Parsed6::Ndisc { .. }))
+        .filter(|f| !matches!(parse(f), Parsed::Ndisc { .. }))
         .collect();
     assert_eq!(frames.len(), 3);
     match &defragment(frames)
         .iter()
-        .map(|f| parse6(f))
+        .map(|f| parse(f))
         .collect::<Vec<_>>()[..]
     {
-        [Parsed6::Echo {
+        [Parsed::IcmpEcho {
             reply: true,
             payload,
             src,

@@ -219,12 +219,12 @@ fn an_ipv6_flow_renewed_for_ipv4_keeps_its_segments_within_the_mtu() {
     // An IPv6 connection the guest closes first: the stack's socket ends CLOSED and the
     // flow is kept for renewal.
     let gateway6 = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
-    let (mut conn6, flow6) = s.open_tcp6(40000, SocketAddrV6::new(gateway6, 8080, 0, 0));
+    let (mut conn6, flow6) = s.open_tcp(40000, SocketAddrV6::new(gateway6, 8080, 0, 0));
     let fin = conn6.fin();
     s.guest_sends(&fin);
     s.peer_close(flow6);
     for _ in 0..100 {
-        s.exchange_ipv6(std::slice::from_mut(&mut conn6));
+        s.exchange(std::slice::from_mut(&mut conn6));
         if s.stats().tcp_flows == 0 {
             break;
         }

@@ -5,15 +5,12 @@
 //! The guest is fd00::ff:fe00:1 / fe80::ff:fe00:1 (EUI-64 of 02:00:00:00:00:01).
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
-use rslirp_stack::testing::ipv6::{
-    echo6_message, multicast_mac, parse_echo6_message, solicited_node, GuestTcp6, Parsed6,
-    ALL_NODES,
-};
-use rslirp_stack::testing::{Scenario, START};
+use rslirp_stack::testing::ipv6::{multicast_mac, solicited_node, ALL_NODES};
+use rslirp_stack::testing::{echo_message, parse_echo_message, GuestTcp, Parsed, Scenario, START};
 use rslirp_stack::{Config, Duration, FlowId, HostError};
 use smoltcp::wire::{
-    EthernetAddress, NdiscNeighborFlags, NdiscPrefixInfoFlags, NdiscPrefixInformation, NdiscRepr,
-    NdiscRouterFlags, RawHardwareAddress,
+    EthernetAddress, IpVersion, NdiscNeighborFlags, NdiscPrefixInfoFlags, NdiscPrefixInformation,
+    NdiscRepr, NdiscRouterFlags, RawHardwareAddress,
 };
 
 const GATEWAY: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
@@ -48,7 +45,7 @@ fn with_ipv6() -> Scenario {
 fn guest_up() -> Scenario {
     let mut s = with_ipv6();
     s.advance(secs(1));
-    assert_full_router_advert(the_only(s.drain_ipv6(), "advertisement at 1 s"));
+    assert_full_router_advert(the_only(s.drain(), "advertisement at 1 s"));
     s
 }
 
@@ -73,8 +70,8 @@ fn the_only<T: core::fmt::Debug>(mut items: Vec<T>, what: &str) -> T {
 /// router lifetime 30 min, source link-layer address 52:55:0a:00:02:02, MTU 1500, prefix
 /// fd00::/64 on-link and for SLAAC (valid 1 day, preferred 4 h); `flags`: the O flag
 /// (stateless DHCPv6) unless the DNS forwarder is disabled.
-fn assert_router_advert(frame: Parsed6, flags: NdiscRouterFlags) -> Vec<u8> {
-    let Parsed6::Ndisc {
+fn assert_router_advert(frame: Parsed, flags: NdiscRouterFlags) -> Vec<u8> {
+    let Parsed::Ndisc {
         eth_dst,
         ip,
         ndisc,
@@ -144,7 +141,7 @@ fn assert_rdnss_is_fd00_3(options: &[u8]) -> u32 {
     u32::from_be_bytes(rdnss[4..8].try_into().unwrap())
 }
 
-fn assert_full_router_advert(frame: Parsed6) {
+fn assert_full_router_advert(frame: Parsed) {
     let options = assert_router_advert(frame, NdiscRouterFlags::OTHER);
     let lifetime = assert_rdnss_is_fd00_3(&options);
     // RFC 8106 §5.1: at least the maximum interval between advertisements.
@@ -162,7 +159,7 @@ mod router_advertisements {
         let mut s = with_ipv6();
         let guest = s.guest;
         s.guest_sends(&guest.router_solicit());
-        assert_full_router_advert(the_only(s.drain_ipv6(), "router advertisement"));
+        assert_full_router_advert(the_only(s.drain(), "router advertisement"));
         assert_eq!(s.host.calls(), &[], "NDP never reaches the host");
     }
 
@@ -175,10 +172,10 @@ mod router_advertisements {
         });
         let guest = s.guest;
         s.guest_sends(&guest.router_solicit());
-        let Parsed6::Ndisc {
+        let Parsed::Ndisc {
             ndisc: NdiscRepr::RouterAdvert { mtu, .. },
             ..
-        } = the_only(s.drain_ipv6(), "router advertisement")
+        } = the_only(s.drain(), "router advertisement")
         else {
             panic!("expected a router advertisement");
         };
@@ -195,7 +192,7 @@ mod router_advertisements {
         let guest = s.guest;
         s.guest_sends(&guest.router_solicit());
         let options = assert_router_advert(
-            the_only(s.drain_ipv6(), "router advertisement"),
+            the_only(s.drain(), "router advertisement"),
             NdiscRouterFlags::empty(),
         );
         let kinds: Vec<u8> = ndp_options(&options)
@@ -226,7 +223,7 @@ mod router_advertisements {
         let guest = s.guest;
         s.guest_sends(&guest.router_solicit());
         let options = assert_router_advert(
-            the_only(s.drain_ipv6(), "router advertisement"),
+            the_only(s.drain(), "router advertisement"),
             NdiscRouterFlags::OTHER,
         );
         assert_eq!(
@@ -238,8 +235,8 @@ mod router_advertisements {
         s.stack
             .set_dns_search(&domains(&["example.com", "corp.example.net."]));
         s.guest_sends(&guest.router_solicit());
-        let frame = the_only(s.drain_ipv6(), "router advertisement");
-        let Parsed6::Ndisc { options, .. } = &frame else {
+        let frame = the_only(s.drain(), "router advertisement");
+        let Parsed::Ndisc { options, .. } = &frame else {
             panic!("expected a router advertisement, got {frame:?}");
         };
         assert_eq!(assert_rdnss_is_fd00_3(options), 360);
@@ -254,8 +251,7 @@ mod router_advertisements {
         // A change reaches the next advertisement, the periodic one too.
         s.stack.set_dns_search(&domains(&["new.example"]));
         s.advance(secs(1));
-        let Parsed6::Ndisc { options, .. } = the_only(s.drain_ipv6(), "advertisement at 1 s")
-        else {
+        let Parsed::Ndisc { options, .. } = the_only(s.drain(), "advertisement at 1 s") else {
             panic!("expected a router advertisement");
         };
         let dnssl = the_only(dnssl_options(&options), "DNSSL option");
@@ -272,18 +268,18 @@ mod router_advertisements {
             "the first advertisement is the next thing due"
         );
         s.advance(Duration::from_millis(999));
-        assert_eq!(s.drain_ipv6(), vec![], "nothing before 1 s");
+        assert_eq!(s.drain(), vec![], "nothing before 1 s");
         s.advance(Duration::from_millis(1));
-        assert_full_router_advert(the_only(s.drain_ipv6(), "advertisement at 1 s"));
+        assert_full_router_advert(the_only(s.drain(), "advertisement at 1 s"));
 
         assert_eq!(s.stack.poll_at(), Some(START + secs(1) + RA_INTERVAL));
         s.advance(RA_INTERVAL - Duration::from_millis(1));
-        assert_eq!(s.drain_ipv6(), vec![], "nothing before 121 s");
+        assert_eq!(s.drain(), vec![], "nothing before 121 s");
         s.advance(Duration::from_millis(1));
-        assert_full_router_advert(the_only(s.drain_ipv6(), "advertisement at 121 s"));
+        assert_full_router_advert(the_only(s.drain(), "advertisement at 121 s"));
 
         s.advance(RA_INTERVAL);
-        assert_eq!(s.drain_ipv6().len(), 1, "and one more at 241 s");
+        assert_eq!(s.drain().len(), 1, "and one more at 241 s");
     }
 
     #[test]
@@ -291,10 +287,10 @@ mod router_advertisements {
         let mut s = with_ipv6();
         let guest = s.guest;
         s.advance(secs(1));
-        assert_eq!(s.drain_ipv6().len(), 1, "the advertisement at 1 s");
+        assert_eq!(s.drain().len(), 1, "the advertisement at 1 s");
         s.advance(secs(10));
         s.guest_sends(&guest.router_solicit());
-        assert_eq!(s.drain_ipv6().len(), 1, "the answer to the solicitation");
+        assert_eq!(s.drain().len(), 1, "the answer to the solicitation");
         assert_eq!(s.stack.poll_at(), Some(START + secs(1) + RA_INTERVAL));
     }
 }
@@ -308,9 +304,9 @@ mod neighbor_discovery {
         let mut s = guest_up();
         let guest = s.guest;
         s.guest_sends(&guest.neighbor_solicit(guest.link_local(), target));
-        let Parsed6::Ndisc {
+        let Parsed::Ndisc {
             eth_dst, ip, ndisc, ..
-        } = the_only(s.drain_ipv6(), "neighbour advertisement")
+        } = the_only(s.drain(), "neighbour advertisement")
         else {
             panic!("expected a neighbour advertisement for {target}");
         };
@@ -357,7 +353,7 @@ mod neighbor_discovery {
         let mut s = guest_up();
         let guest = s.guest;
         s.guest_sends(&guest.neighbor_solicit(guest.ipv6_addr(), GATEWAY));
-        let Parsed6::Ndisc { ip, .. } = the_only(s.drain_ipv6(), "neighbour advertisement") else {
+        let Parsed::Ndisc { ip, .. } = the_only(s.drain(), "neighbour advertisement") else {
             panic!("expected a neighbour advertisement");
         };
         assert_eq!((ip.src_addr, ip.dst_addr), (GATEWAY, guest.ipv6_addr()));
@@ -375,7 +371,7 @@ mod neighbor_discovery {
             REMOTE,
         ] {
             s.guest_sends(&guest.neighbor_solicit(guest.link_local(), target));
-            assert_eq!(s.drain_ipv6(), vec![], "no advertisement for {target}");
+            assert_eq!(s.drain(), vec![], "no advertisement for {target}");
         }
         assert_eq!(s.host.calls(), &[]);
     }
@@ -388,7 +384,7 @@ mod neighbor_discovery {
             let probe = guest.neighbor_solicit(Ipv6Addr::UNSPECIFIED, tentative);
             s.guest_sends(&probe);
             assert_eq!(
-                s.drain_ipv6(),
+                s.drain(),
                 vec![],
                 "the guest's DAD probe for {tentative} gets no answer"
             );
@@ -418,10 +414,10 @@ mod echo {
         for (target, seq_no) in [(GATEWAY, 1), (DNS, 2)] {
             s.guest_sends(&guest.icmpv6_echo(target, 0x1234, seq_no, b"are you there?"));
             assert_eq!(
-                the_only(s.drain_ipv6(), "echo reply"),
-                Parsed6::Echo {
-                    src: target,
-                    dst: guest.ipv6_addr(),
+                the_only(s.drain(), "echo reply"),
+                Parsed::IcmpEcho {
+                    src: target.into(),
+                    dst: guest.ipv6_addr().into(),
                     reply: true,
                     ident: 0x1234,
                     seq_no,
@@ -440,28 +436,27 @@ mod echo {
 
         let (flow, target) = the_only(s.host.ping_opens(), "ping_open");
         assert_eq!(target, IpAddr::V6(REMOTE));
-        let request = parse_echo6_message(&the_only(s.host.ping_sent(flow), "ping_send"))
-            .expect("ping_send carries an ICMPv6 echo request");
+        let request = parse_echo_message(
+            IpVersion::Ipv6,
+            &the_only(s.host.ping_sent(flow), "ping_send"),
+        )
+        .expect("ping_send carries an ICMPv6 echo request");
         assert!(!request.reply);
         assert_eq!(
             (request.seq_no, &request.payload[..]),
             (7, &b"hello, world"[..])
         );
-        assert_eq!(
-            s.drain_ipv6(),
-            vec![],
-            "nothing for the guest before the reply"
-        );
+        assert_eq!(s.drain(), vec![], "nothing for the guest before the reply");
 
         // The host kernel answers with the ping socket's own identifier.
         let socket_ident = s.host.socket(flow).expect("the ping socket").ping_ident;
-        let reply = echo6_message(true, socket_ident, 7, b"hello, world");
+        let reply = echo_message(IpVersion::Ipv6, true, socket_ident, 7, b"hello, world");
         s.deliver_datagram(flow, &reply);
         assert_eq!(
-            the_only(s.drain_ipv6(), "echo reply"),
-            Parsed6::Echo {
-                src: REMOTE,
-                dst: guest.ipv6_addr(),
+            the_only(s.drain(), "echo reply"),
+            Parsed::IcmpEcho {
+                src: REMOTE.into(),
+                dst: guest.ipv6_addr().into(),
                 reply: true,
                 ident: 0x1234,
                 seq_no: 7,
@@ -476,7 +471,7 @@ mod tcp {
     use super::*;
 
     /// The guest sends a SYN; the stack must ask the host for exactly one connect.
-    fn syn_and_connect(s: &mut Scenario, conn: &mut GuestTcp6) -> (FlowId, SocketAddr) {
+    fn syn_and_connect(s: &mut Scenario, conn: &mut GuestTcp) -> (FlowId, SocketAddr) {
         let before = s.host.connects().len();
         s.guest_sends(&conn.syn());
         let connects = s.host.connects();
@@ -487,12 +482,12 @@ mod tcp {
     /// Lets frames and time flow (10 ms steps, at most 30 virtual seconds) until `done`.
     fn run_until(
         s: &mut Scenario,
-        conn: &mut GuestTcp6,
+        conn: &mut GuestTcp,
         what: &str,
-        done: impl Fn(&GuestTcp6) -> bool,
+        done: impl Fn(&GuestTcp) -> bool,
     ) {
         for _ in 0..3_000 {
-            let unclaimed = s.exchange_ipv6(std::slice::from_mut(conn));
+            let unclaimed = s.exchange(std::slice::from_mut(conn));
             assert!(
                 unclaimed.is_empty(),
                 "unexpected frames while waiting for {what}: {unclaimed:?}"
@@ -508,14 +503,14 @@ mod tcp {
     #[test]
     fn gateway_port_is_host_loopback_and_syn_ack_waits_for_the_connect() {
         let mut s = guest_up();
-        let mut conn = s.guest_tcp6(40000, v6(GATEWAY, 8080));
+        let mut conn = s.guest_tcp(40000, v6(GATEWAY, 8080));
         let (flow, target) = syn_and_connect(&mut s, &mut conn);
         assert_eq!(
             target,
             host_loopback6(8080),
             "[fd00::2]:8080 is host [::1]:8080"
         );
-        assert_eq!(s.drain_ipv6(), vec![], "no SYN-ACK while the host connects");
+        assert_eq!(s.drain(), vec![], "no SYN-ACK while the host connects");
 
         s.advance(secs(1));
         s.guest_sends(&conn.syn());
@@ -524,15 +519,18 @@ mod tcp {
             1,
             "a retransmitted SYN is the same flow"
         );
-        assert_eq!(s.drain_ipv6(), vec![], "still no SYN-ACK");
+        assert_eq!(s.drain(), vec![], "still no SYN-ACK");
 
         s.complete_connect(flow);
-        let frame = the_only(s.drain_ipv6(), "SYN-ACK");
+        let frame = the_only(s.drain(), "SYN-ACK");
         let (ip, syn_ack) = frame.tcp().expect("a TCP segment");
-        assert_eq!((ip.src_addr, ip.dst_addr), (GATEWAY, s.guest.ipv6_addr()));
+        assert_eq!(
+            (ip.src_addr, ip.dst_addr),
+            (IpAddr::from(GATEWAY), IpAddr::from(s.guest.ipv6_addr()))
+        );
         assert!(syn_ack.is_syn_ack(), "got {}", syn_ack.flags());
         assert_eq!((syn_ack.src_port, syn_ack.dst_port), (8080, 40000));
-        assert_eq!(syn_ack.ack, Some(conn.isn().wrapping_add(1)));
+        assert_eq!(syn_ack.ack, Some(conn.isn.wrapping_add(1)));
         let mss = syn_ack.mss.expect("the SYN-ACK carries an MSS option");
         assert!(
             (536..=1440).contains(&mss),
@@ -543,7 +541,7 @@ mod tcp {
     #[test]
     fn data_flows_both_ways() {
         let mut s = guest_up();
-        let (mut conn, flow) = s.open_tcp6(40000, v6(GATEWAY, 8080));
+        let (mut conn, flow) = s.open_tcp(40000, v6(GATEWAY, 8080));
 
         let request = b"GET / HTTP/1.0\r\n\r\n";
         let frame = conn.send(request);
@@ -564,7 +562,7 @@ mod tcp {
         );
 
         s.peer_close(flow);
-        run_until(&mut s, &mut conn, "the FIN", |c| c.peer_fin());
+        run_until(&mut s, &mut conn, "the FIN", |c| c.peer_fin);
         let fin = conn.fin();
         s.guest_sends(&fin);
         run_until(&mut s, &mut conn, "the ACK of the guest's FIN", |c| {
@@ -578,17 +576,17 @@ mod tcp {
     #[test]
     fn refused_connect_resets_the_guest() {
         let mut s = guest_up();
-        let mut conn = s.guest_tcp6(40000, v6(GATEWAY, 81));
+        let mut conn = s.guest_tcp(40000, v6(GATEWAY, 81));
         let (flow, _) = syn_and_connect(&mut s, &mut conn);
         s.fail_connect(flow, HostError::ConnectionRefused);
-        let frame = the_only(s.drain_ipv6(), "RST");
+        let frame = the_only(s.drain(), "RST");
         let (ip, rst) = frame.tcp().expect("a TCP segment");
         assert_eq!(ip.src_addr, GATEWAY, "from the address the guest called");
         assert!(rst.rst && !rst.syn, "got {}", rst.flags());
         assert_eq!((rst.src_port, rst.dst_port), (81, 40000));
         assert_eq!(
             rst.ack,
-            Some(conn.isn().wrapping_add(1)),
+            Some(conn.isn.wrapping_add(1)),
             "RST|ACK of the SYN"
         );
         assert!(s.host.close_mode(flow).is_some(), "host socket closed");
@@ -598,7 +596,7 @@ mod tcp {
     #[test]
     fn remote_addresses_are_connected_as_they_are() {
         let mut s = guest_up();
-        let (conn, flow) = s.open_tcp6(40000, v6(REMOTE, 443));
+        let (conn, flow) = s.open_tcp(40000, v6(REMOTE, 443));
         assert!(conn.established());
         let socket = s.host.socket(flow).expect("a host socket");
         assert_eq!(socket.remote, SocketAddr::V6(v6(REMOTE, 443)));
@@ -611,20 +609,23 @@ mod tcp {
             disable_host_loopback: true,
             ..Config::default()
         });
-        let mut conn = s.guest_tcp6(40000, v6(GATEWAY, 8080));
+        let mut conn = s.guest_tcp(40000, v6(GATEWAY, 8080));
         let syn = conn.syn();
         s.guest_sends(&syn);
         assert_eq!(s.host.connects(), vec![], "no host connect");
-        let Parsed6::Unreachable {
+        let Parsed::IcmpUnreachable {
             src,
             dst,
             code,
             original,
-        } = the_only(s.drain_ipv6(), "ICMPv6 error")
+        } = the_only(s.drain(), "ICMPv6 error")
         else {
             panic!("expected ICMPv6 destination unreachable");
         };
-        assert_eq!((src, dst), (GATEWAY, s.guest.ipv6_addr()));
+        assert_eq!(
+            (src, dst),
+            (IpAddr::from(GATEWAY), IpAddr::from(s.guest.ipv6_addr()))
+        );
         assert_eq!(code, 0, "no route to destination");
         // RFC 4443: as much of the invoking packet as fits; at least header and ports.
         let header_and_8 = &syn[ETH..ETH + IPV6_HEADER + 8];
@@ -649,10 +650,10 @@ mod udp {
 
         s.deliver_datagram(flow, b"echo");
         assert_eq!(
-            the_only(s.drain_ipv6(), "UDP reply"),
-            Parsed6::Udp {
-                src: v6(GATEWAY, 7),
-                dst: v6(guest.ipv6_addr(), 5000),
+            the_only(s.drain(), "UDP reply"),
+            Parsed::Udp {
+                src: v6(GATEWAY, 7).into(),
+                dst: v6(guest.ipv6_addr(), 5000).into(),
                 payload: b"echo".to_vec(),
             }
         );
@@ -674,10 +675,10 @@ mod udp {
 
             s.deliver_datagram(flow, b"answer");
             assert_eq!(
-                the_only(s.drain_ipv6(), "DNS answer"),
-                Parsed6::Udp {
-                    src: v6(DNS, 53),
-                    dst: v6(guest.ipv6_addr(), 5353),
+                the_only(s.drain(), "DNS answer"),
+                Parsed::Udp {
+                    src: v6(DNS, 53).into(),
+                    dst: v6(guest.ipv6_addr(), 5353).into(),
                     payload: b"answer".to_vec(),
                 },
                 "upstream {upstream}"
@@ -724,10 +725,10 @@ mod dhcpv6 {
     /// The one Reply: from [fe80::2]:547 to the guest's [link-local]:546.
     fn reply(s: &mut Scenario) -> Vec<u8> {
         let guest = s.guest;
-        match the_only(s.drain_ipv6(), "DHCPv6 reply") {
-            Parsed6::Udp { src, dst, payload } => {
-                assert_eq!(src, v6(GATEWAY_LINK_LOCAL, 547));
-                assert_eq!(dst, v6(guest.link_local(), 546));
+        match the_only(s.drain(), "DHCPv6 reply") {
+            Parsed::Udp { src, dst, payload } => {
+                assert_eq!(src, SocketAddr::from(v6(GATEWAY_LINK_LOCAL, 547)));
+                assert_eq!(dst, SocketAddr::from(v6(guest.link_local(), 546)));
                 payload
             }
             other => panic!("expected a DHCPv6 reply, got {other:?}"),
@@ -776,10 +777,10 @@ mod dhcpv6 {
             40_000,
             &information_request([9, 9, 9]),
         ));
-        match the_only(s.drain_ipv6(), "DHCPv6 reply") {
-            Parsed6::Udp { src, dst, payload } => {
-                assert_eq!(src, v6(GATEWAY_LINK_LOCAL, 547));
-                assert_eq!(dst, v6(guest.link_local(), 40_000));
+        match the_only(s.drain(), "DHCPv6 reply") {
+            Parsed::Udp { src, dst, payload } => {
+                assert_eq!(src, SocketAddr::from(v6(GATEWAY_LINK_LOCAL, 547)));
+                assert_eq!(dst, SocketAddr::from(v6(guest.link_local(), 40_000)));
                 assert_eq!(Message::parse(&payload).unwrap().msg_type, MSG_REPLY);
             }
             other => panic!("expected a DHCPv6 reply, got {other:?}"),
@@ -793,14 +794,14 @@ mod dhcpv6 {
         let solicit = build(MSG_SOLICIT, [1, 1, 1], &[(OPT_CLIENT_ID, CLIENT_DUID)]);
         s.guest_sends(&client_message(&s, &solicit));
         assert_eq!(
-            s.drain_ipv6(),
+            s.drain(),
             vec![],
             "no addresses by DHCPv6: Solicit unanswered"
         );
         assert_eq!(s.stats().rx_dropped, before.rx_dropped + 1);
         // An option that claims more than the message holds.
         s.guest_sends(&client_message(&s, &[11, 0, 0, 1, 0, 1, 0, 40, 0]));
-        assert_eq!(s.drain_ipv6(), vec![]);
+        assert_eq!(s.drain(), vec![]);
         assert_eq!(s.stats().rx_errors, before.rx_errors + 1);
         // And a well-formed one is still answered.
         s.guest_sends(&client_message(&s, &information_request([7, 7, 7])));
@@ -817,7 +818,7 @@ mod dhcpv6 {
             ..Config::default()
         });
         s.advance(secs(1));
-        s.drain_ipv6();
+        s.drain();
         s.guest_sends(&client_message(&s, &information_request([3, 2, 1])));
         let payload = reply(&mut s);
         let message = Message::parse(&payload).unwrap();
@@ -830,7 +831,7 @@ mod dhcpv6 {
         let mut s = Scenario::new();
         let before = s.stats();
         s.guest_sends(&client_message(&s, &information_request([1, 2, 3])));
-        assert_eq!(s.drain_ipv6(), vec![]);
+        assert_eq!(s.drain(), vec![]);
         assert_eq!(s.stats().rx_dropped, before.rx_dropped + 1);
     }
 }

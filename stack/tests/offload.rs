@@ -241,14 +241,14 @@ mod host_to_guest {
     fn ipv6_segments_are_tcpv6_and_leave_room_for_the_larger_header() {
         let mut s = offloaded(true);
         let gateway = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
-        let (mut conn, flow) = s.open_tcp6(40000, SocketAddrV6::new(gateway, 8080, 0, 0));
+        let (mut conn, flow) = s.open_tcp(40000, SocketAddrV6::new(gateway, 8080, 0, 0));
         // The MSS we announce is the real MTU's, though smoltcp was told a larger one.
-        assert_eq!(conn.peer_mss(), Some(1440));
+        assert_eq!(conn.peer_mss, Some(1440));
         s.take_offload_log();
         let response = pattern(300_000);
         s.peer_send(flow, &response);
         for _ in 0..100 {
-            s.exchange_ipv6(std::slice::from_mut(&mut conn));
+            s.exchange(std::slice::from_mut(&mut conn));
             if conn.received().len() >= response.len() {
                 break;
             }

@@ -6,8 +6,8 @@ use core::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use rslirp_stack::testing::{parse_echo_message, GuestTcp, HostCall, Parsed, Scenario, TcpSegment};
 use rslirp_stack::{CloseMode, Config, Duration, FlowId, HostError};
 use smoltcp::wire::{
-    ArpOperation, ArpRepr, EthernetAddress, Icmpv4Message, Icmpv4Packet, IpProtocol, Ipv4Packet,
-    TcpPacket,
+    ArpOperation, ArpRepr, EthernetAddress, Icmpv4Message, Icmpv4Packet, IpProtocol, IpVersion,
+    Ipv4Packet, TcpPacket,
 };
 
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
@@ -144,8 +144,8 @@ mod icmp {
             assert_eq!(
                 the_only(s.drain(), "echo reply"),
                 Parsed::IcmpEcho {
-                    src: target,
-                    dst: GUEST,
+                    src: target.into(),
+                    dst: GUEST.into(),
                     reply: true,
                     ident: 0x1234,
                     seq_no,
@@ -165,8 +165,11 @@ mod icmp {
 
         let (flow, target) = the_only(s.host.ping_opens(), "ping_open");
         assert_eq!(target, IpAddr::V4(REMOTE));
-        let request = parse_echo_message(&the_only(s.host.ping_sent(flow), "ping_send"))
-            .expect("ping_send carries an ICMP echo request");
+        let request = parse_echo_message(
+            IpVersion::Ipv4,
+            &the_only(s.host.ping_sent(flow), "ping_send"),
+        )
+        .expect("ping_send carries an ICMP echo request");
         assert!(!request.reply);
         assert_eq!(request.seq_no, 7);
         assert_eq!(request.payload, payload);
@@ -177,8 +180,8 @@ mod icmp {
         assert_eq!(
             the_only(s.drain(), "echo reply"),
             Parsed::IcmpEcho {
-                src: REMOTE,
-                dst: GUEST,
+                src: REMOTE.into(),
+                dst: GUEST.into(),
                 reply: true,
                 ident: 0x1234,
                 seq_no: 7,
@@ -591,8 +594,8 @@ mod udp {
         assert_eq!(
             the_only(s.drain(), "UDP reply"),
             Parsed::Udp {
-                src: gateway(7),
-                dst: SocketAddrV4::new(GUEST, 5000),
+                src: gateway(7).into(),
+                dst: SocketAddrV4::new(GUEST, 5000).into(),
                 payload: b"echo".to_vec(),
             }
         );

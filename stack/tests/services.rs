@@ -306,8 +306,8 @@ mod dns {
         assert_eq!(
             the_only(s.drain(), "DNS answer"),
             Parsed::Udp {
-                src: dns(53),
-                dst: SocketAddrV4::new(GUEST, 33333),
+                src: dns(53).into(),
+                dst: SocketAddrV4::new(GUEST, 33333).into(),
                 payload: ANSWER.to_vec(),
             }
         );
@@ -326,7 +326,11 @@ mod dns {
         s.host_event(event);
         match the_only(s.drain(), "ICMP error") {
             Parsed::IcmpUnreachable { src, dst, code, .. } => {
-                assert_eq!((src, dst, code), (DNS, GUEST, 3), "port unreachable")
+                assert_eq!(
+                    (src, dst, code),
+                    (IpAddr::from(DNS), IpAddr::from(GUEST), 3),
+                    "port unreachable"
+                )
             }
             other => panic!("expected ICMP port unreachable, got {other:?}"),
         }
@@ -350,7 +354,7 @@ mod dns {
         assert_eq!(whole.len(), 1);
         match rslirp_stack::testing::parse(&whole[0]) {
             Parsed::Udp { src, payload, .. } => {
-                assert_eq!(src, dns(53));
+                assert_eq!(src, SocketAddr::from(dns(53)));
                 assert_eq!(payload, answer);
             }
             other => panic!("{other:?}"),
@@ -485,8 +489,8 @@ mod dns {
         assert_eq!(
             the_only(s.drain(), "DNS answer"),
             Parsed::Udp {
-                src: dns(53),
-                dst: SocketAddrV4::new(GUEST, 33333),
+                src: dns(53).into(),
+                dst: SocketAddrV4::new(GUEST, 33333).into(),
                 payload: ANSWER.to_vec(),
             }
         );
@@ -609,7 +613,7 @@ mod dns {
         else {
             panic!("expected ICMP destination unreachable");
         };
-        assert_eq!((src, dst), (DNS, GUEST));
+        assert_eq!((src, dst), (IpAddr::from(DNS), IpAddr::from(GUEST)));
         assert_eq!(code, 3, "port unreachable");
         assert_eq!(&original[..28], &query[14..14 + 28], "the query is quoted");
 
@@ -633,7 +637,11 @@ mod dns {
         s.guest_sends(&guest.udp(33333, dns(123), b"ntp?"));
         match the_only(s.drain(), "ICMP error") {
             Parsed::IcmpUnreachable { src, code, .. } => {
-                assert_eq!((src, code), (DNS, 3), "port unreachable from 10.0.2.3")
+                assert_eq!(
+                    (src, code),
+                    (IpAddr::from(DNS), 3),
+                    "port unreachable from 10.0.2.3"
+                )
             }
             other => panic!("expected ICMP port unreachable, got {other:?}"),
         }

@@ -10,8 +10,9 @@
 use crate::sim::Sim;
 use crate::{clock_step, Encoder, Input, HOST_ERRORS};
 use rslirp_stack::config::IPV6_DNS;
-use rslirp_stack::testing::frames::{try_parse, Guest, Parsed};
+use rslirp_stack::testing::frames::Guest;
 use rslirp_stack::testing::SocketKind;
+use rslirp_stack::testing::{try_parse, Parsed};
 use rslirp_stack::{Config, Duration};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 
@@ -131,7 +132,7 @@ fn udp6_query(guest: &Guest, port: u16, query: &[u8]) -> Vec<u8> {
 fn check_answer(frame: &[u8], dns: Ipv4Addr) {
     if let Ok(Parsed::Udp { src, .. }) = try_parse(frame) {
         if src.port() == 53 {
-            assert_eq!(*src.ip(), dns, "a DNS answer from another address");
+            assert_eq!(src.ip(), dns, "a DNS answer from another address");
         }
     }
 }

@@ -8,8 +8,8 @@
 use crate::offload::VnetHeader;
 use rslirp::event_loop::MAX_FRAME;
 use rslirp::tap::{frame_read, vnet_header, VNET_HDR_LEN};
-use rslirp_stack::testing::frames::{try_parse, ParseError, Parsed, TcpSegment};
-use rslirp_stack::testing::ipv6::{try_parse6, Parsed6};
+use rslirp_stack::testing::frames::TcpSegment;
+use rslirp_stack::testing::{try_parse, ParseError, Parsed};
 use rslirp_stack::testing::{SimHost, SimSocket};
 use rslirp_stack::{
     CloseMode, Config, Datagram, Duration, FlowId, HostError, HostEvent, HostIo, HostResult,
@@ -247,16 +247,16 @@ impl Sim {
             .unwrap_or_else(|_| panic!("the stack emitted a runt frame: {frame:02x?}"));
         if crate::tracing() {
             if eth.ethertype() == EthernetProtocol::Ipv6 {
-                eprintln!("  <- {} {:?}", self.now, try_parse6(frame));
+                eprintln!("  <- {} {:?}", self.now, try_parse(frame));
             } else {
                 eprintln!("  <- {} {:?}", self.now, try_parse(frame));
             }
         }
         let sent = if eth.ethertype() == EthernetProtocol::Ipv6 {
-            match try_parse6(frame) {
-                Ok(Parsed6::Tcp { ip, tcp }) => Some(SentTcp {
-                    src: IpAddr::V6(ip.src_addr),
-                    dst: IpAddr::V6(ip.dst_addr),
+            match try_parse(frame) {
+                Ok(Parsed::Tcp { ip, tcp }) => Some(SentTcp {
+                    src: ip.src_addr,
+                    dst: ip.dst_addr,
                     segment: tcp,
                 }),
                 Ok(_) => None,
@@ -265,8 +265,8 @@ impl Sim {
         } else {
             match try_parse(frame) {
                 Ok(Parsed::Tcp { ip, tcp }) => Some(SentTcp {
-                    src: IpAddr::V4(ip.src_addr),
-                    dst: IpAddr::V4(ip.dst_addr),
+                    src: ip.src_addr,
+                    dst: ip.dst_addr,
                     segment: tcp,
                 }),
                 Ok(_) => None,
@@ -296,7 +296,7 @@ impl Sim {
             return;
         };
         let result = if eth.ethertype() == EthernetProtocol::Ipv6 {
-            try_parse6(frame).map(|_| ())
+            try_parse(frame).map(|_| ())
         } else {
             try_parse(frame).map(|_| ())
         };

@@ -370,11 +370,16 @@ impl SimHost {
         readable_event(flow)
     }
 
-    /// The pinged host answers: an echo reply as the kernel hands it to a ping socket,
-    /// carrying the socket's own identifier (not the guest's).
+    /// The pinged host answers: an echo reply as the kernel hands it to a ping socket
+    /// of the socket's family, carrying the socket's own identifier (not the guest's).
     pub fn ping_reply(&mut self, flow: FlowId, seq_no: u16, payload: &[u8]) -> HostEvent {
-        let ident = self.expect_mut(flow).ping_ident;
-        let message = super::frames::echo_message(true, ident, seq_no, payload);
+        let socket = self.expect_mut(flow);
+        let version = match socket.remote {
+            SocketAddr::V4(_) => smoltcp::wire::IpVersion::Ipv4,
+            SocketAddr::V6(_) => smoltcp::wire::IpVersion::Ipv6,
+        };
+        let ident = socket.ping_ident;
+        let message = super::frames::echo_message(version, true, ident, seq_no, payload);
         self.deliver_datagram(flow, &message)
     }
 

@@ -10,17 +10,20 @@
 //! a socket the stack already closed, or a stack that asks to be polled forever panics with
 //! a message that says which contract was broken.
 
-pub use frames::{
-    dhcp_client_message, echo_message, parse, parse_echo_message, try_parse, DhcpMessage,
-    EchoMessage, Guest, GuestTcp, ParseError, Parsed, TcpSegment, GUEST_MAC,
-};
+pub use frames::{dhcp_client_message, echo_message, Guest, TcpSegment, GUEST_MAC};
+pub use guest_tcp::GuestTcp;
 pub use host::{HostCall, SimHost, SimSocket, SocketKind, SocketState};
+pub use parse::{
+    parse, parse_echo_message, try_parse, DhcpMessage, EchoMessage, IpHeader, ParseError, Parsed,
+};
 pub use scenario::{complete_checksum, Scenario, START};
 
 pub mod fragments;
 pub mod frames;
+pub mod guest_tcp;
 pub mod host;
 pub mod ipv6;
+pub mod parse;
 pub mod scenario;
 
 #[cfg(test)]

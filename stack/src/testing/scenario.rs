@@ -1,13 +1,15 @@
 //! The harness: a stack, a simulated host and a guest on a virtual clock.
 
-use super::frames::{parse, Guest, GuestTcp, Parsed};
+use super::frames::Guest;
+use super::guest_tcp::GuestTcp;
 use super::host::{SimHost, SocketKind};
+use super::parse::{parse, Parsed};
 use crate::config::Config;
 use crate::io::{FlowId, HostError, HostEvent};
 use crate::stack::Stack;
 use crate::stats::Stats;
 use crate::Offload;
-use core::net::{SocketAddr, SocketAddrV4};
+use core::net::SocketAddr;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{checksum, EthernetAddress, EthernetFrame, ETHERNET_HEADER_LEN};
 use std::collections::{HashMap, HashSet};
@@ -131,7 +133,8 @@ impl Scenario {
         );
     }
 
-    /// Frames the stack sent to the guest since the last drain, decoded. Panics if a
+    /// Frames the stack sent to the guest since the last drain, decoded (IPv4 and IPv6
+    /// alike, see [`parse`]). Panics if a
     /// frame is not addressed to the guest's MAC, exceeds the MTU or has a bad checksum.
     /// Fragments come reassembled, as the guest's kernel passes them on (each checked
     /// first); see [`Scenario::drain_raw`] for the frames themselves.
@@ -383,16 +386,21 @@ impl Scenario {
 
     // ---- TCP conveniences ----
 
-    /// A guest connection from `local_port` to `remote` with a fixed, port-derived ISN
-    /// (not sent yet).
-    pub fn guest_tcp(&self, local_port: u16, remote: SocketAddrV4) -> GuestTcp {
+    /// A guest connection from `local_port` to `remote` (IPv4 or IPv6) with a fixed,
+    /// port-derived ISN (not sent yet).
+    pub fn guest_tcp(&self, local_port: u16, remote: impl Into<SocketAddr>) -> GuestTcp {
         let isn = u32::from(local_port).wrapping_mul(0x9e37_79b9);
         GuestTcp::new(&self.guest, local_port, remote, isn)
     }
 
     /// The whole happy handshake: SYN, exactly one host connect, the connect completes,
     /// SYN-ACK, ACK. Returns the connection and its host flow.
-    pub fn open_tcp(&mut self, local_port: u16, remote: SocketAddrV4) -> (GuestTcp, FlowId) {
+    pub fn open_tcp(
+        &mut self,
+        local_port: u16,
+        remote: impl Into<SocketAddr>,
+    ) -> (GuestTcp, FlowId) {
+        let remote = remote.into();
         let mut conn = self.guest_tcp(local_port, remote);
         let connects_before = self.host.connects().len();
         self.guest_sends(&conn.syn());
@@ -416,7 +424,7 @@ impl Scenario {
     /// connection ACK what it received, until the stack has nothing more to say (the
     /// clock does not move). Returns the frames no connection claimed.
     pub fn exchange(&mut self, conns: &mut [GuestTcp]) -> Vec<Parsed> {
-        let index: HashMap<(u16, SocketAddrV4), usize> = conns
+        let index: HashMap<(u16, SocketAddr), usize> = conns
             .iter()
             .enumerate()
             .map(|(i, conn)| ((conn.local_port, conn.remote), i))
@@ -429,7 +437,7 @@ impl Scenario {
             }
             for frame in frames {
                 let owner = frame.tcp().and_then(|(ip, tcp)| {
-                    let remote = SocketAddrV4::new(ip.src_addr, tcp.src_port);
+                    let remote = SocketAddr::new(ip.src_addr, tcp.src_port);
                     index.get(&(tcp.dst_port, remote)).copied()
                 });
                 match owner {
