@@ -238,22 +238,13 @@ fn an_ipv6_flow_renewed_for_ipv4_keeps_its_segments_within_the_mtu() {
     // frame as tun and the guest's kernel would), and the data must arrive whole.
     let mut conn = s.guest_tcp(40001, SocketAddrV4::new(REMOTE, 80));
     conn.mss = 9000;
-    let connects_before = s.host.connects().len();
-    s.guest_sends(&conn.syn());
-    let (flow, _) = s.host.connects()[connects_before];
+    let (flow, _) = s.syn_and_connect(&mut conn);
     s.complete_connect(flow);
     s.exchange(std::slice::from_mut(&mut conn));
     assert!(conn.established());
     s.take_offload_log();
     let data: Vec<u8> = (0..40_000).map(|i| (i * 7 + i / 253) as u8).collect();
-    s.peer_send(flow, &data);
-    for _ in 0..100 {
-        s.exchange(std::slice::from_mut(&mut conn));
-        if conn.received().len() >= data.len() {
-            break;
-        }
-        s.advance(rslirp_stack::Duration::from_millis(10));
-    }
+    s.download(&mut conn, flow, &data);
     assert!(conn.received() == &data[..], "the download arrived whole");
     for (len, offload) in s.take_offload_log() {
         match offload.gso {

@@ -6,8 +6,8 @@
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use rslirp_stack::testing::ipv6::{multicast_mac, solicited_node, ALL_NODES};
-use rslirp_stack::testing::{echo_message, parse_echo_message, GuestTcp, Parsed, Scenario, START};
-use rslirp_stack::{Config, Duration, FlowId, HostError};
+use rslirp_stack::testing::{echo_message, parse_echo_message, Parsed, Scenario, START};
+use rslirp_stack::{Config, Duration, HostError};
 use smoltcp::wire::{
     EthernetAddress, IpVersion, NdiscNeighborFlags, NdiscPrefixInfoFlags, NdiscPrefixInformation,
     NdiscRepr, NdiscRouterFlags, RawHardwareAddress,
@@ -470,41 +470,11 @@ mod echo {
 mod tcp {
     use super::*;
 
-    /// The guest sends a SYN; the stack must ask the host for exactly one connect.
-    fn syn_and_connect(s: &mut Scenario, conn: &mut GuestTcp) -> (FlowId, SocketAddr) {
-        let before = s.host.connects().len();
-        s.guest_sends(&conn.syn());
-        let connects = s.host.connects();
-        assert_eq!(connects.len(), before + 1, "one host connect per SYN");
-        connects[before]
-    }
-
-    /// Lets frames and time flow (10 ms steps, at most 30 virtual seconds) until `done`.
-    fn run_until(
-        s: &mut Scenario,
-        conn: &mut GuestTcp,
-        what: &str,
-        done: impl Fn(&GuestTcp) -> bool,
-    ) {
-        for _ in 0..3_000 {
-            let unclaimed = s.exchange(std::slice::from_mut(conn));
-            assert!(
-                unclaimed.is_empty(),
-                "unexpected frames while waiting for {what}: {unclaimed:?}"
-            );
-            if done(conn) {
-                return;
-            }
-            s.advance(Duration::from_millis(10));
-        }
-        panic!("{what} did not happen within 30 virtual seconds");
-    }
-
     #[test]
     fn gateway_port_is_host_loopback_and_syn_ack_waits_for_the_connect() {
         let mut s = guest_up();
         let mut conn = s.guest_tcp(40000, v6(GATEWAY, 8080));
-        let (flow, target) = syn_and_connect(&mut s, &mut conn);
+        let (flow, target) = s.syn_and_connect(&mut conn);
         assert_eq!(
             target,
             host_loopback6(8080),
@@ -546,28 +516,36 @@ mod tcp {
         let request = b"GET / HTTP/1.0\r\n\r\n";
         let frame = conn.send(request);
         s.guest_sends(&frame);
-        run_until(&mut s, &mut conn, "the ACK of the request", |c| {
-            c.all_acked()
-        });
+        s.run_until(
+            std::slice::from_mut(&mut conn),
+            "the ACK of the request",
+            |_, c| c[0].all_acked(),
+        );
         assert_eq!(s.take_sent(flow), request);
 
         let response: Vec<u8> = (0..100_000).map(|i| (i * 7 + i / 253) as u8).collect();
         s.peer_send(flow, &response);
-        run_until(&mut s, &mut conn, "the whole response", |c| {
-            c.received().len() >= response.len()
-        });
+        s.run_until(
+            std::slice::from_mut(&mut conn),
+            "the whole response",
+            |_, c| c[0].received().len() >= response.len(),
+        );
         assert!(
             conn.received() == response,
             "response arrived intact and in order"
         );
 
         s.peer_close(flow);
-        run_until(&mut s, &mut conn, "the FIN", |c| c.peer_fin);
+        s.run_until(std::slice::from_mut(&mut conn), "the FIN", |_, c| {
+            c[0].peer_fin
+        });
         let fin = conn.fin();
         s.guest_sends(&fin);
-        run_until(&mut s, &mut conn, "the ACK of the guest's FIN", |c| {
-            c.all_acked()
-        });
+        s.run_until(
+            std::slice::from_mut(&mut conn),
+            "the ACK of the guest's FIN",
+            |_, c| c[0].all_acked(),
+        );
         s.advance(secs(120));
         assert!(s.host.close_mode(flow).is_some(), "host socket closed");
         assert_eq!(s.stats().tcp_flows, 0);
@@ -577,7 +555,7 @@ mod tcp {
     fn refused_connect_resets_the_guest() {
         let mut s = guest_up();
         let mut conn = s.guest_tcp(40000, v6(GATEWAY, 81));
-        let (flow, _) = syn_and_connect(&mut s, &mut conn);
+        let (flow, _) = s.syn_and_connect(&mut conn);
         s.fail_connect(flow, HostError::ConnectionRefused);
         let frame = the_only(s.drain(), "RST");
         let (ip, rst) = frame.tcp().expect("a TCP segment");

@@ -55,15 +55,7 @@ fn download(
     data: &[u8],
 ) -> Vec<(usize, Offload)> {
     s.take_offload_log();
-    s.peer_send(flow, data);
-    for _ in 0..100 {
-        s.exchange(std::slice::from_mut(conn));
-        if conn.received().len() >= data.len() {
-            break;
-        }
-        // Let retransmission or window timers run, should the exchange have stalled.
-        s.advance(rslirp_stack::Duration::from_millis(10));
-    }
+    s.download(conn, flow, data);
     let received = conn.take_received();
     assert!(
         received == data,
@@ -246,14 +238,7 @@ mod host_to_guest {
         assert_eq!(conn.peer_mss, Some(1440));
         s.take_offload_log();
         let response = pattern(300_000);
-        s.peer_send(flow, &response);
-        for _ in 0..100 {
-            s.exchange(std::slice::from_mut(&mut conn));
-            if conn.received().len() >= response.len() {
-                break;
-            }
-            s.advance(rslirp_stack::Duration::from_millis(10));
-        }
+        s.download(&mut conn, flow, &response);
         let log = s.take_offload_log();
         assert!(
             conn.received() == &response[..],

@@ -48,41 +48,6 @@ fn the_only_segment(frames: Vec<Parsed>, what: &str) -> TcpSegment {
     }
 }
 
-/// The guest sends a SYN; the stack must ask the host for exactly one connect.
-fn syn_and_connect(s: &mut Scenario, conn: &mut GuestTcp) -> (FlowId, SocketAddr) {
-    let before = s.host.connects().len();
-    s.guest_sends(&conn.syn());
-    let connects = s.host.connects();
-    assert_eq!(
-        connects.len(),
-        before + 1,
-        "a SYN to {} starts exactly one host connect",
-        conn.remote
-    );
-    connects[before]
-}
-
-/// Lets frames and time flow (10 ms steps, at most 30 virtual seconds) until `done`.
-fn run_until(
-    s: &mut Scenario,
-    conns: &mut [GuestTcp],
-    what: &str,
-    done: impl Fn(&Scenario, &[GuestTcp]) -> bool,
-) {
-    for _ in 0..3_000 {
-        let unclaimed = s.exchange(conns);
-        assert!(
-            unclaimed.is_empty(),
-            "unexpected frames while waiting for {what}: {unclaimed:?}"
-        );
-        if done(s, conns) {
-            return;
-        }
-        s.advance(Duration::from_millis(10));
-    }
-    panic!("{what} did not happen within 30 virtual seconds");
-}
-
 /// Deterministic, distinct test data.
 fn pattern(seed: usize, len: usize) -> Vec<u8> {
     (0..len)
@@ -213,7 +178,7 @@ mod tcp {
     fn syn_ack_waits_for_the_host_connect() {
         let mut s = Scenario::new();
         let mut conn = s.guest_tcp(40000, remote(80));
-        let (flow, target) = syn_and_connect(&mut s, &mut conn);
+        let (flow, target) = s.syn_and_connect(&mut conn);
         assert_eq!(target, SocketAddr::V4(remote(80)));
         assert_eq!(s.drain(), vec![], "no SYN-ACK while the host connects");
 
@@ -296,7 +261,7 @@ mod tcp {
     fn refused_connect_resets_the_guest() {
         let mut s = Scenario::new();
         let mut conn = s.guest_tcp(40000, remote(81));
-        let (flow, _) = syn_and_connect(&mut s, &mut conn);
+        let (flow, _) = s.syn_and_connect(&mut conn);
         s.fail_connect(flow, HostError::ConnectionRefused);
         let rst = the_only_segment(s.drain(), "RST");
         assert!(rst.rst && !rst.syn, "got {}", rst.flags());
@@ -315,7 +280,7 @@ mod tcp {
         let mut s = Scenario::new();
         let mut conn = s.guest_tcp(40000, remote(80));
         let syn = conn.syn();
-        let (flow, _) = syn_and_connect(&mut s, &mut conn);
+        let (flow, _) = s.syn_and_connect(&mut conn);
         s.fail_connect(flow, HostError::HostUnreachable);
         let Parsed::IcmpUnreachable {
             dst,
@@ -342,14 +307,14 @@ mod tcp {
         let request = b"GET / HTTP/1.0\r\n\r\n";
         let frame = conns[0].send(request);
         s.guest_sends(&frame);
-        run_until(&mut s, &mut conns, "the ACK of the request", |_, c| {
+        s.run_until(&mut conns, "the ACK of the request", |_, c| {
             c[0].all_acked()
         });
         assert_eq!(s.take_sent(flow), request);
 
         let response = pattern(2, 200_000);
         s.peer_send(flow, &response);
-        run_until(&mut s, &mut conns, "the whole response", |_, c| {
+        s.run_until(&mut conns, "the whole response", |_, c| {
             c[0].received().len() >= response.len()
         });
         assert!(
@@ -364,9 +329,7 @@ mod tcp {
             let frame = conns[0].send(chunk);
             s.guest_sends(&frame);
         }
-        run_until(&mut s, &mut conns, "the ACK of the upload", |_, c| {
-            c[0].all_acked()
-        });
+        s.run_until(&mut conns, "the ACK of the upload", |_, c| c[0].all_acked());
         assert!(s.take_sent(flow) == upload, "upload arrived intact");
     }
 
@@ -410,7 +373,7 @@ mod tcp {
         s.guest_sends(&frame);
         let fin = conns[0].fin();
         s.guest_sends(&fin);
-        run_until(&mut s, &mut conns, "the ACK of the guest's FIN", |_, c| {
+        s.run_until(&mut conns, "the ACK of the guest's FIN", |_, c| {
             c[0].all_acked()
         });
         assert_eq!(s.take_sent(flow), b"request, then FIN");
@@ -422,16 +385,14 @@ mod tcp {
 
         let reply = pattern(5, 5_000);
         s.peer_send(flow, &reply);
-        run_until(&mut s, &mut conns, "the reply after the FIN", |_, c| {
+        s.run_until(&mut conns, "the reply after the FIN", |_, c| {
             c[0].received().len() >= reply.len()
         });
         assert!(conns[0].received() == reply, "the reply arrived intact");
         assert!(!conns[0].peer_fin);
 
         s.peer_close(flow);
-        run_until(&mut s, &mut conns, "the FIN to the guest", |_, c| {
-            c[0].peer_fin
-        });
+        s.run_until(&mut conns, "the FIN to the guest", |_, c| c[0].peer_fin);
         s.advance(secs(1));
         assert_eq!(s.host.close_mode(flow), Some(CloseMode::Graceful));
         assert_eq!(s.stats().tcp_flows, 0);
@@ -446,14 +407,12 @@ mod tcp {
 
         s.peer_send(flow, b"banner, then EOF");
         s.peer_close(flow);
-        run_until(&mut s, &mut conns, "the FIN to the guest", |_, c| {
-            c[0].peer_fin
-        });
+        s.run_until(&mut conns, "the FIN to the guest", |_, c| c[0].peer_fin);
         assert_eq!(conns[0].received(), b"banner, then EOF");
 
         let frame = conns[0].send(b"still talking");
         s.guest_sends(&frame);
-        run_until(&mut s, &mut conns, "the ACK of the late data", |_, c| {
+        s.run_until(&mut conns, "the ACK of the late data", |_, c| {
             c[0].all_acked()
         });
         assert_eq!(s.take_sent(flow), b"still talking");
@@ -461,7 +420,7 @@ mod tcp {
 
         let fin = conns[0].fin();
         s.guest_sends(&fin);
-        run_until(&mut s, &mut conns, "the ACK of the guest's FIN", |_, c| {
+        s.run_until(&mut conns, "the ACK of the guest's FIN", |_, c| {
             c[0].all_acked()
         });
         // Both directions are done, so a half-close or an orderly close both carry the FIN.
@@ -658,14 +617,14 @@ mod scale {
         config.limits.max_half_open = 2;
         let mut s = Scenario::with_config(config);
         let mut oldest = s.guest_tcp(40000, remote(80));
-        let (oldest_flow, _) = syn_and_connect(&mut s, &mut oldest);
+        let (oldest_flow, _) = s.syn_and_connect(&mut oldest);
         let mut second = s.guest_tcp(40001, remote(81));
-        syn_and_connect(&mut s, &mut second);
+        s.syn_and_connect(&mut second);
         assert_eq!(s.drain(), vec![], "both connects still pending");
 
         // A third connect, to a host that answers, is admitted...
         let mut third = s.guest_tcp(40002, gateway(8080));
-        let (third_flow, _) = syn_and_connect(&mut s, &mut third);
+        let (third_flow, _) = s.syn_and_connect(&mut third);
         // ...and the oldest is given up as timed out: host socket closed, guest told.
         assert_eq!(s.host.close_mode(oldest_flow), Some(CloseMode::Abort));
         let Parsed::IcmpUnreachable { code, .. } = the_only(s.drain(), "ICMP for the oldest")
@@ -706,7 +665,7 @@ mod scale {
         // All SYNs first: a thousand host connects in flight at once.
         let flows: Vec<FlowId> = conns
             .iter_mut()
-            .map(|conn| syn_and_connect(&mut s, conn).0)
+            .map(|conn| s.syn_and_connect(conn).0)
             .collect();
         let distinct: std::collections::HashSet<_> = flows.iter().collect();
         assert_eq!(distinct.len(), FLOWS, "every connection has its own flow");
@@ -716,7 +675,7 @@ mod scale {
         for &flow in &flows {
             s.complete_connect(flow);
         }
-        run_until(&mut s, &mut conns, "every handshake", |_, c| {
+        s.run_until(&mut conns, "every handshake", |_, c| {
             c.iter().all(GuestTcp::established)
         });
 
@@ -727,7 +686,7 @@ mod scale {
         for (i, &flow) in flows.iter().enumerate() {
             s.peer_send(flow, &download(i));
         }
-        run_until(&mut s, &mut conns, "every transfer", |_, c| {
+        s.run_until(&mut conns, "every transfer", |_, c| {
             c.iter()
                 .enumerate()
                 .all(|(i, conn)| conn.all_acked() && conn.received().len() >= download(i).len())
@@ -746,7 +705,7 @@ mod scale {
         for &flow in &flows {
             s.peer_close(flow);
         }
-        run_until(&mut s, &mut conns, "every close", |_, c| {
+        s.run_until(&mut conns, "every close", |_, c| {
             c.iter().all(|conn| conn.peer_fin && conn.all_acked())
         });
         s.advance(secs(120));
@@ -770,7 +729,7 @@ mod short_connections {
         s.guest_sends(&frame);
         s.peer_send(flow, &down);
         let conns = std::slice::from_mut(&mut conn);
-        run_until(s, conns, "the exchange", |_, c| {
+        s.run_until(conns, "the exchange", |_, c| {
             c[0].all_acked() && c[0].received().len() >= down.len()
         });
         assert_eq!(s.take_sent(flow), up, "upload of connection {i}");
@@ -779,7 +738,7 @@ mod short_connections {
         s.guest_sends(&fin);
         s.peer_close(flow);
         let conns = std::slice::from_mut(&mut conn);
-        run_until(s, conns, "the close", |s, c| {
+        s.run_until(conns, "the close", |s, c| {
             c[0].peer_fin && c[0].all_acked() && s.stats().tcp_flows == 0
         });
         assert_eq!(s.host.close_mode(flow), Some(CloseMode::Graceful));
@@ -906,7 +865,7 @@ mod close_orders {
         }
         let fin = conns[0].fin();
         s.guest_sends(&fin);
-        run_until(s, conns, "the ACK of the upload and the FIN", |_, c| {
+        s.run_until(conns, "the ACK of the upload and the FIN", |_, c| {
             c[0].all_acked()
         });
     }
@@ -918,9 +877,7 @@ mod close_orders {
         let mut conns = [conn];
         // The host peer shuts its write side: the guest sees EOF and starts its upload.
         s.peer_close(flow);
-        run_until(&mut s, &mut conns, "the FIN to the guest", |_, c| {
-            c[0].peer_fin
-        });
+        s.run_until(&mut conns, "the FIN to the guest", |_, c| c[0].peer_fin);
         assert_eq!(s.host.set_send_window(flow, 1_000), None);
 
         let upload = pattern(21, 200_000);
@@ -952,9 +909,7 @@ mod close_orders {
         // The host peer closes its side before it read the upload: FIN to the guest,
         // the guest ACKs it, the stack's socket is CLOSED with the upload still queued.
         s.peer_close(flow);
-        run_until(&mut s, &mut conns, "the FIN to the guest", |_, c| {
-            c[0].peer_fin
-        });
+        s.run_until(&mut conns, "the FIN to the guest", |_, c| c[0].peer_fin);
         assert_eq!(s.host.close_mode(flow), None, "not reset, not closed");
         let reading = (1_000, secs(1), secs(400));
         let delivered = slow_reader(&mut s, &mut conns, flow, upload.len(), reading);
@@ -1020,7 +975,7 @@ mod close_orders {
         s.advance(secs(3 * 3600));
         assert_eq!(s.host.close_mode(flow), None);
         s.peer_send(flow, b"still here");
-        run_until(&mut s, &mut conns, "data after hours of silence", |_, c| {
+        s.run_until(&mut conns, "data after hours of silence", |_, c| {
             c[0].received() == b"still here"
         });
     }
@@ -1046,12 +1001,9 @@ mod close_orders {
         conns[0].window = 65_535;
         let ack = conns[0].ack();
         s.guest_sends(&ack);
-        run_until(
-            &mut s,
-            &mut conns,
-            "the data once the window opens",
-            |_, c| c[0].received().len() == 5_000,
-        );
+        s.run_until(&mut conns, "the data once the window opens", |_, c| {
+            c[0].received().len() == 5_000
+        });
     }
 
     #[test]
@@ -1060,9 +1012,7 @@ mod close_orders {
         let (conn, flow) = s.open_tcp(40000, remote(80));
         let mut conns = [conn];
         s.peer_close(flow);
-        run_until(&mut s, &mut conns, "the FIN to the guest", |_, c| {
-            c[0].peer_fin
-        });
+        s.run_until(&mut conns, "the FIN to the guest", |_, c| c[0].peer_fin);
         // The guest ACKed our FIN (FIN-WAIT-2) and then goes silent for good.
         let fin_timeout = s.config().timeouts.tcp_fin_wait2;
         s.advance(fin_timeout - secs(5));
@@ -1079,9 +1029,7 @@ mod close_orders {
         let (conn, flow) = s.open_tcp(40000, remote(80));
         let mut conns = [conn];
         s.peer_close(flow);
-        run_until(&mut s, &mut conns, "the FIN to the guest", |_, c| {
-            c[0].peer_fin
-        });
+        s.run_until(&mut conns, "the FIN to the guest", |_, c| c[0].peer_fin);
         let fin_timeout = s.config().timeouts.tcp_fin_wait2;
         let mut sent = Vec::new();
         for i in 0..4u8 {
@@ -1090,7 +1038,7 @@ mod close_orders {
             s.guest_sends(&frame);
             sent.extend_from_slice(&[i; 100]);
         }
-        run_until(&mut s, &mut conns, "the ACKs", |_, c| c[0].all_acked());
+        s.run_until(&mut conns, "the ACKs", |_, c| c[0].all_acked());
         assert_eq!(s.host.close_mode(flow), None);
         assert_eq!(s.take_sent(flow), sent);
     }
@@ -1204,9 +1152,7 @@ mod round_trip {
         let event = s.host.event(flow);
         assert!(event.read_closed);
         s.host_event(event);
-        run_until(&mut s, &mut conns, "the data and the FIN", |_, c| {
-            c[0].peer_fin
-        });
+        s.run_until(&mut conns, "the data and the FIN", |_, c| c[0].peer_fin);
         assert_eq!(conns[0].received(), b"last words");
     }
 
@@ -1222,7 +1168,7 @@ mod round_trip {
             assert!(s.take_sent(flow) == request, "request {i} went on");
             let reply = pattern(i + 1000, 1 + (i * 13) % 3000);
             s.peer_send(flow, &reply);
-            run_until(&mut s, &mut conns, "the reply", |_, c| {
+            s.run_until(&mut conns, "the reply", |_, c| {
                 c[0].received().len() >= reply.len()
             });
             assert!(conns[0].take_received() == reply, "reply {i} arrived whole");

@@ -34,6 +34,10 @@ const MAX_POLLS_PER_INSTANT: usize = 64;
 const MAX_DEADLINES_PER_ADVANCE: usize = 1_000_000;
 /// Rounds of frames-in/ACKs-out one `exchange` may take.
 const MAX_EXCHANGE_ROUNDS: usize = 1_000;
+/// 10 ms rounds of [`Scenario::run_until`]: 30 virtual seconds.
+const RUN_UNTIL_ROUNDS: usize = 3_000;
+/// 10 ms rounds of [`Scenario::download`]: one virtual second.
+const DOWNLOAD_ROUNDS: usize = 100;
 
 /// Plays the event loop around a [`Stack`]: every input is one loop iteration (handle
 /// the input, `poll(now)` until `poll_at` is in the future, write every queued frame to
@@ -402,15 +406,7 @@ impl Scenario {
     ) -> (GuestTcp, FlowId) {
         let remote = remote.into();
         let mut conn = self.guest_tcp(local_port, remote);
-        let connects_before = self.host.connects().len();
-        self.guest_sends(&conn.syn());
-        let connects = self.host.connects();
-        assert_eq!(
-            connects.len(),
-            connects_before + 1,
-            "a SYN to {remote} should start exactly one host connect"
-        );
-        let (flow, _) = connects[connects_before];
+        let (flow, _) = self.syn_and_connect(&mut conn);
         self.complete_connect(flow);
         let others = self.exchange(std::slice::from_mut(&mut conn));
         assert!(
@@ -418,6 +414,59 @@ impl Scenario {
             "no SYN-ACK from {remote} after the host connect completed; other frames: {others:?}"
         );
         (conn, flow)
+    }
+
+    /// The guest sends `conn`'s SYN; the stack must ask the host for exactly one connect,
+    /// whose flow and remote address this returns.
+    pub fn syn_and_connect(&mut self, conn: &mut GuestTcp) -> (FlowId, SocketAddr) {
+        let before = self.host.connects().len();
+        self.guest_sends(&conn.syn());
+        let connects = self.host.connects();
+        assert_eq!(
+            connects.len(),
+            before + 1,
+            "a SYN to {} should start exactly one host connect",
+            conn.remote
+        );
+        connects[before]
+    }
+
+    /// Lets frames and time flow until `done`: each round an [`Scenario::exchange`] (no
+    /// frame may go unclaimed) and 10 ms of virtual time, at most 30 virtual seconds;
+    /// panics naming `what` if `done` never holds.
+    pub fn run_until(
+        &mut self,
+        conns: &mut [GuestTcp],
+        what: &str,
+        done: impl Fn(&Scenario, &[GuestTcp]) -> bool,
+    ) {
+        for _ in 0..RUN_UNTIL_ROUNDS {
+            let unclaimed = self.exchange(conns);
+            assert!(
+                unclaimed.is_empty(),
+                "unexpected frames while waiting for {what}: {unclaimed:?}"
+            );
+            if done(self, conns) {
+                return;
+            }
+            self.advance(Duration::from_millis(10));
+        }
+        panic!("{what} did not happen within 30 virtual seconds");
+    }
+
+    /// The host peer of `flow` sends `data` to `conn`; exchanges, with 10 ms of virtual
+    /// time between rounds for retransmission and window timers, until `conn` received
+    /// as many bytes or a second passed. Frames of others are ignored; the caller checks
+    /// what arrived.
+    pub fn download(&mut self, conn: &mut GuestTcp, flow: FlowId, data: &[u8]) {
+        self.peer_send(flow, data);
+        for _ in 0..DOWNLOAD_ROUNDS {
+            self.exchange(std::slice::from_mut(conn));
+            if conn.received().len() >= data.len() {
+                return;
+            }
+            self.advance(Duration::from_millis(10));
+        }
     }
 
     /// Delivers the stack's frames to the connections they belong to and lets each
