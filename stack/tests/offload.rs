@@ -46,6 +46,13 @@ fn leave_checksum_partial(frame: &mut [u8]) {
     frame[field..field + 2].copy_from_slice(&pseudo.to_be_bytes());
 }
 
+/// Some frames of the download were cut by the device, every one into segments of `size`.
+fn assert_segments_of(log: &[(usize, Offload)], size: u16) {
+    let gso: Vec<Gso> = log.iter().filter_map(|(_, offload)| offload.gso).collect();
+    assert!(!gso.is_empty());
+    assert!(gso.iter().all(|gso| gso.segment_size == size), "{gso:?}");
+}
+
 /// The host peer sends `data`; the guest takes and ACKs what arrives until it has all of
 /// it. Returns the size and metadata of every frame the stack wrote meanwhile.
 fn download(
@@ -197,9 +204,7 @@ mod host_to_guest {
         s.guest_sends(&conn.ack());
 
         let log = download(&mut s, &mut conn, flow, &pattern(300_000));
-        let gso: Vec<Gso> = log.iter().filter_map(|(_, offload)| offload.gso).collect();
-        assert!(!gso.is_empty());
-        assert!(gso.iter().all(|gso| gso.segment_size == 1000), "{gso:?}");
+        assert_segments_of(&log, 1000);
     }
 
     #[test]
@@ -224,9 +229,7 @@ mod host_to_guest {
         s.exchange(&mut conns);
 
         let log = download(&mut s, &mut conns[0], flow, &pattern(300_000));
-        let gso: Vec<Gso> = log.iter().filter_map(|(_, offload)| offload.gso).collect();
-        assert!(!gso.is_empty());
-        assert!(gso.iter().all(|gso| gso.segment_size == 1200), "{gso:?}");
+        assert_segments_of(&log, 1200);
     }
 
     #[test]

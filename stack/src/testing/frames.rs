@@ -8,7 +8,7 @@ use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, DhcpMessageType, DhcpPacket, DhcpRepr, EthernetAddress,
     EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv4Packet, Icmpv4Repr, Icmpv6Packet,
     Icmpv6Repr, IpAddress, IpProtocol, IpVersion, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket,
-    TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr, ETHERNET_HEADER_LEN,
+    TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr, ETHERNET_HEADER_LEN, UDP_HEADER_LEN,
 };
 
 /// The guest's MAC in scenarios (locally administered, like a tap's random one).
@@ -124,6 +124,37 @@ impl TcpSegment {
             }
         }
         text
+    }
+}
+
+/// A UDP datagram the guest sends, over either family.
+pub(super) struct UdpDatagram<'a> {
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub payload: &'a [u8],
+}
+
+impl UdpDatagram<'_> {
+    /// Length of the UDP header and payload.
+    pub fn buffer_len(&self) -> usize {
+        UDP_HEADER_LEN + self.payload.len()
+    }
+
+    /// Writes the datagram into `buf`, checksummed for the pseudo-header `src`, `dst`.
+    pub fn emit(&self, buf: &mut [u8], src: &IpAddress, dst: &IpAddress) {
+        let repr = UdpRepr {
+            src_port: self.src_port,
+            dst_port: self.dst_port,
+        };
+        let payload = self.payload;
+        repr.emit(
+            &mut UdpPacket::new_unchecked(buf),
+            src,
+            dst,
+            payload.len(),
+            |out| out.copy_from_slice(payload),
+            &checksums(),
+        )
     }
 }
 
@@ -302,21 +333,17 @@ impl Guest {
     }
 
     pub fn udp(&self, src_port: u16, dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
-        let repr = UdpRepr {
+        let datagram = UdpDatagram {
             src_port,
             dst_port: dst.port(),
+            payload,
         };
-        let len = repr.header_len() + payload.len();
-        self.ipv4(*dst.ip(), IpProtocol::Udp, len, |buf, src, dst| {
-            repr.emit(
-                &mut UdpPacket::new_unchecked(buf),
-                src,
-                dst,
-                payload.len(),
-                |out| out.copy_from_slice(payload),
-                &checksums(),
-            )
-        })
+        self.ipv4(
+            *dst.ip(),
+            IpProtocol::Udp,
+            datagram.buffer_len(),
+            |buf, src, dst| datagram.emit(buf, src, dst),
+        )
     }
 
     /// "`self.ip` is at `self.mac`", to whoever asked.

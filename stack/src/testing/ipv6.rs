@@ -6,11 +6,11 @@
 //! [`GUEST_MAC`](super::GUEST_MAC) 02:00:00:00:00:01 gives fe80::ff:fe00:1 and
 //! fd00::ff:fe00:1 (or the `--cidr6` prefix's ::ff:fe00:1).
 
-use super::frames::{checksums, Guest, TcpSegment};
+use super::frames::{checksums, Guest, TcpSegment, UdpDatagram};
 use core::net::{Ipv6Addr, SocketAddrV6};
 use smoltcp::wire::{
     EthernetAddress, EthernetProtocol, Icmpv6Packet, Icmpv6Repr, IpAddress, IpProtocol, Ipv6Packet,
-    Ipv6Repr, NdiscRepr, RawHardwareAddress, UdpPacket, UdpRepr,
+    Ipv6Repr, NdiscRepr, RawHardwareAddress,
 };
 
 /// ff02::1, every node on the link (where router advertisements go).
@@ -171,28 +171,19 @@ impl Guest {
         hop_limit: u8,
         payload: &[u8],
     ) -> Vec<u8> {
-        let repr = UdpRepr {
+        let datagram = UdpDatagram {
             src_port: src.port(),
             dst_port: dst.port(),
+            payload,
         };
-        let len = repr.header_len() + payload.len();
         self.ipv6_frame(
             *src.ip(),
             *dst.ip(),
             dst_mac,
             IpProtocol::Udp,
             hop_limit,
-            len,
-            |buf, src, dst| {
-                repr.emit(
-                    &mut UdpPacket::new_unchecked(buf),
-                    src,
-                    dst,
-                    payload.len(),
-                    |out| out.copy_from_slice(payload),
-                    &checksums(),
-                )
-            },
+            datagram.buffer_len(),
+            |buf, src, dst| datagram.emit(buf, src, dst),
         )
     }
 

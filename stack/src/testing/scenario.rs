@@ -34,10 +34,6 @@ const MAX_POLLS_PER_INSTANT: usize = 64;
 const MAX_DEADLINES_PER_ADVANCE: usize = 1_000_000;
 /// Rounds of frames-in/ACKs-out one `exchange` may take.
 const MAX_EXCHANGE_ROUNDS: usize = 1_000;
-/// 10 ms rounds of [`Scenario::run_until`]: 30 virtual seconds.
-const RUN_UNTIL_ROUNDS: usize = 3_000;
-/// 10 ms rounds of [`Scenario::download`]: one virtual second.
-const DOWNLOAD_ROUNDS: usize = 100;
 
 /// Plays the event loop around a [`Stack`]: every input is one loop iteration (handle
 /// the input, `poll(now)` until `poll_at` is in the future, write every queued frame to
@@ -440,7 +436,9 @@ impl Scenario {
         what: &str,
         done: impl Fn(&Scenario, &[GuestTcp]) -> bool,
     ) {
-        for _ in 0..RUN_UNTIL_ROUNDS {
+        // 10 ms each: 30 virtual seconds.
+        const ROUNDS: usize = 3_000;
+        for _ in 0..ROUNDS {
             let unclaimed = self.exchange(conns);
             assert!(
                 unclaimed.is_empty(),
@@ -459,8 +457,10 @@ impl Scenario {
     /// as many bytes or a second passed. Frames of others are ignored; the caller checks
     /// what arrived.
     pub fn download(&mut self, conn: &mut GuestTcp, flow: FlowId, data: &[u8]) {
+        // 10 ms each: one virtual second.
+        const ROUNDS: usize = 100;
         self.peer_send(flow, data);
-        for _ in 0..DOWNLOAD_ROUNDS {
+        for _ in 0..ROUNDS {
             self.exchange(std::slice::from_mut(conn));
             if conn.received().len() >= data.len() {
                 return;

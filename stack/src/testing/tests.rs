@@ -399,23 +399,26 @@ fn sim_host_datagrams_and_pings() {
     assert_eq!((reply.seq_no, reply.payload.as_slice()), (1, &b"abc"[..]));
 }
 
-#[test]
-#[should_panic(expected = "after closing it")]
-fn sim_host_rejects_use_after_close() {
+/// A host on which the stack opened flow 1 as a UDP socket and closed it.
+fn host_with_closed_udp_flow() -> SimHost {
     let mut host = SimHost::new();
     host.udp_open(flow(1), SocketAddr::V4(REMOTE), SourceAddr::Outbound)
         .unwrap();
     host.close(flow(1), CloseMode::Graceful);
+    host
+}
+
+#[test]
+#[should_panic(expected = "after closing it")]
+fn sim_host_rejects_use_after_close() {
+    let mut host = host_with_closed_udp_flow();
     let _ = host.udp_send(flow(1), b"late", 64);
 }
 
 #[test]
 #[should_panic(expected = "opened flow#1.1 again")]
 fn sim_host_rejects_reopening_a_flow_id() {
-    let mut host = SimHost::new();
-    host.udp_open(flow(1), SocketAddr::V4(REMOTE), SourceAddr::Outbound)
-        .unwrap();
-    host.close(flow(1), CloseMode::Graceful);
+    let mut host = host_with_closed_udp_flow();
     let _ = host.udp_open(flow(1), SocketAddr::V4(REMOTE), SourceAddr::Outbound);
 }
 

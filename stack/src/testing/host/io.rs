@@ -128,13 +128,7 @@ pub(super) fn icmp_errno(report: &IcmpReport) -> HostError {
 
 impl HostIo for SimHost {
     fn recv_icmp_error(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<Option<IcmpReport>> {
-        let socket = self.expect_mut(flow);
-        assert!(
-            matches!(socket.kind, SocketKind::Udp | SocketKind::Ping) && !socket.is_closed(),
-            "stack called recv_icmp_error on {flow:?}, a {:?} socket in state {:?}",
-            socket.kind,
-            socket.state
-        );
+        let socket = self.expect_datagram_socket(flow, "stack called recv_icmp_error");
         let Some((report, quoted)) = socket.icmp_errors.pop_front() else {
             return Ok(None);
         };

@@ -345,13 +345,7 @@ impl SimHost {
     /// the UDP header, for ping the echo request with the socket's identifier), and the
     /// socket's pending error set to its errno until the queue is read.
     pub fn icmp_error(&mut self, flow: FlowId, report: IcmpReport, quoted: &[u8]) -> HostEvent {
-        let socket = self.expect_mut(flow);
-        assert!(
-            matches!(socket.kind, SocketKind::Udp | SocketKind::Ping) && !socket.is_closed(),
-            "test bug: icmp_error on {flow:?}, a {:?} socket in state {:?}",
-            socket.kind,
-            socket.state
-        );
+        let socket = self.expect_datagram_socket(flow, "test bug: icmp_error");
         socket.pending_error = Some(icmp_errno(&report));
         let report = IcmpReport {
             len: quoted.len(),
@@ -364,13 +358,7 @@ impl SimHost {
     /// A UDP datagram (payload) or an ICMP message (header + payload) arrives on the
     /// flow's socket.
     pub fn deliver_datagram(&mut self, flow: FlowId, data: &[u8]) -> HostEvent {
-        let socket = self.expect_mut(flow);
-        assert!(
-            matches!(socket.kind, SocketKind::Udp | SocketKind::Ping) && !socket.is_closed(),
-            "test bug: deliver_datagram on {flow:?}, a {:?} socket in state {:?}",
-            socket.kind,
-            socket.state
-        );
+        let socket = self.expect_datagram_socket(flow, "test bug: deliver_datagram");
         socket.inbound_datagrams.push_back(data.to_vec());
         readable_event(flow)
     }
@@ -571,25 +559,40 @@ impl SimHost {
             .unwrap_or_else(|| panic!("test bug: no host socket for {flow:?}"))
     }
 
-    fn expect_connecting(&mut self, flow: FlowId, what: &str) -> &mut SimSocket {
+    /// The flow's socket, which `fits` must accept: else a panic that names `who` and
+    /// the socket's kind and state.
+    fn expect_socket(
+        &mut self,
+        flow: FlowId,
+        who: &str,
+        fits: impl Fn(&SimSocket) -> bool,
+    ) -> &mut SimSocket {
         let socket = self.expect_mut(flow);
         assert!(
-            socket.kind == SocketKind::Tcp && socket.state == SocketState::Connecting,
-            "test bug: {what} on {flow:?}, a {:?} socket in state {:?}",
+            fits(socket),
+            "{who} on {flow:?}, a {:?} socket in state {:?}",
             socket.kind,
             socket.state
         );
         socket
     }
 
+    fn expect_connecting(&mut self, flow: FlowId, what: &str) -> &mut SimSocket {
+        self.expect_socket(flow, &format!("test bug: {what}"), |socket| {
+            socket.kind == SocketKind::Tcp && socket.state == SocketState::Connecting
+        })
+    }
+
     fn expect_tcp_peer(&mut self, flow: FlowId, what: &str) -> &mut SimSocket {
-        let socket = self.expect_mut(flow);
-        assert!(
-            socket.kind == SocketKind::Tcp && socket.state == SocketState::Connected,
-            "test bug: {what} on {flow:?}, a {:?} socket in state {:?}",
-            socket.kind,
-            socket.state
-        );
-        socket
+        self.expect_socket(flow, &format!("test bug: {what}"), |socket| {
+            socket.kind == SocketKind::Tcp && socket.state == SocketState::Connected
+        })
+    }
+
+    /// An open UDP or ping socket (where datagrams and ICMP errors arrive).
+    fn expect_datagram_socket(&mut self, flow: FlowId, who: &str) -> &mut SimSocket {
+        self.expect_socket(flow, who, |socket| {
+            matches!(socket.kind, SocketKind::Udp | SocketKind::Ping) && !socket.is_closed()
+        })
     }
 }
