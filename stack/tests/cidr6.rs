@@ -156,23 +156,12 @@ fn gateway_and_dns_answer_neighbour_solicitations_at_their_new_addresses() {
 #[test]
 fn gateway_and_dns_answer_ping_at_their_new_addresses() {
     let mut s = guest_up();
-    let guest = s.guest;
     for (target, seq_no) in [(GATEWAY, 1), (DNS, 2)] {
-        s.guest_sends(&guest.icmpv6_echo(target, 7, seq_no, b"ping"));
-        assert_eq!(
-            the_only(s.drain(), "echo reply"),
-            Parsed::IcmpEcho {
-                src: target.into(),
-                dst: GUEST.into(),
-                reply: true,
-                ident: 7,
-                seq_no,
-                payload: b"ping".to_vec(),
-            }
-        );
+        s.assert_echo_reply(target, 7, seq_no, b"ping");
     }
     assert_eq!(s.host.calls(), &[], "local pings never reach the host");
     // fd00::2 is a remote address now: its echo goes out through a host ping socket.
+    let guest = s.guest;
     s.guest_sends(&guest.icmpv6_echo(OLD_GATEWAY, 7, 3, b"ping"));
     let (_, target) = the_only(s.host.ping_opens(), "ping_open");
     assert_eq!(target, IpAddr::V6(OLD_GATEWAY));

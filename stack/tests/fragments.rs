@@ -29,6 +29,23 @@ fn with_ipv6() -> Scenario {
     })
 }
 
+/// What the stack sent since the last drain is `count` fragments (`what`), each within
+/// the MTU, that reassemble to `datagram` alone; the stack counts one datagram fragmented.
+fn assert_arrives_in_fragments(s: &mut Scenario, datagram: Parsed, count: usize, what: &str) {
+    let frames = s.drain_raw();
+    assert_eq!(frames.len(), count, "{what}");
+    for frame in &frames {
+        assert!(frame.len() <= 14 + MTU);
+        assert!(matches!(parse(frame), Parsed::Fragment { .. }));
+    }
+    let whole = defragment(frames);
+    assert_eq!(
+        whole.iter().map(|f| parse(f)).collect::<Vec<_>>(),
+        vec![datagram]
+    );
+    assert_eq!(s.stats().ip_frag_fragmented, 1);
+}
+
 /// The guest's 8,000-byte datagram to the gateway's port 7 goes out in six fragments
 /// (`order` says in which order) and must reach the host whole; the host's 8,000-byte
 /// echo must reach the guest in fragments that reassemble to it.
@@ -54,23 +71,18 @@ fn udp_echo_v4(order: &[usize]) {
 
     let echo = pattern(8000, 2);
     s.deliver_datagram(flow, &echo);
-    let frames = s.drain_raw();
-    assert_eq!(frames.len(), 6, "8,008 bytes of UDP in 1,480-byte pieces");
-    for frame in &frames {
-        assert!(frame.len() <= 14 + MTU);
-        assert!(matches!(parse(frame), Parsed::Fragment { .. }));
-    }
-    let whole = defragment(frames);
-    assert_eq!(whole.len(), 1);
-    assert_eq!(
-        parse(&whole[0]),
-        Parsed::Udp {
-            src: SocketAddrV4::new(GATEWAY, 7).into(),
-            dst: SocketAddrV4::new(guest.ip, 40000).into(),
-            payload: echo,
-        }
+    let to_guest = SocketAddrV4::new(guest.ip, 40000);
+    let datagram = Parsed::Udp {
+        src: SocketAddrV4::new(GATEWAY, 7).into(),
+        dst: to_guest.into(),
+        payload: echo,
+    };
+    assert_arrives_in_fragments(
+        &mut s,
+        datagram,
+        6,
+        "8,008 bytes of UDP in 1,480-byte pieces",
     );
-    assert_eq!(s.stats().ip_frag_fragmented, 1);
 }
 
 #[test]
@@ -102,22 +114,13 @@ fn udp_8000_bytes_v6() {
     let echo = pattern(8000, 4);
     s.drain_raw();
     s.deliver_datagram(flow, &echo);
-    let frames = s.drain_raw();
-    assert_eq!(frames.len(), 6, "8,008 bytes in 1,448-byte pieces");
-    for frame in &frames {
-        assert!(frame.len() <= 14 + MTU);
-        assert!(matches!(parse(frame), Parsed::Fragment { .. }));
-    }
-    let whole = defragment(frames);
-    assert_eq!(
-        whole.iter().map(|f| parse(f)).collect::<Vec<_>>(),
-        vec![Parsed::Udp {
-            src: SocketAddrV6::new(GATEWAY6, 7, 0, 0).into(),
-            dst: SocketAddrV6::new(guest.ipv6_addr(), 40000, 0, 0).into(),
-            payload: echo,
-        }]
-    );
-    assert_eq!(s.stats().ip_frag_fragmented, 1);
+    let to_guest = SocketAddrV6::new(guest.ipv6_addr(), 40000, 0, 0);
+    let datagram = Parsed::Udp {
+        src: SocketAddrV6::new(GATEWAY6, 7, 0, 0).into(),
+        dst: to_guest.into(),
+        payload: echo,
+    };
+    assert_arrives_in_fragments(&mut s, datagram, 6, "8,008 bytes in 1,448-byte pieces");
 }
 
 /// `ping -s 4000 10.0.2.2`: the gateway answers itself, in fragments.

@@ -410,20 +410,8 @@ mod echo {
     #[test]
     fn gateway_and_dns_answer_ping_themselves() {
         let mut s = guest_up();
-        let guest = s.guest;
         for (target, seq_no) in [(GATEWAY, 1), (DNS, 2)] {
-            s.guest_sends(&guest.icmpv6_echo(target, 0x1234, seq_no, b"are you there?"));
-            assert_eq!(
-                the_only(s.drain(), "echo reply"),
-                Parsed::IcmpEcho {
-                    src: target.into(),
-                    dst: guest.ipv6_addr().into(),
-                    reply: true,
-                    ident: 0x1234,
-                    seq_no,
-                    payload: b"are you there?".to_vec(),
-                }
-            );
+            s.assert_echo_reply(target, 0x1234, seq_no, b"are you there?");
         }
         assert_eq!(s.host.calls(), &[], "local pings never reach the host");
     }

@@ -324,6 +324,15 @@ impl Guest {
         }
     }
 
+    /// An echo request to `dst` of either family ([`Guest::icmp_echo`] or
+    /// [`Guest::icmpv6_echo`]).
+    pub fn echo_request(&self, dst: IpAddr, ident: u16, seq_no: u16, data: &[u8]) -> Vec<u8> {
+        match dst {
+            IpAddr::V4(dst) => self.icmp_echo(dst, ident, seq_no, data),
+            IpAddr::V6(dst) => self.icmpv6_echo(dst, ident, seq_no, data),
+        }
+    }
+
     /// The guest's own address in the family of `peer`: where a peer's segments go.
     pub fn addr_for(&self, peer: IpAddr) -> IpAddr {
         match peer {

@@ -9,7 +9,7 @@ use crate::io::{FlowId, HostError, HostEvent};
 use crate::stack::Stack;
 use crate::stats::Stats;
 use crate::Offload;
-use core::net::SocketAddr;
+use core::net::{IpAddr, SocketAddr};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{checksum, EthernetAddress, EthernetFrame, ETHERNET_HEADER_LEN};
 use std::collections::{HashMap, HashSet};
@@ -382,6 +382,31 @@ impl Scenario {
                 (eth.dst_addr(), parse(frame))
             })
             .collect()
+    }
+
+    /// The guest pings `target` (either family); the stack must answer with exactly one
+    /// frame, the echo reply from `target` with the same identifier, sequence number and
+    /// data.
+    pub fn assert_echo_reply(
+        &mut self,
+        target: impl Into<IpAddr>,
+        ident: u16,
+        seq_no: u16,
+        data: &[u8],
+    ) {
+        let target = target.into();
+        let guest = self.guest;
+        self.guest_sends(&guest.echo_request(target, ident, seq_no, data));
+        let frames = self.drain();
+        let expected = Parsed::IcmpEcho {
+            src: target,
+            dst: guest.addr_for(target),
+            reply: true,
+            ident,
+            seq_no,
+            payload: data.to_vec(),
+        };
+        assert_eq!(frames, [expected], "exactly one echo reply from {target}");
     }
 
     // ---- TCP conveniences ----
