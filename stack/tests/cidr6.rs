@@ -5,10 +5,10 @@
 //! and port forwards to the guest's address in the prefix. fd00:: then means nothing
 //! special. Without `--cidr6`, fd00::/64 as before.
 
-use core::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use core::net::{IpAddr, Ipv6Addr, SocketAddr};
 use rslirp_stack::config::{IPV6_DNS, IPV6_GATEWAY, IPV6_PREFIX};
-use rslirp_stack::testing::Parsed;
-use rslirp_stack::testing::Scenario;
+use rslirp_stack::testing::ipv6::{host_loopback6, v6};
+use rslirp_stack::testing::{the_only, Parsed, Scenario};
 use rslirp_stack::{Config, Duration, Ipv6Prefix, VirtualNetwork};
 use smoltcp::wire::{EthernetAddress, NdiscRepr, RawHardwareAddress};
 
@@ -31,19 +31,6 @@ fn config(prefix: &str) -> Config {
             .with_ipv6_prefix(Ipv6Prefix::parse(prefix).expect("a valid prefix")),
         ..Config::default()
     }
-}
-
-fn v6(ip: Ipv6Addr, port: u16) -> SocketAddrV6 {
-    SocketAddrV6::new(ip, port, 0, 0)
-}
-
-fn host_loopback6(port: u16) -> SocketAddr {
-    SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port)
-}
-
-fn the_only<T: core::fmt::Debug>(mut items: Vec<T>, what: &str) -> T {
-    assert_eq!(items.len(), 1, "expected exactly one {what}, got {items:?}");
-    items.remove(0)
 }
 
 /// A guest on fd42:1:2:3::/64 that asked for a router advertisement (so the stack knows its

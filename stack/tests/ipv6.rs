@@ -5,8 +5,8 @@
 //! The guest is fd00::ff:fe00:1 / fe80::ff:fe00:1 (EUI-64 of 02:00:00:00:00:01).
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
-use rslirp_stack::testing::ipv6::{multicast_mac, solicited_node, ALL_NODES};
-use rslirp_stack::testing::{echo_message, parse_echo_message, Parsed, Scenario, START};
+use rslirp_stack::testing::ipv6::{host_loopback6, multicast_mac, solicited_node, v6, ALL_NODES};
+use rslirp_stack::testing::{echo_message, parse_echo_message, the_only, Parsed, Scenario, START};
 use rslirp_stack::{Config, Duration, HostError};
 use smoltcp::wire::{
     EthernetAddress, IpVersion, NdiscNeighborFlags, NdiscPrefixInfoFlags, NdiscPrefixInformation,
@@ -49,21 +49,8 @@ fn guest_up() -> Scenario {
     s
 }
 
-fn v6(ip: Ipv6Addr, port: u16) -> SocketAddrV6 {
-    SocketAddrV6::new(ip, port, 0, 0)
-}
-
-fn host_loopback6(port: u16) -> SocketAddr {
-    SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port)
-}
-
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
-}
-
-fn the_only<T: core::fmt::Debug>(mut items: Vec<T>, what: &str) -> T {
-    assert_eq!(items.len(), 1, "expected exactly one {what}, got {items:?}");
-    items.remove(0)
 }
 
 /// The router advertisement the guest must see: from fe80::2 (hop limit 255) to all nodes,

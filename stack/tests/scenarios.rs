@@ -3,7 +3,9 @@
 //! gateway 10.0.2.2 (MAC 52:55:0a:00:02:02), DNS 10.0.2.3, guest 10.0.2.100.
 
 use core::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
-use rslirp_stack::testing::{parse_echo_message, GuestTcp, HostCall, Parsed, Scenario, TcpSegment};
+use rslirp_stack::testing::{
+    parse_echo_message, the_only, the_only_segment, GuestTcp, HostCall, Parsed, Scenario,
+};
 use rslirp_stack::{CloseMode, Config, Duration, FlowId, HostError};
 use smoltcp::wire::{
     ArpOperation, ArpRepr, EthernetAddress, Icmpv4Message, Icmpv4Packet, IpProtocol, IpVersion,
@@ -34,18 +36,6 @@ fn host_loopback(port: u16) -> SocketAddr {
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
-}
-
-fn the_only<T: core::fmt::Debug>(mut items: Vec<T>, what: &str) -> T {
-    assert_eq!(items.len(), 1, "expected exactly one {what}, got {items:?}");
-    items.remove(0)
-}
-
-fn the_only_segment(frames: Vec<Parsed>, what: &str) -> TcpSegment {
-    match the_only(frames, what) {
-        Parsed::Tcp { tcp, .. } => tcp,
-        other => panic!("expected {what}, got {other:?}"),
-    }
 }
 
 /// Deterministic, distinct test data.

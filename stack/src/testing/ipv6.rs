@@ -7,7 +7,7 @@
 //! fd00::ff:fe00:1 (or the `--cidr6` prefix's ::ff:fe00:1).
 
 use super::frames::{checksums, Guest, TcpSegment, UdpDatagram};
-use core::net::{Ipv6Addr, SocketAddrV6};
+use core::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use smoltcp::wire::{
     EthernetAddress, EthernetProtocol, Icmpv6Packet, Icmpv6Repr, IpAddress, IpProtocol, Ipv6Packet,
     Ipv6Repr, NdiscRepr, RawHardwareAddress,
@@ -21,6 +21,16 @@ pub const ALL_ROUTERS: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2);
 const GUEST_HOP_LIMIT: u8 = 64;
 /// Neighbour discovery messages must carry 255 (RFC 4861), or receivers drop them.
 pub const NDP_HOP_LIMIT: u8 = 255;
+
+/// The socket address `ip`:`port` (no flow label, no scope).
+pub fn v6(ip: Ipv6Addr, port: u16) -> SocketAddrV6 {
+    SocketAddrV6::new(ip, port, 0, 0)
+}
+
+/// Host port `port` on [::1], where the gateway's ports lead with host loopback on.
+pub fn host_loopback6(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port)
+}
 
 /// The Ethernet address of an IPv6 multicast group: 33:33 and its last 32 bits.
 pub fn multicast_mac(group: Ipv6Addr) -> EthernetAddress {

@@ -16,7 +16,7 @@ pub use host::{HostCall, SimHost, SimSocket, SocketKind, SocketState};
 pub use parse::{
     parse, parse_echo_message, try_parse, DhcpMessage, EchoMessage, IpHeader, ParseError, Parsed,
 };
-pub use scenario::{complete_checksum, Scenario, START};
+pub use scenario::{complete_checksum, the_only, the_only_segment, Scenario, START};
 
 pub mod fragments;
 pub mod frames;

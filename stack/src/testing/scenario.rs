@@ -1,6 +1,6 @@
 //! The harness: a stack, a simulated host and a guest on a virtual clock.
 
-use super::frames::Guest;
+use super::frames::{Guest, TcpSegment};
 use super::guest_tcp::GuestTcp;
 use super::host::{SimHost, SocketKind};
 use super::parse::{parse, Parsed};
@@ -22,6 +22,21 @@ pub fn complete_checksum(frame: &mut [u8], offload: &Offload) {
         let at = start + usize::from(partial.offset);
         let sum = !checksum::data(&frame[start..]);
         frame[at..at + 2].copy_from_slice(&sum.to_be_bytes());
+    }
+}
+
+/// The one item of `items` (frames drained, host calls...); panics naming `what` unless
+/// there is exactly one.
+pub fn the_only<T: core::fmt::Debug>(mut items: Vec<T>, what: &str) -> T {
+    assert_eq!(items.len(), 1, "expected exactly one {what}, got {items:?}");
+    items.remove(0)
+}
+
+/// The one frame of `frames`, which must be a TCP segment.
+pub fn the_only_segment(frames: Vec<Parsed>, what: &str) -> TcpSegment {
+    match the_only(frames, what) {
+        Parsed::Tcp { tcp, .. } => tcp,
+        other => panic!("expected {what}, got {other:?}"),
     }
 }
 
