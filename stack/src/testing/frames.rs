@@ -2,13 +2,13 @@
 //! here, IPv6 and neighbour discovery in [`super::ipv6`].
 
 use crate::config::{service_mac, VirtualNetwork};
-use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4};
+use core::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, DhcpMessageType, DhcpPacket, DhcpRepr, EthernetAddress,
-    EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv4Packet, Icmpv4Repr, Icmpv6Packet,
-    Icmpv6Repr, IpAddress, IpProtocol, IpVersion, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket,
-    TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr, ETHERNET_HEADER_LEN, UDP_HEADER_LEN,
+    EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv4Message, Icmpv4Packet, Icmpv6Message,
+    IpAddress, IpProtocol, IpVersion, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr,
+    TcpSeqNumber, UdpPacket, UdpRepr, ETHERNET_HEADER_LEN, UDP_HEADER_LEN,
 };
 
 /// The guest's MAC in scenarios (locally administered, like a tap's random one).
@@ -168,53 +168,22 @@ pub fn echo_message(
     seq_no: u16,
     data: &[u8],
 ) -> Vec<u8> {
-    match version {
-        IpVersion::Ipv4 => {
-            let repr = if reply {
-                Icmpv4Repr::EchoReply {
-                    ident,
-                    seq_no,
-                    data,
-                }
-            } else {
-                Icmpv4Repr::EchoRequest {
-                    ident,
-                    seq_no,
-                    data,
-                }
-            };
-            let mut message = vec![0; repr.buffer_len()];
-            repr.emit(
-                &mut Icmpv4Packet::new_unchecked(&mut message[..]),
-                &checksums(),
-            );
-            message
-        }
-        IpVersion::Ipv6 => {
-            let repr = if reply {
-                Icmpv6Repr::EchoReply {
-                    ident,
-                    seq_no,
-                    data,
-                }
-            } else {
-                Icmpv6Repr::EchoRequest {
-                    ident,
-                    seq_no,
-                    data,
-                }
-            };
-            let mut message = vec![0; repr.buffer_len()];
-            let unspecified = Ipv6Addr::UNSPECIFIED;
-            repr.emit(
-                &unspecified,
-                &unspecified,
-                &mut Icmpv6Packet::new_unchecked(&mut message[..]),
-                &ChecksumCapabilities::ignored(),
-            );
-            message
-        }
+    let msg_type = match (version, reply) {
+        (IpVersion::Ipv4, false) => u8::from(Icmpv4Message::EchoRequest),
+        (IpVersion::Ipv4, true) => u8::from(Icmpv4Message::EchoReply),
+        (IpVersion::Ipv6, false) => u8::from(Icmpv6Message::EchoRequest),
+        (IpVersion::Ipv6, true) => u8::from(Icmpv6Message::EchoReply),
+    };
+    // Both families lay an echo out alike (RFC 792, RFC 4443 4.1): type, code 0, the
+    // checksum, identifier, sequence number, data.
+    let mut message = vec![msg_type, 0, 0, 0];
+    message.extend_from_slice(&ident.to_be_bytes());
+    message.extend_from_slice(&seq_no.to_be_bytes());
+    message.extend_from_slice(data);
+    if version == IpVersion::Ipv4 {
+        Icmpv4Packet::new_unchecked(&mut message[..]).fill_checksum();
     }
+    message
 }
 
 /// The guest: builds the frames it sends. A `Guest` with the roles swapped (the

@@ -246,7 +246,7 @@ fn parse_ipv6(eth_dst: EthernetAddress, bytes: &[u8]) -> Result<Parsed, ParseErr
     };
     let payload = &packet.payload()[..ip.payload_len];
     match ip.next_header {
-        IpProtocol::Icmpv6 => parse_icmpv6(eth_dst, ip, payload),
+        IpProtocol::Icmpv6 => parse_icmpv6(eth_dst, ip, header, payload),
         IpProtocol::Tcp => parse_tcp(header, payload),
         IpProtocol::Udp => {
             let (src, dst, payload) = parse_udp(header, payload)?;
@@ -379,59 +379,69 @@ fn parse_dhcp(payload: &[u8]) -> Result<DhcpMessage, ParseError> {
     })
 }
 
+/// The ICMP messages both families have, which they lay out alike (RFC 792, RFC 4443):
+/// type, code, checksum, then the echo's identifier and sequence number or 4 unused
+/// bytes, then the data (the echo's payload, or the quoted packet).
+#[derive(Clone, Copy)]
+enum IcmpKind {
+    Echo { reply: bool },
+    Unreachable,
+}
+
+/// `message` (checksum verified, at least the 8-byte header long) as a `kind` message
+/// from `ip`'s source to its destination.
+fn icmp_message(ip: &IpHeader, kind: IcmpKind, message: &[u8]) -> Parsed {
+    let (src, dst) = (ip.src_addr, ip.dst_addr);
+    let data = message[8..].to_vec();
+    match kind {
+        IcmpKind::Echo { reply } => Parsed::IcmpEcho {
+            src,
+            dst,
+            reply,
+            ident: u16::from_be_bytes([message[4], message[5]]),
+            seq_no: u16::from_be_bytes([message[6], message[7]]),
+            payload: data,
+        },
+        IcmpKind::Unreachable => Parsed::IcmpUnreachable {
+            src,
+            dst,
+            code: message[1],
+            original: data,
+        },
+    }
+}
+
 fn parse_icmp(ip: IpHeader, payload: &[u8]) -> Result<Parsed, ParseError> {
     let icmp = Icmpv4Packet::new_checked(payload).map_err(|_| ParseError::Truncated("ICMP"))?;
     if !icmp.verify_checksum() {
         return Err(ParseError::BadChecksum("ICMP"));
     }
-    let (src, dst) = (ip.src_addr, ip.dst_addr);
-    match icmp.msg_type() {
-        Icmpv4Message::EchoRequest | Icmpv4Message::EchoReply => Ok(Parsed::IcmpEcho {
-            src,
-            dst,
-            reply: icmp.msg_type() == Icmpv4Message::EchoReply,
-            ident: icmp.echo_ident(),
-            seq_no: icmp.echo_seq_no(),
-            payload: icmp.data().to_vec(),
-        }),
-        Icmpv4Message::DstUnreachable => Ok(Parsed::IcmpUnreachable {
-            src,
-            dst,
-            code: icmp.msg_code(),
-            original: icmp.data().to_vec(),
-        }),
-        other => Ok(Parsed::Other(format!(
-            "ICMP {other} code {}",
-            icmp.msg_code()
-        ))),
-    }
+    let kind = match icmp.msg_type() {
+        Icmpv4Message::EchoRequest => IcmpKind::Echo { reply: false },
+        Icmpv4Message::EchoReply => IcmpKind::Echo { reply: true },
+        Icmpv4Message::DstUnreachable => IcmpKind::Unreachable,
+        other => {
+            let code = icmp.msg_code();
+            return Ok(Parsed::Other(format!("ICMP {other} code {code}")));
+        }
+    };
+    Ok(icmp_message(&ip, kind, payload))
 }
 
 fn parse_icmpv6(
     eth_dst: EthernetAddress,
     ip: Ipv6Repr,
+    header: IpHeader,
     payload: &[u8],
 ) -> Result<Parsed, ParseError> {
     let icmp = Icmpv6Packet::new_checked(payload).map_err(|_| ParseError::Truncated("ICMPv6"))?;
     if !icmp.verify_checksum(&ip.src_addr, &ip.dst_addr) {
         return Err(ParseError::BadChecksum("ICMPv6"));
     }
-    let (src, dst) = (IpAddr::V6(ip.src_addr), IpAddr::V6(ip.dst_addr));
-    match icmp.msg_type() {
-        Icmpv6Message::EchoRequest | Icmpv6Message::EchoReply => Ok(Parsed::IcmpEcho {
-            src,
-            dst,
-            reply: icmp.msg_type() == Icmpv6Message::EchoReply,
-            ident: icmp.echo_ident(),
-            seq_no: icmp.echo_seq_no(),
-            payload: icmp.payload().to_vec(),
-        }),
-        Icmpv6Message::DstUnreachable => Ok(Parsed::IcmpUnreachable {
-            src,
-            dst,
-            code: icmp.msg_code(),
-            original: icmp.payload().to_vec(),
-        }),
+    let kind = match icmp.msg_type() {
+        Icmpv6Message::EchoRequest => IcmpKind::Echo { reply: false },
+        Icmpv6Message::EchoReply => IcmpKind::Echo { reply: true },
+        Icmpv6Message::DstUnreachable => IcmpKind::Unreachable,
         Icmpv6Message::RouterSolicit
         | Icmpv6Message::RouterAdvert
         | Icmpv6Message::NeighborSolicit
@@ -446,18 +456,22 @@ fn parse_icmpv6(
             let Icmpv6Repr::Ndisc(ndisc) = repr else {
                 return Err(ParseError::Malformed("NDP"));
             };
-            Ok(Parsed::Ndisc {
+            return Ok(Parsed::Ndisc {
                 eth_dst,
                 ip,
                 ndisc: owned_ndisc(ndisc).ok_or(ParseError::Malformed("NDP"))?,
                 options: icmp.payload().to_vec(),
-            })
+            });
         }
-        other => Ok(Parsed::Other(format!(
-            "ICMPv6 {other} code {}",
-            icmp.msg_code()
-        ))),
+        other => {
+            let code = icmp.msg_code();
+            return Ok(Parsed::Other(format!("ICMPv6 {other} code {code}")));
+        }
+    };
+    if payload.len() < 8 {
+        return Err(ParseError::Truncated("ICMPv6"));
     }
+    Ok(icmp_message(&header, kind, payload))
 }
 
 /// The message without borrowed data (only a redirect borrows, and none is expected).
