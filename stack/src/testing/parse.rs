@@ -394,14 +394,17 @@ fn icmp_message(ip: &IpHeader, kind: IcmpKind, message: &[u8]) -> Parsed {
     let (src, dst) = (ip.src_addr, ip.dst_addr);
     let data = message[8..].to_vec();
     match kind {
-        IcmpKind::Echo { reply } => Parsed::IcmpEcho {
-            src,
-            dst,
-            reply,
-            ident: u16::from_be_bytes([message[4], message[5]]),
-            seq_no: u16::from_be_bytes([message[6], message[7]]),
-            payload: data,
-        },
+        IcmpKind::Echo { reply } => {
+            let (ident, seq_no) = echo_numbers(message);
+            Parsed::IcmpEcho {
+                src,
+                dst,
+                reply,
+                ident,
+                seq_no,
+                payload: data,
+            }
+        }
         IcmpKind::Unreachable => Parsed::IcmpUnreachable {
             src,
             dst,
@@ -529,32 +532,42 @@ pub struct EchoMessage {
 /// Decodes a message the stack passed to `ping_send` on a ping socket of `version`. The
 /// checksum is not checked: the host kernel computes it for ping sockets.
 pub fn parse_echo_message(version: IpVersion, message: &[u8]) -> Result<EchoMessage, ParseError> {
-    let (reply, ident, seq_no, payload) = match version {
-        IpVersion::Ipv4 => {
-            let icmp =
-                Icmpv4Packet::new_checked(message).map_err(|_| ParseError::Truncated("ICMP"))?;
-            let reply = match (icmp.msg_type(), icmp.msg_code()) {
-                (Icmpv4Message::EchoRequest, 0) => false,
-                (Icmpv4Message::EchoReply, 0) => true,
-                _ => return Err(ParseError::Malformed("ICMP echo")),
-            };
-            (reply, icmp.echo_ident(), icmp.echo_seq_no(), icmp.data())
-        }
-        IpVersion::Ipv6 => {
-            let icmp =
-                Icmpv6Packet::new_checked(message).map_err(|_| ParseError::Truncated("ICMPv6"))?;
-            let reply = match (icmp.msg_type(), icmp.msg_code()) {
-                (Icmpv6Message::EchoRequest, 0) => false,
-                (Icmpv6Message::EchoReply, 0) => true,
-                _ => return Err(ParseError::Malformed("ICMPv6 echo")),
-            };
-            (reply, icmp.echo_ident(), icmp.echo_seq_no(), icmp.payload())
-        }
+    let (request, reply, protocol, echo) = match version {
+        IpVersion::Ipv4 => (
+            u8::from(Icmpv4Message::EchoRequest),
+            u8::from(Icmpv4Message::EchoReply),
+            "ICMP",
+            "ICMP echo",
+        ),
+        IpVersion::Ipv6 => (
+            u8::from(Icmpv6Message::EchoRequest),
+            u8::from(Icmpv6Message::EchoReply),
+            "ICMPv6",
+            "ICMPv6 echo",
+        ),
     };
+    if message.len() < 8 {
+        return Err(ParseError::Truncated(protocol));
+    }
+    // The layout both families share (see IcmpKind), code 0.
+    let is_reply = match (message[0], message[1]) {
+        (msg_type, 0) if msg_type == request => false,
+        (msg_type, 0) if msg_type == reply => true,
+        _ => return Err(ParseError::Malformed(echo)),
+    };
+    let (ident, seq_no) = echo_numbers(message);
     Ok(EchoMessage {
-        reply,
+        reply: is_reply,
         ident,
         seq_no,
-        payload: payload.to_vec(),
+        payload: message[8..].to_vec(),
     })
+}
+
+/// An echo's identifier and sequence number (bytes 4 to 8 in either family).
+fn echo_numbers(message: &[u8]) -> (u16, u16) {
+    (
+        u16::from_be_bytes([message[4], message[5]]),
+        u16::from_be_bytes([message[6], message[7]]),
+    )
 }
