@@ -1,5 +1,5 @@
 //! IPv6 (`--enable-ipv6`): the guest's frame builders for neighbour discovery, ICMPv6, TCP
-//! and UDP over IPv6 (what the stack sends back is read by [`super::parse`], and
+//! and UDP over IPv6 (what the stack sends back is read by [`super::parse()`], and
 //! [`super::GuestTcp`] and [`super::Scenario`] serve both families).
 //!
 //! The guest's addresses are what a Linux guest autoconfigures from its MAC (EUI-64):
@@ -27,7 +27,7 @@ pub fn v6(ip: Ipv6Addr, port: u16) -> SocketAddrV6 {
     SocketAddrV6::new(ip, port, 0, 0)
 }
 
-/// Host port `port` on [::1], where the gateway's ports lead with host loopback on.
+/// Host port `port` on `[::1]`, where the gateway's ports lead with host loopback on.
 pub fn host_loopback6(port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port)
 }

@@ -184,7 +184,7 @@ pub struct SimForward {
     pub closed: bool,
 }
 
-/// An in-memory [`HostIo`]. The stack drives it through the trait; the test plays the
+/// An in-memory [`HostIo`](crate::io::HostIo). The stack drives it through the trait; the test plays the
 /// host peers through the inherent methods, each of which returns the [`HostEvent`] a
 /// real edge-triggered poller would report for it (pass it to
 /// [`crate::Stack::handle_host_event`], or let [`crate::testing::Scenario`] do it).
