@@ -29,6 +29,12 @@ fn with_ipv6() -> Scenario {
     })
 }
 
+/// `frames` are `count` frames (fragments), put back together and decoded.
+fn reassembled(frames: Vec<Vec<u8>>, count: usize) -> Vec<Parsed> {
+    assert_eq!(frames.len(), count);
+    defragment(frames).iter().map(|f| parse(f)).collect()
+}
+
 /// What the stack sent since the last drain is `count` fragments (`what`), each within
 /// the MTU, that reassemble to `datagram` alone; the stack counts one datagram fragmented.
 fn assert_arrives_in_fragments(s: &mut Scenario, datagram: Parsed, count: usize, what: &str) {
@@ -38,11 +44,8 @@ fn assert_arrives_in_fragments(s: &mut Scenario, datagram: Parsed, count: usize,
         assert!(frame.len() <= 14 + MTU);
         assert!(matches!(parse(frame), Parsed::Fragment { .. }));
     }
-    let whole = defragment(frames);
-    assert_eq!(
-        whole.iter().map(|f| parse(f)).collect::<Vec<_>>(),
-        vec![datagram]
-    );
+    let whole: Vec<Parsed> = defragment(frames).iter().map(|f| parse(f)).collect();
+    assert_eq!(whole, vec![datagram]);
     assert_eq!(s.stats().ip_frag_fragmented, 1);
 }
 
@@ -133,22 +136,8 @@ fn ping_4000_bytes_to_the_gateway() {
     for piece in fragment(&request, MTU, 9) {
         s.guest_sends(&piece);
     }
-    let frames = s.drain_raw();
-    assert_eq!(frames.len(), 3);
-    assert_eq!(
-        defragment(frames)
-            .iter()
-            .map(|f| parse(f))
-            .collect::<Vec<_>>(),
-        vec![Parsed::IcmpEcho {
-            src: GATEWAY.into(),
-            dst: guest.ip.into(),
-            reply: true,
-            ident: 77,
-            seq_no: 1,
-            payload: data,
-        }]
-    );
+    let echo = Parsed::echo_reply(GATEWAY, guest.ip, 77, 1, &data);
+    assert_eq!(reassembled(s.drain_raw(), 3), vec![echo]);
     let stats = s.stats();
     assert_eq!(
         (stats.ip_frag_reassembled, stats.ip_frag_fragmented),
@@ -173,13 +162,7 @@ fn ping_4000_bytes_through_a_ping_socket() {
     let message = rslirp_stack::testing::parse_echo_message(IpVersion::Ipv4, &sent[0]).unwrap();
     assert_eq!(message.payload, data);
     s.ping_reply(flow, 1, &data);
-    let frames = s.drain_raw();
-    assert_eq!(frames.len(), 3);
-    match &defragment(frames)
-        .iter()
-        .map(|f| parse(f))
-        .collect::<Vec<_>>()[..]
-    {
+    match &reassembled(s.drain_raw(), 3)[..] {
         [Parsed::IcmpEcho {
             reply: true,
             payload,
@@ -203,12 +186,7 @@ fn ping6_4000_bytes_to_the_gateway() {
         .into_iter()
         .filter(|f| !matches!(parse(f), Parsed::Ndisc { .. }))
         .collect();
-    assert_eq!(frames.len(), 3);
-    match &defragment(frames)
-        .iter()
-        .map(|f| parse(f))
-        .collect::<Vec<_>>()[..]
-    {
+    match &reassembled(frames, 3)[..] {
         [Parsed::IcmpEcho {
             reply: true,
             payload,

@@ -122,6 +122,24 @@ pub struct DhcpMessage {
 }
 
 impl Parsed {
+    /// The echo reply from `src` to `dst` (either family) that a test expects.
+    pub fn echo_reply(
+        src: impl Into<IpAddr>,
+        dst: impl Into<IpAddr>,
+        ident: u16,
+        seq_no: u16,
+        payload: &[u8],
+    ) -> Parsed {
+        Parsed::IcmpEcho {
+            src: src.into(),
+            dst: dst.into(),
+            reply: true,
+            ident,
+            seq_no,
+            payload: payload.to_vec(),
+        }
+    }
+
     pub fn tcp(&self) -> Option<(&IpHeader, &TcpSegment)> {
         match self {
             Parsed::Tcp { ip, tcp } => Some((ip, tcp)),

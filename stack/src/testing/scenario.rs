@@ -412,16 +412,12 @@ impl Scenario {
         let target = target.into();
         let guest = self.guest;
         self.guest_sends(&guest.echo_request(target, ident, seq_no, data));
-        let frames = self.drain();
-        let expected = Parsed::IcmpEcho {
-            src: target,
-            dst: guest.addr_for(target),
-            reply: true,
-            ident,
-            seq_no,
-            payload: data.to_vec(),
-        };
-        assert_eq!(frames, [expected], "exactly one echo reply from {target}");
+        let expected = Parsed::echo_reply(target, guest.addr_for(target), ident, seq_no, data);
+        assert_eq!(
+            self.drain(),
+            [expected],
+            "exactly one echo reply from {target}"
+        );
     }
 
     // ---- TCP conveniences ----
