@@ -6,11 +6,11 @@
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use rslirp_stack::testing::ipv6::{host_loopback6, multicast_mac, solicited_node, v6, ALL_NODES};
-use rslirp_stack::testing::{echo_message, parse_echo_message, the_only, Parsed, Scenario, START};
-use rslirp_stack::{Config, Duration, HostError};
+use rslirp_stack::testing::{the_only, the_unreachable, Parsed, Scenario, START};
+use rslirp_stack::{Config, Duration};
 use smoltcp::wire::{
-    EthernetAddress, IpVersion, NdiscNeighborFlags, NdiscPrefixInfoFlags, NdiscPrefixInformation,
-    NdiscRepr, NdiscRouterFlags, RawHardwareAddress,
+    EthernetAddress, NdiscNeighborFlags, NdiscPrefixInfoFlags, NdiscPrefixInformation, NdiscRepr,
+    NdiscRouterFlags, RawHardwareAddress,
 };
 
 const GATEWAY: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
@@ -406,39 +406,7 @@ mod echo {
     #[test]
     fn remote_ping_goes_through_a_host_ping_socket_and_back() {
         let mut s = guest_up();
-        let guest = s.guest;
-        s.guest_sends(&guest.icmpv6_echo(REMOTE, 0x1234, 7, b"hello, world"));
-
-        let (flow, target) = the_only(s.host.ping_opens(), "ping_open");
-        assert_eq!(target, IpAddr::V6(REMOTE));
-        let request = parse_echo_message(
-            IpVersion::Ipv6,
-            &the_only(s.host.ping_sent(flow), "ping_send"),
-        )
-        .expect("ping_send carries an ICMPv6 echo request");
-        assert!(!request.reply);
-        assert_eq!(
-            (request.seq_no, &request.payload[..]),
-            (7, &b"hello, world"[..])
-        );
-        assert_eq!(s.drain(), vec![], "nothing for the guest before the reply");
-
-        // The host kernel answers with the ping socket's own identifier.
-        let socket_ident = s.host.socket(flow).expect("the ping socket").ping_ident;
-        let reply = echo_message(IpVersion::Ipv6, true, socket_ident, 7, b"hello, world");
-        s.deliver_datagram(flow, &reply);
-        assert_eq!(
-            the_only(s.drain(), "echo reply"),
-            Parsed::IcmpEcho {
-                src: REMOTE.into(),
-                dst: guest.ipv6_addr().into(),
-                reply: true,
-                ident: 0x1234,
-                seq_no: 7,
-                payload: b"hello, world".to_vec(),
-            },
-            "the guest sees its own identifier again"
-        );
+        s.assert_ping_through_host(REMOTE, 0x1234, 7, b"hello, world");
     }
 }
 
@@ -455,19 +423,7 @@ mod tcp {
             host_loopback6(8080),
             "[fd00::2]:8080 is host [::1]:8080"
         );
-        assert_eq!(s.drain(), vec![], "no SYN-ACK while the host connects");
-
-        s.advance(secs(1));
-        s.guest_sends(&conn.syn());
-        assert_eq!(
-            s.host.connects().len(),
-            1,
-            "a retransmitted SYN is the same flow"
-        );
-        assert_eq!(s.drain(), vec![], "still no SYN-ACK");
-
-        s.complete_connect(flow);
-        let frame = the_only(s.drain(), "SYN-ACK");
+        let frame = s.syn_ack_after_connect(&mut conn, flow, secs(1));
         let (ip, syn_ack) = frame.tcp().expect("a TCP segment");
         assert_eq!(
             (ip.src_addr, ip.dst_addr),
@@ -530,20 +486,7 @@ mod tcp {
     fn refused_connect_resets_the_guest() {
         let mut s = guest_up();
         let mut conn = s.guest_tcp(40000, v6(GATEWAY, 81));
-        let (flow, _) = s.syn_and_connect(&mut conn);
-        s.fail_connect(flow, HostError::ConnectionRefused);
-        let frame = the_only(s.drain(), "RST");
-        let (ip, rst) = frame.tcp().expect("a TCP segment");
-        assert_eq!(ip.src_addr, GATEWAY, "from the address the guest called");
-        assert!(rst.rst && !rst.syn, "got {}", rst.flags());
-        assert_eq!((rst.src_port, rst.dst_port), (81, 40000));
-        assert_eq!(
-            rst.ack,
-            Some(conn.isn.wrapping_add(1)),
-            "RST|ACK of the SYN"
-        );
-        assert!(s.host.close_mode(flow).is_some(), "host socket closed");
-        assert_eq!(s.stats().tcp_flows, 0);
+        s.assert_refused_connect_resets(&mut conn);
     }
 
     #[test]
@@ -566,20 +509,13 @@ mod tcp {
         let syn = conn.syn();
         s.guest_sends(&syn);
         assert_eq!(s.host.connects(), vec![], "no host connect");
-        let Parsed::IcmpUnreachable {
-            src,
-            dst,
-            code,
-            original,
-        } = the_only(s.drain(), "ICMPv6 error")
-        else {
-            panic!("expected ICMPv6 destination unreachable");
-        };
+        let error = the_unreachable(s.drain(), "ICMPv6 destination unreachable");
         assert_eq!(
-            (src, dst),
+            (error.src, error.dst),
             (IpAddr::from(GATEWAY), IpAddr::from(s.guest.ipv6_addr()))
         );
-        assert_eq!(code, 0, "no route to destination");
+        assert_eq!(error.code, 0, "no route to destination");
+        let original = error.original;
         // RFC 4443: as much of the invoking packet as fits; at least header and ports.
         let header_and_8 = &syn[ETH..ETH + IPV6_HEADER + 8];
         assert!(

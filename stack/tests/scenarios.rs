@@ -4,12 +4,12 @@
 
 use core::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use rslirp_stack::testing::{
-    parse_echo_message, the_only, the_only_segment, GuestTcp, HostCall, Parsed, Scenario,
+    the_only, the_only_segment, the_unreachable, GuestTcp, HostCall, Parsed, Scenario,
 };
 use rslirp_stack::{CloseMode, Config, Duration, FlowId, HostError};
 use smoltcp::wire::{
-    ArpOperation, ArpRepr, EthernetAddress, Icmpv4Message, Icmpv4Packet, IpProtocol, IpVersion,
-    Ipv4Packet, TcpPacket,
+    ArpOperation, ArpRepr, EthernetAddress, Icmpv4Message, Icmpv4Packet, IpProtocol, Ipv4Packet,
+    TcpPacket,
 };
 
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
@@ -102,36 +102,8 @@ mod icmp {
     #[test]
     fn remote_ping_goes_through_a_host_ping_socket_and_back() {
         let mut s = Scenario::new();
-        let guest = s.guest;
         let payload = pattern(1, 56);
-        s.guest_sends(&guest.icmp_echo(REMOTE, 0x1234, 7, &payload));
-
-        let (flow, target) = the_only(s.host.ping_opens(), "ping_open");
-        assert_eq!(target, IpAddr::V4(REMOTE));
-        let request = parse_echo_message(
-            IpVersion::Ipv4,
-            &the_only(s.host.ping_sent(flow), "ping_send"),
-        )
-        .expect("ping_send carries an ICMP echo request");
-        assert!(!request.reply);
-        assert_eq!(request.seq_no, 7);
-        assert_eq!(request.payload, payload);
-        assert_eq!(s.drain(), vec![], "nothing for the guest before the reply");
-
-        // The host kernel answers with the ping socket's own identifier.
-        s.ping_reply(flow, request.seq_no, &request.payload);
-        assert_eq!(
-            the_only(s.drain(), "echo reply"),
-            Parsed::IcmpEcho {
-                src: REMOTE.into(),
-                dst: GUEST.into(),
-                reply: true,
-                ident: 0x1234,
-                seq_no: 7,
-                payload,
-            },
-            "the guest sees its own identifier again"
-        );
+        s.assert_ping_through_host(REMOTE, 0x1234, 7, &payload);
     }
 
     #[test]
@@ -158,20 +130,9 @@ mod tcp {
         let mut conn = s.guest_tcp(40000, remote(80));
         let (flow, target) = s.syn_and_connect(&mut conn);
         assert_eq!(target, SocketAddr::V4(remote(80)));
-        assert_eq!(s.drain(), vec![], "no SYN-ACK while the host connects");
-
-        // The guest retransmits its SYN; still one connect, still no answer.
-        s.advance(secs(2));
-        s.guest_sends(&conn.syn());
-        assert_eq!(
-            s.host.connects().len(),
-            1,
-            "a retransmitted SYN is the same flow"
-        );
-        assert_eq!(s.drain(), vec![], "no SYN-ACK while the host connects");
-
-        s.complete_connect(flow);
-        let syn_ack = the_only_segment(s.drain(), "SYN-ACK");
+        // The guest retransmits its SYN after 2 s; still one connect, still no answer.
+        let frame = s.syn_ack_after_connect(&mut conn, flow, secs(2));
+        let (_, syn_ack) = frame.tcp().expect("the SYN-ACK is a TCP segment");
         assert!(syn_ack.is_syn_ack(), "got {}", syn_ack.flags());
         assert_eq!((syn_ack.src_port, syn_ack.dst_port), (80, 40000));
         assert_eq!(syn_ack.ack, Some(conn.isn.wrapping_add(1)));
@@ -201,18 +162,10 @@ mod tcp {
         let syn = guest.tcp_syn(40000, gateway(8080), 1000);
         s.guest_sends(&syn);
         assert_eq!(s.host.connects(), vec![], "no host connect");
-        let Parsed::IcmpUnreachable {
-            dst,
-            code,
-            original,
-            ..
-        } = the_only(s.drain(), "ICMP error")
-        else {
-            panic!("expected ICMP destination unreachable");
-        };
-        assert_eq!(dst, GUEST);
-        assert_eq!(code, 0, "net unreachable");
-        assert_quotes(&original, &syn);
+        let error = the_unreachable(s.drain(), "ICMP destination unreachable");
+        assert_eq!(error.dst, GUEST);
+        assert_eq!(error.code, 0, "net unreachable");
+        assert_quotes(&error.original, &syn);
     }
 
     /// RFC 792: the ICMP error carries the original IP header and its first 8 data bytes.
@@ -239,18 +192,7 @@ mod tcp {
     fn refused_connect_resets_the_guest() {
         let mut s = Scenario::new();
         let mut conn = s.guest_tcp(40000, remote(81));
-        let (flow, _) = s.syn_and_connect(&mut conn);
-        s.fail_connect(flow, HostError::ConnectionRefused);
-        let rst = the_only_segment(s.drain(), "RST");
-        assert!(rst.rst && !rst.syn, "got {}", rst.flags());
-        assert_eq!((rst.src_port, rst.dst_port), (81, 40000));
-        assert_eq!(
-            rst.ack,
-            Some(conn.isn.wrapping_add(1)),
-            "RST|ACK of the SYN"
-        );
-        assert!(s.host.close_mode(flow).is_some(), "host socket closed");
-        assert_eq!(s.stats().tcp_flows, 0);
+        s.assert_refused_connect_resets(&mut conn);
     }
 
     #[test]
@@ -260,18 +202,10 @@ mod tcp {
         let syn = conn.syn();
         let (flow, _) = s.syn_and_connect(&mut conn);
         s.fail_connect(flow, HostError::HostUnreachable);
-        let Parsed::IcmpUnreachable {
-            dst,
-            code,
-            original,
-            ..
-        } = the_only(s.drain(), "ICMP error")
-        else {
-            panic!("expected ICMP destination unreachable");
-        };
-        assert_eq!(dst, GUEST);
-        assert_eq!(code, 1, "host unreachable");
-        assert_quotes(&original, &syn);
+        let error = the_unreachable(s.drain(), "ICMP destination unreachable");
+        assert_eq!(error.dst, GUEST);
+        assert_eq!(error.code, 1, "host unreachable");
+        assert_quotes(&error.original, &syn);
         assert!(s.host.close_mode(flow).is_some(), "host socket closed");
         assert_eq!(s.stats().tcp_flows, 0);
     }

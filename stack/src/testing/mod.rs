@@ -17,7 +17,8 @@
 //! - `fragments.rs`: the guest's IP fragmentation and reassembly.
 //! - `host/`: [`SimHost`] and the API tests play the host with (`mod.rs`); its
 //!   [`HostIo`](crate::io::HostIo) side (`io.rs`).
-//! - `scenario.rs`: [`Scenario`], the stack, the host and the guest on one clock.
+//! - `scenario.rs`: [`Scenario`], the stack, the host and the guest on one clock;
+//!   `stories.rs`: what the IPv4 and IPv6 tests both check, told once.
 //!
 //! Compiled under `cfg(test)` and with the `testing` feature, which `stack/tests/`, the
 //! benches, the root's tests and the fuzz harness turn on; a normal build (the binary) has
@@ -34,6 +35,7 @@ pub use parse::{
     parse, parse_echo_message, try_parse, DhcpMessage, EchoMessage, IpHeader, ParseError, Parsed,
 };
 pub use scenario::{complete_checksum, the_only, the_only_segment, Scenario, START};
+pub use stories::{the_unreachable, Unreachable};
 
 pub mod fragments;
 pub mod frames;
@@ -42,6 +44,7 @@ pub mod host;
 pub mod ipv6;
 pub mod parse;
 pub mod scenario;
+pub mod stories;
 
 #[cfg(test)]
 mod tests;
