@@ -423,19 +423,12 @@ mod tcp {
             host_loopback6(8080),
             "[fd00::2]:8080 is host [::1]:8080"
         );
-        let frame = s.syn_ack_after_connect(&mut conn, flow, secs(1));
-        let (ip, syn_ack) = frame.tcp().expect("a TCP segment");
+        // 1440: what fits a 1500-byte MTU with a 40-byte IPv6 header.
+        let frame = s.syn_ack_after_connect(&mut conn, flow, secs(1), 1440);
+        let (ip, _) = frame.tcp().expect("a TCP segment");
         assert_eq!(
             (ip.src_addr, ip.dst_addr),
             (IpAddr::from(GATEWAY), IpAddr::from(s.guest.ipv6_addr()))
-        );
-        assert!(syn_ack.is_syn_ack(), "got {}", syn_ack.flags());
-        assert_eq!((syn_ack.src_port, syn_ack.dst_port), (8080, 40000));
-        assert_eq!(syn_ack.ack, Some(conn.isn.wrapping_add(1)));
-        let mss = syn_ack.mss.expect("the SYN-ACK carries an MSS option");
-        assert!(
-            (536..=1440).contains(&mss),
-            "MSS {mss} fits a 1500-byte MTU with a 40-byte IPv6 header"
         );
     }
 

@@ -131,16 +131,8 @@ mod tcp {
         let (flow, target) = s.syn_and_connect(&mut conn);
         assert_eq!(target, SocketAddr::V4(remote(80)));
         // The guest retransmits its SYN after 2 s; still one connect, still no answer.
-        let frame = s.syn_ack_after_connect(&mut conn, flow, secs(2));
-        let (_, syn_ack) = frame.tcp().expect("the SYN-ACK is a TCP segment");
-        assert!(syn_ack.is_syn_ack(), "got {}", syn_ack.flags());
-        assert_eq!((syn_ack.src_port, syn_ack.dst_port), (80, 40000));
-        assert_eq!(syn_ack.ack, Some(conn.isn.wrapping_add(1)));
-        let mss = syn_ack.mss.expect("the SYN-ACK carries an MSS option");
-        assert!(
-            (536..=1460).contains(&mss),
-            "MSS {mss} fits the 1500-byte MTU"
-        );
+        // 1460: what fits the 1500-byte MTU.
+        s.syn_ack_after_connect(&mut conn, flow, secs(2), 1460);
     }
 
     #[test]

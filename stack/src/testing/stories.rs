@@ -82,12 +82,14 @@ impl Scenario {
 
     /// After `conn`'s SYN started the host connect `flow`: no SYN-ACK while the host
     /// connects, none either for the SYN the guest sends again after `retransmit_after`
-    /// (nor a second connect); once the connect completes, the one frame, returned.
+    /// (nor a second connect); once the connect completes, the one frame is the SYN-ACK
+    /// of the guest's SYN, with an MSS of at least 536 and at most `max_mss`. Returns it.
     pub fn syn_ack_after_connect(
         &mut self,
         conn: &mut GuestTcp,
         flow: FlowId,
         retransmit_after: Duration,
+        max_mss: u16,
     ) -> Parsed {
         assert_eq!(self.drain(), vec![], "no SYN-ACK while the host connects");
         let connects = self.host.connects().len();
@@ -100,7 +102,20 @@ impl Scenario {
         );
         assert_eq!(self.drain(), vec![], "still no SYN-ACK");
         self.complete_connect(flow);
-        the_only(self.drain(), "SYN-ACK")
+        let frame = the_only(self.drain(), "SYN-ACK");
+        let (_, syn_ack) = frame.tcp().expect("the SYN-ACK is a TCP segment");
+        assert!(syn_ack.is_syn_ack(), "got {}", syn_ack.flags());
+        assert_eq!(
+            (syn_ack.src_port, syn_ack.dst_port),
+            (conn.remote.port(), conn.local_port)
+        );
+        assert_eq!(syn_ack.ack, Some(conn.isn.wrapping_add(1)));
+        let mss = syn_ack.mss.expect("the SYN-ACK carries an MSS option");
+        assert!(
+            (536..=max_mss).contains(&mss),
+            "MSS {mss} fits the MTU (at most {max_mss})"
+        );
+        frame
     }
 
     /// `conn`'s SYN starts a host connect that is refused: the guest gets the RST|ACK of
