@@ -5,10 +5,10 @@
 //! and port forwards to the guest's address in the prefix. fd00:: then means nothing
 //! special. Without `--cidr6`, fd00::/64 as before.
 
-use core::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use core::net::{IpAddr, Ipv6Addr, SocketAddr};
 use rslirp_stack::config::{IPV6_DNS, IPV6_GATEWAY, IPV6_PREFIX};
-use rslirp_stack::testing::ipv6::Parsed6;
-use rslirp_stack::testing::Scenario;
+use rslirp_stack::testing::ipv6::{host_loopback6, v6};
+use rslirp_stack::testing::{the_only, Parsed, Scenario};
 use rslirp_stack::{Config, Duration, Ipv6Prefix, VirtualNetwork};
 use smoltcp::wire::{EthernetAddress, NdiscRepr, RawHardwareAddress};
 
@@ -33,19 +33,6 @@ fn config(prefix: &str) -> Config {
     }
 }
 
-fn v6(ip: Ipv6Addr, port: u16) -> SocketAddrV6 {
-    SocketAddrV6::new(ip, port, 0, 0)
-}
-
-fn host_loopback6(port: u16) -> SocketAddr {
-    SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port)
-}
-
-fn the_only<T: core::fmt::Debug>(mut items: Vec<T>, what: &str) -> T {
-    assert_eq!(items.len(), 1, "expected exactly one {what}, got {items:?}");
-    items.remove(0)
-}
-
 /// A guest on fd42:1:2:3::/64 that asked for a router advertisement (so the stack knows its
 /// MAC); the advertisement is checked and gone.
 fn guest_up() -> Scenario {
@@ -57,15 +44,15 @@ fn guest_up() -> Scenario {
     );
     let guest = s.guest;
     s.guest_sends(&guest.router_solicit());
-    let (prefix, rdnss) = advertised(the_only(s.drain_ipv6(), "router advertisement"));
+    let (prefix, rdnss) = advertised(the_only(s.drain(), "router advertisement"));
     assert_eq!(prefix, PREFIX);
     assert_eq!(rdnss, Some(DNS));
     s
 }
 
 /// The prefix and the RDNSS server of a router advertisement.
-fn advertised(frame: Parsed6) -> (Ipv6Addr, Option<Ipv6Addr>) {
-    let Parsed6::Ndisc {
+fn advertised(frame: Parsed) -> (Ipv6Addr, Option<Ipv6Addr>) {
+    let Parsed::Ndisc {
         ndisc: NdiscRepr::RouterAdvert { prefix_info, .. },
         options,
         ..
@@ -109,7 +96,7 @@ fn the_default_is_still_fd00() {
         Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0xff, 0xfe00, 1)
     );
     s.guest_sends(&guest.router_solicit());
-    let (prefix, rdnss) = advertised(the_only(s.drain_ipv6(), "router advertisement"));
+    let (prefix, rdnss) = advertised(the_only(s.drain(), "router advertisement"));
     assert_eq!((prefix, rdnss), (IPV6_PREFIX, Some(IPV6_DNS)));
 }
 
@@ -117,7 +104,7 @@ fn the_default_is_still_fd00() {
 fn advertisements_carry_the_configured_prefix_and_dns() {
     let mut s = Scenario::with_config(config("2001:db8:aa:bb::/64"));
     s.advance(Duration::from_secs(1));
-    let (prefix, rdnss) = advertised(the_only(s.drain_ipv6(), "unsolicited advertisement"));
+    let (prefix, rdnss) = advertised(the_only(s.drain(), "unsolicited advertisement"));
     assert_eq!(prefix, Ipv6Addr::new(0x2001, 0xdb8, 0xaa, 0xbb, 0, 0, 0, 0));
     assert_eq!(
         rdnss,
@@ -131,7 +118,7 @@ fn gateway_and_dns_answer_neighbour_solicitations_at_their_new_addresses() {
     let guest = s.guest;
     for (target, mac) in [(GATEWAY, GATEWAY_MAC), (DNS, DNS_MAC)] {
         s.guest_sends(&guest.neighbor_solicit(guest.link_local(), target));
-        let Parsed6::Ndisc { ip, ndisc, .. } = the_only(s.drain_ipv6(), "neighbour advert") else {
+        let Parsed::Ndisc { ip, ndisc, .. } = the_only(s.drain(), "neighbour advert") else {
             panic!("expected a neighbour advertisement for {target}");
         };
         assert_eq!((ip.src_addr, ip.dst_addr), (target, guest.link_local()));
@@ -149,30 +136,19 @@ fn gateway_and_dns_answer_neighbour_solicitations_at_their_new_addresses() {
     // The old default addresses are nobody's now.
     for target in [OLD_GATEWAY, OLD_DNS] {
         s.guest_sends(&guest.neighbor_solicit(guest.link_local(), target));
-        assert_eq!(s.drain_ipv6(), vec![], "no advertisement for {target}");
+        assert_eq!(s.drain(), vec![], "no advertisement for {target}");
     }
 }
 
 #[test]
 fn gateway_and_dns_answer_ping_at_their_new_addresses() {
     let mut s = guest_up();
-    let guest = s.guest;
     for (target, seq_no) in [(GATEWAY, 1), (DNS, 2)] {
-        s.guest_sends(&guest.icmpv6_echo(target, 7, seq_no, b"ping"));
-        assert_eq!(
-            the_only(s.drain_ipv6(), "echo reply"),
-            Parsed6::Echo {
-                src: target,
-                dst: GUEST,
-                reply: true,
-                ident: 7,
-                seq_no,
-                payload: b"ping".to_vec(),
-            }
-        );
+        s.assert_echo_reply(target, 7, seq_no, b"ping");
     }
     assert_eq!(s.host.calls(), &[], "local pings never reach the host");
     // fd00::2 is a remote address now: its echo goes out through a host ping socket.
+    let guest = s.guest;
     s.guest_sends(&guest.icmpv6_echo(OLD_GATEWAY, 7, 3, b"ping"));
     let (_, target) = the_only(s.host.ping_opens(), "ping_open");
     assert_eq!(target, IpAddr::V6(OLD_GATEWAY));
@@ -181,10 +157,10 @@ fn gateway_and_dns_answer_ping_at_their_new_addresses() {
 #[test]
 fn the_new_gateway_is_host_loopback_and_fd00_2_is_remote() {
     let mut s = guest_up();
-    let (_, flow) = s.open_tcp6(40000, v6(GATEWAY, 8080));
+    let (_, flow) = s.open_tcp(40000, v6(GATEWAY, 8080));
     let socket = s.host.socket(flow).expect("a host socket");
     assert_eq!(socket.remote, host_loopback6(8080));
-    let (_, flow) = s.open_tcp6(40001, v6(OLD_GATEWAY, 8080));
+    let (_, flow) = s.open_tcp(40001, v6(OLD_GATEWAY, 8080));
     let socket = s.host.socket(flow).expect("a host socket");
     assert_eq!(socket.remote, SocketAddr::V6(v6(OLD_GATEWAY, 8080)));
 }
@@ -196,11 +172,14 @@ fn other_addresses_in_the_prefix_are_unreachable() {
     let neighbour = Ipv6Addr::new(0xfd42, 1, 2, 3, 0, 0, 0, 0x99);
     s.guest_sends(&guest.udp6(5000, v6(neighbour, 7), b"anyone?"));
     assert_eq!(s.host.udp_opens(), vec![], "nothing leaves for the host");
-    let Parsed6::Unreachable { src, dst, code, .. } = the_only(s.drain_ipv6(), "ICMPv6 error")
-    else {
+    let Parsed::IcmpUnreachable { src, dst, code, .. } = the_only(s.drain(), "ICMPv6 error") else {
         panic!("expected destination unreachable");
     };
-    assert_eq!((src, dst, code), (GATEWAY, GUEST, 3), "address unreachable");
+    assert_eq!(
+        (src, dst, code),
+        (IpAddr::from(GATEWAY), IpAddr::from(GUEST), 3),
+        "address unreachable"
+    );
 }
 
 #[test]
@@ -215,10 +194,10 @@ fn dns_forwarder_answers_on_prefix_3() {
     assert_eq!(s.host.udp_sent(flow), vec![b"query".to_vec()]);
     s.deliver_datagram(flow, b"answer");
     assert_eq!(
-        the_only(s.drain_ipv6(), "DNS answer"),
-        Parsed6::Udp {
-            src: v6(DNS, 53),
-            dst: v6(GUEST, 5353),
+        the_only(s.drain(), "DNS answer"),
+        Parsed::Udp {
+            src: v6(DNS, 53).into(),
+            dst: v6(GUEST, 5353).into(),
             payload: b"answer".to_vec(),
         }
     );
@@ -242,21 +221,24 @@ fn a_forward_reaches_the_guest_in_the_prefix_from_the_new_gateway() {
     );
     // A loopback client appears to the guest as the gateway, prefix::2.
     s.client_connects(1, host_loopback6(50000));
-    let syn = the_only(s.drain_ipv6(), "SYN to the guest");
+    let syn = the_only(s.drain(), "SYN to the guest");
     let (ip, tcp) = syn.tcp().expect("a TCP segment");
     assert!(tcp.syn && tcp.ack.is_none(), "got {}", tcp.flags());
-    assert_eq!((ip.src_addr, ip.dst_addr), (GATEWAY, GUEST));
+    assert_eq!(
+        (ip.src_addr, ip.dst_addr),
+        (IpAddr::from(GATEWAY), IpAddr::from(GUEST))
+    );
     assert_eq!((tcp.src_port, tcp.dst_port), (50000, 80));
     // An IPv6 client outside the prefix keeps its address; one inside it (which the guest
     // could not route back to) appears as the gateway.
     let outside = SocketAddr::V6(v6(OLD_GATEWAY, 50001));
     s.client_connects(1, outside);
-    let syn = the_only(s.drain_ipv6(), "SYN");
+    let syn = the_only(s.drain(), "SYN");
     let (ip, _) = syn.tcp().expect("a TCP segment");
     assert_eq!(ip.src_addr, OLD_GATEWAY);
     let inside = SocketAddr::V6(v6(Ipv6Addr::new(0xfd42, 1, 2, 3, 0, 0, 0, 0x99), 50002));
     s.client_connects(1, inside);
-    let syn = the_only(s.drain_ipv6(), "SYN");
+    let syn = the_only(s.drain(), "SYN");
     let (ip, _) = syn.tcp().expect("a TCP segment");
     assert_eq!(ip.src_addr, GATEWAY);
 }

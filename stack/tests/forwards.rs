@@ -3,7 +3,7 @@
 //! forward's listener, frames to and from the guest, and what the host clients get back.
 //! Default network 10.0.2.0/24: gateway 10.0.2.2, guest 10.0.2.100.
 
-use core::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use core::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use rslirp_stack::testing::{GuestTcp, Parsed, Scenario, TcpSegment};
 use rslirp_stack::{CloseMode, Duration, FlowId, HostError};
 use smoltcp::wire::{ArpOperation, ArpRepr, EthernetAddress};
@@ -326,8 +326,8 @@ mod tcp_forward {
         let (s, flow, syn) = client_connecting();
 
         let (ip, tcp) = syn.tcp().expect("a TCP frame");
-        assert_eq!((ip.src_addr, tcp.src_port), (GATEWAY, 40000));
-        assert_eq!((ip.dst_addr, tcp.dst_port), (GUEST, 80));
+        assert_eq!((ip.src_addr, tcp.src_port), (IpAddr::from(GATEWAY), 40000));
+        assert_eq!((ip.dst_addr, tcp.dst_port), (IpAddr::from(GUEST), 80));
         assert!(tcp.mss.is_some(), "the SYN carries an MSS");
         assert_eq!(s.host.close_mode(flow), None, "the client waits");
         assert_eq!(s.stats().tcp_flows, 1);
@@ -341,8 +341,11 @@ mod tcp_forward {
 
         let syn = the_syn(&mut s);
         let (ip, tcp) = syn.tcp().expect("a TCP frame");
-        assert_eq!((ip.src_addr, tcp.src_port), (LAN_CLIENT, 40001));
-        assert_eq!((ip.dst_addr, tcp.dst_port), (GUEST, 80));
+        assert_eq!(
+            (ip.src_addr, tcp.src_port),
+            (IpAddr::from(LAN_CLIENT), 40001)
+        );
+        assert_eq!((ip.dst_addr, tcp.dst_port), (IpAddr::from(GUEST), 80));
     }
 
     #[test]
@@ -365,7 +368,7 @@ mod tcp_forward {
         let (mut s, flow, syn) = client_connecting();
 
         let conn = guest_accepts(&mut s, &syn, 7_000_000);
-        assert_eq!(conn.remote, SocketAddrV4::new(GATEWAY, 40000));
+        assert_eq!(conn.remote, SocketAddr::from((GATEWAY, 40000)));
         let mut conns = [conn];
         let ack = the_only(s.drain(), "ACK of the SYN-ACK");
         assert!(conns[0].on_frame(&ack));
@@ -572,8 +575,8 @@ mod udp_forward {
 
     fn to_guest(from: SocketAddrV4, payload: &[u8]) -> Parsed {
         Parsed::Udp {
-            src: from,
-            dst: SocketAddrV4::new(GUEST, GUEST_PORT),
+            src: from.into(),
+            dst: SocketAddrV4::new(GUEST, GUEST_PORT).into(),
             payload: payload.to_vec(),
         }
     }

@@ -7,9 +7,9 @@
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use rslirp_stack::testing::fragments::{defragment, fragment, ipv4_piece, payload_len};
-use rslirp_stack::testing::ipv6::{parse6, Parsed6};
 use rslirp_stack::testing::{parse, Parsed, Scenario};
 use rslirp_stack::{Config, Duration, Limits};
+use smoltcp::wire::IpVersion;
 
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
 const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
@@ -27,6 +27,26 @@ fn with_ipv6() -> Scenario {
         enable_ipv6: true,
         ..Config::default()
     })
+}
+
+/// `frames` are `count` frames (fragments), put back together and decoded.
+fn reassembled(frames: Vec<Vec<u8>>, count: usize) -> Vec<Parsed> {
+    assert_eq!(frames.len(), count);
+    defragment(frames).iter().map(|f| parse(f)).collect()
+}
+
+/// What the stack sent since the last drain is `count` fragments (`what`), each within
+/// the MTU, that reassemble to `datagram` alone; the stack counts one datagram fragmented.
+fn assert_arrives_in_fragments(s: &mut Scenario, datagram: Parsed, count: usize, what: &str) {
+    let frames = s.drain_raw();
+    assert_eq!(frames.len(), count, "{what}");
+    for frame in &frames {
+        assert!(frame.len() <= 14 + MTU);
+        assert!(matches!(parse(frame), Parsed::Fragment { .. }));
+    }
+    let whole: Vec<Parsed> = defragment(frames).iter().map(|f| parse(f)).collect();
+    assert_eq!(whole, vec![datagram]);
+    assert_eq!(s.stats().ip_frag_fragmented, 1);
 }
 
 /// The guest's 8,000-byte datagram to the gateway's port 7 goes out in six fragments
@@ -54,23 +74,18 @@ fn udp_echo_v4(order: &[usize]) {
 
     let echo = pattern(8000, 2);
     s.deliver_datagram(flow, &echo);
-    let frames = s.drain_raw();
-    assert_eq!(frames.len(), 6, "8,008 bytes of UDP in 1,480-byte pieces");
-    for frame in &frames {
-        assert!(frame.len() <= 14 + MTU);
-        assert!(matches!(parse(frame), Parsed::Fragment { .. }));
-    }
-    let whole = defragment(frames);
-    assert_eq!(whole.len(), 1);
-    assert_eq!(
-        parse(&whole[0]),
-        Parsed::Udp {
-            src: SocketAddrV4::new(GATEWAY, 7),
-            dst: SocketAddrV4::new(guest.ip, 40000),
-            payload: echo,
-        }
+    let to_guest = SocketAddrV4::new(guest.ip, 40000);
+    let datagram = Parsed::Udp {
+        src: SocketAddrV4::new(GATEWAY, 7).into(),
+        dst: to_guest.into(),
+        payload: echo,
+    };
+    assert_arrives_in_fragments(
+        &mut s,
+        datagram,
+        6,
+        "8,008 bytes of UDP in 1,480-byte pieces",
     );
-    assert_eq!(s.stats().ip_frag_fragmented, 1);
 }
 
 #[test]
@@ -102,22 +117,13 @@ fn udp_8000_bytes_v6() {
     let echo = pattern(8000, 4);
     s.drain_raw();
     s.deliver_datagram(flow, &echo);
-    let frames = s.drain_raw();
-    assert_eq!(frames.len(), 6, "8,008 bytes in 1,448-byte pieces");
-    for frame in &frames {
-        assert!(frame.len() <= 14 + MTU);
-        assert!(matches!(parse6(frame), Parsed6::Fragment { .. }));
-    }
-    let whole = defragment(frames);
-    assert_eq!(
-        whole.iter().map(|f| parse6(f)).collect::<Vec<_>>(),
-        vec![Parsed6::Udp {
-            src: SocketAddrV6::new(GATEWAY6, 7, 0, 0),
-            dst: SocketAddrV6::new(guest.ipv6_addr(), 40000, 0, 0),
-            payload: echo,
-        }]
-    );
-    assert_eq!(s.stats().ip_frag_fragmented, 1);
+    let to_guest = SocketAddrV6::new(guest.ipv6_addr(), 40000, 0, 0);
+    let datagram = Parsed::Udp {
+        src: SocketAddrV6::new(GATEWAY6, 7, 0, 0).into(),
+        dst: to_guest.into(),
+        payload: echo,
+    };
+    assert_arrives_in_fragments(&mut s, datagram, 6, "8,008 bytes in 1,448-byte pieces");
 }
 
 /// `ping -s 4000 10.0.2.2`: the gateway answers itself, in fragments.
@@ -130,22 +136,8 @@ fn ping_4000_bytes_to_the_gateway() {
     for piece in fragment(&request, MTU, 9) {
         s.guest_sends(&piece);
     }
-    let frames = s.drain_raw();
-    assert_eq!(frames.len(), 3);
-    assert_eq!(
-        defragment(frames)
-            .iter()
-            .map(|f| parse(f))
-            .collect::<Vec<_>>(),
-        vec![Parsed::IcmpEcho {
-            src: GATEWAY,
-            dst: guest.ip,
-            reply: true,
-            ident: 77,
-            seq_no: 1,
-            payload: data,
-        }]
-    );
+    let echo = Parsed::echo_reply(GATEWAY, guest.ip, 77, 1, &data);
+    assert_eq!(reassembled(s.drain_raw(), 3), vec![echo]);
     let stats = s.stats();
     assert_eq!(
         (stats.ip_frag_reassembled, stats.ip_frag_fragmented),
@@ -167,16 +159,10 @@ fn ping_4000_bytes_through_a_ping_socket() {
     let (flow, _) = s.host.ping_opens()[0];
     let sent = s.host.ping_sent(flow);
     assert_eq!(sent.len(), 1);
-    let message = rslirp_stack::testing::parse_echo_message(&sent[0]).unwrap();
+    let message = rslirp_stack::testing::parse_echo_message(IpVersion::Ipv4, &sent[0]).unwrap();
     assert_eq!(message.payload, data);
     s.ping_reply(flow, 1, &data);
-    let frames = s.drain_raw();
-    assert_eq!(frames.len(), 3);
-    match &defragment(frames)
-        .iter()
-        .map(|f| parse(f))
-        .collect::<Vec<_>>()[..]
-    {
+    match &reassembled(s.drain_raw(), 3)[..] {
         [Parsed::IcmpEcho {
             reply: true,
             payload,
@@ -198,15 +184,10 @@ fn ping6_4000_bytes_to_the_gateway() {
     let frames: Vec<Vec<u8>> = s
         .drain_raw()
         .into_iter()
-        .filter(|f| !matches!(parse6(f), Parsed6::Ndisc { .. }))
+        .filter(|f| !matches!(parse(f), Parsed::Ndisc { .. }))
         .collect();
-    assert_eq!(frames.len(), 3);
-    match &defragment(frames)
-        .iter()
-        .map(|f| parse6(f))
-        .collect::<Vec<_>>()[..]
-    {
-        [Parsed6::Echo {
+    match &reassembled(frames, 3)[..] {
+        [Parsed::IcmpEcho {
             reply: true,
             payload,
             src,

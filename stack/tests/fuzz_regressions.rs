@@ -41,8 +41,7 @@ fn socket_ids(s: &Scenario) -> HashSet<FlowId> {
 /// new one. The same happens when the TCP flow limit refuses a client, and when the
 /// connection towards the guest cannot be set up (`TcpFlow::connect_to_guest` fails, e.g.
 /// for a client port 0; see the next test). SimHost panics on it ("stack opened flow#1.0
-/// again"); the fuzz harness renames such ids to get past it (fuzz/harness/src/sim.rs,
-/// `TOLERATE_FLOW_ID_REUSE`).
+/// again"), and so does the fuzz harness that found it.
 #[test]
 fn forward_refusal_reuses_flow_id() {
     let mut s = guest_with_forward();
@@ -104,8 +103,7 @@ fn forward_refusal_then_guest_connect() {
 /// `TcpFlow::pump` writes it to the host socket it already shut down for writing: a
 /// `tcp_send` after `tcp_shutdown_write`, which the `HostIo` contract forbids (SimHost
 /// panics; Linux answers EPIPE, on which the stack aborts the flow and cuts off the host's
-/// direction too). RFC 9293 (3.10.7.4, CLOSE-WAIT): "ignore the segment text". The fuzz
-/// harness answers EPIPE meanwhile (`TOLERATE_SEND_AFTER_SHUTDOWN`).
+/// direction too). RFC 9293 (3.10.7.4, CLOSE-WAIT): "ignore the segment text".
 #[test]
 fn guest_data_after_its_fin_is_dropped() {
     let mut s = Scenario::new();
@@ -219,12 +217,12 @@ fn an_ipv6_flow_renewed_for_ipv4_keeps_its_segments_within_the_mtu() {
     // An IPv6 connection the guest closes first: the stack's socket ends CLOSED and the
     // flow is kept for renewal.
     let gateway6 = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
-    let (mut conn6, flow6) = s.open_tcp6(40000, SocketAddrV6::new(gateway6, 8080, 0, 0));
+    let (mut conn6, flow6) = s.open_tcp(40000, SocketAddrV6::new(gateway6, 8080, 0, 0));
     let fin = conn6.fin();
     s.guest_sends(&fin);
     s.peer_close(flow6);
     for _ in 0..100 {
-        s.exchange_ipv6(std::slice::from_mut(&mut conn6));
+        s.exchange(std::slice::from_mut(&mut conn6));
         if s.stats().tcp_flows == 0 {
             break;
         }
@@ -238,22 +236,13 @@ fn an_ipv6_flow_renewed_for_ipv4_keeps_its_segments_within_the_mtu() {
     // frame as tun and the guest's kernel would), and the data must arrive whole.
     let mut conn = s.guest_tcp(40001, SocketAddrV4::new(REMOTE, 80));
     conn.mss = 9000;
-    let connects_before = s.host.connects().len();
-    s.guest_sends(&conn.syn());
-    let (flow, _) = s.host.connects()[connects_before];
+    let (flow, _) = s.syn_and_connect(&mut conn);
     s.complete_connect(flow);
     s.exchange(std::slice::from_mut(&mut conn));
     assert!(conn.established());
     s.take_offload_log();
     let data: Vec<u8> = (0..40_000).map(|i| (i * 7 + i / 253) as u8).collect();
-    s.peer_send(flow, &data);
-    for _ in 0..100 {
-        s.exchange(std::slice::from_mut(&mut conn));
-        if conn.received().len() >= data.len() {
-            break;
-        }
-        s.advance(rslirp_stack::Duration::from_millis(10));
-    }
+    s.download(&mut conn, flow, &data);
     assert!(conn.received() == &data[..], "the download arrived whole");
     for (len, offload) in s.take_offload_log() {
         match offload.gso {

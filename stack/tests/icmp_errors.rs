@@ -8,7 +8,7 @@ use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 use rslirp_stack::testing::{echo_message, Scenario};
 use rslirp_stack::{Config, Duration, FlowId, HostError, IcmpReport, Limits};
 use smoltcp::wire::{
-    EthernetFrame, EthernetProtocol, Icmpv4Packet, Icmpv6Packet, IpProtocol, Ipv4Packet,
+    EthernetFrame, EthernetProtocol, Icmpv4Packet, Icmpv6Packet, IpProtocol, IpVersion, Ipv4Packet,
     Ipv6Packet, UdpPacket,
 };
 
@@ -335,7 +335,7 @@ mod echo {
         assert_ne!(socket_ident, 0x1234);
 
         // The router quotes the request as the host sent it: the socket's identifier.
-        let sent = echo_message(false, socket_ident, 5, b"ping data");
+        let sent = echo_message(IpVersion::Ipv4, false, socket_ident, 5, b"ping data");
         s.icmp_error(flow, report(false, 11, 0, 0, ROUTER.into()), &sent);
         let error = the_only(icmp_errors(s.drain_raw()), "ICMP error");
         assert_eq!((error.src, error.dst, error.icmp_type), (ROUTER, GUEST, 11));

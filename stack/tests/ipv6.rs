@@ -5,12 +5,9 @@
 //! The guest is fd00::ff:fe00:1 / fe80::ff:fe00:1 (EUI-64 of 02:00:00:00:00:01).
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
-use rslirp_stack::testing::ipv6::{
-    echo6_message, multicast_mac, parse_echo6_message, solicited_node, GuestTcp6, Parsed6,
-    ALL_NODES,
-};
-use rslirp_stack::testing::{Scenario, START};
-use rslirp_stack::{Config, Duration, FlowId, HostError};
+use rslirp_stack::testing::ipv6::{host_loopback6, multicast_mac, solicited_node, v6, ALL_NODES};
+use rslirp_stack::testing::{the_only, the_unreachable, Parsed, Scenario, START};
+use rslirp_stack::{Config, Duration};
 use smoltcp::wire::{
     EthernetAddress, NdiscNeighborFlags, NdiscPrefixInfoFlags, NdiscPrefixInformation, NdiscRepr,
     NdiscRouterFlags, RawHardwareAddress,
@@ -48,33 +45,20 @@ fn with_ipv6() -> Scenario {
 fn guest_up() -> Scenario {
     let mut s = with_ipv6();
     s.advance(secs(1));
-    assert_full_router_advert(the_only(s.drain_ipv6(), "advertisement at 1 s"));
+    assert_full_router_advert(the_only(s.drain(), "advertisement at 1 s"));
     s
-}
-
-fn v6(ip: Ipv6Addr, port: u16) -> SocketAddrV6 {
-    SocketAddrV6::new(ip, port, 0, 0)
-}
-
-fn host_loopback6(port: u16) -> SocketAddr {
-    SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port)
 }
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 
-fn the_only<T: core::fmt::Debug>(mut items: Vec<T>, what: &str) -> T {
-    assert_eq!(items.len(), 1, "expected exactly one {what}, got {items:?}");
-    items.remove(0)
-}
-
 /// The router advertisement the guest must see: from fe80::2 (hop limit 255) to all nodes,
 /// router lifetime 30 min, source link-layer address 52:55:0a:00:02:02, MTU 1500, prefix
 /// fd00::/64 on-link and for SLAAC (valid 1 day, preferred 4 h); `flags`: the O flag
 /// (stateless DHCPv6) unless the DNS forwarder is disabled.
-fn assert_router_advert(frame: Parsed6, flags: NdiscRouterFlags) -> Vec<u8> {
-    let Parsed6::Ndisc {
+fn assert_router_advert(frame: Parsed, flags: NdiscRouterFlags) -> Vec<u8> {
+    let Parsed::Ndisc {
         eth_dst,
         ip,
         ndisc,
@@ -144,7 +128,7 @@ fn assert_rdnss_is_fd00_3(options: &[u8]) -> u32 {
     u32::from_be_bytes(rdnss[4..8].try_into().unwrap())
 }
 
-fn assert_full_router_advert(frame: Parsed6) {
+fn assert_full_router_advert(frame: Parsed) {
     let options = assert_router_advert(frame, NdiscRouterFlags::OTHER);
     let lifetime = assert_rdnss_is_fd00_3(&options);
     // RFC 8106 §5.1: at least the maximum interval between advertisements.
@@ -162,7 +146,7 @@ mod router_advertisements {
         let mut s = with_ipv6();
         let guest = s.guest;
         s.guest_sends(&guest.router_solicit());
-        assert_full_router_advert(the_only(s.drain_ipv6(), "router advertisement"));
+        assert_full_router_advert(the_only(s.drain(), "router advertisement"));
         assert_eq!(s.host.calls(), &[], "NDP never reaches the host");
     }
 
@@ -175,10 +159,10 @@ mod router_advertisements {
         });
         let guest = s.guest;
         s.guest_sends(&guest.router_solicit());
-        let Parsed6::Ndisc {
+        let Parsed::Ndisc {
             ndisc: NdiscRepr::RouterAdvert { mtu, .. },
             ..
-        } = the_only(s.drain_ipv6(), "router advertisement")
+        } = the_only(s.drain(), "router advertisement")
         else {
             panic!("expected a router advertisement");
         };
@@ -195,7 +179,7 @@ mod router_advertisements {
         let guest = s.guest;
         s.guest_sends(&guest.router_solicit());
         let options = assert_router_advert(
-            the_only(s.drain_ipv6(), "router advertisement"),
+            the_only(s.drain(), "router advertisement"),
             NdiscRouterFlags::empty(),
         );
         let kinds: Vec<u8> = ndp_options(&options)
@@ -226,7 +210,7 @@ mod router_advertisements {
         let guest = s.guest;
         s.guest_sends(&guest.router_solicit());
         let options = assert_router_advert(
-            the_only(s.drain_ipv6(), "router advertisement"),
+            the_only(s.drain(), "router advertisement"),
             NdiscRouterFlags::OTHER,
         );
         assert_eq!(
@@ -238,8 +222,8 @@ mod router_advertisements {
         s.stack
             .set_dns_search(&domains(&["example.com", "corp.example.net."]));
         s.guest_sends(&guest.router_solicit());
-        let frame = the_only(s.drain_ipv6(), "router advertisement");
-        let Parsed6::Ndisc { options, .. } = &frame else {
+        let frame = the_only(s.drain(), "router advertisement");
+        let Parsed::Ndisc { options, .. } = &frame else {
             panic!("expected a router advertisement, got {frame:?}");
         };
         assert_eq!(assert_rdnss_is_fd00_3(options), 360);
@@ -254,8 +238,7 @@ mod router_advertisements {
         // A change reaches the next advertisement, the periodic one too.
         s.stack.set_dns_search(&domains(&["new.example"]));
         s.advance(secs(1));
-        let Parsed6::Ndisc { options, .. } = the_only(s.drain_ipv6(), "advertisement at 1 s")
-        else {
+        let Parsed::Ndisc { options, .. } = the_only(s.drain(), "advertisement at 1 s") else {
             panic!("expected a router advertisement");
         };
         let dnssl = the_only(dnssl_options(&options), "DNSSL option");
@@ -272,18 +255,18 @@ mod router_advertisements {
             "the first advertisement is the next thing due"
         );
         s.advance(Duration::from_millis(999));
-        assert_eq!(s.drain_ipv6(), vec![], "nothing before 1 s");
+        assert_eq!(s.drain(), vec![], "nothing before 1 s");
         s.advance(Duration::from_millis(1));
-        assert_full_router_advert(the_only(s.drain_ipv6(), "advertisement at 1 s"));
+        assert_full_router_advert(the_only(s.drain(), "advertisement at 1 s"));
 
         assert_eq!(s.stack.poll_at(), Some(START + secs(1) + RA_INTERVAL));
         s.advance(RA_INTERVAL - Duration::from_millis(1));
-        assert_eq!(s.drain_ipv6(), vec![], "nothing before 121 s");
+        assert_eq!(s.drain(), vec![], "nothing before 121 s");
         s.advance(Duration::from_millis(1));
-        assert_full_router_advert(the_only(s.drain_ipv6(), "advertisement at 121 s"));
+        assert_full_router_advert(the_only(s.drain(), "advertisement at 121 s"));
 
         s.advance(RA_INTERVAL);
-        assert_eq!(s.drain_ipv6().len(), 1, "and one more at 241 s");
+        assert_eq!(s.drain().len(), 1, "and one more at 241 s");
     }
 
     #[test]
@@ -291,10 +274,10 @@ mod router_advertisements {
         let mut s = with_ipv6();
         let guest = s.guest;
         s.advance(secs(1));
-        assert_eq!(s.drain_ipv6().len(), 1, "the advertisement at 1 s");
+        assert_eq!(s.drain().len(), 1, "the advertisement at 1 s");
         s.advance(secs(10));
         s.guest_sends(&guest.router_solicit());
-        assert_eq!(s.drain_ipv6().len(), 1, "the answer to the solicitation");
+        assert_eq!(s.drain().len(), 1, "the answer to the solicitation");
         assert_eq!(s.stack.poll_at(), Some(START + secs(1) + RA_INTERVAL));
     }
 }
@@ -308,9 +291,9 @@ mod neighbor_discovery {
         let mut s = guest_up();
         let guest = s.guest;
         s.guest_sends(&guest.neighbor_solicit(guest.link_local(), target));
-        let Parsed6::Ndisc {
+        let Parsed::Ndisc {
             eth_dst, ip, ndisc, ..
-        } = the_only(s.drain_ipv6(), "neighbour advertisement")
+        } = the_only(s.drain(), "neighbour advertisement")
         else {
             panic!("expected a neighbour advertisement for {target}");
         };
@@ -357,7 +340,7 @@ mod neighbor_discovery {
         let mut s = guest_up();
         let guest = s.guest;
         s.guest_sends(&guest.neighbor_solicit(guest.ipv6_addr(), GATEWAY));
-        let Parsed6::Ndisc { ip, .. } = the_only(s.drain_ipv6(), "neighbour advertisement") else {
+        let Parsed::Ndisc { ip, .. } = the_only(s.drain(), "neighbour advertisement") else {
             panic!("expected a neighbour advertisement");
         };
         assert_eq!((ip.src_addr, ip.dst_addr), (GATEWAY, guest.ipv6_addr()));
@@ -375,7 +358,7 @@ mod neighbor_discovery {
             REMOTE,
         ] {
             s.guest_sends(&guest.neighbor_solicit(guest.link_local(), target));
-            assert_eq!(s.drain_ipv6(), vec![], "no advertisement for {target}");
+            assert_eq!(s.drain(), vec![], "no advertisement for {target}");
         }
         assert_eq!(s.host.calls(), &[]);
     }
@@ -388,7 +371,7 @@ mod neighbor_discovery {
             let probe = guest.neighbor_solicit(Ipv6Addr::UNSPECIFIED, tentative);
             s.guest_sends(&probe);
             assert_eq!(
-                s.drain_ipv6(),
+                s.drain(),
                 vec![],
                 "the guest's DAD probe for {tentative} gets no answer"
             );
@@ -414,20 +397,8 @@ mod echo {
     #[test]
     fn gateway_and_dns_answer_ping_themselves() {
         let mut s = guest_up();
-        let guest = s.guest;
         for (target, seq_no) in [(GATEWAY, 1), (DNS, 2)] {
-            s.guest_sends(&guest.icmpv6_echo(target, 0x1234, seq_no, b"are you there?"));
-            assert_eq!(
-                the_only(s.drain_ipv6(), "echo reply"),
-                Parsed6::Echo {
-                    src: target,
-                    dst: guest.ipv6_addr(),
-                    reply: true,
-                    ident: 0x1234,
-                    seq_no,
-                    payload: b"are you there?".to_vec(),
-                }
-            );
+            s.assert_echo_reply(target, 0x1234, seq_no, b"are you there?");
         }
         assert_eq!(s.host.calls(), &[], "local pings never reach the host");
     }
@@ -435,141 +406,70 @@ mod echo {
     #[test]
     fn remote_ping_goes_through_a_host_ping_socket_and_back() {
         let mut s = guest_up();
-        let guest = s.guest;
-        s.guest_sends(&guest.icmpv6_echo(REMOTE, 0x1234, 7, b"hello, world"));
-
-        let (flow, target) = the_only(s.host.ping_opens(), "ping_open");
-        assert_eq!(target, IpAddr::V6(REMOTE));
-        let request = parse_echo6_message(&the_only(s.host.ping_sent(flow), "ping_send"))
-            .expect("ping_send carries an ICMPv6 echo request");
-        assert!(!request.reply);
-        assert_eq!(
-            (request.seq_no, &request.payload[..]),
-            (7, &b"hello, world"[..])
-        );
-        assert_eq!(
-            s.drain_ipv6(),
-            vec![],
-            "nothing for the guest before the reply"
-        );
-
-        // The host kernel answers with the ping socket's own identifier.
-        let socket_ident = s.host.socket(flow).expect("the ping socket").ping_ident;
-        let reply = echo6_message(true, socket_ident, 7, b"hello, world");
-        s.deliver_datagram(flow, &reply);
-        assert_eq!(
-            the_only(s.drain_ipv6(), "echo reply"),
-            Parsed6::Echo {
-                src: REMOTE,
-                dst: guest.ipv6_addr(),
-                reply: true,
-                ident: 0x1234,
-                seq_no: 7,
-                payload: b"hello, world".to_vec(),
-            },
-            "the guest sees its own identifier again"
-        );
+        s.assert_ping_through_host(REMOTE, 0x1234, 7, b"hello, world");
     }
 }
 
 mod tcp {
     use super::*;
 
-    /// The guest sends a SYN; the stack must ask the host for exactly one connect.
-    fn syn_and_connect(s: &mut Scenario, conn: &mut GuestTcp6) -> (FlowId, SocketAddr) {
-        let before = s.host.connects().len();
-        s.guest_sends(&conn.syn());
-        let connects = s.host.connects();
-        assert_eq!(connects.len(), before + 1, "one host connect per SYN");
-        connects[before]
-    }
-
-    /// Lets frames and time flow (10 ms steps, at most 30 virtual seconds) until `done`.
-    fn run_until(
-        s: &mut Scenario,
-        conn: &mut GuestTcp6,
-        what: &str,
-        done: impl Fn(&GuestTcp6) -> bool,
-    ) {
-        for _ in 0..3_000 {
-            let unclaimed = s.exchange_ipv6(std::slice::from_mut(conn));
-            assert!(
-                unclaimed.is_empty(),
-                "unexpected frames while waiting for {what}: {unclaimed:?}"
-            );
-            if done(conn) {
-                return;
-            }
-            s.advance(Duration::from_millis(10));
-        }
-        panic!("{what} did not happen within 30 virtual seconds");
-    }
-
     #[test]
     fn gateway_port_is_host_loopback_and_syn_ack_waits_for_the_connect() {
         let mut s = guest_up();
-        let mut conn = s.guest_tcp6(40000, v6(GATEWAY, 8080));
-        let (flow, target) = syn_and_connect(&mut s, &mut conn);
+        let mut conn = s.guest_tcp(40000, v6(GATEWAY, 8080));
+        let (flow, target) = s.syn_and_connect(&mut conn);
         assert_eq!(
             target,
             host_loopback6(8080),
             "[fd00::2]:8080 is host [::1]:8080"
         );
-        assert_eq!(s.drain_ipv6(), vec![], "no SYN-ACK while the host connects");
-
-        s.advance(secs(1));
-        s.guest_sends(&conn.syn());
+        // 1440: what fits a 1500-byte MTU with a 40-byte IPv6 header.
+        let frame = s.syn_ack_after_connect(&mut conn, flow, secs(1), 1440);
+        let (ip, _) = frame.tcp().expect("a TCP segment");
         assert_eq!(
-            s.host.connects().len(),
-            1,
-            "a retransmitted SYN is the same flow"
-        );
-        assert_eq!(s.drain_ipv6(), vec![], "still no SYN-ACK");
-
-        s.complete_connect(flow);
-        let frame = the_only(s.drain_ipv6(), "SYN-ACK");
-        let (ip, syn_ack) = frame.tcp().expect("a TCP segment");
-        assert_eq!((ip.src_addr, ip.dst_addr), (GATEWAY, s.guest.ipv6_addr()));
-        assert!(syn_ack.is_syn_ack(), "got {}", syn_ack.flags());
-        assert_eq!((syn_ack.src_port, syn_ack.dst_port), (8080, 40000));
-        assert_eq!(syn_ack.ack, Some(conn.isn().wrapping_add(1)));
-        let mss = syn_ack.mss.expect("the SYN-ACK carries an MSS option");
-        assert!(
-            (536..=1440).contains(&mss),
-            "MSS {mss} fits a 1500-byte MTU with a 40-byte IPv6 header"
+            (ip.src_addr, ip.dst_addr),
+            (IpAddr::from(GATEWAY), IpAddr::from(s.guest.ipv6_addr()))
         );
     }
 
     #[test]
     fn data_flows_both_ways() {
         let mut s = guest_up();
-        let (mut conn, flow) = s.open_tcp6(40000, v6(GATEWAY, 8080));
+        let (mut conn, flow) = s.open_tcp(40000, v6(GATEWAY, 8080));
 
         let request = b"GET / HTTP/1.0\r\n\r\n";
         let frame = conn.send(request);
         s.guest_sends(&frame);
-        run_until(&mut s, &mut conn, "the ACK of the request", |c| {
-            c.all_acked()
-        });
+        s.run_until(
+            std::slice::from_mut(&mut conn),
+            "the ACK of the request",
+            |_, c| c[0].all_acked(),
+        );
         assert_eq!(s.take_sent(flow), request);
 
         let response: Vec<u8> = (0..100_000).map(|i| (i * 7 + i / 253) as u8).collect();
         s.peer_send(flow, &response);
-        run_until(&mut s, &mut conn, "the whole response", |c| {
-            c.received().len() >= response.len()
-        });
+        s.run_until(
+            std::slice::from_mut(&mut conn),
+            "the whole response",
+            |_, c| c[0].received().len() >= response.len(),
+        );
         assert!(
             conn.received() == response,
             "response arrived intact and in order"
         );
 
         s.peer_close(flow);
-        run_until(&mut s, &mut conn, "the FIN", |c| c.peer_fin());
+        s.run_until(std::slice::from_mut(&mut conn), "the FIN", |_, c| {
+            c[0].peer_fin
+        });
         let fin = conn.fin();
         s.guest_sends(&fin);
-        run_until(&mut s, &mut conn, "the ACK of the guest's FIN", |c| {
-            c.all_acked()
-        });
+        s.run_until(
+            std::slice::from_mut(&mut conn),
+            "the ACK of the guest's FIN",
+            |_, c| c[0].all_acked(),
+        );
         s.advance(secs(120));
         assert!(s.host.close_mode(flow).is_some(), "host socket closed");
         assert_eq!(s.stats().tcp_flows, 0);
@@ -578,27 +478,14 @@ mod tcp {
     #[test]
     fn refused_connect_resets_the_guest() {
         let mut s = guest_up();
-        let mut conn = s.guest_tcp6(40000, v6(GATEWAY, 81));
-        let (flow, _) = syn_and_connect(&mut s, &mut conn);
-        s.fail_connect(flow, HostError::ConnectionRefused);
-        let frame = the_only(s.drain_ipv6(), "RST");
-        let (ip, rst) = frame.tcp().expect("a TCP segment");
-        assert_eq!(ip.src_addr, GATEWAY, "from the address the guest called");
-        assert!(rst.rst && !rst.syn, "got {}", rst.flags());
-        assert_eq!((rst.src_port, rst.dst_port), (81, 40000));
-        assert_eq!(
-            rst.ack,
-            Some(conn.isn().wrapping_add(1)),
-            "RST|ACK of the SYN"
-        );
-        assert!(s.host.close_mode(flow).is_some(), "host socket closed");
-        assert_eq!(s.stats().tcp_flows, 0);
+        let mut conn = s.guest_tcp(40000, v6(GATEWAY, 81));
+        s.assert_refused_connect_resets(&mut conn);
     }
 
     #[test]
     fn remote_addresses_are_connected_as_they_are() {
         let mut s = guest_up();
-        let (conn, flow) = s.open_tcp6(40000, v6(REMOTE, 443));
+        let (conn, flow) = s.open_tcp(40000, v6(REMOTE, 443));
         assert!(conn.established());
         let socket = s.host.socket(flow).expect("a host socket");
         assert_eq!(socket.remote, SocketAddr::V6(v6(REMOTE, 443)));
@@ -611,21 +498,17 @@ mod tcp {
             disable_host_loopback: true,
             ..Config::default()
         });
-        let mut conn = s.guest_tcp6(40000, v6(GATEWAY, 8080));
+        let mut conn = s.guest_tcp(40000, v6(GATEWAY, 8080));
         let syn = conn.syn();
         s.guest_sends(&syn);
         assert_eq!(s.host.connects(), vec![], "no host connect");
-        let Parsed6::Unreachable {
-            src,
-            dst,
-            code,
-            original,
-        } = the_only(s.drain_ipv6(), "ICMPv6 error")
-        else {
-            panic!("expected ICMPv6 destination unreachable");
-        };
-        assert_eq!((src, dst), (GATEWAY, s.guest.ipv6_addr()));
-        assert_eq!(code, 0, "no route to destination");
+        let error = the_unreachable(s.drain(), "ICMPv6 destination unreachable");
+        assert_eq!(
+            (error.src, error.dst),
+            (IpAddr::from(GATEWAY), IpAddr::from(s.guest.ipv6_addr()))
+        );
+        assert_eq!(error.code, 0, "no route to destination");
+        let original = error.original;
         // RFC 4443: as much of the invoking packet as fits; at least header and ports.
         let header_and_8 = &syn[ETH..ETH + IPV6_HEADER + 8];
         assert!(
@@ -649,10 +532,10 @@ mod udp {
 
         s.deliver_datagram(flow, b"echo");
         assert_eq!(
-            the_only(s.drain_ipv6(), "UDP reply"),
-            Parsed6::Udp {
-                src: v6(GATEWAY, 7),
-                dst: v6(guest.ipv6_addr(), 5000),
+            the_only(s.drain(), "UDP reply"),
+            Parsed::Udp {
+                src: v6(GATEWAY, 7).into(),
+                dst: v6(guest.ipv6_addr(), 5000).into(),
                 payload: b"echo".to_vec(),
             }
         );
@@ -674,10 +557,10 @@ mod udp {
 
             s.deliver_datagram(flow, b"answer");
             assert_eq!(
-                the_only(s.drain_ipv6(), "DNS answer"),
-                Parsed6::Udp {
-                    src: v6(DNS, 53),
-                    dst: v6(guest.ipv6_addr(), 5353),
+                the_only(s.drain(), "DNS answer"),
+                Parsed::Udp {
+                    src: v6(DNS, 53).into(),
+                    dst: v6(guest.ipv6_addr(), 5353).into(),
                     payload: b"answer".to_vec(),
                 },
                 "upstream {upstream}"
@@ -724,10 +607,10 @@ mod dhcpv6 {
     /// The one Reply: from [fe80::2]:547 to the guest's [link-local]:546.
     fn reply(s: &mut Scenario) -> Vec<u8> {
         let guest = s.guest;
-        match the_only(s.drain_ipv6(), "DHCPv6 reply") {
-            Parsed6::Udp { src, dst, payload } => {
-                assert_eq!(src, v6(GATEWAY_LINK_LOCAL, 547));
-                assert_eq!(dst, v6(guest.link_local(), 546));
+        match the_only(s.drain(), "DHCPv6 reply") {
+            Parsed::Udp { src, dst, payload } => {
+                assert_eq!(src, SocketAddr::from(v6(GATEWAY_LINK_LOCAL, 547)));
+                assert_eq!(dst, SocketAddr::from(v6(guest.link_local(), 546)));
                 payload
             }
             other => panic!("expected a DHCPv6 reply, got {other:?}"),
@@ -776,10 +659,10 @@ mod dhcpv6 {
             40_000,
             &information_request([9, 9, 9]),
         ));
-        match the_only(s.drain_ipv6(), "DHCPv6 reply") {
-            Parsed6::Udp { src, dst, payload } => {
-                assert_eq!(src, v6(GATEWAY_LINK_LOCAL, 547));
-                assert_eq!(dst, v6(guest.link_local(), 40_000));
+        match the_only(s.drain(), "DHCPv6 reply") {
+            Parsed::Udp { src, dst, payload } => {
+                assert_eq!(src, SocketAddr::from(v6(GATEWAY_LINK_LOCAL, 547)));
+                assert_eq!(dst, SocketAddr::from(v6(guest.link_local(), 40_000)));
                 assert_eq!(Message::parse(&payload).unwrap().msg_type, MSG_REPLY);
             }
             other => panic!("expected a DHCPv6 reply, got {other:?}"),
@@ -793,14 +676,14 @@ mod dhcpv6 {
         let solicit = build(MSG_SOLICIT, [1, 1, 1], &[(OPT_CLIENT_ID, CLIENT_DUID)]);
         s.guest_sends(&client_message(&s, &solicit));
         assert_eq!(
-            s.drain_ipv6(),
+            s.drain(),
             vec![],
             "no addresses by DHCPv6: Solicit unanswered"
         );
         assert_eq!(s.stats().rx_dropped, before.rx_dropped + 1);
         // An option that claims more than the message holds.
         s.guest_sends(&client_message(&s, &[11, 0, 0, 1, 0, 1, 0, 40, 0]));
-        assert_eq!(s.drain_ipv6(), vec![]);
+        assert_eq!(s.drain(), vec![]);
         assert_eq!(s.stats().rx_errors, before.rx_errors + 1);
         // And a well-formed one is still answered.
         s.guest_sends(&client_message(&s, &information_request([7, 7, 7])));
@@ -817,7 +700,7 @@ mod dhcpv6 {
             ..Config::default()
         });
         s.advance(secs(1));
-        s.drain_ipv6();
+        s.drain();
         s.guest_sends(&client_message(&s, &information_request([3, 2, 1])));
         let payload = reply(&mut s);
         let message = Message::parse(&payload).unwrap();
@@ -830,7 +713,7 @@ mod dhcpv6 {
         let mut s = Scenario::new();
         let before = s.stats();
         s.guest_sends(&client_message(&s, &information_request([1, 2, 3])));
-        assert_eq!(s.drain_ipv6(), vec![]);
+        assert_eq!(s.drain(), vec![]);
         assert_eq!(s.stats().rx_dropped, before.rx_dropped + 1);
     }
 }

@@ -3,7 +3,9 @@
 //! gateway 10.0.2.2 (MAC 52:55:0a:00:02:02), DNS 10.0.2.3, guest 10.0.2.100.
 
 use core::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
-use rslirp_stack::testing::{parse_echo_message, GuestTcp, HostCall, Parsed, Scenario, TcpSegment};
+use rslirp_stack::testing::{
+    the_only, the_only_segment, the_unreachable, GuestTcp, HostCall, Parsed, Scenario,
+};
 use rslirp_stack::{CloseMode, Config, Duration, FlowId, HostError};
 use smoltcp::wire::{
     ArpOperation, ArpRepr, EthernetAddress, Icmpv4Message, Icmpv4Packet, IpProtocol, Ipv4Packet,
@@ -34,53 +36,6 @@ fn host_loopback(port: u16) -> SocketAddr {
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
-}
-
-fn the_only<T: core::fmt::Debug>(mut items: Vec<T>, what: &str) -> T {
-    assert_eq!(items.len(), 1, "expected exactly one {what}, got {items:?}");
-    items.remove(0)
-}
-
-fn the_only_segment(frames: Vec<Parsed>, what: &str) -> TcpSegment {
-    match the_only(frames, what) {
-        Parsed::Tcp { tcp, .. } => tcp,
-        other => panic!("expected {what}, got {other:?}"),
-    }
-}
-
-/// The guest sends a SYN; the stack must ask the host for exactly one connect.
-fn syn_and_connect(s: &mut Scenario, conn: &mut GuestTcp) -> (FlowId, SocketAddr) {
-    let before = s.host.connects().len();
-    s.guest_sends(&conn.syn());
-    let connects = s.host.connects();
-    assert_eq!(
-        connects.len(),
-        before + 1,
-        "a SYN to {} starts exactly one host connect",
-        conn.remote
-    );
-    connects[before]
-}
-
-/// Lets frames and time flow (10 ms steps, at most 30 virtual seconds) until `done`.
-fn run_until(
-    s: &mut Scenario,
-    conns: &mut [GuestTcp],
-    what: &str,
-    done: impl Fn(&Scenario, &[GuestTcp]) -> bool,
-) {
-    for _ in 0..3_000 {
-        let unclaimed = s.exchange(conns);
-        assert!(
-            unclaimed.is_empty(),
-            "unexpected frames while waiting for {what}: {unclaimed:?}"
-        );
-        if done(s, conns) {
-            return;
-        }
-        s.advance(Duration::from_millis(10));
-    }
-    panic!("{what} did not happen within 30 virtual seconds");
 }
 
 /// Deterministic, distinct test data.
@@ -138,20 +93,8 @@ mod icmp {
     #[test]
     fn gateway_and_dns_answer_ping_themselves() {
         let mut s = Scenario::new();
-        let guest = s.guest;
         for (target, seq_no) in [(GATEWAY, 1), (DNS, 2)] {
-            s.guest_sends(&guest.icmp_echo(target, 0x1234, seq_no, b"are you there?"));
-            assert_eq!(
-                the_only(s.drain(), "echo reply"),
-                Parsed::IcmpEcho {
-                    src: target,
-                    dst: GUEST,
-                    reply: true,
-                    ident: 0x1234,
-                    seq_no,
-                    payload: b"are you there?".to_vec(),
-                }
-            );
+            s.assert_echo_reply(target, 0x1234, seq_no, b"are you there?");
         }
         assert_eq!(s.host.calls(), &[], "local pings never reach the host");
     }
@@ -159,33 +102,8 @@ mod icmp {
     #[test]
     fn remote_ping_goes_through_a_host_ping_socket_and_back() {
         let mut s = Scenario::new();
-        let guest = s.guest;
         let payload = pattern(1, 56);
-        s.guest_sends(&guest.icmp_echo(REMOTE, 0x1234, 7, &payload));
-
-        let (flow, target) = the_only(s.host.ping_opens(), "ping_open");
-        assert_eq!(target, IpAddr::V4(REMOTE));
-        let request = parse_echo_message(&the_only(s.host.ping_sent(flow), "ping_send"))
-            .expect("ping_send carries an ICMP echo request");
-        assert!(!request.reply);
-        assert_eq!(request.seq_no, 7);
-        assert_eq!(request.payload, payload);
-        assert_eq!(s.drain(), vec![], "nothing for the guest before the reply");
-
-        // The host kernel answers with the ping socket's own identifier.
-        s.ping_reply(flow, request.seq_no, &request.payload);
-        assert_eq!(
-            the_only(s.drain(), "echo reply"),
-            Parsed::IcmpEcho {
-                src: REMOTE,
-                dst: GUEST,
-                reply: true,
-                ident: 0x1234,
-                seq_no: 7,
-                payload,
-            },
-            "the guest sees its own identifier again"
-        );
+        s.assert_ping_through_host(REMOTE, 0x1234, 7, &payload);
     }
 
     #[test]
@@ -210,30 +128,11 @@ mod tcp {
     fn syn_ack_waits_for_the_host_connect() {
         let mut s = Scenario::new();
         let mut conn = s.guest_tcp(40000, remote(80));
-        let (flow, target) = syn_and_connect(&mut s, &mut conn);
+        let (flow, target) = s.syn_and_connect(&mut conn);
         assert_eq!(target, SocketAddr::V4(remote(80)));
-        assert_eq!(s.drain(), vec![], "no SYN-ACK while the host connects");
-
-        // The guest retransmits its SYN; still one connect, still no answer.
-        s.advance(secs(2));
-        s.guest_sends(&conn.syn());
-        assert_eq!(
-            s.host.connects().len(),
-            1,
-            "a retransmitted SYN is the same flow"
-        );
-        assert_eq!(s.drain(), vec![], "no SYN-ACK while the host connects");
-
-        s.complete_connect(flow);
-        let syn_ack = the_only_segment(s.drain(), "SYN-ACK");
-        assert!(syn_ack.is_syn_ack(), "got {}", syn_ack.flags());
-        assert_eq!((syn_ack.src_port, syn_ack.dst_port), (80, 40000));
-        assert_eq!(syn_ack.ack, Some(conn.isn.wrapping_add(1)));
-        let mss = syn_ack.mss.expect("the SYN-ACK carries an MSS option");
-        assert!(
-            (536..=1460).contains(&mss),
-            "MSS {mss} fits the 1500-byte MTU"
-        );
+        // The guest retransmits its SYN after 2 s; still one connect, still no answer.
+        // 1460: what fits the 1500-byte MTU.
+        s.syn_ack_after_connect(&mut conn, flow, secs(2), 1460);
     }
 
     #[test]
@@ -255,18 +154,10 @@ mod tcp {
         let syn = guest.tcp_syn(40000, gateway(8080), 1000);
         s.guest_sends(&syn);
         assert_eq!(s.host.connects(), vec![], "no host connect");
-        let Parsed::IcmpUnreachable {
-            dst,
-            code,
-            original,
-            ..
-        } = the_only(s.drain(), "ICMP error")
-        else {
-            panic!("expected ICMP destination unreachable");
-        };
-        assert_eq!(dst, GUEST);
-        assert_eq!(code, 0, "net unreachable");
-        assert_quotes(&original, &syn);
+        let error = the_unreachable(s.drain(), "ICMP destination unreachable");
+        assert_eq!(error.dst, GUEST);
+        assert_eq!(error.code, 0, "net unreachable");
+        assert_quotes(&error.original, &syn);
     }
 
     /// RFC 792: the ICMP error carries the original IP header and its first 8 data bytes.
@@ -293,18 +184,7 @@ mod tcp {
     fn refused_connect_resets_the_guest() {
         let mut s = Scenario::new();
         let mut conn = s.guest_tcp(40000, remote(81));
-        let (flow, _) = syn_and_connect(&mut s, &mut conn);
-        s.fail_connect(flow, HostError::ConnectionRefused);
-        let rst = the_only_segment(s.drain(), "RST");
-        assert!(rst.rst && !rst.syn, "got {}", rst.flags());
-        assert_eq!((rst.src_port, rst.dst_port), (81, 40000));
-        assert_eq!(
-            rst.ack,
-            Some(conn.isn.wrapping_add(1)),
-            "RST|ACK of the SYN"
-        );
-        assert!(s.host.close_mode(flow).is_some(), "host socket closed");
-        assert_eq!(s.stats().tcp_flows, 0);
+        s.assert_refused_connect_resets(&mut conn);
     }
 
     #[test]
@@ -312,20 +192,12 @@ mod tcp {
         let mut s = Scenario::new();
         let mut conn = s.guest_tcp(40000, remote(80));
         let syn = conn.syn();
-        let (flow, _) = syn_and_connect(&mut s, &mut conn);
+        let (flow, _) = s.syn_and_connect(&mut conn);
         s.fail_connect(flow, HostError::HostUnreachable);
-        let Parsed::IcmpUnreachable {
-            dst,
-            code,
-            original,
-            ..
-        } = the_only(s.drain(), "ICMP error")
-        else {
-            panic!("expected ICMP destination unreachable");
-        };
-        assert_eq!(dst, GUEST);
-        assert_eq!(code, 1, "host unreachable");
-        assert_quotes(&original, &syn);
+        let error = the_unreachable(s.drain(), "ICMP destination unreachable");
+        assert_eq!(error.dst, GUEST);
+        assert_eq!(error.code, 1, "host unreachable");
+        assert_quotes(&error.original, &syn);
         assert!(s.host.close_mode(flow).is_some(), "host socket closed");
         assert_eq!(s.stats().tcp_flows, 0);
     }
@@ -339,14 +211,14 @@ mod tcp {
         let request = b"GET / HTTP/1.0\r\n\r\n";
         let frame = conns[0].send(request);
         s.guest_sends(&frame);
-        run_until(&mut s, &mut conns, "the ACK of the request", |_, c| {
+        s.run_until(&mut conns, "the ACK of the request", |_, c| {
             c[0].all_acked()
         });
         assert_eq!(s.take_sent(flow), request);
 
         let response = pattern(2, 200_000);
         s.peer_send(flow, &response);
-        run_until(&mut s, &mut conns, "the whole response", |_, c| {
+        s.run_until(&mut conns, "the whole response", |_, c| {
             c[0].received().len() >= response.len()
         });
         assert!(
@@ -361,9 +233,7 @@ mod tcp {
             let frame = conns[0].send(chunk);
             s.guest_sends(&frame);
         }
-        run_until(&mut s, &mut conns, "the ACK of the upload", |_, c| {
-            c[0].all_acked()
-        });
+        s.run_until(&mut conns, "the ACK of the upload", |_, c| c[0].all_acked());
         assert!(s.take_sent(flow) == upload, "upload arrived intact");
     }
 
@@ -407,7 +277,7 @@ mod tcp {
         s.guest_sends(&frame);
         let fin = conns[0].fin();
         s.guest_sends(&fin);
-        run_until(&mut s, &mut conns, "the ACK of the guest's FIN", |_, c| {
+        s.run_until(&mut conns, "the ACK of the guest's FIN", |_, c| {
             c[0].all_acked()
         });
         assert_eq!(s.take_sent(flow), b"request, then FIN");
@@ -419,16 +289,14 @@ mod tcp {
 
         let reply = pattern(5, 5_000);
         s.peer_send(flow, &reply);
-        run_until(&mut s, &mut conns, "the reply after the FIN", |_, c| {
+        s.run_until(&mut conns, "the reply after the FIN", |_, c| {
             c[0].received().len() >= reply.len()
         });
         assert!(conns[0].received() == reply, "the reply arrived intact");
         assert!(!conns[0].peer_fin);
 
         s.peer_close(flow);
-        run_until(&mut s, &mut conns, "the FIN to the guest", |_, c| {
-            c[0].peer_fin
-        });
+        s.run_until(&mut conns, "the FIN to the guest", |_, c| c[0].peer_fin);
         s.advance(secs(1));
         assert_eq!(s.host.close_mode(flow), Some(CloseMode::Graceful));
         assert_eq!(s.stats().tcp_flows, 0);
@@ -443,14 +311,12 @@ mod tcp {
 
         s.peer_send(flow, b"banner, then EOF");
         s.peer_close(flow);
-        run_until(&mut s, &mut conns, "the FIN to the guest", |_, c| {
-            c[0].peer_fin
-        });
+        s.run_until(&mut conns, "the FIN to the guest", |_, c| c[0].peer_fin);
         assert_eq!(conns[0].received(), b"banner, then EOF");
 
         let frame = conns[0].send(b"still talking");
         s.guest_sends(&frame);
-        run_until(&mut s, &mut conns, "the ACK of the late data", |_, c| {
+        s.run_until(&mut conns, "the ACK of the late data", |_, c| {
             c[0].all_acked()
         });
         assert_eq!(s.take_sent(flow), b"still talking");
@@ -458,7 +324,7 @@ mod tcp {
 
         let fin = conns[0].fin();
         s.guest_sends(&fin);
-        run_until(&mut s, &mut conns, "the ACK of the guest's FIN", |_, c| {
+        s.run_until(&mut conns, "the ACK of the guest's FIN", |_, c| {
             c[0].all_acked()
         });
         // Both directions are done, so a half-close or an orderly close both carry the FIN.
@@ -591,8 +457,8 @@ mod udp {
         assert_eq!(
             the_only(s.drain(), "UDP reply"),
             Parsed::Udp {
-                src: gateway(7),
-                dst: SocketAddrV4::new(GUEST, 5000),
+                src: gateway(7).into(),
+                dst: SocketAddrV4::new(GUEST, 5000).into(),
                 payload: b"echo".to_vec(),
             }
         );
@@ -655,14 +521,14 @@ mod scale {
         config.limits.max_half_open = 2;
         let mut s = Scenario::with_config(config);
         let mut oldest = s.guest_tcp(40000, remote(80));
-        let (oldest_flow, _) = syn_and_connect(&mut s, &mut oldest);
+        let (oldest_flow, _) = s.syn_and_connect(&mut oldest);
         let mut second = s.guest_tcp(40001, remote(81));
-        syn_and_connect(&mut s, &mut second);
+        s.syn_and_connect(&mut second);
         assert_eq!(s.drain(), vec![], "both connects still pending");
 
         // A third connect, to a host that answers, is admitted...
         let mut third = s.guest_tcp(40002, gateway(8080));
-        let (third_flow, _) = syn_and_connect(&mut s, &mut third);
+        let (third_flow, _) = s.syn_and_connect(&mut third);
         // ...and the oldest is given up as timed out: host socket closed, guest told.
         assert_eq!(s.host.close_mode(oldest_flow), Some(CloseMode::Abort));
         let Parsed::IcmpUnreachable { code, .. } = the_only(s.drain(), "ICMP for the oldest")
@@ -703,7 +569,7 @@ mod scale {
         // All SYNs first: a thousand host connects in flight at once.
         let flows: Vec<FlowId> = conns
             .iter_mut()
-            .map(|conn| syn_and_connect(&mut s, conn).0)
+            .map(|conn| s.syn_and_connect(conn).0)
             .collect();
         let distinct: std::collections::HashSet<_> = flows.iter().collect();
         assert_eq!(distinct.len(), FLOWS, "every connection has its own flow");
@@ -713,7 +579,7 @@ mod scale {
         for &flow in &flows {
             s.complete_connect(flow);
         }
-        run_until(&mut s, &mut conns, "every handshake", |_, c| {
+        s.run_until(&mut conns, "every handshake", |_, c| {
             c.iter().all(GuestTcp::established)
         });
 
@@ -724,7 +590,7 @@ mod scale {
         for (i, &flow) in flows.iter().enumerate() {
             s.peer_send(flow, &download(i));
         }
-        run_until(&mut s, &mut conns, "every transfer", |_, c| {
+        s.run_until(&mut conns, "every transfer", |_, c| {
             c.iter()
                 .enumerate()
                 .all(|(i, conn)| conn.all_acked() && conn.received().len() >= download(i).len())
@@ -743,7 +609,7 @@ mod scale {
         for &flow in &flows {
             s.peer_close(flow);
         }
-        run_until(&mut s, &mut conns, "every close", |_, c| {
+        s.run_until(&mut conns, "every close", |_, c| {
             c.iter().all(|conn| conn.peer_fin && conn.all_acked())
         });
         s.advance(secs(120));
@@ -767,7 +633,7 @@ mod short_connections {
         s.guest_sends(&frame);
         s.peer_send(flow, &down);
         let conns = std::slice::from_mut(&mut conn);
-        run_until(s, conns, "the exchange", |_, c| {
+        s.run_until(conns, "the exchange", |_, c| {
             c[0].all_acked() && c[0].received().len() >= down.len()
         });
         assert_eq!(s.take_sent(flow), up, "upload of connection {i}");
@@ -776,7 +642,7 @@ mod short_connections {
         s.guest_sends(&fin);
         s.peer_close(flow);
         let conns = std::slice::from_mut(&mut conn);
-        run_until(s, conns, "the close", |s, c| {
+        s.run_until(conns, "the close", |s, c| {
             c[0].peer_fin && c[0].all_acked() && s.stats().tcp_flows == 0
         });
         assert_eq!(s.host.close_mode(flow), Some(CloseMode::Graceful));
@@ -903,7 +769,7 @@ mod close_orders {
         }
         let fin = conns[0].fin();
         s.guest_sends(&fin);
-        run_until(s, conns, "the ACK of the upload and the FIN", |_, c| {
+        s.run_until(conns, "the ACK of the upload and the FIN", |_, c| {
             c[0].all_acked()
         });
     }
@@ -915,9 +781,7 @@ mod close_orders {
         let mut conns = [conn];
         // The host peer shuts its write side: the guest sees EOF and starts its upload.
         s.peer_close(flow);
-        run_until(&mut s, &mut conns, "the FIN to the guest", |_, c| {
-            c[0].peer_fin
-        });
+        s.run_until(&mut conns, "the FIN to the guest", |_, c| c[0].peer_fin);
         assert_eq!(s.host.set_send_window(flow, 1_000), None);
 
         let upload = pattern(21, 200_000);
@@ -949,9 +813,7 @@ mod close_orders {
         // The host peer closes its side before it read the upload: FIN to the guest,
         // the guest ACKs it, the stack's socket is CLOSED with the upload still queued.
         s.peer_close(flow);
-        run_until(&mut s, &mut conns, "the FIN to the guest", |_, c| {
-            c[0].peer_fin
-        });
+        s.run_until(&mut conns, "the FIN to the guest", |_, c| c[0].peer_fin);
         assert_eq!(s.host.close_mode(flow), None, "not reset, not closed");
         let reading = (1_000, secs(1), secs(400));
         let delivered = slow_reader(&mut s, &mut conns, flow, upload.len(), reading);
@@ -1017,7 +879,7 @@ mod close_orders {
         s.advance(secs(3 * 3600));
         assert_eq!(s.host.close_mode(flow), None);
         s.peer_send(flow, b"still here");
-        run_until(&mut s, &mut conns, "data after hours of silence", |_, c| {
+        s.run_until(&mut conns, "data after hours of silence", |_, c| {
             c[0].received() == b"still here"
         });
     }
@@ -1043,12 +905,9 @@ mod close_orders {
         conns[0].window = 65_535;
         let ack = conns[0].ack();
         s.guest_sends(&ack);
-        run_until(
-            &mut s,
-            &mut conns,
-            "the data once the window opens",
-            |_, c| c[0].received().len() == 5_000,
-        );
+        s.run_until(&mut conns, "the data once the window opens", |_, c| {
+            c[0].received().len() == 5_000
+        });
     }
 
     #[test]
@@ -1057,9 +916,7 @@ mod close_orders {
         let (conn, flow) = s.open_tcp(40000, remote(80));
         let mut conns = [conn];
         s.peer_close(flow);
-        run_until(&mut s, &mut conns, "the FIN to the guest", |_, c| {
-            c[0].peer_fin
-        });
+        s.run_until(&mut conns, "the FIN to the guest", |_, c| c[0].peer_fin);
         // The guest ACKed our FIN (FIN-WAIT-2) and then goes silent for good.
         let fin_timeout = s.config().timeouts.tcp_fin_wait2;
         s.advance(fin_timeout - secs(5));
@@ -1076,9 +933,7 @@ mod close_orders {
         let (conn, flow) = s.open_tcp(40000, remote(80));
         let mut conns = [conn];
         s.peer_close(flow);
-        run_until(&mut s, &mut conns, "the FIN to the guest", |_, c| {
-            c[0].peer_fin
-        });
+        s.run_until(&mut conns, "the FIN to the guest", |_, c| c[0].peer_fin);
         let fin_timeout = s.config().timeouts.tcp_fin_wait2;
         let mut sent = Vec::new();
         for i in 0..4u8 {
@@ -1087,7 +942,7 @@ mod close_orders {
             s.guest_sends(&frame);
             sent.extend_from_slice(&[i; 100]);
         }
-        run_until(&mut s, &mut conns, "the ACKs", |_, c| c[0].all_acked());
+        s.run_until(&mut conns, "the ACKs", |_, c| c[0].all_acked());
         assert_eq!(s.host.close_mode(flow), None);
         assert_eq!(s.take_sent(flow), sent);
     }
@@ -1201,9 +1056,7 @@ mod round_trip {
         let event = s.host.event(flow);
         assert!(event.read_closed);
         s.host_event(event);
-        run_until(&mut s, &mut conns, "the data and the FIN", |_, c| {
-            c[0].peer_fin
-        });
+        s.run_until(&mut conns, "the data and the FIN", |_, c| c[0].peer_fin);
         assert_eq!(conns[0].received(), b"last words");
     }
 
@@ -1219,7 +1072,7 @@ mod round_trip {
             assert!(s.take_sent(flow) == request, "request {i} went on");
             let reply = pattern(i + 1000, 1 + (i * 13) % 3000);
             s.peer_send(flow, &reply);
-            run_until(&mut s, &mut conns, "the reply", |_, c| {
+            s.run_until(&mut conns, "the reply", |_, c| {
                 c[0].received().len() >= reply.len()
             });
             assert!(conns[0].take_received() == reply, "reply {i} arrived whole");

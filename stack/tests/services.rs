@@ -307,8 +307,8 @@ mod dns {
         assert_eq!(
             the_only(s.drain(), "DNS answer"),
             Parsed::Udp {
-                src: dns(53),
-                dst: SocketAddrV4::new(GUEST, 33333),
+                src: dns(53).into(),
+                dst: SocketAddrV4::new(GUEST, 33333).into(),
                 payload: ANSWER.to_vec(),
             }
         );
@@ -363,7 +363,7 @@ mod dns {
         assert_eq!(whole.len(), 1);
         match rslirp_stack::testing::parse(&whole[0]) {
             Parsed::Udp { src, payload, .. } => {
-                assert_eq!(src, dns(53));
+                assert_eq!(src, SocketAddr::from(dns(53)));
                 assert_eq!(payload, answer);
             }
             other => panic!("{other:?}"),
@@ -587,7 +587,11 @@ mod dns {
                 code,
                 original,
             } => {
-                assert_eq!((src, dst, code), (DNS, GUEST, 3), "port unreachable");
+                assert_eq!(
+                    (src, dst, code),
+                    (IpAddr::from(DNS), IpAddr::from(GUEST), 3),
+                    "port unreachable"
+                );
                 original
             }
             other => panic!("expected ICMP port unreachable, got {other:?}"),

@@ -10,8 +10,9 @@
 use crate::sim::Sim;
 use crate::{clock_step, run_steps, Encoder, Input, Step, HOST_ERRORS};
 use rslirp_stack::config::IPV6_DNS;
-use rslirp_stack::testing::frames::{try_parse, Guest, Parsed};
+use rslirp_stack::testing::frames::Guest;
 use rslirp_stack::testing::SocketKind;
+use rslirp_stack::testing::{try_parse, Parsed};
 use rslirp_stack::{Config, Duration};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 
@@ -118,11 +119,15 @@ fn udp6_query(guest: &Guest, port: u16, query: &[u8]) -> Vec<u8> {
     guest.udp6(port, SocketAddrV6::new(IPV6_DNS, 53, 0, 0), query)
 }
 
-/// Frames the guest gets from port 53 come from the DNS address.
+/// Frames the guest gets from port 53 come from the DNS address of their family.
 fn check_answer(frame: &[u8], dns: Ipv4Addr) {
     if let Ok(Parsed::Udp { src, .. }) = try_parse(frame) {
         if src.port() == 53 {
-            assert_eq!(*src.ip(), dns, "a DNS answer from another address");
+            let expected = match src.ip() {
+                IpAddr::V4(_) => IpAddr::V4(dns),
+                IpAddr::V6(_) => IpAddr::V6(IPV6_DNS),
+            };
+            assert_eq!(src.ip(), expected, "a DNS answer from another address");
         }
     }
 }

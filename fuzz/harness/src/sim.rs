@@ -9,11 +9,11 @@ use crate::offload::VnetHeader;
 use rslirp::event_loop::MAX_FRAME;
 use rslirp::tap::{frame_read, vnet_header, VNET_HDR_LEN};
 use rslirp_stack::testing::clock::{self, EventLoop};
-use rslirp_stack::testing::frames::{try_parse, ParseError, Parsed, TcpSegment};
-use rslirp_stack::testing::ipv6::{try_parse6, Parsed6};
+use rslirp_stack::testing::frames::TcpSegment;
+use rslirp_stack::testing::{try_parse, ParseError, Parsed};
 use rslirp_stack::testing::{SimHost, SimSocket};
 use rslirp_stack::{Config, Duration, FlowId, HostEvent, Instant, Offload, Stack};
-use smoltcp::wire::{EthernetFrame, EthernetProtocol, Ipv4Packet, ETHERNET_HEADER_LEN};
+use smoltcp::wire::{EthernetFrame, Ipv4Packet, ETHERNET_HEADER_LEN};
 use std::net::IpAddr;
 
 /// Where the virtual clock starts (not zero, as in the scenario tests).
@@ -162,43 +162,20 @@ impl Sim {
             "frame of {} bytes exceeds the MTU ({max} with Ethernet header)",
             frame.len()
         );
-        let eth = EthernetFrame::new_checked(frame)
-            .unwrap_or_else(|_| panic!("the stack emitted a runt frame: {frame:02x?}"));
+        assert!(
+            EthernetFrame::new_checked(frame).is_ok(),
+            "the stack emitted a runt frame: {frame:02x?}"
+        );
         if crate::tracing() {
-            if eth.ethertype() == EthernetProtocol::Ipv6 {
-                eprintln!("  <- {} {:?}", self.now, try_parse6(frame));
-            } else {
-                eprintln!("  <- {} {:?}", self.now, try_parse(frame));
-            }
+            eprintln!("  <- {} {:?}", self.now, try_parse(frame));
         }
-        let sent = if eth.ethertype() == EthernetProtocol::Ipv6 {
-            match try_parse6(frame) {
-                Ok(Parsed6::Tcp { ip, tcp }) => Some(SentTcp {
-                    src: IpAddr::V6(ip.src_addr),
-                    dst: IpAddr::V6(ip.dst_addr),
-                    segment: tcp,
-                }),
-                Ok(_) => None,
-                Err(err) => panic!("the stack emitted a bad IPv6 frame ({err}): {frame:02x?}"),
-            }
-        } else {
-            match try_parse(frame) {
-                Ok(Parsed::Tcp { ip, tcp }) => Some(SentTcp {
-                    src: IpAddr::V4(ip.src_addr),
-                    dst: IpAddr::V4(ip.dst_addr),
-                    segment: tcp,
-                }),
-                Ok(_) => None,
-                // `try_parse` reads any UDP from port 67 to 68 as DHCP, after checking its
-                // checksums; from anyone but our gateway it is NATed traffic (a remote's
-                // port 67 answering the guest's port 68) and may hold anything.
-                Err(
-                    ParseError::Truncated("DHCP")
-                    | ParseError::Malformed("DHCP")
-                    | ParseError::Malformed("DHCP MTU option"),
-                ) if !from_gateway(frame, self.config.network.gateway()) => None,
-                Err(err) => panic!("the stack emitted a bad frame ({err}): {frame:02x?}"),
-            }
+        let sent = match self.decode(frame, "the stack emitted a bad frame") {
+            Some(Parsed::Tcp { ip, tcp }) => Some(SentTcp {
+                src: ip.src_addr,
+                dst: ip.dst_addr,
+                segment: tcp,
+            }),
+            _ => None,
         };
         if let Some(sent) = sent {
             if self.recent_tcp.len() == RECENT_TCP {
@@ -211,23 +188,25 @@ impl Sim {
 
     /// A frame as the guest's IP layer passes it on (fragments reassembled) must decode.
     fn check_whole(&self, frame: &[u8]) {
-        let Ok(eth) = EthernetFrame::new_checked(frame) else {
-            return;
-        };
-        let result = if eth.ethertype() == EthernetProtocol::Ipv6 {
-            try_parse6(frame).map(|_| ())
-        } else {
-            try_parse(frame).map(|_| ())
-        };
-        match result {
-            Ok(()) => {}
-            // As in `check_frame`: NATed UDP between ports 67 and 68 may hold anything.
+        if EthernetFrame::new_checked(frame).is_ok() {
+            self.decode(frame, "a reassembled datagram does not decode");
+        }
+    }
+
+    /// `frame` decoded, or None for NATed UDP between ports 67 and 68 that is no DHCP;
+    /// panics with `what` on any other frame that does not decode.
+    fn decode(&self, frame: &[u8], what: &str) -> Option<Parsed> {
+        match try_parse(frame) {
+            Ok(parsed) => Some(parsed),
+            // `try_parse` reads any UDP from port 67 to 68 as DHCP, after checking its
+            // checksums; from anyone but our gateway it is NATed traffic (a remote's port
+            // 67 answering the guest's port 68) and may hold anything.
             Err(
                 ParseError::Truncated("DHCP")
                 | ParseError::Malformed("DHCP")
                 | ParseError::Malformed("DHCP MTU option"),
-            ) if !from_gateway(frame, self.config.network.gateway()) => {}
-            Err(err) => panic!("a reassembled datagram does not decode ({err}): {frame:02x?}"),
+            ) if !from_gateway(frame, self.config.network.gateway()) => None,
+            Err(err) => panic!("{what} ({err}): {frame:02x?}"),
         }
     }
 

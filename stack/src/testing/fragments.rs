@@ -157,13 +157,14 @@ pub fn ipv4_piece(frame: &[u8], offset: usize, len: usize, more: bool, ident: u1
     let head = ETHERNET_HEADER_LEN + IPV4_HEADER;
     let mut out = frame[..head].to_vec();
     out.extend_from_slice(&frame[head + offset..head + offset + len]);
-    let mut ip = Ipv4Packet::new_unchecked(&mut out[ETHERNET_HEADER_LEN..]);
-    ip.set_total_len((IPV4_HEADER + len) as u16);
-    ip.set_ident(ident);
-    ip.set_dont_frag(false);
-    ip.set_more_frags(more);
-    ip.set_frag_offset(offset as u16);
-    ip.fill_checksum();
+    // The header's words as RFC 791 lays them out: total length, identification, then
+    // the flags (DF clear, MF as asked) with the offset in 8-byte units.
+    let ip = &mut out[ETHERNET_HEADER_LEN..];
+    ip[2..4].copy_from_slice(&((IPV4_HEADER + len) as u16).to_be_bytes());
+    ip[4..6].copy_from_slice(&ident.to_be_bytes());
+    let flags_and_offset = (u16::from(more) << 13) | (offset / 8) as u16;
+    ip[6..8].copy_from_slice(&flags_and_offset.to_be_bytes());
+    Ipv4Packet::new_unchecked(ip).fill_checksum();
     out
 }
 

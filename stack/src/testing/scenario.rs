@@ -1,13 +1,15 @@
 //! The harness: a stack, a simulated host and a guest on a virtual clock.
 
-use super::frames::{parse, Guest, GuestTcp, Parsed};
+use super::frames::{Guest, TcpSegment};
+use super::guest_tcp::GuestTcp;
 use super::host::{SimHost, SocketKind};
+use super::parse::{parse, Parsed};
 use crate::config::Config;
 use crate::io::{FlowId, HostError, HostEvent};
 use crate::stack::Stack;
 use crate::stats::Stats;
 use crate::Offload;
-use core::net::{SocketAddr, SocketAddrV4};
+use core::net::{IpAddr, SocketAddr};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{checksum, EthernetAddress, EthernetFrame, ETHERNET_HEADER_LEN};
 use std::collections::{HashMap, HashSet};
@@ -20,6 +22,21 @@ pub fn complete_checksum(frame: &mut [u8], offload: &Offload) {
         let at = start + usize::from(partial.offset);
         let sum = !checksum::data(&frame[start..]);
         frame[at..at + 2].copy_from_slice(&sum.to_be_bytes());
+    }
+}
+
+/// The one item of `items` (frames drained, host calls...); panics naming `what` unless
+/// there is exactly one.
+pub fn the_only<T: core::fmt::Debug>(mut items: Vec<T>, what: &str) -> T {
+    assert_eq!(items.len(), 1, "expected exactly one {what}, got {items:?}");
+    items.remove(0)
+}
+
+/// The one frame of `frames`, which must be a TCP segment.
+pub fn the_only_segment(frames: Vec<Parsed>, what: &str) -> TcpSegment {
+    match the_only(frames, what) {
+        Parsed::Tcp { tcp, .. } => tcp,
+        other => panic!("expected {what}, got {other:?}"),
     }
 }
 
@@ -131,7 +148,8 @@ impl Scenario {
         );
     }
 
-    /// Frames the stack sent to the guest since the last drain, decoded. Panics if a
+    /// Frames the stack sent to the guest since the last drain, decoded (IPv4 and IPv6
+    /// alike, see [`parse`]). Panics if a
     /// frame is not addressed to the guest's MAC, exceeds the MTU or has a bad checksum.
     /// Fragments come reassembled, as the guest's kernel passes them on (each checked
     /// first); see [`Scenario::drain_raw`] for the frames themselves.
@@ -381,28 +399,46 @@ impl Scenario {
             .collect()
     }
 
+    /// The guest pings `target` (either family); the stack must answer with exactly one
+    /// frame, the echo reply from `target` with the same identifier, sequence number and
+    /// data.
+    pub fn assert_echo_reply(
+        &mut self,
+        target: impl Into<IpAddr>,
+        ident: u16,
+        seq_no: u16,
+        data: &[u8],
+    ) {
+        let target = target.into();
+        let guest = self.guest;
+        self.guest_sends(&guest.echo_request(target, ident, seq_no, data));
+        let expected = Parsed::echo_reply(target, guest.addr_for(target), ident, seq_no, data);
+        assert_eq!(
+            self.drain(),
+            [expected],
+            "exactly one echo reply from {target}"
+        );
+    }
+
     // ---- TCP conveniences ----
 
-    /// A guest connection from `local_port` to `remote` with a fixed, port-derived ISN
-    /// (not sent yet).
-    pub fn guest_tcp(&self, local_port: u16, remote: SocketAddrV4) -> GuestTcp {
+    /// A guest connection from `local_port` to `remote` (IPv4 or IPv6) with a fixed,
+    /// port-derived ISN (not sent yet).
+    pub fn guest_tcp(&self, local_port: u16, remote: impl Into<SocketAddr>) -> GuestTcp {
         let isn = u32::from(local_port).wrapping_mul(0x9e37_79b9);
         GuestTcp::new(&self.guest, local_port, remote, isn)
     }
 
     /// The whole happy handshake: SYN, exactly one host connect, the connect completes,
     /// SYN-ACK, ACK. Returns the connection and its host flow.
-    pub fn open_tcp(&mut self, local_port: u16, remote: SocketAddrV4) -> (GuestTcp, FlowId) {
+    pub fn open_tcp(
+        &mut self,
+        local_port: u16,
+        remote: impl Into<SocketAddr>,
+    ) -> (GuestTcp, FlowId) {
+        let remote = remote.into();
         let mut conn = self.guest_tcp(local_port, remote);
-        let connects_before = self.host.connects().len();
-        self.guest_sends(&conn.syn());
-        let connects = self.host.connects();
-        assert_eq!(
-            connects.len(),
-            connects_before + 1,
-            "a SYN to {remote} should start exactly one host connect"
-        );
-        let (flow, _) = connects[connects_before];
+        let (flow, _) = self.syn_and_connect(&mut conn);
         self.complete_connect(flow);
         let others = self.exchange(std::slice::from_mut(&mut conn));
         assert!(
@@ -412,11 +448,68 @@ impl Scenario {
         (conn, flow)
     }
 
+    /// The guest sends `conn`'s SYN; the stack must ask the host for exactly one connect,
+    /// whose flow and remote address this returns.
+    pub fn syn_and_connect(&mut self, conn: &mut GuestTcp) -> (FlowId, SocketAddr) {
+        let before = self.host.connects().len();
+        self.guest_sends(&conn.syn());
+        let connects = self.host.connects();
+        assert_eq!(
+            connects.len(),
+            before + 1,
+            "a SYN to {} should start exactly one host connect",
+            conn.remote
+        );
+        connects[before]
+    }
+
+    /// Lets frames and time flow until `done`: each round an [`Scenario::exchange`] (no
+    /// frame may go unclaimed) and 10 ms of virtual time, at most 30 virtual seconds;
+    /// panics naming `what` if `done` never holds.
+    pub fn run_until(
+        &mut self,
+        conns: &mut [GuestTcp],
+        what: &str,
+        done: impl Fn(&Scenario, &[GuestTcp]) -> bool,
+    ) {
+        // 10 ms each: 30 virtual seconds.
+        const ROUNDS: usize = 3_000;
+        for _ in 0..ROUNDS {
+            let unclaimed = self.exchange(conns);
+            assert!(
+                unclaimed.is_empty(),
+                "unexpected frames while waiting for {what}: {unclaimed:?}"
+            );
+            if done(self, conns) {
+                return;
+            }
+            self.advance(Duration::from_millis(10));
+        }
+        panic!("{what} did not happen within 30 virtual seconds");
+    }
+
+    /// The host peer of `flow` sends `data` to `conn`; exchanges, with 10 ms of virtual
+    /// time between rounds for retransmission and window timers, until `conn` received
+    /// as many bytes or a second passed. Frames of others are ignored; the caller checks
+    /// what arrived.
+    pub fn download(&mut self, conn: &mut GuestTcp, flow: FlowId, data: &[u8]) {
+        // 10 ms each: one virtual second.
+        const ROUNDS: usize = 100;
+        self.peer_send(flow, data);
+        for _ in 0..ROUNDS {
+            self.exchange(std::slice::from_mut(conn));
+            if conn.received().len() >= data.len() {
+                return;
+            }
+            self.advance(Duration::from_millis(10));
+        }
+    }
+
     /// Delivers the stack's frames to the connections they belong to and lets each
     /// connection ACK what it received, until the stack has nothing more to say (the
     /// clock does not move). Returns the frames no connection claimed.
     pub fn exchange(&mut self, conns: &mut [GuestTcp]) -> Vec<Parsed> {
-        let index: HashMap<(u16, SocketAddrV4), usize> = conns
+        let index: HashMap<(u16, SocketAddr), usize> = conns
             .iter()
             .enumerate()
             .map(|(i, conn)| ((conn.local_port, conn.remote), i))
@@ -429,7 +522,7 @@ impl Scenario {
             }
             for frame in frames {
                 let owner = frame.tcp().and_then(|(ip, tcp)| {
-                    let remote = SocketAddrV4::new(ip.src_addr, tcp.src_port);
+                    let remote = SocketAddr::new(ip.src_addr, tcp.src_port);
                     index.get(&(tcp.dst_port, remote)).copied()
                 });
                 match owner {

@@ -3,9 +3,10 @@
 
 use super::*;
 use crate::io::{CloseMode, FlowId, HostError, HostIo, SourceAddr};
-use core::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use core::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use smoltcp::wire::{
-    ArpOperation, ArpRepr, EthernetAddress, Icmpv4DstUnreachable, Icmpv4Repr, IpProtocol, Ipv4Repr,
+    ArpOperation, ArpRepr, EthernetAddress, Icmpv4DstUnreachable, Icmpv4Repr, IpProtocol,
+    IpVersion, Ipv4Repr,
 };
 
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
@@ -62,7 +63,10 @@ fn syn_carries_linux_options() {
     let guest = Guest::default();
     let parsed = parse(&guest.tcp_syn(40000, REMOTE, 0xfffffff0));
     let (ip, tcp) = parsed.tcp().expect("a TCP frame");
-    assert_eq!((ip.src_addr, ip.dst_addr), (guest.ip, *REMOTE.ip()));
+    assert_eq!(
+        (ip.src_addr, ip.dst_addr),
+        (IpAddr::from(guest.ip), IpAddr::from(*REMOTE.ip()))
+    );
     assert_eq!((tcp.src_port, tcp.dst_port), (40000, 80));
     assert_eq!(tcp.flags(), "S");
     assert_eq!(tcp.seq, 0xfffffff0);
@@ -93,16 +97,16 @@ fn udp_and_icmp_round_trip() {
     assert_eq!(
         parse(&guest.udp(5000, dst, b"query")),
         Parsed::Udp {
-            src: SocketAddrV4::new(guest.ip, 5000),
-            dst,
+            src: SocketAddrV4::new(guest.ip, 5000).into(),
+            dst: dst.into(),
             payload: b"query".to_vec()
         }
     );
     assert_eq!(
         parse(&guest.icmp_echo(GATEWAY, 0x1234, 7, b"ping")),
         Parsed::IcmpEcho {
-            src: guest.ip,
-            dst: GATEWAY,
+            src: guest.ip.into(),
+            dst: GATEWAY.into(),
             reply: false,
             ident: 0x1234,
             seq_no: 7,
@@ -147,7 +151,10 @@ fn icmp_unreachable_quotes_the_original() {
     else {
         panic!("not an ICMP unreachable");
     };
-    assert_eq!((src, dst, code), (GATEWAY, guest.ip, 1));
+    assert_eq!(
+        (src, dst, code),
+        (IpAddr::from(GATEWAY), IpAddr::from(guest.ip), 1)
+    );
     assert_eq!(&original[12..20], &quoted[12..20], "quoted addresses");
     assert_eq!(&original[20..], &quoted[20..], "quoted ports and sequence");
 }
@@ -194,9 +201,9 @@ fn truncation_is_an_error() {
 
 #[test]
 fn echo_messages_round_trip() {
-    let message = echo_message(true, 9, 3, b"hi");
+    let message = echo_message(IpVersion::Ipv4, true, 9, 3, b"hi");
     assert_eq!(
-        parse_echo_message(&message),
+        parse_echo_message(IpVersion::Ipv4, &message),
         Ok(EchoMessage {
             reply: true,
             ident: 9,
@@ -376,35 +383,42 @@ fn sim_host_datagrams_and_pings() {
 
     host.ping_open(flow(2), REMOTE.ip().to_owned().into())
         .unwrap();
-    host.ping_send(flow(2), &echo_message(false, 77, 1, b"abc"), 64)
-        .unwrap();
-    let sent = parse_echo_message(&host.ping_sent(flow(2))[0]).unwrap();
+    host.ping_send(
+        flow(2),
+        &echo_message(IpVersion::Ipv4, false, 77, 1, b"abc"),
+        64,
+    )
+    .unwrap();
+    let sent = parse_echo_message(IpVersion::Ipv4, &host.ping_sent(flow(2))[0]).unwrap();
     host.ping_reply(flow(2), sent.seq_no, &sent.payload);
     let mut buf = [0; 64];
     let n = host.ping_recv(flow(2), &mut buf).unwrap().len;
-    let reply = parse_echo_message(&buf[..n]).unwrap();
+    let reply = parse_echo_message(IpVersion::Ipv4, &buf[..n]).unwrap();
     assert!(reply.reply);
     assert_ne!(reply.ident, 77, "the host kernel uses its own identifier");
     assert_eq!((reply.seq_no, reply.payload.as_slice()), (1, &b"abc"[..]));
 }
 
-#[test]
-#[should_panic(expected = "after closing it")]
-fn sim_host_rejects_use_after_close() {
+/// A host on which the stack opened flow 1 as a UDP socket and closed it.
+fn host_with_closed_udp_flow() -> SimHost {
     let mut host = SimHost::new();
     host.udp_open(flow(1), SocketAddr::V4(REMOTE), SourceAddr::Outbound)
         .unwrap();
     host.close(flow(1), CloseMode::Graceful);
+    host
+}
+
+#[test]
+#[should_panic(expected = "after closing it")]
+fn sim_host_rejects_use_after_close() {
+    let mut host = host_with_closed_udp_flow();
     let _ = host.udp_send(flow(1), b"late", 64);
 }
 
 #[test]
 #[should_panic(expected = "opened flow#1.1 again")]
 fn sim_host_rejects_reopening_a_flow_id() {
-    let mut host = SimHost::new();
-    host.udp_open(flow(1), SocketAddr::V4(REMOTE), SourceAddr::Outbound)
-        .unwrap();
-    host.close(flow(1), CloseMode::Graceful);
+    let mut host = host_with_closed_udp_flow();
     let _ = host.udp_open(flow(1), SocketAddr::V4(REMOTE), SourceAddr::Outbound);
 }
 

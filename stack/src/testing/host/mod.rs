@@ -1,10 +1,15 @@
-//! The in-memory host.
+//! The in-memory host: [`SimHost`], its sockets and forwards, and the API a test plays the
+//! host peers with and inspects what the stack did; the [`HostIo`](crate::io::HostIo) side is in
+//! `io.rs`.
 
 use crate::io::{
-    CloseMode, Datagram, FlowId, HostError, HostEvent, HostIo, HostResult, IcmpReport, SourceAddr,
+    CloseMode, Datagram, FlowId, HostError, HostEvent, HostResult, IcmpReport, SourceAddr,
 };
 use core::net::{IpAddr, SocketAddr};
+use io::icmp_errno;
 use std::collections::{HashMap, VecDeque};
+
+mod io;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SocketKind {
@@ -179,7 +184,7 @@ pub struct SimForward {
     pub closed: bool,
 }
 
-/// An in-memory [`HostIo`]. The stack drives it through the trait; the test plays the
+/// An in-memory [`HostIo`](crate::io::HostIo). The stack drives it through the trait; the test plays the
 /// host peers through the inherent methods, each of which returns the [`HostEvent`] a
 /// real edge-triggered poller would report for it (pass it to
 /// [`crate::Stack::handle_host_event`], or let [`crate::testing::Scenario`] do it).
@@ -340,13 +345,7 @@ impl SimHost {
     /// the UDP header, for ping the echo request with the socket's identifier), and the
     /// socket's pending error set to its errno until the queue is read.
     pub fn icmp_error(&mut self, flow: FlowId, report: IcmpReport, quoted: &[u8]) -> HostEvent {
-        let socket = self.expect_mut(flow);
-        assert!(
-            matches!(socket.kind, SocketKind::Udp | SocketKind::Ping) && !socket.is_closed(),
-            "test bug: icmp_error on {flow:?}, a {:?} socket in state {:?}",
-            socket.kind,
-            socket.state
-        );
+        let socket = self.expect_datagram_socket(flow, "test bug: icmp_error");
         socket.pending_error = Some(icmp_errno(&report));
         let report = IcmpReport {
             len: quoted.len(),
@@ -359,22 +358,21 @@ impl SimHost {
     /// A UDP datagram (payload) or an ICMP message (header + payload) arrives on the
     /// flow's socket.
     pub fn deliver_datagram(&mut self, flow: FlowId, data: &[u8]) -> HostEvent {
-        let socket = self.expect_mut(flow);
-        assert!(
-            matches!(socket.kind, SocketKind::Udp | SocketKind::Ping) && !socket.is_closed(),
-            "test bug: deliver_datagram on {flow:?}, a {:?} socket in state {:?}",
-            socket.kind,
-            socket.state
-        );
+        let socket = self.expect_datagram_socket(flow, "test bug: deliver_datagram");
         socket.inbound_datagrams.push_back(data.to_vec());
         readable_event(flow)
     }
 
-    /// The pinged host answers: an echo reply as the kernel hands it to a ping socket,
-    /// carrying the socket's own identifier (not the guest's).
+    /// The pinged host answers: an echo reply as the kernel hands it to a ping socket
+    /// of the socket's family, carrying the socket's own identifier (not the guest's).
     pub fn ping_reply(&mut self, flow: FlowId, seq_no: u16, payload: &[u8]) -> HostEvent {
-        let ident = self.expect_mut(flow).ping_ident;
-        let message = super::frames::echo_message(true, ident, seq_no, payload);
+        let socket = self.expect_mut(flow);
+        let version = match socket.remote {
+            SocketAddr::V4(_) => smoltcp::wire::IpVersion::Ipv4,
+            SocketAddr::V6(_) => smoltcp::wire::IpVersion::Ipv6,
+        };
+        let ident = socket.ping_ident;
+        let message = super::frames::echo_message(version, true, ident, seq_no, payload);
         self.deliver_datagram(flow, &message)
     }
 
@@ -454,26 +452,12 @@ impl SimHost {
         }
     }
 
-    fn listen(&mut self, forward: u64, addr: SocketAddr, udp: bool) -> HostResult<()> {
-        if let Some(error) = self.listen_failures.pop_front() {
-            return Err(error);
-        }
-        assert!(
-            !self.forwards.contains_key(&forward),
-            "stack reused forward id {forward}"
-        );
-        self.forwards.insert(
-            forward,
-            SimForward {
-                udp,
-                addr: Some(addr),
-                ..SimForward::default()
-            },
-        );
-        Ok(())
-    }
-
     // ---- inspecting what happened ----
+
+    /// What `pick` takes from each call it recognizes, in call order.
+    fn calls_of<T>(&self, pick: impl Fn(&HostCall) -> Option<T>) -> Vec<T> {
+        self.calls.iter().filter_map(pick).collect()
+    }
 
     pub fn calls(&self) -> &[HostCall] {
         &self.calls
@@ -481,13 +465,10 @@ impl SimHost {
 
     /// Every `tcp_connect` call (successful or not): flow and remote address.
     pub fn connects(&self) -> Vec<(FlowId, SocketAddr)> {
-        self.calls
-            .iter()
-            .filter_map(|call| match call {
-                HostCall::TcpConnect { flow, remote, .. } => Some((*flow, *remote)),
-                _ => None,
-            })
-            .collect()
+        self.calls_of(|call| match *call {
+            HostCall::TcpConnect { flow, remote, .. } => Some((flow, remote)),
+            _ => None,
+        })
     }
 
     pub fn last_connect(&self) -> Option<(FlowId, SocketAddr)> {
@@ -496,46 +477,34 @@ impl SimHost {
 
     /// Every `udp_open` call: flow and remote address.
     pub fn udp_opens(&self) -> Vec<(FlowId, SocketAddr)> {
-        self.calls
-            .iter()
-            .filter_map(|call| match call {
-                HostCall::UdpOpen { flow, remote, .. } => Some((*flow, *remote)),
-                _ => None,
-            })
-            .collect()
+        self.calls_of(|call| match *call {
+            HostCall::UdpOpen { flow, remote, .. } => Some((flow, remote)),
+            _ => None,
+        })
     }
 
     /// Every `udp_reconnect` call: flow and new remote address.
     pub fn udp_reconnects(&self) -> Vec<(FlowId, SocketAddr)> {
-        self.calls
-            .iter()
-            .filter_map(|call| match call {
-                HostCall::UdpReconnect { flow, remote } => Some((*flow, *remote)),
-                _ => None,
-            })
-            .collect()
+        self.calls_of(|call| match *call {
+            HostCall::UdpReconnect { flow, remote } => Some((flow, remote)),
+            _ => None,
+        })
     }
 
     /// Every `ping_open` call: flow and remote address.
     pub fn ping_opens(&self) -> Vec<(FlowId, IpAddr)> {
-        self.calls
-            .iter()
-            .filter_map(|call| match call {
-                HostCall::PingOpen { flow, remote, .. } => Some((*flow, *remote)),
-                _ => None,
-            })
-            .collect()
+        self.calls_of(|call| match *call {
+            HostCall::PingOpen { flow, remote, .. } => Some((flow, remote)),
+            _ => None,
+        })
     }
 
     /// Every `close` call, including repeated ones.
     pub fn closes(&self) -> Vec<(FlowId, CloseMode)> {
-        self.calls
-            .iter()
-            .filter_map(|call| match call {
-                HostCall::Close { flow, mode } => Some((*flow, *mode)),
-                _ => None,
-            })
-            .collect()
+        self.calls_of(|call| match *call {
+            HostCall::Close { flow, mode } => Some((flow, mode)),
+            _ => None,
+        })
     }
 
     /// Whether the stack called `tcp_shutdown_write` on the flow.
@@ -590,379 +559,40 @@ impl SimHost {
             .unwrap_or_else(|| panic!("test bug: no host socket for {flow:?}"))
     }
 
+    /// The flow's socket, which `fits` must accept: else a panic that names `who` and
+    /// the socket's kind and state.
+    fn expect_socket(
+        &mut self,
+        flow: FlowId,
+        who: &str,
+        fits: impl Fn(&SimSocket) -> bool,
+    ) -> &mut SimSocket {
+        let socket = self.expect_mut(flow);
+        assert!(
+            fits(socket),
+            "{who} on {flow:?}, a {:?} socket in state {:?}",
+            socket.kind,
+            socket.state
+        );
+        socket
+    }
+
     fn expect_connecting(&mut self, flow: FlowId, what: &str) -> &mut SimSocket {
-        let socket = self.expect_mut(flow);
-        assert!(
-            socket.kind == SocketKind::Tcp && socket.state == SocketState::Connecting,
-            "test bug: {what} on {flow:?}, a {:?} socket in state {:?}",
-            socket.kind,
-            socket.state
-        );
-        socket
-    }
-
-    fn expect_tcp_peer(&mut self, flow: FlowId, what: &str) -> &mut SimSocket {
-        let socket = self.expect_mut(flow);
-        assert!(
-            socket.kind == SocketKind::Tcp && socket.state == SocketState::Connected,
-            "test bug: {what} on {flow:?}, a {:?} socket in state {:?}",
-            socket.kind,
-            socket.state
-        );
-        socket
-    }
-
-    /// The socket a stack call names; panics on calls the contract forbids.
-    fn live(&mut self, flow: FlowId, kind: SocketKind, call: &str) -> &mut SimSocket {
-        let Some(socket) = self.sockets.get_mut(&flow) else {
-            panic!("stack called {call} on {flow:?}, which has no host socket");
-        };
-        assert!(
-            !socket.is_closed(),
-            "stack called {call} on {flow:?} after closing it"
-        );
-        assert_eq!(
-            socket.kind, kind,
-            "stack called {call} on {flow:?}, a {:?} socket",
-            socket.kind
-        );
-        socket
-    }
-
-    fn open(
-        &mut self,
-        flow: FlowId,
-        kind: SocketKind,
-        remote: SocketAddr,
-        state: SocketState,
-    ) -> HostResult<()> {
-        if let Some(existing) = self.sockets.get(&flow) {
-            panic!(
-                "stack opened {flow:?} again (a {:?} socket in state {:?}); \
-                 flow ids must be reused only with a new generation",
-                existing.kind, existing.state
-            );
-        }
-        if let Some(error) = self.open_failures.pop_front() {
-            return Err(error);
-        }
-        if kind == SocketKind::Ping && !self.ping_allowed {
-            return Err(HostError::PermissionDenied);
-        }
-        let mut socket = SimSocket::new(kind, remote, state, self.default_send_window);
-        if kind == SocketKind::Ping {
-            socket.ping_ident = self.next_ping_ident;
-            self.next_ping_ident = self.next_ping_ident.wrapping_add(1);
-        }
-        self.sockets.insert(flow, socket);
-        Ok(())
-    }
-
-    fn recv_datagram(
-        &mut self,
-        flow: FlowId,
-        kind: SocketKind,
-        call: &str,
-        buf: &mut [u8],
-    ) -> HostResult<Datagram> {
-        let socket = self.live(flow, kind, call);
-        if let Some(error) = socket.pending_error.take() {
-            return Err(error);
-        }
-        let datagram = socket
-            .inbound_datagrams
-            .pop_front()
-            .ok_or(HostError::WouldBlock)?;
-        // Like recv(2) on a datagram socket: the rest of a long datagram is discarded.
-        let n = datagram.len().min(buf.len());
-        buf[..n].copy_from_slice(&datagram[..n]);
-        // The real host knows this only when the kernel queue ran dry in the same call
-        // (recvmmsg); the simulation always knows.
-        Ok(Datagram {
-            len: n,
-            last: socket.inbound_datagrams.is_empty(),
+        self.expect_socket(flow, &format!("test bug: {what}"), |socket| {
+            socket.kind == SocketKind::Tcp && socket.state == SocketState::Connecting
         })
     }
 
-    fn send_datagram(
-        &mut self,
-        flow: FlowId,
-        kind: SocketKind,
-        call: &str,
-        data: &[u8],
-    ) -> HostResult<()> {
-        let socket = self.live(flow, kind, call);
-        if let Some(error) = socket.pending_error.take() {
-            return Err(error);
-        }
-        socket.outbound_datagrams.push_back(data.to_vec());
-        Ok(())
-    }
-}
-
-/// The errno Linux sets on a socket for an ICMP error (`icmp_err_convert`,
-/// `icmpv6_err_convert`), as the stack sees it.
-fn icmp_errno(report: &IcmpReport) -> HostError {
-    match (report.v6, report.icmp_type, report.code) {
-        (false, 3, 3) | (true, 1, 4) => HostError::ConnectionRefused,
-        (false, 3, 0) | (true, 1, 0) => HostError::NetworkUnreachable,
-        (false, 3, 4) | (true, 2, _) => HostError::Other(90), // EMSGSIZE
-        _ => HostError::HostUnreachable,
-    }
-}
-
-impl HostIo for SimHost {
-    fn recv_icmp_error(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<Option<IcmpReport>> {
-        let socket = self.expect_mut(flow);
-        assert!(
-            matches!(socket.kind, SocketKind::Udp | SocketKind::Ping) && !socket.is_closed(),
-            "stack called recv_icmp_error on {flow:?}, a {:?} socket in state {:?}",
-            socket.kind,
-            socket.state
-        );
-        let Some((report, quoted)) = socket.icmp_errors.pop_front() else {
-            return Ok(None);
-        };
-        // As Linux: the pending error follows the next queued one, or clears.
-        socket.pending_error = socket.icmp_errors.front().map(|(next, _)| icmp_errno(next));
-        let n = quoted.len().min(buf.len());
-        buf[..n].copy_from_slice(&quoted[..n]);
-        Ok(Some(IcmpReport { len: n, ..report }))
+    fn expect_tcp_peer(&mut self, flow: FlowId, what: &str) -> &mut SimSocket {
+        self.expect_socket(flow, &format!("test bug: {what}"), |socket| {
+            socket.kind == SocketKind::Tcp && socket.state == SocketState::Connected
+        })
     }
 
-    fn tcp_connect(
-        &mut self,
-        flow: FlowId,
-        remote: SocketAddr,
-        source: SourceAddr,
-    ) -> HostResult<()> {
-        let result = self.open(flow, SocketKind::Tcp, remote, SocketState::Connecting);
-        if let Some(socket) = self.sockets.get_mut(&flow) {
-            socket.source = source;
-        }
-        self.calls.push(HostCall::TcpConnect {
-            flow,
-            remote,
-            result,
-        });
-        result
-    }
-
-    fn tcp_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<usize> {
-        assert!(
-            !buf.is_empty(),
-            "stack called tcp_recv on {flow:?} with an empty buffer (Ok(0) would mean EOF)"
-        );
-        let socket = self.live(flow, SocketKind::Tcp, "tcp_recv");
-        let result = if let Some(error) = socket.pending_error.take() {
-            Err(error)
-        } else if socket.state == SocketState::Connecting {
-            Err(HostError::WouldBlock)
-        } else if !socket.inbound.is_empty() {
-            let n = socket.inbound.len().min(buf.len());
-            for (slot, byte) in buf.iter_mut().zip(socket.inbound.drain(..n)) {
-                *slot = byte;
-            }
-            Ok(n)
-        } else if socket.eof_from_peer || socket.state != SocketState::Connected {
-            Ok(0)
-        } else {
-            Err(HostError::WouldBlock)
-        };
-        self.calls.push(HostCall::TcpRecv { flow, result });
-        result
-    }
-
-    fn tcp_send(&mut self, flow: FlowId, data: &[u8]) -> HostResult<usize> {
-        let socket = self.live(flow, SocketKind::Tcp, "tcp_send");
-        assert!(
-            !socket.write_shutdown,
-            "stack called tcp_send on {flow:?} after tcp_shutdown_write"
-        );
-        let result = if let Some(error) = socket.pending_error.take() {
-            Err(error)
-        } else {
-            match socket.state {
-                SocketState::Connecting => {
-                    socket.send_blocked = true;
-                    Err(HostError::WouldBlock)
-                }
-                // Linux says EPIPE once the reset was reported.
-                SocketState::Reset | SocketState::Failed(_) => Err(HostError::ConnectionReset),
-                _ => {
-                    let n = socket.send_room().min(data.len());
-                    if n == 0 && !data.is_empty() {
-                        socket.send_blocked = true;
-                        Err(HostError::WouldBlock)
-                    } else {
-                        socket.outbound.extend_from_slice(&data[..n]);
-                        socket.bytes_written += n as u64;
-                        Ok(n)
-                    }
-                }
-            }
-        };
-        self.calls.push(HostCall::TcpSend {
-            flow,
-            offered: data.len(),
-            result,
-        });
-        result
-    }
-
-    fn tcp_shutdown_write(&mut self, flow: FlowId) {
-        self.live(flow, SocketKind::Tcp, "tcp_shutdown_write")
-            .write_shutdown = true;
-        self.calls.push(HostCall::TcpShutdownWrite { flow });
-    }
-
-    fn take_error(&mut self, flow: FlowId) -> Option<HostError> {
-        let Some(socket) = self.sockets.get_mut(&flow) else {
-            panic!("stack called take_error on {flow:?}, which has no host socket");
-        };
-        assert!(
-            !socket.is_closed(),
-            "stack called take_error on {flow:?} after closing it"
-        );
-        let result = socket.pending_error.take();
-        self.calls.push(HostCall::TakeError { flow, result });
-        result
-    }
-
-    fn udp_open(&mut self, flow: FlowId, remote: SocketAddr, source: SourceAddr) -> HostResult<()> {
-        let result = self.open(flow, SocketKind::Udp, remote, SocketState::Connected);
-        if let Some(socket) = self.sockets.get_mut(&flow) {
-            socket.source = source;
-        }
-        self.calls.push(HostCall::UdpOpen {
-            flow,
-            remote,
-            result,
-        });
-        result
-    }
-
-    fn udp_reconnect(
-        &mut self,
-        flow: FlowId,
-        remote: SocketAddr,
-        source: SourceAddr,
-    ) -> HostResult<()> {
-        let socket = self.live(flow, SocketKind::Udp, "udp_reconnect");
-        // A new socket: what the old one held is gone.
-        socket.remote = remote;
-        socket.source = source;
-        socket.inbound_datagrams.clear();
-        socket.pending_error = None;
-        self.calls.push(HostCall::UdpReconnect { flow, remote });
-        Ok(())
-    }
-
-    fn udp_send(&mut self, flow: FlowId, data: &[u8], hop_limit: u8) -> HostResult<()> {
-        let result = self.send_datagram(flow, SocketKind::Udp, "udp_send", data);
-        if result.is_ok() {
-            self.expect_mut(flow).sent_hop_limits.push(hop_limit);
-        }
-        self.calls.push(HostCall::UdpSend {
-            flow,
-            len: data.len(),
-            result,
-        });
-        result
-    }
-
-    fn udp_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<Datagram> {
-        let result = self.recv_datagram(flow, SocketKind::Udp, "udp_recv", buf);
-        self.calls.push(HostCall::UdpRecv { flow, result });
-        result
-    }
-
-    fn ping_open(&mut self, flow: FlowId, remote: IpAddr) -> HostResult<()> {
-        let address = SocketAddr::new(remote, 0);
-        let result = self.open(flow, SocketKind::Ping, address, SocketState::Connected);
-        self.calls.push(HostCall::PingOpen {
-            flow,
-            remote,
-            result,
-        });
-        result
-    }
-
-    fn ping_send(&mut self, flow: FlowId, message: &[u8], hop_limit: u8) -> HostResult<()> {
-        let result = self.send_datagram(flow, SocketKind::Ping, "ping_send", message);
-        if result.is_ok() {
-            self.expect_mut(flow).sent_hop_limits.push(hop_limit);
-        }
-        self.calls.push(HostCall::PingSend {
-            flow,
-            len: message.len(),
-            result,
-        });
-        result
-    }
-
-    fn ping_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<Datagram> {
-        let result = self.recv_datagram(flow, SocketKind::Ping, "ping_recv", buf);
-        self.calls.push(HostCall::PingRecv { flow, result });
-        result
-    }
-
-    fn close(&mut self, flow: FlowId, mode: CloseMode) {
-        if let Some(socket) = self.sockets.get_mut(&flow) {
-            if !socket.is_closed() {
-                socket.state = SocketState::Closed { mode };
-            }
-        }
-        self.calls.push(HostCall::Close { flow, mode });
-    }
-
-    fn tcp_listen(&mut self, forward: u64, addr: SocketAddr) -> HostResult<()> {
-        self.listen(forward, addr, false)
-    }
-
-    fn tcp_accept(&mut self, forward: u64, flow: FlowId) -> HostResult<SocketAddr> {
-        if !self.live_forward(forward).pending.is_empty() {
-            if let Some(error) = self.accept_failures.pop_front() {
-                return Err(error);
-            }
-        }
-        let client = self
-            .live_forward(forward)
-            .pending
-            .pop_front()
-            .ok_or(HostError::WouldBlock)?;
-        self.open(flow, SocketKind::Tcp, client, SocketState::Connected)?;
-        Ok(client)
-    }
-
-    fn udp_bind(&mut self, forward: u64, addr: SocketAddr) -> HostResult<()> {
-        self.listen(forward, addr, true)
-    }
-
-    fn udp_recv_from(&mut self, forward: u64, buf: &mut [u8]) -> HostResult<(usize, SocketAddr)> {
-        let (client, payload) = self
-            .live_forward(forward)
-            .inbound
-            .pop_front()
-            .ok_or(HostError::WouldBlock)?;
-        let n = payload.len().min(buf.len());
-        buf[..n].copy_from_slice(&payload[..n]);
-        Ok((n, client))
-    }
-
-    fn udp_send_to(&mut self, forward: u64, peer: SocketAddr, data: &[u8]) -> HostResult<()> {
-        match self.forwards.get_mut(&forward) {
-            Some(fwd) if !fwd.closed => {
-                fwd.sent.push((peer, data.to_vec()));
-                Ok(())
-            }
-            _ => Err(HostError::ConnectionReset),
-        }
-    }
-
-    fn forward_close(&mut self, forward: u64) {
-        if let Some(fwd) = self.forwards.get_mut(&forward) {
-            fwd.closed = true;
-        }
+    /// An open UDP or ping socket (where datagrams and ICMP errors arrive).
+    fn expect_datagram_socket(&mut self, flow: FlowId, who: &str) -> &mut SimSocket {
+        self.expect_socket(flow, who, |socket| {
+            matches!(socket.kind, SocketKind::Udp | SocketKind::Ping) && !socket.is_closed()
+        })
     }
 }
