@@ -19,6 +19,8 @@ pub mod net;
 pub mod ns;
 pub mod pcap;
 pub mod process;
+// The process helpers' one implementation, shared with benches/compare (sys.rs).
+mod process_core;
 pub mod resolv;
 pub mod sandbox;
 pub mod tap;
@@ -585,27 +587,16 @@ impl Launch<'_> {
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup"))
             .stderr(log);
-        pass_fds(&mut cmd, &ready_write, exit_read.as_ref());
-        let extra: Vec<(RawFd, RawFd)> = self
-            .fds
-            .iter()
-            .map(|(fd, number)| (fd.as_raw_fd(), *number))
-            .collect();
-        if !extra.is_empty() {
-            // SAFETY: runs between fork and exec and only calls dup2 (async-signal-safe).
-            // Our copies are >= 10 (`pass_fd`), the targets 5..=9, so none clobbers another;
-            // the dup2 copies lack CLOEXEC and survive exec.
-            unsafe {
-                cmd.pre_exec(move || {
-                    for &(fd, number) in &extra {
-                        if libc::dup2(fd, number) < 0 {
-                            return Err(io::Error::last_os_error());
-                        }
-                    }
-                    Ok(())
-                });
-            }
-        }
+        // Our pipe ends and `pass_fd`'s copies are >= 10, the targets 3..=9: `-r 3`, `-e 4`,
+        // then the extra fds.
+        let mut fds = vec![(ready_write.as_raw_fd(), 3)];
+        fds.extend(exit_read.as_ref().map(|exit| (exit.as_raw_fd(), 4)));
+        fds.extend(
+            self.fds
+                .iter()
+                .map(|(fd, number)| (fd.as_raw_fd(), *number)),
+        );
+        process::dup_onto(&mut cmd, fds);
         if let Some((soft, hard)) = self.nofile {
             set_nofile(&mut cmd, soft, hard);
         }
@@ -649,29 +640,6 @@ impl Launch<'_> {
         };
         cmd.arg(target).arg(TAP);
         cmd
-    }
-}
-
-/// Makes `ready` the child's fd 3 and `exit` its fd 4.
-fn pass_fds(cmd: &mut Command, ready: &File, exit: Option<&File>) {
-    let ready_fd = ready.as_raw_fd();
-    let exit_fd = exit.map(AsRawFd::as_raw_fd);
-    // SAFETY: the closure runs between fork and exec and only calls dup2, which is
-    // async-signal-safe. Our pipe fds are >= 10 (see process::pipe), so dup2 onto 3 and 4
-    // cannot clobber one with the other; dup2 leaves the copies without CLOEXEC, so they
-    // survive exec while the originals do not.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::dup2(ready_fd, 3) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if let Some(fd) = exit_fd {
-                if libc::dup2(fd, 4) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
     }
 }
 

@@ -27,7 +27,7 @@ use std::process::{Output, Stdio};
 use std::sync::atomic::Ordering;
 
 use super::process::{self, command, run, run_ok, wait_for, Proc};
-use super::{pass_fds, Env, Launch, Mode, Rslirp, AS_TEST_USER, STEP_TIMEOUT, TAP};
+use super::{Env, Launch, Mode, Rslirp, AS_TEST_USER, STEP_TIMEOUT, TAP};
 
 /// The caller's mount below its shared /run that must survive rslirp's sandbox.
 pub const INNER_RUN_MOUNT: &str = "/run/rse2e-inner";
@@ -254,7 +254,7 @@ impl Launch<'_> {
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup"))
             .stderr(log);
-        pass_fds(&mut cmd, &ready_write, None);
+        process::dup_onto(&mut cmd, vec![(ready_write.as_raw_fd(), 3)]);
         let proc = Proc::spawn(&mut cmd, "rslirp");
         drop(ready_write);
         let mut rslirp = Rslirp {
