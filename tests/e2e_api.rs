@@ -19,8 +19,8 @@ use common::ns::BindMount;
 use common::{Env, Mode, EXIT_TIMEOUT, GATEWAY, GUEST_ADDR, STEP_TIMEOUT};
 use std::io::{self, Read, Write};
 use std::net::{
-    IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener,
-    TcpStream, UdpSocket,
+    IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, SocketAddrV4, SocketAddrV6, TcpStream,
+    UdpSocket,
 };
 use std::os::unix::net::UnixListener;
 use std::sync::Barrier;
@@ -125,20 +125,14 @@ fn every_framing_gets_the_same_replies(mode: Mode) {
     assert_eq!(api.list(), r#"{"entries":[]}"#);
 }
 
-/// A bind in the host namespace, to take a port away from rslirp.
-fn host_tcp_listener_on(env: &Env, addr: SocketAddrV4) -> TcpListener {
-    env.in_host("port squatter", move || TcpListener::bind(addr))
-        .wait(STEP_TIMEOUT)
-        .unwrap_or_else(|e| panic!("bind {addr} in the host namespace: {e}"))
-}
-
 fn error_replies(mode: Mode) {
     let (env, api) = env_with_api(mode);
     let _rslirp = api.launch(&env).start();
     let first = Fwd::tcp(Ipv4Addr::UNSPECIFIED, 8080, 80);
     assert_eq!(api.add(&first), 1);
     let taken = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9090);
-    let _squatter = host_tcp_listener_on(&env, taken);
+    // A bind in the host namespace, to take the port away from rslirp.
+    let _squatter = env.host_tcp_listener_at(taken);
 
     let add = |args: &str| format!(r#"{{"execute":"add_hostfwd","arguments":{{{args}}}}}"#);
     let cases: Vec<(String, &str)> = vec![
@@ -351,11 +345,7 @@ fn removed_tcp_forward_refuses_at_once(mode: Mode) {
 
 /// A UDP socket on 127.0.0.1 in the host namespace.
 fn host_udp_client(env: &Env) -> UdpSocket {
-    env.in_host("host udp client", || {
-        UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
-    })
-    .wait(STEP_TIMEOUT)
-    .expect("bind host UDP socket")
+    env.host_udp_socket_at((Ipv4Addr::LOCALHOST, 0))
 }
 
 /// Two host clients send through the same forward at the same time; each gets back its
@@ -364,10 +354,7 @@ fn udp_forward_round_trip(mode: Mode) {
     const CLIENTS: usize = 2;
     let (env, api) = env_with_api(mode);
     let _rslirp = api.launch(&env).start();
-    let guest_socket = env
-        .in_guest("guest udp socket", || UdpSocket::bind((GUEST_ADDR, 5353)))
-        .wait(STEP_TIMEOUT)
-        .expect("bind the guest's UDP echo socket");
+    let guest_socket = env.guest_udp_socket_at((GUEST_ADDR, 5353));
     let _echo = net::udp_echo_server(guest_socket);
     let fwd = Fwd::udp(Ipv4Addr::UNSPECIFIED, 15353, 5353);
     api.add(&fwd);
@@ -578,10 +565,7 @@ fn tcp_forward_many_small_exchanges(mode: Mode) {
     const STALL: Duration = Duration::from_secs(5);
     let (env, api) = env_with_api(mode);
     let _rslirp = api.launch(&env).start();
-    let listener = env
-        .in_guest("guest echo listener", || TcpListener::bind((GUEST_ADDR, 7)))
-        .wait(STEP_TIMEOUT)
-        .expect("bind the guest's echo listener");
+    let listener = env.guest_tcp_listener_at((GUEST_ADDR, 7));
     let _echo = net::tcp_server(listener, net::echo);
     let fwd = Fwd::tcp(Ipv4Addr::UNSPECIFIED, 8007, 7);
     api.add(&fwd);

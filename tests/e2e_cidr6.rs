@@ -13,10 +13,10 @@ use common::dns::{self, Dnsmasq, Record, TYPE_A};
 use common::ipv6::{
     assert_forward_echo, await_slaac, guest_global_addrs, guest_peer_echo_server, listed_addrs, v6,
 };
-use common::net::{self, Pattern, Server};
+use common::net::{self, Pattern};
 use common::{Env, Mode, Rslirp, STEP_TIMEOUT, TAP};
 use std::io::{self};
-use std::net::{Ipv4Addr, Ipv6Addr, TcpListener, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, UdpSocket};
 use std::time::Duration;
 
 both_modes!(
@@ -68,21 +68,10 @@ fn guest_gets_its_address_in_the_prefix_and_pings_gateway_and_dns(mode: Mode) {
     }
 }
 
-/// A TCP echo server on [::1] in the host namespace.
-fn host_loopback6_echo_server(env: &Env) -> Server {
-    let listener = env
-        .in_host("host [::1] listener", || {
-            TcpListener::bind((Ipv6Addr::LOCALHOST, 0))
-        })
-        .wait(STEP_TIMEOUT)
-        .expect("bind [::1] in the host namespace");
-    net::tcp_server(listener, net::echo)
-}
-
 fn tcp_via_the_prefix_gateway_reaches_host_loopback(mode: Mode) {
     let env = Env::new(mode);
     let (_rslirp, _) = start(&env);
-    let server = host_loopback6_echo_server(&env);
+    let server = env.host_echo_server(Ipv6Addr::LOCALHOST);
     let to = v6(GATEWAY6, server.port());
     let stream = env
         .guest_connect(to, CONNECT_TIMEOUT)

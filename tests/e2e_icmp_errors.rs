@@ -21,7 +21,7 @@ use common::api::{stat, Api};
 use common::net::{self, Server};
 use common::ns::{spawn_in_netns, Netns};
 use common::process::wait_for;
-use common::{Env, Mode, Rslirp, STEP_TIMEOUT, TAP};
+use common::{bind_in, Env, Mode, Rslirp, STEP_TIMEOUT, TAP};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -141,11 +141,12 @@ fn far_network(env: &Env) -> FarNetwork {
 
 /// A UDP echo server on the far host.
 fn far_udp_echo(network: &FarNetwork, ip: IpAddr) -> Server {
-    let socket = spawn_in_netns(network.far.path(), "far udp socket", move || {
-        UdpSocket::bind((ip, 0))
-    })
-    .wait(STEP_TIMEOUT)
-    .expect("bind the far host's UDP socket");
+    let socket = bind_in(
+        network.far.path(),
+        "far UDP socket",
+        (ip, 0),
+        UdpSocket::bind,
+    );
     net::udp_echo_server(socket)
 }
 

@@ -14,7 +14,7 @@ use common::ipv6::{
 use common::net::{self, Pattern, Server};
 use common::{Env, Mode, Rslirp, STEP_TIMEOUT};
 use std::io::{self};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -84,12 +84,7 @@ fn ping_gateway(mode: Mode) {
 
 /// A TCP echo server on [::1] in the host namespace that reports each client's address.
 fn host_loopback6_echo_server(env: &Env) -> (Server, mpsc::Receiver<SocketAddr>) {
-    let listener = env
-        .in_host("host [::1] listener", || {
-            TcpListener::bind((Ipv6Addr::LOCALHOST, 0))
-        })
-        .wait(STEP_TIMEOUT)
-        .expect("bind [::1] in the host namespace");
+    let listener = env.host_tcp_listener(Ipv6Addr::LOCALHOST);
     let (peers, peers_seen) = mpsc::channel();
     let server = net::tcp_server(listener, move |stream| {
         if let Ok(peer) = stream.peer_addr() {
@@ -146,12 +141,7 @@ fn outbound_addr6_binds_host_loopback_traffic_too(mode: Mode) {
         .expect("the server saw a connection");
     assert_eq!(peer.ip(), IpAddr::V6(outbound), "TCP from --outbound-addr6");
 
-    let server_socket = env
-        .in_host("host [::1] udp socket", || {
-            UdpSocket::bind((Ipv6Addr::LOCALHOST, 0))
-        })
-        .wait(STEP_TIMEOUT)
-        .expect("bind UDP [::1] in the host namespace");
+    let server_socket = env.host_udp_socket_at((Ipv6Addr::LOCALHOST, 0));
     let port = server_socket.local_addr().expect("local_addr").port();
     // Answers each datagram with the address it came from; ends after 3 s without one.
     std::thread::spawn(move || {
@@ -163,12 +153,7 @@ fn outbound_addr6_binds_host_loopback_traffic_too(mode: Mode) {
             let _ = server_socket.send_to(peer.ip().to_string().as_bytes(), peer);
         }
     });
-    let socket = env
-        .in_guest("guest udp socket", || {
-            UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0))
-        })
-        .wait(STEP_TIMEOUT)
-        .expect("bind UDP [::] in the guest");
+    let socket = env.guest_udp_socket_at((Ipv6Addr::UNSPECIFIED, 0));
     let reply = net::udp_roundtrip(&socket, v6(GATEWAY6, port), b"who am I")
         .expect("UDP peer server over IPv6");
     assert_eq!(
@@ -182,19 +167,8 @@ fn outbound_addr6_binds_host_loopback_traffic_too(mode: Mode) {
 fn udp_echo_via_gateway_to_host_loopback(mode: Mode) {
     let env = Env::new(mode);
     let (_rslirp, _) = start_with_ipv6(&env);
-    let server_socket = env
-        .in_host("host [::1] udp socket", || {
-            UdpSocket::bind((Ipv6Addr::LOCALHOST, 0))
-        })
-        .wait(STEP_TIMEOUT)
-        .expect("bind UDP [::1] in the host namespace");
-    let server = net::udp_echo_server(server_socket);
-    let socket = env
-        .in_guest("guest udp socket", || {
-            UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0))
-        })
-        .wait(STEP_TIMEOUT)
-        .expect("bind UDP [::] in the guest");
+    let server = env.host_udp_echo_server(Ipv6Addr::LOCALHOST);
+    let socket = env.guest_udp_socket_at((Ipv6Addr::UNSPECIFIED, 0));
     let to = v6(GATEWAY6, server.port());
     for (i, size) in UDP_SIZES.into_iter().enumerate() {
         let payload = Pattern::bytes(i as u64, size);

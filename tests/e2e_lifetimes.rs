@@ -133,10 +133,7 @@ fn a_guest_that_drops_syn_acks_does_not_hold_host_connections(mode: Mode) {
         "-j",
         "DROP",
     ]);
-    let listener = env
-        .in_host("listener", || TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
-        .wait(STEP_TIMEOUT)
-        .expect("host listener");
+    let listener = env.host_tcp_listener(Ipv4Addr::LOCALHOST);
     let port = listener.local_addr().expect("listener address").port();
     let _server = net::tcp_server(listener, |stream| {
         // Hold the connection until the peer goes away.

@@ -17,7 +17,7 @@ use common::{
 };
 use socket2::{Domain, Socket, Type};
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
@@ -292,12 +292,7 @@ const ONE_BYTE_PORT: u16 = 7000;
 /// one byte and closes first. A few acceptor threads, each serving inline (a thread per
 /// connection would cost more than the connection).
 fn one_byte_server(env: &Env) -> Vec<net::Server> {
-    let listener = env
-        .in_host("one-byte listener", || {
-            TcpListener::bind((Ipv4Addr::LOCALHOST, ONE_BYTE_PORT))
-        })
-        .wait(STEP_TIMEOUT)
-        .expect("bind the one-byte server");
+    let listener = env.host_tcp_listener_at((Ipv4Addr::LOCALHOST, ONE_BYTE_PORT));
     (0..WORKERS)
         .map(|_| {
             let listener = listener.try_clone().expect("clone listener");
@@ -708,10 +703,7 @@ fn killed_host_client_ends_the_guest_connection(mode: Mode) {
     let _rslirp = api.launch(&env).start();
     let fwd = Fwd::tcp(Ipv4Addr::LOCALHOST, KILL_PORT, 80);
     api.add(&fwd);
-    let listener = env
-        .in_guest("guest listener", || TcpListener::bind((GUEST_ADDR, 80)))
-        .wait(STEP_TIMEOUT)
-        .expect("bind the guest server");
+    let listener = env.guest_tcp_listener_at((GUEST_ADDR, 80));
     let received = Arc::new(AtomicU64::new(0));
     let reader = {
         let received = received.clone();

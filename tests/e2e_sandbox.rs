@@ -21,7 +21,7 @@ use common::{assert_traffic_works, Env, Mode, Rslirp, GATEWAY, STEP_TIMEOUT, TAP
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -87,11 +87,7 @@ fn allow_ping_sockets(env: &Env) {
 }
 
 fn host_udp_echo(env: &Env, ip: Ipv4Addr, port: u16) -> net::Server {
-    let socket = env
-        .in_host("host udp socket", move || UdpSocket::bind((ip, port)))
-        .wait(STEP_TIMEOUT)
-        .unwrap_or_else(|e| panic!("bind {ip}:{port} in the host namespace: {e}"));
-    net::udp_echo_server(socket)
+    net::udp_echo_server(env.host_udp_socket_at((ip, port)))
 }
 
 fn guest_udp_roundtrip(env: &Env, to: SocketAddrV4, payload: &[u8]) -> std::io::Result<Vec<u8>> {
@@ -168,19 +164,9 @@ fn confined_rslirp_still_serves_everything(mode: Mode) {
 }
 
 fn assert_port_forwards_work(env: &Env, api_path: &Path) {
-    let guest_tcp = env
-        .in_guest("guest listener", || {
-            TcpListener::bind((Ipv4Addr::UNSPECIFIED, 8080))
-        })
-        .wait(STEP_TIMEOUT)
-        .expect("guest TCP listener");
+    let guest_tcp = env.guest_tcp_listener_at((Ipv4Addr::UNSPECIFIED, 8080));
     let _guest_tcp = net::tcp_server(guest_tcp, net::echo);
-    let guest_udp = env
-        .in_guest("guest udp", || {
-            UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 5353))
-        })
-        .wait(STEP_TIMEOUT)
-        .expect("guest UDP socket");
+    let guest_udp = env.guest_udp_socket_at((Ipv4Addr::UNSPECIFIED, 5353));
     let _guest_udp = net::udp_echo_server(guest_udp);
 
     // Root keeps CAP_NET_BIND_SERVICE for exactly this; a rootless rslirp never had it.

@@ -16,7 +16,7 @@ use common::{assert_gateway_answers_ping, assert_traffic_works, Env, Mode, GATEW
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Read};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::unix::fs::PermissionsExt;
 use std::thread;
 use std::time::Duration;
@@ -369,12 +369,7 @@ fn dns_follows_bind_mounted_resolv_conf_write(mode: Mode) {
 /// straight to the server that answered.
 fn dns_falls_back_to_the_next_nameserver(mode: Mode) {
     let env = Env::new(mode);
-    let silent = env
-        .in_host("silent DNS server", || {
-            UdpSocket::bind((Ipv4Addr::LOCALHOST, 53))
-        })
-        .wait(CONNECT_TIMEOUT)
-        .expect("bind 127.0.0.1:53 in the host namespace");
+    let silent = env.host_udp_socket_at((Ipv4Addr::LOCALHOST, 53));
     let server = second_server(&env);
     env.write_resolv_conf_in_place(&format!(
         "nameserver 127.0.0.1\nnameserver {SECOND_SERVER}\n"
@@ -452,15 +447,9 @@ fn disable_dns_n3_is_forwarded_like_any_address(mode: Mode) {
     env.host
         .ip(&["addr", "add", &format!("{DNS}/32"), "dev", HOST_SINK]);
     let to = SocketAddrV4::new(DNS, 53);
-    let udp = env
-        .in_host("udp :53", move || UdpSocket::bind(to))
-        .wait(CONNECT_TIMEOUT)
-        .expect("bind UDP 10.0.2.3:53 in the host namespace");
+    let udp = env.host_udp_socket_at(to);
     let _udp_echo = net::udp_echo_server(udp);
-    let tcp = env
-        .in_host("tcp :53", move || TcpListener::bind(to))
-        .wait(CONNECT_TIMEOUT)
-        .expect("bind TCP 10.0.2.3:53 in the host namespace");
+    let tcp = env.host_tcp_listener_at(to);
     let _tcp_echo = net::tcp_server(tcp, net::echo);
     let _rslirp = env.rslirp().arg("--disable-dns").start();
 
@@ -498,10 +487,7 @@ fn tcp_peer_seen_by_host(env: &Env, server_ip: Ipv4Addr, dest_ip: Ipv4Addr) -> I
 
 /// The address a UDP server on `server_ip` (host namespace) sees a guest datagram from.
 fn udp_peer_seen_by_host(env: &Env, server_ip: Ipv4Addr, dest_ip: Ipv4Addr) -> IpAddr {
-    let server = env
-        .in_host("udp peer server", move || UdpSocket::bind((server_ip, 0)))
-        .wait(CONNECT_TIMEOUT)
-        .expect("bind host UDP socket");
+    let server = env.host_udp_socket_at((server_ip, 0));
     let port = server.local_addr().expect("local_addr").port();
     // Answers every datagram with its source address; ends after 3 s without one.
     thread::spawn(move || {

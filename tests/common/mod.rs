@@ -27,7 +27,7 @@ pub mod tap;
 
 use std::fs::{self, File};
 use std::io::{self, Read};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -372,25 +372,54 @@ impl Env {
         ns::spawn_in_netns(self.host.path(), what, f)
     }
 
+    /// A TCP listener on `addr` in the host namespace (port 0: an ephemeral one).
+    pub fn host_tcp_listener_at(&self, addr: impl Into<SocketAddr>) -> TcpListener {
+        bind_in(
+            self.host.path(),
+            "host TCP listener",
+            addr,
+            TcpListener::bind,
+        )
+    }
+
+    /// A UDP socket on `addr` in the host namespace (port 0: an ephemeral one).
+    pub fn host_udp_socket_at(&self, addr: impl Into<SocketAddr>) -> UdpSocket {
+        bind_in(self.host.path(), "host UDP socket", addr, UdpSocket::bind)
+    }
+
+    /// A TCP listener on `addr` in the guest (port 0: an ephemeral one).
+    pub fn guest_tcp_listener_at(&self, addr: impl Into<SocketAddr>) -> TcpListener {
+        bind_in(
+            self.guest_netns_path(),
+            "guest TCP listener",
+            addr,
+            TcpListener::bind,
+        )
+    }
+
+    /// A UDP socket on `addr` in the guest (port 0: an ephemeral one).
+    pub fn guest_udp_socket_at(&self, addr: impl Into<SocketAddr>) -> UdpSocket {
+        bind_in(
+            self.guest_netns_path(),
+            "guest UDP socket",
+            addr,
+            UdpSocket::bind,
+        )
+    }
+
     /// A TCP listener on an ephemeral port of `ip` in the host namespace.
-    pub fn host_tcp_listener(&self, ip: Ipv4Addr) -> TcpListener {
-        self.in_host("host listener", move || TcpListener::bind((ip, 0)))
-            .wait(SETUP_TIMEOUT)
-            .expect("bind host TCP listener")
+    pub fn host_tcp_listener(&self, ip: impl Into<IpAddr>) -> TcpListener {
+        self.host_tcp_listener_at((ip, 0))
     }
 
     /// A TCP echo server on `ip` in the host namespace.
-    pub fn host_echo_server(&self, ip: Ipv4Addr) -> Server {
+    pub fn host_echo_server(&self, ip: impl Into<IpAddr>) -> Server {
         net::tcp_server(self.host_tcp_listener(ip), net::echo)
     }
 
     /// A UDP echo server on `ip` in the host namespace.
-    pub fn host_udp_echo_server(&self, ip: Ipv4Addr) -> Server {
-        let socket = self
-            .in_host("host udp socket", move || UdpSocket::bind((ip, 0)))
-            .wait(SETUP_TIMEOUT)
-            .expect("bind host UDP socket");
-        net::udp_echo_server(socket)
+    pub fn host_udp_echo_server(&self, ip: impl Into<IpAddr>) -> Server {
+        net::udp_echo_server(self.host_udp_socket_at((ip, 0)))
     }
 
     /// A TCP connection from the guest, with I/O timeouts set, or the connect error.
@@ -410,11 +439,7 @@ impl Env {
 
     /// A UDP socket in the guest on an ephemeral port.
     pub fn guest_udp_socket(&self) -> UdpSocket {
-        self.in_guest("guest udp socket", || {
-            UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
-        })
-        .wait(SETUP_TIMEOUT)
-        .expect("bind guest UDP socket")
+        self.guest_udp_socket_at((Ipv4Addr::UNSPECIFIED, 0))
     }
 
     /// Prepares an rslirp start: `-c -r 3 <guest pid> tap0` plus whatever is added.
@@ -446,6 +471,20 @@ impl Env {
         }
         copy
     }
+}
+
+/// A socket made by `bind` on `addr` in the network namespace at `netns` (`what` names it in
+/// a failure).
+pub fn bind_in<S: Send + 'static>(
+    netns: PathBuf,
+    what: &str,
+    addr: impl Into<SocketAddr>,
+    bind: fn(SocketAddr) -> io::Result<S>,
+) -> S {
+    let addr = addr.into();
+    ns::spawn_in_netns(netns, what, move || bind(addr))
+        .wait(SETUP_TIMEOUT)
+        .unwrap_or_else(|e| panic!("bind {what} on {addr}: {e}"))
 }
 
 fn setup_host_netns(host: &Netns, addr: Ipv4Addr) {
