@@ -13,7 +13,6 @@ use common::dns::{self, Dnsmasq, Record, TYPE_A};
 use common::ipv6::{
     assert_forward_echo, await_slaac, guest_global_addrs, guest_peer_echo_server, listed_addrs, v6,
 };
-use common::net::{self, Pattern};
 use common::{Env, Mode, Rslirp, STEP_TIMEOUT, TAP};
 use std::io::{self};
 use std::net::{Ipv4Addr, Ipv6Addr, UdpSocket};
@@ -72,13 +71,7 @@ fn tcp_via_the_prefix_gateway_reaches_host_loopback(mode: Mode) {
     let env = Env::new(mode);
     let (_rslirp, _) = start(&env);
     let server = env.host_echo_server(Ipv6Addr::LOCALHOST);
-    let to = v6(GATEWAY6, server.port());
-    let stream = env
-        .guest_connect(to, CONNECT_TIMEOUT)
-        .unwrap_or_else(|e| panic!("connect to {to}: {e}"));
-    let payload = Pattern::bytes(42, 200_000);
-    let reply = net::exchange(&stream, &payload).expect("echo over IPv6");
-    assert_eq!(net::digest(&reply), net::digest(&payload), "echo via {to}");
+    env.assert_guest_echo(v6(GATEWAY6, server.port()), CONNECT_TIMEOUT, 42, 200_000);
 }
 
 fn dns_via_the_prefix_dns_forwarder(mode: Mode) {

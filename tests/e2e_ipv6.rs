@@ -99,13 +99,7 @@ fn tcp_via_gateway_reaches_host_loopback(mode: Mode) {
     let env = Env::new(mode);
     let (_rslirp, _) = start_with_ipv6(&env);
     let (server, peers_seen) = host_loopback6_echo_server(&env);
-    let to = v6(GATEWAY6, server.port());
-    let stream = env
-        .guest_connect(to, CONNECT_TIMEOUT)
-        .unwrap_or_else(|e| panic!("connect to {to}: {e}"));
-    let payload = Pattern::bytes(6, 1_000_000);
-    let reply = net::exchange(&stream, &payload).expect("echo over IPv6");
-    assert_eq!(net::digest(&reply), net::digest(&payload), "echo via {to}");
+    env.assert_guest_echo(v6(GATEWAY6, server.port()), CONNECT_TIMEOUT, 6, 1_000_000);
     let peer = peers_seen
         .recv_timeout(STEP_TIMEOUT)
         .expect("the server saw a connection");

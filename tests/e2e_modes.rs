@@ -129,17 +129,11 @@ fn tapfd_with_virtio_header_uses_offloads_in_the_sandbox(mode: Mode) {
     // echo proves them framed right (a wrong header length would garble every frame).
     common::assert_gateway_answers_ping(&env);
     let server = env.host_echo_server(Ipv4Addr::LOCALHOST);
-    let stream = env
-        .guest_connect(
-            SocketAddrV4::new(GATEWAY, server.port()),
-            Duration::from_secs(5),
-        )
-        .expect("connect through the tap fd");
-    let payload = net::Pattern::bytes(11, 4 << 20);
-    let reply = net::exchange(&stream, &payload).expect("4 MiB echo");
-    assert!(
-        net::digest(&reply) == net::digest(&payload),
-        "the echo differs"
+    env.assert_guest_echo(
+        (GATEWAY, server.port()),
+        Duration::from_secs(5),
+        11,
+        4 << 20,
     );
     rslirp.close_exit_fd();
     let status = rslirp.wait_exit(EXIT_TIMEOUT);

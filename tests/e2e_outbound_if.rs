@@ -135,12 +135,7 @@ fn far_side(env: &Env) -> Far {
 }
 
 fn assert_echo(env: &Env, to: SocketAddr) {
-    let stream = env
-        .guest_connect(to, CONNECT_TIMEOUT)
-        .unwrap_or_else(|e| panic!("connect to {to}: {e}"));
-    let payload = Pattern::bytes(u64::from(to.port()), 100_000);
-    let reply = net::exchange(&stream, &payload).unwrap_or_else(|e| panic!("echo {to}: {e}"));
-    assert_eq!(net::digest(&reply), net::digest(&payload), "echo via {to}");
+    env.assert_guest_echo(to, CONNECT_TIMEOUT, u64::from(to.port()), 100_000);
 }
 
 fn assert_unreachable(env: &Env, to: SocketAddr) {

@@ -14,7 +14,7 @@
 #[macro_use]
 mod common;
 
-use common::net::{self, Pattern};
+use common::net::{self};
 use common::process::{command, run_ok, wait_for};
 use common::sandbox::{mount_point_listed, CallerNs, INNER_RUN_MOUNT};
 use common::{assert_traffic_works, Env, Mode, Rslirp, GATEWAY, STEP_TIMEOUT, TAP};
@@ -107,12 +107,7 @@ fn confined_rslirp_still_serves_everything(mode: Mode) {
 
     assert_traffic_works(&env);
     let server = env.host_echo_server(Ipv4Addr::LOCALHOST);
-    let stream = env
-        .guest_connect(SocketAddrV4::new(GATEWAY, server.port()), CONNECT_TIMEOUT)
-        .expect("connect for the bulk transfer");
-    let payload = Pattern::bytes(11, 8 << 20);
-    let reply = net::exchange(&stream, &payload).expect("bulk echo");
-    assert!(reply == payload, "bulk echo returned different bytes");
+    env.assert_guest_echo((GATEWAY, server.port()), CONNECT_TIMEOUT, 11, 8 << 20);
 
     let udp = env.host_udp_echo_server(Ipv4Addr::LOCALHOST);
     let reply = guest_udp_roundtrip(&env, SocketAddrV4::new(GATEWAY, udp.port()), b"udp")

@@ -34,12 +34,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connects from the guest to a host server and checks that `len` bytes echo back intact.
 fn assert_echo(env: &Env, to: SocketAddrV4, len: usize) {
-    let stream = env
-        .guest_connect(to, CONNECT_TIMEOUT)
-        .unwrap_or_else(|e| panic!("connect to {to}: {e}"));
-    let payload = Pattern::bytes(u64::from(to.port()), len);
-    let reply = net::exchange(&stream, &payload).expect("echo");
-    assert_eq!(net::digest(&reply), net::digest(&payload), "echo from {to}");
+    env.assert_guest_echo(to, CONNECT_TIMEOUT, u64::from(to.port()), len);
 }
 
 fn tcp_echo_via_gateway_to_host_loopback(mode: Mode) {

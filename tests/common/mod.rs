@@ -437,6 +437,30 @@ impl Env {
         .wait(timeout + SETUP_TIMEOUT)
     }
 
+    /// Connects from the guest to the echo server at `to` (within `connect_timeout`) and
+    /// checks that `len` bytes of the pattern `seed` come back intact.
+    pub fn assert_guest_echo(
+        &self,
+        to: impl Into<SocketAddr>,
+        connect_timeout: Duration,
+        seed: u64,
+        len: usize,
+    ) {
+        let to = to.into();
+        let stream = self
+            .guest_connect(to, connect_timeout)
+            .unwrap_or_else(|e| panic!("connect to {to}: {e}"));
+        let payload = net::Pattern::bytes(seed, len);
+        let reply =
+            net::exchange(&stream, &payload).unwrap_or_else(|e| panic!("echo via {to}: {e}"));
+        assert!(
+            reply == payload,
+            "echo via {to} differs: {:?} back for {:?}",
+            net::digest(&reply),
+            net::digest(&payload)
+        );
+    }
+
     /// A UDP socket in the guest on an ephemeral port.
     pub fn guest_udp_socket(&self) -> UdpSocket {
         self.guest_udp_socket_at((Ipv4Addr::UNSPECIFIED, 0))
