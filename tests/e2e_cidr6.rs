@@ -14,8 +14,7 @@ use common::ipv6::{
     assert_forward_echo, await_slaac, guest_global_addrs, guest_peer_echo_server, listed_addrs, v6,
 };
 use common::{Env, Mode, Rslirp, STEP_TIMEOUT, TAP};
-use std::io::{self};
-use std::net::{Ipv4Addr, Ipv6Addr, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 both_modes!(
@@ -81,29 +80,13 @@ fn dns_via_the_prefix_dns_forwarder(mode: Mode) {
     // The test's resolv.conf names the host namespace's 127.0.0.1 (see common::resolv).
     let server = Dnsmasq::start(&env, Ipv4Addr::LOCALHOST, &[Record::A(NAME, ADDRESS)]);
     let (_rslirp, _) = start(&env);
-    let to = v6(DNS6, 53);
     // UDP, a new query (and source port) per try in case one is lost.
     let answer = (0x420u16..0x423)
         .find_map(|id| {
             let query = dns::query(id, NAME, TYPE_A, None);
-            let msg = env
-                .in_guest("guest DNS query", move || -> io::Result<Vec<u8>> {
-                    let socket = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0))?;
-                    socket.set_read_timeout(Some(Duration::from_secs(2)))?;
-                    socket.send_to(&query, to)?;
-                    let mut buf = vec![0u8; 65536];
-                    loop {
-                        let (len, from) = socket.recv_from(&mut buf)?;
-                        if from == to && buf[..len].starts_with(&query[..2]) {
-                            return Ok(buf[..len].to_vec());
-                        }
-                    }
-                })
-                .wait(Duration::from_secs(2) + STEP_TIMEOUT)
-                .ok()?;
-            dns::parse(&msg).ok()
+            env.guest_dns_udp(DNS6, query, Duration::from_secs(2)).ok()
         })
-        .unwrap_or_else(|| panic!("no UDP answer from {to}"));
+        .unwrap_or_else(|| panic!("no UDP answer from [{DNS6}]:53"));
     assert_eq!(answer.a(), [ADDRESS], "answer from the test's server");
     assert!(server.queries_for(NAME) >= 1, "{}", server.log());
 }

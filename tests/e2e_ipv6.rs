@@ -13,8 +13,7 @@ use common::ipv6::{
 };
 use common::net::{self, Pattern, Server};
 use common::{Env, Mode, Rslirp, STEP_TIMEOUT};
-use std::io::{self};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -172,29 +171,6 @@ fn udp_echo_via_gateway_to_host_loopback(mode: Mode) {
     }
 }
 
-/// One UDP DNS query from the guest to [fd00::3]:53 (a new socket each time); the answer
-/// with the query's id, or an error after `timeout`.
-fn guest_udp_query6(env: &Env, query: Vec<u8>, timeout: Duration) -> io::Result<dns::Answer> {
-    let msg = env
-        .in_guest(
-            "guest DNS query over IPv6",
-            move || -> io::Result<Vec<u8>> {
-                let socket = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0))?;
-                socket.set_read_timeout(Some(timeout))?;
-                socket.send_to(&query, v6(DNS6, 53))?;
-                let mut buf = vec![0u8; 65536];
-                loop {
-                    let (len, from) = socket.recv_from(&mut buf)?;
-                    if from == v6(DNS6, 53) && buf[..len].starts_with(&query[..2]) {
-                        return Ok(buf[..len].to_vec());
-                    }
-                }
-            },
-        )
-        .wait(timeout + STEP_TIMEOUT)?;
-    dns::parse(&msg).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-}
-
 fn dns_via_fd00_3(mode: Mode) {
     const NAME: &str = "over-ipv6.rslirp.test";
     const ADDRESS: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 66);
@@ -207,12 +183,8 @@ fn dns_via_fd00_3(mode: Mode) {
     // UDP, retried with a new query (and source port) in case the first one was lost.
     let answer = (0x600u16..0x603)
         .find_map(|id| {
-            guest_udp_query6(
-                &env,
-                dns::query(id, NAME, TYPE_A, None),
-                Duration::from_secs(2),
-            )
-            .ok()
+            let query = dns::query(id, NAME, TYPE_A, None);
+            env.guest_dns_udp(DNS6, query, Duration::from_secs(2)).ok()
         })
         .unwrap_or_else(|| panic!("no UDP answer from [{DNS6}]:53"));
     assert_eq!(answer.a(), [ADDRESS], "UDP answer from the test's server");
