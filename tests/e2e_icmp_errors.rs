@@ -272,12 +272,8 @@ fn recv_error(socket: &UdpSocket) -> Option<GuestError> {
 /// it got, or the echo it got back (`Ok`).
 fn guest_probe(env: &Env, to: SocketAddr, hop_limit: u32) -> Result<Vec<u8>, GuestError> {
     env.in_guest("guest probe", move || {
-        let any: IpAddr = if to.is_ipv6() {
-            Ipv6Addr::UNSPECIFIED.into()
-        } else {
-            Ipv4Addr::UNSPECIFIED.into()
-        };
-        let socket = UdpSocket::bind((any, 0)).expect("bind a guest UDP socket");
+        let socket =
+            UdpSocket::bind((net::unspecified_for(to.ip()), 0)).expect("bind a guest UDP socket");
         socket.connect(to).expect("connect");
         if to.is_ipv6() {
             setsockopt_int(&socket, libc::IPPROTO_IPV6, libc::IPV6_RECVERR, 1);

@@ -11,7 +11,7 @@ use common::dns::{self, Dnsmasq, Record, TYPE_A};
 use common::ipv6::{
     assert_forward_echo, await_slaac, guest_global_addrs, guest_peer_echo_server, v6,
 };
-use common::net::{self, Pattern, Server};
+use common::net::{self, Server};
 use common::{Env, Mode, Rslirp, STEP_TIMEOUT};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::mpsc;
@@ -134,24 +134,9 @@ fn outbound_addr6_binds_host_loopback_traffic_too(mode: Mode) {
         .expect("the server saw a connection");
     assert_eq!(peer.ip(), IpAddr::V6(outbound), "TCP from --outbound-addr6");
 
-    let server_socket = env.host_udp_socket_at((Ipv6Addr::LOCALHOST, 0));
-    let port = server_socket.local_addr().expect("local_addr").port();
-    // Answers each datagram with the address it came from; ends after 3 s without one.
-    std::thread::spawn(move || {
-        server_socket
-            .set_read_timeout(Some(Duration::from_secs(3)))
-            .expect("timeout");
-        let mut buf = [0u8; 1500];
-        while let Ok((_, peer)) = server_socket.recv_from(&mut buf) {
-            let _ = server_socket.send_to(peer.ip().to_string().as_bytes(), peer);
-        }
-    });
-    let socket = env.guest_udp_socket_at((Ipv6Addr::UNSPECIFIED, 0));
-    let reply = net::udp_roundtrip(&socket, v6(GATEWAY6, port), b"who am I")
-        .expect("UDP peer server over IPv6");
     assert_eq!(
-        String::from_utf8_lossy(&reply),
-        outbound.to_string(),
+        env.udp_peer_seen_by_host(Ipv6Addr::LOCALHOST, GATEWAY6),
+        IpAddr::V6(outbound),
         "UDP from --outbound-addr6"
     );
     drop(rslirp);
@@ -162,13 +147,7 @@ fn udp_echo_via_gateway_to_host_loopback(mode: Mode) {
     let (_rslirp, _) = start_with_ipv6(&env);
     let server = env.host_udp_echo_server(Ipv6Addr::LOCALHOST);
     let socket = env.guest_udp_socket_at((Ipv6Addr::UNSPECIFIED, 0));
-    let to = v6(GATEWAY6, server.port());
-    for (i, size) in UDP_SIZES.into_iter().enumerate() {
-        let payload = Pattern::bytes(i as u64, size);
-        let reply = net::udp_roundtrip(&socket, to, &payload)
-            .unwrap_or_else(|e| panic!("no echo of {size} bytes from {to}: {e}"));
-        assert!(reply == payload, "echo of {size} bytes differs");
-    }
+    net::assert_udp_echoes(&socket, v6(GATEWAY6, server.port()), &UDP_SIZES);
 }
 
 fn dns_via_fd00_3(mode: Mode) {

@@ -15,8 +15,8 @@ use common::net;
 use common::{assert_gateway_answers_ping, assert_traffic_works, Env, Mode, GATEWAY, TAP};
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Read};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::unix::fs::PermissionsExt;
 use std::thread;
 use std::time::Duration;
@@ -468,45 +468,6 @@ fn disable_dns_n3_is_forwarded_like_any_address(mode: Mode) {
 // ---------------------------------------------------------------------------------------
 // --outbound-addr
 
-/// The address a TCP server on `server_ip` (host namespace) sees when the guest connects
-/// to it at `dest_ip`.
-fn tcp_peer_seen_by_host(env: &Env, server_ip: Ipv4Addr, dest_ip: Ipv4Addr) -> IpAddr {
-    let server = net::tcp_server(env.host_tcp_listener(server_ip), |mut stream| {
-        if let Ok(peer) = stream.peer_addr() {
-            let _ = io::Write::write_all(&mut stream, peer.ip().to_string().as_bytes());
-        }
-    });
-    let mut stream = env
-        .guest_connect(SocketAddrV4::new(dest_ip, server.port()), CONNECT_TIMEOUT)
-        .unwrap_or_else(|e| panic!("connect to {dest_ip}: {e}"));
-    let mut seen = String::new();
-    stream.read_to_string(&mut seen).expect("read peer address");
-    seen.parse()
-        .unwrap_or_else(|_| panic!("server sent {seen:?}"))
-}
-
-/// The address a UDP server on `server_ip` (host namespace) sees a guest datagram from.
-fn udp_peer_seen_by_host(env: &Env, server_ip: Ipv4Addr, dest_ip: Ipv4Addr) -> IpAddr {
-    let server = env.host_udp_socket_at((server_ip, 0));
-    let port = server.local_addr().expect("local_addr").port();
-    // Answers every datagram with its source address; ends after 3 s without one.
-    thread::spawn(move || {
-        server
-            .set_read_timeout(Some(Duration::from_secs(3)))
-            .expect("timeout");
-        let mut buf = [0u8; 1500];
-        while let Ok((_, peer)) = server.recv_from(&mut buf) {
-            let _ = server.send_to(peer.ip().to_string().as_bytes(), peer);
-        }
-    });
-    let socket = env.guest_udp_socket();
-    let to = SocketAddr::V4(SocketAddrV4::new(dest_ip, port));
-    let reply = net::udp_roundtrip(&socket, to, b"who am I").expect("UDP peer server");
-    let seen = String::from_utf8_lossy(&reply);
-    seen.parse()
-        .unwrap_or_else(|_| panic!("server sent {seen:?}"))
-}
-
 /// The host namespace's address with the last octet replaced (same /24, on its sink).
 fn host_neighbour(env: &Env, last: u8) -> Ipv4Addr {
     let [a, b, c, _] = env.host_addr.octets();
@@ -630,18 +591,18 @@ fn outbound_addr_address(mode: Mode) {
         .arg(&format!("--outbound-addr={outbound}"))
         .start();
     let host_addr = env.host_addr;
-    assert_eq!(tcp_peer_seen_by_host(&env, host_addr, host_addr), outbound);
-    assert_eq!(udp_peer_seen_by_host(&env, host_addr, host_addr), outbound);
+    assert_eq!(env.tcp_peer_seen_by_host(host_addr, host_addr), outbound);
+    assert_eq!(env.udp_peer_seen_by_host(host_addr, host_addr), outbound);
     assert_eq!(ping_source_seen_by_host(&env, host_addr), outbound);
     let loopback = Ipv4Addr::LOCALHOST;
     let bound = "connections to host loopback are bound to --outbound-addr too";
     assert_eq!(
-        tcp_peer_seen_by_host(&env, loopback, GATEWAY),
+        env.tcp_peer_seen_by_host(loopback, GATEWAY),
         outbound,
         "{bound}"
     );
     assert_eq!(
-        udp_peer_seen_by_host(&env, loopback, GATEWAY),
+        env.udp_peer_seen_by_host(loopback, GATEWAY),
         outbound,
         "{bound}"
     );
@@ -654,10 +615,10 @@ fn outbound_addr_loopback(mode: Mode) {
     let loopback = Ipv4Addr::LOCALHOST;
     let _rslirp = env.rslirp().arg("--outbound-addr=127.0.0.1").start();
     let host_addr = env.host_addr;
-    assert_eq!(tcp_peer_seen_by_host(&env, host_addr, host_addr), loopback);
-    assert_eq!(udp_peer_seen_by_host(&env, host_addr, host_addr), loopback);
-    assert_eq!(tcp_peer_seen_by_host(&env, loopback, GATEWAY), loopback);
-    assert_eq!(udp_peer_seen_by_host(&env, loopback, GATEWAY), loopback);
+    assert_eq!(env.tcp_peer_seen_by_host(host_addr, host_addr), loopback);
+    assert_eq!(env.udp_peer_seen_by_host(host_addr, host_addr), loopback);
+    assert_eq!(env.tcp_peer_seen_by_host(loopback, GATEWAY), loopback);
+    assert_eq!(env.udp_peer_seen_by_host(loopback, GATEWAY), loopback);
 }
 
 /// Where slirp4netns breaks: with `--outbound-addr` a NIC address, its DNS queries to a
@@ -694,7 +655,7 @@ fn outbound_addr_keeps_a_loopback_resolver_working(mode: Mode) {
     }
     // The guest's own traffic to host loopback is bound as usual.
     assert_eq!(
-        tcp_peer_seen_by_host(&env, Ipv4Addr::LOCALHOST, GATEWAY),
+        env.tcp_peer_seen_by_host(Ipv4Addr::LOCALHOST, GATEWAY),
         outbound
     );
 }
@@ -714,8 +675,8 @@ fn outbound_addr_interface(mode: Mode) {
     env.host.ip(&["link", "set", IFNAME, "up"]);
     let _rslirp = env.rslirp().arg("--outbound-addr").arg(IFNAME).start();
     let host_addr = env.host_addr;
-    assert_eq!(tcp_peer_seen_by_host(&env, host_addr, host_addr), first);
-    assert_eq!(udp_peer_seen_by_host(&env, host_addr, host_addr), first);
+    assert_eq!(env.tcp_peer_seen_by_host(host_addr, host_addr), first);
+    assert_eq!(env.udp_peer_seen_by_host(host_addr, host_addr), first);
 }
 
 // ---------------------------------------------------------------------------------------

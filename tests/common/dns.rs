@@ -4,7 +4,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::thread;
@@ -268,11 +268,7 @@ fn skip_name(msg: &[u8], mut pos: usize) -> Result<usize, String> {
 /// answer from `to` with the query's id, or an error (e.g. timed out) after `timeout`.
 /// Runs in whatever network namespace the calling thread is in.
 pub fn udp_query(to: SocketAddr, query: &[u8], timeout: Duration) -> io::Result<Vec<u8>> {
-    let any: IpAddr = match to {
-        SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
-        SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
-    };
-    let socket = UdpSocket::bind((any, 0))?;
+    let socket = UdpSocket::bind((super::net::unspecified_for(to.ip()), 0))?;
     socket.send_to(query, to)?;
     let deadline = Instant::now() + timeout;
     let mut buf = vec![0u8; 65536];

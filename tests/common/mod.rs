@@ -26,7 +26,7 @@ pub mod sandbox;
 pub mod tap;
 
 use std::fs::{self, File};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
@@ -420,6 +420,55 @@ impl Env {
     /// A UDP echo server on `ip` in the host namespace.
     pub fn host_udp_echo_server(&self, ip: impl Into<IpAddr>) -> Server {
         net::udp_echo_server(self.host_udp_socket_at((ip, 0)))
+    }
+
+    /// The address a TCP server on `server_ip` (host namespace) sees when the guest connects
+    /// to it at `dest_ip`.
+    pub fn tcp_peer_seen_by_host(
+        &self,
+        server_ip: impl Into<IpAddr>,
+        dest_ip: impl Into<IpAddr>,
+    ) -> IpAddr {
+        let server = net::tcp_server(self.host_tcp_listener(server_ip), |mut stream| {
+            if let Ok(peer) = stream.peer_addr() {
+                let _ = stream.write_all(peer.ip().to_string().as_bytes());
+            }
+        });
+        let to = SocketAddr::new(dest_ip.into(), server.port());
+        let mut stream = self
+            .guest_connect(to, SETUP_TIMEOUT)
+            .unwrap_or_else(|e| panic!("connect to {to}: {e}"));
+        let mut seen = String::new();
+        stream.read_to_string(&mut seen).expect("read peer address");
+        seen.parse()
+            .unwrap_or_else(|_| panic!("server sent {seen:?}"))
+    }
+
+    /// The address a UDP server on `server_ip` (host namespace) sees a guest datagram to
+    /// `dest_ip` come from.
+    pub fn udp_peer_seen_by_host(
+        &self,
+        server_ip: impl Into<IpAddr>,
+        dest_ip: impl Into<IpAddr>,
+    ) -> IpAddr {
+        let server = self.host_udp_socket_at((server_ip, 0));
+        let port = server.local_addr().expect("local_addr").port();
+        // Answers every datagram with its source address; ends after 3 s without one.
+        thread::spawn(move || {
+            server
+                .set_read_timeout(Some(Duration::from_secs(3)))
+                .expect("timeout");
+            let mut buf = [0u8; 1500];
+            while let Ok((_, peer)) = server.recv_from(&mut buf) {
+                let _ = server.send_to(peer.ip().to_string().as_bytes(), peer);
+            }
+        });
+        let to = SocketAddr::new(dest_ip.into(), port);
+        let socket = self.guest_udp_socket_at((net::unspecified_for(to.ip()), 0));
+        let reply = net::udp_roundtrip(&socket, to, b"who am I").expect("UDP peer server");
+        let seen = String::from_utf8_lossy(&reply);
+        seen.parse()
+            .unwrap_or_else(|_| panic!("server sent {seen:?}"))
     }
 
     /// A TCP connection from the guest, with I/O timeouts set, or the connect error.

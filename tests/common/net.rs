@@ -4,7 +4,7 @@
 //! hang forever when the network under test stalls.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -261,6 +261,26 @@ pub fn exchange_keep(stream: &TcpStream, payload: &[u8]) -> Vec<u8> {
         .and_then(|()| (&*stream).read_exact(&mut reply))
         .unwrap_or_else(|err| panic!("echo of {} bytes: {err}", payload.len()));
     reply
+}
+
+/// The unspecified address (0.0.0.0 or ::) of `ip`'s family, to bind a socket that talks to
+/// `ip`.
+pub fn unspecified_for(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    }
+}
+
+/// Sends a datagram of each size in `sizes` (the pattern seeded by its index) to the echo
+/// server at `to` and checks that each comes back unchanged.
+pub fn assert_udp_echoes(socket: &UdpSocket, to: SocketAddr, sizes: &[usize]) {
+    for (i, &size) in sizes.iter().enumerate() {
+        let payload = Pattern::bytes(i as u64, size);
+        let reply = udp_roundtrip(socket, to, &payload)
+            .unwrap_or_else(|e| panic!("no echo of {size} bytes from {to}: {e}"));
+        assert!(reply == payload, "echo of {size} bytes differs");
+    }
 }
 
 /// Sends `payload` to `to` and returns the first datagram that comes back, retrying a few
