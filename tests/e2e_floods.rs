@@ -8,6 +8,7 @@
 
 // Every test here is rootful, so the both-modes macro goes unused.
 #[allow(unused_macros)]
+#[macro_use]
 mod common;
 
 use common::api::{stat, Api, ApiProbe, Fwd};
@@ -18,20 +19,11 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// Rootful only: the data path under load is the same in both modes.
-mod rootful_only {
-    use super::common::Mode;
-
-    #[test]
-    fn udp_spray_to_50000_ports_leaves_flows_and_api_serving() {
-        super::udp_spray_to_50000_ports_leaves_flows_and_api_serving(Mode::Rootful)
-    }
-
-    #[test]
-    fn a_crowd_of_clients_on_a_forward_leaves_flows_and_api_serving() {
-        super::a_crowd_of_clients_on_a_forward_leaves_flows_and_api_serving(Mode::Rootful)
-    }
-}
+// Rootful only: the data path under load is the same in both modes.
+rootful_only!(
+    udp_spray_to_50000_ports_leaves_flows_and_api_serving,
+    a_crowd_of_clients_on_a_forward_leaves_flows_and_api_serving,
+);
 
 const SPRAY_PORTS: u16 = 50_000;
 const FIRST_SPRAY_PORT: u16 = 10_000;

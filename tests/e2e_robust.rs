@@ -34,21 +34,12 @@ both_modes!(
     udp_flood_with_fd_limit_raised_leaves_api_and_tcp_working,
 );
 
-/// The two heavy tests run rootful only: the data path they load is the same in both
-/// modes, and running them twice would double the file's minutes for nothing new.
-mod rootful_only {
-    use super::common::Mode;
-
-    #[test]
-    fn syn_flood_leaves_bulk_and_api_responsive() {
-        super::syn_flood_leaves_bulk_and_api_responsive(Mode::Rootful)
-    }
-
-    #[test]
-    fn short_connections_do_not_grow_memory() {
-        super::short_connections_do_not_grow_memory(Mode::Rootful)
-    }
-}
+// The two heavy tests run rootful only: the data path they load is the same in both
+// modes, and running them twice would double the file's minutes for nothing new.
+rootful_only!(
+    syn_flood_leaves_bulk_and_api_responsive,
+    short_connections_do_not_grow_memory,
+);
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 

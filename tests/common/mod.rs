@@ -76,6 +76,18 @@ macro_rules! both_modes {
     };
 }
 
+/// Declares a `rootful_only::NAME` test for each `fn NAME(mode: Mode)`: for tests whose
+/// subject is the same in both modes and that are too slow to run twice (say why where it
+/// is used).
+#[allow(unused_macros)] // not every test binary has such tests
+macro_rules! rootful_only {
+    ($($name:ident),* $(,)?) => {
+        mod rootful_only {
+            $( #[test] fn $name() { super::$name($crate::common::Mode::Rootful) } )*
+        }
+    };
+}
+
 /// The binary under test: `RSLIRP_BIN` (e.g. /usr/bin/slirp4netns to check the tests
 /// against the reference) or the one cargo built.
 pub fn binary_under_test() -> PathBuf {
@@ -340,18 +352,12 @@ impl Env {
 
     /// Runs a command as root inside the guest's network namespace.
     pub fn guest_cmd(&self, args: &[&str]) -> Output {
-        let pid = self.guest_pid().to_string();
-        let mut cmd = command("nsenter", &["-t", &pid, "-n", "--"]);
-        cmd.args(args);
-        run(&mut cmd, STEP_TIMEOUT)
+        run(&mut nsenter(self.guest_pid(), "-n", args), STEP_TIMEOUT)
     }
 
     /// Like [`Env::guest_cmd`], but the command must succeed; returns its stdout.
     pub fn guest_ok(&self, args: &[&str]) -> String {
-        let pid = self.guest_pid().to_string();
-        let mut cmd = command("nsenter", &["-t", &pid, "-n", "--"]);
-        cmd.args(args);
-        run_ok(&mut cmd, STEP_TIMEOUT)
+        run_ok(&mut nsenter(self.guest_pid(), "-n", args), STEP_TIMEOUT)
     }
 
     /// Runs `f` on a thread inside the guest's network namespace.
@@ -558,6 +564,15 @@ pub fn bind_in<S: Send + 'static>(
     ns::spawn_in_netns(netns, what, move || bind(addr))
         .wait(SETUP_TIMEOUT)
         .unwrap_or_else(|e| panic!("bind {what} on {addr}: {e}"))
+}
+
+/// `nsenter -t PID NAMESPACES -- ARGS...`: `args` as root in the namespaces (`namespaces`,
+/// e.g. `-n` for the network's, `-m` for the mounts') of the process `pid`.
+fn nsenter(pid: u32, namespaces: &str, args: &[&str]) -> Command {
+    let pid = pid.to_string();
+    let mut cmd = command("nsenter", &["-t", &pid, namespaces, "--"]);
+    cmd.args(args);
+    cmd
 }
 
 fn setup_host_netns(host: &Netns, addr: Ipv4Addr) {

@@ -27,7 +27,8 @@ use std::process::{Output, Stdio};
 use std::sync::atomic::Ordering;
 
 use super::process::{self, command, run, run_ok, wait_for, Proc};
-use super::{Env, Launch, Mode, Rslirp, AS_TEST_USER, STEP_TIMEOUT, TAP};
+use super::resolv::proc_fd_path;
+use super::{nsenter, Env, Launch, Mode, Rslirp, AS_TEST_USER, STEP_TIMEOUT, TAP};
 
 /// The caller's mount below its shared /run that must survive rslirp's sandbox.
 pub const INNER_RUN_MOUNT: &str = "/run/rse2e-inner";
@@ -85,18 +86,12 @@ impl CallerNs {
 
     /// Runs a command as root in the caller's mount namespace; it must succeed.
     pub fn run_ok(&self, args: &[&str]) -> String {
-        let pid = self.pid().to_string();
-        let mut cmd = command("nsenter", &["-t", &pid, "-m", "--"]);
-        cmd.args(args);
-        run_ok(&mut cmd, STEP_TIMEOUT)
+        run_ok(&mut nsenter(self.pid(), "-m", args), STEP_TIMEOUT)
     }
 
     /// Like [`CallerNs::run_ok`], the result left to the caller.
     pub fn run(&self, args: &[&str]) -> Output {
-        let pid = self.pid().to_string();
-        let mut cmd = command("nsenter", &["-t", &pid, "-m", "--"]);
-        cmd.args(args);
-        run(&mut cmd, STEP_TIMEOUT)
+        run(&mut nsenter(self.pid(), "-m", args), STEP_TIMEOUT)
     }
 }
 
@@ -118,29 +113,6 @@ fn check(rc: libc::c_int) -> io::Result<()> {
     } else {
         Ok(())
     }
-}
-
-/// `/proc/self/fd/FD` as a NUL-terminated string, built without allocating (it is used
-/// between fork and exec).
-fn proc_fd_path(fd: libc::c_int) -> [u8; 32] {
-    let mut path = [0u8; 32];
-    let prefix = b"/proc/self/fd/";
-    path[..prefix.len()].copy_from_slice(prefix);
-    let mut digits = [0u8; 10];
-    let mut n = fd as u32;
-    let mut len = 0;
-    loop {
-        digits[len] = b'0' + (n % 10) as u8;
-        len += 1;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for (i, digit) in digits[..len].iter().rev().enumerate() {
-        path[prefix.len() + i] = *digit;
-    }
-    path
 }
 
 fn spawn_holder(env: &Env, resolv_dir: &Path) -> Proc {
