@@ -699,6 +699,17 @@ impl Launch<'_> {
     /// [`Rslirp::await_ready_byte`]).
     pub fn spawn(self) -> Rslirp {
         let env = self.env;
+        let mut enter = command("ip", &["netns", "exec", &env.host.name]);
+        // Never the machine's resolver: the test's own resolv.conf, in a mount namespace.
+        resolv::private_resolv_conf(&mut enter, env, self.resolv);
+        self.spawn_entering(enter)
+    }
+
+    /// Spawns rslirp with `enter` (a command that enters rslirp's namespaces and runs its
+    /// arguments, e.g. `ip netns exec HOST`) as `enter [setpriv ...] BIN [-c] ARGS... -r 3
+    /// [-e 4] TARGET tap0`, its output to a log file of the test's.
+    fn spawn_entering(self, mut cmd: Command) -> Rslirp {
+        let env = self.env;
         let n = env.launches.fetch_add(1, Ordering::SeqCst);
         let log_path = env.tmp.path.join(format!("rslirp-{n}.log"));
         let log = File::create(&log_path).expect("rslirp log");
@@ -710,7 +721,7 @@ impl Launch<'_> {
         } else {
             (None, None)
         };
-        let mut cmd = self.command();
+        self.add_rslirp_args(&mut cmd);
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup"))
             .stderr(log);
@@ -740,12 +751,9 @@ impl Launch<'_> {
         }
     }
 
-    /// `ip netns exec HOST [setpriv ...] BIN [-c] ARGS... -r 3 [-e 4] TARGET tap0`
-    fn command(&self) -> Command {
+    /// Appends `[setpriv ...] BIN [-c] ARGS... -r 3 [-e 4] TARGET tap0` (or the operands).
+    fn add_rslirp_args(&self, cmd: &mut Command) {
         let env = self.env;
-        let mut cmd = command("ip", &["netns", "exec", &env.host.name]);
-        // Never the machine's resolver: the test's own resolv.conf, in a mount namespace.
-        resolv::private_resolv_conf(&mut cmd, env, self.resolv);
         if env.mode == Mode::Rootless {
             cmd.args(AS_TEST_USER);
         }
@@ -759,14 +767,13 @@ impl Launch<'_> {
         }
         if let Some(operands) = &self.operands {
             cmd.args(operands);
-            return cmd;
+            return;
         }
         let target = match &self.target {
             Some(target) => target.clone(),
             None => env.guest_pid().to_string(),
         };
         cmd.arg(target).arg(TAP);
-        cmd
     }
 }
 
