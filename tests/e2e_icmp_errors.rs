@@ -158,6 +158,17 @@ struct GuestError {
     offender: Option<IpAddr>,
 }
 
+impl GuestError {
+    /// The error of `icmp_type` and `code` from `offender`.
+    fn new(icmp_type: u8, code: u8, offender: impl Into<IpAddr>) -> GuestError {
+        GuestError {
+            icmp_type,
+            code,
+            offender: Some(offender.into()),
+        }
+    }
+}
+
 fn setsockopt_int(socket: &UdpSocket, level: libc::c_int, name: libc::c_int, value: libc::c_int) {
     // SAFETY: setsockopt reads a c_int from a live local; the fd is open while borrowed.
     let rc = unsafe {
@@ -334,24 +345,10 @@ fn udp_probes_expire_at_the_gateway_then_at_the_first_router(mode: Mode) {
     let to = SocketAddr::new(FAR.into(), server.port());
 
     let error = guest_probe(&env, to, 1).expect_err("TTL 1 ends at the gateway");
-    assert_eq!(
-        error,
-        GuestError {
-            icmp_type: ICMP_TIME_EXCEEDED,
-            code: 0,
-            offender: Some(GATEWAY.into()),
-        }
-    );
+    assert_eq!(error, GuestError::new(ICMP_TIME_EXCEEDED, 0, GATEWAY));
     assert_eq!(relayed(&api), 0, "rslirp answered that one itself");
     let error = guest_probe(&env, to, 2).expect_err("TTL 2 ends at the first router");
-    assert_eq!(
-        error,
-        GuestError {
-            icmp_type: ICMP_TIME_EXCEEDED,
-            code: 0,
-            offender: Some(R1.into()),
-        }
-    );
+    assert_eq!(error, GuestError::new(ICMP_TIME_EXCEEDED, 0, R1));
     assert_eq!(relayed(&api), 1, "rslirp relayed r1's");
     let echo = guest_probe(&env, to, 8).expect("TTL 8 reaches the far host's echo server");
     assert_eq!(echo, b"rslirp probe");
@@ -389,11 +386,7 @@ fn udp_to_a_closed_port_hears_port_unreachable_from_the_far_host(mode: Mode) {
         .expect_err("nothing listens there");
     assert_eq!(
         error,
-        GuestError {
-            icmp_type: ICMP_DEST_UNREACH,
-            code: ICMP_PORT_UNREACH,
-            offender: Some(FAR.into()),
-        }
+        GuestError::new(ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, FAR)
     );
 }
 
@@ -455,11 +448,7 @@ fn ipv6_probes_expire_at_the_gateway_then_at_the_first_router(mode: Mode) {
         let error = guest_probe(&env, to, hop_limit).expect_err("the hop limit runs out");
         assert_eq!(
             error,
-            GuestError {
-                icmp_type: ICMPV6_TIME_EXCEED,
-                code: 0,
-                offender: Some(from.into()),
-            },
+            GuestError::new(ICMPV6_TIME_EXCEED, 0, from),
             "hop limit {hop_limit}"
         );
     }
