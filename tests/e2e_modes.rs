@@ -66,6 +66,13 @@ mod rootful_only {
 
 // ---------------------------------------------------------------- tapfd
 
+/// rslirp's output names the tap behind the fd (`tap`) and whether it uses the offloads.
+fn assert_output_names(rslirp: &Rslirp, tap: &str, offloads: &str) {
+    let output = rslirp.output();
+    assert!(output.contains(tap), "{output}");
+    assert!(output.contains(offloads), "{output}");
+}
+
 fn tapfd_plain_tap_carries_ping_tcp_udp_dns(mode: Mode) {
     let env = Env::new(mode);
     let fd = tap::open_tun(&env, TAP, libc::IFF_TAP | libc::IFF_NO_PI);
@@ -82,14 +89,11 @@ fn tapfd_plain_tap_carries_ping_tcp_udp_dns(mode: Mode) {
         .operands(&[&TAPFD.to_string()])
         .start();
     rslirp.assert_ready_fd_closed();
-    let output = rslirp.output();
-    assert!(
-        output.contains(&format!(
-            "TAPFD {TAPFD} is tap {TAP} without virtio-net header"
-        )),
-        "{output}"
+    assert_output_names(
+        &rslirp,
+        &format!("TAPFD {TAPFD} is tap {TAP} without virtio-net header"),
+        "tap offloads off",
     );
-    assert!(output.contains("tap offloads off"), "{output}");
 
     common::assert_traffic_works(&env);
     let server = env.host_udp_echo_server(Ipv4Addr::LOCALHOST);
@@ -117,14 +121,11 @@ fn tapfd_with_virtio_header_uses_offloads_in_the_sandbox(mode: Mode) {
         // A TAPNAME is accepted and changes nothing: the fd names its interface.
         .operands(&[&TAPFD.to_string(), "ignored0"])
         .start();
-    let output = rslirp.output();
-    assert!(
-        output.contains(&format!(
-            "TAPFD {TAPFD} is tap vtap0 with virtio-net header and offloads"
-        )),
-        "{output}"
+    assert_output_names(
+        &rslirp,
+        &format!("TAPFD {TAPFD} is tap vtap0 with virtio-net header and offloads"),
+        "tap offloads on",
     );
-    assert!(output.contains("tap offloads on"), "{output}");
     // With the offloads, TCP crosses the tap in segments of up to 64 KiB both ways; the
     // echo proves them framed right (a wrong header length would garble every frame).
     common::assert_gateway_answers_ping(&env);

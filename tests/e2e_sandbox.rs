@@ -14,7 +14,7 @@
 #[macro_use]
 mod common;
 
-use common::net::{self};
+use common::net;
 use common::process::{command, run_ok, wait_for};
 use common::sandbox::{mount_point_listed, CallerNs, INNER_RUN_MOUNT};
 use common::{assert_traffic_works, Env, Mode, Rslirp, GATEWAY, STEP_TIMEOUT, TAP};
@@ -90,6 +90,23 @@ fn host_udp_echo(env: &Env, ip: Ipv4Addr, port: u16) -> net::Server {
     net::udp_echo_server(env.host_udp_socket_at((ip, port)))
 }
 
+/// 10.0.2.3:53 reaches `first_resolver` (a UDP echo on 127.0.0.1:53); once the caller's
+/// resolv.conf names 127.0.0.2 instead and the first one is gone, a new query must reach
+/// the new resolver there.
+fn assert_dns_follows_resolv_conf(env: &Env, caller: &CallerNs, first_resolver: net::Server) {
+    let reply = guest_udp_roundtrip(env, SocketAddrV4::new(DNS, 53), b"query 1")
+        .expect("DNS via the first resolver");
+    assert_eq!(reply, b"query 1");
+    caller.write_resolv_conf("nameserver 127.0.0.2\n");
+    drop(first_resolver);
+    let _second_resolver = host_udp_echo(env, Ipv4Addr::new(127, 0, 0, 2), 53);
+    wait_for("queries to reach the new resolver", STEP_TIMEOUT, || {
+        guest_udp_roundtrip(env, SocketAddrV4::new(DNS, 53), b"query 2")
+            .ok()
+            .filter(|reply| reply == b"query 2")
+    });
+}
+
 fn guest_udp_roundtrip(env: &Env, to: SocketAddrV4, payload: &[u8]) -> std::io::Result<Vec<u8>> {
     let socket = env.guest_udp_socket();
     net::udp_roundtrip(&socket, SocketAddr::V4(to), payload)
@@ -119,17 +136,7 @@ fn confined_rslirp_still_serves_everything(mode: Mode) {
 
     // DNS: 10.0.2.3:53 is NATed to resolv.conf's nameserver. After the caller replaces its
     // resolv.conf, a new query must reach the new resolver, the old one being gone.
-    let reply = guest_udp_roundtrip(&env, SocketAddrV4::new(DNS, 53), b"query 1")
-        .expect("DNS via the first resolver");
-    assert_eq!(reply, b"query 1");
-    caller.write_resolv_conf("nameserver 127.0.0.2\n");
-    drop(first_resolver);
-    let _second_resolver = host_udp_echo(&env, Ipv4Addr::new(127, 0, 0, 2), 53);
-    wait_for("queries to reach the new resolver", STEP_TIMEOUT, || {
-        guest_udp_roundtrip(&env, SocketAddrV4::new(DNS, 53), b"query 2")
-            .ok()
-            .filter(|reply| reply == b"query 2")
-    });
+    assert_dns_follows_resolv_conf(&env, &caller, first_resolver);
 
     // DHCP: busybox udhcpc gets the first lease of the pool (-s /bin/true: leave the
     // interface as -c configured it).
@@ -408,17 +415,7 @@ fn each_flag_works_alone(mode: Mode) {
     assert!(fs::metadata(format!("/proc/{}/root/usr", rslirp.pid())).is_ok());
     assert_traffic_works(&env);
     // resolv.conf is re-read through the filter (open read-only, statx, read).
-    let reply = guest_udp_roundtrip(&env, SocketAddrV4::new(DNS, 53), b"query 1")
-        .expect("DNS via the first resolver");
-    assert_eq!(reply, b"query 1");
-    caller.write_resolv_conf("nameserver 127.0.0.2\n");
-    drop(first_resolver);
-    let _second_resolver = host_udp_echo(&env, Ipv4Addr::new(127, 0, 0, 2), 53);
-    wait_for("queries to reach the new resolver", STEP_TIMEOUT, || {
-        guest_udp_roundtrip(&env, SocketAddrV4::new(DNS, 53), b"query 2")
-            .ok()
-            .filter(|reply| reply == b"query 2")
-    });
+    assert_dns_follows_resolv_conf(&env, &caller, first_resolver);
     rslirp.signal(libc::SIGTERM);
     assert!(rslirp.wait_exit(common::EXIT_TIMEOUT).success());
     assert!(!api_path.exists(), "{} left behind", api_path.display());
