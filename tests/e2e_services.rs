@@ -176,16 +176,7 @@ fn configure_with_cidr(mode: Mode) {
     let env = Env::new(mode);
     let _server = first_server(&env);
     let _rslirp = env.rslirp().arg("--cidr").arg("10.0.135.128/25").start();
-    let addrs = env.guest_ok(&["ip", "-o", "-4", "addr", "show", "dev", TAP]);
-    assert!(
-        addrs.contains("inet 10.0.135.228/25 "),
-        "guest address: {addrs}"
-    );
-    let routes = env.guest_ok(&["ip", "-4", "route", "show", "default"]);
-    assert!(
-        routes.contains(&format!("default via 10.0.135.130 dev {TAP}")),
-        "default route: {routes}"
-    );
+    env.assert_guest_configured("10.0.135.228/25", Ipv4Addr::new(10, 0, 135, 130));
     env.guest_ok(&["ping", "-c", "1", "-W", "2", "10.0.135.130"]);
     let dns = Ipv4Addr::new(10, 0, 135, 131);
     let answer = guest_udp_query(&env, dns, 7, ONE, TYPE_A);

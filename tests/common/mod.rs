@@ -350,6 +350,21 @@ impl Env {
         });
     }
 
+    /// `-c`'s work in the guest: `addr` (e.g. `10.0.2.100/24`) on the tap and the default
+    /// route via `gateway` there.
+    pub fn assert_guest_configured(&self, addr: &str, gateway: Ipv4Addr) {
+        let addrs = self.guest_ok(&["ip", "-o", "-4", "addr", "show", "dev", TAP]);
+        assert!(
+            addrs.contains(&format!("inet {addr} ")),
+            "guest address {addr} missing: {addrs}"
+        );
+        let routes = self.guest_ok(&["ip", "-4", "route", "show", "default"]);
+        assert!(
+            routes.contains(&format!("default via {gateway} dev {TAP}")),
+            "default route via {gateway} missing: {routes}"
+        );
+    }
+
     /// Runs a command as root inside the guest's network namespace.
     pub fn guest_cmd(&self, args: &[&str]) -> Output {
         run(&mut nsenter(self.guest_pid(), "-n", args), STEP_TIMEOUT)
