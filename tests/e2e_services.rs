@@ -10,14 +10,13 @@
 #[macro_use]
 mod common;
 
+use common::dhcp::{create_tap_up, udhcpc, Lease};
 use common::dns::{self, Answer, Dnsmasq, Record, DNS, TYPE_A, TYPE_TXT};
 use common::net;
 use common::{assert_gateway_answers_ping, assert_traffic_works, Env, Mode, GATEWAY, TAP};
-use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::unix::fs::PermissionsExt;
 use std::thread;
 use std::time::Duration;
 
@@ -66,68 +65,6 @@ const SECOND_SERVER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 // ---------------------------------------------------------------------------------------
 // DHCP
 
-/// What udhcpc passed its script on `bound`: ip, subnet, router, dns, mtu, lease, ...
-struct Lease(BTreeMap<String, String>);
-
-impl Lease {
-    fn get(&self, key: &str) -> &str {
-        self.0
-            .get(key)
-            .unwrap_or_else(|| panic!("udhcpc passed no {key:?}; lease: {:?}", self.0))
-    }
-
-    fn assert(&self, expected: &[(&str, &str)]) {
-        for (key, value) in expected {
-            assert_eq!(self.get(key), *value, "{key}; lease: {:?}", self.0);
-        }
-    }
-
-    fn prefix_len(&self) -> u32 {
-        let mask: Ipv4Addr = self.get("subnet").parse().expect("subnet is an address");
-        u32::from(mask).count_ones()
-    }
-}
-
-/// rootlesskit's way: the tap exists and is up, with no address; rslirp starts without -c.
-fn create_tap_up(env: &Env) {
-    env.guest_ok(&["ip", "tuntap", "add", "dev", TAP, "mode", "tap"]);
-    env.guest_ok(&["ip", "link", "set", TAP, "up"]);
-}
-
-/// Runs udhcpc on the guest's tap (asking for the MTU option too) and returns the lease.
-fn udhcpc(env: &Env) -> Lease {
-    let record = env.tmp.path.join("udhcpc.env");
-    let script = env.tmp.path.join("udhcpc.sh");
-    fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\n# udhcpc calls this with the event; keep what it passes on bound.\n\
-             [ \"$1\" = bound ] && env > '{}'\nexit 0\n",
-            record.display()
-        ),
-    )
-    .expect("write udhcpc script");
-    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).expect("chmod");
-    let script = script.to_string_lossy();
-    let args = ["udhcpc", "-i", TAP, "-q", "-n", "-f", "-t", "5", "-T", "1"];
-    let mut cmd = args.to_vec();
-    cmd.extend(["-O", "mtu", "-s", &script]);
-    env.guest_ok(&cmd);
-    let text = fs::read_to_string(&record).expect("udhcpc reported no lease");
-    // udhcpc's variables are the lower-case ones; the rest is the inherited environment.
-    let is_udhcpc_var = |key: &str| {
-        key.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-    };
-    Lease(
-        text.lines()
-            .filter_map(|line| line.split_once('='))
-            .filter(|(key, _)| is_udhcpc_var(key))
-            .map(|(key, value)| (key.to_string(), value.to_string()))
-            .collect(),
-    )
-}
-
 /// The lease is usable: with its address on the tap, the router answers ping.
 fn assert_lease_works(env: &Env, lease: &Lease) {
     let cidr = format!("{}/{}", lease.get("ip"), lease.prefix_len());
@@ -135,12 +72,23 @@ fn assert_lease_works(env: &Env, lease: &Lease) {
     env.guest_ok(&["ping", "-c", "1", "-W", "2", lease.get("router")]);
 }
 
-fn dhcp_default_network(mode: Mode) {
+/// rslirp without -c, with `args`, and the tap up without an address: udhcpc's lease (the
+/// MTU option asked for too) has `expected` and works.
+fn assert_dhcp_lease(mode: Mode, args: &[&str], expected: &[(&str, &str)]) {
     let env = Env::new(mode);
     create_tap_up(&env);
-    let _rslirp = env.rslirp().no_configure().arg("--mtu=1400").start();
-    let lease = udhcpc(&env);
-    lease.assert(&[
+    let mut launch = env.rslirp().no_configure();
+    for arg in args {
+        launch = launch.arg(arg);
+    }
+    let _rslirp = launch.start();
+    let lease = udhcpc(&env, &["-O", "mtu"]);
+    lease.assert(expected);
+    assert_lease_works(&env, &lease);
+}
+
+fn dhcp_default_network(mode: Mode) {
+    let expected = [
         ("ip", "10.0.2.15"),
         ("subnet", "255.255.255.0"),
         ("router", "10.0.2.2"),
@@ -148,27 +96,19 @@ fn dhcp_default_network(mode: Mode) {
         ("serverid", "10.0.2.2"),
         ("mtu", "1400"),
         ("lease", "86400"),
-    ]);
-    assert_lease_works(&env, &lease);
+    ];
+    assert_dhcp_lease(mode, &["--mtu=1400"], &expected);
 }
 
 fn dhcp_with_cidr(mode: Mode) {
-    let env = Env::new(mode);
-    create_tap_up(&env);
-    let _rslirp = env
-        .rslirp()
-        .no_configure()
-        .arg("--cidr=10.0.135.128/25")
-        .start();
-    let lease = udhcpc(&env);
-    lease.assert(&[
+    let expected = [
         ("ip", "10.0.135.143"),
         ("subnet", "255.255.255.128"),
         ("router", "10.0.135.130"),
         ("dns", "10.0.135.131"),
         ("mtu", "1500"),
-    ]);
-    assert_lease_works(&env, &lease);
+    ];
+    assert_dhcp_lease(mode, &["--cidr=10.0.135.128/25"], &expected);
 }
 
 /// `-c --cidr`: guest N+100, default route via N+2, and the DNS forwarder at N+3.

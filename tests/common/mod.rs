@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod ctl;
+pub mod dhcp;
 pub mod dns;
 pub mod ipv6;
 pub mod net;
