@@ -325,6 +325,18 @@ fn guest_probe(env: &Env, to: SocketAddr, hop_limit: u32) -> Result<Vec<u8>, Gue
     .wait(ANSWER_TIMEOUT + STEP_TIMEOUT)
 }
 
+/// The output of one `ping -n -c 1 -W 3 -t TTL` from the guest to `to` (`-6` for IPv6),
+/// whatever its exit status (an ICMP error is no answer).
+fn guest_ping_once(env: &Env, to: IpAddr, ttl: &str) -> String {
+    let dest = to.to_string();
+    let mut args = vec!["ping"];
+    if to.is_ipv6() {
+        args.push("-6");
+    }
+    args.extend(["-n", "-c", "1", "-W", "3", "-t", ttl, &dest]);
+    String::from_utf8_lossy(&env.guest_cmd(&args).stdout).into_owned()
+}
+
 /// rslirp (with a control socket, for its counters) and the far network.
 fn start(env: &Env) -> (Rslirp, FarNetwork, Api) {
     let network = far_network(env);
@@ -456,19 +468,7 @@ fn ipv6_probes_expire_at_the_gateway_then_at_the_first_router(mode: Mode) {
     assert_eq!(echo, b"rslirp probe");
 
     for (hop_limit, from) in [("1", GATEWAY_6), ("2", R1_6)] {
-        let out = env.guest_cmd(&[
-            "ping",
-            "-6",
-            "-n",
-            "-c",
-            "1",
-            "-W",
-            "3",
-            "-t",
-            hop_limit,
-            &FAR_6.to_string(),
-        ]);
-        let text = String::from_utf8_lossy(&out.stdout);
+        let text = guest_ping_once(&env, FAR_6.into(), hop_limit);
         println!("ping -6 -t {hop_limit} from the guest:\n{text}");
         assert!(
             text.contains(&format!("From {from} icmp_seq=1 Time exceeded: Hop limit")),
@@ -519,18 +519,7 @@ fn confined_rslirp_relays_errors_too(mode: Mode) {
         (error.icmp_type, error.offender),
         (ICMP_TIME_EXCEEDED, Some(R1.into()))
     );
-    let out = env.guest_cmd(&[
-        "ping",
-        "-n",
-        "-c",
-        "1",
-        "-W",
-        "3",
-        "-t",
-        "2",
-        &FAR.to_string(),
-    ]);
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = guest_ping_once(&env, FAR.into(), "2");
     assert!(
         text.contains(&format!("From {R1} icmp_seq=1 Time to live exceeded")),
         "ping -t 2: {text}"

@@ -31,7 +31,7 @@ use common::api::{self, Api, Fwd};
 use common::dns::{Dnsmasq, Record, DNS};
 use common::net;
 use common::tap::{self, Bridge};
-use common::{Env, Mode, Rslirp, EXIT_TIMEOUT, GATEWAY, TAP};
+use common::{Env, Launch, Mode, Rslirp, EXIT_TIMEOUT, GATEWAY, TAP};
 
 /// The gateway's MAC address with the default network: 52:55 and the gateway's address.
 const GATEWAY_MAC: EthernetAddress = EthernetAddress([0x52, 0x55, 10, 0, 2, 2]);
@@ -190,6 +190,22 @@ fn bess_socket_path(env: &Env) -> PathBuf {
     dir.join("bess.sock")
 }
 
+/// `--target-type=bess PATH` without -c; more options may be added.
+fn bess_launch<'a>(env: &'a Env, path: &Path) -> Launch<'a> {
+    env.rslirp()
+        .no_configure()
+        .arg("--target-type=bess")
+        .operands(&[&path.to_string_lossy()])
+}
+
+/// Waits until rslirp, still running, has created its BESS socket at `path`.
+fn await_bess_socket(rslirp: &mut Rslirp, path: &Path) {
+    common::process::wait_for("the BESS socket", Duration::from_secs(10), || {
+        rslirp.assert_running();
+        api::socket_file_exists(path).then_some(())
+    });
+}
+
 /// Connects to rslirp's BESS socket as the peer, retrying until it listens.
 fn connect_peer(path: &Path, rslirp: &mut Rslirp) -> OwnedFd {
     let addr = UnixAddr::new(path).expect("socket address");
@@ -306,18 +322,11 @@ fn bess_peer_gets_arp_dhcp_and_tcp(mode: Mode) {
     let env = Env::new(mode);
     let path = bess_socket_path(&env);
     let api = Api::new(&env);
-    let mut rslirp = env
-        .rslirp()
-        .no_configure()
-        .arg("--target-type=bess")
+    let mut rslirp = bess_launch(&env, &path)
         .arg("-a")
         .arg(&api.path.to_string_lossy())
-        .operands(&[&path.to_string_lossy()])
         .spawn();
-    common::process::wait_for("the BESS socket", Duration::from_secs(10), || {
-        rslirp.assert_running();
-        api::socket_file_exists(&path).then_some(())
-    });
+    await_bess_socket(&mut rslirp, &path);
     // As slirp4netns: ready (and the control socket) only once the peer is in.
     assert!(
         !rslirp.ready_fd_readable_within(Duration::from_millis(300)),
@@ -354,15 +363,11 @@ fn bess_peer_hanging_up_leaves_rslirp_idle_but_alive(mode: Mode) {
     let env = Env::new(mode);
     let path = bess_socket_path(&env);
     let api = Api::new(&env);
-    let mut rslirp = env
-        .rslirp()
-        .no_configure()
-        .arg("--target-type=bess")
+    let mut rslirp = bess_launch(&env, &path)
         .arg("--enable-sandbox")
         .arg("--enable-seccomp")
         .arg("-a")
         .arg(&api.path.to_string_lossy())
-        .operands(&[&path.to_string_lossy()])
         .spawn();
     let peer = connect_peer(&path, &mut rslirp);
     rslirp.await_ready_byte();
@@ -398,17 +403,8 @@ fn bess_wait_for_the_peer_ends_with_the_exit_fd_or_a_signal() {
     let env = Env::new(Mode::Rootful);
     let path = bess_socket_path(&env);
     for by_signal in [false, true] {
-        let mut rslirp = env
-            .rslirp()
-            .no_configure()
-            .arg("--target-type=bess")
-            .exit_fd()
-            .operands(&[&path.to_string_lossy()])
-            .spawn();
-        common::process::wait_for("the BESS socket", Duration::from_secs(10), || {
-            rslirp.assert_running();
-            api::socket_file_exists(&path).then_some(())
-        });
+        let mut rslirp = bess_launch(&env, &path).exit_fd().spawn();
+        await_bess_socket(&mut rslirp, &path);
         if by_signal {
             rslirp.signal(libc::SIGTERM);
         } else {
