@@ -9,7 +9,7 @@
 mod common;
 
 use common::api::{id_reply, Api};
-use common::dns::{self, Dnsmasq, Record, TYPE_A};
+use common::dns::{Dnsmasq, Record};
 use common::ipv6::{
     assert_forward_echo, await_slaac, guest_global_addrs, guest_peer_echo_server, listed_addrs, v6,
 };
@@ -80,14 +80,11 @@ fn dns_via_the_prefix_dns_forwarder(mode: Mode) {
     // The test's resolv.conf names the host namespace's 127.0.0.1 (see common::resolv).
     let server = Dnsmasq::start(&env, Ipv4Addr::LOCALHOST, &[Record::A(NAME, ADDRESS)]);
     let (_rslirp, _) = start(&env);
-    // UDP, a new query (and source port) per try in case one is lost.
-    let answer = (0x420u16..0x423)
-        .find_map(|id| {
-            let query = dns::query(id, NAME, TYPE_A, None);
-            env.guest_dns_udp(DNS6, query, Duration::from_secs(2)).ok()
-        })
-        .unwrap_or_else(|| panic!("no UDP answer from [{DNS6}]:53"));
-    assert_eq!(answer.a(), [ADDRESS], "answer from the test's server");
+    assert_eq!(
+        env.guest_dns_a_retried(DNS6, NAME, 0x420),
+        [ADDRESS],
+        "answer from the test's server"
+    );
     assert!(server.queries_for(NAME) >= 1, "{}", server.log());
 }
 

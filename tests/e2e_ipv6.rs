@@ -159,14 +159,11 @@ fn dns_via_fd00_3(mode: Mode) {
     let server = Dnsmasq::start(&env, Ipv4Addr::LOCALHOST, &[Record::A(NAME, ADDRESS)]);
     let (_rslirp, _) = start_with_ipv6(&env);
 
-    // UDP, retried with a new query (and source port) in case the first one was lost.
-    let answer = (0x600u16..0x603)
-        .find_map(|id| {
-            let query = dns::query(id, NAME, TYPE_A, None);
-            env.guest_dns_udp(DNS6, query, Duration::from_secs(2)).ok()
-        })
-        .unwrap_or_else(|| panic!("no UDP answer from [{DNS6}]:53"));
-    assert_eq!(answer.a(), [ADDRESS], "UDP answer from the test's server");
+    assert_eq!(
+        env.guest_dns_a_retried(DNS6, NAME, 0x600),
+        [ADDRESS],
+        "UDP answer from the test's server"
+    );
 
     let to = v6(DNS6, 53);
     let mut stream = env

@@ -328,6 +328,25 @@ impl Env {
         parse(&msg).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 
+    /// `name`'s A records, asked over UDP from the guest to `to` port 53: up to three
+    /// queries (ids from `first_id`), each from a new socket (a new source port) and given
+    /// 2 s, in case one is lost.
+    pub fn guest_dns_a_retried(
+        &self,
+        to: impl Into<IpAddr>,
+        name: &str,
+        first_id: u16,
+    ) -> Vec<Ipv4Addr> {
+        let to = to.into();
+        let answer = (first_id..first_id + 3)
+            .find_map(|id| {
+                let query = query(id, name, TYPE_A, None);
+                self.guest_dns_udp(to, query, Duration::from_secs(2)).ok()
+            })
+            .unwrap_or_else(|| panic!("no UDP answer from {}", SocketAddr::new(to, 53)));
+        answer.a()
+    }
+
     /// Asks for `name`'s A records over UDP from the guest, repeating with new queries
     /// (new source ports) until the answer is `expected`; panics if it is not by `within`.
     pub fn await_guest_dns_a(
