@@ -66,6 +66,12 @@ mod rootful_only {
 
 // ---------------------------------------------------------------- tapfd
 
+/// `--netns-type=tapfd` without -c (the test sets the interface up); the fd, the operands
+/// and more options are added.
+fn tapfd_launch(env: &Env) -> Launch<'_> {
+    env.rslirp().no_configure().arg("--netns-type=tapfd")
+}
+
 /// rslirp's output names the tap behind the fd (`tap`) and whether it uses the offloads.
 fn assert_output_names(rslirp: &Rslirp, tap: &str, offloads: &str) {
     let output = rslirp.output();
@@ -81,10 +87,7 @@ fn tapfd_plain_tap_carries_ping_tcp_udp_dns(mode: Mode) {
     let dns_addr = Ipv4Addr::new(192, 0, 2, 15);
     let _dns = Dnsmasq::start(&env, Ipv4Addr::LOCALHOST, &[Record::A(dns_name, dns_addr)]);
     // No TAPNAME: it is optional with tapfd.
-    let mut rslirp = env
-        .rslirp()
-        .no_configure()
-        .arg("--netns-type=tapfd")
+    let mut rslirp = tapfd_launch(&env)
         .pass_fd(fd, TAPFD)
         .operands(&[&TAPFD.to_string()])
         .start();
@@ -110,10 +113,7 @@ fn tapfd_with_virtio_header_uses_offloads_in_the_sandbox(mode: Mode) {
     let flags = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
     let fd = tap::open_tun(&env, "vtap0", flags);
     tap::configure_guest_interface(&env, "vtap0");
-    let mut rslirp = env
-        .rslirp()
-        .no_configure()
-        .arg("--netns-type=tapfd")
+    let mut rslirp = tapfd_launch(&env)
         .arg("--enable-sandbox")
         .arg("--enable-seccomp")
         .exit_fd()
@@ -144,11 +144,7 @@ fn tapfd_with_virtio_header_uses_offloads_in_the_sandbox(mode: Mode) {
 fn tapfd_refuses_unusable_fds() {
     let env = Env::new(Mode::Rootful);
     let refused = |fd: Option<OwnedFd>, expected: &str| {
-        let mut launch = env
-            .rslirp()
-            .no_configure()
-            .arg("--netns-type=tapfd")
-            .operands(&[&TAPFD.to_string()]);
+        let mut launch = tapfd_launch(&env).operands(&[&TAPFD.to_string()]);
         if let Some(fd) = fd {
             launch = launch.pass_fd(fd, TAPFD);
         }
