@@ -3,9 +3,9 @@
 #[macro_use]
 mod common;
 
-use common::net::{self, Digested, Pattern};
+use common::net::{self, Digested, Pattern, Server};
 use common::{assert_gateway_answers_ping, Env, Mode, GATEWAY, STEP_TIMEOUT};
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpStream};
 use std::sync::{mpsc, Barrier};
 use std::thread;
@@ -173,19 +173,30 @@ fn report_rate(what: &str, bytes: u64, took: Duration) {
     eprintln!("{what}: {bytes} bytes in {took:.2?} ({mbit:.0} Mbit/s)");
 }
 
+/// A bulk transfer's two ends: a host server on 127.0.0.1 running `serve` on the
+/// connection, the guest's connection to it via the gateway, and where `serve`'s result
+/// arrives.
+fn bulk_connection<T: Send + 'static>(
+    env: &Env,
+    serve: impl Fn(&mut TcpStream) -> io::Result<T> + Send + Sync + 'static,
+) -> (Server, TcpStream, mpsc::Receiver<Result<T, String>>) {
+    let (result_tx, result_rx) = mpsc::channel();
+    let server = net::tcp_server(
+        env.host_tcp_listener(Ipv4Addr::LOCALHOST),
+        move |mut stream| {
+            let _ = result_tx.send(serve(&mut stream).map_err(|e| e.to_string()));
+        },
+    );
+    let stream = env
+        .guest_connect(SocketAddrV4::new(GATEWAY, server.port()), CONNECT_TIMEOUT)
+        .expect("connect");
+    (server, stream, result_rx)
+}
+
 fn tcp_bulk_guest_to_host(mode: Mode) {
     let env = Env::new(mode);
     let _rslirp = env.rslirp().start();
-    let (received_tx, received_rx) = mpsc::channel();
-    let sink = net::tcp_server(
-        env.host_tcp_listener(Ipv4Addr::LOCALHOST),
-        move |mut stream| {
-            let _ = received_tx.send(net::digest_to_eof(&mut stream).map_err(|e| e.to_string()));
-        },
-    );
-    let mut stream = env
-        .guest_connect(SocketAddrV4::new(GATEWAY, sink.port()), CONNECT_TIMEOUT)
-        .expect("connect");
+    let (_sink, mut stream, received_rx) = bulk_connection(&env, net::digest_to_eof);
     let started = Instant::now();
     let sent = thread::spawn(move || -> std::io::Result<Digested> {
         let sent = net::send_pattern(&mut stream, 1, BULK_BYTES)?;
@@ -204,18 +215,11 @@ fn tcp_bulk_guest_to_host(mode: Mode) {
 fn tcp_bulk_host_to_guest(mode: Mode) {
     let env = Env::new(mode);
     let _rslirp = env.rslirp().start();
-    let (sent_tx, sent_rx) = mpsc::channel();
-    let source = net::tcp_server(
-        env.host_tcp_listener(Ipv4Addr::LOCALHOST),
-        move |mut stream| {
-            let sent = net::send_pattern(&mut stream, 2, BULK_BYTES);
-            let _ = stream.shutdown(Shutdown::Write);
-            let _ = sent_tx.send(sent.map_err(|e| e.to_string()));
-        },
-    );
-    let mut stream = env
-        .guest_connect(SocketAddrV4::new(GATEWAY, source.port()), CONNECT_TIMEOUT)
-        .expect("connect");
+    let (_source, mut stream, sent_rx) = bulk_connection(&env, |stream| {
+        let sent = net::send_pattern(stream, 2, BULK_BYTES);
+        let _ = stream.shutdown(Shutdown::Write);
+        sent
+    });
     let started = Instant::now();
     let received = env
         .in_guest("bulk receiver", move || net::digest_to_eof(&mut stream))
