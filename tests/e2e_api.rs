@@ -337,8 +337,7 @@ fn removed_tcp_forward_refuses_at_once(mode: Mode) {
     let _rslirp = api.launch(&env).start();
     let _server = api::guest_peer_http_server(&env, HTTP_PORT);
     let fwd = Fwd::tcp(Ipv4Addr::LOCALHOST, 8080, HTTP_PORT);
-    let id = api.add(&fwd);
-    api::peer_seen_by_guest(&env, fwd.host_target());
+    let (id, _) = api.add_and_request(&env, &fwd);
     api.remove(id);
     assert_refused(&env, fwd.host_target());
 }
@@ -501,8 +500,8 @@ fn podman_style_start(mode: Mode) {
     let mut rslirp = launch.start();
     let _server = api::guest_peer_http_server(&env, HTTP_PORT);
     let fwd = Fwd::tcp(Ipv4Addr::UNSPECIFIED, 8080, HTTP_PORT);
-    assert_eq!(api.add(&fwd), 1);
-    let peer = api::peer_seen_by_guest(&env, fwd.host_target());
+    let (id, peer) = api.add_and_request(&env, &fwd);
+    assert_eq!(id, 1);
     assert_eq!(peer.ip(), IpAddr::V4(GATEWAY));
 
     rslirp.close_exit_fd();
@@ -518,8 +517,7 @@ fn get_stats_counts_forwarded_traffic(mode: Mode) {
     let _rslirp = api.launch(&env).start();
     let _server = api::guest_peer_http_server(&env, HTTP_PORT);
     let fwd = Fwd::tcp(Ipv4Addr::UNSPECIFIED, 8080, HTTP_PORT);
-    api.add(&fwd);
-    api::peer_seen_by_guest(&env, fwd.host_target());
+    api.add_and_request(&env, &fwd);
 
     let reply = api.stats();
     for direction in ["rx", "tx"] {

@@ -346,8 +346,7 @@ fn bess_peer_gets_arp_dhcp_and_tcp(mode: Mode) {
     common::assert_traffic_works(&env);
     let _server = api::guest_peer_http_server(&env, 8000);
     let fwd = Fwd::tcp(Ipv4Addr::LOCALHOST, 8080, 8000);
-    api.add(&fwd);
-    let peer_seen = api::peer_seen_by_guest(&env, fwd.host_target());
+    let (_, peer_seen) = api.add_and_request(&env, &fwd);
     assert_eq!(peer_seen.ip(), std::net::IpAddr::V4(GATEWAY));
     let stats = api.stats();
     assert!(api::stat(&stats, &["interfaces", "tap", "rx_packets"]) > 0);

@@ -222,6 +222,13 @@ impl Api {
             .unwrap_or_else(|| panic!("add_hostfwd {fwd:?} answered {reply:?}"))
     }
 
+    /// Adds `fwd` (to the guest's [`guest_peer_http_server`]) and sends a request through
+    /// it from the host; the forward's id and the client address the guest saw.
+    pub fn add_and_request(&self, env: &Env, fwd: &Fwd) -> (u64, SocketAddr) {
+        let id = self.add(fwd);
+        (id, peer_seen_by_guest(env, fwd.host_target()))
+    }
+
     pub fn list(&self) -> String {
         self.request(LIST_REQUEST)
     }
