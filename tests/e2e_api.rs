@@ -360,30 +360,17 @@ fn udp_forward_round_trip(mode: Mode) {
     let to = SocketAddr::V4(fwd.host_target());
     let clients: Vec<UdpSocket> = (0..CLIENTS).map(|_| host_udp_client(&env)).collect();
     let barrier = Barrier::new(CLIENTS);
-    let failures: Vec<String> = thread::scope(|scope| {
-        let threads: Vec<_> = clients
-            .iter()
-            .enumerate()
-            .map(|(i, socket)| {
-                let barrier = &barrier;
-                scope.spawn(move || -> Result<(), String> {
-                    barrier.wait();
-                    for (round, size) in [1usize, 100, 1400, 1472].into_iter().enumerate() {
-                        let payload = Pattern::bytes((i * 10 + round) as u64, size);
-                        let reply = net::udp_roundtrip(socket, to, &payload)
-                            .map_err(|e| format!("client {i}, {size} bytes: {e}"))?;
-                        if reply != payload {
-                            return Err(format!("client {i}: another reply to {size} bytes"));
-                        }
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        threads
-            .into_iter()
-            .filter_map(|t| t.join().expect("client thread").err())
-            .collect()
+    let failures = net::run_clients(CLIENTS, |i| {
+        barrier.wait();
+        for (round, size) in [1usize, 100, 1400, 1472].into_iter().enumerate() {
+            let payload = Pattern::bytes((i * 10 + round) as u64, size);
+            let reply = net::udp_roundtrip(&clients[i], to, &payload)
+                .map_err(|e| format!("client {i}, {size} bytes: {e}"))?;
+            if reply != payload {
+                return Err(format!("client {i}: another reply to {size} bytes"));
+            }
+        }
+        Ok(())
     });
     assert!(failures.is_empty(), "{failures:?}");
 }

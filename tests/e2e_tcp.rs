@@ -133,29 +133,18 @@ fn tcp_100_parallel_connections(mode: Mode) {
         .in_guest("100 clients", move || {
             // All connections are established before any sends, so they really overlap.
             let barrier = Barrier::new(CONNECTIONS);
-            thread::scope(|scope| {
-                let clients: Vec<_> = (0..CONNECTIONS)
-                    .map(|i| {
-                        let barrier = &barrier;
-                        scope.spawn(move || {
-                            let connected = TcpStream::connect_timeout(&to.into(), CONNECT_TIMEOUT);
-                            barrier.wait();
-                            let stream = connected.map_err(|e| format!("#{i} connect: {e}"))?;
-                            net::set_timeouts(&stream);
-                            let payload = Pattern::bytes(i as u64, 1000 + 97 * i);
-                            let reply = net::exchange(&stream, &payload)
-                                .map_err(|e| format!("#{i} echo: {e}"))?;
-                            if reply != payload {
-                                return Err(format!("#{i}: echo differs"));
-                            }
-                            Ok(())
-                        })
-                    })
-                    .collect();
-                clients
-                    .into_iter()
-                    .filter_map(|client| client.join().expect("client thread").err())
-                    .collect::<Vec<String>>()
+            net::run_clients(CONNECTIONS, |i| {
+                let connected = TcpStream::connect_timeout(&to.into(), CONNECT_TIMEOUT);
+                barrier.wait();
+                let stream = connected.map_err(|e| format!("#{i} connect: {e}"))?;
+                net::set_timeouts(&stream);
+                let payload = Pattern::bytes(i as u64, 1000 + 97 * i);
+                let reply =
+                    net::exchange(&stream, &payload).map_err(|e| format!("#{i} echo: {e}"))?;
+                if reply != payload {
+                    return Err(format!("#{i}: echo differs"));
+                }
+                Ok(())
             })
         })
         .wait(Duration::from_secs(60));

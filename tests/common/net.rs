@@ -263,6 +263,26 @@ pub fn exchange_keep(stream: &TcpStream, payload: &[u8]) -> Vec<u8> {
     reply
 }
 
+/// Runs `client(i)` for every `i` below `clients`, each on a thread of its own and all at
+/// once, and returns the errors of those that failed.
+pub fn run_clients(
+    clients: usize,
+    client: impl Fn(usize) -> Result<(), String> + Sync,
+) -> Vec<String> {
+    thread::scope(|scope| {
+        let threads: Vec<_> = (0..clients)
+            .map(|i| {
+                let client = &client;
+                scope.spawn(move || client(i))
+            })
+            .collect();
+        threads
+            .into_iter()
+            .filter_map(|thread| thread.join().expect("client thread").err())
+            .collect()
+    })
+}
+
 /// The unspecified address (0.0.0.0 or ::) of `ip`'s family, to bind a socket that talks to
 /// `ip`.
 pub fn unspecified_for(ip: IpAddr) -> IpAddr {
