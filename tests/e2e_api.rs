@@ -17,7 +17,7 @@ use common::api::{
 use common::net::{self, Pattern};
 use common::ns::BindMount;
 use common::{Env, Mode, EXIT_TIMEOUT, GATEWAY, GUEST_ADDR, STEP_TIMEOUT};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::{
     IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, SocketAddrV4, SocketAddrV6, TcpStream,
     UdpSocket,
@@ -557,32 +557,14 @@ fn tcp_forward_many_small_exchanges(mode: Mode) {
     let to = SocketAddr::V4(fwd.host_target());
     let result = env
         .in_host("forward client", move || -> Result<(), String> {
-            let exchange = |stream: &mut TcpStream, request: &[u8], what: &str| {
-                stream
-                    .write_all(request)
-                    .map_err(|e| format!("{what}: write: {e}"))?;
-                let mut reply = vec![0u8; request.len()];
-                stream
-                    .read_exact(&mut reply)
-                    .map_err(|e| format!("{what} stalled or failed: {e}"))?;
-                if reply != request {
-                    return Err(format!("{what}: the echo differs"));
-                }
-                Ok::<(), String>(())
-            };
             let mut stream = TcpStream::connect_timeout(&to, STEP_TIMEOUT)
                 .map_err(|e| format!("connect: {e}"))?;
-            stream.set_read_timeout(Some(STALL)).expect("timeout");
-            stream.set_nodelay(true).expect("nodelay");
-            for i in 0..EXCHANGES {
-                let request = Pattern::bytes(i as u64, 1 + i % 100);
-                exchange(&mut stream, &request, &format!("exchange {i}"))?;
-            }
+            net::small_exchanges(&mut stream, EXCHANGES, STALL)?;
             for i in 0..CONNECTIONS {
                 let mut stream = TcpStream::connect_timeout(&to, STEP_TIMEOUT)
                     .map_err(|e| format!("connection {i}: connect: {e}"))?;
                 stream.set_read_timeout(Some(STALL)).expect("timeout");
-                exchange(&mut stream, &[i as u8], &format!("connection {i}"))?;
+                net::echo_exchange(&mut stream, &[i as u8], &format!("connection {i}"))?;
                 stream
                     .shutdown(Shutdown::Write)
                     .map_err(|e| format!("connection {i}: shutdown: {e}"))?;

@@ -263,23 +263,8 @@ fn tcp_many_small_exchanges(mode: Mode) {
         .guest_connect(SocketAddrV4::new(GATEWAY, server.port()), CONNECT_TIMEOUT)
         .expect("connect");
     let result = env
-        .in_guest("small exchanges", move || -> Result<(), String> {
-            stream.set_read_timeout(Some(STALL)).expect("timeout");
-            stream.set_nodelay(true).expect("nodelay");
-            for i in 0..EXCHANGES {
-                let request = Pattern::bytes(i as u64, 1 + i % 100);
-                stream
-                    .write_all(&request)
-                    .map_err(|e| format!("exchange {i}: write: {e}"))?;
-                let mut reply = vec![0u8; request.len()];
-                stream
-                    .read_exact(&mut reply)
-                    .map_err(|e| format!("exchange {i} stalled or failed: {e}"))?;
-                if reply != request {
-                    return Err(format!("exchange {i}: the echo differs"));
-                }
-            }
-            Ok(())
+        .in_guest("small exchanges", move || {
+            net::small_exchanges(&mut stream, EXCHANGES, STALL)
         })
         .wait(Duration::from_secs(120));
     result.unwrap_or_else(|e| panic!("{e}"));

@@ -263,6 +263,38 @@ pub fn exchange_keep(stream: &TcpStream, payload: &[u8]) -> Vec<u8> {
     reply
 }
 
+/// Writes `request` and reads as many bytes back: an error naming `what` if either fails (a
+/// read stalls past the stream's read timeout) or the echo differs.
+pub fn echo_exchange(stream: &mut TcpStream, request: &[u8], what: &str) -> Result<(), String> {
+    stream
+        .write_all(request)
+        .map_err(|e| format!("{what}: write: {e}"))?;
+    let mut reply = vec![0u8; request.len()];
+    stream
+        .read_exact(&mut reply)
+        .map_err(|e| format!("{what} stalled or failed: {e}"))?;
+    if reply != request {
+        return Err(format!("{what}: the echo differs"));
+    }
+    Ok(())
+}
+
+/// `exchanges` small echoes in a row on `stream` (1 to 100 bytes each, Nagle off), each
+/// given `stall` to come back.
+pub fn small_exchanges(
+    stream: &mut TcpStream,
+    exchanges: usize,
+    stall: Duration,
+) -> Result<(), String> {
+    stream.set_read_timeout(Some(stall)).expect("timeout");
+    stream.set_nodelay(true).expect("nodelay");
+    for i in 0..exchanges {
+        let request = Pattern::bytes(i as u64, 1 + i % 100);
+        echo_exchange(stream, &request, &format!("exchange {i}"))?;
+    }
+    Ok(())
+}
+
 /// Runs `client(i)` for every `i` below `clients`, each on a thread of its own and all at
 /// once, and returns the errors of those that failed.
 pub fn run_clients(
