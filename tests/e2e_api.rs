@@ -17,10 +17,10 @@ use common::api::{
 use common::net::{self, Pattern};
 use common::ns::BindMount;
 use common::{Env, Mode, EXIT_TIMEOUT, GATEWAY, GUEST_ADDR, STEP_TIMEOUT};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::{
-    IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener,
-    TcpStream, UdpSocket,
+    IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, SocketAddrV4, SocketAddrV6, TcpStream,
+    UdpSocket,
 };
 use std::os::unix::net::UnixListener;
 use std::sync::Barrier;
@@ -125,20 +125,14 @@ fn every_framing_gets_the_same_replies(mode: Mode) {
     assert_eq!(api.list(), r#"{"entries":[]}"#);
 }
 
-/// A bind in the host namespace, to take a port away from rslirp.
-fn host_tcp_listener_on(env: &Env, addr: SocketAddrV4) -> TcpListener {
-    env.in_host("port squatter", move || TcpListener::bind(addr))
-        .wait(STEP_TIMEOUT)
-        .unwrap_or_else(|e| panic!("bind {addr} in the host namespace: {e}"))
-}
-
 fn error_replies(mode: Mode) {
     let (env, api) = env_with_api(mode);
     let _rslirp = api.launch(&env).start();
     let first = Fwd::tcp(Ipv4Addr::UNSPECIFIED, 8080, 80);
     assert_eq!(api.add(&first), 1);
     let taken = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9090);
-    let _squatter = host_tcp_listener_on(&env, taken);
+    // A bind in the host namespace, to take the port away from rslirp.
+    let _squatter = env.host_tcp_listener_at(taken);
 
     let add = |args: &str| format!(r#"{{"execute":"add_hostfwd","arguments":{{{args}}}}}"#);
     let cases: Vec<(String, &str)> = vec![
@@ -343,19 +337,14 @@ fn removed_tcp_forward_refuses_at_once(mode: Mode) {
     let _rslirp = api.launch(&env).start();
     let _server = api::guest_peer_http_server(&env, HTTP_PORT);
     let fwd = Fwd::tcp(Ipv4Addr::LOCALHOST, 8080, HTTP_PORT);
-    let id = api.add(&fwd);
-    api::peer_seen_by_guest(&env, fwd.host_target());
+    let (id, _) = api.add_and_request(&env, &fwd);
     api.remove(id);
     assert_refused(&env, fwd.host_target());
 }
 
 /// A UDP socket on 127.0.0.1 in the host namespace.
 fn host_udp_client(env: &Env) -> UdpSocket {
-    env.in_host("host udp client", || {
-        UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
-    })
-    .wait(STEP_TIMEOUT)
-    .expect("bind host UDP socket")
+    env.host_udp_socket_at((Ipv4Addr::LOCALHOST, 0))
 }
 
 /// Two host clients send through the same forward at the same time; each gets back its
@@ -364,40 +353,24 @@ fn udp_forward_round_trip(mode: Mode) {
     const CLIENTS: usize = 2;
     let (env, api) = env_with_api(mode);
     let _rslirp = api.launch(&env).start();
-    let guest_socket = env
-        .in_guest("guest udp socket", || UdpSocket::bind((GUEST_ADDR, 5353)))
-        .wait(STEP_TIMEOUT)
-        .expect("bind the guest's UDP echo socket");
+    let guest_socket = env.guest_udp_socket_at((GUEST_ADDR, 5353));
     let _echo = net::udp_echo_server(guest_socket);
     let fwd = Fwd::udp(Ipv4Addr::UNSPECIFIED, 15353, 5353);
     api.add(&fwd);
     let to = SocketAddr::V4(fwd.host_target());
     let clients: Vec<UdpSocket> = (0..CLIENTS).map(|_| host_udp_client(&env)).collect();
     let barrier = Barrier::new(CLIENTS);
-    let failures: Vec<String> = thread::scope(|scope| {
-        let threads: Vec<_> = clients
-            .iter()
-            .enumerate()
-            .map(|(i, socket)| {
-                let barrier = &barrier;
-                scope.spawn(move || -> Result<(), String> {
-                    barrier.wait();
-                    for (round, size) in [1usize, 100, 1400, 1472].into_iter().enumerate() {
-                        let payload = Pattern::bytes((i * 10 + round) as u64, size);
-                        let reply = net::udp_roundtrip(socket, to, &payload)
-                            .map_err(|e| format!("client {i}, {size} bytes: {e}"))?;
-                        if reply != payload {
-                            return Err(format!("client {i}: another reply to {size} bytes"));
-                        }
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        threads
-            .into_iter()
-            .filter_map(|t| t.join().expect("client thread").err())
-            .collect()
+    let failures = net::run_clients(CLIENTS, |i| {
+        barrier.wait();
+        for (round, size) in [1usize, 100, 1400, 1472].into_iter().enumerate() {
+            let payload = Pattern::bytes((i * 10 + round) as u64, size);
+            let reply = net::udp_roundtrip(&clients[i], to, &payload)
+                .map_err(|e| format!("client {i}, {size} bytes: {e}"))?;
+            if reply != payload {
+                return Err(format!("client {i}: another reply to {size} bytes"));
+            }
+        }
+        Ok(())
     });
     assert!(failures.is_empty(), "{failures:?}");
 }
@@ -514,8 +487,8 @@ fn podman_style_start(mode: Mode) {
     let mut rslirp = launch.start();
     let _server = api::guest_peer_http_server(&env, HTTP_PORT);
     let fwd = Fwd::tcp(Ipv4Addr::UNSPECIFIED, 8080, HTTP_PORT);
-    assert_eq!(api.add(&fwd), 1);
-    let peer = api::peer_seen_by_guest(&env, fwd.host_target());
+    let (id, peer) = api.add_and_request(&env, &fwd);
+    assert_eq!(id, 1);
     assert_eq!(peer.ip(), IpAddr::V4(GATEWAY));
 
     rslirp.close_exit_fd();
@@ -531,8 +504,7 @@ fn get_stats_counts_forwarded_traffic(mode: Mode) {
     let _rslirp = api.launch(&env).start();
     let _server = api::guest_peer_http_server(&env, HTTP_PORT);
     let fwd = Fwd::tcp(Ipv4Addr::UNSPECIFIED, 8080, HTTP_PORT);
-    api.add(&fwd);
-    api::peer_seen_by_guest(&env, fwd.host_target());
+    api.add_and_request(&env, &fwd);
 
     let reply = api.stats();
     for direction in ["rx", "tx"] {
@@ -578,42 +550,21 @@ fn tcp_forward_many_small_exchanges(mode: Mode) {
     const STALL: Duration = Duration::from_secs(5);
     let (env, api) = env_with_api(mode);
     let _rslirp = api.launch(&env).start();
-    let listener = env
-        .in_guest("guest echo listener", || TcpListener::bind((GUEST_ADDR, 7)))
-        .wait(STEP_TIMEOUT)
-        .expect("bind the guest's echo listener");
+    let listener = env.guest_tcp_listener_at((GUEST_ADDR, 7));
     let _echo = net::tcp_server(listener, net::echo);
     let fwd = Fwd::tcp(Ipv4Addr::UNSPECIFIED, 8007, 7);
     api.add(&fwd);
     let to = SocketAddr::V4(fwd.host_target());
     let result = env
         .in_host("forward client", move || -> Result<(), String> {
-            let exchange = |stream: &mut TcpStream, request: &[u8], what: &str| {
-                stream
-                    .write_all(request)
-                    .map_err(|e| format!("{what}: write: {e}"))?;
-                let mut reply = vec![0u8; request.len()];
-                stream
-                    .read_exact(&mut reply)
-                    .map_err(|e| format!("{what} stalled or failed: {e}"))?;
-                if reply != request {
-                    return Err(format!("{what}: the echo differs"));
-                }
-                Ok::<(), String>(())
-            };
             let mut stream = TcpStream::connect_timeout(&to, STEP_TIMEOUT)
                 .map_err(|e| format!("connect: {e}"))?;
-            stream.set_read_timeout(Some(STALL)).expect("timeout");
-            stream.set_nodelay(true).expect("nodelay");
-            for i in 0..EXCHANGES {
-                let request = Pattern::bytes(i as u64, 1 + i % 100);
-                exchange(&mut stream, &request, &format!("exchange {i}"))?;
-            }
+            net::small_exchanges(&mut stream, EXCHANGES, STALL)?;
             for i in 0..CONNECTIONS {
                 let mut stream = TcpStream::connect_timeout(&to, STEP_TIMEOUT)
                     .map_err(|e| format!("connection {i}: connect: {e}"))?;
                 stream.set_read_timeout(Some(STALL)).expect("timeout");
-                exchange(&mut stream, &[i as u8], &format!("connection {i}"))?;
+                net::echo_exchange(&mut stream, &[i as u8], &format!("connection {i}"))?;
                 stream
                     .shutdown(Shutdown::Write)
                     .map_err(|e| format!("connection {i}: shutdown: {e}"))?;

@@ -57,16 +57,7 @@ fn configure_sets_address_route_mtu_and_lo(mode: Mode) {
     let env = Env::new(mode);
     let _rslirp = env.rslirp().start();
 
-    let addrs = env.guest_ok(&["ip", "-o", "-4", "addr", "show", "dev", TAP]);
-    assert!(
-        addrs.contains("inet 10.0.2.100/24 "),
-        "guest address missing: {addrs}"
-    );
-    let routes = env.guest_ok(&["ip", "-4", "route", "show", "default"]);
-    assert!(
-        routes.contains(&format!("default via {GATEWAY} dev {TAP}")),
-        "default route missing: {routes}"
-    );
+    env.assert_guest_configured("10.0.2.100/24", GATEWAY);
     assert_up(&env, TAP);
     assert_up(&env, "lo");
     assert_eq!(link_flags_and_mtu(&env, TAP).1, 1500, "default MTU");

@@ -9,14 +9,12 @@
 mod common;
 
 use common::api::{id_reply, Api};
-use common::dns::{self, Dnsmasq, Record, TYPE_A};
+use common::dns::{Dnsmasq, Record};
 use common::ipv6::{
     assert_forward_echo, await_slaac, guest_global_addrs, guest_peer_echo_server, listed_addrs, v6,
 };
-use common::net::{self, Pattern, Server};
 use common::{Env, Mode, Rslirp, STEP_TIMEOUT, TAP};
-use std::io::{self};
-use std::net::{Ipv4Addr, Ipv6Addr, TcpListener, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 both_modes!(
@@ -68,28 +66,11 @@ fn guest_gets_its_address_in_the_prefix_and_pings_gateway_and_dns(mode: Mode) {
     }
 }
 
-/// A TCP echo server on [::1] in the host namespace.
-fn host_loopback6_echo_server(env: &Env) -> Server {
-    let listener = env
-        .in_host("host [::1] listener", || {
-            TcpListener::bind((Ipv6Addr::LOCALHOST, 0))
-        })
-        .wait(STEP_TIMEOUT)
-        .expect("bind [::1] in the host namespace");
-    net::tcp_server(listener, net::echo)
-}
-
 fn tcp_via_the_prefix_gateway_reaches_host_loopback(mode: Mode) {
     let env = Env::new(mode);
     let (_rslirp, _) = start(&env);
-    let server = host_loopback6_echo_server(&env);
-    let to = v6(GATEWAY6, server.port());
-    let stream = env
-        .guest_connect(to, CONNECT_TIMEOUT)
-        .unwrap_or_else(|e| panic!("connect to {to}: {e}"));
-    let payload = Pattern::bytes(42, 200_000);
-    let reply = net::exchange(&stream, &payload).expect("echo over IPv6");
-    assert_eq!(net::digest(&reply), net::digest(&payload), "echo via {to}");
+    let server = env.host_echo_server(Ipv6Addr::LOCALHOST);
+    env.assert_guest_echo(v6(GATEWAY6, server.port()), CONNECT_TIMEOUT, 42, 200_000);
 }
 
 fn dns_via_the_prefix_dns_forwarder(mode: Mode) {
@@ -99,30 +80,11 @@ fn dns_via_the_prefix_dns_forwarder(mode: Mode) {
     // The test's resolv.conf names the host namespace's 127.0.0.1 (see common::resolv).
     let server = Dnsmasq::start(&env, Ipv4Addr::LOCALHOST, &[Record::A(NAME, ADDRESS)]);
     let (_rslirp, _) = start(&env);
-    let to = v6(DNS6, 53);
-    // UDP, a new query (and source port) per try in case one is lost.
-    let answer = (0x420u16..0x423)
-        .find_map(|id| {
-            let query = dns::query(id, NAME, TYPE_A, None);
-            let msg = env
-                .in_guest("guest DNS query", move || -> io::Result<Vec<u8>> {
-                    let socket = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0))?;
-                    socket.set_read_timeout(Some(Duration::from_secs(2)))?;
-                    socket.send_to(&query, to)?;
-                    let mut buf = vec![0u8; 65536];
-                    loop {
-                        let (len, from) = socket.recv_from(&mut buf)?;
-                        if from == to && buf[..len].starts_with(&query[..2]) {
-                            return Ok(buf[..len].to_vec());
-                        }
-                    }
-                })
-                .wait(Duration::from_secs(2) + STEP_TIMEOUT)
-                .ok()?;
-            dns::parse(&msg).ok()
-        })
-        .unwrap_or_else(|| panic!("no UDP answer from {to}"));
-    assert_eq!(answer.a(), [ADDRESS], "answer from the test's server");
+    assert_eq!(
+        env.guest_dns_a_retried(DNS6, NAME, 0x420),
+        [ADDRESS],
+        "answer from the test's server"
+    );
     assert!(server.queries_for(NAME) >= 1, "{}", server.log());
 }
 

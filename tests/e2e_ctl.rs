@@ -9,7 +9,7 @@ mod common;
 
 use common::api::{self, Api};
 use common::ctl::{ctl_fails, ctl_json, ctl_ok, parse_tables, Table};
-use common::net::{self, Pattern};
+use common::net::Pattern;
 use common::pcap::{count_containing, tcpdump_lines};
 use common::process::wait_for;
 use common::{Env, Mode, Rslirp, EXIT_TIMEOUT, GATEWAY, GUEST_ADDR, STEP_TIMEOUT};
@@ -367,12 +367,7 @@ fn pcap_stops_at_its_size_bound_and_traffic_goes_on() {
         .start();
     // 4 MiB each way: far more than the bound.
     let server = env.host_echo_server(Ipv4Addr::LOCALHOST);
-    let stream = env
-        .guest_connect(SocketAddrV4::new(GATEWAY, server.port()), CONNECT_TIMEOUT)
-        .expect("connect");
-    let payload = Pattern::bytes(5, 4 << 20);
-    let reply = net::exchange(&stream, &payload).expect("bulk echo");
-    assert!(reply == payload, "bulk echo returned different bytes");
+    env.assert_guest_echo((GATEWAY, server.port()), CONNECT_TIMEOUT, 5, 4 << 20);
     let size = std::fs::metadata(&file).expect("capture file").len();
     assert!(
         size <= BOUND && size > BOUND - LARGEST_RECORD,

@@ -8,30 +8,22 @@
 
 // Every test here is rootful, so the both-modes macro goes unused.
 #[allow(unused_macros)]
+#[macro_use]
 mod common;
 
 use common::api::{stat, Api, ApiProbe, Fwd};
 use common::net;
 use common::{Env, Mode, GATEWAY, STEP_TIMEOUT};
 use std::io::{self, Read};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// Rootful only: the data path under load is the same in both modes.
-mod rootful_only {
-    use super::common::Mode;
-
-    #[test]
-    fn udp_spray_to_50000_ports_leaves_flows_and_api_serving() {
-        super::udp_spray_to_50000_ports_leaves_flows_and_api_serving(Mode::Rootful)
-    }
-
-    #[test]
-    fn a_crowd_of_clients_on_a_forward_leaves_flows_and_api_serving() {
-        super::a_crowd_of_clients_on_a_forward_leaves_flows_and_api_serving(Mode::Rootful)
-    }
-}
+// Rootful only: the data path under load is the same in both modes.
+rootful_only!(
+    udp_spray_to_50000_ports_leaves_flows_and_api_serving,
+    a_crowd_of_clients_on_a_forward_leaves_flows_and_api_serving,
+);
 
 const SPRAY_PORTS: u16 = 50_000;
 const FIRST_SPRAY_PORT: u16 = 10_000;
@@ -117,12 +109,7 @@ fn a_crowd_of_clients_on_a_forward_leaves_flows_and_api_serving(mode: Mode) {
     let env = Env::new(mode);
     let api = Api::new(&env);
     let mut rslirp = api.launch(&env).start();
-    let guest_listener = env
-        .in_guest("guest listener", || {
-            TcpListener::bind((Ipv4Addr::UNSPECIFIED, GUEST_PORT))
-        })
-        .wait(STEP_TIMEOUT)
-        .expect("guest listener");
+    let guest_listener = env.guest_tcp_listener_at((Ipv4Addr::UNSPECIFIED, GUEST_PORT));
     // The crowd arrives at once: a backlog for all of it, so that the guest's own accept
     // queue does not drop handshakes (they would complete only on rslirp's retransmissions,
     // with backoff: half a minute to end the flows, which is what made this test fail).

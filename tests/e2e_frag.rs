@@ -64,19 +64,8 @@ fn udp_8000_bytes_v6_both_ways(mode: Mode) {
     let api = Api::new(&env);
     let _rslirp = api.launch(&env).arg("--mtu=1500").arg("-6").start();
     await_slaac(&env, [0xfd00, 0, 0, 0]);
-    let server_socket = env
-        .in_host("host [::1] udp socket", || {
-            UdpSocket::bind((Ipv6Addr::LOCALHOST, 0))
-        })
-        .wait(STEP_TIMEOUT)
-        .expect("bind UDP [::1] in the host namespace");
-    let server = net::udp_echo_server(server_socket);
-    let socket = env
-        .in_guest("guest udp socket", || {
-            UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0))
-        })
-        .wait(STEP_TIMEOUT)
-        .expect("bind UDP [::] in the guest");
+    let server = env.host_udp_echo_server(Ipv6Addr::LOCALHOST);
+    let socket = env.guest_udp_socket_at((Ipv6Addr::UNSPECIFIED, 0));
     let to = SocketAddr::V6(SocketAddrV6::new(GATEWAY6, server.port(), 0, 0));
     assert_big_echo(&api, &socket, to);
 }

@@ -21,7 +21,7 @@ use common::api::{stat, Api};
 use common::net::{self, Server};
 use common::ns::{spawn_in_netns, Netns};
 use common::process::wait_for;
-use common::{Env, Mode, Rslirp, STEP_TIMEOUT, TAP};
+use common::{bind_in, Env, Mode, Rslirp, STEP_TIMEOUT, TAP};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -141,11 +141,12 @@ fn far_network(env: &Env) -> FarNetwork {
 
 /// A UDP echo server on the far host.
 fn far_udp_echo(network: &FarNetwork, ip: IpAddr) -> Server {
-    let socket = spawn_in_netns(network.far.path(), "far udp socket", move || {
-        UdpSocket::bind((ip, 0))
-    })
-    .wait(STEP_TIMEOUT)
-    .expect("bind the far host's UDP socket");
+    let socket = bind_in(
+        network.far.path(),
+        "far UDP socket",
+        (ip, 0),
+        UdpSocket::bind,
+    );
     net::udp_echo_server(socket)
 }
 
@@ -155,6 +156,17 @@ struct GuestError {
     icmp_type: u8,
     code: u8,
     offender: Option<IpAddr>,
+}
+
+impl GuestError {
+    /// The error of `icmp_type` and `code` from `offender`.
+    fn new(icmp_type: u8, code: u8, offender: impl Into<IpAddr>) -> GuestError {
+        GuestError {
+            icmp_type,
+            code,
+            offender: Some(offender.into()),
+        }
+    }
 }
 
 fn setsockopt_int(socket: &UdpSocket, level: libc::c_int, name: libc::c_int, value: libc::c_int) {
@@ -271,12 +283,8 @@ fn recv_error(socket: &UdpSocket) -> Option<GuestError> {
 /// it got, or the echo it got back (`Ok`).
 fn guest_probe(env: &Env, to: SocketAddr, hop_limit: u32) -> Result<Vec<u8>, GuestError> {
     env.in_guest("guest probe", move || {
-        let any: IpAddr = if to.is_ipv6() {
-            Ipv6Addr::UNSPECIFIED.into()
-        } else {
-            Ipv4Addr::UNSPECIFIED.into()
-        };
-        let socket = UdpSocket::bind((any, 0)).expect("bind a guest UDP socket");
+        let socket =
+            UdpSocket::bind((net::unspecified_for(to.ip()), 0)).expect("bind a guest UDP socket");
         socket.connect(to).expect("connect");
         if to.is_ipv6() {
             setsockopt_int(&socket, libc::IPPROTO_IPV6, libc::IPV6_RECVERR, 1);
@@ -317,6 +325,18 @@ fn guest_probe(env: &Env, to: SocketAddr, hop_limit: u32) -> Result<Vec<u8>, Gue
     .wait(ANSWER_TIMEOUT + STEP_TIMEOUT)
 }
 
+/// The output of one `ping -n -c 1 -W 3 -t TTL` from the guest to `to` (`-6` for IPv6),
+/// whatever its exit status (an ICMP error is no answer).
+fn guest_ping_once(env: &Env, to: IpAddr, ttl: &str) -> String {
+    let dest = to.to_string();
+    let mut args = vec!["ping"];
+    if to.is_ipv6() {
+        args.push("-6");
+    }
+    args.extend(["-n", "-c", "1", "-W", "3", "-t", ttl, &dest]);
+    String::from_utf8_lossy(&env.guest_cmd(&args).stdout).into_owned()
+}
+
 /// rslirp (with a control socket, for its counters) and the far network.
 fn start(env: &Env) -> (Rslirp, FarNetwork, Api) {
     let network = far_network(env);
@@ -337,24 +357,10 @@ fn udp_probes_expire_at_the_gateway_then_at_the_first_router(mode: Mode) {
     let to = SocketAddr::new(FAR.into(), server.port());
 
     let error = guest_probe(&env, to, 1).expect_err("TTL 1 ends at the gateway");
-    assert_eq!(
-        error,
-        GuestError {
-            icmp_type: ICMP_TIME_EXCEEDED,
-            code: 0,
-            offender: Some(GATEWAY.into()),
-        }
-    );
+    assert_eq!(error, GuestError::new(ICMP_TIME_EXCEEDED, 0, GATEWAY));
     assert_eq!(relayed(&api), 0, "rslirp answered that one itself");
     let error = guest_probe(&env, to, 2).expect_err("TTL 2 ends at the first router");
-    assert_eq!(
-        error,
-        GuestError {
-            icmp_type: ICMP_TIME_EXCEEDED,
-            code: 0,
-            offender: Some(R1.into()),
-        }
-    );
+    assert_eq!(error, GuestError::new(ICMP_TIME_EXCEEDED, 0, R1));
     assert_eq!(relayed(&api), 1, "rslirp relayed r1's");
     let echo = guest_probe(&env, to, 8).expect("TTL 8 reaches the far host's echo server");
     assert_eq!(echo, b"rslirp probe");
@@ -392,11 +398,7 @@ fn udp_to_a_closed_port_hears_port_unreachable_from_the_far_host(mode: Mode) {
         .expect_err("nothing listens there");
     assert_eq!(
         error,
-        GuestError {
-            icmp_type: ICMP_DEST_UNREACH,
-            code: ICMP_PORT_UNREACH,
-            offender: Some(FAR.into()),
-        }
+        GuestError::new(ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, FAR)
     );
 }
 
@@ -458,11 +460,7 @@ fn ipv6_probes_expire_at_the_gateway_then_at_the_first_router(mode: Mode) {
         let error = guest_probe(&env, to, hop_limit).expect_err("the hop limit runs out");
         assert_eq!(
             error,
-            GuestError {
-                icmp_type: ICMPV6_TIME_EXCEED,
-                code: 0,
-                offender: Some(from.into()),
-            },
+            GuestError::new(ICMPV6_TIME_EXCEED, 0, from),
             "hop limit {hop_limit}"
         );
     }
@@ -470,19 +468,7 @@ fn ipv6_probes_expire_at_the_gateway_then_at_the_first_router(mode: Mode) {
     assert_eq!(echo, b"rslirp probe");
 
     for (hop_limit, from) in [("1", GATEWAY_6), ("2", R1_6)] {
-        let out = env.guest_cmd(&[
-            "ping",
-            "-6",
-            "-n",
-            "-c",
-            "1",
-            "-W",
-            "3",
-            "-t",
-            hop_limit,
-            &FAR_6.to_string(),
-        ]);
-        let text = String::from_utf8_lossy(&out.stdout);
+        let text = guest_ping_once(&env, FAR_6.into(), hop_limit);
         println!("ping -6 -t {hop_limit} from the guest:\n{text}");
         assert!(
             text.contains(&format!("From {from} icmp_seq=1 Time exceeded: Hop limit")),
@@ -533,18 +519,7 @@ fn confined_rslirp_relays_errors_too(mode: Mode) {
         (error.icmp_type, error.offender),
         (ICMP_TIME_EXCEEDED, Some(R1.into()))
     );
-    let out = env.guest_cmd(&[
-        "ping",
-        "-n",
-        "-c",
-        "1",
-        "-W",
-        "3",
-        "-t",
-        "2",
-        &FAR.to_string(),
-    ]);
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = guest_ping_once(&env, FAR.into(), "2");
     assert!(
         text.contains(&format!("From {R1} icmp_seq=1 Time to live exceeded")),
         "ping -t 2: {text}"

@@ -11,10 +11,9 @@ use common::dns::{self, Dnsmasq, Record, TYPE_A};
 use common::ipv6::{
     assert_forward_echo, await_slaac, guest_global_addrs, guest_peer_echo_server, v6,
 };
-use common::net::{self, Pattern, Server};
+use common::net::{self, Server};
 use common::{Env, Mode, Rslirp, STEP_TIMEOUT};
-use std::io::{self};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -84,12 +83,7 @@ fn ping_gateway(mode: Mode) {
 
 /// A TCP echo server on [::1] in the host namespace that reports each client's address.
 fn host_loopback6_echo_server(env: &Env) -> (Server, mpsc::Receiver<SocketAddr>) {
-    let listener = env
-        .in_host("host [::1] listener", || {
-            TcpListener::bind((Ipv6Addr::LOCALHOST, 0))
-        })
-        .wait(STEP_TIMEOUT)
-        .expect("bind [::1] in the host namespace");
+    let listener = env.host_tcp_listener(Ipv6Addr::LOCALHOST);
     let (peers, peers_seen) = mpsc::channel();
     let server = net::tcp_server(listener, move |stream| {
         if let Ok(peer) = stream.peer_addr() {
@@ -104,13 +98,7 @@ fn tcp_via_gateway_reaches_host_loopback(mode: Mode) {
     let env = Env::new(mode);
     let (_rslirp, _) = start_with_ipv6(&env);
     let (server, peers_seen) = host_loopback6_echo_server(&env);
-    let to = v6(GATEWAY6, server.port());
-    let stream = env
-        .guest_connect(to, CONNECT_TIMEOUT)
-        .unwrap_or_else(|e| panic!("connect to {to}: {e}"));
-    let payload = Pattern::bytes(6, 1_000_000);
-    let reply = net::exchange(&stream, &payload).expect("echo over IPv6");
-    assert_eq!(net::digest(&reply), net::digest(&payload), "echo via {to}");
+    env.assert_guest_echo(v6(GATEWAY6, server.port()), CONNECT_TIMEOUT, 6, 1_000_000);
     let peer = peers_seen
         .recv_timeout(STEP_TIMEOUT)
         .expect("the server saw a connection");
@@ -146,34 +134,9 @@ fn outbound_addr6_binds_host_loopback_traffic_too(mode: Mode) {
         .expect("the server saw a connection");
     assert_eq!(peer.ip(), IpAddr::V6(outbound), "TCP from --outbound-addr6");
 
-    let server_socket = env
-        .in_host("host [::1] udp socket", || {
-            UdpSocket::bind((Ipv6Addr::LOCALHOST, 0))
-        })
-        .wait(STEP_TIMEOUT)
-        .expect("bind UDP [::1] in the host namespace");
-    let port = server_socket.local_addr().expect("local_addr").port();
-    // Answers each datagram with the address it came from; ends after 3 s without one.
-    std::thread::spawn(move || {
-        server_socket
-            .set_read_timeout(Some(Duration::from_secs(3)))
-            .expect("timeout");
-        let mut buf = [0u8; 1500];
-        while let Ok((_, peer)) = server_socket.recv_from(&mut buf) {
-            let _ = server_socket.send_to(peer.ip().to_string().as_bytes(), peer);
-        }
-    });
-    let socket = env
-        .in_guest("guest udp socket", || {
-            UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0))
-        })
-        .wait(STEP_TIMEOUT)
-        .expect("bind UDP [::] in the guest");
-    let reply = net::udp_roundtrip(&socket, v6(GATEWAY6, port), b"who am I")
-        .expect("UDP peer server over IPv6");
     assert_eq!(
-        String::from_utf8_lossy(&reply),
-        outbound.to_string(),
+        env.udp_peer_seen_by_host(Ipv6Addr::LOCALHOST, GATEWAY6),
+        IpAddr::V6(outbound),
         "UDP from --outbound-addr6"
     );
     drop(rslirp);
@@ -182,49 +145,9 @@ fn outbound_addr6_binds_host_loopback_traffic_too(mode: Mode) {
 fn udp_echo_via_gateway_to_host_loopback(mode: Mode) {
     let env = Env::new(mode);
     let (_rslirp, _) = start_with_ipv6(&env);
-    let server_socket = env
-        .in_host("host [::1] udp socket", || {
-            UdpSocket::bind((Ipv6Addr::LOCALHOST, 0))
-        })
-        .wait(STEP_TIMEOUT)
-        .expect("bind UDP [::1] in the host namespace");
-    let server = net::udp_echo_server(server_socket);
-    let socket = env
-        .in_guest("guest udp socket", || {
-            UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0))
-        })
-        .wait(STEP_TIMEOUT)
-        .expect("bind UDP [::] in the guest");
-    let to = v6(GATEWAY6, server.port());
-    for (i, size) in UDP_SIZES.into_iter().enumerate() {
-        let payload = Pattern::bytes(i as u64, size);
-        let reply = net::udp_roundtrip(&socket, to, &payload)
-            .unwrap_or_else(|e| panic!("no echo of {size} bytes from {to}: {e}"));
-        assert!(reply == payload, "echo of {size} bytes differs");
-    }
-}
-
-/// One UDP DNS query from the guest to [fd00::3]:53 (a new socket each time); the answer
-/// with the query's id, or an error after `timeout`.
-fn guest_udp_query6(env: &Env, query: Vec<u8>, timeout: Duration) -> io::Result<dns::Answer> {
-    let msg = env
-        .in_guest(
-            "guest DNS query over IPv6",
-            move || -> io::Result<Vec<u8>> {
-                let socket = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0))?;
-                socket.set_read_timeout(Some(timeout))?;
-                socket.send_to(&query, v6(DNS6, 53))?;
-                let mut buf = vec![0u8; 65536];
-                loop {
-                    let (len, from) = socket.recv_from(&mut buf)?;
-                    if from == v6(DNS6, 53) && buf[..len].starts_with(&query[..2]) {
-                        return Ok(buf[..len].to_vec());
-                    }
-                }
-            },
-        )
-        .wait(timeout + STEP_TIMEOUT)?;
-    dns::parse(&msg).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    let server = env.host_udp_echo_server(Ipv6Addr::LOCALHOST);
+    let socket = env.guest_udp_socket_at((Ipv6Addr::UNSPECIFIED, 0));
+    net::assert_udp_echoes(&socket, v6(GATEWAY6, server.port()), &UDP_SIZES);
 }
 
 fn dns_via_fd00_3(mode: Mode) {
@@ -236,18 +159,11 @@ fn dns_via_fd00_3(mode: Mode) {
     let server = Dnsmasq::start(&env, Ipv4Addr::LOCALHOST, &[Record::A(NAME, ADDRESS)]);
     let (_rslirp, _) = start_with_ipv6(&env);
 
-    // UDP, retried with a new query (and source port) in case the first one was lost.
-    let answer = (0x600u16..0x603)
-        .find_map(|id| {
-            guest_udp_query6(
-                &env,
-                dns::query(id, NAME, TYPE_A, None),
-                Duration::from_secs(2),
-            )
-            .ok()
-        })
-        .unwrap_or_else(|| panic!("no UDP answer from [{DNS6}]:53"));
-    assert_eq!(answer.a(), [ADDRESS], "UDP answer from the test's server");
+    assert_eq!(
+        env.guest_dns_a_retried(DNS6, NAME, 0x600),
+        [ADDRESS],
+        "UDP answer from the test's server"
+    );
 
     let to = v6(DNS6, 53);
     let mut stream = env

@@ -19,16 +19,9 @@ use std::time::{Duration, Instant};
 
 both_modes!(upload_after_the_host_closed_reaches_a_slow_reader_whole,);
 
-/// Rootful only: the lifetime is the stack's, the same in both modes, and the test waits
-/// for it (about a minute).
-mod rootful_only {
-    use super::common::Mode;
-
-    #[test]
-    fn a_guest_that_drops_syn_acks_does_not_hold_host_connections() {
-        super::a_guest_that_drops_syn_acks_does_not_hold_host_connections(Mode::Rootful)
-    }
-}
+// Rootful only: the lifetime is the stack's, the same in both modes, and the test waits
+// for it (about a minute).
+rootful_only!(a_guest_that_drops_syn_acks_does_not_hold_host_connections,);
 
 const UPLOAD_BYTES: u64 = 4 << 20;
 /// The host reads this much at a time, with `READ_PAUSE` between reads: about 270 KB/s,
@@ -133,10 +126,7 @@ fn a_guest_that_drops_syn_acks_does_not_hold_host_connections(mode: Mode) {
         "-j",
         "DROP",
     ]);
-    let listener = env
-        .in_host("listener", || TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
-        .wait(STEP_TIMEOUT)
-        .expect("host listener");
+    let listener = env.host_tcp_listener(Ipv4Addr::LOCALHOST);
     let port = listener.local_addr().expect("listener address").port();
     let _server = net::tcp_server(listener, |stream| {
         // Hold the connection until the peer goes away.

@@ -31,7 +31,7 @@ use common::api::{self, Api, Fwd};
 use common::dns::{Dnsmasq, Record, DNS};
 use common::net;
 use common::tap::{self, Bridge};
-use common::{Env, Mode, Rslirp, EXIT_TIMEOUT, GATEWAY, TAP};
+use common::{Env, Launch, Mode, Rslirp, EXIT_TIMEOUT, GATEWAY, TAP};
 
 /// The gateway's MAC address with the default network: 52:55 and the gateway's address.
 const GATEWAY_MAC: EthernetAddress = EthernetAddress([0x52, 0x55, 10, 0, 2, 2]);
@@ -66,6 +66,19 @@ mod rootful_only {
 
 // ---------------------------------------------------------------- tapfd
 
+/// `--netns-type=tapfd` without -c (the test sets the interface up); the fd, the operands
+/// and more options are added.
+fn tapfd_launch(env: &Env) -> Launch<'_> {
+    env.rslirp().no_configure().arg("--netns-type=tapfd")
+}
+
+/// rslirp's output names the tap behind the fd (`tap`) and whether it uses the offloads.
+fn assert_output_names(rslirp: &Rslirp, tap: &str, offloads: &str) {
+    let output = rslirp.output();
+    assert!(output.contains(tap), "{output}");
+    assert!(output.contains(offloads), "{output}");
+}
+
 fn tapfd_plain_tap_carries_ping_tcp_udp_dns(mode: Mode) {
     let env = Env::new(mode);
     let fd = tap::open_tun(&env, TAP, libc::IFF_TAP | libc::IFF_NO_PI);
@@ -74,22 +87,16 @@ fn tapfd_plain_tap_carries_ping_tcp_udp_dns(mode: Mode) {
     let dns_addr = Ipv4Addr::new(192, 0, 2, 15);
     let _dns = Dnsmasq::start(&env, Ipv4Addr::LOCALHOST, &[Record::A(dns_name, dns_addr)]);
     // No TAPNAME: it is optional with tapfd.
-    let mut rslirp = env
-        .rslirp()
-        .no_configure()
-        .arg("--netns-type=tapfd")
+    let mut rslirp = tapfd_launch(&env)
         .pass_fd(fd, TAPFD)
         .operands(&[&TAPFD.to_string()])
         .start();
     rslirp.assert_ready_fd_closed();
-    let output = rslirp.output();
-    assert!(
-        output.contains(&format!(
-            "TAPFD {TAPFD} is tap {TAP} without virtio-net header"
-        )),
-        "{output}"
+    assert_output_names(
+        &rslirp,
+        &format!("TAPFD {TAPFD} is tap {TAP} without virtio-net header"),
+        "tap offloads off",
     );
-    assert!(output.contains("tap offloads off"), "{output}");
 
     common::assert_traffic_works(&env);
     let server = env.host_udp_echo_server(Ipv4Addr::LOCALHOST);
@@ -106,10 +113,7 @@ fn tapfd_with_virtio_header_uses_offloads_in_the_sandbox(mode: Mode) {
     let flags = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
     let fd = tap::open_tun(&env, "vtap0", flags);
     tap::configure_guest_interface(&env, "vtap0");
-    let mut rslirp = env
-        .rslirp()
-        .no_configure()
-        .arg("--netns-type=tapfd")
+    let mut rslirp = tapfd_launch(&env)
         .arg("--enable-sandbox")
         .arg("--enable-seccomp")
         .exit_fd()
@@ -117,29 +121,20 @@ fn tapfd_with_virtio_header_uses_offloads_in_the_sandbox(mode: Mode) {
         // A TAPNAME is accepted and changes nothing: the fd names its interface.
         .operands(&[&TAPFD.to_string(), "ignored0"])
         .start();
-    let output = rslirp.output();
-    assert!(
-        output.contains(&format!(
-            "TAPFD {TAPFD} is tap vtap0 with virtio-net header and offloads"
-        )),
-        "{output}"
+    assert_output_names(
+        &rslirp,
+        &format!("TAPFD {TAPFD} is tap vtap0 with virtio-net header and offloads"),
+        "tap offloads on",
     );
-    assert!(output.contains("tap offloads on"), "{output}");
     // With the offloads, TCP crosses the tap in segments of up to 64 KiB both ways; the
     // echo proves them framed right (a wrong header length would garble every frame).
     common::assert_gateway_answers_ping(&env);
     let server = env.host_echo_server(Ipv4Addr::LOCALHOST);
-    let stream = env
-        .guest_connect(
-            SocketAddrV4::new(GATEWAY, server.port()),
-            Duration::from_secs(5),
-        )
-        .expect("connect through the tap fd");
-    let payload = net::Pattern::bytes(11, 4 << 20);
-    let reply = net::exchange(&stream, &payload).expect("4 MiB echo");
-    assert!(
-        net::digest(&reply) == net::digest(&payload),
-        "the echo differs"
+    env.assert_guest_echo(
+        (GATEWAY, server.port()),
+        Duration::from_secs(5),
+        11,
+        4 << 20,
     );
     rslirp.close_exit_fd();
     let status = rslirp.wait_exit(EXIT_TIMEOUT);
@@ -149,11 +144,7 @@ fn tapfd_with_virtio_header_uses_offloads_in_the_sandbox(mode: Mode) {
 fn tapfd_refuses_unusable_fds() {
     let env = Env::new(Mode::Rootful);
     let refused = |fd: Option<OwnedFd>, expected: &str| {
-        let mut launch = env
-            .rslirp()
-            .no_configure()
-            .arg("--netns-type=tapfd")
-            .operands(&[&TAPFD.to_string()]);
+        let mut launch = tapfd_launch(&env).operands(&[&TAPFD.to_string()]);
         if let Some(fd) = fd {
             launch = launch.pass_fd(fd, TAPFD);
         }
@@ -193,6 +184,22 @@ fn bess_socket_path(env: &Env) -> PathBuf {
     fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).expect("chmod bess dir");
     dir.join("bess.sock")
+}
+
+/// `--target-type=bess PATH` without -c; more options may be added.
+fn bess_launch<'a>(env: &'a Env, path: &Path) -> Launch<'a> {
+    env.rslirp()
+        .no_configure()
+        .arg("--target-type=bess")
+        .operands(&[&path.to_string_lossy()])
+}
+
+/// Waits until rslirp, still running, has created its BESS socket at `path`.
+fn await_bess_socket(rslirp: &mut Rslirp, path: &Path) {
+    common::process::wait_for("the BESS socket", Duration::from_secs(10), || {
+        rslirp.assert_running();
+        api::socket_file_exists(path).then_some(())
+    });
 }
 
 /// Connects to rslirp's BESS socket as the peer, retrying until it listens.
@@ -311,18 +318,11 @@ fn bess_peer_gets_arp_dhcp_and_tcp(mode: Mode) {
     let env = Env::new(mode);
     let path = bess_socket_path(&env);
     let api = Api::new(&env);
-    let mut rslirp = env
-        .rslirp()
-        .no_configure()
-        .arg("--target-type=bess")
+    let mut rslirp = bess_launch(&env, &path)
         .arg("-a")
         .arg(&api.path.to_string_lossy())
-        .operands(&[&path.to_string_lossy()])
         .spawn();
-    common::process::wait_for("the BESS socket", Duration::from_secs(10), || {
-        rslirp.assert_running();
-        api::socket_file_exists(&path).then_some(())
-    });
+    await_bess_socket(&mut rslirp, &path);
     // As slirp4netns: ready (and the control socket) only once the peer is in.
     assert!(
         !rslirp.ready_fd_readable_within(Duration::from_millis(300)),
@@ -346,8 +346,7 @@ fn bess_peer_gets_arp_dhcp_and_tcp(mode: Mode) {
     common::assert_traffic_works(&env);
     let _server = api::guest_peer_http_server(&env, 8000);
     let fwd = Fwd::tcp(Ipv4Addr::LOCALHOST, 8080, 8000);
-    api.add(&fwd);
-    let peer_seen = api::peer_seen_by_guest(&env, fwd.host_target());
+    let (_, peer_seen) = api.add_and_request(&env, &fwd);
     assert_eq!(peer_seen.ip(), std::net::IpAddr::V4(GATEWAY));
     let stats = api.stats();
     assert!(api::stat(&stats, &["interfaces", "tap", "rx_packets"]) > 0);
@@ -359,15 +358,11 @@ fn bess_peer_hanging_up_leaves_rslirp_idle_but_alive(mode: Mode) {
     let env = Env::new(mode);
     let path = bess_socket_path(&env);
     let api = Api::new(&env);
-    let mut rslirp = env
-        .rslirp()
-        .no_configure()
-        .arg("--target-type=bess")
+    let mut rslirp = bess_launch(&env, &path)
         .arg("--enable-sandbox")
         .arg("--enable-seccomp")
         .arg("-a")
         .arg(&api.path.to_string_lossy())
-        .operands(&[&path.to_string_lossy()])
         .spawn();
     let peer = connect_peer(&path, &mut rslirp);
     rslirp.await_ready_byte();
@@ -403,17 +398,8 @@ fn bess_wait_for_the_peer_ends_with_the_exit_fd_or_a_signal() {
     let env = Env::new(Mode::Rootful);
     let path = bess_socket_path(&env);
     for by_signal in [false, true] {
-        let mut rslirp = env
-            .rslirp()
-            .no_configure()
-            .arg("--target-type=bess")
-            .exit_fd()
-            .operands(&[&path.to_string_lossy()])
-            .spawn();
-        common::process::wait_for("the BESS socket", Duration::from_secs(10), || {
-            rslirp.assert_running();
-            api::socket_file_exists(&path).then_some(())
-        });
+        let mut rslirp = bess_launch(&env, &path).exit_fd().spawn();
+        await_bess_socket(&mut rslirp, &path);
         if by_signal {
             rslirp.signal(libc::SIGTERM);
         } else {

@@ -15,9 +15,9 @@ mod common;
 use common::ipv6::await_slaac;
 use common::net::{self, Pattern, Server};
 use common::ns::Netns;
-use common::{Env, Mode, Rslirp, EXIT_TIMEOUT, GATEWAY, STEP_TIMEOUT};
+use common::{bind_in, Env, Mode, Rslirp, EXIT_TIMEOUT, GATEWAY, STEP_TIMEOUT};
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
 use std::time::Duration;
 
 both_modes!(
@@ -112,23 +112,19 @@ fn far_side(env: &Env) -> Far {
         "net.ipv4.conf.all.rp_filter=0",
         "net.ipv4.conf.va.rp_filter=0",
     ]);
-    let far_path = far.path();
-    let bind = |what: &'static str, addr: SocketAddr| {
-        common::ns::spawn_in_netns(far_path.clone(), what, move || TcpListener::bind(addr))
-            .wait(STEP_TIMEOUT)
-            .unwrap_or_else(|e| panic!("{what}: {e}"))
+    let tcp_echo = |what: &str, ip: IpAddr| {
+        net::tcp_server(
+            bind_in(far.path(), what, (ip, 0), TcpListener::bind),
+            net::echo,
+        )
     };
-    let tcp = net::tcp_server(bind("far tcp", SocketAddr::new(FAR4.into(), 0)), net::echo);
-    let tcp6 = net::tcp_server(bind("far tcp6", SocketAddr::new(FAR6.into(), 0)), net::echo);
-    let udp_bind = |what: &'static str, addr: SocketAddr| {
-        let socket =
-            common::ns::spawn_in_netns(far_path.clone(), what, move || UdpSocket::bind(addr))
-                .wait(STEP_TIMEOUT)
-                .unwrap_or_else(|e| panic!("{what}: {e}"));
-        net::udp_echo_server(socket)
+    let udp_echo = |what: &str, ip: IpAddr| {
+        net::udp_echo_server(bind_in(far.path(), what, (ip, 0), UdpSocket::bind))
     };
-    let udp = udp_bind("far udp", SocketAddr::new(FAR4.into(), 0));
-    let udp6 = udp_bind("far udp6", SocketAddr::new(FAR6.into(), 0));
+    let tcp = tcp_echo("far tcp", FAR4.into());
+    let tcp6 = tcp_echo("far tcp6", FAR6.into());
+    let udp = udp_echo("far udp", FAR4.into());
+    let udp6 = udp_echo("far udp6", FAR6.into());
     Far {
         tcp,
         udp,
@@ -139,12 +135,7 @@ fn far_side(env: &Env) -> Far {
 }
 
 fn assert_echo(env: &Env, to: SocketAddr) {
-    let stream = env
-        .guest_connect(to, CONNECT_TIMEOUT)
-        .unwrap_or_else(|e| panic!("connect to {to}: {e}"));
-    let payload = Pattern::bytes(u64::from(to.port()), 100_000);
-    let reply = net::exchange(&stream, &payload).unwrap_or_else(|e| panic!("echo {to}: {e}"));
-    assert_eq!(net::digest(&reply), net::digest(&payload), "echo via {to}");
+    env.assert_guest_echo(to, CONNECT_TIMEOUT, u64::from(to.port()), 100_000);
 }
 
 fn assert_unreachable(env: &Env, to: SocketAddr) {
@@ -239,13 +230,7 @@ fn ipv6_follows_the_interface(mode: Mode) {
         payload
     );
     // Host loopback over IPv6 (fd00::2 → ::1) still works.
-    let listener = env
-        .in_host("host [::1] listener", || {
-            TcpListener::bind((Ipv6Addr::LOCALHOST, 0))
-        })
-        .wait(STEP_TIMEOUT)
-        .expect("bind [::1]");
-    let local = net::tcp_server(listener, net::echo);
+    let local = env.host_echo_server(Ipv6Addr::LOCALHOST);
     let gateway6: Ipv6Addr = "fd00::2".parse().expect("address");
     assert_echo(&env, SocketAddr::new(gateway6.into(), local.port()));
 }

@@ -10,9 +10,7 @@ use common::api::{list_reply, remove_request, Api, Fwd, OK_REPLY};
 use common::net::{self, Server};
 use common::{Env, Mode, EXIT_TIMEOUT, STEP_TIMEOUT};
 use std::io::{self, Read, Write};
-use std::net::{
-    IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket,
-};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpStream};
 use std::time::Duration;
 
 both_modes!(
@@ -26,12 +24,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// A server in the guest on 0.0.0.0:`port` that answers every connection with
 /// `guest port PORT` and closes.
 fn guest_port_server(env: &Env, port: u16) -> Server {
-    let listener = env
-        .in_guest("guest listener", move || {
-            TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
-        })
-        .wait(STEP_TIMEOUT)
-        .unwrap_or_else(|e| panic!("bind 0.0.0.0:{port} in the guest: {e}"));
+    let listener = env.guest_tcp_listener_at((Ipv4Addr::UNSPECIFIED, port));
     net::tcp_server(listener, move |mut stream| {
         let _ = write!(stream, "guest port {port}");
         let _ = stream.shutdown(Shutdown::Write);
@@ -100,24 +93,14 @@ fn tcp_range_works_when_ready_and_is_managed_by_the_api(mode: Mode) {
 /// `--publish udp/127.0.0.1:15353:5353`: a datagram round trip right at the ready byte.
 fn udp_publish_works_when_ready(mode: Mode) {
     let env = Env::new(mode);
-    let guest_socket = env
-        .in_guest("guest udp socket", || {
-            UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 5353))
-        })
-        .wait(STEP_TIMEOUT)
-        .expect("bind the guest's UDP echo socket");
+    let guest_socket = env.guest_udp_socket_at((Ipv4Addr::UNSPECIFIED, 5353));
     let _echo = net::udp_echo_server(guest_socket);
     let _rslirp = env
         .rslirp()
         .arg("--publish")
         .arg("udp/127.0.0.1:15353:5353")
         .start();
-    let client = env
-        .in_host("host udp client", || {
-            UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
-        })
-        .wait(STEP_TIMEOUT)
-        .expect("bind host UDP socket");
+    let client = env.host_udp_socket_at((Ipv4Addr::LOCALHOST, 0));
     let to = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15353);
     for size in [1usize, 1400] {
         let payload = net::Pattern::bytes(size as u64, size);
@@ -130,12 +113,7 @@ fn udp_publish_works_when_ready(mode: Mode) {
 /// A port of the range is taken: exit 1 naming that port, and no ready byte.
 fn taken_port_is_fatal_before_the_ready_byte(mode: Mode) {
     let env = Env::new(mode);
-    let _taken = env
-        .in_host("host listener", || {
-            TcpListener::bind((Ipv4Addr::UNSPECIFIED, 8081))
-        })
-        .wait(STEP_TIMEOUT)
-        .expect("take port 8081");
+    let _taken = env.host_tcp_listener_at((Ipv4Addr::UNSPECIFIED, 8081));
     let (status, output) = env
         .rslirp()
         .arg("--publish")

@@ -17,7 +17,7 @@ use common::{
 };
 use socket2::{Domain, Socket, Type};
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
@@ -34,21 +34,12 @@ both_modes!(
     udp_flood_with_fd_limit_raised_leaves_api_and_tcp_working,
 );
 
-/// The two heavy tests run rootful only: the data path they load is the same in both
-/// modes, and running them twice would double the file's minutes for nothing new.
-mod rootful_only {
-    use super::common::Mode;
-
-    #[test]
-    fn syn_flood_leaves_bulk_and_api_responsive() {
-        super::syn_flood_leaves_bulk_and_api_responsive(Mode::Rootful)
-    }
-
-    #[test]
-    fn short_connections_do_not_grow_memory() {
-        super::short_connections_do_not_grow_memory(Mode::Rootful)
-    }
-}
+// The two heavy tests run rootful only: the data path they load is the same in both
+// modes, and running them twice would double the file's minutes for nothing new.
+rootful_only!(
+    syn_flood_leaves_bulk_and_api_responsive,
+    short_connections_do_not_grow_memory,
+);
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -292,12 +283,7 @@ const ONE_BYTE_PORT: u16 = 7000;
 /// one byte and closes first. A few acceptor threads, each serving inline (a thread per
 /// connection would cost more than the connection).
 fn one_byte_server(env: &Env) -> Vec<net::Server> {
-    let listener = env
-        .in_host("one-byte listener", || {
-            TcpListener::bind((Ipv4Addr::LOCALHOST, ONE_BYTE_PORT))
-        })
-        .wait(STEP_TIMEOUT)
-        .expect("bind the one-byte server");
+    let listener = env.host_tcp_listener_at((Ipv4Addr::LOCALHOST, ONE_BYTE_PORT));
     (0..WORKERS)
         .map(|_| {
             let listener = listener.try_clone().expect("clone listener");
@@ -708,10 +694,7 @@ fn killed_host_client_ends_the_guest_connection(mode: Mode) {
     let _rslirp = api.launch(&env).start();
     let fwd = Fwd::tcp(Ipv4Addr::LOCALHOST, KILL_PORT, 80);
     api.add(&fwd);
-    let listener = env
-        .in_guest("guest listener", || TcpListener::bind((GUEST_ADDR, 80)))
-        .wait(STEP_TIMEOUT)
-        .expect("bind the guest server");
+    let listener = env.guest_tcp_listener_at((GUEST_ADDR, 80));
     let received = Arc::new(AtomicU64::new(0));
     let reader = {
         let received = received.clone();

@@ -14,14 +14,14 @@
 #[macro_use]
 mod common;
 
-use common::net::{self, Pattern};
+use common::net;
 use common::process::{command, run_ok, wait_for};
 use common::sandbox::{mount_point_listed, CallerNs, INNER_RUN_MOUNT};
 use common::{assert_traffic_works, Env, Mode, Rslirp, GATEWAY, STEP_TIMEOUT, TAP};
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -87,11 +87,24 @@ fn allow_ping_sockets(env: &Env) {
 }
 
 fn host_udp_echo(env: &Env, ip: Ipv4Addr, port: u16) -> net::Server {
-    let socket = env
-        .in_host("host udp socket", move || UdpSocket::bind((ip, port)))
-        .wait(STEP_TIMEOUT)
-        .unwrap_or_else(|e| panic!("bind {ip}:{port} in the host namespace: {e}"));
-    net::udp_echo_server(socket)
+    net::udp_echo_server(env.host_udp_socket_at((ip, port)))
+}
+
+/// 10.0.2.3:53 reaches `first_resolver` (a UDP echo on 127.0.0.1:53); once the caller's
+/// resolv.conf names 127.0.0.2 instead and the first one is gone, a new query must reach
+/// the new resolver there.
+fn assert_dns_follows_resolv_conf(env: &Env, caller: &CallerNs, first_resolver: net::Server) {
+    let reply = guest_udp_roundtrip(env, SocketAddrV4::new(DNS, 53), b"query 1")
+        .expect("DNS via the first resolver");
+    assert_eq!(reply, b"query 1");
+    caller.write_resolv_conf("nameserver 127.0.0.2\n");
+    drop(first_resolver);
+    let _second_resolver = host_udp_echo(env, Ipv4Addr::new(127, 0, 0, 2), 53);
+    wait_for("queries to reach the new resolver", STEP_TIMEOUT, || {
+        guest_udp_roundtrip(env, SocketAddrV4::new(DNS, 53), b"query 2")
+            .ok()
+            .filter(|reply| reply == b"query 2")
+    });
 }
 
 fn guest_udp_roundtrip(env: &Env, to: SocketAddrV4, payload: &[u8]) -> std::io::Result<Vec<u8>> {
@@ -111,12 +124,7 @@ fn confined_rslirp_still_serves_everything(mode: Mode) {
 
     assert_traffic_works(&env);
     let server = env.host_echo_server(Ipv4Addr::LOCALHOST);
-    let stream = env
-        .guest_connect(SocketAddrV4::new(GATEWAY, server.port()), CONNECT_TIMEOUT)
-        .expect("connect for the bulk transfer");
-    let payload = Pattern::bytes(11, 8 << 20);
-    let reply = net::exchange(&stream, &payload).expect("bulk echo");
-    assert!(reply == payload, "bulk echo returned different bytes");
+    env.assert_guest_echo((GATEWAY, server.port()), CONNECT_TIMEOUT, 11, 8 << 20);
 
     let udp = env.host_udp_echo_server(Ipv4Addr::LOCALHOST);
     let reply = guest_udp_roundtrip(&env, SocketAddrV4::new(GATEWAY, udp.port()), b"udp")
@@ -128,17 +136,7 @@ fn confined_rslirp_still_serves_everything(mode: Mode) {
 
     // DNS: 10.0.2.3:53 is NATed to resolv.conf's nameserver. After the caller replaces its
     // resolv.conf, a new query must reach the new resolver, the old one being gone.
-    let reply = guest_udp_roundtrip(&env, SocketAddrV4::new(DNS, 53), b"query 1")
-        .expect("DNS via the first resolver");
-    assert_eq!(reply, b"query 1");
-    caller.write_resolv_conf("nameserver 127.0.0.2\n");
-    drop(first_resolver);
-    let _second_resolver = host_udp_echo(&env, Ipv4Addr::new(127, 0, 0, 2), 53);
-    wait_for("queries to reach the new resolver", STEP_TIMEOUT, || {
-        guest_udp_roundtrip(&env, SocketAddrV4::new(DNS, 53), b"query 2")
-            .ok()
-            .filter(|reply| reply == b"query 2")
-    });
+    assert_dns_follows_resolv_conf(&env, &caller, first_resolver);
 
     // DHCP: busybox udhcpc gets the first lease of the pool (-s /bin/true: leave the
     // interface as -c configured it).
@@ -168,19 +166,9 @@ fn confined_rslirp_still_serves_everything(mode: Mode) {
 }
 
 fn assert_port_forwards_work(env: &Env, api_path: &Path) {
-    let guest_tcp = env
-        .in_guest("guest listener", || {
-            TcpListener::bind((Ipv4Addr::UNSPECIFIED, 8080))
-        })
-        .wait(STEP_TIMEOUT)
-        .expect("guest TCP listener");
+    let guest_tcp = env.guest_tcp_listener_at((Ipv4Addr::UNSPECIFIED, 8080));
     let _guest_tcp = net::tcp_server(guest_tcp, net::echo);
-    let guest_udp = env
-        .in_guest("guest udp", || {
-            UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 5353))
-        })
-        .wait(STEP_TIMEOUT)
-        .expect("guest UDP socket");
+    let guest_udp = env.guest_udp_socket_at((Ipv4Addr::UNSPECIFIED, 5353));
     let _guest_udp = net::udp_echo_server(guest_udp);
 
     // Root keeps CAP_NET_BIND_SERVICE for exactly this; a rootless rslirp never had it.
@@ -427,17 +415,7 @@ fn each_flag_works_alone(mode: Mode) {
     assert!(fs::metadata(format!("/proc/{}/root/usr", rslirp.pid())).is_ok());
     assert_traffic_works(&env);
     // resolv.conf is re-read through the filter (open read-only, statx, read).
-    let reply = guest_udp_roundtrip(&env, SocketAddrV4::new(DNS, 53), b"query 1")
-        .expect("DNS via the first resolver");
-    assert_eq!(reply, b"query 1");
-    caller.write_resolv_conf("nameserver 127.0.0.2\n");
-    drop(first_resolver);
-    let _second_resolver = host_udp_echo(&env, Ipv4Addr::new(127, 0, 0, 2), 53);
-    wait_for("queries to reach the new resolver", STEP_TIMEOUT, || {
-        guest_udp_roundtrip(&env, SocketAddrV4::new(DNS, 53), b"query 2")
-            .ok()
-            .filter(|reply| reply == b"query 2")
-    });
+    assert_dns_follows_resolv_conf(&env, &caller, first_resolver);
     rslirp.signal(libc::SIGTERM);
     assert!(rslirp.wait_exit(common::EXIT_TIMEOUT).success());
     assert!(!api_path.exists(), "{} left behind", api_path.display());

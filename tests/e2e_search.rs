@@ -8,14 +8,13 @@
 #[macro_use]
 mod common;
 
+use common::dhcp::{create_tap_up, udhcpc, Lease};
 use common::process::wait_for;
 use common::{Env, Mode, TAP};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::collections::BTreeMap;
-use std::fs;
 use std::mem::MaybeUninit;
 use std::net::{Ipv6Addr, SocketAddrV6};
-use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 both_modes!(
@@ -43,63 +42,40 @@ fn resolv_conf_with(search_line: &str) -> String {
 // ---------------------------------------------------------------------------------------
 // DHCPv4
 
-/// What udhcpc passed its script on `bound` (its lower-case variables).
-fn udhcpc(env: &Env) -> BTreeMap<String, String> {
-    let record = env.tmp.path.join("udhcpc.env");
-    let script = env.tmp.path.join("udhcpc.sh");
-    let _ = fs::remove_file(&record);
-    fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\n[ \"$1\" = bound ] && env > '{}'\nexit 0\n",
-            record.display()
-        ),
-    )
-    .expect("write udhcpc script");
-    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).expect("chmod");
-    let script = script.to_string_lossy();
-    env.guest_ok(&[
-        "udhcpc", "-i", TAP, "-q", "-n", "-f", "-t", "5", "-T", "1", "-s", &script,
-    ]);
-    let text = fs::read_to_string(&record).expect("udhcpc reported no lease");
-    text.lines()
-        .filter_map(|line| line.split_once('='))
-        .filter(|(key, _)| key.bytes().all(|b| b.is_ascii_lowercase()))
-        .map(|(key, value)| (key.to_string(), value.to_string()))
-        .collect()
+/// The lease of a new DHCP exchange once resolv.conf has `search_line` (and rslirp has had
+/// the time to read it).
+fn lease_after_resolv_conf(env: &Env, search_line: &str) -> Lease {
+    env.write_resolv_conf_in_place(&resolv_conf_with(search_line));
+    std::thread::sleep(SWITCH_WITHIN);
+    udhcpc(env, &[])
 }
 
 fn udhcpc_receives_the_search_list_and_its_changes(mode: Mode) {
     let env = Env::new(mode);
     env.write_resolv_conf_in_place(&resolv_conf_with(SEARCH_LINE));
-    env.guest_ok(&["ip", "tuntap", "add", "dev", TAP, "mode", "tap"]);
-    env.guest_ok(&["ip", "link", "set", TAP, "up"]);
+    create_tap_up(&env);
     let _rslirp = env.rslirp().no_configure().start();
 
-    let lease = udhcpc(&env);
-    assert_eq!(lease.get("ip").map(String::as_str), Some("10.0.2.15"));
+    let lease = udhcpc(&env, &[]);
+    assert_eq!(lease.find("ip"), Some("10.0.2.15"));
     assert_eq!(
-        lease.get("search").map(String::as_str),
+        lease.find("search"),
         Some("eng.apple.com marketing.apple.com"),
         "lease: {lease:?}"
     );
 
     // `domain` is the older one-domain form; the next DHCP exchange has it.
-    env.write_resolv_conf_in_place(&resolv_conf_with("domain corp.example\n"));
-    std::thread::sleep(SWITCH_WITHIN);
-    let lease = udhcpc(&env);
+    let lease = lease_after_resolv_conf(&env, "domain corp.example\n");
     assert_eq!(
-        lease.get("search").map(String::as_str),
+        lease.find("search"),
         Some("corp.example"),
         "lease after the change: {lease:?}"
     );
 
     // No search line: no option 119, as before this feature.
-    env.write_resolv_conf_in_place(&resolv_conf_with(""));
-    std::thread::sleep(SWITCH_WITHIN);
-    let lease = udhcpc(&env);
-    assert_eq!(lease.get("search"), None, "lease: {lease:?}");
-    assert_eq!(lease.get("dns").map(String::as_str), Some("10.0.2.3"));
+    let lease = lease_after_resolv_conf(&env, "");
+    assert_eq!(lease.find("search"), None, "lease: {lease:?}");
+    assert_eq!(lease.find("dns"), Some("10.0.2.3"));
 }
 
 // ---------------------------------------------------------------------------------------

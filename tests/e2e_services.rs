@@ -10,14 +10,13 @@
 #[macro_use]
 mod common;
 
+use common::dhcp::{create_tap_up, udhcpc, Lease};
 use common::dns::{self, Answer, Dnsmasq, Record, DNS, TYPE_A, TYPE_TXT};
 use common::net;
 use common::{assert_gateway_answers_ping, assert_traffic_works, Env, Mode, GATEWAY, TAP};
-use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Read};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, UdpSocket};
-use std::os::unix::fs::PermissionsExt;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::thread;
 use std::time::Duration;
 
@@ -66,68 +65,6 @@ const SECOND_SERVER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 // ---------------------------------------------------------------------------------------
 // DHCP
 
-/// What udhcpc passed its script on `bound`: ip, subnet, router, dns, mtu, lease, ...
-struct Lease(BTreeMap<String, String>);
-
-impl Lease {
-    fn get(&self, key: &str) -> &str {
-        self.0
-            .get(key)
-            .unwrap_or_else(|| panic!("udhcpc passed no {key:?}; lease: {:?}", self.0))
-    }
-
-    fn assert(&self, expected: &[(&str, &str)]) {
-        for (key, value) in expected {
-            assert_eq!(self.get(key), *value, "{key}; lease: {:?}", self.0);
-        }
-    }
-
-    fn prefix_len(&self) -> u32 {
-        let mask: Ipv4Addr = self.get("subnet").parse().expect("subnet is an address");
-        u32::from(mask).count_ones()
-    }
-}
-
-/// rootlesskit's way: the tap exists and is up, with no address; rslirp starts without -c.
-fn create_tap_up(env: &Env) {
-    env.guest_ok(&["ip", "tuntap", "add", "dev", TAP, "mode", "tap"]);
-    env.guest_ok(&["ip", "link", "set", TAP, "up"]);
-}
-
-/// Runs udhcpc on the guest's tap (asking for the MTU option too) and returns the lease.
-fn udhcpc(env: &Env) -> Lease {
-    let record = env.tmp.path.join("udhcpc.env");
-    let script = env.tmp.path.join("udhcpc.sh");
-    fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\n# udhcpc calls this with the event; keep what it passes on bound.\n\
-             [ \"$1\" = bound ] && env > '{}'\nexit 0\n",
-            record.display()
-        ),
-    )
-    .expect("write udhcpc script");
-    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).expect("chmod");
-    let script = script.to_string_lossy();
-    let args = ["udhcpc", "-i", TAP, "-q", "-n", "-f", "-t", "5", "-T", "1"];
-    let mut cmd = args.to_vec();
-    cmd.extend(["-O", "mtu", "-s", &script]);
-    env.guest_ok(&cmd);
-    let text = fs::read_to_string(&record).expect("udhcpc reported no lease");
-    // udhcpc's variables are the lower-case ones; the rest is the inherited environment.
-    let is_udhcpc_var = |key: &str| {
-        key.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-    };
-    Lease(
-        text.lines()
-            .filter_map(|line| line.split_once('='))
-            .filter(|(key, _)| is_udhcpc_var(key))
-            .map(|(key, value)| (key.to_string(), value.to_string()))
-            .collect(),
-    )
-}
-
 /// The lease is usable: with its address on the tap, the router answers ping.
 fn assert_lease_works(env: &Env, lease: &Lease) {
     let cidr = format!("{}/{}", lease.get("ip"), lease.prefix_len());
@@ -135,12 +72,23 @@ fn assert_lease_works(env: &Env, lease: &Lease) {
     env.guest_ok(&["ping", "-c", "1", "-W", "2", lease.get("router")]);
 }
 
-fn dhcp_default_network(mode: Mode) {
+/// rslirp without -c, with `args`, and the tap up without an address: udhcpc's lease (the
+/// MTU option asked for too) has `expected` and works.
+fn assert_dhcp_lease(mode: Mode, args: &[&str], expected: &[(&str, &str)]) {
     let env = Env::new(mode);
     create_tap_up(&env);
-    let _rslirp = env.rslirp().no_configure().arg("--mtu=1400").start();
-    let lease = udhcpc(&env);
-    lease.assert(&[
+    let mut launch = env.rslirp().no_configure();
+    for arg in args {
+        launch = launch.arg(arg);
+    }
+    let _rslirp = launch.start();
+    let lease = udhcpc(&env, &["-O", "mtu"]);
+    lease.assert(expected);
+    assert_lease_works(&env, &lease);
+}
+
+fn dhcp_default_network(mode: Mode) {
+    let expected = [
         ("ip", "10.0.2.15"),
         ("subnet", "255.255.255.0"),
         ("router", "10.0.2.2"),
@@ -148,27 +96,19 @@ fn dhcp_default_network(mode: Mode) {
         ("serverid", "10.0.2.2"),
         ("mtu", "1400"),
         ("lease", "86400"),
-    ]);
-    assert_lease_works(&env, &lease);
+    ];
+    assert_dhcp_lease(mode, &["--mtu=1400"], &expected);
 }
 
 fn dhcp_with_cidr(mode: Mode) {
-    let env = Env::new(mode);
-    create_tap_up(&env);
-    let _rslirp = env
-        .rslirp()
-        .no_configure()
-        .arg("--cidr=10.0.135.128/25")
-        .start();
-    let lease = udhcpc(&env);
-    lease.assert(&[
+    let expected = [
         ("ip", "10.0.135.143"),
         ("subnet", "255.255.255.128"),
         ("router", "10.0.135.130"),
         ("dns", "10.0.135.131"),
         ("mtu", "1500"),
-    ]);
-    assert_lease_works(&env, &lease);
+    ];
+    assert_dhcp_lease(mode, &["--cidr=10.0.135.128/25"], &expected);
 }
 
 /// `-c --cidr`: guest N+100, default route via N+2, and the DNS forwarder at N+3.
@@ -176,16 +116,7 @@ fn configure_with_cidr(mode: Mode) {
     let env = Env::new(mode);
     let _server = first_server(&env);
     let _rslirp = env.rslirp().arg("--cidr").arg("10.0.135.128/25").start();
-    let addrs = env.guest_ok(&["ip", "-o", "-4", "addr", "show", "dev", TAP]);
-    assert!(
-        addrs.contains("inet 10.0.135.228/25 "),
-        "guest address: {addrs}"
-    );
-    let routes = env.guest_ok(&["ip", "-4", "route", "show", "default"]);
-    assert!(
-        routes.contains(&format!("default via 10.0.135.130 dev {TAP}")),
-        "default route: {routes}"
-    );
+    env.assert_guest_configured("10.0.135.228/25", Ipv4Addr::new(10, 0, 135, 130));
     env.guest_ok(&["ping", "-c", "1", "-W", "2", "10.0.135.130"]);
     let dns = Ipv4Addr::new(10, 0, 135, 131);
     let answer = guest_udp_query(&env, dns, 7, ONE, TYPE_A);
@@ -369,12 +300,7 @@ fn dns_follows_bind_mounted_resolv_conf_write(mode: Mode) {
 /// straight to the server that answered.
 fn dns_falls_back_to_the_next_nameserver(mode: Mode) {
     let env = Env::new(mode);
-    let silent = env
-        .in_host("silent DNS server", || {
-            UdpSocket::bind((Ipv4Addr::LOCALHOST, 53))
-        })
-        .wait(CONNECT_TIMEOUT)
-        .expect("bind 127.0.0.1:53 in the host namespace");
+    let silent = env.host_udp_socket_at((Ipv4Addr::LOCALHOST, 53));
     let server = second_server(&env);
     env.write_resolv_conf_in_place(&format!(
         "nameserver 127.0.0.1\nnameserver {SECOND_SERVER}\n"
@@ -452,15 +378,9 @@ fn disable_dns_n3_is_forwarded_like_any_address(mode: Mode) {
     env.host
         .ip(&["addr", "add", &format!("{DNS}/32"), "dev", HOST_SINK]);
     let to = SocketAddrV4::new(DNS, 53);
-    let udp = env
-        .in_host("udp :53", move || UdpSocket::bind(to))
-        .wait(CONNECT_TIMEOUT)
-        .expect("bind UDP 10.0.2.3:53 in the host namespace");
+    let udp = env.host_udp_socket_at(to);
     let _udp_echo = net::udp_echo_server(udp);
-    let tcp = env
-        .in_host("tcp :53", move || TcpListener::bind(to))
-        .wait(CONNECT_TIMEOUT)
-        .expect("bind TCP 10.0.2.3:53 in the host namespace");
+    let tcp = env.host_tcp_listener_at(to);
     let _tcp_echo = net::tcp_server(tcp, net::echo);
     let _rslirp = env.rslirp().arg("--disable-dns").start();
 
@@ -478,48 +398,6 @@ fn disable_dns_n3_is_forwarded_like_any_address(mode: Mode) {
 
 // ---------------------------------------------------------------------------------------
 // --outbound-addr
-
-/// The address a TCP server on `server_ip` (host namespace) sees when the guest connects
-/// to it at `dest_ip`.
-fn tcp_peer_seen_by_host(env: &Env, server_ip: Ipv4Addr, dest_ip: Ipv4Addr) -> IpAddr {
-    let server = net::tcp_server(env.host_tcp_listener(server_ip), |mut stream| {
-        if let Ok(peer) = stream.peer_addr() {
-            let _ = io::Write::write_all(&mut stream, peer.ip().to_string().as_bytes());
-        }
-    });
-    let mut stream = env
-        .guest_connect(SocketAddrV4::new(dest_ip, server.port()), CONNECT_TIMEOUT)
-        .unwrap_or_else(|e| panic!("connect to {dest_ip}: {e}"));
-    let mut seen = String::new();
-    stream.read_to_string(&mut seen).expect("read peer address");
-    seen.parse()
-        .unwrap_or_else(|_| panic!("server sent {seen:?}"))
-}
-
-/// The address a UDP server on `server_ip` (host namespace) sees a guest datagram from.
-fn udp_peer_seen_by_host(env: &Env, server_ip: Ipv4Addr, dest_ip: Ipv4Addr) -> IpAddr {
-    let server = env
-        .in_host("udp peer server", move || UdpSocket::bind((server_ip, 0)))
-        .wait(CONNECT_TIMEOUT)
-        .expect("bind host UDP socket");
-    let port = server.local_addr().expect("local_addr").port();
-    // Answers every datagram with its source address; ends after 3 s without one.
-    thread::spawn(move || {
-        server
-            .set_read_timeout(Some(Duration::from_secs(3)))
-            .expect("timeout");
-        let mut buf = [0u8; 1500];
-        while let Ok((_, peer)) = server.recv_from(&mut buf) {
-            let _ = server.send_to(peer.ip().to_string().as_bytes(), peer);
-        }
-    });
-    let socket = env.guest_udp_socket();
-    let to = SocketAddr::V4(SocketAddrV4::new(dest_ip, port));
-    let reply = net::udp_roundtrip(&socket, to, b"who am I").expect("UDP peer server");
-    let seen = String::from_utf8_lossy(&reply);
-    seen.parse()
-        .unwrap_or_else(|_| panic!("server sent {seen:?}"))
-}
 
 /// The host namespace's address with the last octet replaced (same /24, on its sink).
 fn host_neighbour(env: &Env, last: u8) -> Ipv4Addr {
@@ -644,18 +522,18 @@ fn outbound_addr_address(mode: Mode) {
         .arg(&format!("--outbound-addr={outbound}"))
         .start();
     let host_addr = env.host_addr;
-    assert_eq!(tcp_peer_seen_by_host(&env, host_addr, host_addr), outbound);
-    assert_eq!(udp_peer_seen_by_host(&env, host_addr, host_addr), outbound);
+    assert_eq!(env.tcp_peer_seen_by_host(host_addr, host_addr), outbound);
+    assert_eq!(env.udp_peer_seen_by_host(host_addr, host_addr), outbound);
     assert_eq!(ping_source_seen_by_host(&env, host_addr), outbound);
     let loopback = Ipv4Addr::LOCALHOST;
     let bound = "connections to host loopback are bound to --outbound-addr too";
     assert_eq!(
-        tcp_peer_seen_by_host(&env, loopback, GATEWAY),
+        env.tcp_peer_seen_by_host(loopback, GATEWAY),
         outbound,
         "{bound}"
     );
     assert_eq!(
-        udp_peer_seen_by_host(&env, loopback, GATEWAY),
+        env.udp_peer_seen_by_host(loopback, GATEWAY),
         outbound,
         "{bound}"
     );
@@ -668,10 +546,10 @@ fn outbound_addr_loopback(mode: Mode) {
     let loopback = Ipv4Addr::LOCALHOST;
     let _rslirp = env.rslirp().arg("--outbound-addr=127.0.0.1").start();
     let host_addr = env.host_addr;
-    assert_eq!(tcp_peer_seen_by_host(&env, host_addr, host_addr), loopback);
-    assert_eq!(udp_peer_seen_by_host(&env, host_addr, host_addr), loopback);
-    assert_eq!(tcp_peer_seen_by_host(&env, loopback, GATEWAY), loopback);
-    assert_eq!(udp_peer_seen_by_host(&env, loopback, GATEWAY), loopback);
+    assert_eq!(env.tcp_peer_seen_by_host(host_addr, host_addr), loopback);
+    assert_eq!(env.udp_peer_seen_by_host(host_addr, host_addr), loopback);
+    assert_eq!(env.tcp_peer_seen_by_host(loopback, GATEWAY), loopback);
+    assert_eq!(env.udp_peer_seen_by_host(loopback, GATEWAY), loopback);
 }
 
 /// Where slirp4netns breaks: with `--outbound-addr` a NIC address, its DNS queries to a
@@ -708,7 +586,7 @@ fn outbound_addr_keeps_a_loopback_resolver_working(mode: Mode) {
     }
     // The guest's own traffic to host loopback is bound as usual.
     assert_eq!(
-        tcp_peer_seen_by_host(&env, Ipv4Addr::LOCALHOST, GATEWAY),
+        env.tcp_peer_seen_by_host(Ipv4Addr::LOCALHOST, GATEWAY),
         outbound
     );
 }
@@ -728,8 +606,8 @@ fn outbound_addr_interface(mode: Mode) {
     env.host.ip(&["link", "set", IFNAME, "up"]);
     let _rslirp = env.rslirp().arg("--outbound-addr").arg(IFNAME).start();
     let host_addr = env.host_addr;
-    assert_eq!(tcp_peer_seen_by_host(&env, host_addr, host_addr), first);
-    assert_eq!(udp_peer_seen_by_host(&env, host_addr, host_addr), first);
+    assert_eq!(env.tcp_peer_seen_by_host(host_addr, host_addr), first);
+    assert_eq!(env.udp_peer_seen_by_host(host_addr, host_addr), first);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -3,9 +3,9 @@
 #[macro_use]
 mod common;
 
-use common::net::{self, Digested, Pattern};
+use common::net::{self, Digested, Pattern, Server};
 use common::{assert_gateway_answers_ping, Env, Mode, GATEWAY, STEP_TIMEOUT};
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpStream};
 use std::sync::{mpsc, Barrier};
 use std::thread;
@@ -34,12 +34,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connects from the guest to a host server and checks that `len` bytes echo back intact.
 fn assert_echo(env: &Env, to: SocketAddrV4, len: usize) {
-    let stream = env
-        .guest_connect(to, CONNECT_TIMEOUT)
-        .unwrap_or_else(|e| panic!("connect to {to}: {e}"));
-    let payload = Pattern::bytes(u64::from(to.port()), len);
-    let reply = net::exchange(&stream, &payload).expect("echo");
-    assert_eq!(net::digest(&reply), net::digest(&payload), "echo from {to}");
+    env.assert_guest_echo(to, CONNECT_TIMEOUT, u64::from(to.port()), len);
 }
 
 fn tcp_echo_via_gateway_to_host_loopback(mode: Mode) {
@@ -138,29 +133,18 @@ fn tcp_100_parallel_connections(mode: Mode) {
         .in_guest("100 clients", move || {
             // All connections are established before any sends, so they really overlap.
             let barrier = Barrier::new(CONNECTIONS);
-            thread::scope(|scope| {
-                let clients: Vec<_> = (0..CONNECTIONS)
-                    .map(|i| {
-                        let barrier = &barrier;
-                        scope.spawn(move || {
-                            let connected = TcpStream::connect_timeout(&to.into(), CONNECT_TIMEOUT);
-                            barrier.wait();
-                            let stream = connected.map_err(|e| format!("#{i} connect: {e}"))?;
-                            net::set_timeouts(&stream);
-                            let payload = Pattern::bytes(i as u64, 1000 + 97 * i);
-                            let reply = net::exchange(&stream, &payload)
-                                .map_err(|e| format!("#{i} echo: {e}"))?;
-                            if reply != payload {
-                                return Err(format!("#{i}: echo differs"));
-                            }
-                            Ok(())
-                        })
-                    })
-                    .collect();
-                clients
-                    .into_iter()
-                    .filter_map(|client| client.join().expect("client thread").err())
-                    .collect::<Vec<String>>()
+            net::run_clients(CONNECTIONS, |i| {
+                let connected = TcpStream::connect_timeout(&to.into(), CONNECT_TIMEOUT);
+                barrier.wait();
+                let stream = connected.map_err(|e| format!("#{i} connect: {e}"))?;
+                net::set_timeouts(&stream);
+                let payload = Pattern::bytes(i as u64, 1000 + 97 * i);
+                let reply =
+                    net::exchange(&stream, &payload).map_err(|e| format!("#{i} echo: {e}"))?;
+                if reply != payload {
+                    return Err(format!("#{i}: echo differs"));
+                }
+                Ok(())
             })
         })
         .wait(Duration::from_secs(60));
@@ -178,19 +162,30 @@ fn report_rate(what: &str, bytes: u64, took: Duration) {
     eprintln!("{what}: {bytes} bytes in {took:.2?} ({mbit:.0} Mbit/s)");
 }
 
+/// A bulk transfer's two ends: a host server on 127.0.0.1 running `serve` on the
+/// connection, the guest's connection to it via the gateway, and where `serve`'s result
+/// arrives.
+fn bulk_connection<T: Send + 'static>(
+    env: &Env,
+    serve: impl Fn(&mut TcpStream) -> io::Result<T> + Send + Sync + 'static,
+) -> (Server, TcpStream, mpsc::Receiver<Result<T, String>>) {
+    let (result_tx, result_rx) = mpsc::channel();
+    let server = net::tcp_server(
+        env.host_tcp_listener(Ipv4Addr::LOCALHOST),
+        move |mut stream| {
+            let _ = result_tx.send(serve(&mut stream).map_err(|e| e.to_string()));
+        },
+    );
+    let stream = env
+        .guest_connect(SocketAddrV4::new(GATEWAY, server.port()), CONNECT_TIMEOUT)
+        .expect("connect");
+    (server, stream, result_rx)
+}
+
 fn tcp_bulk_guest_to_host(mode: Mode) {
     let env = Env::new(mode);
     let _rslirp = env.rslirp().start();
-    let (received_tx, received_rx) = mpsc::channel();
-    let sink = net::tcp_server(
-        env.host_tcp_listener(Ipv4Addr::LOCALHOST),
-        move |mut stream| {
-            let _ = received_tx.send(net::digest_to_eof(&mut stream).map_err(|e| e.to_string()));
-        },
-    );
-    let mut stream = env
-        .guest_connect(SocketAddrV4::new(GATEWAY, sink.port()), CONNECT_TIMEOUT)
-        .expect("connect");
+    let (_sink, mut stream, received_rx) = bulk_connection(&env, net::digest_to_eof);
     let started = Instant::now();
     let sent = thread::spawn(move || -> std::io::Result<Digested> {
         let sent = net::send_pattern(&mut stream, 1, BULK_BYTES)?;
@@ -209,18 +204,11 @@ fn tcp_bulk_guest_to_host(mode: Mode) {
 fn tcp_bulk_host_to_guest(mode: Mode) {
     let env = Env::new(mode);
     let _rslirp = env.rslirp().start();
-    let (sent_tx, sent_rx) = mpsc::channel();
-    let source = net::tcp_server(
-        env.host_tcp_listener(Ipv4Addr::LOCALHOST),
-        move |mut stream| {
-            let sent = net::send_pattern(&mut stream, 2, BULK_BYTES);
-            let _ = stream.shutdown(Shutdown::Write);
-            let _ = sent_tx.send(sent.map_err(|e| e.to_string()));
-        },
-    );
-    let mut stream = env
-        .guest_connect(SocketAddrV4::new(GATEWAY, source.port()), CONNECT_TIMEOUT)
-        .expect("connect");
+    let (_source, mut stream, sent_rx) = bulk_connection(&env, |stream| {
+        let sent = net::send_pattern(stream, 2, BULK_BYTES);
+        let _ = stream.shutdown(Shutdown::Write);
+        sent
+    });
     let started = Instant::now();
     let received = env
         .in_guest("bulk receiver", move || net::digest_to_eof(&mut stream))
@@ -275,23 +263,8 @@ fn tcp_many_small_exchanges(mode: Mode) {
         .guest_connect(SocketAddrV4::new(GATEWAY, server.port()), CONNECT_TIMEOUT)
         .expect("connect");
     let result = env
-        .in_guest("small exchanges", move || -> Result<(), String> {
-            stream.set_read_timeout(Some(STALL)).expect("timeout");
-            stream.set_nodelay(true).expect("nodelay");
-            for i in 0..EXCHANGES {
-                let request = Pattern::bytes(i as u64, 1 + i % 100);
-                stream
-                    .write_all(&request)
-                    .map_err(|e| format!("exchange {i}: write: {e}"))?;
-                let mut reply = vec![0u8; request.len()];
-                stream
-                    .read_exact(&mut reply)
-                    .map_err(|e| format!("exchange {i} stalled or failed: {e}"))?;
-                if reply != request {
-                    return Err(format!("exchange {i}: the echo differs"));
-                }
-            }
-            Ok(())
+        .in_guest("small exchanges", move || {
+            net::small_exchanges(&mut stream, EXCHANGES, STALL)
         })
         .wait(Duration::from_secs(120));
     result.unwrap_or_else(|e| panic!("{e}"));

@@ -3,7 +3,7 @@
 #[macro_use]
 mod common;
 
-use common::net::{self, Pattern};
+use common::net::{self};
 use common::{Env, Mode, GATEWAY};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
@@ -20,12 +20,7 @@ fn assert_udp_echo(env: &Env, server_ip: Ipv4Addr, dest_ip: Ipv4Addr) {
     let server = env.host_udp_echo_server(server_ip);
     let socket = env.guest_udp_socket();
     let to = SocketAddr::V4(SocketAddrV4::new(dest_ip, server.port()));
-    for (i, size) in SIZES.into_iter().enumerate() {
-        let payload = Pattern::bytes(i as u64, size);
-        let reply = net::udp_roundtrip(&socket, to, &payload)
-            .unwrap_or_else(|e| panic!("no echo of {size} bytes from {to}: {e}"));
-        assert!(reply == payload, "echo of {size} bytes differs");
-    }
+    net::assert_udp_echoes(&socket, to, &SIZES);
 }
 
 fn udp_echo_via_gateway_to_host_loopback(mode: Mode) {

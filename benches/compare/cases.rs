@@ -16,7 +16,7 @@ use std::sync::Arc;
 use socket2::{Domain, SockRef, Socket, Type};
 
 use crate::helper::{Forward, Options, Proto, Running};
-use crate::sys::{self, Proc};
+use crate::sys;
 use crate::syscalls::{self, Gate};
 use crate::world::World;
 
@@ -442,7 +442,7 @@ fn iperf3(world: &World, direction: Direction, secs: u32) -> Result<f64, String>
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let _server = Proc::spawn(&mut server).map_err(|e| format!("start iperf3 server: {e}"))?;
+    let _server = sys::spawn(&mut server).map_err(|e| format!("start iperf3 server: {e}"))?;
     wait_listening(world, server_side, IPERF_PORT)?;
 
     let timeout = Duration::from_secs(u64::from(secs) + 30);

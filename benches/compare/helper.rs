@@ -162,7 +162,7 @@ impl Helper {
             sys::pass_as_fd3(&mut cmd, &ready_write);
         }
         let start = Instant::now();
-        let proc = Proc::spawn(&mut cmd).map_err(|e| format!("start {}: {e}", self.kind.name()))?;
+        let proc = sys::spawn(&mut cmd).map_err(|e| format!("start {}: {e}", self.kind.name()))?;
         // Our copy must go, or EOF (the helper died) would never show on the read end.
         drop(ready_write);
         let with_api = self.kind != Kind::Pasta && (opts.forward.is_some() || opts.api);

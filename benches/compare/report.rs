@@ -28,13 +28,7 @@ impl Results {
     }
 
     pub fn details_text(&self) -> String {
-        let mut out = String::new();
-        for (kind, lines) in &self.details {
-            for line in lines {
-                out += &format!("  {:<12} {line}\n", kind.name());
-            }
-        }
-        out
+        lines_per_kind(&self.details, |kind, line| format!("  {kind:<12} {line}\n"))
     }
 
     fn median(&self, metric: Metric, kind: Kind) -> Option<f64> {
@@ -108,14 +102,21 @@ impl Results {
     }
 
     pub fn failures_text(&self) -> String {
-        let mut out = String::new();
-        for (kind, failures) in &self.failures {
-            for failure in failures {
-                out += &format!("  {}: {failure}\n", kind.name());
-            }
-        }
-        out
+        lines_per_kind(&self.failures, |kind, failure| {
+            format!("  {kind}: {failure}\n")
+        })
     }
+}
+
+/// Every line of every helper, each written by `format` from the helper's name and the line.
+fn lines_per_kind(
+    lines: &BTreeMap<Kind, Vec<String>>,
+    format: impl Fn(&str, &str) -> String,
+) -> String {
+    lines
+        .iter()
+        .flat_map(|(kind, lines)| lines.iter().map(|line| format(kind.name(), line)))
+        .collect()
 }
 
 /// A value with the precision its unit deserves.

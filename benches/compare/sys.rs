@@ -1,183 +1,38 @@
 //! Processes, pipes and threads in other network namespaces, each with a deadline and a
 //! guard that undoes it: a benchmark that fails half-way must leave nothing running.
 
-use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{self, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::mpsc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// How often deadline loops look again.
-const POLL_INTERVAL: Duration = Duration::from_millis(5);
 /// How long a process asked to stop (SIGTERM) gets before SIGKILL.
 const TERM_GRACE: Duration = Duration::from_secs(2);
 
-/// A child process; stopped (SIGTERM, then SIGKILL) and reaped on drop.
-pub struct Proc {
-    child: Child,
+/// The process helpers, one implementation with the end-to-end tests' (which use all of
+/// it; the benchmark does not).
+#[allow(dead_code)]
+#[path = "../../tests/common/process_core.rs"]
+mod process_core;
+pub use process_core::{command, pipe, run, run_ok, wait_for, wait_readable, Proc};
+
+/// Starts `cmd`; it also gets SIGKILL if this process dies first (Ctrl-C, a crash), so
+/// nothing it started outlives the run. Spawn only from the main thread: the signal fires
+/// when the spawning thread ends. On drop it is stopped: SIGTERM, then SIGKILL after
+/// `TERM_GRACE`.
+pub fn spawn(cmd: &mut Command) -> io::Result<Proc> {
+    Proc::spawn(cmd, TERM_GRACE)
 }
 
-impl Proc {
-    /// Starts `cmd`. It also gets SIGKILL if this process dies first (Ctrl-C, a crash), so
-    /// nothing it started outlives the run. Spawn only from the main thread: the signal
-    /// fires when the spawning thread ends.
-    pub fn spawn(cmd: &mut Command) -> io::Result<Proc> {
-        // SAFETY: runs between fork and exec and only calls prctl, which is
-        // async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        Ok(Proc {
-            child: cmd.spawn()?,
-        })
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Whether it is still running (not yet exited).
-    pub fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// Sends `signal` and waits up to `timeout` for the exit; false if it still runs (the
-    /// drop then stops it the hard way).
-    pub fn stop_with(&mut self, signal: libc::c_int, timeout: Duration) -> bool {
-        if self.running() {
-            self.signal(signal);
-        }
-        self.wait_timeout(timeout)
-    }
-
-    fn signal(&self, signal: libc::c_int) {
-        // SAFETY: kill(2) has no memory-safety preconditions; the pid is our own unreaped
-        // child, so it cannot have been recycled for another process.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
-    }
-
-    fn wait_timeout(&mut self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if !self.running() {
-                return true;
-            }
-            thread::sleep(POLL_INTERVAL);
-        }
-        false
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.running() {
-            self.signal(libc::SIGTERM);
-            if !self.wait_timeout(TERM_GRACE) {
-                let _ = self.child.kill();
-            }
-        }
-        let _ = self.child.wait();
-    }
-}
-
-pub fn command<S: AsRef<OsStr>>(program: &str, args: &[S]) -> Command {
-    let mut cmd = Command::new(program);
-    cmd.args(args);
-    cmd
-}
-
-/// Runs a command to completion, capturing its output; killed after `timeout`.
-pub fn run(cmd: &mut Command, timeout: Duration) -> Result<Output, String> {
-    let what = format!("{cmd:?}");
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut proc = Proc::spawn(cmd).map_err(|e| format!("cannot start {what}: {e}"))?;
-    let stdout = read_in_background(proc.child.stdout.take());
-    let stderr = read_in_background(proc.child.stderr.take());
-    if !proc.wait_timeout(timeout) {
-        return Err(format!("{what} did not finish within {timeout:?}"));
-    }
-    let status = proc.child.wait().map_err(|e| format!("wait {what}: {e}"))?;
-    Ok(Output {
-        status,
-        stdout: stdout.join().unwrap_or_default(),
-        stderr: stderr.join().unwrap_or_default(),
-    })
-}
-
-/// Like [`run`], but the command must succeed; returns its stdout.
-pub fn run_ok(cmd: &mut Command, timeout: Duration) -> Result<String, String> {
-    let what = format!("{cmd:?}");
-    let out = run(cmd, timeout)?;
-    if !out.status.success() {
-        return Err(format!(
-            "{what} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-// A thread per pipe keeps a chatty child from blocking on a full pipe.
-fn read_in_background<R: Read + Send + 'static>(pipe: Option<R>) -> thread::JoinHandle<Vec<u8>> {
-    thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(mut pipe) = pipe {
-            let _ = pipe.read_to_end(&mut buf);
-        }
-        buf
-    })
-}
-
-/// A close-on-exec pipe with both ends numbered 10 or above, so that a child can dup2 the
-/// write end onto 3 without clobbering anything.
-pub fn pipe() -> io::Result<(File, File)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two fds into the array, which has room for exactly two.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both fds were just returned by pipe2 and are owned by nobody else.
-    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    Ok((File::from(high_fd(read)?), File::from(high_fd(write)?)))
-}
-
-fn high_fd(fd: OwnedFd) -> io::Result<OwnedFd> {
-    // SAFETY: F_DUPFD_CLOEXEC only reads the fd number we own and returns a new fd.
-    let dup = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
-    if dup < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `dup` is a fresh fd owned by nobody else; `fd` is closed on return.
-    Ok(unsafe { OwnedFd::from_raw_fd(dup) })
-}
-
-/// Makes `fd` the child's fd 3 (slirp4netns's `-r 3` convention).
+/// Makes `fd` the child's fd 3 (slirp4netns's `-r 3` convention); `fd` is >= 10 (see
+/// `pipe`).
 pub fn pass_as_fd3(cmd: &mut Command, fd: &File) {
-    let fd = fd.as_raw_fd();
-    // SAFETY: runs between fork and exec and only calls dup2, which is async-signal-safe.
-    // The fd is >= 10 (see `pipe`), so it is not 3 itself; dup2's copy has no CLOEXEC and
-    // survives exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::dup2(fd, 3) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    process_core::dup_onto(cmd, vec![(fd.as_raw_fd(), 3)]);
 }
 
 /// Runs `cmd` in the network namespace `netns` as the user `ids` (uid, gid; no
@@ -249,47 +104,6 @@ fn cpu_time(pid: u32) -> Option<Duration> {
     Some(total)
 }
 
-/// Waits until `fd` is readable (data or EOF); false on timeout.
-pub fn wait_readable(fd: &impl AsRawFd, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let mut pfd = libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let millis = left.as_millis().min(i32::MAX as u128) as libc::c_int;
-        // SAFETY: one valid pollfd, count 1.
-        let rc = unsafe { libc::poll(&mut pfd, 1, millis) };
-        if rc > 0 {
-            return true;
-        }
-        let interrupted = rc < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted;
-        if !interrupted || Instant::now() >= deadline {
-            return false;
-        }
-    }
-}
-
-/// Polls `probe` until it returns `Some`; `Err` naming `what` after `timeout`.
-pub fn wait_for<T>(
-    what: &str,
-    timeout: Duration,
-    mut probe: impl FnMut() -> Option<T>,
-) -> Result<T, String> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe() {
-            return Ok(value);
-        }
-        if Instant::now() >= deadline {
-            return Err(format!("timed out after {timeout:?} waiting for {what}"));
-        }
-        thread::sleep(POLL_INTERVAL);
-    }
-}
-
 /// Raises the open-files limit to its hard maximum. The 1,000-flow case holds 2,000 sockets
 /// here, and the helpers (which inherit the limit) one per flow: at the usual soft limit
 /// of 1,024 the helper would run out of fds, not of anything we want to measure.
@@ -346,7 +160,7 @@ where
     let name = what.to_string();
     let spawned = thread::Builder::new().name(name.clone()).spawn(move || {
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            enter_netns(&netns)?;
+            process_core::enter_netns(&netns)?;
             f()
         }))
         .unwrap_or_else(|_| Err("panicked".to_string()));
@@ -361,19 +175,6 @@ where
         };
     }
     Task { rx, what: name }
-}
-
-fn enter_netns(path: &Path) -> Result<(), String> {
-    let ns = File::open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
-    // SAFETY: setns only takes an fd we hold open for the duration of the call.
-    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
-        return Err(format!(
-            "setns {}: {}",
-            path.display(),
-            io::Error::last_os_error()
-        ));
-    }
-    Ok(())
 }
 
 /// Resident memory of a process in KiB (VmRSS), if it is still there.

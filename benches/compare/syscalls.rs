@@ -8,7 +8,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::sys::{command, Proc};
+use crate::sys::{self, command, Proc};
 
 /// How long strace gets to attach to every thread of the helper.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -171,7 +171,7 @@ impl Strace {
         cmd.stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
-        let mut proc = Proc::spawn(&mut cmd).map_err(|e| format!("start strace: {e}"))?;
+        let mut proc = sys::spawn(&mut cmd).map_err(|e| format!("start strace: {e}"))?;
         let deadline = Instant::now() + ATTACH_TIMEOUT;
         while !all_traced(pid) {
             if !proc.running() {

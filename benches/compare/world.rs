@@ -196,7 +196,7 @@ impl World {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let mut guest = Proc::spawn(&mut cmd).map_err(|e| format!("start the container: {e}"))?;
+        let mut guest = sys::spawn(&mut cmd).map_err(|e| format!("start the container: {e}"))?;
         // Until `sleep` runs, its namespaces are not the container's yet.
         let comm = format!("/proc/{}/comm", guest.pid());
         sys::wait_for("the container namespace", SETUP_TIMEOUT, || {

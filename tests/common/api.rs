@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpStream};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -222,6 +222,13 @@ impl Api {
             .unwrap_or_else(|| panic!("add_hostfwd {fwd:?} answered {reply:?}"))
     }
 
+    /// Adds `fwd` (to the guest's [`guest_peer_http_server`]) and sends a request through
+    /// it from the host; the forward's id and the client address the guest saw.
+    pub fn add_and_request(&self, env: &Env, fwd: &Fwd) -> (u64, SocketAddr) {
+        let id = self.add(fwd);
+        (id, peer_seen_by_guest(env, fwd.host_target()))
+    }
+
     pub fn list(&self) -> String {
         self.request(LIST_REQUEST)
     }
@@ -253,12 +260,7 @@ fn peer_reply(peer: SocketAddr) -> String {
 /// An HTTP-ish server in the guest on `GUEST_ADDR:port`: reads a request head, answers
 /// `HTTP/1.0 200 OK` with the body `peer <the client address it sees>`, and closes.
 pub fn guest_peer_http_server(env: &Env, port: u16) -> Server {
-    let listener = env
-        .in_guest("guest http listener", move || {
-            TcpListener::bind((GUEST_ADDR, port))
-        })
-        .wait(STEP_TIMEOUT)
-        .unwrap_or_else(|e| panic!("bind {GUEST_ADDR}:{port} in the guest: {e}"));
+    let listener = env.guest_tcp_listener_at((GUEST_ADDR, port));
     net::tcp_server(listener, |mut stream| {
         let Ok(peer) = stream.peer_addr() else {
             return;

@@ -4,7 +4,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::thread;
@@ -90,7 +90,7 @@ impl Dnsmasq {
     }
 
     fn await_answers(&mut self, env: &Env) {
-        let to = SocketAddrV4::new(self.addr, 53);
+        let to = SocketAddr::from((self.addr, 53));
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Some(status) = self.proc.try_status() {
@@ -265,11 +265,11 @@ fn skip_name(msg: &[u8], mut pos: usize) -> Result<usize, String> {
 }
 
 /// Sends `query` from a new UDP socket (so a new source port, a new flow) and returns the
-/// answer with the query's id, or an error (e.g. timed out) after `timeout`.
+/// answer from `to` with the query's id, or an error (e.g. timed out) after `timeout`.
 /// Runs in whatever network namespace the calling thread is in.
-pub fn udp_query(to: SocketAddrV4, query: &[u8], timeout: Duration) -> io::Result<Vec<u8>> {
-    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
-    socket.send_to(query, SocketAddr::V4(to))?;
+pub fn udp_query(to: SocketAddr, query: &[u8], timeout: Duration) -> io::Result<Vec<u8>> {
+    let socket = UdpSocket::bind((super::net::unspecified_for(to.ip()), 0))?;
+    socket.send_to(query, to)?;
     let deadline = Instant::now() + timeout;
     let mut buf = vec![0u8; 65536];
     loop {
@@ -278,9 +278,10 @@ pub fn udp_query(to: SocketAddrV4, query: &[u8], timeout: Duration) -> io::Resul
             return Err(io::Error::new(io::ErrorKind::TimedOut, "no DNS answer"));
         }
         socket.set_read_timeout(Some(left))?;
-        let (len, _) = socket.recv_from(&mut buf)?;
-        // Anything else (a stray answer to an earlier query) is not ours.
-        if len >= 2 && buf[..2] == query[..2] {
+        let (len, from) = socket.recv_from(&mut buf)?;
+        // Anything else (a stray answer to an earlier query, a datagram from elsewhere) is
+        // not ours.
+        if from == to && len >= 2 && buf[..2] == query[..2] {
             return Ok(buf[..len].to_vec());
         }
     }
@@ -312,18 +313,38 @@ pub fn tcp_exchange(stream: &mut TcpStream, queries: &[Vec<u8>]) -> io::Result<V
 }
 
 impl Env {
-    /// One UDP DNS query from the guest (new socket, new source port each time).
+    /// One UDP DNS query from the guest to `to` port 53, IPv4 or IPv6 (new socket, new
+    /// source port each time).
     pub fn guest_dns_udp(
         &self,
-        to: Ipv4Addr,
+        to: impl Into<IpAddr>,
         query: Vec<u8>,
         timeout: Duration,
     ) -> io::Result<Answer> {
-        let to = SocketAddrV4::new(to, 53);
+        let to = SocketAddr::new(to.into(), 53);
         let msg = self
             .in_guest("guest DNS query", move || udp_query(to, &query, timeout))
             .wait(timeout + START_TIMEOUT)?;
         parse(&msg).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    /// `name`'s A records, asked over UDP from the guest to `to` port 53: up to three
+    /// queries (ids from `first_id`), each from a new socket (a new source port) and given
+    /// 2 s, in case one is lost.
+    pub fn guest_dns_a_retried(
+        &self,
+        to: impl Into<IpAddr>,
+        name: &str,
+        first_id: u16,
+    ) -> Vec<Ipv4Addr> {
+        let to = to.into();
+        let answer = (first_id..first_id + 3)
+            .find_map(|id| {
+                let query = query(id, name, TYPE_A, None);
+                self.guest_dns_udp(to, query, Duration::from_secs(2)).ok()
+            })
+            .unwrap_or_else(|| panic!("no UDP answer from {}", SocketAddr::new(to, 53)));
+        answer.a()
     }
 
     /// Asks for `name`'s A records over UDP from the guest, repeating with new queries

@@ -5,7 +5,7 @@ use super::net::{self, Pattern, Server};
 use super::process::wait_for;
 use super::{Env, STEP_TIMEOUT, TAP};
 use std::io::{self, Write};
-use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6, TcpListener, TcpStream};
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6, TcpStream};
 use std::time::Duration;
 
 /// From rslirp's start: its first advertisement comes after 1 s, then the guest's duplicate
@@ -72,12 +72,7 @@ pub fn await_slaac(env: &Env, prefix: [u16; 4]) -> Ipv6Addr {
 /// A TCP server in the guest on [::]:`port`: to each client it first writes
 /// `peer <address it sees>\n`, then echoes everything until EOF.
 pub fn guest_peer_echo_server(env: &Env, port: u16) -> Server {
-    let listener = env
-        .in_guest("guest [::] listener", move || {
-            TcpListener::bind((Ipv6Addr::UNSPECIFIED, port))
-        })
-        .wait(STEP_TIMEOUT)
-        .unwrap_or_else(|e| panic!("bind [::]:{port} in the guest: {e}"));
+    let listener = env.guest_tcp_listener_at((Ipv6Addr::UNSPECIFIED, port));
     net::tcp_server(listener, |mut stream| {
         let Ok(peer) = stream.peer_addr() else {
             return;

@@ -13,19 +13,22 @@
 
 pub mod api;
 pub mod ctl;
+pub mod dhcp;
 pub mod dns;
 pub mod ipv6;
 pub mod net;
 pub mod ns;
 pub mod pcap;
 pub mod process;
+// The process helpers' one implementation, shared with benches/compare (sys.rs).
+mod process_core;
 pub mod resolv;
 pub mod sandbox;
 pub mod tap;
 
 use std::fs::{self, File};
-use std::io::{self, Read};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -70,6 +73,18 @@ macro_rules! both_modes {
         }
         mod rootless {
             $( #[test] fn $name() { super::$name($crate::common::Mode::Rootless) } )*
+        }
+    };
+}
+
+/// Declares a `rootful_only::NAME` test for each `fn NAME(mode: Mode)`: for tests whose
+/// subject is the same in both modes and that are too slow to run twice (say why where it
+/// is used).
+#[allow(unused_macros)] // not every test binary has such tests
+macro_rules! rootful_only {
+    ($($name:ident),* $(,)?) => {
+        mod rootful_only {
+            $( #[test] fn $name() { super::$name($crate::common::Mode::Rootful) } )*
         }
     };
 }
@@ -336,20 +351,29 @@ impl Env {
         });
     }
 
+    /// `-c`'s work in the guest: `addr` (e.g. `10.0.2.100/24`) on the tap and the default
+    /// route via `gateway` there.
+    pub fn assert_guest_configured(&self, addr: &str, gateway: Ipv4Addr) {
+        let addrs = self.guest_ok(&["ip", "-o", "-4", "addr", "show", "dev", TAP]);
+        assert!(
+            addrs.contains(&format!("inet {addr} ")),
+            "guest address {addr} missing: {addrs}"
+        );
+        let routes = self.guest_ok(&["ip", "-4", "route", "show", "default"]);
+        assert!(
+            routes.contains(&format!("default via {gateway} dev {TAP}")),
+            "default route via {gateway} missing: {routes}"
+        );
+    }
+
     /// Runs a command as root inside the guest's network namespace.
     pub fn guest_cmd(&self, args: &[&str]) -> Output {
-        let pid = self.guest_pid().to_string();
-        let mut cmd = command("nsenter", &["-t", &pid, "-n", "--"]);
-        cmd.args(args);
-        run(&mut cmd, STEP_TIMEOUT)
+        run(&mut nsenter(self.guest_pid(), "-n", args), STEP_TIMEOUT)
     }
 
     /// Like [`Env::guest_cmd`], but the command must succeed; returns its stdout.
     pub fn guest_ok(&self, args: &[&str]) -> String {
-        let pid = self.guest_pid().to_string();
-        let mut cmd = command("nsenter", &["-t", &pid, "-n", "--"]);
-        cmd.args(args);
-        run_ok(&mut cmd, STEP_TIMEOUT)
+        run_ok(&mut nsenter(self.guest_pid(), "-n", args), STEP_TIMEOUT)
     }
 
     /// Runs `f` on a thread inside the guest's network namespace.
@@ -370,25 +394,103 @@ impl Env {
         ns::spawn_in_netns(self.host.path(), what, f)
     }
 
+    /// A TCP listener on `addr` in the host namespace (port 0: an ephemeral one).
+    pub fn host_tcp_listener_at(&self, addr: impl Into<SocketAddr>) -> TcpListener {
+        bind_in(
+            self.host.path(),
+            "host TCP listener",
+            addr,
+            TcpListener::bind,
+        )
+    }
+
+    /// A UDP socket on `addr` in the host namespace (port 0: an ephemeral one).
+    pub fn host_udp_socket_at(&self, addr: impl Into<SocketAddr>) -> UdpSocket {
+        bind_in(self.host.path(), "host UDP socket", addr, UdpSocket::bind)
+    }
+
+    /// A TCP listener on `addr` in the guest (port 0: an ephemeral one).
+    pub fn guest_tcp_listener_at(&self, addr: impl Into<SocketAddr>) -> TcpListener {
+        bind_in(
+            self.guest_netns_path(),
+            "guest TCP listener",
+            addr,
+            TcpListener::bind,
+        )
+    }
+
+    /// A UDP socket on `addr` in the guest (port 0: an ephemeral one).
+    pub fn guest_udp_socket_at(&self, addr: impl Into<SocketAddr>) -> UdpSocket {
+        bind_in(
+            self.guest_netns_path(),
+            "guest UDP socket",
+            addr,
+            UdpSocket::bind,
+        )
+    }
+
     /// A TCP listener on an ephemeral port of `ip` in the host namespace.
-    pub fn host_tcp_listener(&self, ip: Ipv4Addr) -> TcpListener {
-        self.in_host("host listener", move || TcpListener::bind((ip, 0)))
-            .wait(SETUP_TIMEOUT)
-            .expect("bind host TCP listener")
+    pub fn host_tcp_listener(&self, ip: impl Into<IpAddr>) -> TcpListener {
+        self.host_tcp_listener_at((ip, 0))
     }
 
     /// A TCP echo server on `ip` in the host namespace.
-    pub fn host_echo_server(&self, ip: Ipv4Addr) -> Server {
+    pub fn host_echo_server(&self, ip: impl Into<IpAddr>) -> Server {
         net::tcp_server(self.host_tcp_listener(ip), net::echo)
     }
 
     /// A UDP echo server on `ip` in the host namespace.
-    pub fn host_udp_echo_server(&self, ip: Ipv4Addr) -> Server {
-        let socket = self
-            .in_host("host udp socket", move || UdpSocket::bind((ip, 0)))
-            .wait(SETUP_TIMEOUT)
-            .expect("bind host UDP socket");
-        net::udp_echo_server(socket)
+    pub fn host_udp_echo_server(&self, ip: impl Into<IpAddr>) -> Server {
+        net::udp_echo_server(self.host_udp_socket_at((ip, 0)))
+    }
+
+    /// The address a TCP server on `server_ip` (host namespace) sees when the guest connects
+    /// to it at `dest_ip`.
+    pub fn tcp_peer_seen_by_host(
+        &self,
+        server_ip: impl Into<IpAddr>,
+        dest_ip: impl Into<IpAddr>,
+    ) -> IpAddr {
+        let server = net::tcp_server(self.host_tcp_listener(server_ip), |mut stream| {
+            if let Ok(peer) = stream.peer_addr() {
+                let _ = stream.write_all(peer.ip().to_string().as_bytes());
+            }
+        });
+        let to = SocketAddr::new(dest_ip.into(), server.port());
+        let mut stream = self
+            .guest_connect(to, SETUP_TIMEOUT)
+            .unwrap_or_else(|e| panic!("connect to {to}: {e}"));
+        let mut seen = String::new();
+        stream.read_to_string(&mut seen).expect("read peer address");
+        seen.parse()
+            .unwrap_or_else(|_| panic!("server sent {seen:?}"))
+    }
+
+    /// The address a UDP server on `server_ip` (host namespace) sees a guest datagram to
+    /// `dest_ip` come from.
+    pub fn udp_peer_seen_by_host(
+        &self,
+        server_ip: impl Into<IpAddr>,
+        dest_ip: impl Into<IpAddr>,
+    ) -> IpAddr {
+        let server = self.host_udp_socket_at((server_ip, 0));
+        let port = server.local_addr().expect("local_addr").port();
+        // Answers every datagram with its source address; ends after 3 s without one.
+        thread::spawn(move || {
+            server
+                .set_read_timeout(Some(Duration::from_secs(3)))
+                .expect("timeout");
+            let mut buf = [0u8; 1500];
+            while let Ok((_, peer)) = server.recv_from(&mut buf) {
+                let _ = server.send_to(peer.ip().to_string().as_bytes(), peer);
+            }
+        });
+        let to = SocketAddr::new(dest_ip.into(), port);
+        let socket = self.guest_udp_socket_at((net::unspecified_for(to.ip()), 0));
+        let reply = net::udp_roundtrip(&socket, to, b"who am I").expect("UDP peer server");
+        let seen = String::from_utf8_lossy(&reply);
+        seen.parse()
+            .unwrap_or_else(|_| panic!("server sent {seen:?}"))
     }
 
     /// A TCP connection from the guest, with I/O timeouts set, or the connect error.
@@ -406,13 +508,33 @@ impl Env {
         .wait(timeout + SETUP_TIMEOUT)
     }
 
+    /// Connects from the guest to the echo server at `to` (within `connect_timeout`) and
+    /// checks that `len` bytes of the pattern `seed` come back intact.
+    pub fn assert_guest_echo(
+        &self,
+        to: impl Into<SocketAddr>,
+        connect_timeout: Duration,
+        seed: u64,
+        len: usize,
+    ) {
+        let to = to.into();
+        let stream = self
+            .guest_connect(to, connect_timeout)
+            .unwrap_or_else(|e| panic!("connect to {to}: {e}"));
+        let payload = net::Pattern::bytes(seed, len);
+        let reply =
+            net::exchange(&stream, &payload).unwrap_or_else(|e| panic!("echo via {to}: {e}"));
+        assert!(
+            reply == payload,
+            "echo via {to} differs: {:?} back for {:?}",
+            net::digest(&reply),
+            net::digest(&payload)
+        );
+    }
+
     /// A UDP socket in the guest on an ephemeral port.
     pub fn guest_udp_socket(&self) -> UdpSocket {
-        self.in_guest("guest udp socket", || {
-            UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
-        })
-        .wait(SETUP_TIMEOUT)
-        .expect("bind guest UDP socket")
+        self.guest_udp_socket_at((Ipv4Addr::UNSPECIFIED, 0))
     }
 
     /// Prepares an rslirp start: `-c -r 3 <guest pid> tap0` plus whatever is added.
@@ -444,6 +566,29 @@ impl Env {
         }
         copy
     }
+}
+
+/// A socket made by `bind` on `addr` in the network namespace at `netns` (`what` names it in
+/// a failure).
+pub fn bind_in<S: Send + 'static>(
+    netns: PathBuf,
+    what: &str,
+    addr: impl Into<SocketAddr>,
+    bind: fn(SocketAddr) -> io::Result<S>,
+) -> S {
+    let addr = addr.into();
+    ns::spawn_in_netns(netns, what, move || bind(addr))
+        .wait(SETUP_TIMEOUT)
+        .unwrap_or_else(|e| panic!("bind {what} on {addr}: {e}"))
+}
+
+/// `nsenter -t PID NAMESPACES -- ARGS...`: `args` as root in the namespaces (`namespaces`,
+/// e.g. `-n` for the network's, `-m` for the mounts') of the process `pid`.
+fn nsenter(pid: u32, namespaces: &str, args: &[&str]) -> Command {
+    let pid = pid.to_string();
+    let mut cmd = command("nsenter", &["-t", &pid, namespaces, "--"]);
+    cmd.args(args);
+    cmd
 }
 
 fn setup_host_netns(host: &Netns, addr: Ipv4Addr) {
@@ -570,6 +715,17 @@ impl Launch<'_> {
     /// [`Rslirp::await_ready_byte`]).
     pub fn spawn(self) -> Rslirp {
         let env = self.env;
+        let mut enter = command("ip", &["netns", "exec", &env.host.name]);
+        // Never the machine's resolver: the test's own resolv.conf, in a mount namespace.
+        resolv::private_resolv_conf(&mut enter, env, self.resolv);
+        self.spawn_entering(enter)
+    }
+
+    /// Spawns rslirp with `enter` (a command that enters rslirp's namespaces and runs its
+    /// arguments, e.g. `ip netns exec HOST`) as `enter [setpriv ...] BIN [-c] ARGS... -r 3
+    /// [-e 4] TARGET tap0`, its output to a log file of the test's.
+    fn spawn_entering(self, mut cmd: Command) -> Rslirp {
+        let env = self.env;
         let n = env.launches.fetch_add(1, Ordering::SeqCst);
         let log_path = env.tmp.path.join(format!("rslirp-{n}.log"));
         let log = File::create(&log_path).expect("rslirp log");
@@ -581,31 +737,20 @@ impl Launch<'_> {
         } else {
             (None, None)
         };
-        let mut cmd = self.command();
+        self.add_rslirp_args(&mut cmd);
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup"))
             .stderr(log);
-        pass_fds(&mut cmd, &ready_write, exit_read.as_ref());
-        let extra: Vec<(RawFd, RawFd)> = self
-            .fds
-            .iter()
-            .map(|(fd, number)| (fd.as_raw_fd(), *number))
-            .collect();
-        if !extra.is_empty() {
-            // SAFETY: runs between fork and exec and only calls dup2 (async-signal-safe).
-            // Our copies are >= 10 (`pass_fd`), the targets 5..=9, so none clobbers another;
-            // the dup2 copies lack CLOEXEC and survive exec.
-            unsafe {
-                cmd.pre_exec(move || {
-                    for &(fd, number) in &extra {
-                        if libc::dup2(fd, number) < 0 {
-                            return Err(io::Error::last_os_error());
-                        }
-                    }
-                    Ok(())
-                });
-            }
-        }
+        // Our pipe ends and `pass_fd`'s copies are >= 10, the targets 3..=9: `-r 3`, `-e 4`,
+        // then the extra fds.
+        let mut fds = vec![(ready_write.as_raw_fd(), 3)];
+        fds.extend(exit_read.as_ref().map(|exit| (exit.as_raw_fd(), 4)));
+        fds.extend(
+            self.fds
+                .iter()
+                .map(|(fd, number)| (fd.as_raw_fd(), *number)),
+        );
+        process::dup_onto(&mut cmd, fds);
         if let Some((soft, hard)) = self.nofile {
             set_nofile(&mut cmd, soft, hard);
         }
@@ -622,12 +767,9 @@ impl Launch<'_> {
         }
     }
 
-    /// `ip netns exec HOST [setpriv ...] BIN [-c] ARGS... -r 3 [-e 4] TARGET tap0`
-    fn command(&self) -> Command {
+    /// Appends `[setpriv ...] BIN [-c] ARGS... -r 3 [-e 4] TARGET tap0` (or the operands).
+    fn add_rslirp_args(&self, cmd: &mut Command) {
         let env = self.env;
-        let mut cmd = command("ip", &["netns", "exec", &env.host.name]);
-        // Never the machine's resolver: the test's own resolv.conf, in a mount namespace.
-        resolv::private_resolv_conf(&mut cmd, env, self.resolv);
         if env.mode == Mode::Rootless {
             cmd.args(AS_TEST_USER);
         }
@@ -641,37 +783,13 @@ impl Launch<'_> {
         }
         if let Some(operands) = &self.operands {
             cmd.args(operands);
-            return cmd;
+            return;
         }
         let target = match &self.target {
             Some(target) => target.clone(),
             None => env.guest_pid().to_string(),
         };
         cmd.arg(target).arg(TAP);
-        cmd
-    }
-}
-
-/// Makes `ready` the child's fd 3 and `exit` its fd 4.
-fn pass_fds(cmd: &mut Command, ready: &File, exit: Option<&File>) {
-    let ready_fd = ready.as_raw_fd();
-    let exit_fd = exit.map(AsRawFd::as_raw_fd);
-    // SAFETY: the closure runs between fork and exec and only calls dup2, which is
-    // async-signal-safe. Our pipe fds are >= 10 (see process::pipe), so dup2 onto 3 and 4
-    // cannot clobber one with the other; dup2 leaves the copies without CLOEXEC, so they
-    // survive exec while the originals do not.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::dup2(ready_fd, 3) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if let Some(fd) = exit_fd {
-                if libc::dup2(fd, 4) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
     }
 }
 

@@ -4,7 +4,7 @@
 //! hang forever when the network under test stalls.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -261,6 +261,78 @@ pub fn exchange_keep(stream: &TcpStream, payload: &[u8]) -> Vec<u8> {
         .and_then(|()| (&*stream).read_exact(&mut reply))
         .unwrap_or_else(|err| panic!("echo of {} bytes: {err}", payload.len()));
     reply
+}
+
+/// Writes `request` and reads as many bytes back: an error naming `what` if either fails (a
+/// read stalls past the stream's read timeout) or the echo differs.
+pub fn echo_exchange(stream: &mut TcpStream, request: &[u8], what: &str) -> Result<(), String> {
+    stream
+        .write_all(request)
+        .map_err(|e| format!("{what}: write: {e}"))?;
+    let mut reply = vec![0u8; request.len()];
+    stream
+        .read_exact(&mut reply)
+        .map_err(|e| format!("{what} stalled or failed: {e}"))?;
+    if reply != request {
+        return Err(format!("{what}: the echo differs"));
+    }
+    Ok(())
+}
+
+/// `exchanges` small echoes in a row on `stream` (1 to 100 bytes each, Nagle off), each
+/// given `stall` to come back.
+pub fn small_exchanges(
+    stream: &mut TcpStream,
+    exchanges: usize,
+    stall: Duration,
+) -> Result<(), String> {
+    stream.set_read_timeout(Some(stall)).expect("timeout");
+    stream.set_nodelay(true).expect("nodelay");
+    for i in 0..exchanges {
+        let request = Pattern::bytes(i as u64, 1 + i % 100);
+        echo_exchange(stream, &request, &format!("exchange {i}"))?;
+    }
+    Ok(())
+}
+
+/// Runs `client(i)` for every `i` below `clients`, each on a thread of its own and all at
+/// once, and returns the errors of those that failed.
+pub fn run_clients(
+    clients: usize,
+    client: impl Fn(usize) -> Result<(), String> + Sync,
+) -> Vec<String> {
+    thread::scope(|scope| {
+        let threads: Vec<_> = (0..clients)
+            .map(|i| {
+                let client = &client;
+                scope.spawn(move || client(i))
+            })
+            .collect();
+        threads
+            .into_iter()
+            .filter_map(|thread| thread.join().expect("client thread").err())
+            .collect()
+    })
+}
+
+/// The unspecified address (0.0.0.0 or ::) of `ip`'s family, to bind a socket that talks to
+/// `ip`.
+pub fn unspecified_for(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    }
+}
+
+/// Sends a datagram of each size in `sizes` (the pattern seeded by its index) to the echo
+/// server at `to` and checks that each comes back unchanged.
+pub fn assert_udp_echoes(socket: &UdpSocket, to: SocketAddr, sizes: &[usize]) {
+    for (i, &size) in sizes.iter().enumerate() {
+        let payload = Pattern::bytes(i as u64, size);
+        let reply = udp_roundtrip(socket, to, &payload)
+            .unwrap_or_else(|e| panic!("no echo of {size} bytes from {to}: {e}"));
+        assert!(reply == payload, "echo of {size} bytes differs");
+    }
 }
 
 /// Sends `payload` to `to` and returns the first datagram that comes back, retrying a few

@@ -3,7 +3,6 @@
 
 use std::ffi::CString;
 use std::fs::{self, File};
-use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::panic::{self, AssertUnwindSafe};
@@ -190,7 +189,7 @@ where
         .name(what.to_string())
         .spawn(move || {
             let result = panic::catch_unwind(AssertUnwindSafe(|| {
-                enter_netns(&netns);
+                super::process_core::enter_netns(&netns).unwrap_or_else(|e| panic!("{e}"));
                 f()
             }));
             let _ = tx.send(result);
@@ -200,17 +199,4 @@ where
         rx,
         what: what.to_string(),
     }
-}
-
-fn enter_netns(path: &Path) {
-    let ns = File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-    // SAFETY: setns only takes an fd we hold open for the duration of the call.
-    let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(
-        rc,
-        0,
-        "setns {}: {}",
-        path.display(),
-        std::io::Error::last_os_error()
-    );
 }

@@ -161,8 +161,9 @@ unsafe fn bind(source: *const libc::c_char) -> io::Result<()> {
     }
 }
 
-/// "/proc/self/fd/<fd>\0" without allocating (this runs between fork and exec).
-fn proc_fd_path(fd: libc::c_int) -> [u8; 32] {
+/// "/proc/self/fd/<fd>\0" without allocating (it is used between fork and exec, here and in
+/// sandbox.rs).
+pub(super) fn proc_fd_path(fd: libc::c_int) -> [u8; 32] {
     const PREFIX: &[u8] = b"/proc/self/fd/";
     let mut path = [0u8; 32];
     path[..PREFIX.len()].copy_from_slice(PREFIX);

@@ -24,10 +24,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
-use std::sync::atomic::Ordering;
 
-use super::process::{self, command, run, run_ok, wait_for, Proc};
-use super::{pass_fds, Env, Launch, Mode, Rslirp, AS_TEST_USER, STEP_TIMEOUT, TAP};
+use super::process::{command, run, run_ok, wait_for, Proc};
+use super::resolv::proc_fd_path;
+use super::{nsenter, Env, Launch, Rslirp, STEP_TIMEOUT};
 
 /// The caller's mount below its shared /run that must survive rslirp's sandbox.
 pub const INNER_RUN_MOUNT: &str = "/run/rse2e-inner";
@@ -85,18 +85,12 @@ impl CallerNs {
 
     /// Runs a command as root in the caller's mount namespace; it must succeed.
     pub fn run_ok(&self, args: &[&str]) -> String {
-        let pid = self.pid().to_string();
-        let mut cmd = command("nsenter", &["-t", &pid, "-m", "--"]);
-        cmd.args(args);
-        run_ok(&mut cmd, STEP_TIMEOUT)
+        run_ok(&mut nsenter(self.pid(), "-m", args), STEP_TIMEOUT)
     }
 
     /// Like [`CallerNs::run_ok`], the result left to the caller.
     pub fn run(&self, args: &[&str]) -> Output {
-        let pid = self.pid().to_string();
-        let mut cmd = command("nsenter", &["-t", &pid, "-m", "--"]);
-        cmd.args(args);
-        run(&mut cmd, STEP_TIMEOUT)
+        run(&mut nsenter(self.pid(), "-m", args), STEP_TIMEOUT)
     }
 }
 
@@ -118,29 +112,6 @@ fn check(rc: libc::c_int) -> io::Result<()> {
     } else {
         Ok(())
     }
-}
-
-/// `/proc/self/fd/FD` as a NUL-terminated string, built without allocating (it is used
-/// between fork and exec).
-fn proc_fd_path(fd: libc::c_int) -> [u8; 32] {
-    let mut path = [0u8; 32];
-    let prefix = b"/proc/self/fd/";
-    path[..prefix.len()].copy_from_slice(prefix);
-    let mut digits = [0u8; 10];
-    let mut n = fd as u32;
-    let mut len = 0;
-    loop {
-        digits[len] = b'0' + (n % 10) as u8;
-        len += 1;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for (i, digit) in digits[..len].iter().rev().enumerate() {
-        path[prefix.len() + i] = *digit;
-    }
-    path
 }
 
 fn spawn_holder(env: &Env, resolv_dir: &Path) -> Proc {
@@ -230,39 +201,9 @@ impl Launch<'_> {
     /// Starts rslirp (as TEST_USER when rootless) in `caller`'s mount namespace and the
     /// host network namespace, and waits for the ready byte, like [`Launch::start`].
     pub fn start_in(self, caller: &CallerNs) -> Rslirp {
-        let env = self.env;
-        let n = env.launches.fetch_add(1, Ordering::SeqCst);
-        let log_path = env.tmp.path.join(format!("rslirp-{n}.log"));
-        let log = File::create(&log_path).expect("rslirp log");
-        let (ready_read, ready_write) = process::pipe();
-
         let holder = caller.pid().to_string();
-        let mut cmd = command("nsenter", &["-t", &holder, "-m", "-n", "--"]);
-        if env.mode == Mode::Rootless {
-            cmd.args(AS_TEST_USER);
-        }
-        cmd.arg(env.binary_for_mode());
-        if self.configure {
-            cmd.arg("-c");
-        }
-        cmd.args(&self.args).args(["-r", "3"]);
-        let target = match &self.target {
-            Some(target) => target.clone(),
-            None => env.guest_pid().to_string(),
-        };
-        cmd.arg(target).arg(TAP);
-        cmd.stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup"))
-            .stderr(log);
-        pass_fds(&mut cmd, &ready_write, None);
-        let proc = Proc::spawn(&mut cmd, "rslirp");
-        drop(ready_write);
-        let mut rslirp = Rslirp {
-            proc,
-            log_path,
-            ready: ready_read,
-            exit_write: None,
-        };
+        let enter = command("nsenter", &["-t", &holder, "-m", "-n", "--"]);
+        let mut rslirp = self.spawn_entering(enter);
         rslirp.await_ready_byte();
         rslirp
     }

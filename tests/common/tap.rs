@@ -21,13 +21,7 @@ const BRIDGE_POLL: Duration = Duration::from_millis(20);
 pub fn open_tun(env: &Env, name: &str, flags: libc::c_int) -> OwnedFd {
     let name = name.to_string();
     env.in_guest("open tun", move || {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_CLOEXEC)
-            .open("/dev/net/tun")
-            .expect("open /dev/net/tun");
-        let fd = OwnedFd::from(file);
+        let fd = unattached_tun();
         attach(&fd, &name, flags).unwrap_or_else(|e| panic!("TUNSETIFF {name}: {e}"));
         fd
     })
