@@ -20,11 +20,7 @@ use rslirp_stack::testing::ipv6::{ALL_NODES, ALL_ROUTERS};
 use rslirp_stack::testing::SocketKind;
 use rslirp_stack::testing::SocketState;
 use rslirp_stack::{Config, Duration, Limits, VirtualNetwork};
-use smoltcp::phy::ChecksumCapabilities;
-use smoltcp::wire::{
-    EthernetAddress, Icmpv6Repr, IpProtocol, Ipv4Packet, TcpControl, TcpPacket, TcpRepr,
-    TcpSeqNumber, ETHERNET_HEADER_LEN,
-};
+use smoltcp::wire::{EthernetAddress, Icmpv6Repr, IpProtocol, Ipv4Packet, ETHERNET_HEADER_LEN};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 /// Steps per input (see [`run_steps`]).
@@ -1066,37 +1062,14 @@ pub fn live_forward(sim: &Sim, pick: u8, udp: bool) -> Option<u64> {
 
 /// A TCP segment from any IPv6 source (`Guest::tcp6` always uses the guest's SLAAC address).
 fn tcp6_frame(guest: &Guest, src: Ipv6Addr, dst: Ipv6Addr, segment: &TcpSegment) -> Vec<u8> {
-    let repr = TcpRepr {
-        src_port: segment.src_port,
-        dst_port: segment.dst_port,
-        control: TcpControl::None,
-        seq_number: TcpSeqNumber(segment.seq as i32),
-        ack_number: segment.ack.map(|ack| TcpSeqNumber(ack as i32)),
-        window_len: segment.window,
-        window_scale: segment.window_scale,
-        max_seg_size: segment.mss,
-        sack_permitted: segment.sack_permitted,
-        sack_ranges: [None; 3],
-        timestamp: None,
-        payload: &segment.payload,
-    };
     guest.ipv6_frame(
         src,
         dst,
         guest.gateway_mac,
         IpProtocol::Tcp,
         64,
-        repr.buffer_len(),
-        |buf, src, dst| {
-            let mut packet = TcpPacket::new_unchecked(buf);
-            repr.emit(&mut packet, src, dst, &ChecksumCapabilities::default());
-            // TcpRepr has one control flag; set them all, then checksum again.
-            packet.set_syn(segment.syn);
-            packet.set_fin(segment.fin);
-            packet.set_rst(segment.rst);
-            packet.set_psh(segment.psh);
-            packet.fill_checksum(src, dst);
-        },
+        segment.buffer_len(),
+        |buf, src, dst| segment.emit(buf, src, dst),
     )
 }
 

@@ -212,27 +212,31 @@ impl Sim {
 
     pub fn check_limits(&self) {
         let (stats, limits) = (self.stack.stats(), self.config.limits);
-        assert!(
-            stats.tcp_flows as usize <= limits.max_tcp_flows,
-            "{stats:?}"
-        );
-        assert!(
-            stats.udp_flows as usize <= limits.max_udp_flows,
-            "{stats:?}"
-        );
-        assert!(
-            stats.icmp_flows as usize <= limits.max_icmp_flows,
-            "{stats:?}"
-        );
-        assert!(self.stack.forwards().count() <= limits.max_forwards);
-        assert!(
-            stats.ip_frag_pending as usize <= limits.max_reassembly_datagrams,
-            "{stats:?}"
-        );
-        assert!(
-            stats.ip_frag_bytes as usize <= limits.max_reassembly_bytes,
-            "{stats:?}"
-        );
+        for (what, count, limit) in [
+            ("TCP flows", stats.tcp_flows, limits.max_tcp_flows),
+            ("UDP flows", stats.udp_flows, limits.max_udp_flows),
+            ("ICMP flows", stats.icmp_flows, limits.max_icmp_flows),
+            (
+                "forwards",
+                self.stack.forwards().count() as u64,
+                limits.max_forwards,
+            ),
+            (
+                "reassemblies",
+                stats.ip_frag_pending,
+                limits.max_reassembly_datagrams,
+            ),
+            (
+                "reassembly bytes",
+                stats.ip_frag_bytes,
+                limits.max_reassembly_bytes,
+            ),
+        ] {
+            assert!(
+                count as usize <= limit,
+                "{what} over their limit: {stats:?}"
+            );
+        }
     }
 
     /// No leaks: every host socket still open belongs to a flow the stack counts (a flow

@@ -93,12 +93,12 @@ impl TcpSegment {
     }
 
     /// Length of the TCP header (with options) and payload.
-    pub(super) fn buffer_len(&self) -> usize {
+    pub fn buffer_len(&self) -> usize {
         self.repr().buffer_len()
     }
 
     /// Writes the segment into `buf`, checksummed for the pseudo-header `src`, `dst`.
-    pub(super) fn emit(&self, buf: &mut [u8], src: &IpAddress, dst: &IpAddress) {
+    pub fn emit(&self, buf: &mut [u8], src: &IpAddress, dst: &IpAddress) {
         let mut packet = TcpPacket::new_unchecked(buf);
         self.repr().emit(&mut packet, src, dst, &checksums());
         // TcpRepr has one control flag; set them all, then checksum again.
