@@ -41,8 +41,7 @@ pub const MESSAGE_TYPES: [DhcpMessageType; 9] = [
 ];
 
 pub fn run(data: &[u8]) {
-    let mut input = Input::new(data);
-    let flags = input.byte();
+    let (flags, mut input) = Input::with_flags(data);
     let network =
         VirtualNetwork::parse(NETWORKS[usize::from(flags) % NETWORKS.len()]).expect("valid CIDRs");
     let mtu = if flags & 4 != 0 { 576 } else { 1500 };

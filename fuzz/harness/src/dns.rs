@@ -53,8 +53,7 @@ impl Step for Op {
 }
 
 pub fn run(data: &[u8]) {
-    let mut input = Input::new(data);
-    let flags = input.byte();
+    let (flags, mut input) = Input::with_flags(data);
     let config = Config {
         enable_ipv6: flags & 1 != 0,
         disable_dns: flags & 2 != 0,

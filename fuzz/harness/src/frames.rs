@@ -240,8 +240,7 @@ pub const OPTIONS: u8 = 32;
 pub const MSS_FROM_WINDOW: u8 = 64;
 
 pub fn run(data: &[u8]) {
-    let mut input = Input::new(data);
-    let flags = input.byte();
+    let (flags, mut input) = Input::with_flags(data);
     let config = config(flags);
     let mut fuzz = Fuzz {
         guest: Guest::new(&config.network),

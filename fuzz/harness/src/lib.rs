@@ -44,6 +44,12 @@ impl<'a> Input<'a> {
         Input { data }
     }
 
+    /// A target's input: its flags byte (the first), and the steps after it.
+    pub fn with_flags(data: &'a [u8]) -> (u8, Input<'a>) {
+        let mut input = Input::new(data);
+        (input.byte(), input)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.data.is_empty()
     }
