@@ -280,10 +280,7 @@ impl Fuzz {
                 let dst = self.ipv4(input);
                 let protocol = IpProtocol::from(input.byte());
                 let payload = input.bytes();
-                let guest = Guest {
-                    ip: src,
-                    ..self.guest
-                };
+                let guest = self.guest_at(src);
                 let frame = guest.ipv4(dst, protocol, payload.len(), |buf, _, _| {
                     buf.copy_from_slice(payload)
                 });
@@ -341,24 +338,9 @@ impl Fuzz {
                 let (src, dst) = self.addresses(input);
                 let (ident, seq_no) = (input.u16(), input.u16());
                 let data = input.bytes();
-                let frame = match (src, dst) {
-                    (IpAddr::V4(src), IpAddr::V4(dst)) => Guest {
-                        ip: src,
-                        ..self.guest
-                    }
-                    .icmp_echo(dst, ident, seq_no, data),
-                    (IpAddr::V6(src), IpAddr::V6(dst)) => {
-                        let message = Icmpv6Repr::EchoRequest {
-                            ident,
-                            seq_no,
-                            data,
-                        };
-                        self.guest
-                            .icmpv6(src, dst, self.guest.gateway_mac, &message)
-                    }
-                    _ => return,
-                };
-                self.sim.guest_sends(&frame);
+                if let Some(frame) = self.echo_frame(src, dst, ident, seq_no, data) {
+                    self.sim.guest_sends(&frame);
+                }
             }
             Op::Arp => {
                 let reply = input.bool();
@@ -367,11 +349,8 @@ impl Fuzz {
                     // What the guest says when the stack asks for it (before a forward's
                     // first SYN): its address, to the gateway.
                     let network = self.sim.config.network;
-                    Guest {
-                        ip: target,
-                        ..self.guest
-                    }
-                    .arp_reply(self.guest.gateway_mac, network.gateway())
+                    self.guest_at(target)
+                        .arp_reply(self.guest.gateway_mac, network.gateway())
                 } else {
                     self.guest.arp_request(target)
                 };
@@ -629,25 +608,12 @@ impl Fuzz {
             return;
         }
         let frame = if echo {
-            match (src, dst) {
-                (IpAddr::V4(src), IpAddr::V4(dst)) => Guest {
-                    ip: src,
-                    ..self.guest
-                }
-                .icmp_echo(dst, a, b, payload),
-                (IpAddr::V6(src), IpAddr::V6(dst)) => {
-                    let message = Icmpv6Repr::EchoRequest {
-                        ident: a,
-                        seq_no: b,
-                        data: payload,
-                    };
-                    self.guest
-                        .icmpv6(src, dst, self.guest.gateway_mac, &message)
-                }
-                _ => return,
-            }
+            self.echo_frame(src, dst, a, b, payload)
         } else {
-            self.udp_frame(a, b, src, dst, payload)
+            Some(self.udp_frame(a, b, src, dst, payload))
+        };
+        let Some(frame) = frame else {
+            return;
         };
         if frame.is_empty() {
             return;
@@ -699,13 +665,12 @@ impl Fuzz {
         fill: impl FnOnce(&mut [u8]),
     ) -> Option<Vec<u8>> {
         match (src, dst) {
-            (IpAddr::V4(src), IpAddr::V4(dst)) => Some(
-                Guest {
-                    ip: src,
-                    ..self.guest
-                }
-                .ipv4(dst, protocol, len, |buf, _, _| fill(buf)),
-            ),
+            (IpAddr::V4(src), IpAddr::V4(dst)) => {
+                Some(
+                    self.guest_at(src)
+                        .ipv4(dst, protocol, len, |buf, _, _| fill(buf)),
+                )
+            }
             (IpAddr::V6(src), IpAddr::V6(dst)) => Some(self.guest.ipv6_frame(
                 src,
                 dst,
@@ -737,14 +702,7 @@ impl Fuzz {
         } else {
             flags
         };
-        let ack = segment.seq.wrapping_add(segment.seq_len());
-        let seq = segment.ack.unwrap_or(0).wrapping_add_signed(seq_offset);
-        let reply = TcpSegment {
-            src_port: segment.dst_port,
-            dst_port: segment.src_port,
-            payload,
-            ..self::segment(flags, seq, Some(ack), window)
-        };
+        let reply = answer(&segment, flags, seq_offset, window, payload);
         self.send_tcp(dst, src, &reply);
     }
 
@@ -782,14 +740,7 @@ impl Fuzz {
         let mut payload = pattern(len);
         let n = head.len().min(len);
         payload[..n].copy_from_slice(&head[..n]);
-        let ack = segment.seq.wrapping_add(segment.seq_len());
-        let seq = segment.ack.unwrap_or(0).wrapping_add_signed(seq_offset);
-        let reply = TcpSegment {
-            src_port: segment.dst_port,
-            dst_port: segment.src_port,
-            payload,
-            ..self::segment(flags, seq, Some(ack), window)
-        };
+        let reply = answer(&segment, flags, seq_offset, window, payload);
         let Some(mut frame) = self.tcp_frame(dst, src, &reply) else {
             return;
         };
@@ -926,14 +877,41 @@ impl Fuzz {
 
     fn tcp_frame(&self, src: IpAddr, dst: IpAddr, segment: &TcpSegment) -> Option<Vec<u8>> {
         match (src, dst) {
-            (IpAddr::V4(src), IpAddr::V4(dst)) => Some(
-                Guest {
-                    ip: src,
-                    ..self.guest
-                }
-                .tcp(dst, segment),
-            ),
+            (IpAddr::V4(src), IpAddr::V4(dst)) => Some(self.guest_at(src).tcp(dst, segment)),
             (IpAddr::V6(src), IpAddr::V6(dst)) => Some(tcp6_frame(&self.guest, src, dst, segment)),
+            _ => None,
+        }
+    }
+
+    /// The guest, as if its IPv4 address were `ip` (frames from any source).
+    fn guest_at(&self, ip: Ipv4Addr) -> Guest {
+        Guest { ip, ..self.guest }
+    }
+
+    /// An echo request from any source, or None for mixed families.
+    fn echo_frame(
+        &self,
+        src: IpAddr,
+        dst: IpAddr,
+        ident: u16,
+        seq_no: u16,
+        data: &[u8],
+    ) -> Option<Vec<u8>> {
+        match (src, dst) {
+            (IpAddr::V4(src), IpAddr::V4(dst)) => {
+                Some(self.guest_at(src).icmp_echo(dst, ident, seq_no, data))
+            }
+            (IpAddr::V6(src), IpAddr::V6(dst)) => {
+                let message = Icmpv6Repr::EchoRequest {
+                    ident,
+                    seq_no,
+                    data,
+                };
+                Some(
+                    self.guest
+                        .icmpv6(src, dst, self.guest.gateway_mac, &message),
+                )
+            }
             _ => None,
         }
     }
@@ -947,11 +925,10 @@ impl Fuzz {
         payload: &[u8],
     ) -> Vec<u8> {
         match (src, dst) {
-            (IpAddr::V4(src), IpAddr::V4(dst)) => Guest {
-                ip: src,
-                ..self.guest
+            (IpAddr::V4(src), IpAddr::V4(dst)) => {
+                self.guest_at(src)
+                    .udp(src_port, SocketAddrV4::new(dst, dst_port), payload)
             }
-            .udp(src_port, SocketAddrV4::new(dst, dst_port), payload),
             (IpAddr::V6(src), IpAddr::V6(dst)) => self.guest.udp6_from(
                 SocketAddrV6::new(src, src_port, 0, 0),
                 SocketAddrV6::new(dst, dst_port, 0, 0),
@@ -970,6 +947,25 @@ fn reply(e: &mut Encoder, flags: u8, window: u8, payload: &[u8]) {
     e.step(Op::TcpReply)
         .fields(&[0, flags, 0, window])
         .bytes(payload);
+}
+
+/// The guest's answer to `segment`: the ports swapped, all of it acknowledged, its sequence
+/// number the one `segment` acknowledged moved by `seq_offset`.
+fn answer(
+    segment: &TcpSegment,
+    flags: u8,
+    seq_offset: i32,
+    window: u16,
+    payload: Vec<u8>,
+) -> TcpSegment {
+    let ack = segment.seq.wrapping_add(segment.seq_len());
+    let seq = segment.ack.unwrap_or(0).wrapping_add_signed(seq_offset);
+    TcpSegment {
+        src_port: segment.dst_port,
+        dst_port: segment.src_port,
+        payload,
+        ..self::segment(flags, seq, Some(ack), window)
+    }
 }
 
 /// A segment with `flags` (the bits above), as the guest would send it.
