@@ -22,9 +22,11 @@ use common::net::{self, Server};
 use common::ns::{spawn_in_netns, Netns};
 use common::process::wait_for;
 use common::{bind_in, Env, Mode, Rslirp, STEP_TIMEOUT, TAP};
-use std::io;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags};
+use std::io::IoSliceMut;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
 both_modes!(
@@ -169,20 +171,6 @@ impl GuestError {
     }
 }
 
-fn setsockopt_int(socket: &UdpSocket, level: libc::c_int, name: libc::c_int, value: libc::c_int) {
-    // SAFETY: setsockopt reads a c_int from a live local; the fd is open while borrowed.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            level,
-            name,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "setsockopt: {}", io::Error::last_os_error());
-}
-
 /// Waits up to `timeout` for an entry in the socket's error queue (IP_RECVERR) and returns
 /// it; `None` if none came.
 fn wait_error_queue(socket: &UdpSocket, timeout: Duration) -> Option<GuestError> {
@@ -192,14 +180,14 @@ fn wait_error_queue(socket: &UdpSocket, timeout: Duration) -> Option<GuestError>
         if left.is_zero() {
             return None;
         }
-        let mut poll = libc::pollfd {
-            fd: socket.as_raw_fd(),
-            events: 0, // POLLERR is always reported
-            revents: 0,
-        };
-        // SAFETY: one pollfd we own, for the call's duration.
-        let ready = unsafe { libc::poll(&mut poll, 1, left.as_millis().min(1000) as libc::c_int) };
-        if ready <= 0 || poll.revents & libc::POLLERR == 0 {
+        // No events asked for: POLLERR is always reported.
+        let mut fds = [PollFd::new(socket.as_fd(), PollFlags::empty())];
+        let wait = PollTimeout::try_from(left.min(Duration::from_secs(1))).expect("1 s at most");
+        let ready = poll(&mut fds, wait).unwrap_or(0);
+        let errored = fds[0]
+            .revents()
+            .is_some_and(|revents| revents.contains(PollFlags::POLLERR));
+        if ready == 0 || !errored {
             continue;
         }
         if let Some(error) = recv_error(socket) {
@@ -208,73 +196,39 @@ fn wait_error_queue(socket: &UdpSocket, timeout: Duration) -> Option<GuestError>
     }
 }
 
-/// One entry of the socket's error queue, if it is an ICMP error.
+/// One entry of the socket's error queue, if it is an ICMP error. Read through nix's
+/// recvmsg and control-message parser, not rslirp's own (src/host.rs), so that a fault in
+/// rslirp's parser cannot hide from this test.
 fn recv_error(socket: &UdpSocket) -> Option<GuestError> {
     let mut data = [0u8; 2048];
-    let mut control = [0u64; 32];
-    let mut iov = libc::iovec {
-        iov_base: data.as_mut_ptr().cast(),
-        iov_len: data.len(),
-    };
-    // SAFETY: msghdr is plain old data; all zeroes is an empty one.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&control) as _;
-    // SAFETY: the buffers `msg` points to are ours and live across the call.
-    let n = unsafe {
-        libc::recvmsg(
-            socket.as_raw_fd(),
-            &mut msg,
-            libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT,
-        )
-    };
-    if n < 0 {
-        return None;
-    }
-    // SAFETY: walking the control messages the kernel wrote, within msg_controllen.
-    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
-    while !cmsg.is_null() {
-        // SAFETY: a complete cmsghdr inside `control`.
-        let header = unsafe { &*cmsg };
-        let v4 = header.cmsg_level == libc::SOL_IP && header.cmsg_type == libc::IP_RECVERR;
-        let v6 = header.cmsg_level == libc::SOL_IPV6 && header.cmsg_type == libc::IPV6_RECVERR;
-        if v4 || v6 {
-            // SAFETY: CMSG_LEN computes a length; CMSG_DATA points inside this message,
-            // whose `cmsg_len` bytes the kernel wrote.
-            let bytes = unsafe {
-                let len = (header.cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
-                std::slice::from_raw_parts(libc::CMSG_DATA(cmsg), len)
-            };
-            let (origin, icmp_type, code) = (bytes[4], bytes[5], bytes[6]);
-            let icmp_origin = if v6 {
-                libc::SO_EE_ORIGIN_ICMP6
-            } else {
-                libc::SO_EE_ORIGIN_ICMP
-            };
-            if origin != icmp_origin {
-                return None;
+    let mut iov = [IoSliceMut::new(&mut data)];
+    let mut control = nix::cmsg_space!(libc::sock_extended_err, libc::sockaddr_in6);
+    let flags = MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT;
+    let msg = recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut control), flags).ok()?;
+    for cmsg in msg.cmsgs().ok()? {
+        let (error, offender, icmp_origin) = match cmsg {
+            ControlMessageOwned::Ipv4RecvErr(error, offender) => {
+                let offender = offender
+                    .filter(|addr| i32::from(addr.sin_family) == libc::AF_INET)
+                    .map(|addr| IpAddr::V4(Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr))));
+                (error, offender, libc::SO_EE_ORIGIN_ICMP)
             }
-            let addr = &bytes[16..];
-            let family = i32::from(u16::from_ne_bytes([addr[0], addr[1]]));
-            let offender = if family == libc::AF_INET {
-                let octets: [u8; 4] = addr[4..8].try_into().expect("4 bytes");
-                Some(IpAddr::V4(octets.into()))
-            } else if family == libc::AF_INET6 {
-                let octets: [u8; 16] = addr[8..24].try_into().expect("16 bytes");
-                Some(IpAddr::V6(octets.into()))
-            } else {
-                None
-            };
-            return Some(GuestError {
-                icmp_type,
-                code,
-                offender,
-            });
+            ControlMessageOwned::Ipv6RecvErr(error, offender) => {
+                let offender = offender
+                    .filter(|addr| i32::from(addr.sin6_family) == libc::AF_INET6)
+                    .map(|addr| IpAddr::V6(Ipv6Addr::from(addr.sin6_addr.s6_addr)));
+                (error, offender, libc::SO_EE_ORIGIN_ICMP6)
+            }
+            _ => continue,
+        };
+        if error.ee_origin != icmp_origin {
+            return None;
         }
-        // SAFETY: as above.
-        cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
+        return Some(GuestError {
+            icmp_type: error.ee_type,
+            code: error.ee_code,
+            offender,
+        });
     }
     None
 }
@@ -287,15 +241,11 @@ fn guest_probe(env: &Env, to: SocketAddr, hop_limit: u32) -> Result<Vec<u8>, Gue
             UdpSocket::bind((net::unspecified_for(to.ip()), 0)).expect("bind a guest UDP socket");
         socket.connect(to).expect("connect");
         if to.is_ipv6() {
-            setsockopt_int(&socket, libc::IPPROTO_IPV6, libc::IPV6_RECVERR, 1);
-            setsockopt_int(
-                &socket,
-                libc::IPPROTO_IPV6,
-                libc::IPV6_UNICAST_HOPS,
-                hop_limit as libc::c_int,
-            );
+            setsockopt(&socket, sockopt::Ipv6RecvErr, &true).expect("IPV6_RECVERR");
+            let hops = hop_limit as libc::c_int;
+            setsockopt(&socket, sockopt::Ipv6Ttl, &hops).expect("IPV6_UNICAST_HOPS");
         } else {
-            setsockopt_int(&socket, libc::IPPROTO_IP, libc::IP_RECVERR, 1);
+            setsockopt(&socket, sockopt::Ipv4RecvErr, &true).expect("IP_RECVERR");
             socket.set_ttl(hop_limit).expect("IP_TTL");
         }
         socket
