@@ -9,9 +9,9 @@
 mod common;
 
 use common::api::{id_reply, Api};
-use common::dns::{Dnsmasq, Record};
 use common::ipv6::{
-    assert_forward_echo, await_slaac, guest_global_addrs, guest_peer_echo_server, listed_addrs, v6,
+    assert_dns_via_forwarder, assert_forward_echo, await_slaac, guest_global_addrs,
+    guest_peer_echo_server, listed_addrs, v6,
 };
 use common::{Env, Mode, Rslirp, STEP_TIMEOUT, TAP};
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -77,14 +77,7 @@ fn dns_via_the_prefix_dns_forwarder(mode: Mode) {
     const NAME: &str = "cidr6.rslirp.test";
     const ADDRESS: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 42);
     let env = Env::new(mode);
-    // The test's resolv.conf names the host namespace's 127.0.0.1 (see common::resolv).
-    let server = Dnsmasq::start(&env, Ipv4Addr::LOCALHOST, &[Record::A(NAME, ADDRESS)]);
-    let (_rslirp, _) = start(&env);
-    assert_eq!(
-        env.guest_dns_a_retried(DNS6, NAME, 0x420),
-        [ADDRESS],
-        "answer from the test's server"
-    );
+    let (server, _rslirp) = assert_dns_via_forwarder(&env, start, DNS6, NAME, ADDRESS, 0x420);
     assert!(server.queries_for(NAME) >= 1, "{}", server.log());
 }
 

@@ -22,9 +22,12 @@ use common::net::{self, Server};
 use common::ns::{spawn_in_netns, Netns};
 use common::process::wait_for;
 use common::{bind_in, Env, Mode, Rslirp, STEP_TIMEOUT, TAP};
-use std::io;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags};
+use smoltcp::wire::{Icmpv4DstUnreachable, Icmpv4Message, Icmpv6Message};
+use std::io::IoSliceMut;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
 both_modes!(
@@ -36,22 +39,31 @@ both_modes!(
     confined_rslirp_relays_errors_too,
 );
 
+/// A place on the path, by its IPv4 and its IPv6 address.
+struct Hop {
+    v4: Ipv4Addr,
+    v6: Ipv6Addr,
+}
+
 /// rslirp's gateway as the guest sees it: the first hop.
-const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
-const GATEWAY_6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
-const R1: Ipv4Addr = Ipv4Addr::new(172, 16, 1, 2);
-const R2: Ipv4Addr = Ipv4Addr::new(172, 16, 2, 2);
-const FAR: Ipv4Addr = Ipv4Addr::new(172, 16, 3, 2);
-const R1_6: Ipv6Addr = Ipv6Addr::new(0xfd01, 1, 0, 0, 0, 0, 0, 2);
-const R2_6: Ipv6Addr = Ipv6Addr::new(0xfd01, 2, 0, 0, 0, 0, 0, 2);
-const FAR_6: Ipv6Addr = Ipv6Addr::new(0xfd01, 3, 0, 0, 0, 0, 0, 2);
+const GATEWAY: Hop = Hop {
+    v4: Ipv4Addr::new(10, 0, 2, 2),
+    v6: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2),
+};
+/// r1, r2 and the far host: the far ends of links 1, 2 and 3 of the diagram above.
+const R1: Hop = far_end_of_link(1);
+const R2: Hop = far_end_of_link(2);
+const FAR: Hop = far_end_of_link(3);
 /// How long the guest waits for an ICMP error or an echo.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
-/// ICMP types as `sock_extended_err` carries them.
-const ICMP_TIME_EXCEEDED: u8 = 11;
-const ICMP_DEST_UNREACH: u8 = 3;
-const ICMP_PORT_UNREACH: u8 = 3;
-const ICMPV6_TIME_EXCEED: u8 = 3;
+
+/// The far end of link `n` of the diagram: 172.16.n.2 and fd01:n::2.
+const fn far_end_of_link(n: u8) -> Hop {
+    Hop {
+        v4: Ipv4Addr::new(172, 16, n, 2),
+        v6: Ipv6Addr::new(0xfd01, n as u16, 0, 0, 0, 0, 0, 2),
+    }
+}
 
 /// The routers and the far host; their namespaces go with it.
 struct FarNetwork {
@@ -169,20 +181,6 @@ impl GuestError {
     }
 }
 
-fn setsockopt_int(socket: &UdpSocket, level: libc::c_int, name: libc::c_int, value: libc::c_int) {
-    // SAFETY: setsockopt reads a c_int from a live local; the fd is open while borrowed.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            level,
-            name,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "setsockopt: {}", io::Error::last_os_error());
-}
-
 /// Waits up to `timeout` for an entry in the socket's error queue (IP_RECVERR) and returns
 /// it; `None` if none came.
 fn wait_error_queue(socket: &UdpSocket, timeout: Duration) -> Option<GuestError> {
@@ -192,14 +190,14 @@ fn wait_error_queue(socket: &UdpSocket, timeout: Duration) -> Option<GuestError>
         if left.is_zero() {
             return None;
         }
-        let mut poll = libc::pollfd {
-            fd: socket.as_raw_fd(),
-            events: 0, // POLLERR is always reported
-            revents: 0,
-        };
-        // SAFETY: one pollfd we own, for the call's duration.
-        let ready = unsafe { libc::poll(&mut poll, 1, left.as_millis().min(1000) as libc::c_int) };
-        if ready <= 0 || poll.revents & libc::POLLERR == 0 {
+        // No events asked for: POLLERR is always reported.
+        let mut fds = [PollFd::new(socket.as_fd(), PollFlags::empty())];
+        let wait = PollTimeout::try_from(left.min(Duration::from_secs(1))).expect("1 s at most");
+        let ready = poll(&mut fds, wait).unwrap_or(0);
+        let errored = fds[0]
+            .revents()
+            .is_some_and(|revents| revents.contains(PollFlags::POLLERR));
+        if ready == 0 || !errored {
             continue;
         }
         if let Some(error) = recv_error(socket) {
@@ -208,73 +206,39 @@ fn wait_error_queue(socket: &UdpSocket, timeout: Duration) -> Option<GuestError>
     }
 }
 
-/// One entry of the socket's error queue, if it is an ICMP error.
+/// One entry of the socket's error queue, if it is an ICMP error. Read through nix's
+/// recvmsg and control-message parser, not rslirp's own (src/host.rs), so that a fault in
+/// rslirp's parser cannot hide from this test.
 fn recv_error(socket: &UdpSocket) -> Option<GuestError> {
     let mut data = [0u8; 2048];
-    let mut control = [0u64; 32];
-    let mut iov = libc::iovec {
-        iov_base: data.as_mut_ptr().cast(),
-        iov_len: data.len(),
-    };
-    // SAFETY: msghdr is plain old data; all zeroes is an empty one.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&control) as _;
-    // SAFETY: the buffers `msg` points to are ours and live across the call.
-    let n = unsafe {
-        libc::recvmsg(
-            socket.as_raw_fd(),
-            &mut msg,
-            libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT,
-        )
-    };
-    if n < 0 {
-        return None;
-    }
-    // SAFETY: walking the control messages the kernel wrote, within msg_controllen.
-    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
-    while !cmsg.is_null() {
-        // SAFETY: a complete cmsghdr inside `control`.
-        let header = unsafe { &*cmsg };
-        let v4 = header.cmsg_level == libc::SOL_IP && header.cmsg_type == libc::IP_RECVERR;
-        let v6 = header.cmsg_level == libc::SOL_IPV6 && header.cmsg_type == libc::IPV6_RECVERR;
-        if v4 || v6 {
-            // SAFETY: CMSG_LEN computes a length; CMSG_DATA points inside this message,
-            // whose `cmsg_len` bytes the kernel wrote.
-            let bytes = unsafe {
-                let len = (header.cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
-                std::slice::from_raw_parts(libc::CMSG_DATA(cmsg), len)
-            };
-            let (origin, icmp_type, code) = (bytes[4], bytes[5], bytes[6]);
-            let icmp_origin = if v6 {
-                libc::SO_EE_ORIGIN_ICMP6
-            } else {
-                libc::SO_EE_ORIGIN_ICMP
-            };
-            if origin != icmp_origin {
-                return None;
+    let mut iov = [IoSliceMut::new(&mut data)];
+    let mut control = nix::cmsg_space!(libc::sock_extended_err, libc::sockaddr_in6);
+    let flags = MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT;
+    let msg = recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut control), flags).ok()?;
+    for cmsg in msg.cmsgs().ok()? {
+        let (error, offender, icmp_origin) = match cmsg {
+            ControlMessageOwned::Ipv4RecvErr(error, offender) => {
+                let offender = offender
+                    .filter(|addr| i32::from(addr.sin_family) == libc::AF_INET)
+                    .map(|addr| IpAddr::V4(Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr))));
+                (error, offender, libc::SO_EE_ORIGIN_ICMP)
             }
-            let addr = &bytes[16..];
-            let family = i32::from(u16::from_ne_bytes([addr[0], addr[1]]));
-            let offender = if family == libc::AF_INET {
-                let octets: [u8; 4] = addr[4..8].try_into().expect("4 bytes");
-                Some(IpAddr::V4(octets.into()))
-            } else if family == libc::AF_INET6 {
-                let octets: [u8; 16] = addr[8..24].try_into().expect("16 bytes");
-                Some(IpAddr::V6(octets.into()))
-            } else {
-                None
-            };
-            return Some(GuestError {
-                icmp_type,
-                code,
-                offender,
-            });
+            ControlMessageOwned::Ipv6RecvErr(error, offender) => {
+                let offender = offender
+                    .filter(|addr| i32::from(addr.sin6_family) == libc::AF_INET6)
+                    .map(|addr| IpAddr::V6(Ipv6Addr::from(addr.sin6_addr.s6_addr)));
+                (error, offender, libc::SO_EE_ORIGIN_ICMP6)
+            }
+            _ => continue,
+        };
+        if error.ee_origin != icmp_origin {
+            return None;
         }
-        // SAFETY: as above.
-        cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
+        return Some(GuestError {
+            icmp_type: error.ee_type,
+            code: error.ee_code,
+            offender,
+        });
     }
     None
 }
@@ -287,15 +251,11 @@ fn guest_probe(env: &Env, to: SocketAddr, hop_limit: u32) -> Result<Vec<u8>, Gue
             UdpSocket::bind((net::unspecified_for(to.ip()), 0)).expect("bind a guest UDP socket");
         socket.connect(to).expect("connect");
         if to.is_ipv6() {
-            setsockopt_int(&socket, libc::IPPROTO_IPV6, libc::IPV6_RECVERR, 1);
-            setsockopt_int(
-                &socket,
-                libc::IPPROTO_IPV6,
-                libc::IPV6_UNICAST_HOPS,
-                hop_limit as libc::c_int,
-            );
+            setsockopt(&socket, sockopt::Ipv6RecvErr, &true).expect("IPV6_RECVERR");
+            let hops = hop_limit as libc::c_int;
+            setsockopt(&socket, sockopt::Ipv6Ttl, &hops).expect("IPV6_UNICAST_HOPS");
         } else {
-            setsockopt_int(&socket, libc::IPPROTO_IP, libc::IP_RECVERR, 1);
+            setsockopt(&socket, sockopt::Ipv4RecvErr, &true).expect("IP_RECVERR");
             socket.set_ttl(hop_limit).expect("IP_TTL");
         }
         socket
@@ -353,14 +313,20 @@ fn relayed(api: &Api) -> u64 {
 fn udp_probes_expire_at_the_gateway_then_at_the_first_router(mode: Mode) {
     let env = Env::new(mode);
     let (_rslirp, network, api) = start(&env);
-    let server = far_udp_echo(&network, FAR.into());
-    let to = SocketAddr::new(FAR.into(), server.port());
+    let server = far_udp_echo(&network, FAR.v4.into());
+    let to = SocketAddr::new(FAR.v4.into(), server.port());
 
     let error = guest_probe(&env, to, 1).expect_err("TTL 1 ends at the gateway");
-    assert_eq!(error, GuestError::new(ICMP_TIME_EXCEEDED, 0, GATEWAY));
+    assert_eq!(
+        error,
+        GuestError::new(Icmpv4Message::TimeExceeded.into(), 0, GATEWAY.v4)
+    );
     assert_eq!(relayed(&api), 0, "rslirp answered that one itself");
     let error = guest_probe(&env, to, 2).expect_err("TTL 2 ends at the first router");
-    assert_eq!(error, GuestError::new(ICMP_TIME_EXCEEDED, 0, R1));
+    assert_eq!(
+        error,
+        GuestError::new(Icmpv4Message::TimeExceeded.into(), 0, R1.v4)
+    );
     assert_eq!(relayed(&api), 1, "rslirp relayed r1's");
     let echo = guest_probe(&env, to, 8).expect("TTL 8 reaches the far host's echo server");
     assert_eq!(echo, b"rslirp probe");
@@ -369,8 +335,8 @@ fn udp_probes_expire_at_the_gateway_then_at_the_first_router(mode: Mode) {
 fn ping_with_ttl_1_and_2_hears_time_exceeded(mode: Mode) {
     let env = Env::new(mode);
     let (_rslirp, _network, _api) = start(&env);
-    let far = FAR.to_string();
-    for (ttl, from) in [("1", GATEWAY), ("2", R1)] {
+    let far = FAR.v4.to_string();
+    for (ttl, from) in [("1", GATEWAY.v4), ("2", R1.v4)] {
         let out = env.guest_cmd(&[
             "ping", "-n", "-c", "2", "-i", "0.5", "-W", "3", "-t", ttl, &far,
         ]);
@@ -390,25 +356,44 @@ fn udp_to_a_closed_port_hears_port_unreachable_from_the_far_host(mode: Mode) {
     let (_rslirp, network, _api) = start(&env);
     // A port nothing listens on: bound and closed again.
     let port = spawn_in_netns(network.far.path(), "far port", || {
-        UdpSocket::bind((FAR, 0)).map(|s| s.local_addr().expect("addr").port())
+        UdpSocket::bind((FAR.v4, 0)).map(|s| s.local_addr().expect("addr").port())
     })
     .wait(STEP_TIMEOUT)
     .expect("a free port");
-    let error = guest_probe(&env, SocketAddr::new(FAR.into(), port), 64)
+    let error = guest_probe(&env, SocketAddr::new(FAR.v4.into(), port), 64)
         .expect_err("nothing listens there");
     assert_eq!(
         error,
-        GuestError::new(ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, FAR)
+        GuestError::new(
+            Icmpv4Message::DstUnreachable.into(),
+            Icmpv4DstUnreachable::PortUnreachable.into(),
+            FAR.v4
+        )
     );
+}
+
+/// `traceroute -n -w 3 -m 6` from the guest to `to` (with `-6` for IPv6), which must
+/// succeed: its output.
+fn guest_traceroute(env: &Env, to: IpAddr) -> String {
+    let command = if to.is_ipv6() {
+        "traceroute -6"
+    } else {
+        "traceroute"
+    };
+    let to = to.to_string();
+    let mut args: Vec<&str> = command.split(' ').collect();
+    args.extend(["-n", "-w", "3", "-m", "6", &to]);
+    let out = env.guest_cmd(&args);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{command} from the guest:\n{text}");
+    assert!(out.status.success(), "{command} failed: {out:?}");
+    text
 }
 
 fn traceroute_names_both_routers(mode: Mode) {
     let env = Env::new(mode);
     let (_rslirp, _network, api) = start(&env);
-    let out = env.guest_cmd(&["traceroute", "-n", "-w", "3", "-m", "6", &FAR.to_string()]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    println!("traceroute from the guest:\n{text}");
-    assert!(out.status.success(), "traceroute failed: {out:?}");
+    let text = guest_traceroute(&env, FAR.v4.into());
     let hop = |n: usize| -> String {
         text.lines()
             .find(|line| line.trim_start().starts_with(&format!("{n} ")))
@@ -416,13 +401,13 @@ fn traceroute_names_both_routers(mode: Mode) {
             .to_string()
     };
     assert!(
-        hop(1).contains(&GATEWAY.to_string()),
+        hop(1).contains(&GATEWAY.v4.to_string()),
         "hop 1 is the gateway:\n{text}"
     );
-    assert!(hop(2).contains(&R1.to_string()), "hop 2 is r1:\n{text}");
-    assert!(hop(3).contains(&R2.to_string()), "hop 3 is r2:\n{text}");
+    assert!(hop(2).contains(&R1.v4.to_string()), "hop 2 is r1:\n{text}");
+    assert!(hop(3).contains(&R2.v4.to_string()), "hop 3 is r2:\n{text}");
     assert!(
-        hop(4).contains(&FAR.to_string()),
+        hop(4).contains(&FAR.v4.to_string()),
         "hop 4 is the far host:\n{text}"
     );
     assert!(
@@ -454,21 +439,21 @@ fn ipv6_probes_expire_at_the_gateway_then_at_the_first_router(mode: Mode) {
             && !addrs.contains("tentative");
         ready.then_some(())
     });
-    let server = far_udp_echo(&network, FAR_6.into());
-    let to = SocketAddr::new(FAR_6.into(), server.port());
-    for (hop_limit, from) in [(1, GATEWAY_6), (2, R1_6)] {
+    let server = far_udp_echo(&network, FAR.v6.into());
+    let to = SocketAddr::new(FAR.v6.into(), server.port());
+    for (hop_limit, from) in [(1, GATEWAY.v6), (2, R1.v6)] {
         let error = guest_probe(&env, to, hop_limit).expect_err("the hop limit runs out");
         assert_eq!(
             error,
-            GuestError::new(ICMPV6_TIME_EXCEED, 0, from),
+            GuestError::new(Icmpv6Message::TimeExceeded.into(), 0, from),
             "hop limit {hop_limit}"
         );
     }
     let echo = guest_probe(&env, to, 8).expect("hop limit 8 reaches the far host");
     assert_eq!(echo, b"rslirp probe");
 
-    for (hop_limit, from) in [("1", GATEWAY_6), ("2", R1_6)] {
-        let text = guest_ping_once(&env, FAR_6.into(), hop_limit);
+    for (hop_limit, from) in [("1", GATEWAY.v6), ("2", R1.v6)] {
+        let text = guest_ping_once(&env, FAR.v6.into(), hop_limit);
         println!("ping -6 -t {hop_limit} from the guest:\n{text}");
         assert!(
             text.contains(&format!("From {from} icmp_seq=1 Time exceeded: Hop limit")),
@@ -476,22 +461,10 @@ fn ipv6_probes_expire_at_the_gateway_then_at_the_first_router(mode: Mode) {
         );
     }
 
-    let out = env.guest_cmd(&[
-        "traceroute",
-        "-6",
-        "-n",
-        "-w",
-        "3",
-        "-m",
-        "6",
-        &FAR_6.to_string(),
-    ]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    println!("traceroute -6 from the guest:\n{text}");
-    assert!(out.status.success(), "traceroute -6 failed: {out:?}");
+    let text = guest_traceroute(&env, FAR.v6.into());
     let hops: Vec<&str> = text.lines().skip(1).collect();
     assert_eq!(hops.len(), 4, "the gateway, r1, r2, the far host:\n{text}");
-    for (hop, addr) in hops.iter().zip([GATEWAY_6, R1_6, R2_6, FAR_6]) {
+    for (hop, addr) in hops.iter().zip([GATEWAY.v6, R1.v6, R2.v6, FAR.v6]) {
         assert!(
             hop.contains(&format!(" {addr} ")),
             "{addr} in {hop:?}:\n{text}"
@@ -512,16 +485,16 @@ fn confined_rslirp_relays_errors_too(mode: Mode) {
         .arg("--enable-sandbox")
         .arg("--enable-seccomp")
         .start_in(&caller);
-    let server = far_udp_echo(&network, FAR.into());
-    let to = SocketAddr::new(FAR.into(), server.port());
+    let server = far_udp_echo(&network, FAR.v4.into());
+    let to = SocketAddr::new(FAR.v4.into(), server.port());
     let error = guest_probe(&env, to, 2).expect_err("TTL 2 ends at the first router");
     assert_eq!(
         (error.icmp_type, error.offender),
-        (ICMP_TIME_EXCEEDED, Some(R1.into()))
+        (u8::from(Icmpv4Message::TimeExceeded), Some(R1.v4.into()))
     );
-    let text = guest_ping_once(&env, FAR.into(), "2");
+    let text = guest_ping_once(&env, FAR.v4.into(), "2");
     assert!(
-        text.contains(&format!("From {R1} icmp_seq=1 Time to live exceeded")),
+        text.contains(&format!("From {} icmp_seq=1 Time to live exceeded", R1.v4)),
         "ping -t 2: {text}"
     );
     assert_eq!(relayed(&api), 2);

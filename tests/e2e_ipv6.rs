@@ -7,9 +7,10 @@
 mod common;
 
 use common::api::{id_reply, Api};
-use common::dns::{self, Dnsmasq, Record, TYPE_A};
+use common::dns::{self, TYPE_A};
 use common::ipv6::{
-    assert_forward_echo, await_slaac, guest_global_addrs, guest_peer_echo_server, v6,
+    assert_dns_via_forwarder, assert_forward_echo, await_slaac, guest_global_addrs,
+    guest_peer_echo_server, v6,
 };
 use common::net::{self, Server};
 use common::{Env, Mode, Rslirp, STEP_TIMEOUT};
@@ -154,16 +155,8 @@ fn dns_via_fd00_3(mode: Mode) {
     const NAME: &str = "over-ipv6.rslirp.test";
     const ADDRESS: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 66);
     let env = Env::new(mode);
-    // The test's resolv.conf names the host namespace's 127.0.0.1 (see common::resolv):
-    // only this server can answer, and nothing leaves the machine.
-    let server = Dnsmasq::start(&env, Ipv4Addr::LOCALHOST, &[Record::A(NAME, ADDRESS)]);
-    let (_rslirp, _) = start_with_ipv6(&env);
-
-    assert_eq!(
-        env.guest_dns_a_retried(DNS6, NAME, 0x600),
-        [ADDRESS],
-        "UDP answer from the test's server"
-    );
+    let (server, _rslirp) =
+        assert_dns_via_forwarder(&env, start_with_ipv6, DNS6, NAME, ADDRESS, 0x600);
 
     let to = v6(DNS6, 53);
     let mut stream = env

@@ -72,17 +72,31 @@ fn tapfd_launch(env: &Env) -> Launch<'_> {
     env.rslirp().no_configure().arg("--netns-type=tapfd")
 }
 
-/// rslirp's output names the tap behind the fd (`tap`) and whether it uses the offloads.
-fn assert_output_names(rslirp: &Rslirp, tap: &str, offloads: &str) {
+/// The tap `name`, opened with `flags` and set up in the guest: its fd, for rslirp.
+fn open_guest_tap(env: &Env, name: &str, flags: libc::c_int) -> OwnedFd {
+    let fd = tap::open_tun(env, name, flags);
+    tap::configure_guest_interface(env, name);
+    fd
+}
+
+/// rslirp's output names the tap `name` behind the fd, says whether it has the virtio-net
+/// header (`virtio`), and whether it uses the offloads (it does exactly with the header).
+fn assert_output_names(rslirp: &Rslirp, name: &str, virtio: bool) {
+    let (tap, offloads) = if virtio {
+        let tap = format!("TAPFD {TAPFD} is tap {name} with virtio-net header and offloads");
+        (tap, "tap offloads on")
+    } else {
+        let tap = format!("TAPFD {TAPFD} is tap {name} without virtio-net header");
+        (tap, "tap offloads off")
+    };
     let output = rslirp.output();
-    assert!(output.contains(tap), "{output}");
+    assert!(output.contains(&tap), "{output}");
     assert!(output.contains(offloads), "{output}");
 }
 
 fn tapfd_plain_tap_carries_ping_tcp_udp_dns(mode: Mode) {
     let env = Env::new(mode);
-    let fd = tap::open_tun(&env, TAP, libc::IFF_TAP | libc::IFF_NO_PI);
-    tap::configure_guest_interface(&env, TAP);
+    let fd = open_guest_tap(&env, TAP, libc::IFF_TAP | libc::IFF_NO_PI);
     let dns_name = "tapfd.rslirp.test";
     let dns_addr = Ipv4Addr::new(192, 0, 2, 15);
     let _dns = Dnsmasq::start(&env, Ipv4Addr::LOCALHOST, &[Record::A(dns_name, dns_addr)]);
@@ -92,11 +106,7 @@ fn tapfd_plain_tap_carries_ping_tcp_udp_dns(mode: Mode) {
         .operands(&[&TAPFD.to_string()])
         .start();
     rslirp.assert_ready_fd_closed();
-    assert_output_names(
-        &rslirp,
-        &format!("TAPFD {TAPFD} is tap {TAP} without virtio-net header"),
-        "tap offloads off",
-    );
+    assert_output_names(&rslirp, TAP, false);
 
     common::assert_traffic_works(&env);
     let server = env.host_udp_echo_server(Ipv4Addr::LOCALHOST);
@@ -111,8 +121,7 @@ fn tapfd_plain_tap_carries_ping_tcp_udp_dns(mode: Mode) {
 fn tapfd_with_virtio_header_uses_offloads_in_the_sandbox(mode: Mode) {
     let env = Env::new(mode);
     let flags = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
-    let fd = tap::open_tun(&env, "vtap0", flags);
-    tap::configure_guest_interface(&env, "vtap0");
+    let fd = open_guest_tap(&env, "vtap0", flags);
     let mut rslirp = tapfd_launch(&env)
         .arg("--enable-sandbox")
         .arg("--enable-seccomp")
@@ -121,11 +130,7 @@ fn tapfd_with_virtio_header_uses_offloads_in_the_sandbox(mode: Mode) {
         // A TAPNAME is accepted and changes nothing: the fd names its interface.
         .operands(&[&TAPFD.to_string(), "ignored0"])
         .start();
-    assert_output_names(
-        &rslirp,
-        &format!("TAPFD {TAPFD} is tap vtap0 with virtio-net header and offloads"),
-        "tap offloads on",
-    );
+    assert_output_names(&rslirp, "vtap0", true);
     // With the offloads, TCP crosses the tap in segments of up to 64 KiB both ways; the
     // echo proves them framed right (a wrong header length would garble every frame).
     common::assert_gateway_answers_ping(&env);
@@ -186,9 +191,9 @@ fn bess_socket_path(env: &Env) -> PathBuf {
     dir.join("bess.sock")
 }
 
-/// `--target-type=bess PATH` without -c; more options may be added.
-fn bess_launch<'a>(env: &'a Env, path: &Path) -> Launch<'a> {
-    env.rslirp()
+/// `launch` with `--target-type=bess PATH`, without -c; more options may be added.
+fn bess_launch<'a>(launch: Launch<'a>, path: &Path) -> Launch<'a> {
+    launch
         .no_configure()
         .arg("--target-type=bess")
         .operands(&[&path.to_string_lossy()])
@@ -318,10 +323,7 @@ fn bess_peer_gets_arp_dhcp_and_tcp(mode: Mode) {
     let env = Env::new(mode);
     let path = bess_socket_path(&env);
     let api = Api::new(&env);
-    let mut rslirp = bess_launch(&env, &path)
-        .arg("-a")
-        .arg(&api.path.to_string_lossy())
-        .spawn();
+    let mut rslirp = bess_launch(api.launch(&env), &path).spawn();
     await_bess_socket(&mut rslirp, &path);
     // As slirp4netns: ready (and the control socket) only once the peer is in.
     assert!(
@@ -340,8 +342,7 @@ fn bess_peer_gets_arp_dhcp_and_tcp(mode: Mode) {
     assert_dhcp_offer(&peer, &guest);
 
     // The guest kernel behind the socket: TCP to the host, and a forward to the guest.
-    let tap_fd = tap::open_tun(&env, TAP, libc::IFF_TAP | libc::IFF_NO_PI);
-    tap::configure_guest_interface(&env, TAP);
+    let tap_fd = open_guest_tap(&env, TAP, libc::IFF_TAP | libc::IFF_NO_PI);
     let _bridge = Bridge::start(tap_fd, peer);
     common::assert_traffic_works(&env);
     let _server = api::guest_peer_http_server(&env, 8000);
@@ -358,11 +359,9 @@ fn bess_peer_hanging_up_leaves_rslirp_idle_but_alive(mode: Mode) {
     let env = Env::new(mode);
     let path = bess_socket_path(&env);
     let api = Api::new(&env);
-    let mut rslirp = bess_launch(&env, &path)
+    let mut rslirp = bess_launch(api.launch(&env), &path)
         .arg("--enable-sandbox")
         .arg("--enable-seccomp")
-        .arg("-a")
-        .arg(&api.path.to_string_lossy())
         .spawn();
     let peer = connect_peer(&path, &mut rslirp);
     rslirp.await_ready_byte();
@@ -398,7 +397,7 @@ fn bess_wait_for_the_peer_ends_with_the_exit_fd_or_a_signal() {
     let env = Env::new(Mode::Rootful);
     let path = bess_socket_path(&env);
     for by_signal in [false, true] {
-        let mut rslirp = bess_launch(&env, &path).exit_fd().spawn();
+        let mut rslirp = bess_launch(env.rslirp(), &path).exit_fd().spawn();
         await_bess_socket(&mut rslirp, &path);
         if by_signal {
             rslirp.signal(libc::SIGTERM);

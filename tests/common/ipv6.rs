@@ -1,11 +1,12 @@
 //! IPv6 in the guest: its SLAAC address, and a server that tells each client the address
 //! it sees (the e2e tests of `-6` and `--cidr6`).
 
+use super::dns::{Dnsmasq, Record};
 use super::net::{self, Pattern, Server};
 use super::process::wait_for;
 use super::{Env, STEP_TIMEOUT, TAP};
 use std::io::{self, Write};
-use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6, TcpStream};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, TcpStream};
 use std::time::Duration;
 
 /// From rslirp's start: its first advertisement comes after 1 s, then the guest's duplicate
@@ -111,4 +112,29 @@ pub fn assert_forward_echo(env: &Env, to: SocketAddr, expected_peer: Ipv6Addr, s
         net::digest(&payload),
         "data both ways through the forward"
     );
+}
+
+/// DNS through rslirp's IPv6 forwarder at `dns`: the test's DNS server starts with one A
+/// record, `name` → `address`, then rslirp by `start`; the guest's UDP query for `name`
+/// (ids from `first_id`) must get `address` back. Returns the server (to ask what it saw)
+/// and what `start` returned (rslirp, kept running).
+///
+/// The server is a dnsmasq on the host namespace's 127.0.0.1, which the test's resolv.conf
+/// names (see common::resolv): only it can answer, and nothing leaves the machine.
+pub fn assert_dns_via_forwarder<R>(
+    env: &Env,
+    start: impl FnOnce(&Env) -> R,
+    dns: Ipv6Addr,
+    name: &'static str,
+    address: Ipv4Addr,
+    first_id: u16,
+) -> (Dnsmasq, R) {
+    let server = Dnsmasq::start(env, Ipv4Addr::LOCALHOST, &[Record::A(name, address)]);
+    let started = start(env);
+    assert_eq!(
+        env.guest_dns_a_retried(dns, name, first_id),
+        [address],
+        "UDP answer from the test's server via {dns}"
+    );
+    (server, started)
 }
