@@ -73,7 +73,25 @@ impl SimHost {
         Ok(())
     }
 
+    /// `udp_recv` / `ping_recv` (`call`): the pending error first, else the next datagram,
+    /// recorded as the call of its `kind`.
     fn recv_datagram(
+        &mut self,
+        flow: FlowId,
+        kind: SocketKind,
+        call: &str,
+        buf: &mut [u8],
+    ) -> HostResult<Datagram> {
+        let result = self.take_datagram(flow, kind, call, buf);
+        self.calls.push(match kind {
+            SocketKind::Udp => HostCall::UdpRecv { flow, result },
+            SocketKind::Ping => HostCall::PingRecv { flow, result },
+            SocketKind::Tcp => unreachable!("TCP has no datagrams"),
+        });
+        result
+    }
+
+    fn take_datagram(
         &mut self,
         flow: FlowId,
         kind: SocketKind,
@@ -99,19 +117,32 @@ impl SimHost {
         })
     }
 
+    /// `udp_send` / `ping_send` (`call`): the pending error first, else the datagram is
+    /// queued and its hop limit kept; recorded as the call of its `kind`.
     fn send_datagram(
         &mut self,
         flow: FlowId,
         kind: SocketKind,
         call: &str,
         data: &[u8],
+        hop_limit: u8,
     ) -> HostResult<()> {
         let socket = self.live(flow, kind, call);
-        if let Some(error) = socket.pending_error.take() {
-            return Err(error);
-        }
-        socket.outbound_datagrams.push_back(data.to_vec());
-        Ok(())
+        let result = match socket.pending_error.take() {
+            Some(error) => Err(error),
+            None => {
+                socket.outbound_datagrams.push_back(data.to_vec());
+                socket.sent_hop_limits.push(hop_limit);
+                Ok(())
+            }
+        };
+        let len = data.len();
+        self.calls.push(match kind {
+            SocketKind::Udp => HostCall::UdpSend { flow, len, result },
+            SocketKind::Ping => HostCall::PingSend { flow, len, result },
+            SocketKind::Tcp => unreachable!("TCP has no datagrams"),
+        });
+        result
     }
 }
 
@@ -268,22 +299,11 @@ impl HostIo for SimHost {
     }
 
     fn udp_send(&mut self, flow: FlowId, data: &[u8], hop_limit: u8) -> HostResult<()> {
-        let result = self.send_datagram(flow, SocketKind::Udp, "udp_send", data);
-        if result.is_ok() {
-            self.expect_mut(flow).sent_hop_limits.push(hop_limit);
-        }
-        self.calls.push(HostCall::UdpSend {
-            flow,
-            len: data.len(),
-            result,
-        });
-        result
+        self.send_datagram(flow, SocketKind::Udp, "udp_send", data, hop_limit)
     }
 
     fn udp_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<Datagram> {
-        let result = self.recv_datagram(flow, SocketKind::Udp, "udp_recv", buf);
-        self.calls.push(HostCall::UdpRecv { flow, result });
-        result
+        self.recv_datagram(flow, SocketKind::Udp, "udp_recv", buf)
     }
 
     fn ping_open(&mut self, flow: FlowId, remote: IpAddr) -> HostResult<()> {
@@ -298,22 +318,11 @@ impl HostIo for SimHost {
     }
 
     fn ping_send(&mut self, flow: FlowId, message: &[u8], hop_limit: u8) -> HostResult<()> {
-        let result = self.send_datagram(flow, SocketKind::Ping, "ping_send", message);
-        if result.is_ok() {
-            self.expect_mut(flow).sent_hop_limits.push(hop_limit);
-        }
-        self.calls.push(HostCall::PingSend {
-            flow,
-            len: message.len(),
-            result,
-        });
-        result
+        self.send_datagram(flow, SocketKind::Ping, "ping_send", message, hop_limit)
     }
 
     fn ping_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<Datagram> {
-        let result = self.recv_datagram(flow, SocketKind::Ping, "ping_recv", buf);
-        self.calls.push(HostCall::PingRecv { flow, result });
-        result
+        self.recv_datagram(flow, SocketKind::Ping, "ping_recv", buf)
     }
 
     fn close(&mut self, flow: FlowId, mode: CloseMode) {
