@@ -9,8 +9,8 @@
 use super::frames::{checksums, Guest, TcpSegment, UdpDatagram};
 use core::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use smoltcp::wire::{
-    EthernetAddress, EthernetProtocol, Icmpv6Packet, Icmpv6Repr, IpAddress, IpProtocol, Ipv6Packet,
-    Ipv6Repr, NdiscRepr, RawHardwareAddress,
+    EthernetAddress, Icmpv6Packet, Icmpv6Repr, IpAddress, IpProtocol, IpRepr, NdiscRepr,
+    RawHardwareAddress,
 };
 
 /// ff02::1, every node on the link (where router advertisements go).
@@ -83,23 +83,8 @@ impl Guest {
         payload_len: usize,
         fill: impl FnOnce(&mut [u8], &IpAddress, &IpAddress),
     ) -> Vec<u8> {
-        let ip = Ipv6Repr {
-            src_addr: src,
-            dst_addr: dst,
-            next_header: protocol,
-            payload_len,
-            hop_limit,
-        };
-        self.ethernet(
-            dst_mac,
-            EthernetProtocol::Ipv6,
-            ip.buffer_len() + payload_len,
-            |buf| {
-                let mut packet = Ipv6Packet::new_unchecked(buf);
-                ip.emit(&mut packet);
-                fill(packet.payload_mut(), &src.into(), &dst.into());
-            },
-        )
+        let ip = IpRepr::new(src.into(), dst.into(), protocol, payload_len, hop_limit);
+        self.ip_frame(ip, dst_mac, fill)
     }
 
     /// An ICMPv6 message from `src` to `dst`, hop limit 255 (fine for NDP and others).
