@@ -471,13 +471,7 @@ mod udp {
         s.guest_sends(&guest.udp(5000, remote(9999), b"hello"));
         let (flow, _) = the_only(s.host.udp_opens(), "udp_open");
 
-        s.advance(secs(239));
-        assert_eq!(s.host.close_mode(flow), None, "alive after 239 s");
-        assert_eq!(s.stats().udp_flows, 1);
-
-        s.advance(secs(2));
-        assert!(s.host.close_mode(flow).is_some(), "closed after 241 s");
-        assert_eq!(s.stats().udp_flows, 0);
+        s.assert_udp_flow_expires(flow, secs(240));
         assert_eq!(s.host.open_count(), 0);
     }
 
@@ -502,11 +496,7 @@ mod udp {
         s.guest_sends(&guest.udp(5353, remote(53), b"query"));
         let (flow, _) = the_only(s.host.udp_opens(), "udp_open");
 
-        s.advance(secs(9));
-        assert_eq!(s.host.close_mode(flow), None, "alive after 9 s");
-        s.advance(secs(2));
-        assert!(s.host.close_mode(flow).is_some(), "closed after 11 s");
-        assert_eq!(s.stats().udp_flows, 0);
+        s.assert_udp_flow_expires(flow, secs(10));
     }
 }
 

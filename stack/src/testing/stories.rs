@@ -145,4 +145,24 @@ impl Scenario {
         assert_eq!(self.stats().tcp_flows, 0);
         rst.clone()
     }
+
+    /// `flow`, the only UDP flow, just opened, idles out after `timeout`: its host socket
+    /// is still open a second before and closed a second after, and the stack's count
+    /// of UDP flows goes from one to none.
+    pub fn assert_udp_flow_expires(&mut self, flow: FlowId, timeout: Duration) {
+        let second = Duration::from_secs(1);
+        let before = timeout - second;
+        self.advance(before);
+        let alive = before.secs();
+        assert_eq!(self.host.close_mode(flow), None, "alive after {alive} s");
+        assert_eq!(self.stats().udp_flows, 1);
+
+        self.advance(second + second);
+        let closed = (timeout + second).secs();
+        assert!(
+            self.host.close_mode(flow).is_some(),
+            "closed after {closed} s"
+        );
+        assert_eq!(self.stats().udp_flows, 0);
+    }
 }
