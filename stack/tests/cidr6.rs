@@ -7,7 +7,7 @@
 
 use core::net::{IpAddr, Ipv6Addr, SocketAddr};
 use rslirp_stack::config::{IPV6_DNS, IPV6_GATEWAY, IPV6_PREFIX};
-use rslirp_stack::testing::ipv6::{host_loopback6, v6};
+use rslirp_stack::testing::ipv6::{host_loopback6, ndp_options, v6, RDNSS_TYPE};
 use rslirp_stack::testing::{the_only, Parsed, Scenario};
 use rslirp_stack::{Config, Duration, Ipv6Prefix, VirtualNetwork};
 use smoltcp::wire::{EthernetAddress, NdiscRepr, RawHardwareAddress};
@@ -22,7 +22,6 @@ const DNS_MAC: EthernetAddress = EthernetAddress([0x52, 0x55, 10, 0, 2, 3]);
 /// The old default addresses, now ordinary remote addresses.
 const OLD_GATEWAY: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
 const OLD_DNS: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 3);
-const RDNSS_TYPE: u8 = 25;
 
 fn config(prefix: &str) -> Config {
     Config {
@@ -62,18 +61,11 @@ fn advertised(frame: Parsed) -> (Ipv6Addr, Option<Ipv6Addr>) {
     };
     let info = prefix_info.expect("a prefix information option");
     assert_eq!(info.prefix_len, 64);
-    let mut rdnss = None;
-    let mut rest = &options[..];
-    while rest.len() >= 8 {
-        let len = usize::from(rest[1]) * 8;
-        assert!(len > 0 && len <= rest.len(), "option length {len}");
-        if rest[0] == RDNSS_TYPE {
-            rdnss = Some(Ipv6Addr::from(
-                <[u8; 16]>::try_from(&rest[8..24]).expect("one server"),
-            ));
-        }
-        rest = &rest[len..];
-    }
+    let rdnss = ndp_options(&options)
+        .into_iter()
+        .filter(|(kind, _)| *kind == RDNSS_TYPE)
+        .map(|(_, bytes)| Ipv6Addr::from(<[u8; 16]>::try_from(&bytes[8..24]).expect("one server")))
+        .next_back();
     (info.prefix, rdnss)
 }
 

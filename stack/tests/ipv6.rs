@@ -5,7 +5,9 @@
 //! The guest is fd00::ff:fe00:1 / fe80::ff:fe00:1 (EUI-64 of 02:00:00:00:00:01).
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
-use rslirp_stack::testing::ipv6::{host_loopback6, multicast_mac, solicited_node, v6, ALL_NODES};
+use rslirp_stack::testing::ipv6::{
+    host_loopback6, multicast_mac, ndp_options, solicited_node, v6, ALL_NODES, RDNSS_TYPE,
+};
 use rslirp_stack::testing::{the_only, the_unreachable, Parsed, Scenario, START};
 use rslirp_stack::{Config, Duration};
 use smoltcp::wire::{
@@ -24,8 +26,7 @@ const DNS_MAC: EthernetAddress = EthernetAddress([0x52, 0x55, 10, 0, 2, 3]);
 const REMOTE: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
 /// How often unsolicited router advertisements come.
 const RA_INTERVAL: Duration = Duration::from_secs(120);
-/// Type and length (in 8-byte units) of the RDNSS option with one server (RFC 8106).
-const RDNSS_TYPE: u8 = 25;
+/// Length (in 8-byte units) of the RDNSS option with one server (RFC 8106).
 const RDNSS_LEN_ONE_SERVER: u8 = 3;
 /// DNS Search List option (RFC 8106 §5.2).
 const DNSSL_TYPE: u8 = 31;
@@ -90,26 +91,6 @@ fn assert_router_advert(frame: Parsed, flags: NdiscRouterFlags) -> Vec<u8> {
             }),
         }
     );
-    options
-}
-
-/// The raw NDP options as (type, body) pairs, checking that their lengths tile the bytes.
-fn ndp_options(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
-    let mut options = Vec::new();
-    while !bytes.is_empty() {
-        assert!(
-            bytes.len() >= 8,
-            "option shorter than 8 bytes: {bytes:02x?}"
-        );
-        let len = usize::from(bytes[1]) * 8;
-        assert!(
-            len > 0 && len <= bytes.len(),
-            "option length {len} does not fit {} bytes",
-            bytes.len()
-        );
-        options.push((bytes[0], bytes[..len].to_vec()));
-        bytes = &bytes[len..];
-    }
     options
 }
 

@@ -21,6 +21,8 @@ pub const ALL_ROUTERS: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2);
 const GUEST_HOP_LIMIT: u8 = 64;
 /// Neighbour discovery messages must carry 255 (RFC 4861), or receivers drop them.
 pub const NDP_HOP_LIMIT: u8 = 255;
+/// The RDNSS option's type (RFC 8106).
+pub const RDNSS_TYPE: u8 = 25;
 
 /// The socket address `ip`:`port` (no flow label, no scope).
 pub fn v6(ip: Ipv6Addr, port: u16) -> SocketAddrV6 {
@@ -194,4 +196,24 @@ impl Guest {
             |buf, src, dst| segment.emit(buf, src, dst),
         )
     }
+}
+
+/// The raw NDP options as (type, body) pairs, checking that their lengths tile the bytes.
+pub fn ndp_options(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut options = Vec::new();
+    while !bytes.is_empty() {
+        assert!(
+            bytes.len() >= 8,
+            "option shorter than 8 bytes: {bytes:02x?}"
+        );
+        let len = usize::from(bytes[1]) * 8;
+        assert!(
+            len > 0 && len <= bytes.len(),
+            "option length {len} does not fit {} bytes",
+            bytes.len()
+        );
+        options.push((bytes[0], bytes[..len].to_vec()));
+        bytes = &bytes[len..];
+    }
+    options
 }
