@@ -8,20 +8,18 @@
 use core::net::{IpAddr, Ipv6Addr, SocketAddr};
 use rslirp_stack::config::{IPV6_DNS, IPV6_GATEWAY, IPV6_PREFIX};
 use rslirp_stack::testing::ipv6::{host_loopback6, ndp_options, v6, RDNSS_TYPE};
-use rslirp_stack::testing::{the_only, Parsed, Scenario};
+use rslirp_stack::testing::{the_only, Parsed, Scenario, DNS_MAC, GATEWAY_MAC};
 use rslirp_stack::{Config, Duration, Ipv6Prefix, VirtualNetwork};
-use smoltcp::wire::{EthernetAddress, NdiscRepr, RawHardwareAddress};
+use smoltcp::wire::{NdiscRepr, RawHardwareAddress};
 
 const PREFIX: Ipv6Addr = Ipv6Addr::new(0xfd42, 1, 2, 3, 0, 0, 0, 0);
 const GATEWAY: Ipv6Addr = Ipv6Addr::new(0xfd42, 1, 2, 3, 0, 0, 0, 2);
 const DNS: Ipv6Addr = Ipv6Addr::new(0xfd42, 1, 2, 3, 0, 0, 0, 3);
 /// The guest's SLAAC address: EUI-64 of 02:00:00:00:00:01 in the prefix.
 const GUEST: Ipv6Addr = Ipv6Addr::new(0xfd42, 1, 2, 3, 0, 0xff, 0xfe00, 1);
-const GATEWAY_MAC: EthernetAddress = EthernetAddress([0x52, 0x55, 10, 0, 2, 2]);
-const DNS_MAC: EthernetAddress = EthernetAddress([0x52, 0x55, 10, 0, 2, 3]);
 /// The old default addresses, now ordinary remote addresses.
-const OLD_GATEWAY: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
-const OLD_DNS: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 3);
+const OLD_GATEWAY: Ipv6Addr = IPV6_GATEWAY;
+const OLD_DNS: Ipv6Addr = IPV6_DNS;
 
 fn config(prefix: &str) -> Config {
     Config {

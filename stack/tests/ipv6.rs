@@ -8,7 +8,9 @@ use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use rslirp_stack::testing::ipv6::{
     host_loopback6, multicast_mac, ndp_options, solicited_node, v6, ALL_NODES, RDNSS_TYPE,
 };
-use rslirp_stack::testing::{the_only, the_unreachable, Parsed, Scenario, START};
+use rslirp_stack::testing::{
+    the_only, the_unreachable, Parsed, Scenario, DNS_MAC, GATEWAY_MAC, START,
+};
 use rslirp_stack::{Config, Duration};
 use smoltcp::wire::{
     EthernetAddress, NdiscNeighborFlags, NdiscPrefixInfoFlags, NdiscPrefixInformation, NdiscRepr,
@@ -20,8 +22,6 @@ const DNS: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 3);
 const GATEWAY_LINK_LOCAL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 2);
 const DNS_LINK_LOCAL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 3);
 const PREFIX: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0);
-const GATEWAY_MAC: EthernetAddress = EthernetAddress([0x52, 0x55, 10, 0, 2, 2]);
-const DNS_MAC: EthernetAddress = EthernetAddress([0x52, 0x55, 10, 0, 2, 3]);
 /// Somewhere on the IPv6 internet (documentation prefix), reached through host sockets.
 const REMOTE: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
 /// How often unsolicited router advertisements come.

@@ -13,6 +13,10 @@ use smoltcp::wire::{
 
 /// The guest's MAC in scenarios (locally administered, like a tap's random one).
 pub const GUEST_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x01]);
+/// The gateway's and the DNS forwarder's MACs on the default network (52:55 and their
+/// IPv4 addresses 10.0.2.2 and 10.0.2.3), both families.
+pub const GATEWAY_MAC: EthernetAddress = EthernetAddress([0x52, 0x55, 10, 0, 2, 2]);
+pub const DNS_MAC: EthernetAddress = EthernetAddress([0x52, 0x55, 10, 0, 2, 3]);
 
 const GUEST_TTL: u8 = 64;
 /// What Linux puts in a SYN on Ethernet: MSS 1460, window 64240, window scale 7.
