@@ -165,4 +165,14 @@ impl Scenario {
         );
         assert_eq!(self.stats().udp_flows, 0);
     }
+
+    /// The guest pings the gateway and the DNS forwarder (`services`, either family),
+    /// sequence numbers 1 and 2: each answers itself ([`Scenario::assert_echo_reply`]) and
+    /// no ping reaches the host.
+    pub fn assert_services_answer_ping(&mut self, services: [IpAddr; 2], ident: u16, data: &[u8]) {
+        for (target, seq_no) in services.into_iter().zip(1..) {
+            self.assert_echo_reply(target, ident, seq_no, data);
+        }
+        assert_eq!(self.host.calls(), &[], "local pings never reach the host");
+    }
 }
