@@ -174,20 +174,14 @@ fn dns_forwarder_answers_on_prefix_3() {
     let mut s = guest_up();
     let upstream = IpAddr::V6(Ipv6Addr::LOCALHOST);
     s.stack.set_dns_upstream(Some(upstream));
-    let guest = s.guest;
-    s.guest_sends(&guest.udp6(5353, v6(DNS, 53), b"query"));
-    let (flow, target) = the_only(s.host.udp_opens(), "udp_open");
-    assert_eq!(target, SocketAddr::new(upstream, 53));
-    assert_eq!(s.host.udp_sent(flow), vec![b"query".to_vec()]);
-    s.deliver_datagram(flow, b"answer");
+    let dns = (v6(DNS, 53).into(), SocketAddr::new(upstream, 53));
+    s.assert_udp_round_trip(5353, dns, (b"query", b"answer"), "DNS answer");
     assert_eq!(
-        the_only(s.drain(), "DNS answer"),
-        Parsed::Udp {
-            src: v6(DNS, 53).into(),
-            dst: v6(GUEST, 5353).into(),
-            payload: b"answer".to_vec(),
-        }
+        s.guest.ipv6_addr(),
+        GUEST,
+        "the answer went to the guest in the prefix"
     );
+    let guest = s.guest;
     // fd00::3 is an ordinary address now: UDP to it goes to fd00::3 itself.
     s.guest_sends(&guest.udp6(5354, v6(OLD_DNS, 53), b"query"));
     let opens = s.host.udp_opens();

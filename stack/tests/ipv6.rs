@@ -502,21 +502,8 @@ mod udp {
     #[test]
     fn gateway_port_reaches_host_loopback_and_replies_come_back() {
         let mut s = guest_up();
-        let guest = s.guest;
-        s.guest_sends(&guest.udp6(5000, v6(GATEWAY, 7), b"first"));
-        let (flow, target) = the_only(s.host.udp_opens(), "udp_open");
-        assert_eq!(target, host_loopback6(7));
-        assert_eq!(s.host.udp_sent(flow), vec![b"first".to_vec()]);
-
-        s.deliver_datagram(flow, b"echo");
-        assert_eq!(
-            the_only(s.drain(), "UDP reply"),
-            Parsed::Udp {
-                src: v6(GATEWAY, 7).into(),
-                dst: v6(guest.ipv6_addr(), 5000).into(),
-                payload: b"echo".to_vec(),
-            }
-        );
+        let gateway = (v6(GATEWAY, 7).into(), host_loopback6(7));
+        s.assert_udp_round_trip(5000, gateway, (b"first", b"echo"), "UDP reply");
     }
 
     #[test]

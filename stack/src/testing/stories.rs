@@ -6,7 +6,7 @@ use super::guest_tcp::GuestTcp;
 use super::parse::{parse_echo_message, Parsed};
 use super::scenario::{the_only, Scenario};
 use crate::io::{FlowId, HostError};
-use core::net::IpAddr;
+use core::net::{IpAddr, SocketAddr};
 use smoltcp::time::Duration;
 use smoltcp::wire::IpVersion;
 
@@ -174,5 +174,36 @@ impl Scenario {
             self.assert_echo_reply(target, ident, seq_no, data);
         }
         assert_eq!(self.host.calls(), &[], "local pings never reach the host");
+    }
+
+    /// The guest sends `request` from its port `guest_port` to `to` (either family): one
+    /// host UDP socket opens to `target` and carries it, and the host's `reply` reaches
+    /// the guest from `to` (`what` names it). Returns the flow.
+    pub fn assert_udp_round_trip(
+        &mut self,
+        guest_port: u16,
+        (to, target): (SocketAddr, SocketAddr),
+        (request, reply): (&[u8], &[u8]),
+        what: &str,
+    ) -> FlowId {
+        let guest = self.guest;
+        self.guest_sends(&match to {
+            SocketAddr::V4(to) => guest.udp(guest_port, to, request),
+            SocketAddr::V6(to) => guest.udp6(guest_port, to, request),
+        });
+        let (flow, opened) = the_only(self.host.udp_opens(), "udp_open");
+        assert_eq!(opened, target);
+        assert_eq!(self.host.udp_sent(flow), vec![request.to_vec()]);
+        self.deliver_datagram(flow, reply);
+        let back = SocketAddr::new(guest.addr_for(to.ip()), guest_port);
+        assert_eq!(
+            the_only(self.drain(), what),
+            Parsed::Udp {
+                src: to,
+                dst: back,
+                payload: reply.to_vec(),
+            }
+        );
+        flow
     }
 }
