@@ -7,22 +7,19 @@
 
 use core::net::{IpAddr, Ipv6Addr, SocketAddr};
 use rslirp_stack::config::{IPV6_DNS, IPV6_GATEWAY, IPV6_PREFIX};
-use rslirp_stack::testing::ipv6::{host_loopback6, v6};
-use rslirp_stack::testing::{the_only, Parsed, Scenario};
+use rslirp_stack::testing::ipv6::{host_loopback6, ndp_options, v6, RDNSS_TYPE};
+use rslirp_stack::testing::{the_only, Parsed, Scenario, DNS_MAC, GATEWAY_MAC};
 use rslirp_stack::{Config, Duration, Ipv6Prefix, VirtualNetwork};
-use smoltcp::wire::{EthernetAddress, NdiscRepr, RawHardwareAddress};
+use smoltcp::wire::{NdiscRepr, RawHardwareAddress};
 
 const PREFIX: Ipv6Addr = Ipv6Addr::new(0xfd42, 1, 2, 3, 0, 0, 0, 0);
 const GATEWAY: Ipv6Addr = Ipv6Addr::new(0xfd42, 1, 2, 3, 0, 0, 0, 2);
 const DNS: Ipv6Addr = Ipv6Addr::new(0xfd42, 1, 2, 3, 0, 0, 0, 3);
 /// The guest's SLAAC address: EUI-64 of 02:00:00:00:00:01 in the prefix.
 const GUEST: Ipv6Addr = Ipv6Addr::new(0xfd42, 1, 2, 3, 0, 0xff, 0xfe00, 1);
-const GATEWAY_MAC: EthernetAddress = EthernetAddress([0x52, 0x55, 10, 0, 2, 2]);
-const DNS_MAC: EthernetAddress = EthernetAddress([0x52, 0x55, 10, 0, 2, 3]);
 /// The old default addresses, now ordinary remote addresses.
-const OLD_GATEWAY: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
-const OLD_DNS: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 3);
-const RDNSS_TYPE: u8 = 25;
+const OLD_GATEWAY: Ipv6Addr = IPV6_GATEWAY;
+const OLD_DNS: Ipv6Addr = IPV6_DNS;
 
 fn config(prefix: &str) -> Config {
     Config {
@@ -62,18 +59,11 @@ fn advertised(frame: Parsed) -> (Ipv6Addr, Option<Ipv6Addr>) {
     };
     let info = prefix_info.expect("a prefix information option");
     assert_eq!(info.prefix_len, 64);
-    let mut rdnss = None;
-    let mut rest = &options[..];
-    while rest.len() >= 8 {
-        let len = usize::from(rest[1]) * 8;
-        assert!(len > 0 && len <= rest.len(), "option length {len}");
-        if rest[0] == RDNSS_TYPE {
-            rdnss = Some(Ipv6Addr::from(
-                <[u8; 16]>::try_from(&rest[8..24]).expect("one server"),
-            ));
-        }
-        rest = &rest[len..];
-    }
+    let rdnss = ndp_options(&options)
+        .into_iter()
+        .filter(|(kind, _)| *kind == RDNSS_TYPE)
+        .map(|(_, bytes)| Ipv6Addr::from(<[u8; 16]>::try_from(&bytes[8..24]).expect("one server")))
+        .next_back();
     (info.prefix, rdnss)
 }
 
@@ -143,10 +133,7 @@ fn gateway_and_dns_answer_neighbour_solicitations_at_their_new_addresses() {
 #[test]
 fn gateway_and_dns_answer_ping_at_their_new_addresses() {
     let mut s = guest_up();
-    for (target, seq_no) in [(GATEWAY, 1), (DNS, 2)] {
-        s.assert_echo_reply(target, 7, seq_no, b"ping");
-    }
-    assert_eq!(s.host.calls(), &[], "local pings never reach the host");
+    s.assert_services_answer_ping([GATEWAY.into(), DNS.into()], 7, b"ping");
     // fd00::2 is a remote address now: its echo goes out through a host ping socket.
     let guest = s.guest;
     s.guest_sends(&guest.icmpv6_echo(OLD_GATEWAY, 7, 3, b"ping"));
@@ -187,20 +174,14 @@ fn dns_forwarder_answers_on_prefix_3() {
     let mut s = guest_up();
     let upstream = IpAddr::V6(Ipv6Addr::LOCALHOST);
     s.stack.set_dns_upstream(Some(upstream));
-    let guest = s.guest;
-    s.guest_sends(&guest.udp6(5353, v6(DNS, 53), b"query"));
-    let (flow, target) = the_only(s.host.udp_opens(), "udp_open");
-    assert_eq!(target, SocketAddr::new(upstream, 53));
-    assert_eq!(s.host.udp_sent(flow), vec![b"query".to_vec()]);
-    s.deliver_datagram(flow, b"answer");
+    let dns = (v6(DNS, 53).into(), SocketAddr::new(upstream, 53));
+    s.assert_udp_round_trip(5353, dns, (b"query", b"answer"), "DNS answer");
     assert_eq!(
-        the_only(s.drain(), "DNS answer"),
-        Parsed::Udp {
-            src: v6(DNS, 53).into(),
-            dst: v6(GUEST, 5353).into(),
-            payload: b"answer".to_vec(),
-        }
+        s.guest.ipv6_addr(),
+        GUEST,
+        "the answer went to the guest in the prefix"
     );
+    let guest = s.guest;
     // fd00::3 is an ordinary address now: UDP to it goes to fd00::3 itself.
     s.guest_sends(&guest.udp6(5354, v6(OLD_DNS, 53), b"query"));
     let opens = s.host.udp_opens();

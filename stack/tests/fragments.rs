@@ -22,6 +22,13 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
+/// The guest sends `frame` in fragments of at most [`MTU`] bytes, identification `ident`.
+fn send_fragmented(s: &mut Scenario, frame: &[u8], ident: u32) {
+    for piece in fragment(frame, MTU, ident) {
+        s.guest_sends(&piece);
+    }
+}
+
 fn with_ipv6() -> Scenario {
     Scenario::with_config(Config {
         enable_ipv6: true,
@@ -133,9 +140,7 @@ fn ping_4000_bytes_to_the_gateway() {
     let guest = s.guest;
     let data = pattern(4000, 5);
     let request = guest.icmp_echo(GATEWAY, 77, 1, &data);
-    for piece in fragment(&request, MTU, 9) {
-        s.guest_sends(&piece);
-    }
+    send_fragmented(&mut s, &request, 9);
     let echo = Parsed::echo_reply(GATEWAY, guest.ip, 77, 1, &data);
     assert_eq!(reassembled(s.drain_raw(), 3), vec![echo]);
     let stats = s.stats();
@@ -153,9 +158,7 @@ fn ping_4000_bytes_through_a_ping_socket() {
     let guest = s.guest;
     let remote = Ipv4Addr::new(192, 0, 2, 1);
     let data = pattern(4000, 6);
-    for piece in fragment(&guest.icmp_echo(remote, 78, 1, &data), MTU, 10) {
-        s.guest_sends(&piece);
-    }
+    send_fragmented(&mut s, &guest.icmp_echo(remote, 78, 1, &data), 10);
     let (flow, _) = s.host.ping_opens()[0];
     let sent = s.host.ping_sent(flow);
     assert_eq!(sent.len(), 1);
@@ -178,9 +181,7 @@ fn ping6_4000_bytes_to_the_gateway() {
     let mut s = with_ipv6();
     let guest = s.guest;
     let data = pattern(4000, 7);
-    for piece in fragment(&guest.icmpv6_echo(GATEWAY6, 5, 1, &data), MTU, 11) {
-        s.guest_sends(&piece);
-    }
+    send_fragmented(&mut s, &guest.icmpv6_echo(GATEWAY6, 5, 1, &data), 11);
     let frames: Vec<Vec<u8>> = s
         .drain_raw()
         .into_iter()
@@ -240,9 +241,7 @@ fn overlapping_fragments_drop_the_datagram() {
     assert_eq!(s.stats().ip_frag_overlaps, 1);
     assert_eq!(s.stats().ip_frag_reassembled, 0);
     // Another identification goes through.
-    for piece in fragment(&frame, MTU, 6) {
-        s.guest_sends(&piece);
-    }
+    send_fragmented(&mut s, &frame, 6);
     let (flow, _) = s.host.udp_opens()[0];
     assert_eq!(s.host.udp_sent(flow), vec![data]);
 }
@@ -280,9 +279,7 @@ fn a_flood_of_first_fragments_keeps_the_bounds() {
     // Still serving.
     let data = pattern(8000, 11);
     let frame = guest.udp(40001, SocketAddrV4::new(GATEWAY, 7), &data);
-    for piece in fragment(&frame, MTU, 0xffff_0001) {
-        s.guest_sends(&piece);
-    }
+    send_fragmented(&mut s, &frame, 0xffff_0001);
     let (flow, _) = s.host.udp_opens()[0];
     assert_eq!(s.host.udp_sent(flow), vec![data]);
     // get_stats shows the counters.
@@ -304,9 +301,7 @@ fn ipv6_fragments_are_ignored_without_ipv6() {
         SocketAddrV6::new(GATEWAY6, 7, 0, 0),
         &pattern(3000, 12),
     );
-    for piece in fragment(&frame, MTU, 1) {
-        s.guest_sends(&piece);
-    }
+    send_fragmented(&mut s, &frame, 1);
     assert!(s.host.udp_opens().is_empty());
     assert_eq!(s.stats().ip_frag_pending, 0);
 }
@@ -324,9 +319,7 @@ fn a_reassembled_datagram_to_a_refused_destination_is_refused() {
         SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 50), 7),
         &pattern(3000, 13),
     );
-    for piece in fragment(&frame, MTU, 77) {
-        s.guest_sends(&piece);
-    }
+    send_fragmented(&mut s, &frame, 77);
     match &s.drain()[..] {
         [Parsed::IcmpUnreachable { src, code: 1, .. }] => assert_eq!(*src, GATEWAY),
         other => panic!("{other:?}"),

@@ -5,8 +5,12 @@
 //! The guest is fd00::ff:fe00:1 / fe80::ff:fe00:1 (EUI-64 of 02:00:00:00:00:01).
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
-use rslirp_stack::testing::ipv6::{host_loopback6, multicast_mac, solicited_node, v6, ALL_NODES};
-use rslirp_stack::testing::{the_only, the_unreachable, Parsed, Scenario, START};
+use rslirp_stack::testing::ipv6::{
+    host_loopback6, multicast_mac, ndp_options, solicited_node, v6, ALL_NODES, RDNSS_TYPE,
+};
+use rslirp_stack::testing::{
+    the_only, the_unreachable, Parsed, Scenario, DNS_MAC, GATEWAY_MAC, START,
+};
 use rslirp_stack::{Config, Duration};
 use smoltcp::wire::{
     EthernetAddress, NdiscNeighborFlags, NdiscPrefixInfoFlags, NdiscPrefixInformation, NdiscRepr,
@@ -18,14 +22,11 @@ const DNS: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 3);
 const GATEWAY_LINK_LOCAL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 2);
 const DNS_LINK_LOCAL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 3);
 const PREFIX: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0);
-const GATEWAY_MAC: EthernetAddress = EthernetAddress([0x52, 0x55, 10, 0, 2, 2]);
-const DNS_MAC: EthernetAddress = EthernetAddress([0x52, 0x55, 10, 0, 2, 3]);
 /// Somewhere on the IPv6 internet (documentation prefix), reached through host sockets.
 const REMOTE: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
 /// How often unsolicited router advertisements come.
 const RA_INTERVAL: Duration = Duration::from_secs(120);
-/// Type and length (in 8-byte units) of the RDNSS option with one server (RFC 8106).
-const RDNSS_TYPE: u8 = 25;
+/// Length (in 8-byte units) of the RDNSS option with one server (RFC 8106).
 const RDNSS_LEN_ONE_SERVER: u8 = 3;
 /// DNS Search List option (RFC 8106 §5.2).
 const DNSSL_TYPE: u8 = 31;
@@ -90,26 +91,6 @@ fn assert_router_advert(frame: Parsed, flags: NdiscRouterFlags) -> Vec<u8> {
             }),
         }
     );
-    options
-}
-
-/// The raw NDP options as (type, body) pairs, checking that their lengths tile the bytes.
-fn ndp_options(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
-    let mut options = Vec::new();
-    while !bytes.is_empty() {
-        assert!(
-            bytes.len() >= 8,
-            "option shorter than 8 bytes: {bytes:02x?}"
-        );
-        let len = usize::from(bytes[1]) * 8;
-        assert!(
-            len > 0 && len <= bytes.len(),
-            "option length {len} does not fit {} bytes",
-            bytes.len()
-        );
-        options.push((bytes[0], bytes[..len].to_vec()));
-        bytes = &bytes[len..];
-    }
     options
 }
 
@@ -397,10 +378,7 @@ mod echo {
     #[test]
     fn gateway_and_dns_answer_ping_themselves() {
         let mut s = guest_up();
-        for (target, seq_no) in [(GATEWAY, 1), (DNS, 2)] {
-            s.assert_echo_reply(target, 0x1234, seq_no, b"are you there?");
-        }
-        assert_eq!(s.host.calls(), &[], "local pings never reach the host");
+        s.assert_services_answer_ping([GATEWAY.into(), DNS.into()], 0x1234, b"are you there?");
     }
 
     #[test]
@@ -524,21 +502,8 @@ mod udp {
     #[test]
     fn gateway_port_reaches_host_loopback_and_replies_come_back() {
         let mut s = guest_up();
-        let guest = s.guest;
-        s.guest_sends(&guest.udp6(5000, v6(GATEWAY, 7), b"first"));
-        let (flow, target) = the_only(s.host.udp_opens(), "udp_open");
-        assert_eq!(target, host_loopback6(7));
-        assert_eq!(s.host.udp_sent(flow), vec![b"first".to_vec()]);
-
-        s.deliver_datagram(flow, b"echo");
-        assert_eq!(
-            the_only(s.drain(), "UDP reply"),
-            Parsed::Udp {
-                src: v6(GATEWAY, 7).into(),
-                dst: v6(guest.ipv6_addr(), 5000).into(),
-                payload: b"echo".to_vec(),
-            }
-        );
+        let gateway = (v6(GATEWAY, 7).into(), host_loopback6(7));
+        s.assert_udp_round_trip(5000, gateway, (b"first", b"echo"), "UDP reply");
     }
 
     #[test]

@@ -93,10 +93,7 @@ mod icmp {
     #[test]
     fn gateway_and_dns_answer_ping_themselves() {
         let mut s = Scenario::new();
-        for (target, seq_no) in [(GATEWAY, 1), (DNS, 2)] {
-            s.assert_echo_reply(target, 0x1234, seq_no, b"are you there?");
-        }
-        assert_eq!(s.host.calls(), &[], "local pings never reach the host");
+        s.assert_services_answer_ping([GATEWAY.into(), DNS.into()], 0x1234, b"are you there?");
     }
 
     #[test]
@@ -471,13 +468,7 @@ mod udp {
         s.guest_sends(&guest.udp(5000, remote(9999), b"hello"));
         let (flow, _) = the_only(s.host.udp_opens(), "udp_open");
 
-        s.advance(secs(239));
-        assert_eq!(s.host.close_mode(flow), None, "alive after 239 s");
-        assert_eq!(s.stats().udp_flows, 1);
-
-        s.advance(secs(2));
-        assert!(s.host.close_mode(flow).is_some(), "closed after 241 s");
-        assert_eq!(s.stats().udp_flows, 0);
+        s.assert_udp_flow_expires(flow, secs(240));
         assert_eq!(s.host.open_count(), 0);
     }
 
@@ -502,11 +493,7 @@ mod udp {
         s.guest_sends(&guest.udp(5353, remote(53), b"query"));
         let (flow, _) = the_only(s.host.udp_opens(), "udp_open");
 
-        s.advance(secs(9));
-        assert_eq!(s.host.close_mode(flow), None, "alive after 9 s");
-        s.advance(secs(2));
-        assert!(s.host.close_mode(flow).is_some(), "closed after 11 s");
-        assert_eq!(s.stats().udp_flows, 0);
+        s.assert_udp_flow_expires(flow, secs(10));
     }
 }
 

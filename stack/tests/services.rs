@@ -569,12 +569,7 @@ mod dns {
     fn dns_flows_expire_after_10_seconds() {
         let mut s = with_upstream([127, 0, 0, 1]);
         let (flow, _) = first_query(&mut s);
-        s.advance(secs(9));
-        assert_eq!(s.host.close_mode(flow), None, "alive after 9 s");
-        assert_eq!(s.stats().udp_flows, 1);
-        s.advance(secs(2));
-        assert!(s.host.close_mode(flow).is_some(), "closed after 11 s");
-        assert_eq!(s.stats().udp_flows, 0);
+        s.assert_udp_flow_expires(flow, secs(10));
     }
 
     /// The one frame to the guest is an ICMP port unreachable from the DNS address (10.0.2.3)

@@ -7,12 +7,16 @@ use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, DhcpMessageType, DhcpPacket, DhcpRepr, EthernetAddress,
     EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv4Message, Icmpv4Packet, Icmpv6Message,
-    IpAddress, IpProtocol, IpVersion, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr,
-    TcpSeqNumber, UdpPacket, UdpRepr, ETHERNET_HEADER_LEN, UDP_HEADER_LEN,
+    IpAddress, IpProtocol, IpRepr, IpVersion, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+    UdpPacket, UdpRepr, ETHERNET_HEADER_LEN, UDP_HEADER_LEN,
 };
 
 /// The guest's MAC in scenarios (locally administered, like a tap's random one).
 pub const GUEST_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x01]);
+/// The gateway's and the DNS forwarder's MACs on the default network (52:55 and their
+/// IPv4 addresses 10.0.2.2 and 10.0.2.3), both families.
+pub const GATEWAY_MAC: EthernetAddress = EthernetAddress([0x52, 0x55, 10, 0, 2, 2]);
+pub const DNS_MAC: EthernetAddress = EthernetAddress([0x52, 0x55, 10, 0, 2, 3]);
 
 const GUEST_TTL: u8 = 64;
 /// What Linux puts in a SYN on Ethernet: MSS 1460, window 64240, window scale 7.
@@ -381,24 +385,26 @@ impl Guest {
         payload_len: usize,
         fill: impl FnOnce(&mut [u8], &IpAddress, &IpAddress),
     ) -> Vec<u8> {
-        let repr = Ipv4Repr {
-            src_addr: self.ip,
-            dst_addr: dst,
-            next_header: protocol,
-            payload_len,
-            hop_limit: GUEST_TTL,
+        let ip = IpRepr::new(self.ip.into(), dst.into(), protocol, payload_len, GUEST_TTL);
+        self.ip_frame(ip, self.gateway_mac, fill)
+    }
+
+    /// The IP packet `ip` (either family) in a frame to `dst_mac`; `fill` writes the
+    /// payload given the pseudo-header addresses.
+    pub fn ip_frame(
+        &self,
+        ip: IpRepr,
+        dst_mac: EthernetAddress,
+        fill: impl FnOnce(&mut [u8], &IpAddress, &IpAddress),
+    ) -> Vec<u8> {
+        let ethertype = match ip.version() {
+            IpVersion::Ipv4 => EthernetProtocol::Ipv4,
+            IpVersion::Ipv6 => EthernetProtocol::Ipv6,
         };
-        self.ethernet(
-            self.gateway_mac,
-            EthernetProtocol::Ipv4,
-            repr.buffer_len() + payload_len,
-            |buf| {
-                let mut packet = Ipv4Packet::new_unchecked(buf);
-                repr.emit(&mut packet, &checksums());
-                let (src, dst) = (IpAddress::from(self.ip), IpAddress::from(dst));
-                fill(packet.payload_mut(), &src, &dst);
-            },
-        )
+        self.ethernet(dst_mac, ethertype, ip.buffer_len(), |buf| {
+            ip.emit(&mut *buf, &checksums());
+            fill(&mut buf[ip.header_len()..], &ip.src_addr(), &ip.dst_addr());
+        })
     }
 
     pub(super) fn ethernet(

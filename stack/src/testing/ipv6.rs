@@ -9,8 +9,8 @@
 use super::frames::{checksums, Guest, TcpSegment, UdpDatagram};
 use core::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use smoltcp::wire::{
-    EthernetAddress, EthernetProtocol, Icmpv6Packet, Icmpv6Repr, IpAddress, IpProtocol, Ipv6Packet,
-    Ipv6Repr, NdiscRepr, RawHardwareAddress,
+    EthernetAddress, Icmpv6Packet, Icmpv6Repr, IpAddress, IpProtocol, IpRepr, NdiscRepr,
+    RawHardwareAddress,
 };
 
 /// ff02::1, every node on the link (where router advertisements go).
@@ -21,6 +21,8 @@ pub const ALL_ROUTERS: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2);
 const GUEST_HOP_LIMIT: u8 = 64;
 /// Neighbour discovery messages must carry 255 (RFC 4861), or receivers drop them.
 pub const NDP_HOP_LIMIT: u8 = 255;
+/// The RDNSS option's type (RFC 8106).
+pub const RDNSS_TYPE: u8 = 25;
 
 /// The socket address `ip`:`port` (no flow label, no scope).
 pub fn v6(ip: Ipv6Addr, port: u16) -> SocketAddrV6 {
@@ -83,23 +85,8 @@ impl Guest {
         payload_len: usize,
         fill: impl FnOnce(&mut [u8], &IpAddress, &IpAddress),
     ) -> Vec<u8> {
-        let ip = Ipv6Repr {
-            src_addr: src,
-            dst_addr: dst,
-            next_header: protocol,
-            payload_len,
-            hop_limit,
-        };
-        self.ethernet(
-            dst_mac,
-            EthernetProtocol::Ipv6,
-            ip.buffer_len() + payload_len,
-            |buf| {
-                let mut packet = Ipv6Packet::new_unchecked(buf);
-                ip.emit(&mut packet);
-                fill(packet.payload_mut(), &src.into(), &dst.into());
-            },
-        )
+        let ip = IpRepr::new(src.into(), dst.into(), protocol, payload_len, hop_limit);
+        self.ip_frame(ip, dst_mac, fill)
     }
 
     /// An ICMPv6 message from `src` to `dst`, hop limit 255 (fine for NDP and others).
@@ -209,4 +196,24 @@ impl Guest {
             |buf, src, dst| segment.emit(buf, src, dst),
         )
     }
+}
+
+/// The raw NDP options as (type, body) pairs, checking that their lengths tile the bytes.
+pub fn ndp_options(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut options = Vec::new();
+    while !bytes.is_empty() {
+        assert!(
+            bytes.len() >= 8,
+            "option shorter than 8 bytes: {bytes:02x?}"
+        );
+        let len = usize::from(bytes[1]) * 8;
+        assert!(
+            len > 0 && len <= bytes.len(),
+            "option length {len} does not fit {} bytes",
+            bytes.len()
+        );
+        options.push((bytes[0], bytes[..len].to_vec()));
+        bytes = &bytes[len..];
+    }
+    options
 }

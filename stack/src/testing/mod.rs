@@ -28,7 +28,9 @@
 //! a socket the stack already closed, or a stack that asks to be polled forever panics with
 //! a message that says which contract was broken.
 
-pub use frames::{dhcp_client_message, echo_message, Guest, TcpSegment, GUEST_MAC};
+pub use frames::{
+    dhcp_client_message, echo_message, Guest, TcpSegment, DNS_MAC, GATEWAY_MAC, GUEST_MAC,
+};
 pub use guest_tcp::GuestTcp;
 pub use host::{HostCall, SimHost, SimSocket, SocketKind, SocketState};
 pub use parse::{

@@ -1,5 +1,6 @@
 //! The harness: a stack, a simulated host and a guest on a virtual clock.
 
+use super::clock::{self, EventLoop};
 use super::frames::{Guest, TcpSegment};
 use super::guest_tcp::GuestTcp;
 use super::host::{SimHost, SocketKind};
@@ -43,10 +44,6 @@ pub fn the_only_segment(frames: Vec<Parsed>, what: &str) -> TcpSegment {
 /// Where the virtual clock starts (not zero, so "time zero" bugs show).
 pub const START: Instant = Instant::from_millis_const(1_000_000);
 const SEED: u64 = 0x5eed_0f51_ab00;
-/// Polls in a row at one instant before we call it a busy loop.
-const MAX_POLLS_PER_INSTANT: usize = 64;
-/// Deadlines one `advance` may visit.
-const MAX_DEADLINES_PER_ADVANCE: usize = 1_000_000;
 /// Rounds of frames-in/ACKs-out one `exchange` may take.
 const MAX_EXCHANGE_ROUNDS: usize = 1_000;
 
@@ -130,22 +127,7 @@ impl Scenario {
     /// Moves the clock forward by `by`, polling at every deadline the stack reports on
     /// the way (and nowhere else).
     pub fn advance(&mut self, by: Duration) {
-        let target = self.now + by;
-        for _ in 0..MAX_DEADLINES_PER_ADVANCE {
-            match self.stack.poll_at() {
-                Some(deadline) if deadline <= target => {
-                    self.now = self.now.max(deadline);
-                    self.settle();
-                }
-                _ => {
-                    self.now = target;
-                    return;
-                }
-            }
-        }
-        panic!(
-            "advance({by}) visited {MAX_DEADLINES_PER_ADVANCE} deadlines without reaching {target}"
-        );
+        clock::advance(self, by);
     }
 
     /// Frames the stack sent to the guest since the last drain, decoded (IPv4 and IPv6
@@ -264,23 +246,7 @@ impl Scenario {
     /// One loop iteration's output side: poll until the stack has nothing due now,
     /// then write every frame it has.
     fn settle(&mut self) {
-        for _ in 0..MAX_POLLS_PER_INSTANT {
-            self.stack.poll(self.now, &mut self.host);
-            let (tap, answer) = (&mut self.tap, self.tap_answer);
-            self.stack.poll_transmit(|frame, offload| {
-                if answer == crate::TapWrite::Sent {
-                    tap.push((frame.to_vec(), offload));
-                }
-                answer
-            });
-            if !matches!(self.stack.poll_at(), Some(at) if at <= self.now) {
-                return;
-            }
-        }
-        panic!(
-            "busy loop: after {MAX_POLLS_PER_INSTANT} polls at {} the stack still reports poll_at <= now",
-            self.now
-        );
+        clock::settle(self);
     }
 
     // ---- the host's side, told as a story: change the host, deliver the event ----
@@ -536,5 +502,30 @@ impl Scenario {
             }
         }
         panic!("exchange did not settle after {MAX_EXCHANGE_ROUNDS} rounds");
+    }
+}
+
+/// The scenario's clock is the one every simulation plays ([`clock`]), with the
+/// trait's default bound on deadlines per advance.
+impl EventLoop for Scenario {
+    fn stack(&self) -> &Stack {
+        &self.stack
+    }
+
+    fn now_mut(&mut self) -> &mut Instant {
+        &mut self.now
+    }
+
+    /// Polls once and writes every frame to the tap, which answers with `tap_answer`
+    /// (only a `Sent` frame reaches the guest).
+    fn poll_once(&mut self) {
+        self.stack.poll(self.now, &mut self.host);
+        let (tap, answer) = (&mut self.tap, self.tap_answer);
+        self.stack.poll_transmit(|frame, offload| {
+            if answer == crate::TapWrite::Sent {
+                tap.push((frame.to_vec(), offload));
+            }
+            answer
+        });
     }
 }

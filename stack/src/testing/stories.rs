@@ -6,7 +6,7 @@ use super::guest_tcp::GuestTcp;
 use super::parse::{parse_echo_message, Parsed};
 use super::scenario::{the_only, Scenario};
 use crate::io::{FlowId, HostError};
-use core::net::IpAddr;
+use core::net::{IpAddr, SocketAddr};
 use smoltcp::time::Duration;
 use smoltcp::wire::IpVersion;
 
@@ -144,5 +144,66 @@ impl Scenario {
         assert!(self.host.close_mode(flow).is_some(), "host socket closed");
         assert_eq!(self.stats().tcp_flows, 0);
         rst.clone()
+    }
+
+    /// `flow`, the only UDP flow, just opened, idles out after `timeout`: its host socket
+    /// is still open a second before and closed a second after, and the stack's count
+    /// of UDP flows goes from one to none.
+    pub fn assert_udp_flow_expires(&mut self, flow: FlowId, timeout: Duration) {
+        let second = Duration::from_secs(1);
+        let before = timeout - second;
+        self.advance(before);
+        let alive = before.secs();
+        assert_eq!(self.host.close_mode(flow), None, "alive after {alive} s");
+        assert_eq!(self.stats().udp_flows, 1);
+
+        self.advance(second + second);
+        let closed = (timeout + second).secs();
+        assert!(
+            self.host.close_mode(flow).is_some(),
+            "closed after {closed} s"
+        );
+        assert_eq!(self.stats().udp_flows, 0);
+    }
+
+    /// The guest pings the gateway and the DNS forwarder (`services`, either family),
+    /// sequence numbers 1 and 2: each answers itself ([`Scenario::assert_echo_reply`]) and
+    /// no ping reaches the host.
+    pub fn assert_services_answer_ping(&mut self, services: [IpAddr; 2], ident: u16, data: &[u8]) {
+        for (target, seq_no) in services.into_iter().zip(1..) {
+            self.assert_echo_reply(target, ident, seq_no, data);
+        }
+        assert_eq!(self.host.calls(), &[], "local pings never reach the host");
+    }
+
+    /// The guest sends `request` from its port `guest_port` to `to` (either family): one
+    /// host UDP socket opens to `target` and carries it, and the host's `reply` reaches
+    /// the guest from `to` (`what` names it). Returns the flow.
+    pub fn assert_udp_round_trip(
+        &mut self,
+        guest_port: u16,
+        (to, target): (SocketAddr, SocketAddr),
+        (request, reply): (&[u8], &[u8]),
+        what: &str,
+    ) -> FlowId {
+        let guest = self.guest;
+        self.guest_sends(&match to {
+            SocketAddr::V4(to) => guest.udp(guest_port, to, request),
+            SocketAddr::V6(to) => guest.udp6(guest_port, to, request),
+        });
+        let (flow, opened) = the_only(self.host.udp_opens(), "udp_open");
+        assert_eq!(opened, target);
+        assert_eq!(self.host.udp_sent(flow), vec![request.to_vec()]);
+        self.deliver_datagram(flow, reply);
+        let back = SocketAddr::new(guest.addr_for(to.ip()), guest_port);
+        assert_eq!(
+            the_only(self.drain(), what),
+            Parsed::Udp {
+                src: to,
+                dst: back,
+                payload: reply.to_vec(),
+            }
+        );
+        flow
     }
 }

@@ -73,6 +73,42 @@ impl SimHost {
         Ok(())
     }
 
+    /// `tcp_connect` / `udp_open`: a socket of `kind` to `remote` from `source` (a TCP
+    /// one connecting until the test completes it, a UDP one connected at once), recorded
+    /// as the call of its `kind`.
+    fn open_from(
+        &mut self,
+        flow: FlowId,
+        kind: SocketKind,
+        remote: SocketAddr,
+        source: SourceAddr,
+    ) -> HostResult<()> {
+        let state = match kind {
+            SocketKind::Tcp => SocketState::Connecting,
+            SocketKind::Udp | SocketKind::Ping => SocketState::Connected,
+        };
+        let result = self.open(flow, kind, remote, state);
+        if let Some(socket) = self.sockets.get_mut(&flow) {
+            socket.source = source;
+        }
+        self.calls.push(match kind {
+            SocketKind::Tcp => HostCall::TcpConnect {
+                flow,
+                remote,
+                result,
+            },
+            SocketKind::Udp => HostCall::UdpOpen {
+                flow,
+                remote,
+                result,
+            },
+            SocketKind::Ping => unreachable!("a ping socket has no source address"),
+        });
+        result
+    }
+
+    /// `udp_recv` / `ping_recv` (`call`): the pending error first, else the next datagram,
+    /// recorded as the call of its `kind`.
     fn recv_datagram(
         &mut self,
         flow: FlowId,
@@ -80,39 +116,62 @@ impl SimHost {
         call: &str,
         buf: &mut [u8],
     ) -> HostResult<Datagram> {
-        let socket = self.live(flow, kind, call);
-        if let Some(error) = socket.pending_error.take() {
-            return Err(error);
-        }
-        let datagram = socket
-            .inbound_datagrams
-            .pop_front()
-            .ok_or(HostError::WouldBlock)?;
-        // Like recv(2) on a datagram socket: the rest of a long datagram is discarded.
-        let n = datagram.len().min(buf.len());
-        buf[..n].copy_from_slice(&datagram[..n]);
-        // The real host knows this only when the kernel queue ran dry in the same call
-        // (recvmmsg); the simulation always knows.
-        Ok(Datagram {
-            len: n,
-            last: socket.inbound_datagrams.is_empty(),
-        })
+        let result = take_datagram(self.live(flow, kind, call), buf);
+        self.calls.push(match kind {
+            SocketKind::Udp => HostCall::UdpRecv { flow, result },
+            SocketKind::Ping => HostCall::PingRecv { flow, result },
+            SocketKind::Tcp => unreachable!("TCP has no datagrams"),
+        });
+        result
     }
 
+    /// `udp_send` / `ping_send` (`call`): the pending error first, else the datagram is
+    /// queued and its hop limit kept; recorded as the call of its `kind`.
     fn send_datagram(
         &mut self,
         flow: FlowId,
         kind: SocketKind,
         call: &str,
         data: &[u8],
+        hop_limit: u8,
     ) -> HostResult<()> {
         let socket = self.live(flow, kind, call);
-        if let Some(error) = socket.pending_error.take() {
-            return Err(error);
-        }
-        socket.outbound_datagrams.push_back(data.to_vec());
-        Ok(())
+        let result = match socket.pending_error.take() {
+            Some(error) => Err(error),
+            None => {
+                socket.outbound_datagrams.push_back(data.to_vec());
+                socket.sent_hop_limits.push(hop_limit);
+                Ok(())
+            }
+        };
+        let len = data.len();
+        self.calls.push(match kind {
+            SocketKind::Udp => HostCall::UdpSend { flow, len, result },
+            SocketKind::Ping => HostCall::PingSend { flow, len, result },
+            SocketKind::Tcp => unreachable!("TCP has no datagrams"),
+        });
+        result
     }
+}
+
+/// A datagram socket's receive: the pending error first, else the next datagram.
+fn take_datagram(socket: &mut SimSocket, buf: &mut [u8]) -> HostResult<Datagram> {
+    if let Some(error) = socket.pending_error.take() {
+        return Err(error);
+    }
+    let datagram = socket
+        .inbound_datagrams
+        .pop_front()
+        .ok_or(HostError::WouldBlock)?;
+    // Like recv(2) on a datagram socket: the rest of a long datagram is discarded.
+    let n = datagram.len().min(buf.len());
+    buf[..n].copy_from_slice(&datagram[..n]);
+    // The real host knows this only when the kernel queue ran dry in the same call
+    // (recvmmsg); the simulation always knows.
+    Ok(Datagram {
+        len: n,
+        last: socket.inbound_datagrams.is_empty(),
+    })
 }
 
 /// The errno Linux sets on a socket for an ICMP error (`icmp_err_convert`,
@@ -145,16 +204,7 @@ impl HostIo for SimHost {
         remote: SocketAddr,
         source: SourceAddr,
     ) -> HostResult<()> {
-        let result = self.open(flow, SocketKind::Tcp, remote, SocketState::Connecting);
-        if let Some(socket) = self.sockets.get_mut(&flow) {
-            socket.source = source;
-        }
-        self.calls.push(HostCall::TcpConnect {
-            flow,
-            remote,
-            result,
-        });
-        result
+        self.open_from(flow, SocketKind::Tcp, remote, source)
     }
 
     fn tcp_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<usize> {
@@ -239,16 +289,7 @@ impl HostIo for SimHost {
     }
 
     fn udp_open(&mut self, flow: FlowId, remote: SocketAddr, source: SourceAddr) -> HostResult<()> {
-        let result = self.open(flow, SocketKind::Udp, remote, SocketState::Connected);
-        if let Some(socket) = self.sockets.get_mut(&flow) {
-            socket.source = source;
-        }
-        self.calls.push(HostCall::UdpOpen {
-            flow,
-            remote,
-            result,
-        });
-        result
+        self.open_from(flow, SocketKind::Udp, remote, source)
     }
 
     fn udp_reconnect(
@@ -268,22 +309,11 @@ impl HostIo for SimHost {
     }
 
     fn udp_send(&mut self, flow: FlowId, data: &[u8], hop_limit: u8) -> HostResult<()> {
-        let result = self.send_datagram(flow, SocketKind::Udp, "udp_send", data);
-        if result.is_ok() {
-            self.expect_mut(flow).sent_hop_limits.push(hop_limit);
-        }
-        self.calls.push(HostCall::UdpSend {
-            flow,
-            len: data.len(),
-            result,
-        });
-        result
+        self.send_datagram(flow, SocketKind::Udp, "udp_send", data, hop_limit)
     }
 
     fn udp_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<Datagram> {
-        let result = self.recv_datagram(flow, SocketKind::Udp, "udp_recv", buf);
-        self.calls.push(HostCall::UdpRecv { flow, result });
-        result
+        self.recv_datagram(flow, SocketKind::Udp, "udp_recv", buf)
     }
 
     fn ping_open(&mut self, flow: FlowId, remote: IpAddr) -> HostResult<()> {
@@ -298,22 +328,11 @@ impl HostIo for SimHost {
     }
 
     fn ping_send(&mut self, flow: FlowId, message: &[u8], hop_limit: u8) -> HostResult<()> {
-        let result = self.send_datagram(flow, SocketKind::Ping, "ping_send", message);
-        if result.is_ok() {
-            self.expect_mut(flow).sent_hop_limits.push(hop_limit);
-        }
-        self.calls.push(HostCall::PingSend {
-            flow,
-            len: message.len(),
-            result,
-        });
-        result
+        self.send_datagram(flow, SocketKind::Ping, "ping_send", message, hop_limit)
     }
 
     fn ping_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> HostResult<Datagram> {
-        let result = self.recv_datagram(flow, SocketKind::Ping, "ping_recv", buf);
-        self.calls.push(HostCall::PingRecv { flow, result });
-        result
+        self.recv_datagram(flow, SocketKind::Ping, "ping_recv", buf)
     }
 
     fn close(&mut self, flow: FlowId, mode: CloseMode) {
