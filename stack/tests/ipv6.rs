@@ -35,9 +35,14 @@ const ETH: usize = 14;
 const IPV6_HEADER: usize = 40;
 
 fn with_ipv6() -> Scenario {
+    ipv6_with(Config::default())
+}
+
+/// A scenario with IPv6 on and otherwise `config`.
+fn ipv6_with(config: Config) -> Scenario {
     Scenario::with_config(Config {
         enable_ipv6: true,
-        ..Config::default()
+        ..config
     })
 }
 
@@ -133,8 +138,7 @@ mod router_advertisements {
 
     #[test]
     fn the_mtu_option_follows_the_configured_mtu() {
-        let mut s = Scenario::with_config(Config {
-            enable_ipv6: true,
+        let mut s = ipv6_with(Config {
             mtu: 65520,
             ..Config::default()
         });
@@ -152,8 +156,7 @@ mod router_advertisements {
 
     #[test]
     fn without_the_dns_forwarder_no_dns_server_is_advertised() {
-        let mut s = Scenario::with_config(Config {
-            enable_ipv6: true,
+        let mut s = ipv6_with(Config {
             disable_dns: true,
             ..Config::default()
         });
@@ -471,8 +474,7 @@ mod tcp {
 
     #[test]
     fn without_host_loopback_the_gateway_is_no_route() {
-        let mut s = Scenario::with_config(Config {
-            enable_ipv6: true,
+        let mut s = ipv6_with(Config {
             disable_host_loopback: true,
             ..Config::default()
         });
@@ -659,8 +661,7 @@ mod dhcpv6 {
     #[test]
     fn with_cidr6_the_dns_server_is_the_prefixs() {
         let prefix = rslirp_stack::Ipv6Prefix::parse("fd42:1:2:3::/64").unwrap();
-        let mut s = Scenario::with_config(Config {
-            enable_ipv6: true,
+        let mut s = ipv6_with(Config {
             network: rslirp_stack::VirtualNetwork::default().with_ipv6_prefix(prefix),
             ..Config::default()
         });
