@@ -279,12 +279,8 @@ impl EventLoop for Sim {
     /// Fuzzed inputs reach timer storms sooner than any scenario needs.
     const MAX_DEADLINES_PER_ADVANCE: usize = 100_000;
 
-    fn stack(&self) -> &Stack {
-        &self.stack
-    }
-
-    fn now_mut(&mut self) -> &mut Instant {
-        &mut self.now
+    fn clock(&mut self) -> (&Stack, &mut Instant) {
+        (&self.stack, &mut self.now)
     }
 
     /// Polls once and writes every frame to the tap.

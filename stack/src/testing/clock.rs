@@ -12,9 +12,8 @@ pub const MAX_POLLS_PER_INSTANT: usize = 64;
 
 /// A simulated event loop around a [`Stack`].
 pub trait EventLoop {
-    fn stack(&self) -> &Stack;
-    /// The virtual clock.
-    fn now_mut(&mut self) -> &mut Instant;
+    /// The loop's stack, and its virtual clock.
+    fn clock(&mut self) -> (&Stack, &mut Instant);
     /// One turn of the loop's output side at the current instant: `poll`, then write what
     /// the stack queued for the tap.
     fn poll_once(&mut self);
@@ -43,34 +42,34 @@ fn due(stack: &Stack, now: Instant) -> bool {
 pub fn settle(event_loop: &mut impl EventLoop) {
     for _ in 0..MAX_POLLS_PER_INSTANT {
         event_loop.poll_once();
-        let now = *event_loop.now_mut();
-        if !due(event_loop.stack(), now) {
+        let (stack, now) = event_loop.clock();
+        if !due(stack, *now) {
             return;
         }
     }
     panic!(
         "busy loop: after {MAX_POLLS_PER_INSTANT} polls at {} the stack still reports poll_at <= now",
-        event_loop.now_mut()
+        event_loop.clock().1
     );
 }
 
 /// Moves the clock forward by `by`, serving every deadline the stack reports on the way
 /// (and nowhere else) with [`EventLoop::at_deadline`].
 pub fn advance<L: EventLoop>(event_loop: &mut L, by: Duration) {
-    let target = *event_loop.now_mut() + by;
+    let target = *event_loop.clock().1 + by;
     for _ in 0..L::MAX_DEADLINES_PER_ADVANCE {
-        match event_loop.stack().poll_at() {
+        let (stack, now) = event_loop.clock();
+        match stack.poll_at() {
             Some(deadline) if deadline <= target => {
-                let now = event_loop.now_mut();
                 let overdue = deadline <= *now;
                 *now = (*now).max(deadline);
                 if !event_loop.at_deadline(overdue) {
-                    *event_loop.now_mut() = target;
+                    *event_loop.clock().1 = target;
                     return;
                 }
             }
             _ => {
-                *event_loop.now_mut() = target;
+                *now = target;
                 return;
             }
         }

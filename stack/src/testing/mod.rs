@@ -19,6 +19,8 @@
 //!   [`HostIo`](crate::io::HostIo) side (`io.rs`).
 //! - `scenario.rs`: [`Scenario`], the stack, the host and the guest on one clock;
 //!   `stories.rs`: what the IPv4 and IPv6 tests both check, told once.
+//! - `clock.rs`: the simulated event loop's clock (poll until nothing is due, move time
+//!   only to the stack's deadlines), which [`Scenario`] and the fuzz harness both play.
 //!
 //! Compiled under `cfg(test)` and with the `testing` feature, which `stack/tests/`, the
 //! benches, the root's tests and the fuzz harness turn on; a normal build (the binary) has

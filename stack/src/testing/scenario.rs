@@ -508,12 +508,8 @@ impl Scenario {
 /// The scenario's clock is the one every simulation plays ([`clock`]), with the
 /// trait's default bound on deadlines per advance.
 impl EventLoop for Scenario {
-    fn stack(&self) -> &Stack {
-        &self.stack
-    }
-
-    fn now_mut(&mut self) -> &mut Instant {
-        &mut self.now
+    fn clock(&mut self) -> (&Stack, &mut Instant) {
+        (&self.stack, &mut self.now)
     }
 
     /// Polls once and writes every frame to the tap, which answers with `tap_answer`
