@@ -2,8 +2,11 @@
 //! checks every frame the stack emits must pass.
 //!
 //! Not [`rslirp_stack::testing::Scenario`]: that one checks that every frame goes to the
-//! scenario guest's MAC, but a fuzzed guest sends from any MAC (and the stack answers it),
-//! and here the tap can also be full (`stalled`), which Scenario never simulates.
+//! scenario guest's MAC, but a fuzzed guest sends from any MAC (and the stack answers it).
+//! And a full tap (`stalled`) is the event loop's view of one here: no writes at all until
+//! the stall ends, and a deadline that comes due meanwhile waits for it; Scenario's
+//! `tap_answer` instead answers each write. Both play the kit's clock
+//! ([`rslirp_stack::testing::clock`]).
 
 use crate::offload::VnetHeader;
 use rslirp::event_loop::MAX_FRAME;
