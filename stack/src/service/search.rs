@@ -85,11 +85,13 @@ pub fn encode_uncompressed(names: &[String]) -> Vec<u8> {
 /// which is what RFC 3397 says they are relative to (the concatenated option data).
 pub fn encode_compressed(names: &[String]) -> Vec<u8> {
     let mut out = Vec::new();
-    // Suffixes written so far (lowercase, dot-joined) and where they start.
+    // Suffixes written so far (dot-joined) and where they start. Matched as spelled, case
+    // included: DNS compares names ignoring case, but a pointer to another spelling would
+    // hand the guest that spelling instead of the host's.
     let mut written: HashMap<String, usize> = HashMap::new();
     for name in names {
         let labels: Vec<&str> = name.split('.').collect();
-        let suffix = |i: usize| labels[i..].join(".").to_ascii_lowercase();
+        let suffix = |i: usize| labels[i..].join(".");
         let shared = (0..labels.len()).find_map(|i| written.get(&suffix(i)).map(|&at| (i, at)));
         let own = shared.map_or(labels.len(), |(i, _)| i);
         for i in 0..own {
@@ -180,6 +182,23 @@ mod tests {
         // Uncompressed: every name in full.
         let plain = encode_uncompressed(&list);
         assert_eq!(plain.len(), 15 + 17 + 13 + 7);
+    }
+
+    /// Found by the `dhcp` fuzz target: "A" after "example.a" came out as a pointer to
+    /// "a", so the guest read "a".
+    #[test]
+    fn compression_keeps_each_names_spelling() {
+        let list = names(&["example.a", "A", "example"]);
+        let data = encode_compressed(&list);
+        let mut expected = vec![7];
+        expected.extend_from_slice(b"example");
+        expected.extend_from_slice(&[1, b'a', 0]);
+        // "A" in full: the "a" at 8 is another spelling.
+        expected.extend_from_slice(&[1, b'A', 0]);
+        expected.extend_from_slice(&[7]);
+        expected.extend_from_slice(b"example");
+        expected.push(0);
+        assert_eq!(data, expected);
     }
 
     #[test]
